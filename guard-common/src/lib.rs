@@ -1,0 +1,466 @@
+//! Types shared by sipguard's XDP program (`guard-ebpf`) and its controller
+//! (`guard-userspace`). Everything here is `#[repr(C)]` plain data: the kernel
+//! and user space read the same bytes out of the same maps.
+//!
+//! # Byte order
+//! - Addresses (`SourceKey::addr`, LPM trie data) are in **network byte order**,
+//!   exactly as they appear on the wire, so the XDP program copies them without
+//!   swapping. IPv4 sources use the IPv4-mapped IPv6 form `::ffff:a.b.c.d`.
+//! - LPM trie keys carry their `prefix_len` in host order (the kernel's rule).
+//! - Every other integer (ports in [`port_index`], counters, times, limits) is
+//!   in **host byte order**; the XDP program swaps ports once while parsing.
+//! - Times are nanoseconds of `CLOCK_BOOTTIME` (`bpf_ktime_get_boot_ns`), which
+//!   keeps counting across suspend, so a ban's expiry means the same to both sides.
+#![no_std]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+
+pub mod atomic;
+pub mod rate;
+
+pub use rate::{RateWindow, RATE_SLOTS};
+
+/// Services are numbered 1..=MAX_SERVICES (0 is [`NO_SERVICE`], so a zeroed
+/// `PORTS` slot means "no service"); see [`service_bit`] for allow masks.
+pub const MAX_SERVICES: usize = 31;
+/// Slots in the `SERVICES` array (slot 0 is unused).
+pub const SERVICE_SLOTS: u32 = MAX_SERVICES as u32 + 1;
+/// Allow-mask bit for traffic that matches no service (lets an allow-listed
+/// network through a `default_policy = "drop"`).
+pub const UNCLASSIFIED_BIT: u32 = 1 << 31;
+/// Allow-mask granting every service and unclassified traffic.
+pub const ALLOW_ALL: u32 = u32::MAX;
+/// Upper bound on configured rate rules.
+pub const MAX_RATE_RULES: usize = 16;
+/// Rate rules that may watch one (protocol, port). Small on purpose: the
+/// XDP program walks this list for every packet to the port.
+pub const MAX_RULES_PER_PORT: usize = 4;
+/// Filler in [`PortClass::rules`] after the last rule (so a zeroed slot has none).
+pub const NO_RULE_INDEX: u8 = 0;
+/// `PortClass::service` value for a port that belongs to no service.
+pub const NO_SERVICE: u8 = 0;
+
+/// Allow-list mask bit granting service `id` (1..=MAX_SERVICES).
+#[inline(always)]
+pub const fn service_bit(id: u8) -> u32 {
+    if id == NO_SERVICE || id as usize > MAX_SERVICES {
+        0
+    } else {
+        1 << (id - 1)
+    }
+}
+
+/// Index of the `(protocol, destination port)` slot in the `PORTS` array.
+#[inline(always)]
+pub const fn port_index(proto: L4Proto, port: u16) -> u32 {
+    ((proto as u32) << 16) | port as u32
+}
+/// Number of slots in the `PORTS` array: one per TCP port and one per UDP port.
+pub const PORT_SLOTS: u32 = 2 << 16;
+
+/// Transport protocols the policy can name.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum L4Proto {
+    Tcp = 0,
+    Udp = 1,
+}
+
+/// What the policy knows about one `(protocol, port)`: its service and the
+/// rate rules that watch it. Looked up once per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortClass {
+    /// Service id (1..=MAX_SERVICES), or [`NO_SERVICE`].
+    pub service: u8,
+    /// Rate rules counting packets to this port, as rule index + 1, packed
+    /// from the start, then [`NO_RULE_INDEX`].
+    pub rules: [u8; MAX_RULES_PER_PORT],
+    pub _pad: [u8; 3],
+}
+
+impl PortClass {
+    pub const UNCLASSIFIED: PortClass = PortClass {
+        service: NO_SERVICE,
+        rules: [NO_RULE_INDEX; MAX_RULES_PER_PORT],
+        _pad: [0; 3],
+    };
+
+    /// True if no rate rule watches this port.
+    #[inline(always)]
+    pub const fn has_rules(&self) -> bool {
+        self.rules[0] != NO_RULE_INDEX
+    }
+
+    /// Adds rule `index`; false if the port already has [`MAX_RULES_PER_PORT`].
+    pub fn add_rule(&mut self, index: u8) -> bool {
+        for slot in self.rules.iter_mut() {
+            if *slot == NO_RULE_INDEX {
+                *slot = index + 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The rule indexes, in order.
+    pub fn rule_indexes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.rules
+            .iter()
+            .take_while(|r| **r != NO_RULE_INDEX)
+            .map(|r| r - 1)
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rule_indexes().count()
+    }
+}
+
+/// Who may reach a service.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessMode {
+    /// Anyone, subject to the rate rules.
+    Open = 0,
+    /// Allow-listed sources only.
+    Trusted = 1,
+    /// Nobody.
+    Closed = 2,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServicePolicy {
+    /// An [`AccessMode`] as u8 (an enum read from a map must not hold an invalid value).
+    pub access: u8,
+}
+
+impl ServicePolicy {
+    pub const fn access_mode(&self) -> AccessMode {
+        match self.access {
+            0 => AccessMode::Open,
+            1 => AccessMode::Trusted,
+            _ => AccessMode::Closed,
+        }
+    }
+}
+
+/// Rule flag: count only TCP connection attempts (SYN without ACK).
+pub const RULE_SYN_ONLY: u8 = 1;
+
+/// One auto-blacklist rule. See [`rate`] for the counting algorithm.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateRule {
+    /// Packets allowed per window; packet `limit + 1` bans.
+    pub limit: u32,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// Width of one counting slot: `window / (RATE_SLOTS - 1)`, see [`rate`].
+    pub slot_ns: u64,
+    /// How long a ban created by this rule lasts.
+    pub ban_ns: u64,
+}
+
+/// `default_policy` values in [`Settings`].
+pub const DEFAULT_PASS: u8 = 0;
+pub const DEFAULT_DROP: u8 = 1;
+
+/// Global knobs, in a one-slot array so they change at run time without reloading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// [`DEFAULT_PASS`] or [`DEFAULT_DROP`] for traffic that matches no service.
+    pub default_policy: u8,
+    /// Non-zero: compute and count every verdict, but pass every packet.
+    pub monitor: u8,
+    /// IPv6 sources are banned and rate-limited per prefix of this length (1..=128).
+    pub ipv6_ban_prefix: u8,
+    pub _pad: [u8; 5],
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_policy: DEFAULT_PASS,
+            monitor: 0,
+            ipv6_ban_prefix: 64,
+            _pad: [0; 5],
+        }
+    }
+}
+
+/// Key of the ban map and (with a rule id) of the rate state: a source
+/// address, IPv4-mapped for IPv4, IPv6 masked to `Settings::ipv6_ban_prefix`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+}
+
+impl SourceKey {
+    pub const fn from_ipv4(octets: [u8; 4]) -> Self {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12] = octets[0];
+        addr[13] = octets[1];
+        addr[14] = octets[2];
+        addr[15] = octets[3];
+        SourceKey { addr }
+    }
+
+    /// The IPv6 source with every bit past `prefix_len` cleared.
+    #[inline(always)]
+    pub fn from_ipv6(octets: [u8; 16], prefix_len: u8) -> Self {
+        let mut addr = octets;
+        let keep = if prefix_len > 128 {
+            128
+        } else {
+            prefix_len as usize
+        };
+        let mut i = 0;
+        while i < 16 {
+            let bit = i * 8;
+            if bit >= keep {
+                addr[i] = 0;
+            } else if keep - bit < 8 {
+                addr[i] &= 0xffu8 << (8 - (keep - bit));
+            }
+            i += 1;
+        }
+        SourceKey { addr }
+    }
+
+    /// The IPv4 address if this key is IPv4-mapped.
+    pub fn ipv4(&self) -> Option<[u8; 4]> {
+        let a = &self.addr;
+        if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
+            Some([a[12], a[13], a[14], a[15]])
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a ban exists. Stored as u16 in [`BanEntry::reason`].
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanReason {
+    /// Added by the operator.
+    Manual = 1,
+    /// Created in the kernel by a rate rule.
+    RateLimit = 2,
+    /// Repeated SIP authentication failures.
+    AuthFailure = 3,
+    /// One source failing on many usernames.
+    Enumeration = 4,
+}
+
+impl BanReason {
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        match v {
+            1 => Some(BanReason::Manual),
+            2 => Some(BanReason::RateLimit),
+            3 => Some(BanReason::AuthFailure),
+            4 => Some(BanReason::Enumeration),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            BanReason::Manual => "manual",
+            BanReason::RateLimit => "rate-limit",
+            BanReason::AuthFailure => "auth-failure",
+            BanReason::Enumeration => "enumeration",
+        }
+    }
+}
+
+/// `BanEntry::expires_ns` of a ban that never expires.
+pub const BAN_FOREVER: u64 = u64::MAX;
+/// `BanEntry::rule` when no rate rule created the ban.
+pub const NO_RULE: u16 = u16::MAX;
+
+/// Value of the ban map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanEntry {
+    /// CLOCK_BOOTTIME ns at which the ban lapses; [`BAN_FOREVER`] for never.
+    pub expires_ns: u64,
+    /// CLOCK_BOOTTIME ns at which the ban was made.
+    pub created_ns: u64,
+    /// Packets dropped by this ban (atomically incremented by every CPU).
+    pub dropped: u64,
+    /// A [`BanReason`].
+    pub reason: u16,
+    /// Rate rule index for [`BanReason::RateLimit`], else [`NO_RULE`].
+    pub rule: u16,
+    pub _pad: u32,
+}
+
+impl BanEntry {
+    #[inline(always)]
+    pub const fn is_active(&self, now_ns: u64) -> bool {
+        now_ns < self.expires_ns
+    }
+}
+
+/// Sent through the `BAN_EVENTS` ring buffer for every ban the kernel creates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanEvent {
+    pub source: SourceKey,
+    pub created_ns: u64,
+    pub expires_ns: u64,
+    pub reason: u16,
+    pub rule: u16,
+    /// Packets the rule had counted, the banning one included.
+    pub count: u32,
+}
+
+/// Key of the rate state map: one window per (source, rule).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateKey {
+    pub source: SourceKey,
+    pub rule: u32,
+}
+
+/// Verdict reasons: the index into the per-CPU `VERDICTS` counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Banned = 0,
+    Denied = 1,
+    NotTrusted = 2,
+    Closed = 3,
+    RateLimited = 4,
+    DefaultDrop = 5,
+    Malformed = 6,
+    Fragment = 7,
+    PassedAllowlisted = 8,
+    Passed = 9,
+}
+
+impl Reason {
+    pub const COUNT: usize = 10;
+    pub const ALL: [Reason; Reason::COUNT] = [
+        Reason::Banned,
+        Reason::Denied,
+        Reason::NotTrusted,
+        Reason::Closed,
+        Reason::RateLimited,
+        Reason::DefaultDrop,
+        Reason::Malformed,
+        Reason::Fragment,
+        Reason::PassedAllowlisted,
+        Reason::Passed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Banned => "banned",
+            Reason::Denied => "denied",
+            Reason::NotTrusted => "not_trusted",
+            Reason::Closed => "closed",
+            Reason::RateLimited => "rate_limited",
+            Reason::DefaultDrop => "default_drop",
+            Reason::Malformed => "malformed",
+            Reason::Fragment => "fragment",
+            Reason::PassedAllowlisted => "passed_allowlisted",
+            Reason::Passed => "passed",
+        }
+    }
+
+    /// Whether the verdict drops the packet (outside monitor mode).
+    pub const fn drops(self) -> bool {
+        !matches!(
+            self,
+            Reason::Fragment | Reason::PassedAllowlisted | Reason::Passed
+        )
+    }
+}
+
+/// Packets and bytes, one per CPU per slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-rule counters (per CPU): packets the rule counted, and packets it limited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounter {
+    pub counted: u64,
+    pub limited: u64,
+}
+
+/// Index into the per-CPU `HEALTH` array: things that went wrong in the kernel.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// The ban map was full: the source was dropped but not banned.
+    BanMapFull = 0,
+    /// The ban events ring buffer was full: a ban was made but not reported.
+    EventLost = 1,
+    /// A rate-state insert failed (should not happen with an LRU map).
+    RateStateFailed = 2,
+}
+
+impl Health {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Health; Health::COUNT] = [
+        Health::BanMapFull,
+        Health::EventLost,
+        Health::RateStateFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Health::BanMapFull => "ban_map_full",
+            Health::EventLost => "ban_event_lost",
+            Health::RateStateFailed => "rate_state_failed",
+        }
+    }
+}
+
+/// Map names, shared so a rename cannot split the two sides.
+pub mod map_names {
+    pub const BANS: &str = "BANS";
+    pub const DENY_V4: &str = "DENY_V4";
+    pub const DENY_V6: &str = "DENY_V6";
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    pub const PORTS: &str = "PORTS";
+    pub const SERVICES: &str = "SERVICES";
+    pub const RULES: &str = "RULES";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const RATE_STATE: &str = "RATE_STATE";
+    pub const VERDICTS: &str = "VERDICTS";
+    pub const RULE_HITS: &str = "RULE_HITS";
+    pub const HEALTH: &str = "HEALTH";
+    pub const BAN_EVENTS: &str = "BAN_EVENTS";
+}
+
+/// The XDP program's name in the object file.
+pub const PROGRAM_NAME: &str = "sipguard";
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, made of integers, with explicit padding.
+    unsafe impl aya::Pod for PortClass {}
+    unsafe impl aya::Pod for ServicePolicy {}
+    unsafe impl aya::Pod for RateRule {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for BanEntry {}
+    unsafe impl aya::Pod for BanEvent {}
+    unsafe impl aya::Pod for RateKey {}
+    unsafe impl aya::Pod for RateWindow {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for RuleCounter {}
+}

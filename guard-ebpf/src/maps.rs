@@ -1,0 +1,59 @@
+//! Every map the XDP program uses. Sizes here are defaults; the controller
+//! resizes the capacity-bearing maps from its configuration before loading.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use guard_common::{
+    BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow, Reason, RuleCounter,
+    ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS,
+};
+
+/// Active bans. A plain hash, not an LRU: a flood of new sources must never
+/// evict a ban; when it is full, new offenders are dropped but not banned.
+#[map]
+pub static BANS: HashMap<SourceKey, BanEntry> = HashMap::with_max_entries(65_536, 0);
+
+/// Deny lists (value unused). Data in network byte order.
+#[map]
+pub static DENY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0);
+#[map]
+pub static DENY_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0);
+
+/// Allow lists; the value is the mask of services the network may use.
+#[map]
+pub static ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0);
+#[map]
+pub static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0);
+
+/// Service and rate rules of every (protocol, destination port).
+#[map]
+pub static PORTS: Array<PortClass> = Array::with_max_entries(PORT_SLOTS, 0);
+
+#[map]
+pub static SERVICES: Array<ServicePolicy> = Array::with_max_entries(SERVICE_SLOTS, 0);
+
+#[map]
+pub static RULES: Array<RateRule> = Array::with_max_entries(MAX_RATE_RULES as u32, 0);
+
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Sliding windows per (source, rule). LRU, so a spoofed-source flood
+/// recycles the coldest entries instead of exhausting memory.
+#[map]
+pub static RATE_STATE: LruHashMap<RateKey, RateWindow> = LruHashMap::with_max_entries(1_000_000, 0);
+
+#[map]
+pub static VERDICTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COUNT as u32, 0);
+
+#[map]
+pub static RULE_HITS: PerCpuArray<RuleCounter> =
+    PerCpuArray::with_max_entries(MAX_RATE_RULES as u32, 0);
+
+#[map]
+pub static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(Health::COUNT as u32, 0);
+
+/// One `BanEvent` per ban made in the kernel.
+#[map]
+pub static BAN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

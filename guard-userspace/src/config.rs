@@ -1,0 +1,734 @@
+//! The TOML configuration: its shape, the built-in defaults, and validation.
+//! Every error names the file, the line, the key and the reason.
+use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
+
+use guard_common::{rate::MAX_RATE_LIMIT, MAX_RATE_RULES, MAX_RULES_PER_PORT, MAX_SERVICES};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Where the built-in policy comes from when no `--config` is given.
+pub const BUILTIN_SOURCE: &str = "<built-in default>";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub guard: GuardSection,
+    /// Overrides of the built-in services by name, and new services.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSection>,
+    #[serde(default)]
+    pub allow: Vec<AllowEntry>,
+    #[serde(default)]
+    pub deny: Vec<DenyEntry>,
+    /// Replaces the built-in rules when present (an empty list disables them).
+    #[serde(default)]
+    pub rate_rules: Option<Vec<RateRuleSection>>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardSection {
+    pub default_policy: DefaultPolicy,
+    pub monitor: bool,
+    pub ipv6_ban_prefix: u8,
+    pub max_bans: u32,
+    pub max_tracked_sources: u32,
+    pub max_cidrs: u32,
+}
+
+impl Default for GuardSection {
+    fn default() -> Self {
+        GuardSection {
+            default_policy: DefaultPolicy::Pass,
+            monitor: false,
+            ipv6_ban_prefix: 64,
+            max_bans: 65_536,
+            max_tracked_sources: 1_000_000,
+            max_cidrs: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicy {
+    Pass,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Open,
+    Trusted,
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Port specs such as "5060/udp", "10000-20000/udp" or "5060" (TCP and UDP).
+    pub ports: Option<Vec<String>>,
+    pub access: Option<Access>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    pub cidr: IpNet,
+    /// Service names, or "all" (the default). "other" means traffic that
+    /// matches no service.
+    #[serde(default = "all_services")]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub comment: String,
+}
+
+fn all_services() -> Vec<String> {
+    vec![ALL.to_string()]
+}
+
+/// Allow-list keyword for every service and unclassified traffic.
+pub const ALL: &str = "all";
+/// Allow-list keyword for traffic that matches no service.
+pub const OTHER: &str = "other";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DenyEntry {
+    pub cidr: IpNet,
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateRuleSection {
+    pub name: String,
+    /// Count packets to this service's ports...
+    pub service: Option<String>,
+    /// ...or to these port specs (exactly one of the two).
+    pub ports: Option<Vec<String>>,
+    /// Packets allowed per window; the next one bans.
+    pub packets: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub ban: Duration,
+    /// TCP only: count connection attempts (SYN without ACK) instead of packets.
+    #[serde(default)]
+    pub syn_only: bool,
+}
+
+/// Durations as humantime strings ("2s", "1h", "7d", "1h 30m").
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+/// A port range of one protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub proto: guard_common::L4Proto,
+    pub first: u16,
+    pub last: u16,
+}
+
+/// Parses "5060/udp", "10000-20000/tcp" or "5060" (both protocols).
+pub fn parse_port_spec(spec: &str) -> Result<Vec<PortRange>, String> {
+    use guard_common::L4Proto;
+    let (range, protos) = match spec.split_once('/') {
+        Some((range, "udp")) => (range, vec![L4Proto::Udp]),
+        Some((range, "tcp")) => (range, vec![L4Proto::Tcp]),
+        Some((_, other)) => {
+            return Err(format!(
+                "port spec {spec:?}: unknown protocol {other:?} (use udp or tcp)"
+            ))
+        }
+        None => (spec, vec![L4Proto::Udp, L4Proto::Tcp]),
+    };
+    let parse_port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("port spec {spec:?}: {p:?} is not a port number (0-65535)"))
+    };
+    let (first, last) = match range.split_once('-') {
+        Some((a, b)) => (parse_port(a)?, parse_port(b)?),
+        None => {
+            let p = parse_port(range)?;
+            (p, p)
+        }
+    };
+    if first > last {
+        return Err(format!("port spec {spec:?}: range runs backwards"));
+    }
+    Ok(protos
+        .into_iter()
+        .map(|proto| PortRange { proto, first, last })
+        .collect())
+}
+
+/// The built-in services: (name, ports). All start `open`.
+pub const BUILTIN_SERVICES: &[(&str, &[&str])] = &[
+    ("sip", &["5060/udp", "5060/tcp"]),
+    ("sip-tls", &["5061/tcp"]),
+    ("rtp", &["10000-20000/udp"]),
+    ("web", &["80/tcp", "443/tcp"]),
+    ("ami", &["5038/tcp"]),
+    ("ssh", &["22/tcp"]),
+    ("tftp", &["69/udp"]),
+];
+
+/// The vendors' auto-blacklist rules on SIP/UDP 5060.
+pub fn builtin_rate_rules() -> Vec<RateRuleSection> {
+    let rule = |name: &str, packets, window| RateRuleSection {
+        name: name.to_string(),
+        service: None,
+        ports: Some(vec!["5060/udp".to_string()]),
+        packets,
+        window: Duration::from_secs(window),
+        ban: Duration::from_secs(3600),
+        syn_only: false,
+    };
+    vec![
+        rule("sip-udp-120-per-60s", 120, 60),
+        rule("sip-udp-40-per-2s", 40, 2),
+    ]
+}
+
+/// A configuration error, pointing at its place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.reason)
+        } else {
+            write!(f, ": key `{}`: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            guard: GuardSection::default(),
+            services: BTreeMap::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            rate_rules: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|span| line_of_offset(text, span.start));
+            ConfigError {
+                file: file.to_string(),
+                line,
+                key: if key == "." { String::new() } else { key },
+                reason: inner.message().trim().to_string(),
+            }
+        })?;
+        config.validate().map_err(|(key, reason)| ConfigError {
+            file: file.to_string(),
+            line: line_of_key(text, &key),
+            key,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// The merged service table: built-ins with overrides, then new services,
+    /// in id order (ids start at 1).
+    pub fn services(&self) -> Vec<(String, Vec<String>, Access)> {
+        let mut out: Vec<(String, Vec<String>, Access)> = BUILTIN_SERVICES
+            .iter()
+            .map(|(name, ports)| {
+                let ports = ports.iter().map(|p| p.to_string()).collect();
+                (name.to_string(), ports, Access::Open)
+            })
+            .collect();
+        for (name, section) in &self.services {
+            let slot = match out.iter().position(|(n, _, _)| n == name) {
+                Some(i) => i,
+                None => {
+                    out.push((name.clone(), Vec::new(), Access::Open));
+                    out.len() - 1
+                }
+            };
+            if let Some(ports) = &section.ports {
+                out[slot].1 = ports.clone();
+            }
+            if let Some(access) = section.access {
+                out[slot].2 = access;
+            }
+        }
+        out
+    }
+
+    pub fn rate_rules(&self) -> Vec<RateRuleSection> {
+        self.rate_rules.clone().unwrap_or_else(builtin_rate_rules)
+    }
+
+    /// Checks what serde cannot: returns (key path, reason).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let g = &self.guard;
+        if !(1..=128).contains(&g.ipv6_ban_prefix) {
+            return Err(("guard.ipv6_ban_prefix".into(), "must be 1..=128".into()));
+        }
+        for (key, value) in [
+            ("guard.max_bans", g.max_bans),
+            ("guard.max_tracked_sources", g.max_tracked_sources),
+            ("guard.max_cidrs", g.max_cidrs),
+        ] {
+            if value == 0 {
+                return Err((key.into(), "must be at least 1".into()));
+            }
+        }
+
+        let services = self.services();
+        if services.len() > MAX_SERVICES {
+            return Err((
+                "services".into(),
+                format!("at most {MAX_SERVICES} services, found {}", services.len()),
+            ));
+        }
+        let mut claimed: Vec<(PortRange, &str)> = Vec::new();
+        for (name, ports, _) in &services {
+            let key = format!("services.{name}.ports");
+            if name == ALL || name == OTHER {
+                return Err((format!("services.{name}"), "reserved service name".into()));
+            }
+            if ports.is_empty() {
+                return Err((key, format!("service {name:?} needs at least one port")));
+            }
+            for spec in ports {
+                for range in parse_port_spec(spec).map_err(|e| (key.clone(), e))? {
+                    if let Some((_, other)) = claimed.iter().find(|(r, _)| overlaps(r, &range)) {
+                        return Err((
+                            key,
+                            format!("{spec:?} overlaps a port of service {other:?}"),
+                        ));
+                    }
+                    claimed.push((range, name));
+                }
+            }
+        }
+
+        let known = |s: &str| s == ALL || s == OTHER || services.iter().any(|(n, _, _)| n == s);
+        for (i, entry) in self.allow.iter().enumerate() {
+            if entry.services.is_empty() {
+                return Err((format!("allow[{i}].services"), "empty list".into()));
+            }
+            if let Some(bad) = entry.services.iter().find(|s| !known(s)) {
+                return Err((
+                    format!("allow[{i}].services"),
+                    format!("unknown service {bad:?}"),
+                ));
+            }
+        }
+
+        let rules = self.rate_rules();
+        if rules.len() > MAX_RATE_RULES {
+            return Err((
+                "rate_rules".into(),
+                format!("at most {MAX_RATE_RULES} rules, found {}", rules.len()),
+            ));
+        }
+        for (i, rule) in rules.iter().enumerate() {
+            let key = |field: &str| format!("rate_rules[{i}].{field}");
+            match (&rule.service, &rule.ports) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err((
+                        key("service"),
+                        "give exactly one of service or ports".into(),
+                    ))
+                }
+                (Some(service), None) if !services.iter().any(|(n, _, _)| n == service) => {
+                    return Err((key("service"), format!("unknown service {service:?}")))
+                }
+                (None, Some(ports)) => {
+                    for spec in ports {
+                        parse_port_spec(spec).map_err(|e| (key("ports"), e))?;
+                    }
+                }
+                _ => {}
+            }
+            if rule.packets == 0 || rule.packets > MAX_RATE_LIMIT {
+                return Err((key("packets"), format!("must be 1..={MAX_RATE_LIMIT}")));
+            }
+            if rule.window < Duration::from_secs(1) || rule.window > Duration::from_secs(86_400) {
+                return Err((key("window"), "must be between 1s and 24h".into()));
+            }
+            if rule.ban.is_zero() {
+                return Err((key("ban"), "must be longer than 0s".into()));
+            }
+            if rule.syn_only
+                && !self
+                    .rule_ranges(rule)
+                    .iter()
+                    .any(|r| r.proto == guard_common::L4Proto::Tcp)
+            {
+                return Err((key("syn_only"), "needs TCP ports to count SYNs on".into()));
+            }
+            if rules[..i].iter().any(|r| r.name == rule.name) {
+                return Err((key("name"), format!("duplicate rule name {:?}", rule.name)));
+            }
+        }
+        self.validate_rules_per_port(&rules)
+    }
+
+    /// No port may be watched by more than MAX_RULES_PER_PORT rules.
+    fn validate_rules_per_port(&self, rules: &[RateRuleSection]) -> Result<(), (String, String)> {
+        let mut watchers: BTreeMap<(u8, u16), usize> = BTreeMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let mut ports: Vec<(u8, u16)> = self
+                .rule_ranges(rule)
+                .iter()
+                .flat_map(|r| (r.first..=r.last).map(move |p| (r.proto as u8, p)))
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            for port in ports {
+                let n = watchers.entry(port).or_default();
+                *n += 1;
+                if *n > MAX_RULES_PER_PORT {
+                    return Err((
+                        format!("rate_rules[{i}]"),
+                        format!(
+                            "port {} is watched by more than {MAX_RULES_PER_PORT} rules",
+                            port.1
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The port ranges a rate rule watches (assumes a validated rule).
+    pub fn rule_ranges(&self, rule: &RateRuleSection) -> Vec<PortRange> {
+        let specs: Vec<String> = match (&rule.service, &rule.ports) {
+            (Some(service), _) => self
+                .services()
+                .into_iter()
+                .find(|(n, _, _)| n == service)
+                .map(|(_, ports, _)| ports)
+                .unwrap_or_default(),
+            (None, Some(ports)) => ports.clone(),
+            (None, None) => Vec::new(),
+        };
+        specs
+            .iter()
+            .filter_map(|s| parse_port_spec(s).ok())
+            .flatten()
+            .collect()
+    }
+}
+
+fn overlaps(a: &PortRange, b: &PortRange) -> bool {
+    a.proto == b.proto && a.first <= b.last && b.first <= a.last
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Best-effort line of a key path such as `rate_rules[1].window` or
+/// `services.web.ports`: the line of the deepest part that can be found.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let mut line = None;
+    let mut search_from = 0usize;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let found = match index {
+            // The n-th `[[name]]` header.
+            Some(n) => find_nth_line(text, search_from, n, |l| l == format!("[[{name}]]")),
+            // A `[section.name]` header or a `name =` assignment.
+            None => find_nth_line(text, search_from, 0, |l| {
+                l.starts_with(&format!("{name} ="))
+                    || l.starts_with(&format!("{name}="))
+                    || (l.starts_with('[') && l.trim_matches(['[', ']']).ends_with(name))
+            }),
+        };
+        if let Some((l, offset)) = found {
+            line = Some(l);
+            search_from = offset;
+        }
+    }
+    line
+}
+
+/// (1-based line, byte offset of the line after it) of the n-th line from
+/// `from` whose trimmed text satisfies `matches`.
+fn find_nth_line(
+    text: &str,
+    from: usize,
+    n: usize,
+    matches: impl Fn(&str) -> bool,
+) -> Option<(usize, usize)> {
+    let mut seen = 0;
+    let mut offset = 0;
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        let start = offset;
+        offset += raw.len();
+        if start < from {
+            continue;
+        }
+        if matches(raw.trim()) {
+            if seen == n {
+                return Some((i + 1, offset));
+            }
+            seen += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    #[test]
+    fn empty_config_is_the_builtin_policy() {
+        let c = parse("").unwrap();
+        assert_eq!(c.guard.default_policy, DefaultPolicy::Pass);
+        assert!(!c.guard.monitor);
+        let rules = c.rate_rules();
+        assert_eq!(rules.len(), 2);
+        assert_eq!((rules[0].packets, rules[0].window.as_secs()), (120, 60));
+        assert_eq!((rules[1].packets, rules[1].window.as_secs()), (40, 2));
+        assert!(rules.iter().all(|r| r.ban == Duration::from_secs(3600)));
+        let services = c.services();
+        assert_eq!(services.len(), 7);
+        assert!(services.iter().all(|(_, _, a)| *a == Access::Open));
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../sipguard.example.toml");
+        let c = parse(text).unwrap();
+        assert!(c.rate_rules().len() >= 2);
+    }
+
+    #[test]
+    fn overrides_and_new_services_merge() {
+        let c = parse(
+            r#"
+[services.web]
+access = "trusted"
+[services.provisioning]
+ports = ["8088/tcp"]
+access = "closed"
+"#,
+        )
+        .unwrap();
+        let s = c.services();
+        let web = s.iter().find(|(n, _, _)| n == "web").unwrap();
+        assert_eq!(web.2, Access::Trusted);
+        assert_eq!(web.1, vec!["80/tcp", "443/tcp"]);
+        assert_eq!(s.last().unwrap().0, "provisioning");
+    }
+
+    #[test]
+    fn port_specs() {
+        use guard_common::L4Proto::*;
+        assert_eq!(
+            parse_port_spec("10000-20000/udp").unwrap(),
+            vec![PortRange {
+                proto: Udp,
+                first: 10000,
+                last: 20000
+            }]
+        );
+        assert_eq!(parse_port_spec("5060").unwrap().len(), 2);
+        assert!(parse_port_spec("5060/sctp").is_err());
+        assert!(parse_port_spec("70000/udp").is_err());
+        assert!(parse_port_spec("20-10/udp").is_err());
+        assert!(parse_port_spec("x/udp").is_err());
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let e = parse("[guard]\ndefault_policy = \n").unwrap_err();
+        assert_eq!(e.file, "test.toml");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let e = parse("[guard]\nmonitor = false\ndefault_policy = \"maybe\"\n").unwrap_err();
+        assert_eq!(e.key, "guard.default_policy");
+        assert_eq!(e.line, Some(3));
+        assert!(
+            e.reason.contains("maybe") || e.reason.contains("variant"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("test.toml:3: key `guard.default_policy`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let e = parse("[guard]\nmonitr = true\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.reason.contains("monitr"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidr_is_rejected_with_its_line() {
+        let e = parse("[[allow]]\ncidr = \"10.0.0.0/33\"\n").unwrap_err();
+        assert_eq!(e.key, "allow[0].cidr");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let text = r#"
+[[rate_rules]]
+name = "a"
+ports = ["5060/udp"]
+packets = 10
+window = "10s"
+ban = "1h"
+
+[[rate_rules]]
+name = "b"
+service = "nope"
+packets = 10
+window = "10s"
+ban = "1h"
+"#;
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.key, "rate_rules[1].service");
+        assert_eq!(e.line, Some(11));
+        assert!(e.reason.contains("nope"));
+    }
+
+    #[test]
+    fn rule_limits_are_checked() {
+        let rule = |extra: &str| {
+            format!("[[rate_rules]]\nname = \"r\"\nports = [\"5060/udp\"]\n{extra}\n")
+        };
+        let e = parse(&rule("packets = 0\nwindow = \"2s\"\nban = \"1h\"")).unwrap_err();
+        assert_eq!(e.key, "rate_rules[0].packets");
+        let e = parse(&rule("packets = 5\nwindow = \"0s\"\nban = \"1h\"")).unwrap_err();
+        assert_eq!(e.key, "rate_rules[0].window");
+        let e = parse(&rule(
+            "packets = 5\nwindow = \"2 fortnights\"\nban = \"1h\"",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "rate_rules[0].window");
+        let e = parse(&rule(
+            "packets = 5\nwindow = \"2s\"\nban = \"1h\"\nsyn_only = true",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "rate_rules[0].syn_only");
+    }
+
+    #[test]
+    fn too_many_rules_is_an_error() {
+        let mut text = String::new();
+        for i in 0..=MAX_RATE_RULES {
+            text += &format!(
+                "[[rate_rules]]\nname = \"r{i}\"\nports = [\"{}/udp\"]\npackets = 5\nwindow = \"2s\"\nban = \"1h\"\n",
+                1000 + i
+            );
+        }
+        assert_eq!(parse(&text).unwrap_err().key, "rate_rules");
+        // Exactly the maximum is fine.
+        let cut = text.rfind("[[rate_rules]]").unwrap();
+        assert!(parse(&text[..cut]).is_ok());
+    }
+
+    #[test]
+    fn at_most_four_rules_per_port() {
+        let mut text = String::new();
+        for i in 0..5 {
+            text += &format!(
+                "[[rate_rules]]\nname = \"r{i}\"\nservice = \"sip\"\npackets = {}\nwindow = \"2s\"\nban = \"1h\"\n",
+                10 + i
+            );
+        }
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "rate_rules[4]");
+        assert!(e.reason.contains("5060"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_services_are_rejected() {
+        let e = parse("[services.mysip]\nports = [\"5060/udp\"]\n").unwrap_err();
+        assert_eq!(e.key, "services.mysip.ports");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn unknown_allow_service_is_rejected() {
+        let e =
+            parse("[[allow]]\ncidr = \"10.0.0.0/8\"\nservices = [\"sip\", \"fax\"]\n").unwrap_err();
+        assert_eq!(e.key, "allow[0].services");
+        assert!(e.reason.contains("fax"));
+    }
+
+    #[test]
+    fn guard_limits() {
+        assert_eq!(
+            parse("[guard]\nipv6_ban_prefix = 0\n").unwrap_err().key,
+            "guard.ipv6_ban_prefix"
+        );
+        assert_eq!(parse("[guard]\nmax_bans = 0\n").unwrap_err().line, Some(2));
+        assert_eq!(
+            parse("[guard]\nmax_bans = -1\n").unwrap_err().key,
+            "guard.max_bans"
+        );
+    }
+}

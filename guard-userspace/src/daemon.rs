@@ -1,0 +1,167 @@
+//! `sipguard run`: load, attach, log bans, clear expired ones, and detach
+//! cleanly on SIGINT or SIGTERM.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use guard_common::Reason;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+};
+use tracing::{info, warn};
+
+use crate::{
+    bans, clock,
+    config::{Config, DefaultPolicy, BUILTIN_SOURCE},
+    events,
+    loader::{Guard, XdpModeChoice},
+    maps::KernelMaps,
+    policy::CompiledPolicy,
+    preflight,
+};
+
+/// How often expired bans are cleared from the map.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct RunOptions {
+    pub iface: Option<String>,
+    pub config: Option<PathBuf>,
+    pub xdp_mode: XdpModeChoice,
+    pub monitor: bool,
+}
+
+/// Reads the config and resolves the interface; nothing touches the kernel yet.
+pub fn prepare(options: &RunOptions) -> Result<(Config, String, String)> {
+    let (mut config, source) = match &options.config {
+        Some(path) => (Config::load(path)?, path.display().to_string()),
+        None => (Config::default(), BUILTIN_SOURCE.to_string()),
+    };
+    if options.monitor {
+        config.guard.monitor = true;
+    }
+    let iface = match &options.iface {
+        Some(iface) => iface.clone(),
+        None => {
+            let iface = preflight::default_route_interface()?;
+            info!("no --iface given: using {iface}, the default-route interface");
+            iface
+        }
+    };
+    Ok((config, source, iface))
+}
+
+pub async fn run(options: RunOptions) -> Result<()> {
+    let (config, source, iface) = prepare(&options)?;
+    preflight::interface_index(&iface)?;
+    preflight::privileges()?;
+    preflight::kernel()?;
+
+    let policy = CompiledPolicy::compile(&config);
+    let mut guard = Guard::load(&config, &policy)?;
+    let mode = guard.attach(&iface, options.xdp_mode)?;
+    let program_id = guard.program_id()?;
+    info!(
+        "attached to {iface} in {mode} mode (program id {program_id}); policy from {source}: {}",
+        summary(&config, &policy)
+    );
+
+    let ring = guard
+        .maps
+        .ban_events
+        .take()
+        .context("ban event ring taken twice")?;
+    let ipv6_prefix = config.guard.ipv6_ban_prefix;
+    let events = tokio::spawn(events::log_ban_events(
+        ring,
+        policy.rule_names.clone(),
+        ipv6_prefix,
+    ));
+
+    let maps = Arc::new(Mutex::new(std::mem::replace(
+        &mut guard.maps,
+        placeholder_maps(program_id)?,
+    )));
+    let sweeper = tokio::spawn(sweep_forever(Arc::clone(&maps), ipv6_prefix));
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let why = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+        ended = events => format!("ban event reader stopped: {ended:?}").leak(),
+    };
+    sweeper.abort();
+    guard.detach()?;
+    info!("{why}: detached from {iface}");
+    log_totals(&*maps.lock().await);
+    Ok(())
+}
+
+/// A second handle on the same kernel maps, so `guard` keeps a valid value
+/// while the shared one lives behind the mutex.
+fn placeholder_maps(program_id: u32) -> Result<KernelMaps> {
+    KernelMaps::from_program_id(program_id)
+}
+
+async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let mut maps = maps.lock().await;
+        match bans::sweep_expired(&mut maps, clock::boottime_ns()) {
+            Ok(expired) => {
+                for (source, ban) in expired {
+                    info!(
+                        target: "sipguard::ban",
+                        "ban on {} expired ({}, {} packets dropped)",
+                        bans::source_to_string(&source, ipv6_prefix),
+                        bans::reason_name(ban.reason),
+                        ban.dropped
+                    );
+                }
+            }
+            Err(e) => warn!("clearing expired bans failed: {e:#}"),
+        }
+    }
+}
+
+fn summary(config: &Config, policy: &CompiledPolicy) -> String {
+    let default = match config.guard.default_policy {
+        DefaultPolicy::Pass => "pass",
+        DefaultPolicy::Drop => "drop",
+    };
+    format!(
+        "default {default}{}, {} services, {} rate rules, {} allow and {} deny entries",
+        if config.guard.monitor {
+            ", MONITOR mode (nothing is dropped)"
+        } else {
+            ""
+        },
+        policy.services.len(),
+        policy.rules.len(),
+        policy.allow.len(),
+        policy.deny.len()
+    )
+}
+
+fn log_totals(maps: &KernelMaps) {
+    match maps.verdicts() {
+        Ok(totals) => {
+            let line: Vec<String> = Reason::ALL
+                .iter()
+                .zip(totals.iter())
+                .filter(|(_, c)| c.packets > 0)
+                .map(|(reason, c)| format!("{}={}", reason.name(), c.packets))
+                .collect();
+            info!(
+                "packets by verdict: {}",
+                if line.is_empty() {
+                    "none".into()
+                } else {
+                    line.join(" ")
+                }
+            );
+        }
+        Err(e) => warn!("reading counters failed: {e:#}"),
+    }
+}

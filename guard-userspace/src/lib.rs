@@ -1,0 +1,17 @@
+//! sipguard's controller. One module per job:
+//! - `config`: the TOML file, defaults and validation
+//! - `policy`: config -> the values the kernel maps hold
+//! - `maps`: typed access to the XDP program's maps
+//! - `loader`: loading, attaching and detaching the embedded XDP program
+//! - `bans`, `events`: ban bookkeeping and the kernel's ban events
+//! - `preflight`: interface, privilege and kernel checks
+//! - `daemon`: `sipguard run`
+pub mod bans;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod events;
+pub mod loader;
+pub mod maps;
+pub mod policy;
+pub mod preflight;

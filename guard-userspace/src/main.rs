@@ -1,0 +1,117 @@
+//! The `sipguard` command line.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use guard_userspace::{
+    config::Config,
+    daemon::{self, RunOptions},
+    loader::XdpModeChoice,
+    policy::CompiledPolicy,
+};
+
+/// XDP protection for IP PBXs: allow/deny lists, per-service access, SIP rate
+/// limits with auto-blacklisting, all in the kernel's fast path.
+#[derive(Parser)]
+#[command(name = "sipguard", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the guard to an interface and run until SIGINT or SIGTERM.
+    Run {
+        /// Interface to protect (default: the default-route interface).
+        #[arg(long)]
+        iface: Option<String>,
+        /// TOML configuration (default: the built-in policy).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// XDP attach mode: auto tries native (driver) first, then skb (generic).
+        #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
+        xdp_mode: XdpModeChoice,
+        /// Count every verdict but pass all packets.
+        #[arg(long)]
+        monitor: bool,
+    },
+    /// Validate a configuration file and summarise it.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            iface,
+            config,
+            xdp_mode,
+            monitor,
+        } => {
+            let options = RunOptions {
+                iface,
+                config,
+                xdp_mode,
+                monitor,
+            };
+            // A bad config is reported before any kernel work.
+            if let Err(e) = daemon::prepare(&options) {
+                eprintln!("sipguard: {e:#}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("sipguard: cannot start the runtime: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            };
+            match runtime.block_on(daemon::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sipguard: {e:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                let policy = CompiledPolicy::compile(&config);
+                println!(
+                    "{}: OK ({} services, {} rate rules, {} allow and {} deny entries)",
+                    file.display(),
+                    policy.services.len(),
+                    policy.rules.len(),
+                    policy.allow.len(),
+                    policy.deny.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sipguard: {e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIPGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

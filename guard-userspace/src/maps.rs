@@ -1,0 +1,242 @@
+//! Typed access to the XDP program's maps, from the program just loaded or
+//! from one already running (found by its program id).
+use std::net::IpAddr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{
+    lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf,
+};
+use guard_common::{
+    map_names as names, BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow,
+    Reason, RuleCounter, ServicePolicy, Settings, SourceKey, MAX_RATE_RULES,
+};
+use ipnet::IpNet;
+
+use crate::policy::CompiledPolicy;
+
+pub struct KernelMaps {
+    pub bans: HashMap<MapData, SourceKey, BanEntry>,
+    pub deny_v4: LpmTrie<MapData, [u8; 4], u32>,
+    pub deny_v6: LpmTrie<MapData, [u8; 16], u32>,
+    pub allow_v4: LpmTrie<MapData, [u8; 4], u32>,
+    pub allow_v6: LpmTrie<MapData, [u8; 16], u32>,
+    pub ports: Array<MapData, PortClass>,
+    pub services: Array<MapData, ServicePolicy>,
+    pub rules: Array<MapData, RateRule>,
+    pub settings: Array<MapData, Settings>,
+    pub rate_state: HashMap<MapData, RateKey, RateWindow>,
+    pub verdicts: PerCpuArray<MapData, Counter>,
+    pub rule_hits: PerCpuArray<MapData, RuleCounter>,
+    pub health: PerCpuArray<MapData, u64>,
+    /// Taken by whoever reads ban events (there is one reader).
+    pub ban_events: Option<RingBuf<MapData>>,
+}
+
+fn typed<T>(take: &mut impl FnMut(&str) -> Option<Map>, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = take(name).ok_or_else(|| anyhow!("the XDP program has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl KernelMaps {
+    /// Builds from a source of maps by name (`Ebpf::take_map`, or maps found by id).
+    pub fn from_source(mut take: impl FnMut(&str) -> Option<Map>) -> Result<KernelMaps> {
+        let t = &mut take;
+        Ok(KernelMaps {
+            bans: typed(t, names::BANS)?,
+            deny_v4: typed(t, names::DENY_V4)?,
+            deny_v6: typed(t, names::DENY_V6)?,
+            allow_v4: typed(t, names::ALLOW_V4)?,
+            allow_v6: typed(t, names::ALLOW_V6)?,
+            ports: typed(t, names::PORTS)?,
+            services: typed(t, names::SERVICES)?,
+            rules: typed(t, names::RULES)?,
+            settings: typed(t, names::SETTINGS)?,
+            rate_state: typed(t, names::RATE_STATE)?,
+            verdicts: typed(t, names::VERDICTS)?,
+            rule_hits: typed(t, names::RULE_HITS)?,
+            health: typed(t, names::HEALTH)?,
+            ban_events: Some(typed(t, names::BAN_EVENTS)?),
+        })
+    }
+
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<KernelMaps> {
+        KernelMaps::from_source(|name| ebpf.take_map(name))
+    }
+
+    /// The maps of a loaded program, by its id (as `bpftool prog` shows it).
+    pub fn from_program_id(program_id: u32) -> Result<KernelMaps> {
+        let info = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == program_id)
+            .ok_or_else(|| anyhow!("no BPF program with id {program_id}"))?;
+        let ids = info
+            .map_ids()
+            .context("reading the program's map ids")?
+            .ok_or_else(|| anyhow!("the kernel does not report map ids"))?;
+        let mut found = Vec::new();
+        for id in ids {
+            let data = MapData::from_id(id).with_context(|| format!("opening map {id}"))?;
+            let name = data
+                .info()
+                .ok()
+                .and_then(|i| i.name_as_str().map(str::to_owned))
+                .unwrap_or_default();
+            found.push((name, Map::from_map_data(data)?));
+        }
+        KernelMaps::from_source(|wanted| {
+            // The kernel keeps 15 characters of a map name.
+            let short = &wanted[..wanted.len().min(15)];
+            let i = found.iter().position(|(name, _)| name == short)?;
+            Some(found.swap_remove(i).1)
+        })
+    }
+
+    /// Writes a whole policy into freshly created (empty) maps.
+    pub fn write_policy(&mut self, policy: &CompiledPolicy) -> Result<()> {
+        self.settings
+            .set(0, policy.settings, 0)
+            .context("writing SETTINGS")?;
+        for (id, service) in &policy.services {
+            self.services
+                .set(*id as u32, service, 0)
+                .context("writing SERVICES")?;
+        }
+        for (i, rule) in policy.rules.iter().enumerate() {
+            self.rules.set(i as u32, rule, 0).context("writing RULES")?;
+        }
+        for (index, class) in &policy.ports {
+            self.ports.set(*index, class, 0).context("writing PORTS")?;
+        }
+        for (net, mask) in &policy.allow {
+            self.insert_allow(*net, *mask)
+                .with_context(|| format!("adding {net} to the allow list"))?;
+        }
+        for net in &policy.deny {
+            self.insert_deny(*net)
+                .with_context(|| format!("adding {net} to the deny list"))?;
+        }
+        Ok(())
+    }
+
+    pub fn insert_allow(&mut self, net: IpNet, services: u32) -> Result<()> {
+        match net {
+            IpNet::V4(n) => self.allow_v4.insert(
+                &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
+                services,
+                0,
+            )?,
+            IpNet::V6(n) => self.allow_v6.insert(
+                &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
+                services,
+                0,
+            )?,
+        }
+        Ok(())
+    }
+
+    pub fn insert_deny(&mut self, net: IpNet) -> Result<()> {
+        match net {
+            IpNet::V4(n) => self.deny_v4.insert(
+                &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
+                0,
+                0,
+            )?,
+            IpNet::V6(n) => self.deny_v6.insert(
+                &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
+                0,
+                0,
+            )?,
+        }
+        Ok(())
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        Ok(self.settings.get(&0, 0)?)
+    }
+
+    /// The ban-map key of an address under the current IPv6 ban prefix.
+    pub fn source_key(&self, ip: IpAddr) -> Result<SourceKey> {
+        Ok(match ip {
+            IpAddr::V4(v4) => SourceKey::from_ipv4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey::from_ipv4(v4.octets()),
+                None => SourceKey::from_ipv6(v6.octets(), self.settings()?.ipv6_ban_prefix),
+            },
+        })
+    }
+
+    pub fn insert_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<()> {
+        self.bans
+            .insert(source, entry, 0)
+            .context("writing the ban map")?;
+        Ok(())
+    }
+
+    pub fn remove_ban(&mut self, source: &SourceKey) -> Result<bool> {
+        match self.bans.remove(source) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e).context("removing from the ban map"),
+        }
+    }
+
+    pub fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>> {
+        match self.bans.get(source, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading the ban map"),
+        }
+    }
+
+    /// Every entry of the ban map, expired ones included.
+    pub fn bans(&self) -> Result<Vec<(SourceKey, BanEntry)>> {
+        let mut out = Vec::new();
+        for item in self.bans.iter() {
+            // An entry deleted while we walk is simply skipped.
+            match item {
+                Ok(pair) => out.push(pair),
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => bail!("reading the ban map: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verdict counters summed over CPUs, indexed like [`Reason::ALL`].
+    pub fn verdicts(&self) -> Result<[Counter; Reason::COUNT]> {
+        let mut totals = [Counter::default(); Reason::COUNT];
+        for (i, total) in totals.iter_mut().enumerate() {
+            for per_cpu in self.verdicts.get(&(i as u32), 0)?.iter() {
+                total.packets += per_cpu.packets;
+                total.bytes += per_cpu.bytes;
+            }
+        }
+        Ok(totals)
+    }
+
+    pub fn verdict(&self, reason: Reason) -> Result<Counter> {
+        Ok(self.verdicts()?[reason as usize])
+    }
+
+    pub fn rule_hits(&self) -> Result<[RuleCounter; MAX_RATE_RULES]> {
+        let mut totals = [RuleCounter::default(); MAX_RATE_RULES];
+        for (i, total) in totals.iter_mut().enumerate() {
+            for per_cpu in self.rule_hits.get(&(i as u32), 0)?.iter() {
+                total.counted += per_cpu.counted;
+                total.limited += per_cpu.limited;
+            }
+        }
+        Ok(totals)
+    }
+
+    pub fn health(&self) -> Result<[u64; Health::COUNT]> {
+        let mut totals = [0u64; Health::COUNT];
+        for (i, total) in totals.iter_mut().enumerate() {
+            *total = self.health.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(totals)
+    }
+}

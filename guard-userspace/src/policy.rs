@@ -1,0 +1,232 @@
+//! Compiles a validated [`Config`] into the exact values the kernel maps hold.
+//! Pure: no kernel access, so every translation rule is unit-tested.
+use std::net::IpAddr;
+
+use guard_common::{
+    port_index, rate::slot_width_ns, service_bit, AccessMode, PortClass, RateRule, ServicePolicy,
+    Settings, ALLOW_ALL, DEFAULT_DROP, DEFAULT_PASS, RULE_SYN_ONLY, UNCLASSIFIED_BIT,
+};
+use ipnet::IpNet;
+
+use crate::config::{Access, Config, DefaultPolicy, ALL, OTHER};
+
+/// Everything the kernel needs to enforce a configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledPolicy {
+    pub settings: Settings,
+    /// Service names by id (index 0 is id 1).
+    pub service_names: Vec<String>,
+    /// `(id, policy)` for every service.
+    pub services: Vec<(u8, ServicePolicy)>,
+    /// Non-default `PORTS` slots.
+    pub ports: Vec<(u32, PortClass)>,
+    pub rule_names: Vec<String>,
+    pub rules: Vec<RateRule>,
+    /// `(network, allowed services mask)`, networks normalised (host bits cleared).
+    pub allow: Vec<(IpNet, u32)>,
+    pub deny: Vec<IpNet>,
+}
+
+impl CompiledPolicy {
+    pub fn compile(config: &Config) -> CompiledPolicy {
+        let services = config.services();
+        let id_of = |name: &str| {
+            services
+                .iter()
+                .position(|(n, _, _)| n == name)
+                .map(|i| i as u8 + 1)
+        };
+
+        let mut ports = vec![PortClass::UNCLASSIFIED; guard_common::PORT_SLOTS as usize];
+        for (i, (_, specs, _)) in services.iter().enumerate() {
+            for spec in specs {
+                for range in crate::config::parse_port_spec(spec).unwrap_or_default() {
+                    for port in range.first..=range.last {
+                        ports[port_index(range.proto, port) as usize].service = i as u8 + 1;
+                    }
+                }
+            }
+        }
+        let rule_sections = config.rate_rules();
+        let mut rules = Vec::new();
+        for (bit, rule) in rule_sections.iter().enumerate() {
+            for range in config.rule_ranges(rule) {
+                for port in range.first..=range.last {
+                    // Validation bounds the rules per port, so this always fits.
+                    ports[port_index(range.proto, port) as usize].add_rule(bit as u8);
+                }
+            }
+            let window_ns = rule.window.as_nanos().min(u64::MAX as u128) as u64;
+            rules.push(RateRule {
+                limit: rule.packets,
+                flags: if rule.syn_only { RULE_SYN_ONLY } else { 0 },
+                _pad: [0; 3],
+                slot_ns: slot_width_ns(window_ns),
+                ban_ns: rule.ban.as_nanos().min(u64::MAX as u128) as u64,
+            });
+        }
+
+        let allow = config
+            .allow
+            .iter()
+            .map(|entry| {
+                let mask = entry.services.iter().fold(0u32, |mask, name| {
+                    mask | match name.as_str() {
+                        ALL => ALLOW_ALL,
+                        OTHER => UNCLASSIFIED_BIT,
+                        service => id_of(service).map(service_bit).unwrap_or(0),
+                    }
+                });
+                (entry.cidr.trunc(), mask)
+            })
+            .collect();
+
+        CompiledPolicy {
+            settings: Settings {
+                default_policy: match config.guard.default_policy {
+                    DefaultPolicy::Pass => DEFAULT_PASS,
+                    DefaultPolicy::Drop => DEFAULT_DROP,
+                },
+                monitor: config.guard.monitor as u8,
+                ipv6_ban_prefix: config.guard.ipv6_ban_prefix,
+                _pad: [0; 5],
+            },
+            service_names: services.iter().map(|(n, _, _)| n.clone()).collect(),
+            services: services
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, access))| {
+                    let mode = match access {
+                        Access::Open => AccessMode::Open,
+                        Access::Trusted => AccessMode::Trusted,
+                        Access::Closed => AccessMode::Closed,
+                    };
+                    (i as u8 + 1, ServicePolicy { access: mode as u8 })
+                })
+                .collect(),
+            ports: ports
+                .into_iter()
+                .enumerate()
+                .filter(|(_, class)| *class != PortClass::UNCLASSIFIED)
+                .map(|(i, class)| (i as u32, class))
+                .collect(),
+            rule_names: rule_sections.iter().map(|r| r.name.clone()).collect(),
+            rules,
+            allow,
+            deny: config.deny.iter().map(|d| d.cidr.trunc()).collect(),
+        }
+    }
+
+    /// The largest number of rules that can watch one port: each needs its
+    /// own rate-state entry per source.
+    pub fn max_rules_per_port(&self) -> u32 {
+        self.ports
+            .iter()
+            .map(|(_, class)| class.rule_count() as u32)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Address bytes in network order, as the LPM tries and `SourceKey` hold them.
+pub fn ip_octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use guard_common::{L4Proto, NO_SERVICE};
+
+    use super::*;
+
+    fn compile(text: &str) -> CompiledPolicy {
+        CompiledPolicy::compile(&Config::parse(text, "t.toml").unwrap())
+    }
+
+    fn class(p: &CompiledPolicy, proto: L4Proto, port: u16) -> PortClass {
+        let index = port_index(proto, port);
+        p.ports
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, c)| *c)
+            .unwrap_or(PortClass::UNCLASSIFIED)
+    }
+
+    #[test]
+    fn builtin_policy_marks_sip_and_its_two_rules() {
+        let p = compile("");
+        let sip = class(&p, L4Proto::Udp, 5060);
+        assert_eq!(p.service_names[sip.service as usize - 1], "sip");
+        assert_eq!(sip.rule_indexes().collect::<Vec<_>>(), vec![0, 1]);
+        // TCP 5060 is sip too, but the vendors' rules are UDP only.
+        assert!(!class(&p, L4Proto::Tcp, 5060).has_rules());
+        assert_eq!(class(&p, L4Proto::Udp, 15000).service, 3);
+        assert_eq!(class(&p, L4Proto::Udp, 20001), PortClass::UNCLASSIFIED);
+        assert_eq!(class(&p, L4Proto::Tcp, 5038).service, 5);
+        assert_eq!(p.rules[0].limit, 120);
+        assert_eq!(p.rules[1].limit, 40);
+        assert_eq!(p.rules[1].ban_ns, 3_600_000_000_000);
+        assert_eq!(p.rules[1].slot_ns, 2_000_000_000 / 7);
+        assert_eq!(p.max_rules_per_port(), 2);
+        assert_eq!(p.settings.default_policy, DEFAULT_PASS);
+        assert!(p
+            .services
+            .iter()
+            .all(|(_, s)| s.access == AccessMode::Open as u8));
+    }
+
+    #[test]
+    fn allow_masks_and_cidr_normalisation() {
+        let p = compile(
+            r#"
+[[allow]]
+cidr = "192.0.2.77/24"
+services = ["sip", "web"]
+[[allow]]
+cidr = "2001:db8::1/48"
+[[allow]]
+cidr = "198.51.100.0/24"
+services = ["other"]
+"#,
+        );
+        assert_eq!(p.allow[0].0.to_string(), "192.0.2.0/24");
+        assert_eq!(p.allow[0].1, service_bit(1) | service_bit(4));
+        assert_eq!(p.allow[1].0.to_string(), "2001:db8::/48");
+        assert_eq!(p.allow[1].1, ALLOW_ALL);
+        assert_eq!(p.allow[2].1, UNCLASSIFIED_BIT);
+    }
+
+    #[test]
+    fn service_rules_and_syn_only() {
+        let p = compile(
+            r#"
+[guard]
+default_policy = "drop"
+[services.ssh]
+access = "trusted"
+[[rate_rules]]
+name = "ssh-connects"
+service = "ssh"
+packets = 5
+window = "1m"
+ban = "1d"
+syn_only = true
+"#,
+        );
+        assert_eq!(p.settings.default_policy, DEFAULT_DROP);
+        assert_eq!(
+            class(&p, L4Proto::Tcp, 22)
+                .rule_indexes()
+                .collect::<Vec<_>>(),
+            vec![0]
+        );
+        assert!(!class(&p, L4Proto::Udp, 5060).has_rules());
+        assert_eq!(p.rules[0].flags, RULE_SYN_ONLY);
+        let ssh = p.services.iter().find(|(id, _)| *id == 6).unwrap();
+        assert_eq!(ssh.1.access, AccessMode::Trusted as u8);
+        assert_ne!(class(&p, L4Proto::Tcp, 22).service, NO_SERVICE);
+    }
+}

@@ -1,0 +1,103 @@
+//! Shared helpers for sipguard's kernel tests: a harness that runs crafted
+//! frames through the real XDP program (BPF_PROG_TEST_RUN), frame builders,
+//! and self-cleaning network namespaces.
+//!
+//! Tests that need root are `#[ignore]`d with a reason: plain `cargo test`
+//! reports them as ignored (skipped); `cargo xtask test` runs them as root.
+pub mod frames;
+pub mod netns;
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun, TestRunOptions};
+use guard_common::{BanEvent, Counter, Reason, RuleCounter, SourceKey};
+use guard_userspace::{config::Config, loader::Guard, policy::CompiledPolicy};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The real XDP program, loaded (not attached) with a given configuration.
+pub struct Harness {
+    pub guard: Guard,
+    pub policy: CompiledPolicy,
+}
+
+impl Harness {
+    pub fn new(config_toml: &str) -> Harness {
+        Self::try_new(config_toml).expect("loading the XDP program")
+    }
+
+    pub fn try_new(config_toml: &str) -> Result<Harness> {
+        let config = Config::parse(config_toml, "test config")?;
+        let policy = CompiledPolicy::compile(&config);
+        let guard = Guard::load(&config, &policy)?;
+        Ok(Harness { guard, policy })
+    }
+
+    /// Runs one frame through the program; returns the XDP action.
+    pub fn run(&mut self, frame: &[u8]) -> u32 {
+        self.try_run(frame, 1).expect("BPF_PROG_TEST_RUN")
+    }
+
+    pub fn try_run(&mut self, frame: &[u8], repeat: u32) -> Result<u32> {
+        let program = self.guard.program()?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok(result.return_value)
+    }
+
+    pub fn counter(&self, reason: Reason) -> Counter {
+        self.guard.maps.verdict(reason).expect("reading VERDICTS")
+    }
+
+    pub fn packets(&self, reason: Reason) -> u64 {
+        self.counter(reason).packets
+    }
+
+    /// Packets counted under every reason.
+    pub fn all_packets(&self) -> u64 {
+        let totals = self.guard.maps.verdicts().expect("reading VERDICTS");
+        totals.iter().map(|c| c.packets).sum()
+    }
+
+    pub fn rule_hits(&self, rule: usize) -> RuleCounter {
+        self.guard.maps.rule_hits().expect("reading RULE_HITS")[rule]
+    }
+
+    pub fn is_banned(&self, source: &SourceKey) -> bool {
+        self.guard.maps.ban(source).expect("reading BANS").is_some()
+    }
+
+    /// Ban events waiting in the ring buffer.
+    pub fn drain_ban_events(&mut self) -> Vec<BanEvent> {
+        let ring = self.guard.maps.ban_events.as_mut().expect("ring buffer");
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<BanEvent>());
+            // SAFETY: length checked, plain data.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<BanEvent>()) });
+        }
+        events
+    }
+}
+
+/// True when running as root (the kernel tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The reason string for `#[ignore]` on tests that need root.
+pub const NEEDS_ROOT: &str = "needs root: run through `cargo xtask test`";
+
+/// Shows the controller's debug logs (full verifier output) in failing tests.
+pub fn init_test_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
+}
