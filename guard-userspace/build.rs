@@ -11,7 +11,7 @@ fn main() {
             let target = env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| manifest.join("..").join("target"));
-            target.join("bpfel-unknown-none/release/guard-ebpf")
+            target.join("bpf/bpfel-unknown-none/release/guard-ebpf")
         }
     };
     println!("cargo:rerun-if-changed={}", object.display());

@@ -212,24 +212,3 @@ pub fn with_ipv6_ext_headers(frame: &[u8], headers: &[ExtHeader]) -> Vec<u8> {
     set_u16(&mut out, ip + 4, payload_len);
     out
 }
-
-/// Offsets where headers end in an untagged frame: Ethernet, IP, transport.
-pub fn header_boundaries(frame: &[u8]) -> Vec<usize> {
-    let ethertype = get_u16(frame, 12);
-    let l4 = match ethertype {
-        0x0800 => ETH_LEN + (frame[ETH_LEN] & 0x0f) as usize * 4,
-        0x86dd => ETH_LEN + 40,
-        _ => return vec![ETH_LEN],
-    };
-    let proto = if ethertype == 0x0800 {
-        frame[ETH_LEN + 9]
-    } else {
-        frame[ETH_LEN + 6]
-    };
-    let l4_len = match proto {
-        6 => 20,
-        17 => 8,
-        _ => 0,
-    };
-    vec![ETH_LEN, l4, l4 + l4_len]
-}

@@ -1,18 +1,673 @@
-use guard_common::Reason;
-use sipguard_tests::{frames::*, Harness, NEEDS_ROOT, XDP_DROP, XDP_PASS};
+//! Verdict tests: crafted frames through the real XDP program with
+//! BPF_PROG_TEST_RUN, asserting the action *and* the kernel's counters, ban
+//! map and ban events. They need root (`cargo xtask test`).
+use guard_common::{BanEntry, BanReason, Health, Reason, SourceKey, BAN_FOREVER, NO_RULE};
+use guard_userspace::clock::boottime_ns;
+use sipguard_tests::{frames::*, Harness, XDP_DROP, XDP_PASS};
 
 const PBX4: &str = "192.0.2.1";
+const PBX6: &str = "2001:db8:ffff::1";
+
+/// Allow, deny, trusted and closed services, default pass.
+const POLICY: &str = r#"
+[services.web]
+access = "trusted"
+[services.ami]
+access = "closed"
+[[allow]]
+cidr = "10.1.0.0/16"
+services = ["sip", "web"]
+[[allow]]
+cidr = "2001:db8:a::/48"
+[[deny]]
+cidr = "203.0.113.0/24"
+[[deny]]
+cidr = "2001:db8:bad::/48"
+"#;
+
+fn v4_key(text: &str) -> SourceKey {
+    match ip(text) {
+        std::net::IpAddr::V4(a) => SourceKey::from_ipv4(a.octets()),
+        _ => unreachable!(),
+    }
+}
+
+fn v6_key(text: &str, prefix: u8) -> SourceKey {
+    match ip(text) {
+        std::net::IpAddr::V6(a) => SourceKey::from_ipv6(a.octets(), prefix),
+        _ => unreachable!(),
+    }
+}
+
+/// Sends `n` copies; returns how many passed.
+fn passes(h: &mut Harness, frame: &[u8], n: usize) -> usize {
+    (0..n).filter(|_| h.run(frame) == XDP_PASS).count()
+}
 
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
-fn smoke_sip_passes() {
-    let _ = NEEDS_ROOT;
-    sipguard_tests::init_test_logging();
-    let mut h = Harness::new("");
+fn non_ip_frames_pass_and_count() {
+    let mut h = Harness::new(POLICY);
+    let frame = arp();
+    assert_eq!(h.run(&frame), XDP_PASS);
+    let c = h.counter(Reason::Passed);
+    assert_eq!((c.packets, c.bytes), (1, frame.len() as u64));
+    assert_eq!(h.all_packets(), 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn icmpv6_neighbour_discovery_passes_even_from_a_denied_source() {
+    let mut h = Harness::new(POLICY);
+    for nd_type in 133..=137 {
+        assert_eq!(h.run(&icmpv6("2001:db8:bad::7", PBX6, nd_type)), XDP_PASS);
+    }
+    // An echo request from the same source is judged like anything else.
+    assert_eq!(h.run(&icmpv6("2001:db8:bad::7", PBX6, 128)), XDP_DROP);
+    assert_eq!(h.packets(Reason::Passed), 5);
+    assert_eq!(h.packets(Reason::Denied), 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn deny_list_drops_ipv4_and_ipv6() {
+    let mut h = Harness::new(POLICY);
+    let frame = udp("203.0.113.99", PBX4, 5060, b"REGISTER");
+    assert_eq!(h.run(&frame), XDP_DROP);
     assert_eq!(
-        h.run(&udp("198.51.100.10", PBX4, 5060, b"OPTIONS")),
+        h.run(&tcp("2001:db8:bad:1::1", PBX6, 443, true, false)),
+        XDP_DROP
+    );
+    // Just outside the denied networks.
+    assert_eq!(h.run(&udp("203.0.114.1", PBX4, 5060, b"x")), XDP_PASS);
+    assert_eq!(h.run(&udp("2001:db8:bae::1", PBX6, 5060, b"x")), XDP_PASS);
+    let denied = h.counter(Reason::Denied);
+    assert_eq!(denied.packets, 2);
+    assert!(denied.bytes >= frame.len() as u64);
+    assert_eq!(h.packets(Reason::Passed), 2);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn allow_listed_sources_skip_rate_rules_and_are_never_banned() {
+    let mut h = Harness::new(POLICY);
+    let frame = udp("10.1.2.3", PBX4, 5060, b"OPTIONS");
+    assert_eq!(passes(&mut h, &frame, 200), 200);
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 200);
+    assert_eq!(h.rule_hits(0).counted, 0);
+    assert!(!h.is_banned(&v4_key("10.1.2.3")));
+    assert!(h.drain_ban_events().is_empty());
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn trusted_service_admits_only_its_allow_list() {
+    let mut h = Harness::new(POLICY);
+    assert_eq!(h.run(&tcp("10.1.9.9", PBX4, 443, true, false)), XDP_PASS);
+    assert_eq!(
+        h.run(&tcp("2001:db8:a:1::5", PBX6, 80, true, false)),
         XDP_PASS
     );
+    assert_eq!(
+        h.run(&tcp("198.51.100.1", PBX4, 443, true, false)),
+        XDP_DROP
+    );
+    assert_eq!(
+        h.run(&tcp("2001:db8:b::5", PBX6, 80, true, false)),
+        XDP_DROP
+    );
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 2);
+    assert_eq!(h.packets(Reason::NotTrusted), 2);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn allow_entry_grants_only_its_services() {
+    let mut h = Harness::new(
+        r#"
+[services.ssh]
+access = "trusted"
+[[allow]]
+cidr = "10.1.0.0/16"
+services = ["web"]
+"#,
+    );
+    // 10.1/16 is trusted for web only, so ssh (trusted) is closed to it.
+    assert_eq!(h.run(&tcp("10.1.2.3", PBX4, 22, true, false)), XDP_DROP);
+    assert_eq!(h.packets(Reason::NotTrusted), 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn closed_service_drops_everyone() {
+    let mut h = Harness::new(POLICY);
+    assert_eq!(h.run(&tcp("10.1.2.3", PBX4, 5038, true, false)), XDP_DROP);
+    assert_eq!(
+        h.run(&tcp("198.51.100.1", PBX4, 5038, true, false)),
+        XDP_DROP
+    );
+    assert_eq!(h.packets(Reason::Closed), 2);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn default_drop_policy() {
+    let mut h = Harness::new(
+        r#"
+[guard]
+default_policy = "drop"
+[[allow]]
+cidr = "10.1.0.0/16"
+[[allow]]
+cidr = "10.2.0.0/16"
+services = ["sip"]
+"#,
+    );
+    // Unclassified port from a stranger: dropped.
+    assert_eq!(h.run(&udp("198.51.100.1", PBX4, 9999, b"x")), XDP_DROP);
+    assert_eq!(
+        h.run(&tcp("198.51.100.1", PBX4, 3306, true, false)),
+        XDP_DROP
+    );
+    // ICMP is unclassified too.
+    assert_eq!(h.run(&icmpv6("2001:db8:b::1", PBX6, 128)), XDP_DROP);
+    assert_eq!(h.packets(Reason::DefaultDrop), 3);
+    // "all" covers unclassified traffic; a sip-only entry does not.
+    assert_eq!(h.run(&udp("10.1.0.5", PBX4, 9999, b"x")), XDP_PASS);
+    assert_eq!(h.run(&udp("10.2.0.5", PBX4, 9999, b"x")), XDP_DROP);
+    // An open service stays open to strangers.
+    assert_eq!(h.run(&udp("198.51.100.1", PBX4, 5060, b"x")), XDP_PASS);
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 1);
+    assert_eq!(h.packets(Reason::DefaultDrop), 4);
     assert_eq!(h.packets(Reason::Passed), 1);
-    let _ = XDP_DROP;
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn vlan_and_qinq_are_looked_through() {
+    let mut h = Harness::new(POLICY);
+    let denied = udp("203.0.113.5", PBX4, 5060, b"x");
+    let stranger_web = tcp("198.51.100.1", PBX4, 443, true, false);
+    let one = [(TPID_8021Q, 100)];
+    let qinq = [(TPID_8021AD, 10), (TPID_8021Q, 100)];
+    assert_eq!(h.run(&with_vlan_tags(&denied, &one)), XDP_DROP);
+    assert_eq!(h.run(&with_vlan_tags(&denied, &qinq)), XDP_DROP);
+    assert_eq!(h.packets(Reason::Denied), 2);
+    assert_eq!(h.run(&with_vlan_tags(&stranger_web, &qinq)), XDP_DROP);
+    assert_eq!(h.packets(Reason::NotTrusted), 1);
+    let v6 = udp("2001:db8:a::1", PBX6, 5060, b"x");
+    assert_eq!(h.run(&with_vlan_tags(&v6, &qinq)), XDP_PASS);
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 1);
+    // A third tag hides what the frame carries: malformed.
+    let three = [(TPID_8021AD, 10), (TPID_8021Q, 100), (TPID_8021Q, 200)];
+    assert_eq!(h.run(&with_vlan_tags(&v6, &three)), XDP_DROP);
+    assert_eq!(h.packets(Reason::Malformed), 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn ipv4_options_are_skipped_by_ihl() {
+    let mut h = Harness::new(POLICY);
+    let web = tcp("198.51.100.1", PBX4, 443, true, false);
+    for words in [1usize, 4, 10] {
+        // NOPs then end-of-options: IHL 6, 9, 15.
+        let mut options = vec![1u8; words * 4];
+        options[words * 4 - 1] = 0;
+        let frame = with_ipv4_options(&web, &options);
+        assert_eq!(frame[ETH_LEN] & 0x0f, 5 + words as u8);
+        // Port 443 is found behind the options: trusted service, stranger.
+        assert_eq!(h.run(&frame), XDP_DROP);
+    }
+    assert_eq!(h.packets(Reason::NotTrusted), 3);
+    assert_eq!(h.packets(Reason::Malformed), 0);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn ihl_below_five_is_malformed() {
+    let mut h = Harness::new(POLICY);
+    let frame = udp("198.51.100.1", PBX4, 5060, b"x");
+    for ihl in 0..5 {
+        assert_eq!(h.run(&with_ipv4_ihl(&frame, ihl)), XDP_DROP, "ihl {ihl}");
+    }
+    // IHL pointing past the packet is malformed too.
+    assert_eq!(h.run(&with_ipv4_ihl(&frame, 15)), XDP_DROP);
+    assert_eq!(h.packets(Reason::Malformed), 6);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn ipv6_extension_headers_are_walked() {
+    let mut h = Harness::new(POLICY);
+    let web = tcp("2001:db8:b::1", PBX6, 443, true, false);
+    let chain = [
+        options_header(0),
+        routing_header(),
+        fragment_header(0, true),
+        options_header(60),
+    ];
+    let frame = with_ipv6_ext_headers(&web, &chain);
+    // The TCP port behind four extension headers: trusted service, stranger.
+    assert_eq!(h.run(&frame), XDP_DROP);
+    assert_eq!(h.packets(Reason::NotTrusted), 1);
+
+    let six: Vec<ExtHeader> = (0..6).map(|_| options_header(60)).collect();
+    assert_eq!(h.run(&with_ipv6_ext_headers(&web, &six)), XDP_DROP);
+    assert_eq!(h.packets(Reason::NotTrusted), 2);
+
+    // Seven is more than sipguard walks: malformed, not guessed.
+    let seven: Vec<ExtHeader> = (0..7).map(|_| options_header(60)).collect();
+    assert_eq!(h.run(&with_ipv6_ext_headers(&web, &seven)), XDP_DROP);
+    assert_eq!(h.packets(Reason::Malformed), 1);
+
+    // SIP behind extension headers is rate-counted like any other.
+    let sip = udp("2001:db8:b::1", PBX6, 5060, b"x");
+    assert_eq!(h.run(&with_ipv6_ext_headers(&sip, &chain)), XDP_PASS);
+    assert_eq!(h.rule_hits(1).counted, 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn later_fragments_are_judged_by_source_alone() {
+    let mut h = Harness::new(POLICY);
+    let stranger = tcp("198.51.100.1", PBX4, 443, true, false);
+    // The first fragment carries the ports: judged in full.
+    assert_eq!(h.run(&ipv4_fragment(&stranger, 0, true)), XDP_DROP);
+    assert_eq!(h.packets(Reason::NotTrusted), 1);
+    // A later fragment has no ports: it passes unless its source is barred.
+    assert_eq!(h.run(&ipv4_fragment(&stranger, 185, false)), XDP_PASS);
+    let denied = udp("203.0.113.1", PBX4, 5060, &[0u8; 64]);
+    assert_eq!(h.run(&ipv4_fragment(&denied, 185, true)), XDP_DROP);
+    let v6 = udp("2001:db8:b::1", PBX6, 5060, &[0u8; 64]);
+    assert_eq!(
+        h.run(&with_ipv6_ext_headers(&v6, &[fragment_header(100, false)])),
+        XDP_PASS
+    );
+    let v6_denied = udp("2001:db8:bad::1", PBX6, 5060, &[0u8; 64]);
+    assert_eq!(
+        h.run(&with_ipv6_ext_headers(
+            &v6_denied,
+            &[fragment_header(100, true)]
+        )),
+        XDP_DROP
+    );
+    assert_eq!(h.packets(Reason::Fragment), 2);
+    assert_eq!(h.packets(Reason::Denied), 2);
+
+    // And a banned source's fragments are dropped.
+    let now = boottime_ns();
+    let ban = BanEntry {
+        expires_ns: BAN_FOREVER,
+        created_ns: now,
+        reason: BanReason::Manual as u16,
+        rule: NO_RULE,
+        ..BanEntry::default()
+    };
+    h.guard
+        .maps
+        .insert_ban(v4_key("198.51.100.1"), ban)
+        .unwrap();
+    assert_eq!(h.run(&ipv4_fragment(&stranger, 185, false)), XDP_DROP);
+    assert_eq!(h.packets(Reason::Banned), 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn frames_truncated_anywhere_are_malformed() {
+    let mut h = Harness::new(POLICY);
+    let frames = vec![
+        udp("198.51.100.1", PBX4, 5060, b"REGISTER sip:x SIP/2.0"),
+        tcp("198.51.100.1", PBX4, 5060, true, false),
+        udp("2001:db8:b::1", PBX6, 5060, b"OPTIONS"),
+        tcp("2001:db8:b::1", PBX6, 22, true, false),
+        with_vlan_tags(
+            &udp("198.51.100.1", PBX4, 5060, b"x"),
+            &[(TPID_8021AD, 1), (TPID_8021Q, 2)],
+        ),
+        with_ipv6_ext_headers(
+            &udp("2001:db8:b::1", PBX6, 5060, b"x"),
+            &[options_header(0), fragment_header(0, true)],
+        ),
+        with_ipv4_options(&udp("198.51.100.1", PBX4, 5060, b"x"), &[1, 1, 1, 0]),
+    ];
+    let mut cuts = 0;
+    for frame in &frames {
+        // Every length, so every header boundary and every byte between
+        // (the kernel refuses test frames shorter than an Ethernet header).
+        for len in ETH_LEN..frame.len() {
+            assert_eq!(
+                h.run(&frame[..len]),
+                XDP_DROP,
+                "cut at {len} of {}",
+                frame.len()
+            );
+            cuts += 1;
+        }
+    }
+    assert_eq!(h.packets(Reason::Malformed), cuts);
+    assert_eq!(h.all_packets(), cuts);
+    // The whole frames are fine.
+    for frame in &frames {
+        assert_eq!(h.run(frame), XDP_PASS);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn zero_length_udp() {
+    let mut h = Harness::new(POLICY);
+    // No payload at all: a valid datagram, counted by the SIP rules.
+    let empty = udp("198.51.100.1", PBX4, 5060, b"");
+    assert_eq!(h.run(&empty), XDP_PASS);
+    assert_eq!(h.rule_hits(0).counted, 1);
+    // A UDP length field below the header size is malformed.
+    for bad_len in [0u16, 7] {
+        let mut frame = empty.clone();
+        let at = ETH_LEN + 20 + 4;
+        frame[at..at + 2].copy_from_slice(&bad_len.to_be_bytes());
+        assert_eq!(h.run(&frame), XDP_DROP);
+    }
+    assert_eq!(h.packets(Reason::Malformed), 2);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn packet_41_within_2s_is_dropped_and_bans() {
+    let mut h = Harness::new("");
+    let attacker = "198.51.100.66";
+    let frame = udp(attacker, PBX4, 5060, b"REGISTER");
+    let before = boottime_ns();
+    for n in 1..=40 {
+        assert_eq!(h.run(&frame), XDP_PASS, "packet {n}");
+    }
+    assert!(!h.is_banned(&v4_key(attacker)));
+    assert_eq!(h.run(&frame), XDP_DROP, "packet 41");
+    assert!(
+        boottime_ns() - before < 2_000_000_000,
+        "the burst took over 2 s"
+    );
+
+    assert_eq!(h.packets(Reason::Passed), 40);
+    assert_eq!(h.packets(Reason::RateLimited), 1);
+    let rule = h.rule_hits(1);
+    assert_eq!((rule.counted, rule.limited), (41, 1));
+    assert_eq!(h.rule_hits(0).limited, 0);
+
+    let ban = h.guard.maps.ban(&v4_key(attacker)).unwrap().expect("a ban");
+    assert_eq!(ban.reason, BanReason::RateLimit as u16);
+    assert_eq!(ban.rule, 1);
+    assert_eq!(ban.expires_ns - ban.created_ns, 3_600_000_000_000);
+    let events = h.drain_ban_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].source, v4_key(attacker));
+    assert_eq!((events[0].rule, events[0].count), (1, 41));
+    assert_eq!(events[0].expires_ns, ban.expires_ns);
+
+    // From now on the ban drops it, and counts what it dropped.
+    assert_eq!(passes(&mut h, &frame, 5), 0);
+    assert_eq!(h.packets(Reason::Banned), 5);
+    assert_eq!(
+        h.guard
+            .maps
+            .ban(&v4_key(attacker))
+            .unwrap()
+            .unwrap()
+            .dropped,
+        5
+    );
+    // Nobody else is affected.
+    assert_eq!(h.run(&udp("198.51.100.67", PBX4, 5060, b"x")), XDP_PASS);
+    assert!(h.drain_ban_events().is_empty());
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn packet_121_within_60s_is_dropped_and_bans() {
+    // The vendors' long rule alone (with both, the 2 s rule fires first in a burst).
+    let mut h = Harness::new(
+        r#"
+[[rate_rules]]
+name = "sip-udp-120-per-60s"
+ports = ["5060/udp"]
+packets = 120
+window = "60s"
+ban = "1h"
+"#,
+    );
+    let frame = udp("2001:db8:66::1", PBX6, 5060, b"INVITE");
+    assert_eq!(passes(&mut h, &frame, 120), 120);
+    assert_eq!(h.run(&frame), XDP_DROP);
+    assert_eq!(h.packets(Reason::RateLimited), 1);
+    assert_eq!(h.rule_hits(0).limited, 1);
+    assert!(h.is_banned(&v6_key("2001:db8:66::1", 64)));
+    assert_eq!(h.drain_ban_events()[0].count, 121);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn ipv6_sources_are_banned_per_prefix() {
+    let mut h = Harness::new(
+        r#"
+[guard]
+ipv6_ban_prefix = 64
+[[rate_rules]]
+name = "tiny"
+ports = ["5060/udp"]
+packets = 3
+window = "10s"
+ban = "10m"
+"#,
+    );
+    // Rotating addresses inside one /64 shares one counter.
+    for host in 1..=3 {
+        let frame = udp(&format!("2001:db8:1:2::{host}"), PBX6, 5060, b"x");
+        assert_eq!(h.run(&frame), XDP_PASS);
+    }
+    assert_eq!(h.run(&udp("2001:db8:1:2::4", PBX6, 5060, b"x")), XDP_DROP);
+    assert_eq!(
+        h.run(&udp("2001:db8:1:2:ffff::9", PBX6, 5060, b"x")),
+        XDP_DROP
+    );
+    assert_eq!(h.packets(Reason::Banned), 1);
+    // The neighbouring /64 is someone else.
+    assert_eq!(h.run(&udp("2001:db8:1:3::1", PBX6, 5060, b"x")), XDP_PASS);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn expired_bans_count_as_absent() {
+    let mut h = Harness::new(POLICY);
+    let now = boottime_ns();
+    let expired = BanEntry {
+        expires_ns: now - 1,
+        created_ns: now - 1_000_000_000,
+        reason: BanReason::Manual as u16,
+        rule: NO_RULE,
+        ..BanEntry::default()
+    };
+    let live = BanEntry {
+        expires_ns: now + 3_600_000_000_000,
+        ..expired
+    };
+    h.guard
+        .maps
+        .insert_ban(v4_key("198.51.100.1"), expired)
+        .unwrap();
+    h.guard
+        .maps
+        .insert_ban(v4_key("198.51.100.2"), live)
+        .unwrap();
+    assert_eq!(h.run(&udp("198.51.100.1", PBX4, 5060, b"x")), XDP_PASS);
+    assert_eq!(h.run(&udp("198.51.100.2", PBX4, 5060, b"x")), XDP_DROP);
+    assert_eq!(h.packets(Reason::Banned), 1);
+    // The kernel removed the expired one when it met it.
+    assert!(!h.is_banned(&v4_key("198.51.100.1")));
+    assert_eq!(
+        h.guard
+            .maps
+            .ban(&v4_key("198.51.100.2"))
+            .unwrap()
+            .unwrap()
+            .dropped,
+        1
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn bans_come_before_the_allow_list() {
+    let mut h = Harness::new(POLICY);
+    let ban = BanEntry {
+        expires_ns: BAN_FOREVER,
+        reason: BanReason::Manual as u16,
+        rule: NO_RULE,
+        ..BanEntry::default()
+    };
+    h.guard.maps.insert_ban(v4_key("10.1.2.3"), ban).unwrap();
+    assert_eq!(h.run(&udp("10.1.2.3", PBX4, 5060, b"x")), XDP_DROP);
+    assert_eq!(h.packets(Reason::Banned), 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn monitor_mode_counts_every_verdict_but_passes_all() {
+    let mut h = Harness::new(&format!("[guard]\nmonitor = true\n{POLICY}"));
+    assert_eq!(h.run(&udp("203.0.113.5", PBX4, 5060, b"x")), XDP_PASS);
+    assert_eq!(
+        h.run(&tcp("198.51.100.1", PBX4, 5038, true, false)),
+        XDP_PASS
+    );
+    let frame = udp("198.51.100.9", PBX4, 5060, b"x");
+    assert_eq!(passes(&mut h, &frame, 45), 45);
+    assert_eq!(h.packets(Reason::Denied), 1);
+    assert_eq!(h.packets(Reason::Closed), 1);
+    assert_eq!(h.packets(Reason::RateLimited), 1);
+    assert_eq!(h.packets(Reason::Banned), 4);
+    assert_eq!(h.drain_ban_events().len(), 1);
+    let cut = udp("198.51.100.1", PBX4, 5060, b"x");
+    assert_eq!(h.run(&cut[..30]), XDP_PASS);
+    assert_eq!(h.packets(Reason::Malformed), 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn syn_only_rules_count_connection_attempts() {
+    let mut h = Harness::new(
+        r#"
+[[rate_rules]]
+name = "ssh-connects"
+service = "ssh"
+packets = 3
+window = "1m"
+ban = "1h"
+syn_only = true
+"#,
+    );
+    let syn = tcp("198.51.100.1", PBX4, 22, true, false);
+    let ack = tcp("198.51.100.1", PBX4, 22, false, true);
+    let syn_ack = tcp("198.51.100.1", PBX4, 22, true, true);
+    assert_eq!(passes(&mut h, &syn, 3), 3);
+    assert_eq!(passes(&mut h, &ack, 20), 20);
+    assert_eq!(passes(&mut h, &syn_ack, 5), 5);
+    assert_eq!(h.rule_hits(0).counted, 3);
+    assert_eq!(h.run(&syn), XDP_DROP);
+    assert_eq!(h.packets(Reason::RateLimited), 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn default_rules_watch_only_sip_udp() {
+    let mut h = Harness::new("");
+    let sip_tcp = tcp("198.51.100.1", PBX4, 5060, false, true);
+    assert_eq!(passes(&mut h, &sip_tcp, 100), 100);
+    let rtp = udp("198.51.100.1", PBX4, 12000, &[0u8; 172]);
+    assert_eq!(passes(&mut h, &rtp, 100), 100);
+    assert_eq!(h.packets(Reason::Passed), 200);
+    assert_eq!(h.rule_hits(0).counted + h.rule_hits(1).counted, 0);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_full_ban_map_drops_but_cannot_ban() {
+    let mut h = Harness::new(
+        r#"
+[guard]
+max_bans = 1
+[[rate_rules]]
+name = "tiny"
+ports = ["5060/udp"]
+packets = 1
+window = "10s"
+ban = "1h"
+"#,
+    );
+    for source in ["198.51.100.1", "198.51.100.2"] {
+        let frame = udp(source, PBX4, 5060, b"x");
+        assert_eq!(h.run(&frame), XDP_PASS);
+        assert_eq!(h.run(&frame), XDP_DROP);
+    }
+    assert!(h.is_banned(&v4_key("198.51.100.1")));
+    assert!(!h.is_banned(&v4_key("198.51.100.2")));
+    assert_eq!(h.packets(Reason::RateLimited), 2);
+    assert_eq!(
+        h.guard.maps.health().unwrap()[Health::BanMapFull as usize],
+        1
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn counts_stay_exact_when_two_cpus_see_one_source() {
+    let mut h = Harness::new(
+        r#"
+[[rate_rules]]
+name = "huge"
+ports = ["5060/udp"]
+packets = 10000000
+window = "1h"
+ban = "1h"
+"#,
+    );
+    const PER_CPU: u32 = 200_000;
+    let frame = udp("198.51.100.1", PBX4, 5060, b"x");
+    let program = h.guard.program().unwrap();
+    std::thread::scope(|scope| {
+        for cpu in 0..2usize {
+            let program = &*program;
+            let frame = &frame;
+            scope.spawn(move || {
+                pin_to_cpu(cpu);
+                use aya::programs::{TestRun, TestRunOptions};
+                let result = program
+                    .test_run(TestRunOptions {
+                        data_in: Some(frame),
+                        repeat: PER_CPU,
+                        ..TestRunOptions::default()
+                    })
+                    .unwrap();
+                assert_eq!(result.return_value, XDP_PASS);
+            });
+        }
+    });
+    let total = 2 * PER_CPU as u64;
+    assert_eq!(h.packets(Reason::Passed), total);
+    assert_eq!(h.rule_hits(0).counted, total);
+    let key = guard_common::RateKey {
+        source: v4_key("198.51.100.1"),
+        rule: 0,
+    };
+    let window = h.guard.maps.rate_state.get(&key, 0).unwrap();
+    let slot_ns = h.policy.rules[0].slot_ns;
+    let counted = guard_common::rate::window_total(&window, boottime_ns(), slot_ns);
+    assert_eq!(counted, total, "packets lost between CPUs");
+}
+
+fn pin_to_cpu(cpu: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: a zeroed cpu_set_t is valid; we set one bit and apply it to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % cpus, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }

@@ -1,1 +1,208 @@
-fn main() {}
+//! `cargo xtask`: set up the toolchain, build the XDP program and the
+//! controller, run the tests, run the guard.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::setup::BpfToolchain;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the XDP program and the `sipguard` binary (release).
+    Build,
+    /// Run every test; kernel and namespace tests need root.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run `sipguard run` with these arguments (as root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::setup().map(|_| ()),
+        Task::Build => build_all(Profile::Release).map(|_| ()),
+        Task::Test { args } => test(&args),
+        Task::Run { args } => run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    Debug,
+    Release,
+}
+
+impl Profile {
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+        }
+    }
+}
+
+/// Where the BPF build puts its artifacts (its own target dir: another
+/// toolchain, another set of host artifacts).
+fn bpf_target_dir() -> PathBuf {
+    workspace_root().join("target").join("bpf")
+}
+
+pub fn ebpf_object_path() -> PathBuf {
+    bpf_target_dir().join("bpfel-unknown-none/release/guard-ebpf")
+}
+
+/// A cargo command free of the variables the outer `cargo run` set, so an
+/// inner build picks its own toolchain.
+fn clean_cargo(toolchain: Option<&str>) -> Command {
+    let mut command = match toolchain {
+        Some(toolchain) => {
+            let mut c = Command::new("rustup");
+            c.args(["run", toolchain, "cargo"]);
+            c
+        }
+        None => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
+    };
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        command.env_remove(var);
+    }
+    command.current_dir(workspace_root());
+    command
+}
+
+fn check(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Compiles guard-ebpf for bpfel-unknown-none.
+fn build_ebpf(toolchain: &BpfToolchain) -> Result<PathBuf> {
+    let mut command = clean_cargo(Some(toolchain.rustup_name()));
+    command
+        .args(["build", "-p", "guard-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none"])
+        .arg("--target-dir")
+        .arg(bpf_target_dir())
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker")
+        // BTF for bpftool and aya; cpu v3 for the atomic instructions.
+        .env(
+            "RUSTFLAGS",
+            "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3",
+        );
+    match toolchain {
+        // aya-ebpf needs unstable features; Debian's stable compiler allows them
+        // with RUSTC_BOOTSTRAP, and its prebuilt `core` needs no build-std.
+        BpfToolchain::Debian => {
+            command.env("RUSTC_BOOTSTRAP", "1");
+        }
+        BpfToolchain::NightlyRustSrc => {
+            command.args(["-Z", "build-std=core"]);
+        }
+    }
+    check(&mut command).context("building the XDP program")?;
+    Ok(ebpf_object_path())
+}
+
+/// Builds the XDP program, then the controller with it embedded.
+fn build_all(profile: Profile) -> Result<PathBuf> {
+    let toolchain = setup::ensure_ready()?;
+    let object = build_ebpf(&toolchain)?;
+    let mut command = clean_cargo(None);
+    command
+        .args(["build", "-p", "guard-userspace", "--bin", "sipguard"])
+        .env("SIPGUARD_EBPF_OBJECT", &object);
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
+    check(&mut command).context("building sipguard")?;
+    Ok(workspace_root()
+        .join("target")
+        .join(profile.dir())
+        .join("sipguard"))
+}
+
+fn is_root() -> bool {
+    // SAFETY-free: reading our own effective uid through `id -u` keeps xtask libc-free.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let sipguard = build_all(Profile::Debug)?;
+    let root = is_root();
+    let mut command = clean_cargo(None);
+    command
+        .args(["test", "--workspace"])
+        .args(extra)
+        .env("SIPGUARD_EBPF_OBJECT", ebpf_object_path())
+        .env("SIPGUARD_BIN", &sipguard)
+        .arg("--");
+    if root {
+        // Kernel tests share the kernel: run them one at a time.
+        command.args(["--include-ignored", "--test-threads=1"]);
+    } else {
+        eprintln!(
+            "xtask: not root: the kernel and namespace tests are reported as ignored (skipped); \
+             run `sudo cargo xtask test` to include them"
+        );
+    }
+    check(&mut command).context("tests failed")
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let sipguard = build_all(Profile::Release)?;
+    let mut command = Command::new(&sipguard);
+    command.arg("run").args(args);
+    let status = command
+        .status()
+        .with_context(|| format!("starting {}", sipguard.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}

@@ -1,0 +1,234 @@
+//! Installs what building and testing sipguard need, and says what it did.
+//!
+//! Two ways to compile the XDP program (see shared notes on the toolchain):
+//! - a rustup nightly with rust-src (`-Z build-std=core`), when present;
+//! - otherwise Debian's rustc-web with its prebuilt BPF `core`
+//!   (libstd-rust-web-dev-bpf), linked into rustup as `bpf-debian`.
+//!
+//! Either way bpf-linker 0.13 is built against Debian's LLVM 22.
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const DEBIAN_TOOLCHAIN: &str = "bpf-debian";
+
+/// Debian packages for the Debian BPF toolchain and for bpf-linker.
+const TOOLCHAIN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+/// Packages the tests use: `ip` for namespaces and veth pairs.
+const TEST_PACKAGES: &[&str] = &["iproute2"];
+
+pub enum BpfToolchain {
+    NightlyRustSrc,
+    Debian,
+}
+
+impl BpfToolchain {
+    pub fn rustup_name(&self) -> &'static str {
+        match self {
+            BpfToolchain::NightlyRustSrc => "nightly",
+            BpfToolchain::Debian => DEBIAN_TOOLCHAIN,
+        }
+    }
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn nightly_has_rust_src() -> bool {
+    output("rustup", &["run", "nightly", "rustc", "--print", "sysroot"])
+        .map(|sysroot| {
+            Path::new(&sysroot)
+                .join("lib/rustlib/src/rust/library/core")
+                .is_dir()
+        })
+        .unwrap_or(false)
+}
+
+fn debian_bpf_core_present() -> bool {
+    Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").is_dir()
+        && Path::new("/usr/bin/rustc").exists()
+}
+
+fn debian_toolchain_linked() -> bool {
+    output("rustup", &["toolchain", "list"])
+        .map(|list| list.lines().any(|l| l.starts_with(DEBIAN_TOOLCHAIN)))
+        .unwrap_or(false)
+}
+
+fn bpf_linker_ok() -> bool {
+    output("bpf-linker", &["--version"])
+        .map(|v| v.contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+fn missing_packages(packages: &[&str]) -> Vec<String> {
+    packages
+        .iter()
+        .filter(|p| {
+            output("dpkg-query", &["-W", "-f=${Status}", p])
+                .map(|s| !s.contains("install ok installed"))
+                .unwrap_or(true)
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+fn have_apt() -> bool {
+    Path::new("/usr/bin/apt-get").exists() && Path::new("/usr/bin/dpkg-query").exists()
+}
+
+fn is_root() -> bool {
+    output("id", &["-u"]).as_deref() == Some("0")
+}
+
+fn apt_install(packages: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: run `sudo cargo xtask setup` (or install them)",
+            packages.join(" ")
+        );
+    }
+    println!("setup: installing {}", packages.join(" "));
+    let status = Command::new("apt-get")
+        .args(["update", "-q"])
+        .status()
+        .context("running apt-get update")?;
+    if !status.success() {
+        bail!("apt-get update failed");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed", packages.join(" "));
+    }
+    Ok(())
+}
+
+/// Whether everything is in place, without installing anything.
+fn ready() -> Option<BpfToolchain> {
+    if !bpf_linker_ok() || !have_tool("ip") {
+        return None;
+    }
+    if nightly_has_rust_src() {
+        return Some(BpfToolchain::NightlyRustSrc);
+    }
+    (debian_bpf_core_present() && debian_toolchain_linked()).then_some(BpfToolchain::Debian)
+}
+
+fn have_tool(name: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|dir| Path::new(dir).join(name).exists())
+}
+
+/// Runs setup only when something is missing.
+pub fn ensure_ready() -> Result<BpfToolchain> {
+    match ready() {
+        Some(toolchain) => Ok(toolchain),
+        None => setup(),
+    }
+}
+
+pub fn setup() -> Result<BpfToolchain> {
+    let uses_nightly = nightly_has_rust_src();
+    if uses_nightly {
+        println!("setup: ok: rustup nightly with rust-src (build-std path)");
+    }
+    if !have_apt() {
+        if uses_nightly && bpf_linker_ok() {
+            return Ok(BpfToolchain::NightlyRustSrc);
+        }
+        bail!(
+            "unsupported system: sipguard's setup needs Debian's apt-get (for LLVM 22, and \
+             rustc-web with its BPF core) unless a rustup nightly with rust-src and \
+             bpf-linker {BPF_LINKER_VERSION} are already installed"
+        );
+    }
+
+    let mut wanted: Vec<&str> = TEST_PACKAGES.to_vec();
+    if !uses_nightly || !bpf_linker_ok() {
+        wanted.extend_from_slice(TOOLCHAIN_PACKAGES);
+    }
+    let missing = missing_packages(&wanted);
+    if missing.is_empty() {
+        println!("setup: ok: Debian packages {}", wanted.join(" "));
+    } else {
+        apt_install(&missing)?;
+    }
+
+    let toolchain = if uses_nightly {
+        BpfToolchain::NightlyRustSrc
+    } else {
+        if !debian_bpf_core_present() {
+            bail!(
+                "libstd-rust-web-dev-bpf is installed but /usr/lib/rustlib/bpfel-unknown-none \
+                 is missing: the Debian BPF core library is needed"
+            );
+        }
+        if debian_toolchain_linked() {
+            println!("setup: ok: rustup toolchain {DEBIAN_TOOLCHAIN} -> /usr");
+        } else {
+            println!("setup: linking Debian's rustc as rustup toolchain {DEBIAN_TOOLCHAIN}");
+            let status = Command::new("rustup")
+                .args(["toolchain", "link", DEBIAN_TOOLCHAIN, "/usr"])
+                .status()
+                .context("running rustup (is rustup installed?)")?;
+            if !status.success() {
+                bail!("rustup toolchain link {DEBIAN_TOOLCHAIN} /usr failed");
+            }
+        }
+        BpfToolchain::Debian
+    };
+
+    if bpf_linker_ok() {
+        println!("setup: ok: bpf-linker {BPF_LINKER_VERSION}");
+    } else {
+        println!(
+            "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        );
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path)
+            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .context("running cargo install bpf-linker")?;
+        if !status.success() {
+            bail!("building bpf-linker failed (it needs llvm-22-dev and libpolly-22-dev)");
+        }
+        if !bpf_linker_ok() {
+            bail!("bpf-linker was installed but is not on PATH (add ~/.cargo/bin to PATH)");
+        }
+    }
+    println!("setup: ready");
+    Ok(toolchain)
+}
