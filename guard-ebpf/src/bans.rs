@@ -39,7 +39,7 @@ pub fn ban_for_rule(source: &SourceKey, rule_index: u32, rule: &RateRule, count:
         rule: rule_index as u16,
         _pad: 0,
     };
-    match BANS.insert(source, &entry, BPF_NOEXIST as u64) {
+    match BANS.insert(source, entry, BPF_NOEXIST as u64) {
         Ok(()) => report(source, &entry, count),
         // Another CPU banned it a moment ago and reported it.
         Err(err) if err == -EEXIST => {}

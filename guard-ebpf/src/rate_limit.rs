@@ -52,16 +52,16 @@ fn count_packet(source: &SourceKey, rule_index: u32, rule: &RateRule, now_ns: u6
         source: *source,
         rule: rule_index,
     };
-    if let Some(window) = RATE_STATE.get_ptr_mut(&key) {
+    if let Some(window) = RATE_STATE.get_ptr_mut(key) {
         // SAFETY: a live map value, changed only through record_packet.
         return unsafe { record_packet(window, now_ns, rule.slot_ns) };
     }
     let fresh = first_packet(now_ns, rule.slot_ns);
-    if RATE_STATE.insert(&key, &fresh, BPF_NOEXIST as u64).is_ok() {
+    if RATE_STATE.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
         return 1;
     }
     // Another CPU created the window in between: count into theirs.
-    match RATE_STATE.get_ptr_mut(&key) {
+    match RATE_STATE.get_ptr_mut(key) {
         // SAFETY: as above.
         Some(window) => unsafe { record_packet(window, now_ns, rule.slot_ns) },
         None => {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 /// Where the built-in policy comes from when no `--config` is given.
 pub const BUILTIN_SOURCE: &str = "<built-in default>";
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -228,18 +228,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            guard: GuardSection::default(),
-            services: BTreeMap::new(),
-            allow: Vec::new(),
-            deny: Vec::new(),
-            rate_rules: None,
-        }
-    }
-}
 
 impl Config {
     /// Reads and validates a config file.

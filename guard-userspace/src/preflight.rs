@@ -40,7 +40,7 @@ pub fn privileges() -> Result<()> {
     }
     if !missing.is_empty() {
         bail!(
-            "sipguard needs root, or CAP_BPF and CAP_NET_ADMIN (missing: {})",
+            "needs root, or CAP_BPF and CAP_NET_ADMIN (missing: {})",
             missing.join(", ")
         );
     }

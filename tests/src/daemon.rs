@@ -1,0 +1,130 @@
+//! A `sipguard` process under test: its log collected as it runs, and the
+//! process stopped on drop, whatever happened in the test.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, ExitStatus},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// The `sipguard` binary: `$SIPGUARD_BIN` (set by `cargo xtask test`), else
+/// the one cargo built next to this test.
+pub fn sipguard_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SIPGUARD_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/sipguard
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("sipguard"))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} not found: run the tests through `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Takes a spawned child with piped stderr (the log).
+    pub fn watch(mut child: Child) -> Daemon {
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return Ok(line.to_string());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "sipguard exited ({status}) before logging {needle:?}:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no {needle:?} in the log within {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The program id from the "attached ... (program id N)" line.
+    pub fn program_id(&mut self) -> Result<u32> {
+        let line = self.wait_for("program id", Duration::from_secs(30))?;
+        let id = line
+            .split("program id ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .context("no program id in the attach line")?;
+        Ok(id.trim().parse()?)
+    }
+
+    /// SIGTERM, then the exit status (SIGKILL after 10 s).
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                // Let the reader thread catch the last lines.
+                thread::sleep(Duration::from_millis(100));
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("sipguard ignored SIGTERM for 10 s:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The `sipguard` command line: clear one-line errors and meaningful exit
+//! codes for bad configs, bad arguments, a missing interface and missing
+//! privileges. None of these touches the kernel.
+use std::process::{Command, Output};
+
+use sipguard_tests::{daemon::sipguard_bin, is_root};
+
+fn sipguard(args: &[&str]) -> Output {
+    Command::new(sipguard_bin())
+        .args(args)
+        .output()
+        .expect("running sipguard")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("sipguard-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../sipguard.example.toml");
+    let out = sipguard(&["check-config", example]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[test]
+fn check_config_names_file_line_key_and_reason() {
+    let path = write_temp(
+        "bad.toml",
+        "[guard]\nmonitor = false\ndefault_policy = \"sometimes\"\n",
+    );
+    let out = sipguard(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let expected = format!("{}:3: key `guard.default_policy`:", path.display());
+    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains("sometimes"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn run_with_a_bad_config_stops_before_the_kernel() {
+    let path = write_temp("badrule.toml", "[[rate_rules]]\nname = \"x\"\nservice = \"fax\"\npackets = 3\nwindow = \"2s\"\nban = \"1h\"\n");
+    // Even with a real interface, nothing is loaded: the config fails first.
+    let out = sipguard(&["run", "--iface", "lo", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains(":3: key `rate_rules[0].service`: unknown service \"fax\""),
+        "{err}"
+    );
+    assert!(!err.contains("attached"), "{err}");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn run_with_a_missing_config_file() {
+    let out = sipguard(&[
+        "run",
+        "--iface",
+        "lo",
+        "--config",
+        "/nonexistent/sipguard.toml",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/sipguard.toml: cannot read"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_with_a_missing_interface() {
+    let out = sipguard(&["run", "--iface", "nosuchif0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(
+        err,
+        "sipguard: interface \"nosuchif0\" does not exist (see `ip link`)"
+    );
+}
+
+#[test]
+fn run_with_a_bad_argument_is_a_usage_error() {
+    let out = sipguard(&["run", "--iface", "lo", "--xdp-mode", "turbo"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("turbo") && err.contains("native"), "{err}");
+}
+
+#[test]
+fn run_without_privileges() {
+    let out = if is_root() {
+        // Drop to nobody, with no capabilities at all.
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(sipguard_bin())
+            .args(["run", "--iface", "lo"])
+            .output()
+            .expect("setpriv (util-linux)")
+    } else {
+        sipguard(&["run", "--iface", "lo"])
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(
+        err,
+        "sipguard: needs root, or CAP_BPF and CAP_NET_ADMIN (missing: CAP_BPF, CAP_NET_ADMIN)"
+    );
+}

@@ -1,0 +1,368 @@
+//! End to end: `sipguard run` attached in native mode to a veth inside a
+//! network namespace, real UDP and TCP sent from a second namespace, and
+//! assertions on what arrives and on the kernel's counters.
+//! Needs root (`cargo xtask test`); every namespace is deleted on drop.
+use std::{
+    collections::HashMap,
+    io::Write,
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use guard_common::{BanReason, Reason, SourceKey};
+use guard_userspace::maps::KernelMaps;
+use sipguard_tests::{
+    daemon::{sipguard_bin, Daemon},
+    netns::Link,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const PBX_V4: &str = "10.77.0.1";
+const ALLOWED: &str = "10.77.0.2";
+const DENIED: &str = "10.77.0.3";
+const ATTACKER: &str = "10.77.0.4";
+const STRANGER_V6: &str = "fd77::5";
+const PBX_V6: &str = "fd77::1";
+
+const CONFIG: &str = r#"
+[[allow]]
+cidr = "10.77.0.2/32"
+comment = "office"
+[[deny]]
+cidr = "10.77.0.3/32"
+comment = "scanner"
+"#;
+
+/// Datagrams that reached the PBX's port 5060, by source.
+struct UdpSink {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<anyhow::Result<HashMap<IpAddr, usize>>>,
+}
+
+impl UdpSink {
+    fn start(link: &Link) -> UdpSink {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = link.right.run_in(move || {
+            // Dual-stack: IPv4 arrives as ::ffff:a.b.c.d.
+            let socket = UdpSocket::bind("[::]:5060").expect("bind [::]:5060");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    *seen.entry(from.ip().to_canonical()).or_default() += 1;
+                }
+            }
+            seen
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("receiver ready");
+        UdpSink { stop, handle }
+    }
+
+    fn finish(self) -> HashMap<IpAddr, usize> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .join()
+            .expect("receiver thread")
+            .expect("receiver")
+    }
+}
+
+/// Sends `count` datagrams from `source` to the PBX's port 5060.
+fn send_udp(link: &Link, source: &'static str, count: usize) {
+    let destination = if source.contains(':') { PBX_V6 } else { PBX_V4 };
+    link.left
+        .run_in(move || {
+            let socket = UdpSocket::bind((source, 0)).expect("bind source");
+            for i in 0..count {
+                let message = format!("OPTIONS sip:pbx SIP/2.0\r\nCSeq: {i} OPTIONS\r\n\r\n");
+                socket
+                    .send_to(message.as_bytes(), (destination, 5060))
+                    .expect("send");
+            }
+        })
+        .join()
+        .expect("sender thread")
+        .expect("sender");
+}
+
+/// Tries a TCP connection from `source` to the PBX; true if it was accepted.
+fn tcp_connects(link: &Link, source: &'static str, port: u16) -> bool {
+    link.left
+        .run_in(move || {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            let from: SocketAddr = format!("{source}:0").parse().unwrap();
+            socket.bind(&from.into()).unwrap();
+            let to: SocketAddr = format!("{PBX_V4}:{port}").parse().unwrap();
+            socket
+                .connect_timeout(&to.into(), Duration::from_millis(1500))
+                .is_ok()
+        })
+        .join()
+        .expect("connect thread")
+        .expect("connect")
+}
+
+fn xdp_attached(link: &Link) -> bool {
+    let out = link
+        .right
+        .ip(&["-d", "link", "show", "dev", &link.right_if])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+fn setup() -> (Link, tempfile_path::TempConfig) {
+    let link = Link::new(
+        "e2e",
+        &["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::5/64"],
+        &["10.77.0.1/24", "fd77::1/64"],
+    )
+    .expect("namespaces and veth");
+    (link, tempfile_path::TempConfig::new(CONFIG))
+}
+
+/// A config file removed on drop.
+mod tempfile_path {
+    use std::path::PathBuf;
+
+    pub struct TempConfig(pub PathBuf);
+
+    impl TempConfig {
+        pub fn new(text: &str) -> TempConfig {
+            let path = std::env::temp_dir().join(format!(
+                "sipguard-test-{}-{}.toml",
+                std::process::id(),
+                super::unique()
+            ));
+            std::fs::write(&path, text).expect("writing the test config");
+            TempConfig(path)
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn start_guard(link: &Link, config: &std::path::Path, extra: &[&str]) -> Daemon {
+    let bin = sipguard_bin();
+    let mut args = vec![
+        "run",
+        "--iface",
+        &link.right_if,
+        "--xdp-mode",
+        "native",
+        "--config",
+    ];
+    let config = config.to_str().unwrap();
+    args.push(config);
+    args.extend_from_slice(extra);
+    let child = link
+        .right
+        .spawn(bin.to_str().unwrap(), &args)
+        .expect("starting sipguard");
+    Daemon::watch(child)
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn guard_drops_denied_passes_allowed_and_bans_a_flood() {
+    let (link, config) = setup();
+    let mut guard = start_guard(&link, &config.0, &[]);
+    let program_id = guard.program_id().unwrap();
+    assert!(guard.log().contains("native mode"), "{}", guard.log());
+    assert!(xdp_attached(&link));
+
+    let sink = UdpSink::start(&link);
+    send_udp(&link, ALLOWED, 60);
+    send_udp(&link, DENIED, 5);
+    // 41 datagrams in well under 2 s: the 41st is dropped and bans.
+    send_udp(&link, ATTACKER, 41);
+    send_udp(&link, ATTACKER, 5);
+    send_udp(&link, STRANGER_V6, 10);
+    let seen = sink.finish();
+    let got = |ip: &str| {
+        seen.get(&ip.parse::<IpAddr>().unwrap())
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(got(ALLOWED), 60, "allow-listed source is never limited");
+    assert_eq!(got(DENIED), 0, "deny-listed source");
+    assert_eq!(got(ATTACKER), 40, "flooder: exactly the first 40 arrive");
+    assert_eq!(got(STRANGER_V6), 10);
+
+    // TCP: the allowed source connects, the denied and banned ones cannot.
+    let _listener = link
+        .right
+        .run_in(|| TcpListener::bind("0.0.0.0:5061").expect("bind 5061"))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(tcp_connects(&link, ALLOWED, 5061));
+    assert!(!tcp_connects(&link, DENIED, 5061));
+    assert!(!tcp_connects(&link, ATTACKER, 5061));
+
+    // The kernel's own counters agree.
+    let maps = KernelMaps::from_program_id(program_id).unwrap();
+    let count = |r: Reason| maps.verdict(r).unwrap().packets;
+    assert!(count(Reason::PassedAllowlisted) >= 60);
+    assert!(count(Reason::Denied) >= 5);
+    assert_eq!(count(Reason::RateLimited), 1);
+    assert!(count(Reason::Banned) >= 5);
+    assert_eq!(maps.rule_hits().unwrap()[1].limited, 1);
+    let attacker = SourceKey::from_ipv4([10, 77, 0, 4]);
+    let ban = maps.ban(&attacker).unwrap().expect("attacker banned");
+    assert_eq!(ban.reason, BanReason::RateLimit as u16);
+    assert!(ban.dropped >= 5);
+
+    // The ban event reached the controller's log.
+    guard
+        .wait_for("banned 10.77.0.4 for 1h", Duration::from_secs(5))
+        .unwrap();
+
+    // SIGTERM detaches cleanly.
+    let status = guard.stop().unwrap();
+    assert!(status.success(), "exit {status}: {}", guard.log());
+    assert!(guard.log().contains("SIGTERM: detached"), "{}", guard.log());
+    assert!(!xdp_attached(&link));
+    let sink = UdpSink::start(&link);
+    send_udp(&link, DENIED, 3);
+    assert_eq!(sink.finish().len(), 1, "after detach, traffic flows again");
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn monitor_mode_passes_everything_and_counts() {
+    let (link, config) = setup();
+    let mut guard = start_guard(&link, &config.0, &["--monitor"]);
+    let program_id = guard.program_id().unwrap();
+    assert!(guard.log().contains("MONITOR"), "{}", guard.log());
+    let sink = UdpSink::start(&link);
+    send_udp(&link, DENIED, 5);
+    send_udp(&link, ATTACKER, 45);
+    let seen = sink.finish();
+    assert_eq!(seen.get(&DENIED.parse::<IpAddr>().unwrap()), Some(&5));
+    assert_eq!(seen.get(&ATTACKER.parse::<IpAddr>().unwrap()), Some(&45));
+    let maps = KernelMaps::from_program_id(program_id).unwrap();
+    assert!(maps.verdict(Reason::Denied).unwrap().packets >= 5);
+    assert_eq!(maps.verdict(Reason::RateLimited).unwrap().packets, 1);
+    assert!(guard.stop().unwrap().success());
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn tcp_syn_flood_rule_bans_on_connection_attempts() {
+    let (link, _) = setup();
+    let config = tempfile_path::TempConfig::new(
+        r#"
+[[rate_rules]]
+name = "sip-tcp-connects"
+ports = ["5060/tcp"]
+packets = 3
+window = "10s"
+ban = "10m"
+syn_only = true
+"#,
+    );
+    let mut guard = start_guard(&link, &config.0, &[]);
+    guard.program_id().unwrap();
+    let _listener = link
+        .right
+        .run_in(|| TcpListener::bind("0.0.0.0:5060").expect("bind tcp 5060"))
+        .join()
+        .unwrap()
+        .unwrap();
+    // A connection that sends data costs one SYN, however many segments follow.
+    link.left
+        .run_in(|| {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            let from: SocketAddr = format!("{ATTACKER}:0").parse().unwrap();
+            socket.bind(&from.into()).unwrap();
+            let to: SocketAddr = format!("{PBX_V4}:5060").parse().unwrap();
+            socket
+                .connect_timeout(&to.into(), Duration::from_secs(2))
+                .unwrap();
+            let mut stream: std::net::TcpStream = socket.into();
+            for _ in 0..20 {
+                stream
+                    .write_all(b"OPTIONS sip:pbx SIP/2.0\r\n\r\n")
+                    .unwrap();
+            }
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(tcp_connects(&link, ATTACKER, 5060));
+    assert!(tcp_connects(&link, ATTACKER, 5060));
+    // The fourth connection attempt is over the limit of 3 SYNs in 10 s.
+    assert!(!tcp_connects(&link, ATTACKER, 5060));
+    // Another source is unaffected.
+    assert!(tcp_connects(&link, ALLOWED, 5060));
+    guard
+        .wait_for("banned 10.77.0.4 for 10m", Duration::from_secs(5))
+        .unwrap();
+    assert!(guard.stop().unwrap().success());
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn without_iface_the_default_route_interface_is_used() {
+    let (link, _) = setup();
+    link.right
+        .ip(&["route", "add", "default", "via", "10.77.0.2"])
+        .unwrap();
+    let bin = sipguard_bin();
+    let child = link
+        .right
+        .spawn(bin.to_str().unwrap(), &["run", "--xdp-mode", "native"])
+        .unwrap();
+    let mut guard = Daemon::watch(child);
+    let line = guard
+        .wait_for("default-route interface", Duration::from_secs(30))
+        .unwrap();
+    assert!(line.contains(&format!("using {}", link.right_if)), "{line}");
+    guard.program_id().unwrap();
+    assert!(
+        guard.log().contains("policy from <built-in default>"),
+        "{}",
+        guard.log()
+    );
+    assert!(xdp_attached(&link));
+    assert!(guard.stop().unwrap().success());
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn without_iface_or_default_route_the_error_says_so() {
+    let (link, _) = setup();
+    let bin = sipguard_bin();
+    let out = link
+        .right
+        .command(bin.to_str().unwrap())
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("no default route found: name the interface with --iface"));
+}
