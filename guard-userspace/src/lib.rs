@@ -6,6 +6,7 @@
 //! - `bans`, `events`: ban bookkeeping and the kernel's ban events
 //! - `preflight`: interface, privilege and kernel checks
 //! - `daemon`: `sipguard run`
+pub mod auth_tracker;
 pub mod bans;
 pub mod clock;
 pub mod config;
@@ -15,3 +16,4 @@ pub mod loader;
 pub mod maps;
 pub mod policy;
 pub mod preflight;
+pub mod sip;

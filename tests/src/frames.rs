@@ -54,33 +54,18 @@ pub fn tcp(src: &str, dst: &str, dport: u16, syn: bool, ack: bool) -> Vec<u8> {
     let (src, dst) = (ip(src), ip(dst));
     let builder = PacketBuilder::ethernet2(MAC_SRC, MAC_DST);
     let mut out = Vec::new();
-    let result = match src {
-        IpAddr::V4(_) => {
-            let mut b = builder
-                .ipv4(v4(src), v4(dst), 64)
-                .tcp(40000, dport, 1, 65535);
-            if syn {
-                b = b.syn();
-            }
-            if ack {
-                b = b.ack(1);
-            }
-            b.write(&mut out, &[])
-        }
-        IpAddr::V6(_) => {
-            let mut b = builder
-                .ipv6(v6(src), v6(dst), 64)
-                .tcp(40000, dport, 1, 65535);
-            if syn {
-                b = b.syn();
-            }
-            if ack {
-                b = b.ack(1);
-            }
-            b.write(&mut out, &[])
-        }
-    };
-    result.expect("building a TCP frame");
+    let mut tcp = match src {
+        IpAddr::V4(_) => builder.ipv4(v4(src), v4(dst), 64),
+        IpAddr::V6(_) => builder.ipv6(v6(src), v6(dst), 64),
+    }
+    .tcp(40000, dport, 1, 65535);
+    if syn {
+        tcp = tcp.syn();
+    }
+    if ack {
+        tcp = tcp.ack(1);
+    }
+    tcp.write(&mut out, &[]).expect("building a TCP frame");
     out
 }
 
