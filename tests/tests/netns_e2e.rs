@@ -98,18 +98,20 @@ fn send_udp(link: &Link, source: &'static str, count: usize) {
         .expect("sender");
 }
 
+/// A TCP connection from `source` to the PBX (call inside the client namespace).
+fn connect_from(source: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    let from: SocketAddr = format!("{source}:0").parse().expect("source address");
+    socket.bind(&from.into())?;
+    let to: SocketAddr = format!("{PBX_V4}:{port}").parse().expect("PBX address");
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(socket.into())
+}
+
 /// Tries a TCP connection from `source` to the PBX; true if it was accepted.
 fn tcp_connects(link: &Link, source: &'static str, port: u16) -> bool {
     link.left
-        .run_in(move || {
-            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-            let from: SocketAddr = format!("{source}:0").parse().unwrap();
-            socket.bind(&from.into()).unwrap();
-            let to: SocketAddr = format!("{PBX_V4}:{port}").parse().unwrap();
-            socket
-                .connect_timeout(&to.into(), Duration::from_millis(1500))
-                .is_ok()
-        })
+        .run_in(move || connect_from(source, port, Duration::from_millis(1500)).is_ok())
         .join()
         .expect("connect thread")
         .expect("connect")
@@ -295,14 +297,7 @@ syn_only = true
     // A connection that sends data costs one SYN, however many segments follow.
     link.left
         .run_in(|| {
-            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-            let from: SocketAddr = format!("{ATTACKER}:0").parse().unwrap();
-            socket.bind(&from.into()).unwrap();
-            let to: SocketAddr = format!("{PBX_V4}:5060").parse().unwrap();
-            socket
-                .connect_timeout(&to.into(), Duration::from_secs(2))
-                .unwrap();
-            let mut stream: std::net::TcpStream = socket.into();
+            let mut stream = connect_from(ATTACKER, 5060, Duration::from_secs(2)).unwrap();
             for _ in 0..20 {
                 stream
                     .write_all(b"OPTIONS sip:pbx SIP/2.0\r\n\r\n")
