@@ -75,15 +75,27 @@ pub struct PortClass {
     /// Rate rules counting packets to this port, as rule index + 1, packed
     /// from the start, then [`NO_RULE_INDEX`].
     pub rules: [u8; MAX_RULES_PER_PORT],
-    pub _pad: [u8; 3],
+    /// [`PORT_SIP_WATCH`] and future per-port flags.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
+
+/// PortClass flag: SIP signalling on this port is copied to user space
+/// (requests arriving at it, answers leaving from it).
+pub const PORT_SIP_WATCH: u8 = 1;
 
 impl PortClass {
     pub const UNCLASSIFIED: PortClass = PortClass {
         service: NO_SERVICE,
         rules: [NO_RULE_INDEX; MAX_RULES_PER_PORT],
-        _pad: [0; 3],
+        flags: 0,
+        _pad: [0; 2],
     };
+
+    #[inline(always)]
+    pub const fn watches_sip(&self) -> bool {
+        self.flags & PORT_SIP_WATCH != 0
+    }
 
     /// True if no rate rule watches this port.
     #[inline(always)]
@@ -319,6 +331,43 @@ pub struct BanEvent {
     pub count: u32,
 }
 
+/// Bytes of a SIP message's start copied to user space: the start line and
+/// headers of any sane message (bodies such as SDP may be cut).
+pub const SIP_CAPTURE_BYTES: usize = 2048;
+
+/// `SipCaptureHeader::direction`: a request or answer arriving at the PBX.
+pub const CAPTURE_INBOUND: u8 = 0;
+/// `SipCaptureHeader::direction`: a message the PBX sent.
+pub const CAPTURE_OUTBOUND: u8 = 1;
+
+/// Metadata of one captured SIP packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SipCaptureHeader {
+    /// The remote party: the source of an inbound packet, the destination of
+    /// an outbound one (IPv4-mapped for IPv4; never prefix-masked).
+    pub peer: [u8; 16],
+    pub peer_port: u16,
+    pub local_port: u16,
+    /// [`CAPTURE_INBOUND`] or [`CAPTURE_OUTBOUND`].
+    pub direction: u8,
+    /// An [`L4Proto`] as u8.
+    pub transport: u8,
+    pub _pad: [u8; 2],
+    /// Bytes of payload copied into `data`.
+    pub captured: u32,
+    /// Bytes of payload the packet carried.
+    pub payload_len: u32,
+}
+
+/// One record of the `SIP_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SipCapture {
+    pub header: SipCaptureHeader,
+    pub data: [u8; SIP_CAPTURE_BYTES],
+}
+
 /// Key of the rate state map: one window per (source, rule).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -408,14 +457,17 @@ pub enum Health {
     EventLost = 1,
     /// A rate-state insert failed (should not happen with an LRU map).
     RateStateFailed = 2,
+    /// The SIP capture ring buffer was full: a SIP message was not seen.
+    SipCaptureLost = 3,
 }
 
 impl Health {
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
     pub const ALL: [Health; Health::COUNT] = [
         Health::BanMapFull,
         Health::EventLost,
         Health::RateStateFailed,
+        Health::SipCaptureLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -423,6 +475,7 @@ impl Health {
             Health::BanMapFull => "ban_map_full",
             Health::EventLost => "ban_event_lost",
             Health::RateStateFailed => "rate_state_failed",
+            Health::SipCaptureLost => "sip_capture_lost",
         }
     }
 }
@@ -443,10 +496,16 @@ pub mod map_names {
     pub const RULE_HITS: &str = "RULE_HITS";
     pub const HEALTH: &str = "HEALTH";
     pub const BAN_EVENTS: &str = "BAN_EVENTS";
+    pub const SIP_EVENTS: &str = "SIP_EVENTS";
+    pub const CAPTURE_PROG: &str = "CAPTURE_PROG";
 }
 
 /// The XDP program's name in the object file.
 pub const PROGRAM_NAME: &str = "sipguard";
+/// The XDP program tail-called to copy inbound SIP packets.
+pub const CAPTURE_PROGRAM_NAME: &str = "sipguard_capture";
+/// The tc egress program (the PBX's SIP answers) in the object file.
+pub const EGRESS_PROGRAM_NAME: &str = "sipguard_egress";
 
 #[cfg(feature = "user")]
 mod pod {
@@ -463,4 +522,5 @@ mod pod {
     unsafe impl aya::Pod for RateWindow {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for RuleCounter {}
+    unsafe impl aya::Pod for SipCaptureHeader {}
 }

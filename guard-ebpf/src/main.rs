@@ -4,27 +4,36 @@
 //!
 //! Every path ends in exactly one `Reason`, which is counted (per CPU, packets
 //! and bytes) and turned into XDP_DROP or XDP_PASS; monitor mode passes all.
+//! SIP requests that pass are then copied to the controller by tail-calling
+//! `sipguard_capture` (a program of its own, so the verifier checks the copy
+//! once instead of once per verdict path); the tc egress program at the
+//! bottom copies the PBX's SIP answers.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod bans;
 mod counters;
 mod maps;
 mod parse;
 mod rate_limit;
+mod sip_capture;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_boot_ns, macros::xdp, maps::lpm_trie::Key,
-    programs::XdpContext,
+    bindings::{xdp_action, TC_ACT_PIPE},
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{classifier, xdp},
+    maps::lpm_trie::Key,
+    programs::{TcContext, XdpContext},
 };
 use guard_common::{
     port_index, service_bit, AccessMode, L4Proto, PortClass, Reason, Settings, SourceKey,
-    DEFAULT_DROP, NO_SERVICE, UNCLASSIFIED_BIT,
+    CAPTURE_INBOUND, CAPTURE_OUTBOUND, DEFAULT_DROP, NO_SERVICE, UNCLASSIFIED_BIT,
 };
 
 use crate::{
-    maps::{ALLOW_V4, ALLOW_V6, DENY_V4, DENY_V6, PORTS, SERVICES, SETTINGS},
-    parse::{Frame, Packet, Source, Transport},
+    maps::{ALLOW_V4, ALLOW_V6, CAPTURE_PROG, DENY_V4, DENY_V6, PORTS, SERVICES, SETTINGS},
+    parse::{Address, Frame, Packet, Transport},
 };
 
 #[xdp]
@@ -33,81 +42,114 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
         Some(settings) => *settings,
         None => Settings::default(),
     };
-    let reason = match parse::parse(&ctx) {
-        Frame::AlwaysPass => Reason::Passed,
-        Frame::Malformed => Reason::Malformed,
+    let (reason, class) = match parse::parse(&ctx) {
+        Frame::AlwaysPass => (Reason::Passed, PortClass::UNCLASSIFIED),
+        Frame::Malformed => (Reason::Malformed, PortClass::UNCLASSIFIED),
         Frame::Ip(packet) => judge(&packet, &settings),
     };
     counters::count_verdict(reason, (ctx.data_end() - ctx.data()) as u64);
     if reason.drops() && settings.monitor == 0 {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
+        return xdp_action::XDP_DROP;
     }
+    if class.watches_sip() {
+        // Does not return when it succeeds; the capture program passes the packet.
+        unsafe { CAPTURE_PROG.tail_call(&ctx, 0) };
+    }
+    xdp_action::XDP_PASS
 }
 
+/// Tail-called for SIP packets that passed: copies their payload.
+#[xdp]
+pub fn sipguard_capture(ctx: XdpContext) -> u32 {
+    if let Frame::Ip(packet) = parse::parse(&ctx) {
+        sip_capture::capture(&ctx, &packet, CAPTURE_INBOUND);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// The verdict, and the class of the destination port (for SIP capture).
 #[inline(always)]
-fn judge(packet: &Packet, settings: &Settings) -> Reason {
+fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
+    let unclassified = PortClass::UNCLASSIFIED;
     let source = match packet.source {
-        Source::V4(addr) => SourceKey::from_ipv4(addr),
-        Source::V6(addr) => SourceKey::from_ipv6(addr, settings.ipv6_ban_prefix),
+        Address::V4(addr) => SourceKey::from_ipv4(addr),
+        Address::V6(addr) => SourceKey::from_ipv6(addr, settings.ipv6_ban_prefix),
     };
     // Read once: a ban check and a rate rule must agree on "now".
     let now_ns = unsafe { bpf_ktime_get_boot_ns() };
 
     if bans::is_banned(&source, now_ns) {
-        return Reason::Banned;
+        return (Reason::Banned, unclassified);
     }
     if is_denied(&packet.source) {
-        return Reason::Denied;
+        return (Reason::Denied, unclassified);
     }
     let allowed_services = allow_mask(&packet.source);
 
     let (class, is_syn) = match packet.transport {
-        Transport::LaterFragment => return Reason::Fragment,
-        Transport::Tcp { dport, syn } => (port_class(L4Proto::Tcp, dport), syn),
-        Transport::Udp { dport } => (port_class(L4Proto::Udp, dport), false),
-        Transport::Other => (PortClass::UNCLASSIFIED, false),
+        Transport::LaterFragment => return (Reason::Fragment, unclassified),
+        Transport::Tcp { dport, syn, .. } => (port_class(L4Proto::Tcp, dport), syn),
+        Transport::Udp { dport, .. } => (port_class(L4Proto::Udp, dport), false),
+        Transport::Other => (unclassified, false),
     };
 
     // Service policy. An allow-listed source skips its service's rate rules.
     if class.service != NO_SERVICE {
         let allowed = allowed_services & service_bit(class.service) != 0;
         match access_mode(class.service) {
-            AccessMode::Closed => return Reason::Closed,
-            AccessMode::Trusted if !allowed => return Reason::NotTrusted,
-            AccessMode::Trusted | AccessMode::Open if allowed => return Reason::PassedAllowlisted,
+            AccessMode::Closed => return (Reason::Closed, class),
+            AccessMode::Trusted if !allowed => return (Reason::NotTrusted, class),
+            AccessMode::Trusted | AccessMode::Open if allowed => {
+                return (Reason::PassedAllowlisted, class)
+            }
             AccessMode::Trusted | AccessMode::Open => {}
         }
     } else if allowed_services & UNCLASSIFIED_BIT != 0 {
-        return Reason::PassedAllowlisted;
+        return (Reason::PassedAllowlisted, class);
     }
 
     if class.has_rules() && rate_limit::exceeds_rate_rules(&source, &class, is_syn, now_ns) {
-        return Reason::RateLimited;
+        return (Reason::RateLimited, class);
     }
 
     if class.service == NO_SERVICE && settings.default_policy == DEFAULT_DROP {
-        Reason::DefaultDrop
+        (Reason::DefaultDrop, class)
     } else {
-        Reason::Passed
+        (Reason::Passed, class)
     }
 }
 
+/// tc egress: copies the PBX's SIP answers (sent from a watched port) to the
+/// controller. It never drops or changes a packet.
+#[classifier]
+pub fn sipguard_egress(ctx: TcContext) -> i32 {
+    if let Frame::Ip(packet) = parse::parse(&ctx) {
+        let class = match packet.transport {
+            Transport::Udp { sport, .. } => port_class(L4Proto::Udp, sport),
+            Transport::Tcp { sport, .. } => port_class(L4Proto::Tcp, sport),
+            Transport::LaterFragment | Transport::Other => PortClass::UNCLASSIFIED,
+        };
+        if class.watches_sip() {
+            sip_capture::capture(&ctx, &packet, CAPTURE_OUTBOUND);
+        }
+    }
+    TC_ACT_PIPE as i32
+}
+
 #[inline(always)]
-fn is_denied(source: &Source) -> bool {
+fn is_denied(source: &Address) -> bool {
     match source {
-        Source::V4(addr) => DENY_V4.get(Key::new(32, *addr)).is_some(),
-        Source::V6(addr) => DENY_V6.get(Key::new(128, *addr)).is_some(),
+        Address::V4(addr) => DENY_V4.get(Key::new(32, *addr)).is_some(),
+        Address::V6(addr) => DENY_V6.get(Key::new(128, *addr)).is_some(),
     }
 }
 
 /// Services the source's allow-list entry grants (0 when it has none).
 #[inline(always)]
-fn allow_mask(source: &Source) -> u32 {
+fn allow_mask(source: &Address) -> u32 {
     let found = match source {
-        Source::V4(addr) => ALLOW_V4.get(Key::new(32, *addr)),
-        Source::V6(addr) => ALLOW_V6.get(Key::new(128, *addr)),
+        Address::V4(addr) => ALLOW_V4.get(Key::new(32, *addr)),
+        Address::V6(addr) => ALLOW_V6.get(Key::new(128, *addr)),
     };
     found.copied().unwrap_or(0)
 }

@@ -2,7 +2,7 @@
 //! resizes the capacity-bearing maps from its configuration before loading.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use guard_common::{
     BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow, Reason, RuleCounter,
@@ -57,3 +57,12 @@ pub static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(Health::COUN
 /// One `BanEvent` per ban made in the kernel.
 #[map]
 pub static BAN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Slot 0: the `sipguard_capture` program, tail-called for SIP packets that pass.
+#[map]
+pub static CAPTURE_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// SIP signalling for the controller's authentication-failure watcher:
+/// about 2,000 `SipCapture` records in flight.
+#[map]
+pub static SIP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);

@@ -3,6 +3,8 @@
 use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
 
 use guard_common::{rate::MAX_RATE_LIMIT, MAX_RATE_RULES, MAX_RULES_PER_PORT, MAX_SERVICES};
+
+use crate::auth_tracker::{AuthPolicy, LevelName};
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -24,6 +26,63 @@ pub struct Config {
     /// Replaces the built-in rules when present (an empty list disables them).
     #[serde(default)]
     pub rate_rules: Option<Vec<RateRuleSection>>,
+    #[serde(default)]
+    pub sip_auth: SipAuthSection,
+}
+
+/// Bans from SIP authentication failures seen on the wire.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipAuthSection {
+    pub enabled: bool,
+    /// The service whose ports carry the PBX's SIP signalling.
+    pub service: String,
+    pub level: LevelName,
+    /// Overrides of the level's values.
+    pub failures: Option<u32>,
+    #[serde(with = "humantime_option")]
+    pub window: Option<Duration>,
+    #[serde(with = "humantime_option")]
+    pub ban: Option<Duration>,
+    /// Unproven failures ban at this many times the limit.
+    pub unproven_multiplier: u32,
+    /// Distinct failing usernames from one source that mean enumeration.
+    pub enumeration_usernames: u32,
+    /// Networks never banned for SIP failures (the allow list never is either).
+    pub whitelist: Vec<IpNet>,
+    /// Each new ban of the same source lasts this many times longer (1 = off)...
+    pub escalation_factor: u32,
+    /// ...up to this.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_ban: Duration,
+}
+
+impl Default for SipAuthSection {
+    fn default() -> Self {
+        SipAuthSection {
+            enabled: true,
+            service: "sip".to_string(),
+            level: LevelName::Normal,
+            failures: None,
+            window: None,
+            ban: None,
+            unproven_multiplier: 3,
+            enumeration_usernames: 5,
+            whitelist: Vec::new(),
+            escalation_factor: 1,
+            max_ban: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+mod humantime_option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::humantime_serde_compat::deserialize(d).map(Some)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -402,7 +461,64 @@ impl Config {
                 return Err((key("name"), format!("duplicate rule name {:?}", rule.name)));
             }
         }
-        self.validate_rules_per_port(&rules)
+        self.validate_rules_per_port(&rules)?;
+        self.validate_sip_auth(&services)
+    }
+
+    fn validate_sip_auth(
+        &self,
+        services: &[(String, Vec<String>, Access)],
+    ) -> Result<(), (String, String)> {
+        let a = &self.sip_auth;
+        let key = |field: &str| format!("sip_auth.{field}");
+        if !services.iter().any(|(n, _, _)| *n == a.service) {
+            return Err((key("service"), format!("unknown service {:?}", a.service)));
+        }
+        if a.failures == Some(0) {
+            return Err((key("failures"), "must be at least 1".into()));
+        }
+        if a.window.is_some_and(|w| w < Duration::from_secs(1)) {
+            return Err((key("window"), "must be at least 1s".into()));
+        }
+        if a.ban.is_some_and(|b| b.is_zero()) {
+            return Err((key("ban"), "must be longer than 0s".into()));
+        }
+        if a.unproven_multiplier == 0 {
+            return Err((key("unproven_multiplier"), "must be at least 1".into()));
+        }
+        if a.enumeration_usernames < 2 {
+            return Err((key("enumeration_usernames"), "must be at least 2".into()));
+        }
+        if a.escalation_factor == 0 {
+            return Err((
+                key("escalation_factor"),
+                "must be at least 1 (1 = off)".into(),
+            ));
+        }
+        if a.max_ban < self.auth_policy().level.ban {
+            return Err((key("max_ban"), "must not be shorter than the ban".into()));
+        }
+        Ok(())
+    }
+
+    /// The authentication-failure policy: the level with any overrides; the
+    /// whitelist includes every allow-listed network.
+    pub fn auth_policy(&self) -> AuthPolicy {
+        let a = &self.sip_auth;
+        let mut level = a.level.level();
+        level.failures = a.failures.unwrap_or(level.failures);
+        level.window = a.window.unwrap_or(level.window);
+        level.ban = a.ban.unwrap_or(level.ban);
+        let mut whitelist = a.whitelist.clone();
+        whitelist.extend(self.allow.iter().map(|entry| entry.cidr));
+        AuthPolicy {
+            level,
+            unproven_multiplier: a.unproven_multiplier,
+            enumeration_usernames: a.enumeration_usernames,
+            whitelist,
+            escalation_factor: a.escalation_factor,
+            max_ban: a.max_ban,
+        }
     }
 
     /// No port may be watched by more than MAX_RULES_PER_PORT rules.
@@ -705,6 +821,30 @@ ban = "1h"
             parse("[[allow]]\ncidr = \"10.0.0.0/8\"\nservices = [\"sip\", \"fax\"]\n").unwrap_err();
         assert_eq!(e.key, "allow[0].services");
         assert!(e.reason.contains("fax"));
+    }
+
+    #[test]
+    fn sip_auth_defaults_and_overrides() {
+        let c = parse("").unwrap();
+        assert!(c.sip_auth.enabled);
+        let p = c.auth_policy();
+        assert_eq!(p.level, LevelName::Normal.level());
+        assert_eq!((p.unproven_multiplier, p.enumeration_usernames), (3, 5));
+        let c = parse(
+            "[sip_auth]\nlevel = \"strong\"\nban = \"2d\"\nwhitelist = [\"198.51.100.0/24\"]\n\
+             [[allow]]\ncidr = \"192.0.2.0/24\"\n",
+        )
+        .unwrap();
+        let p = c.auth_policy();
+        assert_eq!(p.level.failures, 5);
+        assert_eq!(p.level.ban, Duration::from_secs(2 * 86_400));
+        assert_eq!(p.whitelist.len(), 2);
+        let e = parse("[sip_auth]\nlevel = \"extreme\"\n").unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("sip_auth.level", Some(2)));
+        let e = parse("[sip_auth]\nservice = \"fax\"\n").unwrap_err();
+        assert_eq!(e.key, "sip_auth.service");
+        let e = parse("[sip_auth]\nmax_ban = \"1h\"\n").unwrap_err();
+        assert_eq!(e.key, "sip_auth.max_ban");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Loading the embedded XDP program, sizing and filling its maps, attaching it.
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    programs::{Xdp, XdpMode},
+    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use guard_common::{map_names as names, PROGRAM_NAME};
+use guard_common::{map_names as names, CAPTURE_PROGRAM_NAME, EGRESS_PROGRAM_NAME, PROGRAM_NAME};
 
 use crate::{config::Config, maps::KernelMaps, policy::CompiledPolicy};
 
@@ -24,6 +24,7 @@ pub struct Guard {
     pub ebpf: Ebpf,
     pub maps: KernelMaps,
     attachment: Option<(aya::programs::xdp::XdpLinkId, &'static str)>,
+    egress: Option<aya::programs::tc::SchedClassifierLinkId>,
 }
 
 impl Guard {
@@ -49,8 +50,32 @@ impl Guard {
             .try_into()?;
         program.load().map_err(|e| {
             anyhow!(
-                "the kernel rejected the XDP program (sipguard needs Linux 5.12+ with \
+                "the kernel rejected the XDP program (sipguard needs Linux 5.18+ with \
                  BPF atomics and ring buffers): {}",
+                describe(&e)
+            )
+        })?;
+        let capture: &mut Xdp = ebpf
+            .program_mut(CAPTURE_PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("the embedded object has no program {CAPTURE_PROGRAM_NAME}"))?
+            .try_into()?;
+        capture.load().map_err(|e| {
+            anyhow!(
+                "the kernel rejected the SIP capture program: {}",
+                describe(&e)
+            )
+        })?;
+        let capture_fd = capture.fd()?.try_clone()?;
+        let mut slots: aya::maps::ProgramArray<_> = ebpf
+            .map_mut(names::CAPTURE_PROG)
+            .ok_or_else(|| anyhow!("the embedded object has no map {}", names::CAPTURE_PROG))?
+            .try_into()?;
+        slots
+            .set(0, &capture_fd, 0)
+            .context("installing the SIP capture program")?;
+        egress_program(&mut ebpf)?.load().map_err(|e| {
+            anyhow!(
+                "the kernel rejected the tc egress program: {}",
                 describe(&e)
             )
         })?;
@@ -61,7 +86,25 @@ impl Guard {
             ebpf,
             maps,
             attachment: None,
+            egress: None,
         })
+    }
+
+    /// Attaches the tc egress program that copies the PBX's SIP answers.
+    pub fn attach_egress(&mut self, iface: &str) -> Result<()> {
+        let program = egress_program(&mut self.ebpf)?;
+        // Kernels before 6.6 (no TCX) need a clsact qdisc to attach to.
+        let link = match program.attach(iface, TcAttachType::Egress) {
+            Ok(link) => link,
+            Err(_) => {
+                let _ = tc::qdisc_add_clsact(iface);
+                program
+                    .attach(iface, TcAttachType::Egress)
+                    .map_err(|e| anyhow!("cannot attach tc egress to {iface}: {}", describe(&e)))?
+            }
+        };
+        self.egress = Some(link);
+        Ok(())
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp> {
@@ -99,6 +142,9 @@ impl Guard {
 
     /// Detaches from the interface (also done on drop).
     pub fn detach(&mut self) -> Result<()> {
+        if let Some(link) = self.egress.take() {
+            egress_program(&mut self.ebpf)?.detach(link)?;
+        }
         if let Some((link, _)) = self.attachment.take() {
             self.program()?.detach(link)?;
         }
@@ -109,6 +155,13 @@ impl Guard {
     pub fn program_id(&mut self) -> Result<u32> {
         Ok(self.program()?.info()?.id())
     }
+}
+
+fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(EGRESS_PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("the embedded object has no program {EGRESS_PROGRAM_NAME}"))?
+        .try_into()?)
 }
 
 /// One line from an aya error and its causes.

@@ -30,6 +30,8 @@ pub struct KernelMaps {
     pub health: PerCpuArray<MapData, u64>,
     /// Taken by whoever reads ban events (there is one reader).
     pub ban_events: Option<RingBuf<MapData>>,
+    /// Taken by the SIP watcher.
+    pub sip_events: Option<RingBuf<MapData>>,
 }
 
 fn typed<T>(take: &mut impl FnMut(&str) -> Option<Map>, name: &str) -> Result<T>
@@ -59,6 +61,7 @@ impl KernelMaps {
             rule_hits: typed(t, names::RULE_HITS)?,
             health: typed(t, names::HEALTH)?,
             ban_events: Some(typed(t, names::BAN_EVENTS)?),
+            sip_events: Some(typed(t, names::SIP_EVENTS)?),
         })
     }
 

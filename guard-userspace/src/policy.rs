@@ -4,7 +4,8 @@ use std::net::IpAddr;
 
 use guard_common::{
     port_index, rate::slot_width_ns, service_bit, AccessMode, PortClass, RateRule, ServicePolicy,
-    Settings, ALLOW_ALL, DEFAULT_DROP, DEFAULT_PASS, RULE_SYN_ONLY, UNCLASSIFIED_BIT,
+    Settings, ALLOW_ALL, DEFAULT_DROP, DEFAULT_PASS, PORT_SIP_WATCH, RULE_SYN_ONLY,
+    UNCLASSIFIED_BIT,
 };
 use ipnet::IpNet;
 
@@ -43,6 +44,20 @@ impl CompiledPolicy {
                 for range in crate::config::parse_port_spec(spec).unwrap_or_default() {
                     for port in range.first..=range.last {
                         ports[port_index(range.proto, port) as usize].service = i as u8 + 1;
+                    }
+                }
+            }
+        }
+        if config.sip_auth.enabled {
+            if let Some(i) = services
+                .iter()
+                .position(|(n, _, _)| *n == config.sip_auth.service)
+            {
+                for spec in &services[i].1 {
+                    for range in crate::config::parse_port_spec(spec).unwrap_or_default() {
+                        for port in range.first..=range.last {
+                            ports[port_index(range.proto, port) as usize].flags |= PORT_SIP_WATCH;
+                        }
                     }
                 }
             }
@@ -171,6 +186,9 @@ mod tests {
         assert_eq!(p.rules[1].ban_ns, 3_600_000_000_000);
         assert_eq!(p.rules[1].slot_ns, 2_000_000_000 / 7);
         assert_eq!(p.max_rules_per_port(), 2);
+        assert!(sip.watches_sip());
+        assert!(class(&p, L4Proto::Tcp, 5060).watches_sip());
+        assert!(!class(&p, L4Proto::Udp, 15000).watches_sip());
         assert_eq!(p.settings.default_policy, DEFAULT_PASS);
         assert!(p
             .services

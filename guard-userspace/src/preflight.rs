@@ -58,10 +58,10 @@ fn kernel_version() -> Option<(u32, u32)> {
 
 pub fn kernel() -> Result<()> {
     if let Some((major, minor)) = kernel_version() {
-        if (major, minor) < (5, 12) {
+        if (major, minor) < (5, 18) {
             bail!(
-                "Linux {major}.{minor} is too old: sipguard needs 5.12 or later \
-                 (BPF ring buffers and atomic instructions)"
+                "Linux {major}.{minor} is too old: sipguard needs 5.18 or later \
+                 (BPF ring buffers, atomics, bpf_xdp_load_bytes)"
             );
         }
     }

@@ -28,6 +28,8 @@ impl Harness {
     }
 
     pub fn try_new(config_toml: &str) -> Result<Harness> {
+        // A failing test then shows the full verifier log.
+        init_test_logging();
         let config = Config::parse(config_toml, "test config")?;
         let policy = CompiledPolicy::compile(&config);
         let guard = Guard::load(&config, &policy)?;
@@ -98,7 +100,7 @@ pub const NEEDS_ROOT: &str = "needs root: run through `cargo xtask test`";
 /// Shows the controller's debug logs (full verifier output) in failing tests.
 pub fn init_test_logging() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("debug")
+        .with_env_filter("guard_userspace=debug")
         .with_test_writer()
         .try_init();
 }

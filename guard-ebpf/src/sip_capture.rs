@@ -1,0 +1,89 @@
+//! Copies SIP signalling to user space for the authentication-failure
+//! watcher: requests arriving at a watched port (XDP, after they passed the
+//! policy) and answers leaving from one (tc egress). Only packets with a
+//! payload on watched SIP ports are copied, never RTP or anything else, and
+//! only the first SIP_CAPTURE_BYTES of each.
+use guard_common::{
+    Health, L4Proto, SipCapture, SipCaptureHeader, SourceKey, CAPTURE_INBOUND, SIP_CAPTURE_BYTES,
+};
+
+use crate::{
+    counters::count_health,
+    maps::SIP_EVENTS,
+    parse::{Address, Packet, PacketBytes, Payload, Transport},
+};
+
+fn mapped(address: &Address) -> [u8; 16] {
+    match address {
+        Address::V4(v4) => SourceKey::from_ipv4(*v4).addr,
+        Address::V6(v6) => *v6,
+    }
+}
+
+/// `len` (1..=SIP_CAPTURE_BYTES) in a form the verifier can bound: the helper
+/// refuses a size that might be 0. The empty asm hides `len`'s range from
+/// LLVM, which would otherwise drop the mask as redundant.
+#[inline(always)]
+fn clamp_length(len: usize) -> usize {
+    const _: () = assert!(SIP_CAPTURE_BYTES.is_power_of_two());
+    let mut opaque = len as u64;
+    // SAFETY: an empty instruction sequence; it only launders a register.
+    unsafe { core::arch::asm!("/* {0} */", inout(reg) opaque) };
+    ((opaque.wrapping_sub(1) & (SIP_CAPTURE_BYTES as u64 - 1)) + 1) as usize
+}
+
+/// Copies the packet's payload; `direction` says who the peer is. Runs in
+/// programs of its own (the tail-called XDP capture, the tc egress program):
+/// inlined into the packet path, its many live values made LLVM spill
+/// registers in ways the verifier rejects.
+#[inline(always)]
+pub fn capture<P: PacketBytes>(ctx: &P, packet: &Packet, direction: u8) {
+    let (proto, sport, dport, payload): (L4Proto, u16, u16, Payload) = match packet.transport {
+        Transport::Udp {
+            sport,
+            dport,
+            payload,
+        } => (L4Proto::Udp, sport, dport, payload),
+        Transport::Tcp {
+            sport,
+            dport,
+            payload,
+            ..
+        } => (L4Proto::Tcp, sport, dport, payload),
+        Transport::LaterFragment | Transport::Other => return,
+    };
+    if payload.end <= payload.start {
+        return;
+    }
+    let payload_len = payload.end - payload.start;
+    let captured = clamp_length(payload_len.min(SIP_CAPTURE_BYTES));
+    let (peer, peer_port, local_port) = if direction == CAPTURE_INBOUND {
+        (&packet.source, sport, dport)
+    } else {
+        (&packet.destination, dport, sport)
+    };
+    let Some(mut entry) = SIP_EVENTS.reserve::<SipCapture>(0) else {
+        count_health(Health::SipCaptureLost);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved, exclusively owned ring buffer slot.
+    unsafe {
+        (*record).header = SipCaptureHeader {
+            peer: mapped(peer),
+            peer_port,
+            local_port,
+            direction,
+            transport: proto as u8,
+            _pad: [0; 2],
+            captured: captured as u32,
+            payload_len: payload_len as u32,
+        };
+        let data = core::ptr::addr_of_mut!((*record).data) as *mut u8;
+        if !ctx.copy_out(payload.start, data, captured as u32) {
+            entry.discard(0);
+            return;
+        }
+    }
+    entry.submit(0);
+}
