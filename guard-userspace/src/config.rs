@@ -78,7 +78,7 @@ impl Default for SipAuthSection {
 mod humantime_option {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::Deserializer;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         super::humantime_serde_compat::deserialize(d).map(Some)

@@ -11,13 +11,14 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    auth_tracker::{LevelName, Tracker},
     bans, clock,
     config::{Config, DefaultPolicy, BUILTIN_SOURCE},
     events,
     loader::{Guard, XdpModeChoice},
     maps::KernelMaps,
     policy::CompiledPolicy,
-    preflight,
+    preflight, sip_watch,
 };
 
 /// How often expired bans are cleared from the map.
@@ -28,6 +29,8 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     pub xdp_mode: XdpModeChoice,
     pub monitor: bool,
+    /// Overrides `sip_auth.level`.
+    pub level: Option<LevelName>,
 }
 
 /// Reads the config and resolves the interface; nothing touches the kernel yet.
@@ -38,6 +41,9 @@ pub fn prepare(options: &RunOptions) -> Result<(Config, String, String)> {
     };
     if options.monitor {
         config.guard.monitor = true;
+    }
+    if let Some(level) = options.level {
+        config.sip_auth.level = level;
     }
     let iface = match &options.iface {
         Some(iface) => iface.clone(),
@@ -77,11 +83,30 @@ pub async fn run(options: RunOptions) -> Result<()> {
         ipv6_prefix,
     ));
 
+    let sip_ring = guard.maps.sip_events.take().context("SIP ring taken twice")?;
     let maps = Arc::new(Mutex::new(std::mem::replace(
         &mut guard.maps,
         placeholder_maps(program_id)?,
     )));
     let sweeper = tokio::spawn(sweep_forever(Arc::clone(&maps), ipv6_prefix));
+    let sip_watch = if config.sip_auth.enabled {
+        guard.attach_egress(&iface)?;
+        let auth = config.auth_policy();
+        info!(
+            "watching SIP authentication on the {} service: level {:?}, ban after {} failures \
+             in {} ({} if unproven) for {}",
+            config.sip_auth.service,
+            config.sip_auth.level,
+            auth.level.failures,
+            clock::human(auth.level.window),
+            auth.level.failures * auth.unproven_multiplier,
+            clock::human(auth.level.ban)
+        );
+        let tracker = Tracker::new(auth);
+        Some(tokio::spawn(sip_watch::watch(sip_ring, tracker, Arc::clone(&maps))))
+    } else {
+        None
+    };
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -91,6 +116,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
         ended = events => format!("ban event reader stopped: {ended:?}").leak(),
     };
     sweeper.abort();
+    if let Some(task) = sip_watch {
+        task.abort();
+    }
     guard.detach()?;
     info!("{why}: detached from {iface}");
     log_totals(&*maps.lock().await);

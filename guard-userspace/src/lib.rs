@@ -17,3 +17,4 @@ pub mod maps;
 pub mod policy;
 pub mod preflight;
 pub mod sip;
+pub mod sip_watch;

@@ -3,6 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use guard_userspace::{
+    auth_tracker::LevelName,
     config::Config,
     daemon::{self, RunOptions},
     loader::XdpModeChoice,
@@ -34,6 +35,11 @@ enum Command {
         /// Count every verdict but pass all packets.
         #[arg(long)]
         monitor: bool,
+        /// SIP authentication-failure level (overrides sip_auth.level):
+        /// weak 20/10min ban 10min, normal 10/1h ban 1d, strong 5/6h ban 7d,
+        /// paranoid 3/24h ban 30d.
+        #[arg(long, value_enum)]
+        level: Option<LevelName>,
     },
     /// Validate a configuration file and summarise it.
     CheckConfig {
@@ -55,12 +61,14 @@ fn main() -> ExitCode {
             config,
             xdp_mode,
             monitor,
+            level,
         } => {
             let options = RunOptions {
                 iface,
                 config,
                 xdp_mode,
                 monitor,
+                level,
             };
             // A bad config is reported before any kernel work.
             if let Err(e) = daemon::prepare(&options) {

@@ -203,12 +203,18 @@ pub fn parse(bytes: &[u8], complete: bool) -> Result<(Message<'_>, usize), Parse
 }
 
 /// Every message in a TCP segment (messages framed by Content-Length).
-/// Stops at the first error, which is returned last.
-pub fn parse_stream(bytes: &[u8]) -> Vec<Result<Message<'_>, ParseError>> {
+/// Stops at the first error, which is returned last. With `complete ==
+/// false` (a capture cut short) the last message may lack its end.
+pub fn parse_stream(bytes: &[u8], complete: bool) -> Vec<Result<Message<'_>, ParseError>> {
     let mut out = Vec::new();
     let mut offset = 0;
     while offset < bytes.len() {
-        match parse(&bytes[offset..], true) {
+        let rest = &bytes[offset..];
+        let parsed = match parse(rest, true) {
+            Err(ParseError::Truncated) if !complete => parse(rest, false),
+            parsed => parsed,
+        };
+        match parsed {
             Ok((message, used)) => {
                 out.push(Ok(message));
                 offset += used.max(1);

@@ -185,7 +185,7 @@ fn tcp_segment_with_two_messages() {
     let mut stream = Vec::new();
     stream.extend_from_slice(COMPACT.as_bytes());
     stream.extend_from_slice(AUTHORIZED.as_bytes());
-    let messages = parse_stream(&stream);
+    let messages = parse_stream(&stream, true);
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[0].as_ref().unwrap().method(), Some("INVITE"));
     assert_eq!(messages[1].as_ref().unwrap().cseq.unwrap().number, 2);
@@ -194,7 +194,7 @@ fn tcp_segment_with_two_messages() {
     with_keepalive.extend_from_slice(REGISTER.as_bytes());
     with_keepalive.extend_from_slice(b"\r\n\r\n");
     with_keepalive.extend_from_slice(CHALLENGE.as_bytes());
-    let messages = parse_stream(&with_keepalive);
+    let messages = parse_stream(&with_keepalive, true);
     assert_eq!(messages.len(), 2);
     assert!(messages.iter().all(Result::is_ok));
 }
@@ -202,7 +202,7 @@ fn tcp_segment_with_two_messages() {
 #[test]
 fn keepalive_is_empty_not_malformed() {
     assert_eq!(parse(b"\r\n\r\n", true).unwrap_err(), ParseError::Empty);
-    assert!(parse_stream(b"\r\n").is_empty());
+    assert!(parse_stream(b"\r\n", true).is_empty());
 }
 
 #[test]
@@ -352,6 +352,7 @@ fn mutated_corpus_never_panics() {
         }
         let _ = parse(&bytes, true);
         let _ = parse(&bytes, false);
-        let _ = parse_stream(&bytes);
+        let _ = parse_stream(&bytes, true);
+        let _ = parse_stream(&bytes, false);
     }
 }

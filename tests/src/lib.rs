@@ -10,7 +10,9 @@ pub mod netns;
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
-use guard_common::{BanEvent, Counter, Reason, RuleCounter, SourceKey};
+use guard_common::{
+    BanEvent, Counter, Reason, RuleCounter, SipCaptureHeader, SourceKey, EGRESS_PROGRAM_NAME,
+};
 use guard_userspace::{config::Config, loader::Guard, policy::CompiledPolicy};
 
 pub const XDP_DROP: u32 = 1;
@@ -73,6 +75,40 @@ impl Harness {
 
     pub fn is_banned(&self, source: &SourceKey) -> bool {
         self.guard.maps.ban(source).expect("reading BANS").is_some()
+    }
+
+    /// Runs one frame through the tc egress program; returns its tc action.
+    pub fn run_egress(&mut self, frame: &[u8]) -> i32 {
+        let program: &mut aya::programs::SchedClassifier = self
+            .guard
+            .ebpf
+            .program_mut(EGRESS_PROGRAM_NAME)
+            .expect("egress program")
+            .try_into()
+            .expect("a classifier");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN on the egress program");
+        result.return_value as i32
+    }
+
+    /// SIP captures waiting in the ring buffer: (metadata, copied bytes).
+    pub fn drain_sip_captures(&mut self) -> Vec<(SipCaptureHeader, Vec<u8>)> {
+        let ring = self.guard.maps.sip_events.as_mut().expect("ring buffer");
+        let header_len = std::mem::size_of::<SipCaptureHeader>();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert!(item.len() >= header_len);
+            // SAFETY: length checked, plain data.
+            let header: SipCaptureHeader =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let data = item[header_len..header_len + header.captured as usize].to_vec();
+            out.push((header, data));
+        }
+        out
     }
 
     /// Ban events waiting in the ring buffer.

@@ -1,0 +1,285 @@
+//! The SIP watcher: reads the signalling the kernel captured, parses it, feeds
+//! the authentication-failure tracker, and writes the bans it decides into the
+//! XDP ban map, where they take effect on the source's next packet.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Result};
+use aya::maps::{MapData, RingBuf};
+use guard_common::{BanEntry, SipCaptureHeader, CAPTURE_INBOUND, CAPTURE_OUTBOUND, NO_RULE};
+use tokio::{io::unix::AsyncFd, sync::Mutex};
+use tracing::{debug, info, warn};
+
+use crate::{
+    auth_tracker::{BanDecision, Tracker},
+    bans, clock,
+    maps::KernelMaps,
+    sip::{self, Message, ParseError},
+};
+
+/// How often the tracker forgets what is too old to matter.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the watcher has seen.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WatchStats {
+    pub captures: u64,
+    pub messages: u64,
+    pub malformed: u64,
+}
+
+fn peer_ip(header: &SipCaptureHeader) -> IpAddr {
+    let v6 = Ipv6Addr::from(header.peer);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None if header.peer[..12] == [0; 12] => {
+            IpAddr::V4(Ipv4Addr::from([header.peer[12], header.peer[13], header.peer[14], header.peer[15]]))
+        }
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// One ring buffer record: the messages in it, fed to the tracker.
+/// Returns the bans they cause.
+pub fn handle_capture(
+    record: &[u8],
+    tracker: &mut Tracker,
+    stats: &mut WatchStats,
+    now: Instant,
+) -> Vec<BanDecision> {
+    stats.captures += 1;
+    let header_len = std::mem::size_of::<SipCaptureHeader>();
+    if record.len() < header_len {
+        stats.malformed += 1;
+        return Vec::new();
+    }
+    // SAFETY: length checked; plain data; the ring gives no alignment promise.
+    let header: SipCaptureHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let end = (header_len + header.captured as usize).min(record.len());
+    let data = &record[header_len..end];
+    let complete = header.captured == header.payload_len;
+    let messages: Vec<Result<Message<'_>, ParseError>> =
+        if header.transport == guard_common::L4Proto::Udp as u8 {
+            match sip::parse(data, complete) {
+                Err(ParseError::Empty) => Vec::new(),
+                parsed => vec![parsed.map(|(message, _)| message)],
+            }
+        } else {
+            sip::parse_stream(data, complete)
+        };
+
+    let peer = peer_ip(&header);
+    let mut bans = Vec::new();
+    for message in messages {
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                stats.malformed += 1;
+                debug!("ignored a malformed SIP message from {peer}: {e}");
+                continue;
+            }
+        };
+        stats.messages += 1;
+        match (header.direction, message.method().is_some()) {
+            (CAPTURE_INBOUND, true) => tracker.on_request(now, peer, &message),
+            (CAPTURE_OUTBOUND, false) => bans.extend(tracker.on_response(now, peer, &message)),
+            // The PBX acting as a client (trunks): not our business.
+            _ => {}
+        }
+    }
+    bans
+}
+
+/// The log line for a SIP ban, with its evidence.
+pub fn describe_ban(decision: &BanDecision, source: &str, window: Duration) -> String {
+    let evidence: Vec<String> = decision
+        .evidence
+        .iter()
+        .map(|f| {
+            let user = if f.username.is_empty() { "?" } else { &f.username };
+            format!("{user}:{}", f.status)
+        })
+        .collect();
+    format!(
+        "banned {source} for {}: {}, {} failures in {} ({}{}), last user:status {}",
+        clock::human(decision.duration),
+        decision.reason.name(),
+        decision.failures_in_window,
+        clock::human(window),
+        if decision.proven { "proven" } else { "unproven" },
+        if decision.offence > 1 {
+            format!(", offence {}", decision.offence)
+        } else {
+            String::new()
+        },
+        evidence.join(" ")
+    )
+}
+
+/// Writes a ban into the kernel's ban map (unless a longer one is in place).
+pub fn apply_ban(maps: &mut KernelMaps, decision: &BanDecision, window: Duration) -> Result<()> {
+    let key = maps.source_key(decision.source)?;
+    let prefix = maps.settings()?.ipv6_ban_prefix;
+    let source = bans::source_to_string(&key, prefix);
+    let now = clock::boottime_ns();
+    let expires_ns = now.saturating_add(decision.duration.as_nanos().min(u64::MAX as u128) as u64);
+    if let Some(existing) = maps.ban(&key)? {
+        if existing.is_active(now) && existing.expires_ns >= expires_ns {
+            info!("{source} failed SIP authentication again but is already banned for longer");
+            return Ok(());
+        }
+    }
+    maps.insert_ban(
+        key,
+        BanEntry {
+            expires_ns,
+            created_ns: now,
+            dropped: 0,
+            reason: decision.reason as u16,
+            rule: NO_RULE,
+            _pad: 0,
+        },
+    )?;
+    warn!(target: "sipguard::ban", "{}", describe_ban(decision, &source, window));
+    Ok(())
+}
+
+/// Runs until the ring buffer fails.
+pub async fn watch(ring: RingBuf<MapData>, mut tracker: Tracker, maps: Arc<Mutex<KernelMaps>>) -> Result<()> {
+    // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("{e}"))?;
+    let mut stats = WatchStats::default();
+    let window = tracker.policy().level.window;
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut ready = ready?;
+                let mut decisions = Vec::new();
+                while let Some(record) = ready.get_inner_mut().next() {
+                    decisions.extend(handle_capture(&record, &mut tracker, &mut stats, Instant::now()));
+                }
+                ready.clear_ready();
+                if !decisions.is_empty() {
+                    let mut maps = maps.lock().await;
+                    for decision in &decisions {
+                        if let Err(e) = apply_ban(&mut maps, decision, window) {
+                            warn!("could not ban {}: {e:#}", decision.source);
+                        }
+                    }
+                }
+            }
+            _ = prune.tick() => {
+                tracker.prune(Instant::now());
+                debug!(
+                    "SIP watch: {} captures, {} messages, {} malformed, {} failures, {} sources tracked",
+                    stats.captures, stats.messages, stats.malformed, tracker.stats.failures,
+                    tracker.tracked_sources()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth_tracker::{AuthPolicy, LevelName};
+    use guard_common::{L4Proto, SourceKey};
+
+    fn record(direction: u8, transport: L4Proto, peer: [u8; 4], payload: &[u8], payload_len: usize) -> Vec<u8> {
+        let header = SipCaptureHeader {
+            peer: SourceKey::from_ipv4(peer).addr,
+            peer_port: 5062,
+            local_port: 5060,
+            direction,
+            transport: transport as u8,
+            _pad: [0; 2],
+            captured: payload.len() as u32,
+            payload_len: payload_len as u32,
+        };
+        // SAFETY: plain data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&header as *const SipCaptureHeader).cast::<u8>(), std::mem::size_of::<SipCaptureHeader>())
+        };
+        let mut out = bytes.to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn tracker() -> Tracker {
+        Tracker::new(AuthPolicy {
+            level: LevelName::Paranoid.level(),
+            unproven_multiplier: 3,
+            enumeration_usernames: 5,
+            whitelist: Vec::new(),
+            escalation_factor: 1,
+            max_ban: Duration::from_secs(30 * 86_400),
+        })
+    }
+
+    fn register(cseq: u32, nonce: Option<&str>) -> String {
+        let auth = nonce.map_or(String::new(), |n| format!("Authorization: Digest username=\"7\", nonce=\"{n}\"\r\n"));
+        format!("REGISTER sip:pbx SIP/2.0\r\nTo: <sip:7@pbx>\r\nFrom: <sip:7@pbx>;tag=a\r\nCall-ID: w{cseq}\r\nCSeq: {cseq} REGISTER\r\n{auth}Content-Length: 0\r\n\r\n")
+    }
+
+    fn answer(code: u16, cseq: u32, nonce: &str) -> String {
+        format!("SIP/2.0 {code} No\r\nCall-ID: w{cseq}\r\nCSeq: {cseq} REGISTER\r\nWWW-Authenticate: Digest realm=\"r\", nonce=\"{nonce}\"\r\nContent-Length: 0\r\n\r\n")
+    }
+
+    #[test]
+    fn captured_exchanges_lead_to_a_ban() {
+        let mut t = tracker();
+        let mut stats = WatchStats::default();
+        let now = Instant::now();
+        let peer = [198, 51, 100, 7];
+        let mut bans = Vec::new();
+        for cseq in 1..=3 {
+            let challenge = answer(401, cseq * 10, &format!("n{cseq}"));
+            let req = register(cseq * 10, None);
+            bans.extend(handle_capture(&record(CAPTURE_INBOUND, L4Proto::Udp, peer, req.as_bytes(), req.len()), &mut t, &mut stats, now));
+            bans.extend(handle_capture(&record(CAPTURE_OUTBOUND, L4Proto::Udp, peer, challenge.as_bytes(), challenge.len()), &mut t, &mut stats, now));
+            let retry = register(cseq * 10 + 1, Some(&format!("n{cseq}")));
+            let refused = answer(401, cseq * 10 + 1, "again");
+            bans.extend(handle_capture(&record(CAPTURE_INBOUND, L4Proto::Udp, peer, retry.as_bytes(), retry.len()), &mut t, &mut stats, now));
+            bans.extend(handle_capture(&record(CAPTURE_OUTBOUND, L4Proto::Udp, peer, refused.as_bytes(), refused.len()), &mut t, &mut stats, now));
+        }
+        assert_eq!(bans.len(), 1, "paranoid: 3 proven failures");
+        assert_eq!(bans[0].source, IpAddr::V4(Ipv4Addr::from(peer)));
+        assert!(bans[0].proven);
+        assert_eq!(stats.messages, 12);
+        let line = describe_ban(&bans[0], "198.51.100.7", Duration::from_secs(86_400));
+        assert!(line.starts_with("banned 198.51.100.7 for 30days: auth-failure, 3 failures in 1day (proven), last user:status 7:401 7:401 7:401"), "{line}");
+    }
+
+    #[test]
+    fn tcp_records_may_hold_several_messages_and_a_cut_tail() {
+        let mut t = tracker();
+        let mut stats = WatchStats::default();
+        let mut stream = register(1, None).into_bytes();
+        stream.extend_from_slice(register(2, None).as_bytes());
+        let cut = &stream[..stream.len() - 10];
+        handle_capture(&record(CAPTURE_INBOUND, L4Proto::Tcp, [198, 51, 100, 8], cut, stream.len()), &mut t, &mut stats, Instant::now());
+        assert_eq!(stats.messages, 2, "the cut second message still has its headers");
+        assert_eq!(stats.malformed, 0);
+    }
+
+    #[test]
+    fn garbage_is_counted_and_ignored() {
+        let mut t = tracker();
+        let mut stats = WatchStats::default();
+        let now = Instant::now();
+        assert!(handle_capture(&[1, 2, 3], &mut t, &mut stats, now).is_empty());
+        let junk = b"\x00\x01garbage\r\n\r\n";
+        assert!(handle_capture(&record(CAPTURE_INBOUND, L4Proto::Udp, [1, 2, 3, 4], junk, junk.len()), &mut t, &mut stats, now).is_empty());
+        // A record claiming more captured bytes than it holds is clipped, not trusted.
+        let mut lying = record(CAPTURE_INBOUND, L4Proto::Udp, [1, 2, 3, 4], b"REGISTER", 8);
+        lying[24..28].copy_from_slice(&5000u32.to_ne_bytes());
+        handle_capture(&lying, &mut t, &mut stats, now);
+        assert_eq!(stats.malformed, 3);
+        assert_eq!(t.stats.failures, 0);
+    }
+}
