@@ -71,8 +71,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         summary(&config, &policy)
     );
 
-    let ring = guard
-        .maps
+    let mut maps = guard.take_maps().context("maps handed over twice")?;
+    let ring = maps
         .ban_events
         .take()
         .context("ban event ring taken twice")?;
@@ -83,11 +83,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         ipv6_prefix,
     ));
 
-    let sip_ring = guard.maps.sip_events.take().context("SIP ring taken twice")?;
-    let maps = Arc::new(Mutex::new(std::mem::replace(
-        &mut guard.maps,
-        placeholder_maps(program_id)?,
-    )));
+    let sip_ring = maps.sip_events.take().context("SIP ring taken twice")?;
+    let maps = Arc::new(Mutex::new(maps));
     let sweeper = tokio::spawn(sweep_forever(Arc::clone(&maps), ipv6_prefix));
     let sip_watch = if config.sip_auth.enabled {
         guard.attach_egress(&iface)?;
@@ -103,7 +100,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
             clock::human(auth.level.ban)
         );
         let tracker = Tracker::new(auth);
-        Some(tokio::spawn(sip_watch::watch(sip_ring, tracker, Arc::clone(&maps))))
+        Some(tokio::spawn(sip_watch::watch(
+            sip_ring,
+            tracker,
+            Arc::clone(&maps),
+        )))
     } else {
         None
     };
@@ -123,12 +124,6 @@ pub async fn run(options: RunOptions) -> Result<()> {
     info!("{why}: detached from {iface}");
     log_totals(&*maps.lock().await);
     Ok(())
-}
-
-/// A second handle on the same kernel maps, so `guard` keeps a valid value
-/// while the shared one lives behind the mutex.
-fn placeholder_maps(program_id: u32) -> Result<KernelMaps> {
-    KernelMaps::from_program_id(program_id)
 }
 
 async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8) {

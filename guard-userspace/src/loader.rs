@@ -22,7 +22,7 @@ pub enum XdpModeChoice {
 /// A loaded (and perhaps attached) guard.
 pub struct Guard {
     pub ebpf: Ebpf,
-    pub maps: KernelMaps,
+    maps: Option<KernelMaps>,
     attachment: Option<(aya::programs::xdp::XdpLinkId, &'static str)>,
     egress: Option<aya::programs::tc::SchedClassifierLinkId>,
 }
@@ -84,10 +84,24 @@ impl Guard {
             .context("filling the policy maps")?;
         Ok(Guard {
             ebpf,
-            maps,
+            maps: Some(maps),
             attachment: None,
             egress: None,
         })
+    }
+
+    /// The program's maps (until [`Guard::take_maps`]).
+    pub fn maps(&self) -> &KernelMaps {
+        self.maps.as_ref().expect("the maps were handed over")
+    }
+
+    pub fn maps_mut(&mut self) -> &mut KernelMaps {
+        self.maps.as_mut().expect("the maps were handed over")
+    }
+
+    /// Hands the maps over (to tasks sharing them); the programs stay here.
+    pub fn take_maps(&mut self) -> Option<KernelMaps> {
+        self.maps.take()
     }
 
     /// Attaches the tc egress program that copies the PBX's SIP answers.

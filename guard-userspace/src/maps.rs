@@ -42,6 +42,15 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+fn optional<T>(take: &mut impl FnMut(&str) -> Option<Map>, name: &str) -> Result<Option<T>>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    take(name)
+        .map(|map| T::try_from(map).with_context(|| format!("map {name} has an unexpected type")))
+        .transpose()
+}
+
 impl KernelMaps {
     /// Builds from a source of maps by name (`Ebpf::take_map`, or maps found by id).
     pub fn from_source(mut take: impl FnMut(&str) -> Option<Map>) -> Result<KernelMaps> {
@@ -60,8 +69,10 @@ impl KernelMaps {
             verdicts: typed(t, names::VERDICTS)?,
             rule_hits: typed(t, names::RULE_HITS)?,
             health: typed(t, names::HEALTH)?,
-            ban_events: Some(typed(t, names::BAN_EVENTS)?),
-            sip_events: Some(typed(t, names::SIP_EVENTS)?),
+            // Only the daemon reads the rings; an inspector opening the maps
+            // by program id may not find them (the capture programs own SIP_EVENTS).
+            ban_events: optional(t, names::BAN_EVENTS)?,
+            sip_events: optional(t, names::SIP_EVENTS)?,
         })
     }
 

@@ -35,9 +35,12 @@ fn peer_ip(header: &SipCaptureHeader) -> IpAddr {
     let v6 = Ipv6Addr::from(header.peer);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
-        None if header.peer[..12] == [0; 12] => {
-            IpAddr::V4(Ipv4Addr::from([header.peer[12], header.peer[13], header.peer[14], header.peer[15]]))
-        }
+        None if header.peer[..12] == [0; 12] => IpAddr::V4(Ipv4Addr::from([
+            header.peer[12],
+            header.peer[13],
+            header.peer[14],
+            header.peer[15],
+        ])),
         None => IpAddr::V6(v6),
     }
 }
@@ -99,7 +102,11 @@ pub fn describe_ban(decision: &BanDecision, source: &str, window: Duration) -> S
         .evidence
         .iter()
         .map(|f| {
-            let user = if f.username.is_empty() { "?" } else { &f.username };
+            let user = if f.username.is_empty() {
+                "?"
+            } else {
+                &f.username
+            };
             format!("{user}:{}", f.status)
         })
         .collect();
@@ -109,7 +116,11 @@ pub fn describe_ban(decision: &BanDecision, source: &str, window: Duration) -> S
         decision.reason.name(),
         decision.failures_in_window,
         clock::human(window),
-        if decision.proven { "proven" } else { "unproven" },
+        if decision.proven {
+            "proven"
+        } else {
+            "unproven"
+        },
         if decision.offence > 1 {
             format!(", offence {}", decision.offence)
         } else {
@@ -148,7 +159,11 @@ pub fn apply_ban(maps: &mut KernelMaps, decision: &BanDecision, window: Duration
 }
 
 /// Runs until the ring buffer fails.
-pub async fn watch(ring: RingBuf<MapData>, mut tracker: Tracker, maps: Arc<Mutex<KernelMaps>>) -> Result<()> {
+pub async fn watch(
+    ring: RingBuf<MapData>,
+    mut tracker: Tracker,
+    maps: Arc<Mutex<KernelMaps>>,
+) -> Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("{e}"))?;
     let mut stats = WatchStats::default();
@@ -190,7 +205,13 @@ mod tests {
     use crate::auth_tracker::{AuthPolicy, LevelName};
     use guard_common::{L4Proto, SourceKey};
 
-    fn record(direction: u8, transport: L4Proto, peer: [u8; 4], payload: &[u8], payload_len: usize) -> Vec<u8> {
+    fn record(
+        direction: u8,
+        transport: L4Proto,
+        peer: [u8; 4],
+        payload: &[u8],
+        payload_len: usize,
+    ) -> Vec<u8> {
         let header = SipCaptureHeader {
             peer: SourceKey::from_ipv4(peer).addr,
             peer_port: 5062,
@@ -203,7 +224,10 @@ mod tests {
         };
         // SAFETY: plain data.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&header as *const SipCaptureHeader).cast::<u8>(), std::mem::size_of::<SipCaptureHeader>())
+            std::slice::from_raw_parts(
+                (&header as *const SipCaptureHeader).cast::<u8>(),
+                std::mem::size_of::<SipCaptureHeader>(),
+            )
         };
         let mut out = bytes.to_vec();
         out.extend_from_slice(payload);
@@ -222,7 +246,9 @@ mod tests {
     }
 
     fn register(cseq: u32, nonce: Option<&str>) -> String {
-        let auth = nonce.map_or(String::new(), |n| format!("Authorization: Digest username=\"7\", nonce=\"{n}\"\r\n"));
+        let auth = nonce.map_or(String::new(), |n| {
+            format!("Authorization: Digest username=\"7\", nonce=\"{n}\"\r\n")
+        });
         format!("REGISTER sip:pbx SIP/2.0\r\nTo: <sip:7@pbx>\r\nFrom: <sip:7@pbx>;tag=a\r\nCall-ID: w{cseq}\r\nCSeq: {cseq} REGISTER\r\n{auth}Content-Length: 0\r\n\r\n")
     }
 
@@ -237,15 +263,21 @@ mod tests {
         let now = Instant::now();
         let peer = [198, 51, 100, 7];
         let mut bans = Vec::new();
+        let mut feed = |direction: u8, text: &str| {
+            let capture = record(direction, L4Proto::Udp, peer, text.as_bytes(), text.len());
+            bans.extend(handle_capture(&capture, &mut t, &mut stats, now));
+        };
         for cseq in 1..=3 {
-            let challenge = answer(401, cseq * 10, &format!("n{cseq}"));
-            let req = register(cseq * 10, None);
-            bans.extend(handle_capture(&record(CAPTURE_INBOUND, L4Proto::Udp, peer, req.as_bytes(), req.len()), &mut t, &mut stats, now));
-            bans.extend(handle_capture(&record(CAPTURE_OUTBOUND, L4Proto::Udp, peer, challenge.as_bytes(), challenge.len()), &mut t, &mut stats, now));
-            let retry = register(cseq * 10 + 1, Some(&format!("n{cseq}")));
-            let refused = answer(401, cseq * 10 + 1, "again");
-            bans.extend(handle_capture(&record(CAPTURE_INBOUND, L4Proto::Udp, peer, retry.as_bytes(), retry.len()), &mut t, &mut stats, now));
-            bans.extend(handle_capture(&record(CAPTURE_OUTBOUND, L4Proto::Udp, peer, refused.as_bytes(), refused.len()), &mut t, &mut stats, now));
+            feed(CAPTURE_INBOUND, &register(cseq * 10, None));
+            feed(
+                CAPTURE_OUTBOUND,
+                &answer(401, cseq * 10, &format!("n{cseq}")),
+            );
+            feed(
+                CAPTURE_INBOUND,
+                &register(cseq * 10 + 1, Some(&format!("n{cseq}"))),
+            );
+            feed(CAPTURE_OUTBOUND, &answer(401, cseq * 10 + 1, "again"));
         }
         assert_eq!(bans.len(), 1, "paranoid: 3 proven failures");
         assert_eq!(bans[0].source, IpAddr::V4(Ipv4Addr::from(peer)));
@@ -262,8 +294,22 @@ mod tests {
         let mut stream = register(1, None).into_bytes();
         stream.extend_from_slice(register(2, None).as_bytes());
         let cut = &stream[..stream.len() - 10];
-        handle_capture(&record(CAPTURE_INBOUND, L4Proto::Tcp, [198, 51, 100, 8], cut, stream.len()), &mut t, &mut stats, Instant::now());
-        assert_eq!(stats.messages, 2, "the cut second message still has its headers");
+        handle_capture(
+            &record(
+                CAPTURE_INBOUND,
+                L4Proto::Tcp,
+                [198, 51, 100, 8],
+                cut,
+                stream.len(),
+            ),
+            &mut t,
+            &mut stats,
+            Instant::now(),
+        );
+        assert_eq!(
+            stats.messages, 2,
+            "the cut second message still has its headers"
+        );
         assert_eq!(stats.malformed, 0);
     }
 
@@ -274,7 +320,19 @@ mod tests {
         let now = Instant::now();
         assert!(handle_capture(&[1, 2, 3], &mut t, &mut stats, now).is_empty());
         let junk = b"\x00\x01garbage\r\n\r\n";
-        assert!(handle_capture(&record(CAPTURE_INBOUND, L4Proto::Udp, [1, 2, 3, 4], junk, junk.len()), &mut t, &mut stats, now).is_empty());
+        assert!(handle_capture(
+            &record(
+                CAPTURE_INBOUND,
+                L4Proto::Udp,
+                [1, 2, 3, 4],
+                junk,
+                junk.len()
+            ),
+            &mut t,
+            &mut stats,
+            now
+        )
+        .is_empty());
         // A record claiming more captured bytes than it holds is clipped, not trusted.
         let mut lying = record(CAPTURE_INBOUND, L4Proto::Udp, [1, 2, 3, 4], b"REGISTER", 8);
         lying[24..28].copy_from_slice(&5000u32.to_ne_bytes());

@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::netns::NetNs;
+
 /// The `sipguard` binary: `$SIPGUARD_BIN` (set by `cargo xtask test`), else
 /// the one cargo built next to this test.
 pub fn sipguard_bin() -> PathBuf {
@@ -30,6 +32,51 @@ pub fn sipguard_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A file removed on drop (test configs).
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str, contents: &str) -> TempFile {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("sipguard-{}-{n}-{name}", std::process::id()));
+        std::fs::write(&path, contents).expect("writing a temporary file");
+        TempFile(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `sipguard run --iface IFACE --xdp-mode native --config CONFIG EXTRA...`
+/// inside `ns`, waiting until it has attached.
+pub fn start_guard(ns: &NetNs, iface: &str, config: &TempFile, extra: &[&str]) -> (Daemon, u32) {
+    let bin = sipguard_bin();
+    let mut args = vec![
+        "run",
+        "--iface",
+        iface,
+        "--xdp-mode",
+        "native",
+        "--config",
+        config.path(),
+    ];
+    args.extend_from_slice(extra);
+    let child = ns
+        .spawn(bin.to_str().expect("UTF-8 path"), &args)
+        .expect("starting sipguard");
+    let mut daemon = Daemon::watch(child);
+    let program_id = daemon.program_id().expect("sipguard attached");
+    (daemon, program_id)
 }
 
 pub struct Daemon {

@@ -56,7 +56,7 @@ impl Harness {
     }
 
     pub fn counter(&self, reason: Reason) -> Counter {
-        self.guard.maps.verdict(reason).expect("reading VERDICTS")
+        self.guard.maps().verdict(reason).expect("reading VERDICTS")
     }
 
     pub fn packets(&self, reason: Reason) -> u64 {
@@ -65,16 +65,20 @@ impl Harness {
 
     /// Packets counted under every reason.
     pub fn all_packets(&self) -> u64 {
-        let totals = self.guard.maps.verdicts().expect("reading VERDICTS");
+        let totals = self.guard.maps().verdicts().expect("reading VERDICTS");
         totals.iter().map(|c| c.packets).sum()
     }
 
     pub fn rule_hits(&self, rule: usize) -> RuleCounter {
-        self.guard.maps.rule_hits().expect("reading RULE_HITS")[rule]
+        self.guard.maps().rule_hits().expect("reading RULE_HITS")[rule]
     }
 
     pub fn is_banned(&self, source: &SourceKey) -> bool {
-        self.guard.maps.ban(source).expect("reading BANS").is_some()
+        self.guard
+            .maps()
+            .ban(source)
+            .expect("reading BANS")
+            .is_some()
     }
 
     /// Runs one frame through the tc egress program; returns its tc action.
@@ -97,7 +101,12 @@ impl Harness {
 
     /// SIP captures waiting in the ring buffer: (metadata, copied bytes).
     pub fn drain_sip_captures(&mut self) -> Vec<(SipCaptureHeader, Vec<u8>)> {
-        let ring = self.guard.maps.sip_events.as_mut().expect("ring buffer");
+        let ring = self
+            .guard
+            .maps_mut()
+            .sip_events
+            .as_mut()
+            .expect("ring buffer");
         let header_len = std::mem::size_of::<SipCaptureHeader>();
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
@@ -113,7 +122,12 @@ impl Harness {
 
     /// Ban events waiting in the ring buffer.
     pub fn drain_ban_events(&mut self) -> Vec<BanEvent> {
-        let ring = self.guard.maps.ban_events.as_mut().expect("ring buffer");
+        let ring = self
+            .guard
+            .maps_mut()
+            .ban_events
+            .as_mut()
+            .expect("ring buffer");
         let mut events = Vec::new();
         while let Some(item) = ring.next() {
             assert_eq!(item.len(), std::mem::size_of::<BanEvent>());

@@ -1,9 +1,7 @@
 //! SIP capture: what the XDP program (through its tail-called capture
 //! program) and the tc egress program copy to user space, run through
 //! BPF_PROG_TEST_RUN. Needs root (`cargo xtask test`).
-use guard_common::{
-    Health, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND, SIP_CAPTURE_BYTES,
-};
+use guard_common::{Health, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND, SIP_CAPTURE_BYTES};
 use sipguard_tests::{frames::*, Harness, XDP_DROP, XDP_PASS};
 
 const PBX4: &str = "192.0.2.1";
@@ -65,9 +63,18 @@ fn only_passing_sip_with_a_payload_is_copied() {
     assert_eq!(h.drain_sip_captures().len(), 40);
     assert_eq!(h.run(&flood), XDP_DROP);
     // Not SIP: RTP, web; and SIP without a payload (a bare TCP ACK, empty UDP).
-    assert_eq!(h.run(&udp("198.51.100.7", PBX4, 12000, &[0x80; 172])), XDP_PASS);
-    assert_eq!(h.run(&tcp("198.51.100.7", PBX4, 443, false, true)), XDP_PASS);
-    assert_eq!(h.run(&tcp("198.51.100.7", PBX4, 5060, false, true)), XDP_PASS);
+    assert_eq!(
+        h.run(&udp("198.51.100.7", PBX4, 12000, &[0x80; 172])),
+        XDP_PASS
+    );
+    assert_eq!(
+        h.run(&tcp("198.51.100.7", PBX4, 443, false, true)),
+        XDP_PASS
+    );
+    assert_eq!(
+        h.run(&tcp("198.51.100.7", PBX4, 5060, false, true)),
+        XDP_PASS
+    );
     assert_eq!(h.run(&udp("198.51.100.9", PBX4, 5060, b"")), XDP_PASS);
     assert!(h.drain_sip_captures().is_empty());
 }
@@ -103,10 +110,16 @@ fn answers_leaving_the_pbx_are_copied_by_the_egress_program() {
     assert_eq!((header.peer_port, header.local_port), (40000, 5060));
     assert_eq!(data.as_slice(), answer);
     // Anything else leaving the PBX is left alone.
-    assert_eq!(h.run_egress(&udp(PBX4, "198.51.100.7", 5060, answer)), TC_ACT_PIPE);
+    assert_eq!(
+        h.run_egress(&udp(PBX4, "198.51.100.7", 5060, answer)),
+        TC_ACT_PIPE
+    );
     assert_eq!(h.run_egress(&arp()), TC_ACT_PIPE);
     assert!(h.drain_sip_captures().is_empty());
-    assert_eq!(h.guard.maps.health().unwrap()[Health::SipCaptureLost as usize], 0);
+    assert_eq!(
+        h.guard.maps_mut().health().unwrap()[Health::SipCaptureLost as usize],
+        0
+    );
 }
 
 #[test]

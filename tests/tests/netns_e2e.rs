@@ -16,7 +16,7 @@ use std::{
 use guard_common::{BanReason, Reason, SourceKey};
 use guard_userspace::maps::KernelMaps;
 use sipguard_tests::{
-    daemon::{sipguard_bin, Daemon},
+    daemon::{sipguard_bin, start_guard, Daemon, TempFile},
     netns::Link,
 };
 use socket2::{Domain, Protocol, Socket, Type};
@@ -125,73 +125,25 @@ fn xdp_attached(link: &Link) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
-fn setup() -> (Link, tempfile_path::TempConfig) {
+fn setup() -> (Link, TempFile) {
     let link = Link::new(
         "e2e",
         &["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::5/64"],
         &["10.77.0.1/24", "fd77::1/64"],
     )
     .expect("namespaces and veth");
-    (link, tempfile_path::TempConfig::new(CONFIG))
+    (link, TempFile::new("e2e.toml", CONFIG))
 }
 
-/// A config file removed on drop.
-mod tempfile_path {
-    use std::path::PathBuf;
-
-    pub struct TempConfig(pub PathBuf);
-
-    impl TempConfig {
-        pub fn new(text: &str) -> TempConfig {
-            let path = std::env::temp_dir().join(format!(
-                "sipguard-test-{}-{}.toml",
-                std::process::id(),
-                super::unique()
-            ));
-            std::fs::write(&path, text).expect("writing the test config");
-            TempConfig(path)
-        }
-    }
-
-    impl Drop for TempConfig {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::AtomicU64;
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
-fn start_guard(link: &Link, config: &std::path::Path, extra: &[&str]) -> Daemon {
-    let bin = sipguard_bin();
-    let mut args = vec![
-        "run",
-        "--iface",
-        &link.right_if,
-        "--xdp-mode",
-        "native",
-        "--config",
-    ];
-    let config = config.to_str().unwrap();
-    args.push(config);
-    args.extend_from_slice(extra);
-    let child = link
-        .right
-        .spawn(bin.to_str().unwrap(), &args)
-        .expect("starting sipguard");
-    Daemon::watch(child)
+fn start(link: &Link, config: &TempFile, extra: &[&str]) -> (Daemon, u32) {
+    start_guard(&link.right, &link.right_if, config, extra)
 }
 
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn guard_drops_denied_passes_allowed_and_bans_a_flood() {
     let (link, config) = setup();
-    let mut guard = start_guard(&link, &config.0, &[]);
-    let program_id = guard.program_id().unwrap();
+    let (mut guard, program_id) = start(&link, &config, &[]);
     assert!(guard.log().contains("native mode"), "{}", guard.log());
     assert!(xdp_attached(&link));
 
@@ -256,8 +208,7 @@ fn guard_drops_denied_passes_allowed_and_bans_a_flood() {
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn monitor_mode_passes_everything_and_counts() {
     let (link, config) = setup();
-    let mut guard = start_guard(&link, &config.0, &["--monitor"]);
-    let program_id = guard.program_id().unwrap();
+    let (mut guard, program_id) = start(&link, &config, &["--monitor"]);
     assert!(guard.log().contains("MONITOR"), "{}", guard.log());
     let sink = UdpSink::start(&link);
     send_udp(&link, DENIED, 5);
@@ -275,7 +226,8 @@ fn monitor_mode_passes_everything_and_counts() {
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn tcp_syn_flood_rule_bans_on_connection_attempts() {
     let (link, _) = setup();
-    let config = tempfile_path::TempConfig::new(
+    let config = TempFile::new(
+        "syn.toml",
         r#"
 [[rate_rules]]
 name = "sip-tcp-connects"
@@ -286,8 +238,7 @@ ban = "10m"
 syn_only = true
 "#,
     );
-    let mut guard = start_guard(&link, &config.0, &[]);
-    guard.program_id().unwrap();
+    let (mut guard, _) = start(&link, &config, &[]);
     let _listener = link
         .right
         .run_in(|| TcpListener::bind("0.0.0.0:5060").expect("bind tcp 5060"))

@@ -304,7 +304,7 @@ fn later_fragments_are_judged_by_source_alone() {
         ..BanEntry::default()
     };
     h.guard
-        .maps
+        .maps_mut()
         .insert_ban(v4_key("198.51.100.1"), ban)
         .unwrap();
     assert_eq!(h.run(&ipv4_fragment(&stranger, 185, false)), XDP_DROP);
@@ -393,7 +393,12 @@ fn packet_41_within_2s_is_dropped_and_bans() {
     assert_eq!((rule.counted, rule.limited), (41, 1));
     assert_eq!(h.rule_hits(0).limited, 0);
 
-    let ban = h.guard.maps.ban(&v4_key(attacker)).unwrap().expect("a ban");
+    let ban = h
+        .guard
+        .maps_mut()
+        .ban(&v4_key(attacker))
+        .unwrap()
+        .expect("a ban");
     assert_eq!(ban.reason, BanReason::RateLimit as u16);
     assert_eq!(ban.rule, 1);
     assert_eq!(ban.expires_ns - ban.created_ns, 3_600_000_000_000);
@@ -408,7 +413,7 @@ fn packet_41_within_2s_is_dropped_and_bans() {
     assert_eq!(h.packets(Reason::Banned), 5);
     assert_eq!(
         h.guard
-            .maps
+            .maps_mut()
             .ban(&v4_key(attacker))
             .unwrap()
             .unwrap()
@@ -490,11 +495,11 @@ fn expired_bans_count_as_absent() {
         ..expired
     };
     h.guard
-        .maps
+        .maps_mut()
         .insert_ban(v4_key("198.51.100.1"), expired)
         .unwrap();
     h.guard
-        .maps
+        .maps_mut()
         .insert_ban(v4_key("198.51.100.2"), live)
         .unwrap();
     assert_eq!(h.run(&udp("198.51.100.1", PBX4, 5060, b"x")), XDP_PASS);
@@ -504,7 +509,7 @@ fn expired_bans_count_as_absent() {
     assert!(!h.is_banned(&v4_key("198.51.100.1")));
     assert_eq!(
         h.guard
-            .maps
+            .maps_mut()
             .ban(&v4_key("198.51.100.2"))
             .unwrap()
             .unwrap()
@@ -523,7 +528,10 @@ fn bans_come_before_the_allow_list() {
         rule: NO_RULE,
         ..BanEntry::default()
     };
-    h.guard.maps.insert_ban(v4_key("10.1.2.3"), ban).unwrap();
+    h.guard
+        .maps_mut()
+        .insert_ban(v4_key("10.1.2.3"), ban)
+        .unwrap();
     assert_eq!(h.run(&udp("10.1.2.3", PBX4, 5060, b"x")), XDP_DROP);
     assert_eq!(h.packets(Reason::Banned), 1);
 }
@@ -610,7 +618,7 @@ ban = "1h"
     assert!(!h.is_banned(&v4_key("198.51.100.2")));
     assert_eq!(h.packets(Reason::RateLimited), 2);
     assert_eq!(
-        h.guard.maps.health().unwrap()[Health::BanMapFull as usize],
+        h.guard.maps_mut().health().unwrap()[Health::BanMapFull as usize],
         1
     );
 }
@@ -656,7 +664,7 @@ ban = "1h"
         source: v4_key("198.51.100.1"),
         rule: 0,
     };
-    let window = h.guard.maps.rate_state.get(&key, 0).unwrap();
+    let window = h.guard.maps_mut().rate_state.get(&key, 0).unwrap();
     let slot_ns = h.policy.rules[0].slot_ns;
     let counted = guard_common::rate::window_total(&window, boottime_ns(), slot_ns);
     assert_eq!(counted, total, "packets lost between CPUs");

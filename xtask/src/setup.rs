@@ -23,8 +23,9 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// Packages the tests use: `ip` for namespaces and veth pairs.
-const TEST_PACKAGES: &[&str] = &["iproute2"];
+/// Packages the tests use: `ip` for namespaces and veth pairs, a real SIP
+/// registrar (Kamailio) and real SIP clients (sipp, sipsak).
+const TEST_PACKAGES: &[&str] = &["iproute2", "kamailio", "sip-tester", "sipsak"];
 
 pub enum BpfToolchain {
     NightlyRustSrc,
@@ -123,19 +124,13 @@ fn apt_install(packages: &[String]) -> Result<()> {
 
 /// Whether everything is in place, without installing anything.
 fn ready() -> Option<BpfToolchain> {
-    if !bpf_linker_ok() || !have_tool("ip") {
+    if !bpf_linker_ok() || !missing_packages(TEST_PACKAGES).is_empty() {
         return None;
     }
     if nightly_has_rust_src() {
         return Some(BpfToolchain::NightlyRustSrc);
     }
     (debian_bpf_core_present() && debian_toolchain_linked()).then_some(BpfToolchain::Debian)
-}
-
-fn have_tool(name: &str) -> bool {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .any(|dir| Path::new(dir).join(name).exists())
 }
 
 /// Runs setup only when something is missing.

@@ -1,0 +1,234 @@
+//! SIP authentication-failure bans end to end: the real Kamailio registrar
+//! (digest auth) in the PBX's namespace, real SIP clients (sipp guessing
+//! passwords, sipsak probing extensions, sipp as a legitimate phone) in the
+//! client namespace, and `sipguard run` watching the signalling on the PBX's
+//! veth. Needs root (`cargo xtask test`); namespaces are deleted on drop.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use guard_common::{BanReason, Reason, SourceKey};
+use guard_userspace::{clock::boottime_ns, maps::KernelMaps};
+use sipguard_tests::{
+    daemon::{start_guard, Daemon, TempFile},
+    netns::Link,
+};
+
+const PBX: &str = "10.78.0.1";
+const PHONE: &str = "10.78.0.2";
+const ATTACKER: &str = "10.78.0.4";
+
+fn peers() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
+}
+
+/// The PBX namespace running Kamailio and sipguard.
+struct Pbx {
+    link: Link,
+    guard: Daemon,
+    _kamailio: Daemon,
+    program_id: u32,
+    _config: TempFile,
+}
+
+impl Pbx {
+    fn start(tag: &str, config: &str) -> Pbx {
+        let link = Link::new(tag, &["10.78.0.2/24", "10.78.0.4/24"], &["10.78.0.1/24"])
+            .expect("namespaces and veth");
+        let run_dir =
+            std::env::temp_dir().join(format!("sipguard-kamailio-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let kamailio_cfg = peers().join("kamailio.cfg");
+        let child = link
+            .right
+            .spawn(
+                "kamailio",
+                &[
+                    "-f",
+                    kamailio_cfg.to_str().unwrap(),
+                    "-l",
+                    &format!("udp:{PBX}:5060"),
+                    "-DD",
+                    "-E",
+                    "-n",
+                    "1",
+                    "-Y",
+                    run_dir.to_str().unwrap(),
+                ],
+            )
+            .expect("starting kamailio (apt-get install kamailio)");
+        let mut kamailio = Daemon::watch(child);
+        kamailio
+            .wait_for("SO_RCVBUF is finally", Duration::from_secs(20))
+            .expect("kamailio listening");
+
+        let config = TempFile::new(&format!("{tag}.toml"), config);
+        let (mut guard, program_id) = start_guard(&link.right, &link.right_if, &config, &[]);
+        guard
+            .wait_for("watching SIP authentication", Duration::from_secs(10))
+            .unwrap();
+        Pbx {
+            link,
+            guard,
+            _kamailio: kamailio,
+            program_id,
+            _config: config,
+        }
+    }
+
+    fn maps(&self) -> KernelMaps {
+        KernelMaps::from_program_id(self.program_id).unwrap()
+    }
+
+    /// Runs sipp in the client namespace; returns (successful, failed) calls.
+    fn sipp(
+        &self,
+        source: &str,
+        scenario: &str,
+        user: &str,
+        password: &str,
+        calls: u32,
+    ) -> (u32, u32) {
+        let scenario = peers().join(scenario);
+        let output = self
+            .link
+            .left
+            .command("timeout")
+            .args(["60", "sipp", &format!("{PBX}:5060"), "-sf"])
+            .arg(&scenario)
+            .args(["-s", user, "-au", user, "-ap", password, "-i", source])
+            .args(["-m", &calls.to_string(), "-l", "1", "-r", "20", "-nostdin"])
+            .args(["-timeout", "10s", "-recv_timeout", "3000"])
+            .output()
+            .expect("running sipp (apt-get install sip-tester)");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let count = |label: &str| {
+            text.lines()
+                .rfind(|l| l.contains(label))
+                .and_then(|l| l.split('|').nth(2))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (count("Successful call"), count("Failed call"))
+    }
+
+    fn ban(&self, ip: [u8; 4]) -> Option<guard_common::BanEntry> {
+        self.maps().ban(&SourceKey::from_ipv4(ip)).unwrap()
+    }
+}
+
+/// Gives the controller a moment to read the ring buffer and act.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn password_guessing_is_banned_at_the_level_limit() {
+    let mut pbx = Pbx::start("auth", "[sip_auth]\nlevel = \"normal\"\n");
+    // A phone registers normally (a challenge, then 200 OK).
+    assert_eq!(
+        pbx.sipp(PHONE, "register.xml", "1002", "correct-horse", 1),
+        (1, 0)
+    );
+
+    // Nine wrong passwords: under the normal level's 10.
+    assert_eq!(
+        pbx.sipp(ATTACKER, "register-wrong-password.xml", "1001", "guess", 9),
+        (9, 0)
+    );
+    settle();
+    assert!(pbx.ban([10, 78, 0, 4]).is_none(), "{}", pbx.guard.log());
+
+    // The tenth bans, with the evidence in the log.
+    assert_eq!(
+        pbx.sipp(ATTACKER, "register-wrong-password.xml", "1001", "guess", 1),
+        (1, 0)
+    );
+    let line = pbx
+        .guard
+        .wait_for("banned 10.78.0.4", Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        line.contains("auth-failure, 10 failures in 1h (proven)"),
+        "{line}"
+    );
+    assert!(line.contains("1001:401"), "{line}");
+    let ban = pbx.ban([10, 78, 0, 4]).expect("banned in the kernel");
+    assert_eq!(ban.reason, BanReason::AuthFailure as u16);
+    let remaining = ban.expires_ns.saturating_sub(boottime_ns());
+    assert!(remaining > 86_000 * 1_000_000_000 && remaining <= 86_400 * 1_000_000_000);
+
+    // The next guess never reaches Kamailio.
+    let (ok, _) = pbx.sipp(ATTACKER, "register-wrong-password.xml", "1001", "guess", 1);
+    assert_eq!(ok, 0);
+    assert!(pbx.maps().verdict(Reason::Banned).unwrap().packets > 0);
+    // The phone is unaffected.
+    assert_eq!(
+        pbx.sipp(PHONE, "register.xml", "1002", "correct-horse", 1),
+        (1, 0)
+    );
+    assert!(pbx.ban([10, 78, 0, 2]).is_none());
+    assert!(pbx.guard.stop().unwrap().success());
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn probing_many_extensions_is_banned_as_enumeration() {
+    let mut pbx = Pbx::start(
+        "enum",
+        "[sip_auth]\nlevel = \"normal\"\nenumeration_usernames = 4\n",
+    );
+    // sipsak registers extensions that do not exist: 404s, unproven failures
+    // (no credentials), so enumeration needs 4 x 3 = 12 distinct names.
+    for n in 0..12 {
+        let status = pbx
+            .link
+            .left
+            .command("timeout")
+            .args([
+                "10",
+                "sipsak",
+                "-U",
+                "-s",
+                &format!("sip:{}@{PBX}", 3000 + n),
+            ])
+            .output()
+            .expect("running sipsak (apt-get install sipsak)");
+        // sipsak reports the 404 as a failure; what matters is the PBX answered.
+        let _ = status;
+        settle_short();
+    }
+    let line = pbx
+        .guard
+        .wait_for("banned 10.78.0.2", Duration::from_secs(5))
+        .unwrap();
+    assert!(line.contains("enumeration"), "{line}");
+    assert!(line.contains("(unproven)"), "{line}");
+    assert!(line.contains(":404"), "{line}");
+    let ban = pbx.ban([10, 78, 0, 2]).expect("banned in the kernel");
+    assert_eq!(ban.reason, BanReason::Enumeration as u16);
+    assert!(pbx.guard.stop().unwrap().success());
+}
+
+fn settle_short() {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn whitelisted_sources_are_never_banned() {
+    let mut pbx = Pbx::start(
+        "white",
+        "[sip_auth]\nlevel = \"paranoid\"\nwhitelist = [\"10.78.0.4/32\"]\n",
+    );
+    assert_eq!(
+        pbx.sipp(ATTACKER, "register-wrong-password.xml", "1001", "typo", 6),
+        (6, 0)
+    );
+    settle();
+    assert!(pbx.ban([10, 78, 0, 4]).is_none());
+    assert!(!pbx.guard.log().contains("banned"), "{}", pbx.guard.log());
+    assert!(pbx.guard.stop().unwrap().success());
+}
