@@ -155,11 +155,11 @@ impl Daemon {
             if let Some(status) = child.try_wait()? {
                 // Let the reader thread catch the last lines.
                 thread::sleep(Duration::from_millis(100));
+                kill_group(&mut child);
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 bail!("sipguard ignored SIGTERM for 10 s:\n{}", self.log());
             }
             thread::sleep(Duration::from_millis(50));
@@ -167,11 +167,19 @@ impl Daemon {
     }
 }
 
+/// SIGKILL to the child's whole process group (it leads one, see
+/// `NetNs::spawn`): forking servers such as Kamailio leave no workers behind.
+fn kill_group(child: &mut Child) {
+    // SAFETY: signalling a process group we created.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
         }
     }
 }

@@ -64,9 +64,13 @@ impl NetNs {
         command
     }
 
+    /// Starts a program in the namespace, in a process group of its own so
+    /// that [`crate::daemon::Daemon`] can stop it with all its children.
     pub fn spawn(&self, program: &str, args: &[&str]) -> Result<Child> {
+        use std::os::unix::process::CommandExt;
         self.command(program)
             .args(args)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
