@@ -9,8 +9,11 @@
 //! - LPM trie keys carry their `prefix_len` in host order (the kernel's rule).
 //! - Every other integer (ports in [`port_index`], counters, times, limits) is
 //!   in **host byte order**; the XDP program swaps ports once while parsing.
-//! - Times are nanoseconds of `CLOCK_BOOTTIME` (`bpf_ktime_get_boot_ns`), which
-//!   keeps counting across suspend, so a ban's expiry means the same to both sides.
+//! - Times are nanoseconds of `CLOCK_MONOTONIC_COARSE`, which the XDP program
+//!   reads with `bpf_ktime_get_coarse_ns` (a cached value: much cheaper per
+//!   packet than a precise clock read) and the controller with clock_gettime,
+//!   so a ban's expiry means the same to both sides. Suspended time does not count: a ban lasts its time
+//!   of the machine running.
 #![no_std]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
@@ -298,9 +301,9 @@ pub const NO_RULE: u16 = u16::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanEntry {
-    /// CLOCK_BOOTTIME ns at which the ban lapses; [`BAN_FOREVER`] for never.
+    /// CLOCK_MONOTONIC_COARSE ns at which the ban lapses; [`BAN_FOREVER`] for never.
     pub expires_ns: u64,
-    /// CLOCK_BOOTTIME ns at which the ban was made.
+    /// CLOCK_MONOTONIC_COARSE ns at which the ban was made.
     pub created_ns: u64,
     /// Packets dropped by this ban (atomically incremented by every CPU).
     pub dropped: u64,

@@ -1,5 +1,8 @@
 //! The ban map from the kernel's side: checking a source, and banning one.
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
+};
 use guard_common::{atomic, BanEntry, BanEvent, BanReason, Health, RateRule, SourceKey};
 
 use crate::{
@@ -9,18 +12,26 @@ use crate::{
 
 const EEXIST: i32 = 17;
 
-/// True if `source` is under an unexpired ban (and counts the drop on it).
+/// The clock of bans and rate windows: CLOCK_MONOTONIC_COARSE, a cached
+/// value (a tick's resolution is plenty for windows of seconds), far cheaper
+/// per packet than a precise clock read. Only read when an entry needs it.
 #[inline(always)]
-pub fn is_banned(source: &SourceKey, now_ns: u64) -> bool {
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// True if `source` is under an unexpired ban (and counts the drop on it).
+/// An expired ban counts as absent; the controller's sweeper removes it.
+#[inline(always)]
+pub fn is_banned(source: &SourceKey) -> bool {
     let Some(ban) = BANS.get_ptr_mut(source) else {
         return false;
     };
+    let now_ns = now_ns();
     // SAFETY: a live map value; `dropped` is only touched atomically.
     unsafe {
         if !(*ban).is_active(now_ns) {
-            // Expired bans count as absent; clearing it here lets the
-            // source be banned afresh.
-            let _ = BANS.remove(source);
             return false;
         }
         atomic::fetch_add(core::ptr::addr_of_mut!((*ban).dropped), 1);
@@ -39,11 +50,24 @@ pub fn ban_for_rule(source: &SourceKey, rule_index: u32, rule: &RateRule, count:
         rule: rule_index as u16,
         _pad: 0,
     };
-    match BANS.insert(source, entry, BPF_NOEXIST as u64) {
-        Ok(()) => report(source, &entry, count),
-        // Another CPU banned it a moment ago and reported it.
-        Err(err) if err == -EEXIST => {}
-        Err(_) => count_health(Health::BanMapFull),
+    let inserted = match BANS.insert(source, entry, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        // An entry exists: another CPU banned the source a moment ago (it
+        // reports that), or an expired ban awaits the sweeper: replace it.
+        Err(err) if err == -EEXIST => match BANS.get_ptr(source) {
+            // SAFETY: a live map value, read only.
+            Some(old) if unsafe { !(*old).is_active(now_ns) } => {
+                BANS.insert(source, entry, BPF_ANY as u64).is_ok()
+            }
+            _ => false,
+        },
+        Err(_) => {
+            count_health(Health::BanMapFull);
+            false
+        }
+    };
+    if inserted {
+        report(source, &entry, count);
     }
 }
 

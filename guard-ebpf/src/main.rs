@@ -21,7 +21,6 @@ mod sip_capture;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_PIPE},
-    helpers::bpf_ktime_get_boot_ns,
     macros::{classifier, xdp},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
@@ -75,17 +74,12 @@ fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
         Address::V4(addr) => SourceKey::from_ipv4(addr),
         Address::V6(addr) => SourceKey::from_ipv6(addr, settings.ipv6_ban_prefix),
     };
-    // Read once: a ban check and a rate rule must agree on "now".
-    let now_ns = unsafe { bpf_ktime_get_boot_ns() };
-
-    if bans::is_banned(&source, now_ns) {
+    if bans::is_banned(&source) {
         return (Reason::Banned, unclassified);
     }
     if is_denied(&packet.source) {
         return (Reason::Denied, unclassified);
     }
-    let allowed_services = allow_mask(&packet.source);
-
     let (class, is_syn) = match packet.transport {
         Transport::LaterFragment => return (Reason::Fragment, unclassified),
         Transport::Tcp { dport, syn, .. } => (port_class(L4Proto::Tcp, dport), syn),
@@ -93,22 +87,31 @@ fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
         Transport::Other => (unclassified, false),
     };
 
-    // Service policy. An allow-listed source skips its service's rate rules.
+    // Service policy. The allow list is searched only where its answer can
+    // change the verdict: trusted services, ports with rate rules (an
+    // allow-listed source skips them), and unclassified traffic under
+    // "drop". Elsewhere the packet passes either way.
     if class.service != NO_SERVICE {
-        let allowed = allowed_services & service_bit(class.service) != 0;
-        match access_mode(class.service) {
-            AccessMode::Closed => return (Reason::Closed, class),
-            AccessMode::Trusted if !allowed => return (Reason::NotTrusted, class),
-            AccessMode::Trusted | AccessMode::Open if allowed => {
-                return (Reason::PassedAllowlisted, class)
-            }
-            AccessMode::Trusted | AccessMode::Open => {}
+        let access = access_mode(class.service);
+        if access == AccessMode::Closed {
+            return (Reason::Closed, class);
         }
-    } else if allowed_services & UNCLASSIFIED_BIT != 0 {
+        if access == AccessMode::Trusted || class.has_rules() {
+            let allowed = allow_mask(&packet.source) & service_bit(class.service) != 0;
+            if allowed {
+                return (Reason::PassedAllowlisted, class);
+            }
+            if access == AccessMode::Trusted {
+                return (Reason::NotTrusted, class);
+            }
+        }
+    } else if (settings.default_policy == DEFAULT_DROP || class.has_rules())
+        && allow_mask(&packet.source) & UNCLASSIFIED_BIT != 0
+    {
         return (Reason::PassedAllowlisted, class);
     }
 
-    if class.has_rules() && rate_limit::exceeds_rate_rules(&source, &class, is_syn, now_ns) {
+    if class.has_rules() && rate_limit::exceeds_rate_rules(&source, &class, is_syn) {
         return (Reason::RateLimited, class);
     }
 

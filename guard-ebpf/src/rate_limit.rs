@@ -9,19 +9,15 @@ use guard_common::{
 };
 
 use crate::{
-    bans::ban_for_rule,
+    bans::{ban_for_rule, now_ns},
     counters::{count_health, count_rule},
     maps::{RATE_STATE, RULES},
 };
 
 /// True if the packet exceeds one of the port's rules (the source is then banned).
 #[inline(always)]
-pub fn exceeds_rate_rules(
-    source: &SourceKey,
-    class: &PortClass,
-    is_syn: bool,
-    now_ns: u64,
-) -> bool {
+pub fn exceeds_rate_rules(source: &SourceKey, class: &PortClass, is_syn: bool) -> bool {
+    let now_ns = now_ns();
     for slot in 0..MAX_RULES_PER_PORT {
         let entry = class.rules[slot];
         if entry == NO_RULE_INDEX {

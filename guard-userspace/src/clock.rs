@@ -1,13 +1,15 @@
-//! CLOCK_BOOTTIME, the clock the XDP program stamps bans with.
+//! The clock the XDP program stamps bans and rate windows with:
+//! CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns). The controller reads the
+//! very same clock, so both sides agree on whether a ban has expired.
 use std::time::Duration;
 
-pub fn boottime_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME exists on every supported kernel.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    // SAFETY: valid pointer to a timespec; the clock exists since Linux 2.6.32.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

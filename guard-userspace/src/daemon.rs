@@ -131,7 +131,7 @@ async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8) {
     loop {
         tick.tick().await;
         let mut maps = maps.lock().await;
-        match bans::sweep_expired(&mut maps, clock::boottime_ns()) {
+        match bans::sweep_expired(&mut maps, clock::monotonic_ns()) {
             Ok(expired) => {
                 for (source, ban) in expired {
                     info!(

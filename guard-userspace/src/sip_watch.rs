@@ -135,7 +135,7 @@ pub fn apply_ban(maps: &mut KernelMaps, decision: &BanDecision, window: Duration
     let key = maps.source_key(decision.source)?;
     let prefix = maps.settings()?.ipv6_ban_prefix;
     let source = bans::source_to_string(&key, prefix);
-    let now = clock::boottime_ns();
+    let now = clock::monotonic_ns();
     let expires_ns = now.saturating_add(decision.duration.as_nanos().min(u64::MAX as u128) as u64);
     if let Some(existing) = maps.ban(&key)? {
         if existing.is_active(now) && existing.expires_ns >= expires_ns {

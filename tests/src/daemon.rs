@@ -59,7 +59,12 @@ impl Drop for TempFile {
 
 /// `sipguard run --iface IFACE --xdp-mode native --config CONFIG EXTRA...`
 /// inside `ns`, waiting until it has attached.
-pub fn start_guard(ns: &NetNs, iface: &str, config: &TempFile, extra: &[&str]) -> (Daemon, u32) {
+pub fn start_guard(
+    ns: &NetNs,
+    iface: &str,
+    config: &TempFile,
+    extra: &[&str],
+) -> Result<(Daemon, u32)> {
     let bin = sipguard_bin();
     let mut args = vec![
         "run",
@@ -71,12 +76,10 @@ pub fn start_guard(ns: &NetNs, iface: &str, config: &TempFile, extra: &[&str]) -
         config.path(),
     ];
     args.extend_from_slice(extra);
-    let child = ns
-        .spawn(bin.to_str().expect("UTF-8 path"), &args)
-        .expect("starting sipguard");
+    let child = ns.spawn(bin.to_str().context("UTF-8 path")?, &args)?;
     let mut daemon = Daemon::watch(child);
-    let program_id = daemon.program_id().expect("sipguard attached");
-    (daemon, program_id)
+    let program_id = daemon.program_id()?;
+    Ok((daemon, program_id))
 }
 
 pub struct Daemon {

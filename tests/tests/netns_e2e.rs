@@ -136,7 +136,7 @@ fn setup() -> (Link, TempFile) {
 }
 
 fn start(link: &Link, config: &TempFile, extra: &[&str]) -> (Daemon, u32) {
-    start_guard(&link.right, &link.right_if, config, extra)
+    start_guard(&link.right, &link.right_if, config, extra).expect("sipguard attached")
 }
 
 #[test]

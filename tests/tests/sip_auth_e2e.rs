@@ -9,7 +9,7 @@ use std::{
 };
 
 use guard_common::{BanReason, Reason, SourceKey};
-use guard_userspace::{clock::boottime_ns, maps::KernelMaps};
+use guard_userspace::{clock::monotonic_ns, maps::KernelMaps};
 use sipguard_tests::{
     daemon::{start_guard, Daemon, TempFile},
     netns::Link,
@@ -64,7 +64,8 @@ impl Pbx {
             .expect("kamailio listening");
 
         let config = TempFile::new(&format!("{tag}.toml"), config);
-        let (mut guard, program_id) = start_guard(&link.right, &link.right_if, &config, &[]);
+        let (mut guard, program_id) =
+            start_guard(&link.right, &link.right_if, &config, &[]).expect("sipguard attached");
         guard
             .wait_for("watching SIP authentication", Duration::from_secs(10))
             .unwrap();
@@ -157,7 +158,7 @@ fn password_guessing_is_banned_at_the_level_limit() {
     assert!(line.contains("1001:401"), "{line}");
     let ban = pbx.ban([10, 78, 0, 4]).expect("banned in the kernel");
     assert_eq!(ban.reason, BanReason::AuthFailure as u16);
-    let remaining = ban.expires_ns.saturating_sub(boottime_ns());
+    let remaining = ban.expires_ns.saturating_sub(monotonic_ns());
     assert!(remaining > 86_000 * 1_000_000_000 && remaining <= 86_400 * 1_000_000_000);
 
     // The next guess never reaches Kamailio.

@@ -31,6 +31,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the benchmarks (as root) and write BENCHMARKS.md.
+    Bench {
+        /// CI's short version: tiny repeat counts, output to target/.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Build, then run `sipguard run` with these arguments (as root).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -45,6 +51,7 @@ fn main() {
         Task::Build => build_all(Profile::Release).map(|_| ()),
         Task::Test { args } => test(&args),
         Task::Run { args } => run(&args),
+        Task::Bench { smoke } => bench(smoke),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -82,6 +89,11 @@ fn bpf_target_dir() -> PathBuf {
 
 pub fn ebpf_object_path() -> PathBuf {
     bpf_target_dir().join("bpfel-unknown-none/release/guard-ebpf")
+}
+
+/// The bench's reference programs (bare XDP_DROP/XDP_PASS, traffic generator).
+pub fn baseline_object_path() -> PathBuf {
+    bpf_target_dir().join("bpfel-unknown-none/release/baseline")
 }
 
 /// A cargo command free of the variables the outer `cargo run` set, so an
@@ -181,6 +193,13 @@ fn test(extra: &[String]) -> Result<()> {
     let mut command = clean_cargo(None);
     command.arg("test");
     if extra.is_empty() {
+        // Criterion benches run once each in test mode, so they cannot rot
+        // (their harness takes none of libtest's flags, hence a run of its own).
+        let mut benches = clean_cargo(None);
+        benches
+            .args(["test", "-p", "guard-userspace", "--benches"])
+            .env("SIPGUARD_EBPF_OBJECT", ebpf_object_path());
+        check(&mut benches).context("benchmarks in test mode failed")?;
         // Every host crate; guard-ebpf only builds for the BPF target.
         command.args(["--workspace", "--exclude", "guard-ebpf"]);
     } else {
@@ -188,6 +207,7 @@ fn test(extra: &[String]) -> Result<()> {
     }
     command
         .env("SIPGUARD_EBPF_OBJECT", ebpf_object_path())
+        .env("SIPGUARD_BASELINE_OBJECT", baseline_object_path())
         .env("SIPGUARD_BIN", &sipguard)
         .arg("--");
     if root {
@@ -200,6 +220,65 @@ fn test(extra: &[String]) -> Result<()> {
         );
     }
     check(&mut command).context("tests failed")
+}
+
+fn bench(smoke: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks load XDP programs and create namespaces: run as root");
+    }
+    let sipguard = build_all(Profile::Release)?;
+    let mut command = clean_cargo(None);
+    command
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sipguard-tests",
+            "--bin",
+            "sipguard-bench",
+        ])
+        .env("SIPGUARD_EBPF_OBJECT", ebpf_object_path());
+    check(&mut command).context("building the bench runner")?;
+
+    let mut criterion = clean_cargo(None);
+    criterion
+        .args([
+            "bench",
+            "-p",
+            "guard-userspace",
+            "--bench",
+            "sip_parse",
+            "--",
+        ])
+        .env("SIPGUARD_EBPF_OBJECT", ebpf_object_path());
+    if smoke {
+        criterion.args(["--warm-up-time", "0.2", "--measurement-time", "0.5"]);
+    } else {
+        criterion.args(["--warm-up-time", "2", "--measurement-time", "10"]);
+    }
+    check(&mut criterion).context("the SIP parser benchmark")?;
+
+    let root = workspace_root();
+    let output = if smoke {
+        root.join("target").join("BENCHMARKS.smoke.md")
+    } else {
+        root.join("BENCHMARKS.md")
+    };
+    let mut runner = Command::new(root.join("target/release/sipguard-bench"));
+    runner
+        .arg("--baseline")
+        .arg(baseline_object_path())
+        .arg("--output")
+        .arg(&output)
+        .arg("--criterion")
+        .arg(root.join("target/criterion"))
+        .env("SIPGUARD_BIN", &sipguard);
+    if smoke {
+        runner.arg("--smoke");
+    }
+    check(&mut runner).context("the benchmarks")?;
+    println!("xtask: wrote {}", output.display());
+    Ok(())
 }
 
 fn run(args: &[String]) -> Result<()> {

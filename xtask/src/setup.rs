@@ -24,8 +24,20 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 /// Packages the tests use: `ip` for namespaces and veth pairs, a real SIP
-/// registrar (Kamailio) and real SIP clients (sipp, sipsak).
-const TEST_PACKAGES: &[&str] = &["iproute2", "kamailio", "sip-tester", "sipsak"];
+/// registrar (Kamailio) and real SIP clients (sipp, sipsak); and what the
+/// benchmarks compare sipguard with (xdp-filter, nftables, iptables with
+/// ipset) or read veth statistics with (ethtool).
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "kamailio",
+    "sip-tester",
+    "sipsak",
+    "xdp-tools",
+    "nftables",
+    "iptables",
+    "ipset",
+    "ethtool",
+];
 
 pub enum BpfToolchain {
     NightlyRustSrc,

@@ -1,0 +1,322 @@
+//! Per-packet cost of every verdict path, and how it scales with map sizes,
+//! through BPF_PROG_TEST_RUN, against the bare XDP_DROP/XDP_PASS programs.
+use anyhow::{bail, ensure, Context, Result};
+use aya::programs::{TestRun, TestRunOptions};
+use guard_common::{BanEntry, BanReason, RateKey, RateWindow, SourceKey, BAN_FOREVER, NO_RULE};
+use guard_userspace::clock::monotonic_ns;
+
+use super::{memory, ns_per_packet, xdp, Effort, Stats};
+use crate::{frames::*, Harness, XDP_DROP, XDP_PASS};
+
+const PBX4: &str = "192.0.2.1";
+const PBX6: &str = "2001:db8:ffff::1";
+const BANNED: &str = "198.51.100.50";
+const EXPIRED: &str = "198.51.100.51";
+
+/// The bench policy: an allow and a deny entry, and the default's two rules
+/// on SIP/UDP 5060 with limits no benchmark run reaches (the "under the
+/// limit" path repeats one source millions of times).
+fn policy(max_bans: u32, max_cidrs: u32, max_tracked: u32) -> String {
+    format!(
+        r#"
+[guard]
+max_bans = {max_bans}
+max_cidrs = {max_cidrs}
+max_tracked_sources = {max_tracked}
+[[allow]]
+cidr = "10.1.0.0/16"
+[[deny]]
+cidr = "203.0.113.0/24"
+[[deny]]
+cidr = "2001:db8:bad::/48"
+[[rate_rules]]
+name = "sip-huge-1h"
+ports = ["5060/udp"]
+packets = 16000000
+window = "1h"
+ban = "1h"
+[[rate_rules]]
+name = "sip-huge-24h"
+ports = ["5060/udp"]
+packets = 16000000
+window = "24h"
+ban = "1h"
+"#
+    )
+}
+
+pub struct Path {
+    pub name: &'static str,
+    pub frame: Vec<u8>,
+    pub action: u32,
+}
+
+pub const SIP_UNDER_LIMIT: &str = "SIP under the limit (2 rules)";
+
+/// The frame to time for `path`: the SIP-under-the-limit path gets a new
+/// source each time, so repeated measurements never add up to its limit.
+fn frame_for(path: &Path, measurement: &mut u32) -> Vec<u8> {
+    if path.name != SIP_UNDER_LIMIT {
+        return path.frame.clone();
+    }
+    *measurement += 1;
+    let n = *measurement;
+    let source = format!(
+        "100.{}.{}.{}",
+        100 + (n >> 16) % 28,
+        (n >> 8) & 255,
+        n & 255
+    );
+    udp(&source, PBX4, 5060, b"REGISTER")
+}
+
+pub fn paths() -> Vec<Path> {
+    let mut truncated = udp("198.51.100.1", PBX4, 5060, b"REGISTER");
+    truncated.truncate(ETH_LEN + 10);
+    let p = |name, frame, action| Path {
+        name,
+        frame,
+        action,
+    };
+    vec![
+        p("non-IP (ARP)", arp(), XDP_PASS),
+        p(
+            "IPv4, nothing matched",
+            udp("198.51.100.1", PBX4, 9999, b"x"),
+            XDP_PASS,
+        ),
+        p(
+            "IPv6, nothing matched",
+            udp("2001:db8:b::1", PBX6, 9999, b"x"),
+            XDP_PASS,
+        ),
+        p(
+            "deny hit",
+            udp("203.0.113.5", PBX4, 5060, b"REGISTER"),
+            XDP_DROP,
+        ),
+        p(
+            "allow hit (SIP)",
+            udp("10.1.2.3", PBX4, 5060, b"REGISTER"),
+            XDP_PASS,
+        ),
+        p("ban hit", udp(BANNED, PBX4, 5060, b"REGISTER"), XDP_DROP),
+        p("expired ban", udp(EXPIRED, PBX4, 9999, b"x"), XDP_PASS),
+        p(
+            "SIP under the limit (2 rules)",
+            udp("198.51.100.52", PBX4, 5060, b"REGISTER"),
+            XDP_PASS,
+        ),
+        p("malformed (truncated IPv4)", truncated, XDP_DROP),
+        p(
+            "RTP pass",
+            udp("198.51.100.53", PBX4, 12000, &[0x80; 172]),
+            XDP_PASS,
+        ),
+    ]
+}
+
+fn ban(expires_ns: u64) -> BanEntry {
+    BanEntry {
+        expires_ns,
+        created_ns: monotonic_ns(),
+        reason: BanReason::Manual as u16,
+        rule: NO_RULE,
+        ..BanEntry::default()
+    }
+}
+
+fn key(text: &str) -> SourceKey {
+    match ip(text) {
+        std::net::IpAddr::V4(a) => SourceKey::from_ipv4(a.octets()),
+        std::net::IpAddr::V6(a) => SourceKey::from_ipv6(a.octets(), 64),
+    }
+}
+
+/// A harness with the bench policy, the banned and expired-ban sources in place.
+pub fn bench_harness(max_bans: u32, max_cidrs: u32, max_tracked: u32) -> Result<Harness> {
+    let mut h = Harness::try_new(&policy(max_bans, max_cidrs, max_tracked))?;
+    let maps = h.guard.maps_mut();
+    maps.insert_ban(key(BANNED), ban(BAN_FOREVER))?;
+    maps.insert_ban(key(EXPIRED), ban(1))?;
+    Ok(h)
+}
+
+/// One row of the per-path table.
+pub struct PathResult {
+    pub name: &'static str,
+    pub action: u32,
+    pub ns: Stats,
+    /// Against bare XDP_DROP for dropping paths, bare XDP_PASS for passing ones.
+    pub ratio: Stats,
+}
+
+/// Measures every path and both baselines round-robin, `effort.runs` times.
+pub fn per_path(baseline: &aya::Ebpf, effort: Effort) -> Result<(Vec<PathResult>, Stats, Stats)> {
+    let mut h = bench_harness(65_536, 65_536, 100_000)?;
+    let paths = paths();
+    let bare_drop = xdp(baseline, "bare_drop")?;
+    let bare_pass = xdp(baseline, "bare_pass")?;
+    let frame = udp("198.51.100.1", PBX4, 9999, b"x");
+    let mut drop_ns = Vec::new();
+    let mut pass_ns = Vec::new();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut measurement = 0;
+    for _ in 0..effort.runs {
+        let (d, _) = ns_per_packet(bare_drop, &frame, effort.repeat)?;
+        let (p, _) = ns_per_packet(bare_pass, &frame, effort.repeat)?;
+        drop_ns.push(d);
+        pass_ns.push(p);
+        let program = h.guard.program()?;
+        for (i, path) in paths.iter().enumerate() {
+            let frame = frame_for(path, &mut measurement);
+            let (ns, action) = ns_per_packet(program, &frame, effort.repeat)?;
+            ensure!(
+                action == path.action,
+                "{}: action {action}, expected {}",
+                path.name,
+                path.action
+            );
+            samples[i].push(ns);
+            ratios[i].push(ns / if path.action == XDP_DROP { d } else { p });
+        }
+    }
+    let results = paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| PathResult {
+            name: path.name,
+            action: path.action,
+            ns: Stats::of(&samples[i]),
+            ratio: Stats::of(&ratios[i]),
+        })
+        .collect();
+    Ok((results, Stats::of(&drop_ns), Stats::of(&pass_ns)))
+}
+
+/// The packet that crosses a rate limit: it inserts the ban and sends the
+/// event. Each source crosses once, so every sample is a single run timed by
+/// the kernel (whole nanoseconds), against bare XDP_DROP timed the same way.
+pub fn crossing(baseline: &aya::Ebpf, effort: Effort) -> Result<(Stats, Stats)> {
+    let mut h = Harness::try_new(
+        "[guard]\nmax_bans = 200000\n[[rate_rules]]\nname = \"one\"\nports = [\"5060/udp\"]\npackets = 1\nwindow = \"1h\"\nban = \"1h\"\n",
+    )?;
+    let bare_drop = xdp(baseline, "bare_drop")?;
+    let mut ours = Vec::new();
+    let mut bare = Vec::new();
+    for i in 0..effort.distinct_sources {
+        let source = format!("100.{}.{}.{}", 64 + (i >> 16) % 64, (i >> 8) & 255, i & 255);
+        let frame = udp(&source, PBX4, 5060, b"REGISTER");
+        ensure!(h.run(&frame) == XDP_PASS, "first packet of {source}");
+        let program = h.guard.program()?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..TestRunOptions::default()
+        })?;
+        ensure!(
+            result.return_value == XDP_DROP,
+            "crossing packet of {source} passed"
+        );
+        ours.push(result.duration.as_nanos() as f64);
+        let result = bare_drop.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..TestRunOptions::default()
+        })?;
+        bare.push(result.duration.as_nanos() as f64);
+        if i % 1000 == 999 {
+            h.drain_ban_events();
+        }
+    }
+    let events = h.drain_ban_events().len();
+    ensure!(events > 0 || effort.distinct_sources == 0, "no ban events");
+    Ok((Stats::of(&ours), Stats::of(&bare)))
+}
+
+/// One row of the scaling table.
+pub struct ScaleResult {
+    pub entries: u32,
+    pub path: &'static str,
+    pub ns: Stats,
+    /// Against the same path with the small maps, measured in the same rounds.
+    pub relative: Stats,
+}
+
+/// Memory the kernel charges per map of a harness, for the memory table.
+pub struct ScaleMemory {
+    pub entries: u32,
+    pub bans: u64,
+    pub deny_v4: u64,
+    pub rate_state: u64,
+}
+
+fn fill(h: &mut Harness, entries: u32) -> Result<()> {
+    let maps = h.guard.maps_mut();
+    let forever = ban(BAN_FOREVER);
+    for i in 0..entries {
+        let octets = (0x6440_0000u32 + i).to_be_bytes(); // 100.64.0.0/10 upwards
+        maps.bans.insert(SourceKey::from_ipv4(octets), forever, 0)?;
+        let net = ipnet::Ipv4Net::new((0x0b00_0000u32 + i).into(), 32)?; // 11.0.0.0/8 upwards
+        maps.insert_deny(ipnet::IpNet::V4(net))?;
+        let tracked = RateKey {
+            source: SourceKey::from_ipv4((0x6480_0000u32 + i).to_be_bytes()),
+            rule: 0,
+        };
+        maps.rate_state.insert(tracked, RateWindow::default(), 0)?;
+    }
+    Ok(())
+}
+
+const SCALED_PATHS: [&str; 4] = [
+    "ban hit",
+    "deny hit",
+    "IPv4, nothing matched",
+    SIP_UNDER_LIMIT,
+];
+
+/// Cost with `sizes` bans, deny CIDRs and tracked sources, relative to the
+/// same paths on small maps.
+pub fn scaling(effort: Effort) -> Result<(Vec<ScaleResult>, Vec<ScaleMemory>)> {
+    let all = paths();
+    let chosen: Vec<&Path> = SCALED_PATHS
+        .iter()
+        .map(|name| all.iter().find(|p| p.name == *name).context("scaled path"))
+        .collect::<Result<_>>()?;
+    let mut small = bench_harness(65_536, 65_536, 100_000)?;
+    let mut measurement = 0;
+    let mut results = Vec::new();
+    let mut memory = Vec::new();
+    for entries in effort.scale_sizes {
+        let capacity = entries + 16;
+        let mut big = bench_harness(capacity, capacity, capacity)?;
+        fill(&mut big, entries)?;
+        memory.push(ScaleMemory {
+            entries,
+            bans: memory::map_memory(&mut big, guard_common::map_names::BANS)?,
+            deny_v4: memory::map_memory(&mut big, guard_common::map_names::DENY_V4)?,
+            rate_state: memory::map_memory(&mut big, guard_common::map_names::RATE_STATE)?,
+        });
+        for path in &chosen {
+            let mut ns = Vec::new();
+            let mut relative = Vec::new();
+            for _ in 0..effort.runs {
+                let frame = frame_for(path, &mut measurement);
+                let (base, a) = ns_per_packet(small.guard.program()?, &frame, effort.repeat)?;
+                let frame = frame_for(path, &mut measurement);
+                let (scaled, b) = ns_per_packet(big.guard.program()?, &frame, effort.repeat)?;
+                if a != path.action || b != path.action {
+                    bail!("{} with {entries} entries: unexpected action", path.name);
+                }
+                ns.push(scaled);
+                relative.push(scaled / base);
+            }
+            results.push(ScaleResult {
+                entries,
+                path: path.name,
+                ns: Stats::of(&ns),
+                relative: Stats::of(&relative),
+            });
+        }
+    }
+    Ok((results, memory))
+}
