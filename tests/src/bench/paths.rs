@@ -205,6 +205,7 @@ pub fn crossing(baseline: &aya::Ebpf, effort: Effort) -> Result<(Stats, Stats)> 
     let bare_drop = xdp(baseline, "bare_drop")?;
     let mut ours = Vec::new();
     let mut bare = Vec::new();
+    let mut events = 0;
     for i in 0..effort.distinct_sources {
         let source = format!("100.{}.{}.{}", 64 + (i >> 16) % 64, (i >> 8) & 255, i & 255);
         let frame = udp(&source, PBX4, 5060, b"REGISTER");
@@ -225,11 +226,15 @@ pub fn crossing(baseline: &aya::Ebpf, effort: Effort) -> Result<(Stats, Stats)> 
         })?;
         bare.push(result.duration.as_nanos() as f64);
         if i % 1000 == 999 {
-            h.drain_ban_events();
+            events += h.drain_ban_events().len();
         }
     }
-    let events = h.drain_ban_events().len();
-    ensure!(events > 0 || effort.distinct_sources == 0, "no ban events");
+    events += h.drain_ban_events().len();
+    ensure!(
+        events == effort.distinct_sources as usize,
+        "{events} ban events for {} bans",
+        effort.distinct_sources
+    );
     Ok((Stats::of(&ours), Stats::of(&bare)))
 }
 
