@@ -20,12 +20,16 @@ fn every_benchmark_produces_its_rows() {
     let (path_results, bare_drop, bare_pass) = paths::per_path(&ebpf, effort).unwrap();
     assert_eq!(path_results.len(), paths::paths().len());
     let crossing = paths::crossing(&ebpf, effort).unwrap();
+    let xdp_filter = paths::xdp_filter_reference(&ebpf, effort).map_err(|e| format!("{e:#}"));
+    assert!(xdp_filter.is_ok(), "{xdp_filter:?}");
     let (scaling, memory_rows) = paths::scaling(effort).unwrap();
     assert_eq!(scaling.len(), 3 * 4);
     assert_eq!(memory_rows.len(), 3);
     let default_memory = memory::all_maps(&mut Harness::new("")).unwrap();
     assert!(default_memory.1 > 0);
-    let live = live::live(&baseline, effort).unwrap();
+    let live = live::live(&baseline, effort);
+    live::release_bpffs();
+    let live = live.unwrap();
     assert_eq!(live.len(), 7);
     assert!(
         live.iter().all(|l| l.pps.median > 0.0),
@@ -41,6 +45,7 @@ fn every_benchmark_produces_its_rows() {
         bare_pass,
         paths: path_results,
         crossing,
+        xdp_filter,
         scaling,
         memory: memory_rows,
         default_memory,
@@ -57,6 +62,7 @@ fn every_benchmark_produces_its_rows() {
         "| bare XDP_DROP |",
         "| ban hit |",
         "| SIP crossing the limit",
+        "*reference:* xdp-filter (xdp-tools) deny hit",
         "## 2. Scaling",
         "| sipguard, deny path |",
         "| nftables inet prerouting",

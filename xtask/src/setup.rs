@@ -26,7 +26,7 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// Packages the tests use: `ip` for namespaces and veth pairs, a real SIP
 /// registrar (Kamailio) and real SIP clients (sipp, sipsak); and what the
 /// benchmarks compare sipguard with (xdp-filter, nftables, iptables with
-/// ipset) or read veth statistics with (ethtool).
+/// ipset), read veth statistics with (ethtool) or pin programs with (bpftool).
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "kamailio",
@@ -37,6 +37,7 @@ const TEST_PACKAGES: &[&str] = &[
     "iptables",
     "ipset",
     "ethtool",
+    "bpftool",
 ];
 
 pub enum BpfToolchain {

@@ -45,16 +45,16 @@ fn run(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
-fn ns_run(ns: &NetNs, program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn ns_run(ns: &NetNs, program: &str, args: &[&str]) -> Result<String> {
     run(ns.command(program).args(args))
 }
 
 /// libxdp (xdp-filter) keeps its state in a bpffs. `ip netns exec` remounts
 /// /sys, hiding /sys/fs/bpf, so the bench mounts one under /run, which
 /// stays visible, and points libxdp at it.
-const XDP_BPFFS: &str = "/run/sipguard-bench-bpffs";
+pub(crate) const XDP_BPFFS: &str = "/run/sipguard-bench-bpffs";
 
-fn ensure_bpffs() -> Result<()> {
+pub(crate) fn ensure_bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts")?;
     if mounts
         .lines()
@@ -66,7 +66,13 @@ fn ensure_bpffs() -> Result<()> {
     run(Command::new("mount").args(["-t", "bpf", "bpf", XDP_BPFFS])).map(|_| ())
 }
 
-fn xdp_filter(ns: &NetNs, args: &[&str]) -> Result<String> {
+/// Unmounts the bench's bpffs (after the last xdp-filter run).
+pub fn release_bpffs() {
+    let _ = Command::new("umount").arg(XDP_BPFFS).status();
+    let _ = std::fs::remove_dir(XDP_BPFFS);
+}
+
+pub(crate) fn xdp_filter(ns: &NetNs, args: &[&str]) -> Result<String> {
     run(ns
         .command("xdp-filter")
         .args(args)

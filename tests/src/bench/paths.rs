@@ -325,3 +325,55 @@ pub fn scaling(effort: Effort) -> Result<(Vec<ScaleResult>, Vec<ScaleMemory>)> {
     }
     Ok((results, memory))
 }
+
+/// xdp-filter (xdp-tools) dropping a deny-listed source, timed exactly like
+/// sipguard's paths against bare XDP_DROP: the reference for what one
+/// address lookup costs in this framing. Its program is attached to a veth
+/// in a namespace of the bench's, pinned by id with bpftool and run with
+/// BPF_PROG_TEST_RUN.
+pub fn xdp_filter_reference(baseline: &aya::Ebpf, effort: Effort) -> Result<(Stats, Stats)> {
+    use super::live::{ensure_bpffs, ns_run, xdp_filter, XDP_BPFFS};
+    ensure_bpffs()?;
+    let link = crate::netns::Link::new("xfref", &["10.81.0.2/24"], &["10.81.0.1/24"])?;
+    xdp_filter(
+        &link.right,
+        &["load", &link.right_if, "-m", "native", "-f", "ipv4,udp"],
+    )?;
+    xdp_filter(&link.right, &["ip", "203.0.113.5", "-m", "src"])?;
+    let shown = ns_run(
+        &link.right,
+        "ip",
+        &["-d", "link", "show", "dev", &link.right_if],
+    )?;
+    let id = shown
+        .split("prog/xdp id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("xdp-filter attached no program")?
+        .to_string();
+    let pin = format!("{XDP_BPFFS}/sipguard-bench-xdp-filter");
+    let _ = std::fs::remove_file(&pin);
+    let status = std::process::Command::new("bpftool")
+        .args(["prog", "pin", "id", &id, &pin])
+        .status()
+        .context("running bpftool")?;
+    ensure!(status.success(), "bpftool prog pin id {id} failed");
+    let measured = (|| -> Result<(Stats, Stats)> {
+        let program =
+            aya::programs::Xdp::from_pin(&pin, aya_obj::programs::XdpAttachType::Interface)?;
+        let bare_drop = xdp(baseline, "bare_drop")?;
+        let frame = udp("203.0.113.5", PBX4, 5060, b"REGISTER");
+        let (mut ns, mut ratio) = (Vec::new(), Vec::new());
+        for _ in 0..effort.runs {
+            let (base, _) = ns_per_packet(bare_drop, &frame, effort.repeat)?;
+            let (cost, action) = ns_per_packet(&program, &frame, effort.repeat)?;
+            ensure!(action == XDP_DROP, "xdp-filter passed a denied source");
+            ns.push(cost);
+            ratio.push(cost / base);
+        }
+        Ok((Stats::of(&ns), Stats::of(&ratio)))
+    })();
+    let _ = std::fs::remove_file(&pin);
+    let _ = xdp_filter(&link.right, &["unload", &link.right_if, "--all"]);
+    measured
+}

@@ -75,6 +75,7 @@ fn main() -> Result<()> {
     eprintln!("bench: per-path costs");
     let (path_results, bare_drop, bare_pass) = paths::per_path(&baseline, effort)?;
     let crossing = paths::crossing(&baseline, effort)?;
+    let xdp_filter = paths::xdp_filter_reference(&baseline, effort).map_err(|e| format!("{e:#}"));
     eprintln!("bench: scaling to {} entries", effort.scale_sizes[2]);
     let (scaling, scale_memory) = paths::scaling(effort)?;
     let default_memory = {
@@ -83,6 +84,7 @@ fn main() -> Result<()> {
     };
     eprintln!("bench: live packets on veth");
     let live = live::live(&args.baseline, effort).map_err(|e| format!("{e:#}"));
+    live::release_bpffs();
     eprintln!("bench: controller");
     let events = controller::ban_events(effort)?;
     let latency_us = controller::failure_to_ban_latency(effort)?;
@@ -96,6 +98,7 @@ fn main() -> Result<()> {
         bare_pass,
         paths: path_results,
         crossing,
+        xdp_filter,
         scaling,
         memory: scale_memory,
         default_memory,
