@@ -379,7 +379,21 @@ pub struct RateKey {
     pub rule: u32,
 }
 
-/// Verdict reasons: the index into the per-CPU `VERDICTS` counter array.
+/// Slots of the per-CPU `VERDICTS` array: one per (reason, service id).
+pub const VERDICT_SLOTS: u32 = Reason::COUNT as u32 * SERVICE_SLOTS;
+
+/// Index of (reason, service) in `VERDICTS`; service 0 is "no service".
+#[inline(always)]
+pub const fn verdict_index(reason: Reason, service: u8) -> u32 {
+    let service = if service as u32 >= SERVICE_SLOTS {
+        0
+    } else {
+        service as u32
+    };
+    reason as u32 * SERVICE_SLOTS + service
+}
+
+/// Verdict reasons (with the service, the index into `VERDICTS`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {

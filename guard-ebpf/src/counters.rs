@@ -1,11 +1,11 @@
 //! Per-CPU counters: plain adds are exact because each CPU owns its slot.
-use guard_common::{Health, Reason};
+use guard_common::{verdict_index, Health, Reason};
 
 use crate::maps::{HEALTH, RULE_HITS, VERDICTS};
 
 #[inline(always)]
-pub fn count_verdict(reason: Reason, bytes: u64) {
-    if let Some(counter) = VERDICTS.get_ptr_mut(reason as u32) {
+pub fn count_verdict(reason: Reason, service: u8, bytes: u64) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(verdict_index(reason, service)) {
         // SAFETY: a per-CPU slot, only this CPU writes it.
         unsafe {
             (*counter).packets += 1;

@@ -46,7 +46,7 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
         Frame::Malformed => (Reason::Malformed, PortClass::UNCLASSIFIED),
         Frame::Ip(packet) => judge(&packet, &settings),
     };
-    counters::count_verdict(reason, (ctx.data_end() - ctx.data()) as u64);
+    counters::count_verdict(reason, class.service, (ctx.data_end() - ctx.data()) as u64);
     if reason.drops() && settings.monitor == 0 {
         return xdp_action::XDP_DROP;
     }
@@ -74,19 +74,23 @@ fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
         Address::V4(addr) => SourceKey::from_ipv4(addr),
         Address::V6(addr) => SourceKey::from_ipv6(addr, settings.ipv6_ban_prefix),
     };
-    if bans::is_banned(&source) {
-        return (Reason::Banned, unclassified);
-    }
-    if is_denied(&packet.source) {
-        return (Reason::Denied, unclassified);
-    }
+    // The destination's class first (one array read): even a banned packet
+    // is counted against the service it was aimed at.
     let (class, is_syn) = match packet.transport {
-        Transport::LaterFragment => return (Reason::Fragment, unclassified),
         Transport::Tcp { dport, syn, .. } => (port_class(L4Proto::Tcp, dport), syn),
         Transport::Udp { dport, .. } => (port_class(L4Proto::Udp, dport), false),
-        Transport::Other => (unclassified, false),
+        Transport::LaterFragment | Transport::Other => (unclassified, false),
     };
 
+    if bans::is_banned(&source) {
+        return (Reason::Banned, class);
+    }
+    if is_denied(&packet.source) {
+        return (Reason::Denied, class);
+    }
+    if let Transport::LaterFragment = packet.transport {
+        return (Reason::Fragment, class);
+    }
     // Service policy. The allow list is searched only where its answer can
     // change the verdict: trusted services, ports with rate rules (an
     // allow-listed source skips them), and unclassified traffic under

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use guard_common::{
-    BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow, Reason, RuleCounter,
-    ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS,
+    BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow, RuleCounter,
+    ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS, VERDICT_SLOTS,
 };
 
 /// Active bans. A plain hash, not an LRU: a flood of new sources must never
@@ -44,8 +44,9 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 pub static RATE_STATE: LruHashMap<RateKey, RateWindow> = LruHashMap::with_max_entries(1_000_000, 0);
 
+/// Packets and bytes per (verdict reason, destination service).
 #[map]
-pub static VERDICTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COUNT as u32, 0);
+pub static VERDICTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(VERDICT_SLOTS, 0);
 
 #[map]
 pub static RULE_HITS: PerCpuArray<RuleCounter> =

@@ -28,6 +28,26 @@ pub struct Config {
     pub rate_rules: Option<Vec<RateRuleSection>>,
     #[serde(default)]
     pub sip_auth: SipAuthSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub enabled: bool,
+    /// Where to serve GET /metrics.
+    pub address: std::net::SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9477)),
+        }
+    }
 }
 
 /// Bans from SIP authentication failures seen on the wire.
@@ -845,6 +865,17 @@ ban = "1h"
         assert_eq!(e.key, "sip_auth.service");
         let e = parse("[sip_auth]\nmax_ban = \"1h\"\n").unwrap_err();
         assert_eq!(e.key, "sip_auth.max_ban");
+    }
+
+    #[test]
+    fn metrics_section() {
+        let c = parse("").unwrap();
+        assert!(c.metrics.enabled);
+        assert_eq!(c.metrics.address.to_string(), "127.0.0.1:9477");
+        let c = parse("[metrics]\nenabled = false\naddress = \"[::1]:9000\"\n").unwrap();
+        assert!(!c.metrics.enabled);
+        let e = parse("[metrics]\naddress = \"localhost\"\n").unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("metrics.address", Some(2)));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::{
     events,
     loader::{Guard, XdpModeChoice},
     maps::KernelMaps,
+    metrics::{self, Metrics},
     policy::CompiledPolicy,
     preflight, sip_watch,
 };
@@ -25,6 +26,8 @@ use crate::{
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct RunOptions {
+    /// Overrides `metrics.address` (and enables the endpoint).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub iface: Option<String>,
     pub config: Option<PathBuf>,
     pub xdp_mode: XdpModeChoice,
@@ -45,6 +48,10 @@ pub fn prepare(options: &RunOptions) -> Result<(Config, String, String)> {
     if let Some(level) = options.level {
         config.sip_auth.level = level;
     }
+    if let Some(address) = options.metrics_addr {
+        config.metrics.enabled = true;
+        config.metrics.address = address;
+    }
     let iface = match &options.iface {
         Some(iface) => iface.clone(),
         None => {
@@ -62,6 +69,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     preflight::privileges()?;
     preflight::kernel()?;
 
+    let metrics_listener = if config.metrics.enabled {
+        Some(metrics::bind(config.metrics.address).await?)
+    } else {
+        None
+    };
     let policy = CompiledPolicy::compile(&config);
     let mut guard = Guard::load(&config, &policy)?;
     let mode = guard.attach(&iface, options.xdp_mode)?;
@@ -72,21 +84,39 @@ pub async fn run(options: RunOptions) -> Result<()> {
     );
 
     let mut maps = guard.take_maps().context("maps handed over twice")?;
-    let ring = maps
+    let ban_ring = maps
         .ban_events
         .take()
         .context("ban event ring taken twice")?;
+    let sip_ring = maps.sip_events.take().context("SIP ring taken twice")?;
     let ipv6_prefix = config.guard.ipv6_ban_prefix;
+    let maps = Arc::new(Mutex::new(maps));
+    let metrics = Arc::new(Metrics::new(
+        Arc::clone(&maps),
+        metric_names(&config, &policy),
+    ));
+    let counters = metrics.counters.clone();
+
     let events = tokio::spawn(events::log_ban_events(
-        ring,
+        ban_ring,
         policy.rule_names.clone(),
         ipv6_prefix,
+        counters.clone(),
     ));
-
-    let sip_ring = maps.sip_events.take().context("SIP ring taken twice")?;
-    let maps = Arc::new(Mutex::new(maps));
-    let sweeper = tokio::spawn(sweep_forever(Arc::clone(&maps), ipv6_prefix));
-    let sip_watch = if config.sip_auth.enabled {
+    let mut tasks = vec![tokio::spawn(sweep_forever(Arc::clone(&maps), ipv6_prefix))];
+    if let Some(listener) = metrics_listener {
+        let server = metrics::serve(listener, Arc::clone(&metrics));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                warn!("metrics endpoint stopped: {e:#}");
+            }
+        }));
+        tasks.push(tokio::spawn(metrics::count_rate_state(
+            Arc::clone(&metrics),
+            Arc::clone(&maps),
+        )));
+    }
+    if config.sip_auth.enabled {
         guard.attach_egress(&iface)?;
         let auth = config.auth_policy();
         info!(
@@ -100,14 +130,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
             clock::human(auth.level.ban)
         );
         let tracker = Tracker::new(auth);
-        Some(tokio::spawn(sip_watch::watch(
-            sip_ring,
-            tracker,
-            Arc::clone(&maps),
-        )))
-    } else {
-        None
-    };
+        let maps = Arc::clone(&maps);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = sip_watch::watch(sip_ring, tracker, maps, counters).await {
+                warn!("SIP watcher stopped: {e:#}");
+            }
+        }));
+    }
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -116,8 +145,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         _ = sigint.recv() => "SIGINT",
         ended = events => format!("ban event reader stopped: {ended:?}").leak(),
     };
-    sweeper.abort();
-    if let Some(task) = sip_watch {
+    for task in &tasks {
         task.abort();
     }
     guard.detach()?;
@@ -145,6 +173,23 @@ async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8) {
             }
             Err(e) => warn!("clearing expired bans failed: {e:#}"),
         }
+    }
+}
+
+fn metric_names(config: &Config, policy: &CompiledPolicy) -> metrics::Names {
+    let g = &config.guard;
+    let rate_entries = g.max_tracked_sources as u64 * policy.max_rules_per_port().max(1) as u64;
+    metrics::Names {
+        services: policy.service_names.clone(),
+        rules: policy.rule_names.clone(),
+        capacities: vec![
+            ("bans", g.max_bans as u64),
+            ("allow_v4", g.max_cidrs as u64),
+            ("allow_v6", g.max_cidrs as u64),
+            ("deny_v4", g.max_cidrs as u64),
+            ("deny_v6", g.max_cidrs as u64),
+            ("rate_state", rate_entries),
+        ],
     }
 }
 

@@ -4,6 +4,7 @@
 //! - `maps`: typed access to the XDP program's maps
 //! - `loader`: loading, attaching and detaching the embedded XDP program
 //! - `bans`, `events`: ban bookkeeping and the kernel's ban events
+//! - `metrics`: Prometheus series and the /metrics endpoint
 //! - `preflight`: interface, privilege and kernel checks
 //! - `daemon`: `sipguard run`
 pub mod auth_tracker;
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod events;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod sip;

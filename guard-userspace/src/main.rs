@@ -40,6 +40,9 @@ enum Command {
         /// paranoid 3/24h ban 30d.
         #[arg(long, value_enum)]
         level: Option<LevelName>,
+        /// Serve Prometheus metrics here (overrides metrics.address; default 127.0.0.1:9477).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Validate a configuration file and summarise it.
     CheckConfig {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
             xdp_mode,
             monitor,
             level,
+            metrics_addr,
         } => {
             let options = RunOptions {
                 iface,
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
                 xdp_mode,
                 monitor,
                 level,
+                metrics_addr,
             };
             // A bad config is reported before any kernel work.
             if let Err(e) = daemon::prepare(&options) {

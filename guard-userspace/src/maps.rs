@@ -34,6 +34,12 @@ pub struct KernelMaps {
     pub sip_events: Option<RingBuf<MapData>>,
 }
 
+impl std::fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelMaps")
+    }
+}
+
 fn typed<T>(take: &mut impl FnMut(&str) -> Option<Map>, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
@@ -219,16 +225,34 @@ impl KernelMaps {
         Ok(out)
     }
 
-    /// Verdict counters summed over CPUs, indexed like [`Reason::ALL`].
+    /// Verdict counters summed over CPUs and services, indexed like [`Reason::ALL`].
     pub fn verdicts(&self) -> Result<[Counter; Reason::COUNT]> {
         let mut totals = [Counter::default(); Reason::COUNT];
-        for (i, total) in totals.iter_mut().enumerate() {
-            for per_cpu in self.verdicts.get(&(i as u32), 0)?.iter() {
-                total.packets += per_cpu.packets;
-                total.bytes += per_cpu.bytes;
-            }
+        for (reason, _, counter) in self.verdicts_by_service()? {
+            let total = &mut totals[reason as usize];
+            total.packets += counter.packets;
+            total.bytes += counter.bytes;
         }
         Ok(totals)
+    }
+
+    /// Non-zero verdict counters per (reason, service id), summed over CPUs.
+    pub fn verdicts_by_service(&self) -> Result<Vec<(Reason, u8, Counter)>> {
+        let mut out = Vec::new();
+        for reason in Reason::ALL {
+            for service in 0..guard_common::SERVICE_SLOTS as u8 {
+                let index = guard_common::verdict_index(reason, service);
+                let mut total = Counter::default();
+                for per_cpu in self.verdicts.get(&index, 0)?.iter() {
+                    total.packets += per_cpu.packets;
+                    total.bytes += per_cpu.bytes;
+                }
+                if total.packets > 0 {
+                    out.push((reason, service, total));
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn verdict(&self, reason: Reason) -> Result<Counter> {

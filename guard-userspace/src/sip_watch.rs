@@ -17,6 +17,7 @@ use crate::{
     auth_tracker::{BanDecision, Tracker},
     bans, clock,
     maps::KernelMaps,
+    metrics::ControllerCounters,
     sip::{self, Message, ParseError},
 };
 
@@ -51,6 +52,7 @@ pub fn handle_capture(
     record: &[u8],
     tracker: &mut Tracker,
     stats: &mut WatchStats,
+    counters: &ControllerCounters,
     now: Instant,
 ) -> Vec<BanDecision> {
     stats.captures += 1;
@@ -81,14 +83,25 @@ pub fn handle_capture(
             Ok(message) => message,
             Err(e) => {
                 stats.malformed += 1;
+                counters.sip_malformed.inc();
                 debug!("ignored a malformed SIP message from {peer}: {e}");
                 continue;
             }
         };
         stats.messages += 1;
-        match (header.direction, message.method().is_some()) {
-            (CAPTURE_INBOUND, true) => tracker.on_request(now, peer, &message),
-            (CAPTURE_OUTBOUND, false) => bans.extend(tracker.on_response(now, peer, &message)),
+        match (header.direction, message.method(), message.status()) {
+            (CAPTURE_INBOUND, Some(method), _) => {
+                counters.sip_request(method);
+                tracker.on_request(now, peer, &message)
+            }
+            (CAPTURE_OUTBOUND, None, Some(status)) => {
+                counters.sip_response(status);
+                let failures_before = tracker.stats.failures;
+                bans.extend(tracker.on_response(now, peer, &message));
+                if tracker.stats.failures > failures_before {
+                    counters.auth_failure(status);
+                }
+            }
             // The PBX acting as a client (trunks): not our business.
             _ => {}
         }
@@ -163,6 +176,7 @@ pub async fn watch(
     ring: RingBuf<MapData>,
     mut tracker: Tracker,
     maps: Arc<Mutex<KernelMaps>>,
+    counters: ControllerCounters,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("{e}"))?;
@@ -175,14 +189,15 @@ pub async fn watch(
                 let mut ready = ready?;
                 let mut decisions = Vec::new();
                 while let Some(record) = ready.get_inner_mut().next() {
-                    decisions.extend(handle_capture(&record, &mut tracker, &mut stats, Instant::now()));
+                    decisions.extend(handle_capture(&record, &mut tracker, &mut stats, &counters, Instant::now()));
                 }
                 ready.clear_ready();
                 if !decisions.is_empty() {
                     let mut maps = maps.lock().await;
                     for decision in &decisions {
-                        if let Err(e) = apply_ban(&mut maps, decision, window) {
-                            warn!("could not ban {}: {e:#}", decision.source);
+                        match apply_ban(&mut maps, decision, window) {
+                            Ok(()) => counters.ban_created(decision.reason),
+                            Err(e) => warn!("could not ban {}: {e:#}", decision.source),
                         }
                     }
                 }
@@ -265,7 +280,13 @@ mod tests {
         let mut bans = Vec::new();
         let mut feed = |direction: u8, text: &str| {
             let capture = record(direction, L4Proto::Udp, peer, text.as_bytes(), text.len());
-            bans.extend(handle_capture(&capture, &mut t, &mut stats, now));
+            bans.extend(handle_capture(
+                &capture,
+                &mut t,
+                &mut stats,
+                &ControllerCounters::default(),
+                now,
+            ));
         };
         for cseq in 1..=3 {
             feed(CAPTURE_INBOUND, &register(cseq * 10, None));
@@ -304,6 +325,7 @@ mod tests {
             ),
             &mut t,
             &mut stats,
+            &ControllerCounters::default(),
             Instant::now(),
         );
         assert_eq!(
@@ -318,7 +340,14 @@ mod tests {
         let mut t = tracker();
         let mut stats = WatchStats::default();
         let now = Instant::now();
-        assert!(handle_capture(&[1, 2, 3], &mut t, &mut stats, now).is_empty());
+        assert!(handle_capture(
+            &[1, 2, 3],
+            &mut t,
+            &mut stats,
+            &ControllerCounters::default(),
+            now
+        )
+        .is_empty());
         let junk = b"\x00\x01garbage\r\n\r\n";
         assert!(handle_capture(
             &record(
@@ -330,13 +359,20 @@ mod tests {
             ),
             &mut t,
             &mut stats,
+            &ControllerCounters::default(),
             now
         )
         .is_empty());
         // A record claiming more captured bytes than it holds is clipped, not trusted.
         let mut lying = record(CAPTURE_INBOUND, L4Proto::Udp, [1, 2, 3, 4], b"REGISTER", 8);
         lying[24..28].copy_from_slice(&5000u32.to_ne_bytes());
-        handle_capture(&lying, &mut t, &mut stats, now);
+        handle_capture(
+            &lying,
+            &mut t,
+            &mut stats,
+            &ControllerCounters::default(),
+            now,
+        );
         assert_eq!(stats.malformed, 3);
         assert_eq!(t.stats.failures, 0);
     }

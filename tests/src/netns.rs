@@ -18,7 +18,8 @@ pub struct NetNs {
     pub name: String,
 }
 
-fn run(command: &mut Command) -> Result<Output> {
+/// Runs a command, failing with its stderr on a non-zero exit.
+pub fn run(command: &mut Command) -> Result<Output> {
     let output = command
         .output()
         .with_context(|| format!("running {command:?}"))?;

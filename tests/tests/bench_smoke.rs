@@ -3,10 +3,7 @@
 //! the figures of a smoke run mean nothing. Needs root.
 use std::path::PathBuf;
 
-use sipguard_tests::{
-    bench::{controller, live, load_baseline, memory, paths, report, Effort},
-    Harness,
-};
+use sipguard_tests::bench::{self, paths, report, Effort};
 
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
@@ -15,48 +12,33 @@ fn every_benchmark_produces_its_rows() {
         std::env::var_os("SIPGUARD_BASELINE_OBJECT")
             .expect("SIPGUARD_BASELINE_OBJECT (set by cargo xtask test)"),
     );
-    let effort = Effort::SMOKE;
-    let ebpf = load_baseline(&baseline, 0).unwrap();
-    let (path_results, bare_drop, bare_pass) = paths::per_path(&ebpf, effort).unwrap();
-    assert_eq!(path_results.len(), paths::paths().len());
-    let crossing = paths::crossing(&ebpf, effort).unwrap();
-    let xdp_filter = paths::xdp_filter_reference(&ebpf, effort).map_err(|e| format!("{e:#}"));
-    assert!(xdp_filter.is_ok(), "{xdp_filter:?}");
-    let (scaling, memory_rows) = paths::scaling(effort).unwrap();
-    assert_eq!(scaling.len(), 3 * 4);
-    assert_eq!(memory_rows.len(), 3);
-    let default_memory = memory::all_maps(&mut Harness::new("")).unwrap();
-    assert!(default_memory.1 > 0);
-    let live = live::live(&baseline, effort);
-    live::release_bpffs();
-    let live = live.unwrap();
+    let mut results = bench::run_all(&baseline, None, Effort::SMOKE).unwrap();
+    assert_eq!(results.paths.len(), paths::paths().len());
+    assert!(
+        results.xdp_filter.is_ok(),
+        "{:?}",
+        results.xdp_filter.as_ref().err()
+    );
+    assert_eq!(results.scaling.len(), 3 * 4);
+    assert_eq!(results.memory.len(), 3);
+    assert!(results.default_memory.1 > 0);
+    let live = results.live.as_ref().expect("live bench");
     assert_eq!(live.len(), 7);
     assert!(
         live.iter().all(|l| l.pps.median > 0.0),
         "a live contender saw nothing"
     );
-    let events = controller::ban_events(effort).unwrap();
-    assert!(events.burst_capacity > 0 && events.delivered > 0);
-    let latency_us = controller::failure_to_ban_latency(effort).unwrap();
-    assert_eq!(latency_us.len(), effort.latency_bans as usize);
-    let text = report::render(&report::Results {
-        effort,
-        bare_drop,
-        bare_pass,
-        paths: path_results,
-        crossing,
-        xdp_filter,
-        scaling,
-        memory: memory_rows,
-        default_memory,
-        live: Ok(live),
-        parser: Some(report::Parser {
-            messages_per_second: 1.0,
-            corpus_messages: 1,
-        }),
-        events,
-        latency_us,
+    assert!(results.events.burst_capacity > 0 && results.events.delivered > 0);
+    assert_eq!(
+        results.latency_us.len(),
+        Effort::SMOKE.latency_bans as usize
+    );
+    // The criterion figures come from `cargo bench`, which a smoke run skips.
+    results.parser = Some(report::Parser {
+        messages_per_second: 1.0,
+        corpus_messages: 1,
     });
+    let text = report::render(&results);
     for row in [
         "## Targets",
         "| bare XDP_DROP |",

@@ -312,3 +312,144 @@ fn without_iface_or_default_route_the_error_says_so() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("no default route found: name the interface with --iface"));
 }
+
+/// GET `path` from the metrics endpoint inside the PBX namespace: (status line, body).
+fn scrape(link: &Link, port: u16, path: &'static str) -> (String, String) {
+    link.right
+        .run_in(move || {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n"
+            )
+            .unwrap();
+            let mut response = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            (
+                head.lines().next().unwrap_or("").to_string(),
+                body.to_string(),
+            )
+        })
+        .join()
+        .unwrap()
+        .unwrap()
+}
+
+/// The value of the series whose line starts with `series` (name and labels).
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn metrics_are_scraped_over_http_and_rise_with_traffic() {
+    let (link, config) = setup();
+    let (mut guard, _) = start(&link, &config, &["--metrics-addr", "127.0.0.1:19477"]);
+    guard
+        .wait_for(
+            "serving metrics on http://127.0.0.1:19477/metrics",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let (status, before) = scrape(&link, 19477, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        before.contains("sipguard_build_info{version=\""),
+        "{before}"
+    );
+    assert_eq!(
+        value(&before, "sipguard_map_capacity{map=\"bans\"}"),
+        Some(65536.0),
+        "{before}"
+    );
+    assert_eq!(
+        value(&before, "sipguard_map_entries{map=\"deny_v4\"}"),
+        Some(1.0),
+        "{before}"
+    );
+    assert!(
+        before.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+    let denied = "sipguard_packets_total{reason=\"denied\",service=\"sip\"}";
+    let denied_before = value(&before, denied).unwrap_or(0.0);
+
+    let sink = UdpSink::start(&link);
+    send_udp(&link, DENIED, 5);
+    send_udp(&link, ATTACKER, 41);
+    sink.finish();
+    guard
+        .wait_for("banned 10.77.0.4", Duration::from_secs(5))
+        .unwrap();
+
+    let (_, after) = scrape(&link, 19477, "/metrics");
+    assert_eq!(value(&after, denied), Some(denied_before + 5.0), "{after}");
+    assert!(
+        value(
+            &after,
+            "sipguard_bytes_total{reason=\"denied\",service=\"sip\"}"
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "sipguard_packets_total{reason=\"rate_limited\",service=\"sip\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &after,
+            "sipguard_rate_rule_hits_total{rule=\"sip-udp-40-per-2s\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&after, "sipguard_bans_created_total{reason=\"rate-limit\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&after, "sipguard_bans_active{reason=\"rate-limit\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&after, "sipguard_map_entries{map=\"bans\"}"),
+        Some(1.0)
+    );
+    // The 40 datagrams that passed are OPTIONS requests the SIP watcher saw.
+    assert_eq!(
+        value(&after, "sipguard_sip_requests_total{method=\"OPTIONS\"}"),
+        Some(40.0),
+        "{after}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "sipguard_ring_buffer_lost_total{kind=\"ban_events\"}"
+        ),
+        Some(0.0)
+    );
+
+    // Every series the Grafana dashboard queries is served.
+    let dashboard = include_str!("../../dist/grafana-dashboard.json");
+    for name in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if name.starts_with("sipguard_") && name != "sipguard_" {
+            // A family is declared by its TYPE line even before it has samples.
+            let family = name.trim_end_matches("_total").trim_end_matches("_info");
+            assert!(
+                after.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {name}, which is not served"
+            );
+        }
+    }
+
+    let (status, _) = scrape(&link, 19477, "/elsewhere");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    assert!(guard.stop().unwrap().success());
+}

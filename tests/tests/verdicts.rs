@@ -692,3 +692,25 @@ fn pin_to_cpu(cpu: usize) {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn verdicts_are_counted_per_destination_service() {
+    let mut h = Harness::new(POLICY);
+    let sip = 1u8; // built-in service ids: sip, sip-tls, rtp, web, ...
+    let rtp = 3u8;
+    assert_eq!(h.run(&udp("203.0.113.5", PBX4, 5060, b"x")), XDP_DROP);
+    assert_eq!(h.run(&udp("198.51.100.1", PBX4, 12000, b"x")), XDP_PASS);
+    assert_eq!(h.run(&udp("198.51.100.1", PBX4, 9999, b"x")), XDP_PASS);
+    let rows = h.guard.maps().verdicts_by_service().unwrap();
+    let packets = |reason: Reason, service: u8| {
+        rows.iter()
+            .find(|(r, s, _)| *r == reason && *s == service)
+            .map_or(0, |(_, _, c)| c.packets)
+    };
+    // A denied packet still counts against the service it was aimed at.
+    assert_eq!(packets(Reason::Denied, sip), 1);
+    assert_eq!(packets(Reason::Passed, rtp), 1);
+    assert_eq!(packets(Reason::Passed, 0), 1);
+    assert_eq!(rows.len(), 3);
+}

@@ -197,7 +197,7 @@ fn test(extra: &[String]) -> Result<()> {
         // (their harness takes none of libtest's flags, hence a run of its own).
         let mut benches = clean_cargo(None);
         benches
-            .args(["test", "-p", "guard-userspace", "--benches"])
+            .args(["test", "-p", "guard-userspace", "--bench", "sip_parse"])
             .env("SIPGUARD_EBPF_OBJECT", ebpf_object_path());
         check(&mut benches).context("benchmarks in test mode failed")?;
         // Every host crate; guard-ebpf only builds for the BPF target.

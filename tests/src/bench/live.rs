@@ -163,6 +163,28 @@ fn set_gro(link: &Link, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// An nftables contender: table `sipbench` of `family` with the attacker in
+/// set `blocked` and the chain `chain(iface)` makes; GRO on while installed.
+fn nft_contender(name: &str, family: &'static str, chain: fn(&str) -> String) -> Contender {
+    Contender {
+        name: name.into(),
+        counter: Counter::Nft,
+        install: Box::new(move |link| {
+            set_gro(link, true)?;
+            let rules = format!(
+                "table {family} sipbench {{ set blocked {{ type ipv4_addr; elements = {{ {ATTACKER} }}; }}; {} }}",
+                chain(&link.right_if)
+            );
+            ns_run(&link.right, "nft", &[&rules])?;
+            Ok(None)
+        }),
+        remove: Box::new(move |link| {
+            ns_run(&link.right, "nft", &["delete", "table", family, "sipbench"])?;
+            set_gro(link, false)
+        }),
+    }
+}
+
 /// Loads a baseline program and attaches it natively to the receiving veth
 /// (from a thread inside its namespace: attach resolves the interface there).
 fn attach_baseline(
@@ -240,48 +262,23 @@ fn contenders(baseline_path: std::path::PathBuf) -> Vec<Contender> {
             xdp_filter(&link.right, &["unload", &link.right_if, "--all"]).map(|_| ())
         }),
     };
-    let nft_netdev = Contender {
-        name: "nftables netdev ingress, address set".into(),
-        counter: Counter::Nft,
-        install: Box::new(|link| {
-            set_gro(link, true)?;
-            let rules = format!(
-                "table netdev sipbench {{ set blocked {{ type ipv4_addr; elements = {{ {ATTACKER} }}; }}; \
-                 chain ingress {{ type filter hook ingress device {} priority -500; \
-                 ip saddr @blocked counter drop; }}; }}",
-                link.right_if
-            );
-            ns_run(&link.right, "nft", &[&rules])?;
-            Ok(None)
-        }),
-        remove: Box::new(|link| {
-            ns_run(
-                &link.right,
-                "nft",
-                &["delete", "table", "netdev", "sipbench"],
-            )?;
-            set_gro(link, false)
-        }),
-    };
-    let nft_inet = Contender {
-        name: "nftables inet prerouting, set + meter (40 in 2 s)".into(),
-        counter: Counter::Nft,
-        install: Box::new(|link| {
-            set_gro(link, true)?;
-            let rules = format!(
-                "table inet sipbench {{ set blocked {{ type ipv4_addr; elements = {{ {ATTACKER} }}; }}; \
-                 chain pre {{ type filter hook prerouting priority -300; \
-                 ip saddr @blocked counter drop; \
-                 udp dport 5060 meter sipflood {{ ip saddr limit rate over 20/second burst 40 packets }} counter drop; }}; }}"
-            );
-            ns_run(&link.right, "nft", &[&rules])?;
-            Ok(None)
-        }),
-        remove: Box::new(|link| {
-            ns_run(&link.right, "nft", &["delete", "table", "inet", "sipbench"])?;
-            set_gro(link, false)
-        }),
-    };
+    let nft_netdev = nft_contender("nftables netdev ingress, address set", "netdev", |iface| {
+        format!(
+            "chain ingress {{ type filter hook ingress device {iface} priority -500; \
+                 ip saddr @blocked counter drop; }};"
+        )
+    });
+    let nft_inet = nft_contender(
+        "nftables inet prerouting, set + meter (40 in 2 s)",
+        "inet",
+        |_| {
+            "chain pre { type filter hook prerouting priority -300; \
+             ip saddr @blocked counter drop; \
+             udp dport 5060 meter sipflood { ip saddr limit rate over 20/second burst 40 packets } \
+             counter drop; };"
+                .to_string()
+        },
+    );
     let iptables = Contender {
         name: "iptables raw, ipset + hashlimit".into(),
         counter: Counter::Iptables,

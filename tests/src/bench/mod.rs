@@ -141,3 +141,42 @@ pub fn xdp<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a Xdp> {
         .with_context(|| format!("no program {name}"))?
         .try_into()?)
 }
+
+/// Runs every benchmark at `effort` and gathers the report's inputs.
+/// `criterion` is where `cargo bench` left the parser figures (if it ran).
+pub fn run_all(
+    baseline_path: &std::path::Path,
+    criterion: Option<&std::path::Path>,
+    effort: Effort,
+) -> Result<report::Results> {
+    let baseline = load_baseline(baseline_path, 0)?;
+    eprintln!("bench: per-path costs");
+    let (paths, bare_drop, bare_pass) = paths::per_path(&baseline, effort)?;
+    let crossing = paths::crossing(&baseline, effort)?;
+    let xdp_filter = paths::xdp_filter_reference(&baseline, effort).map_err(|e| format!("{e:#}"));
+    eprintln!("bench: scaling to {} entries", effort.scale_sizes[2]);
+    let (scaling, memory) = paths::scaling(effort)?;
+    let default_memory = memory::all_maps(&mut crate::Harness::try_new("")?)?;
+    eprintln!("bench: live packets on veth");
+    let live = live::live(baseline_path, effort).map_err(|e| format!("{e:#}"));
+    live::release_bpffs();
+    eprintln!("bench: controller");
+    let events = controller::ban_events(effort)?;
+    let latency_us = controller::failure_to_ban_latency(effort)?;
+    let parser = criterion.map(report::parser_figures).transpose()?;
+    Ok(report::Results {
+        effort,
+        bare_drop,
+        bare_pass,
+        paths,
+        crossing,
+        xdp_filter,
+        scaling,
+        memory,
+        default_memory,
+        live,
+        parser,
+        events,
+        latency_us,
+    })
+}

@@ -7,6 +7,29 @@ use super::{
 };
 use crate::XDP_DROP;
 
+/// Criterion's median for the corpus benchmark, as messages per second.
+pub fn parser_figures(criterion_dir: &std::path::Path) -> anyhow::Result<Parser> {
+    use anyhow::Context;
+    let estimates = criterion_dir.join("sip_parse/corpus/new/estimates.json");
+    let text = fs::read_to_string(&estimates)
+        .with_context(|| format!("reading {}", estimates.display()))?;
+    // {"mean":{...},"median":{"confidence_interval":{...},"point_estimate":123.4,...},...}
+    let median = text
+        .split("\"median\"")
+        .nth(1)
+        .and_then(|rest| rest.split("\"point_estimate\":").nth(1))
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .context("no median in criterion's estimates")?;
+    let corpus_messages = include_str!("../../../guard-userspace/benches/sip_corpus.txt")
+        .split("%%\n")
+        .count();
+    Ok(Parser {
+        messages_per_second: corpus_messages as f64 / (median * 1e-9),
+        corpus_messages,
+    })
+}
+
 pub struct Parser {
     /// Messages per second on one core (criterion's median).
     pub messages_per_second: f64,

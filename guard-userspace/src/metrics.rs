@@ -1,0 +1,519 @@
+//! Prometheus/OpenMetrics: the kernel's counters (read on each scrape),
+//! the controller's own counters, and an HTTP endpoint serving /metrics.
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use guard_common::{BanReason, Health, Reason, MAX_RATE_RULES};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        info::Info,
+    },
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Mutex,
+};
+use tracing::{debug, info, warn};
+
+use crate::{clock, maps::KernelMaps};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+/// SIP methods counted by name; anything else is "other" (bounded labels).
+const KNOWN_METHODS: &[&str] = &[
+    "REGISTER",
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "MESSAGE",
+    "REFER",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "PUBLISH",
+];
+
+/// Counters the controller itself increments.
+#[derive(Clone, Default)]
+pub struct ControllerCounters {
+    pub bans_created: Family<ReasonLabel, Counter>,
+    pub auth_failures: Family<StatusLabel, Counter>,
+    pub sip_requests: Family<MethodLabel, Counter>,
+    pub sip_responses: Family<StatusLabel, Counter>,
+    pub sip_malformed: Counter,
+}
+
+impl ControllerCounters {
+    pub fn ban_created(&self, reason: BanReason) {
+        self.bans_created
+            .get_or_create(&ReasonLabel {
+                reason: reason.name().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn sip_request(&self, method: &str) {
+        let method = if KNOWN_METHODS.contains(&method) {
+            method
+        } else {
+            "other"
+        };
+        self.sip_requests
+            .get_or_create(&MethodLabel {
+                method: method.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn sip_response(&self, status: u16) {
+        self.sip_responses
+            .get_or_create(&StatusLabel {
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn auth_failure(&self, status: u16) {
+        self.auth_failures
+            .get_or_create(&StatusLabel {
+                status: status.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// What the collector needs to name things.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// Service names by id (index 0 is id 1).
+    pub services: Vec<String>,
+    pub rules: Vec<String>,
+    /// (map, capacity) for the fill-level gauges.
+    pub capacities: Vec<(&'static str, u64)>,
+}
+
+/// Reads the kernel's maps on each scrape.
+#[derive(Debug)]
+struct KernelCollector {
+    maps: Arc<Mutex<KernelMaps>>,
+    names: Names,
+    /// Rate-state entries, counted in the background (walking millions of
+    /// LRU keys on every scrape would be too slow).
+    rate_state_entries: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    reason: String,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: String,
+}
+
+fn counter_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(L, u64)],
+) -> std::fmt::Result {
+    let mut metric =
+        encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (labels, value) in rows {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(L, i64)],
+) -> std::fmt::Result {
+    let mut metric =
+        encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (labels, value) in rows {
+        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl KernelCollector {
+    fn service_name(&self, id: u8) -> String {
+        if id == 0 {
+            return "none".to_string();
+        }
+        self.names
+            .services
+            .get(id as usize - 1)
+            .cloned()
+            .unwrap_or_else(|| format!("service-{id}"))
+    }
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        // Scrapes are served from a blocking thread (see `serve`).
+        let maps = self.maps.blocking_lock();
+        let verdicts = maps.verdicts_by_service().unwrap_or_default();
+        let labels = |reason: Reason, service: u8| VerdictLabels {
+            reason: reason.name().to_string(),
+            service: self.service_name(service),
+        };
+        let packets: Vec<_> = verdicts
+            .iter()
+            .map(|(r, s, c)| (labels(*r, *s), c.packets))
+            .collect();
+        let bytes: Vec<_> = verdicts
+            .iter()
+            .map(|(r, s, c)| (labels(*r, *s), c.bytes))
+            .collect();
+        counter_family(
+            &mut encoder,
+            "sipguard_packets",
+            "Packets judged by the XDP program, by verdict reason and destination service.",
+            &packets,
+        )?;
+        counter_family(
+            &mut encoder,
+            "sipguard_bytes",
+            "Bytes judged by the XDP program, by verdict reason and destination service.",
+            &bytes,
+        )?;
+
+        let hits = maps
+            .rule_hits()
+            .unwrap_or([Default::default(); MAX_RATE_RULES]);
+        let rule = |i: usize| RuleLabel {
+            rule: self.names.rules[i].clone(),
+        };
+        let counted: Vec<_> = (0..self.names.rules.len())
+            .map(|i| (rule(i), hits[i].counted))
+            .collect();
+        let limited: Vec<_> = (0..self.names.rules.len())
+            .map(|i| (rule(i), hits[i].limited))
+            .collect();
+        counter_family(
+            &mut encoder,
+            "sipguard_rate_rule_packets",
+            "Packets counted by each rate rule.",
+            &counted,
+        )?;
+        counter_family(
+            &mut encoder,
+            "sipguard_rate_rule_hits",
+            "Packets over a rate rule's limit (each one bans its source).",
+            &limited,
+        )?;
+
+        let now = clock::monotonic_ns();
+        let bans = maps.bans().unwrap_or_default();
+        let mut active = [0i64; 5];
+        for (_, ban) in bans.iter().filter(|(_, b)| b.is_active(now)) {
+            active[(ban.reason as usize).min(4)] += 1;
+        }
+        let active: Vec<_> = [
+            BanReason::Manual,
+            BanReason::RateLimit,
+            BanReason::AuthFailure,
+            BanReason::Enumeration,
+        ]
+        .iter()
+        .map(|r| {
+            (
+                ReasonLabel {
+                    reason: r.name().to_string(),
+                },
+                active[*r as usize],
+            )
+        })
+        .collect();
+        gauge_family(
+            &mut encoder,
+            "sipguard_bans_active",
+            "Bans in force, by reason.",
+            &active,
+        )?;
+
+        let health = maps.health().unwrap_or_default();
+        let losses: Vec<_> = [
+            (Health::EventLost, "ban_events"),
+            (Health::SipCaptureLost, "sip_capture"),
+        ]
+        .iter()
+        .map(|(h, ring)| {
+            (
+                KindLabel {
+                    kind: ring.to_string(),
+                },
+                health[*h as usize],
+            )
+        })
+        .collect();
+        counter_family(
+            &mut encoder,
+            "sipguard_ring_buffer_lost",
+            "Records the kernel could not put into a full ring buffer.",
+            &losses,
+        )?;
+        let errors: Vec<_> = [Health::BanMapFull, Health::RateStateFailed]
+            .iter()
+            .map(|h| {
+                (
+                    KindLabel {
+                        kind: h.name().to_string(),
+                    },
+                    health[*h as usize],
+                )
+            })
+            .collect();
+        counter_family(
+            &mut encoder,
+            "sipguard_kernel_errors",
+            "Things the XDP program could not do (a full ban map: dropped but not banned).",
+            &errors,
+        )?;
+
+        let entries = |name: &str| -> i64 {
+            match name {
+                "bans" => bans.len() as i64,
+                "allow_v4" => maps.allow_v4.keys().count() as i64,
+                "allow_v6" => maps.allow_v6.keys().count() as i64,
+                "deny_v4" => maps.deny_v4.keys().count() as i64,
+                "deny_v6" => maps.deny_v6.keys().count() as i64,
+                "rate_state" => self.rate_state_entries.load(Ordering::Relaxed) as i64,
+                _ => 0,
+            }
+        };
+        let fill: Vec<_> = self
+            .names
+            .capacities
+            .iter()
+            .map(|(m, _)| (MapLabel { map: m.to_string() }, entries(m)))
+            .collect();
+        let capacity: Vec<_> = self
+            .names
+            .capacities
+            .iter()
+            .map(|(m, c)| (MapLabel { map: m.to_string() }, *c as i64))
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "sipguard_map_entries",
+            "Entries in each kernel map (rate_state counted every minute).",
+            &fill,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "sipguard_map_capacity",
+            "Capacity of each kernel map.",
+            &capacity,
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry with every sipguard series.
+pub struct Metrics {
+    pub registry: Registry,
+    pub counters: ControllerCounters,
+    rate_state_entries: Arc<AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new(maps: Arc<Mutex<KernelMaps>>, names: Names) -> Metrics {
+        let mut registry = Registry::default();
+        let counters = ControllerCounters::default();
+        registry.register(
+            "sipguard_bans_created",
+            "Bans made, by reason.",
+            counters.bans_created.clone(),
+        );
+        registry.register(
+            "sipguard_sip_auth_failures",
+            "SIP authentication failures seen, by the PBX's status code.",
+            counters.auth_failures.clone(),
+        );
+        registry.register(
+            "sipguard_sip_requests",
+            "SIP requests seen arriving at the PBX, by method.",
+            counters.sip_requests.clone(),
+        );
+        registry.register(
+            "sipguard_sip_responses",
+            "SIP answers seen leaving the PBX, by status code.",
+            counters.sip_responses.clone(),
+        );
+        registry.register(
+            "sipguard_sip_malformed",
+            "Captured SIP messages that did not parse.",
+            counters.sip_malformed.clone(),
+        );
+        registry.register(
+            "sipguard_build",
+            "sipguard build information.",
+            Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
+        let rate_state_entries = Arc::new(AtomicU64::new(0));
+        registry.register_collector(Box::new(KernelCollector {
+            maps,
+            names,
+            rate_state_entries: Arc::clone(&rate_state_entries),
+        }));
+        Metrics {
+            registry,
+            counters,
+            rate_state_entries,
+        }
+    }
+
+    pub fn encode(&self) -> Result<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .context("encoding the metrics")?;
+        Ok(text)
+    }
+}
+
+/// Counts the rate-state entries now and then (a walk over up to millions of keys).
+pub async fn count_rate_state(metrics: Arc<Metrics>, maps: Arc<Mutex<KernelMaps>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let maps = Arc::clone(&maps);
+        let counted = tokio::task::spawn_blocking(move || {
+            let maps = maps.blocking_lock();
+            maps.rate_state.keys().count() as u64
+        })
+        .await;
+        if let Ok(n) = counted {
+            metrics.rate_state_entries.store(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Largest HTTP request head we read.
+const MAX_REQUEST: usize = 8192;
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds the metrics address (before anything is attached, so a taken port
+/// is a clear start-up error).
+pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {address} (see --metrics-addr)"))
+}
+
+/// Serves GET /metrics until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> Result<()> {
+    if let Ok(address) = listener.local_addr() {
+        info!("serving metrics on http://{address}/metrics");
+    }
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, metrics).await {
+                debug!("metrics request from {peer}: {e:#}");
+            }
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>) -> Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .context("request timed out")??;
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => {
+            let metrics = Arc::clone(&metrics);
+            match tokio::task::spawn_blocking(move || metrics.encode()).await? {
+                Ok(text) => ("200 OK", CONTENT_TYPE, text),
+                Err(e) => {
+                    warn!("metrics: {e:#}");
+                    (
+                        "500 Internal Server Error",
+                        "text/plain",
+                        format!("{e:#}\n"),
+                    )
+                }
+            }
+        }
+        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await.ok();
+    Ok(())
+}
