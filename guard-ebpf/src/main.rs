@@ -74,23 +74,19 @@ fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
         Address::V4(addr) => SourceKey::from_ipv4(addr),
         Address::V6(addr) => SourceKey::from_ipv6(addr, settings.ipv6_ban_prefix),
     };
-    // The destination's class first (one array read): even a banned packet
-    // is counted against the service it was aimed at.
-    let (class, is_syn) = match packet.transport {
-        Transport::Tcp { dport, syn, .. } => (port_class(L4Proto::Tcp, dport), syn),
-        Transport::Udp { dport, .. } => (port_class(L4Proto::Udp, dport), false),
-        Transport::LaterFragment | Transport::Other => (unclassified, false),
-    };
-
+    // Banned and denied packets still count against the service they were
+    // aimed at; their port class is read on those (early) returns only.
     if bans::is_banned(&source) {
-        return (Reason::Banned, class);
+        return (Reason::Banned, classify(&packet.transport).0);
     }
     if is_denied(&packet.source) {
-        return (Reason::Denied, class);
+        return (Reason::Denied, classify(&packet.transport).0);
     }
     if let Transport::LaterFragment = packet.transport {
-        return (Reason::Fragment, class);
+        return (Reason::Fragment, unclassified);
     }
+    let (class, is_syn) = classify(&packet.transport);
+
     // Service policy. The allow list is searched only where its answer can
     // change the verdict: trusted services, ports with rate rules (an
     // allow-listed source skips them), and unclassified traffic under
@@ -141,6 +137,16 @@ pub fn sipguard_egress(ctx: TcContext) -> i32 {
         }
     }
     TC_ACT_PIPE as i32
+}
+
+/// The destination port's class, and whether the packet opens a TCP connection.
+#[inline(always)]
+fn classify(transport: &Transport) -> (PortClass, bool) {
+    match transport {
+        Transport::Tcp { dport, syn, .. } => (port_class(L4Proto::Tcp, *dport), *syn),
+        Transport::Udp { dport, .. } => (port_class(L4Proto::Udp, *dport), false),
+        Transport::LaterFragment | Transport::Other => (PortClass::UNCLASSIFIED, false),
+    }
 }
 
 #[inline(always)]
