@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 pub fn interface_index(name: &str) -> Result<u32> {
@@ -35,12 +36,16 @@ pub fn privileges() -> Result<()> {
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_BPF");
     }
+    // Without it the verifier refuses the program's packet-pointer arithmetic.
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
     }
     if !missing.is_empty() {
         bail!(
-            "needs root, or CAP_BPF and CAP_NET_ADMIN (missing: {})",
+            "needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing: {})",
             missing.join(", ")
         );
     }

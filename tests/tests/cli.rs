@@ -119,6 +119,27 @@ fn run_without_privileges() {
     let err = stderr(&out);
     assert_eq!(
         err,
-        "sipguard: needs root, or CAP_BPF and CAP_NET_ADMIN (missing: CAP_BPF, CAP_NET_ADMIN)"
+        "sipguard: needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)"
     );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definitions() {
+    let out = sipguard(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("_sipguard()") && script.contains("check-config"),
+        "{script}"
+    );
+    for shell in ["zsh", "fish"] {
+        assert!(sipguard(&["completions", shell]).status.success());
+    }
+    let out = sipguard(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = sipguard(&["manpage"]);
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH sipguard 8"), "{page}");
+    assert!(page.contains("\\-\\-log\\-format"), "{page}");
 }

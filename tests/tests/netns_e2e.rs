@@ -453,3 +453,69 @@ fn metrics_are_scraped_over_http_and_rise_with_traffic() {
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     assert!(guard.stop().unwrap().success());
 }
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn the_systemd_units_capabilities_are_enough() {
+    let unit = include_str!("../../dist/sipguard.service");
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds its capabilities")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert_eq!(caps.len(), 3, "{caps:?}");
+    let (link, config) = setup();
+    let bounding = format!("--bounding-set=-all,{}", caps.join(","));
+    let bin = sipguard_bin();
+    let child = link
+        .right
+        .spawn(
+            "setpriv",
+            &[
+                &bounding,
+                bin.to_str().unwrap(),
+                "run",
+                "--iface",
+                &link.right_if,
+                "--xdp-mode",
+                "native",
+                "--config",
+                config.path(),
+                "--log-format",
+                "json",
+            ],
+        )
+        .unwrap();
+    let mut guard = Daemon::watch(child);
+    // Loaded, attached (XDP and tc), watching SIP, serving metrics.
+    let line = guard
+        .wait_for("watching SIP authentication", Duration::from_secs(30))
+        .unwrap();
+    assert!(
+        line.starts_with('{') && line.contains("\"level\":\"INFO\""),
+        "JSON logs: {line}"
+    );
+    assert!(guard.log().contains("serving metrics"), "{}", guard.log());
+    assert!(xdp_attached(&link));
+    assert!(guard.stop().unwrap().success());
+
+    // One capability fewer is refused with a clear line, nothing attached.
+    let fewer = format!("--bounding-set=-all,{}", caps[..2].join(","));
+    let out = link
+        .right
+        .command("setpriv")
+        .args([
+            &fewer,
+            bin.to_str().unwrap(),
+            "run",
+            "--iface",
+            &link.right_if,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing: CAP_NET_ADMIN"));
+    assert!(!xdp_attached(&link));
+}
