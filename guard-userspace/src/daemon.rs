@@ -14,6 +14,7 @@ use crate::{
     auth_tracker::{LevelName, Tracker},
     bans, clock,
     config::{Config, DefaultPolicy, BUILTIN_SOURCE},
+    control::{self, ControlState},
     events,
     loader::{Guard, XdpModeChoice},
     maps::KernelMaps,
@@ -26,6 +27,7 @@ use crate::{
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct RunOptions {
+    pub control_socket: PathBuf,
     /// Overrides `metrics.address` (and enables the endpoint).
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub iface: Option<String>,
@@ -69,6 +71,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     preflight::privileges()?;
     preflight::kernel()?;
 
+    let control_listener = control::bind(&options.control_socket)?;
     let metrics_listener = if config.metrics.enabled {
         Some(metrics::bind(config.metrics.address).await?)
     } else {
@@ -104,6 +107,22 @@ pub async fn run(options: RunOptions) -> Result<()> {
         counters.clone(),
     ));
     let mut tasks = vec![tokio::spawn(sweep_forever(Arc::clone(&maps), ipv6_prefix))];
+    let control_state = Arc::new(ControlState {
+        maps: Arc::clone(&maps),
+        counters: counters.clone(),
+        iface: iface.clone(),
+        xdp_mode: mode.to_string(),
+        program_id,
+        policy: summary(&config, &policy),
+        rule_names: policy.rule_names.clone(),
+        started: std::time::Instant::now(),
+        manual_reasons: Mutex::new(Default::default()),
+    });
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = control::serve(control_listener, control_state).await {
+            warn!("control socket stopped: {e:#}");
+        }
+    }));
     if let Some(listener) = metrics_listener {
         let server = metrics::serve(listener, Arc::clone(&metrics));
         tasks.push(tokio::spawn(async move {
@@ -148,6 +167,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     for task in &tasks {
         task.abort();
     }
+    let _ = std::fs::remove_file(&options.control_socket);
     guard.detach()?;
     info!("{why}: detached from {iface}");
     log_totals(&*maps.lock().await);

@@ -6,11 +6,13 @@
 //! - `bans`, `events`: ban bookkeeping and the kernel's ban events
 //! - `metrics`: Prometheus series and the /metrics endpoint
 //! - `preflight`: interface, privilege and kernel checks
+//! - `control`: the control socket the CLI talks to
 //! - `daemon`: `sipguard run`
 pub mod auth_tracker;
 pub mod bans;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod loader;

@@ -1,10 +1,15 @@
 //! The `sipguard` command line.
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use guard_userspace::{
     auth_tracker::LevelName,
     config::Config,
+    control::{self, BanRow, Request},
     daemon::{self, RunOptions},
     loader::XdpModeChoice,
     policy::CompiledPolicy,
@@ -18,8 +23,27 @@ struct Cli {
     /// Log lines as text for people or JSON for log collectors.
     #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The daemon's control socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum BanAction {
+    /// Ban an address (an IPv6 address bans its prefix, /64 by default).
+    Add {
+        ip: IpAddr,
+        /// How long ("10m", "1h", "7d"); without it, until removed.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Why, shown by `sipguard bans`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a ban (exit code 3 if there is none).
+    Remove { ip: IpAddr },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,6 +82,21 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// The running daemon: interface, XDP mode, program, uptime, policy, counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban or unban a source by hand.
+    Ban {
+        #[command(subcommand)]
+        action: BanAction,
+    },
+    /// The bans in force: source, reason, rule or evidence, since, remaining, drops.
+    Bans {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -67,9 +106,11 @@ enum Command {
     Manpage,
 }
 
-/// Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+/// Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage,
+/// 3 not found (no such ban).
 const EXIT_FAILURE: u8 = 1;
 const EXIT_BAD_CONFIG: u8 = 2;
+const EXIT_NOT_FOUND: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -84,6 +125,7 @@ fn main() -> ExitCode {
             metrics_addr,
         } => {
             let options = RunOptions {
+                control_socket: cli.control_socket.clone(),
                 iface,
                 config,
                 xdp_mode,
@@ -115,6 +157,29 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { json } => talk(&cli.control_socket, &Request::Status, json, print_status),
+        Command::Ban { action } => {
+            let request = match action {
+                BanAction::Add {
+                    ip,
+                    duration,
+                    reason,
+                } => Request::BanAdd {
+                    ip,
+                    seconds: duration.map(|d| d.as_secs().max(1)),
+                    reason,
+                },
+                BanAction::Remove { ip } => Request::BanRemove { ip },
+            };
+            talk(&cli.control_socket, &request, false, |data| {
+                let source = data["source"].as_str().unwrap_or("?");
+                match data["for"].as_str() {
+                    Some(duration) => println!("banned {source} for {duration}"),
+                    None => println!("unbanned {source}"),
+                }
+            })
+        }
+        Command::Bans { json } => talk(&cli.control_socket, &Request::Bans, json, print_bans),
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "sipguard", &mut std::io::stdout());
@@ -148,6 +213,115 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
+    }
+}
+
+/// Sends a request to the daemon; prints its answer as JSON or with `human`.
+fn talk(socket: &Path, request: &Request, json: bool, human: fn(&serde_json::Value)) -> ExitCode {
+    match control::request(socket, request) {
+        Ok(response) if response.ok => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&response.data).unwrap_or_default()
+                );
+            } else {
+                human(&response.data);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("sipguard: {}", response.error.unwrap_or_default());
+            ExitCode::from(if response.not_found {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_FAILURE
+            })
+        }
+        Err(e) => {
+            eprintln!("sipguard: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn print_status(data: &serde_json::Value) {
+    let uptime = std::time::Duration::from_secs(data["uptime_seconds"].as_u64().unwrap_or(0));
+    println!(
+        "interface:  {} ({} mode, program id {})",
+        data["iface"].as_str().unwrap_or("?"),
+        data["xdp_mode"].as_str().unwrap_or("?"),
+        data["program_id"]
+    );
+    println!("uptime:     {}", humantime::format_duration(uptime));
+    println!("policy:     {}", data["policy"].as_str().unwrap_or("?"));
+    println!("bans:       {} in force", data["bans_active"]);
+    if let Some(packets) = data["packets"].as_object() {
+        let line: Vec<String> = packets
+            .iter()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(reason, n)| format!("{reason}={n}"))
+            .collect();
+        println!(
+            "packets:    {}",
+            if line.is_empty() {
+                "none yet".to_string()
+            } else {
+                line.join(" ")
+            }
+        );
+    }
+}
+
+fn print_bans(data: &serde_json::Value) {
+    let rows: Vec<BanRow> = serde_json::from_value(data.clone()).unwrap_or_default();
+    if rows.is_empty() {
+        println!("no bans in force");
+        return;
+    }
+    let human = |s: u64| humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
+    let table: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.source.clone(),
+                r.reason.clone(),
+                r.detail.clone(),
+                format!("{} ago", human(r.since_seconds)),
+                r.remaining_seconds.map_or("until removed".into(), human),
+                r.dropped.to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "SOURCE",
+        "REASON",
+        "RULE/EVIDENCE",
+        "SINCE",
+        "REMAINING",
+        "DROPPED",
+    ];
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let print_row = |cells: &[String]| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    };
+    print_row(&header.map(String::from));
+    for row in &table {
+        print_row(row);
     }
 }
 

@@ -198,7 +198,13 @@ impl KernelMaps {
     pub fn remove_ban(&mut self, source: &SourceKey) -> Result<bool> {
         match self.bans.remove(source) {
             Ok(()) => Ok(true),
+            // aya reports a missing key either way, depending on the call.
             Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e).context("removing from the ban map"),
         }
     }

@@ -143,3 +143,18 @@ fn completions_and_man_page_come_from_the_cli_definitions() {
     assert!(page.contains(".TH sipguard 8"), "{page}");
     assert!(page.contains("\\-\\-log\\-format"), "{page}");
 }
+
+#[test]
+fn runtime_commands_need_a_daemon_and_valid_addresses() {
+    let out = sipguard(&["--control-socket", "/nonexistent/sipguard.sock", "bans"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the daemon at /nonexistent/sipguard.sock"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sipguard(&["ban", "add", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = sipguard(&["ban", "add", "192.0.2.1", "--for", "a while"]);
+    assert_eq!(out.status.code(), Some(2));
+}

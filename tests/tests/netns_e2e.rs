@@ -519,3 +519,98 @@ fn the_systemd_units_capabilities_are_enough() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing: CAP_NET_ADMIN"));
     assert!(!xdp_attached(&link));
 }
+
+/// Runs the sipguard CLI against a control socket.
+fn cli(socket: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(sipguard_bin())
+        .arg("--control-socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("running sipguard")
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn the_cli_bans_and_unbans_through_the_control_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let (link, config) = setup();
+    let socket = std::env::temp_dir().join(format!("sipguard-ctl-{}.sock", std::process::id()));
+    let socket = socket.to_str().unwrap().to_string();
+    let (mut guard, program_id) = start(&link, &config, &["--control-socket", &socket]);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "root-only socket");
+
+    let out = cli(&socket, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["iface"], link.right_if.as_str());
+    assert_eq!(status["program_id"], program_id);
+    assert_eq!(status["xdp_mode"], "native");
+
+    let out = cli(
+        &socket,
+        &[
+            "ban",
+            "add",
+            ATTACKER,
+            "--for",
+            "10m",
+            "--reason",
+            "mistyped password",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "banned 10.77.0.4 for 10m"
+    );
+    let sink = UdpSink::start(&link);
+    send_udp(&link, ATTACKER, 3);
+    assert_eq!(sink.finish().len(), 0, "the banned source is dropped");
+
+    let out = cli(&socket, &["bans"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("SOURCE"), "{table}");
+    assert!(
+        table.contains("10.77.0.4")
+            && table.contains("manual")
+            && table.contains("mistyped password"),
+        "{table}"
+    );
+    let out = cli(&socket, &["bans", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["source"], "10.77.0.4");
+    assert_eq!(rows[0]["dropped"], 3);
+    assert!(rows[0]["remaining_seconds"].as_u64().unwrap() > 590);
+    guard
+        .wait_for(
+            "banned 10.77.0.4 for 10m: manual (mistyped password)",
+            Duration::from_secs(2),
+        )
+        .unwrap();
+
+    let out = cli(&socket, &["ban", "remove", ATTACKER]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "unbanned 10.77.0.4"
+    );
+    let sink = UdpSink::start(&link);
+    send_udp(&link, ATTACKER, 3);
+    assert_eq!(sink.finish().len(), 1, "traffic flows again");
+    let out = cli(&socket, &["ban", "remove", ATTACKER]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("10.77.0.4 is not banned"));
+
+    assert!(guard.stop().unwrap().success());
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "the socket is removed on exit"
+    );
+    let out = cli(&socket, &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+}

@@ -1,0 +1,288 @@
+//! The control socket: a root-only (0600) Unix socket on which the daemon
+//! answers the CLI. One JSON request per line, one JSON response per line.
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    net::IpAddr,
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use guard_common::{BanEntry, BanReason, Reason, SourceKey, BAN_FOREVER, NO_RULE};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
+    net::UnixListener,
+    sync::Mutex,
+};
+use tracing::{debug, info, warn};
+
+use crate::{bans, clock, maps::KernelMaps, metrics::ControllerCounters};
+
+pub const DEFAULT_SOCKET: &str = "/run/sipguard/control.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    BanAdd {
+        ip: IpAddr,
+        /// None: until removed.
+        seconds: Option<u64>,
+        reason: Option<String>,
+    },
+    BanRemove {
+        ip: IpAddr,
+    },
+    Bans,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    /// Why it failed; `not_found` marks a missing ban (CLI exit code 3).
+    pub error: Option<String>,
+    pub not_found: bool,
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    fn ok(data: serde_json::Value) -> Response {
+        Response {
+            ok: true,
+            error: None,
+            not_found: false,
+            data,
+        }
+    }
+
+    fn error(message: String) -> Response {
+        Response {
+            ok: false,
+            error: Some(message),
+            not_found: false,
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+/// One row of `sipguard bans`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BanRow {
+    pub source: String,
+    pub reason: String,
+    /// The rate rule, or the operator's words for a manual ban.
+    pub detail: String,
+    pub since_seconds: u64,
+    /// None: until removed.
+    pub remaining_seconds: Option<u64>,
+    pub dropped: u64,
+}
+
+/// What the daemon shares with the control socket.
+pub struct ControlState {
+    pub maps: Arc<Mutex<KernelMaps>>,
+    pub counters: ControllerCounters,
+    pub iface: String,
+    pub xdp_mode: String,
+    pub program_id: u32,
+    pub policy: String,
+    pub rule_names: Vec<String>,
+    pub started: Instant,
+    /// The operator's reason for each manual ban.
+    pub manual_reasons: Mutex<HashMap<SourceKey, String>>,
+}
+
+impl ControlState {
+    async fn handle(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Status => self.status().await,
+            Request::BanAdd {
+                ip,
+                seconds,
+                reason,
+            } => self.ban_add(ip, seconds, reason).await,
+            Request::BanRemove { ip } => return self.ban_remove(ip).await,
+            Request::Bans => self.bans().await,
+        };
+        result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
+    }
+
+    async fn status(&self) -> Result<Response> {
+        let maps = self.maps.lock().await;
+        let totals = maps.verdicts()?;
+        let counters: serde_json::Map<String, serde_json::Value> = Reason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), totals[*r as usize].packets.into()))
+            .collect();
+        let now = clock::monotonic_ns();
+        let active = maps
+            .bans()?
+            .iter()
+            .filter(|(_, b)| b.is_active(now))
+            .count();
+        Ok(Response::ok(serde_json::json!({
+            "iface": self.iface,
+            "xdp_mode": self.xdp_mode,
+            "program_id": self.program_id,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "policy": self.policy,
+            "bans_active": active,
+            "packets": counters,
+        })))
+    }
+
+    async fn ban_add(
+        &self,
+        ip: IpAddr,
+        seconds: Option<u64>,
+        reason: Option<String>,
+    ) -> Result<Response> {
+        let mut maps = self.maps.lock().await;
+        let key = maps.source_key(ip)?;
+        let now = clock::monotonic_ns();
+        let expires_ns = match seconds {
+            Some(0) => bail!("a ban must last longer than 0 s"),
+            Some(s) => now.saturating_add(s.saturating_mul(1_000_000_000)),
+            None => BAN_FOREVER,
+        };
+        maps.insert_ban(
+            key,
+            BanEntry {
+                expires_ns,
+                created_ns: now,
+                reason: BanReason::Manual as u16,
+                rule: NO_RULE,
+                ..BanEntry::default()
+            },
+        )?;
+        let prefix = maps.settings()?.ipv6_ban_prefix;
+        drop(maps);
+        let why = reason.unwrap_or_default();
+        self.manual_reasons.lock().await.insert(key, why.clone());
+        self.counters.ban_created(BanReason::Manual);
+        let source = bans::source_to_string(&key, prefix);
+        let duration = bans::ban_duration(now, expires_ns);
+        warn!(target: "sipguard::ban", "banned {source} for {duration}: manual{}", if why.is_empty() { String::new() } else { format!(" ({why})") });
+        Ok(Response::ok(
+            serde_json::json!({ "source": source, "for": duration }),
+        ))
+    }
+
+    async fn ban_remove(&self, ip: IpAddr) -> Response {
+        let result = async {
+            let mut maps = self.maps.lock().await;
+            let key = maps.source_key(ip)?;
+            let prefix = maps.settings()?.ipv6_ban_prefix;
+            let removed = maps.remove_ban(&key)?;
+            anyhow::Ok((removed, bans::source_to_string(&key, prefix), key))
+        }
+        .await;
+        match result {
+            Ok((true, source, key)) => {
+                self.manual_reasons.lock().await.remove(&key);
+                info!(target: "sipguard::ban", "unbanned {source} by the operator");
+                Response::ok(serde_json::json!({ "source": source }))
+            }
+            Ok((false, source, _)) => Response {
+                not_found: true,
+                ..Response::error(format!("{source} is not banned"))
+            },
+            Err(e) => Response::error(format!("{e:#}")),
+        }
+    }
+
+    async fn bans(&self) -> Result<Response> {
+        let maps = self.maps.lock().await;
+        let prefix = maps.settings()?.ipv6_ban_prefix;
+        let now = clock::monotonic_ns();
+        let reasons = self.manual_reasons.lock().await;
+        let mut rows: Vec<BanRow> = maps
+            .bans()?
+            .into_iter()
+            .filter(|(_, ban)| ban.is_active(now))
+            .map(|(key, ban)| BanRow {
+                source: bans::source_to_string(&key, prefix),
+                reason: bans::reason_name(ban.reason).to_string(),
+                detail: match bans::rule_name(ban.rule, &self.rule_names) {
+                    Some(rule) => format!("rule {rule}"),
+                    None => reasons.get(&key).cloned().unwrap_or_default(),
+                },
+                since_seconds: now.saturating_sub(ban.created_ns) / 1_000_000_000,
+                remaining_seconds: (ban.expires_ns != BAN_FOREVER)
+                    .then(|| ban.expires_ns.saturating_sub(now) / 1_000_000_000),
+                dropped: ban.dropped,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.source.cmp(&b.source));
+        Ok(Response::ok(serde_json::to_value(rows)?))
+    }
+}
+
+/// Answers requests on a socket from [`bind`] until dropped.
+pub async fn serve(listener: UnixListener, state: Arc<ControlState>) -> Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST as u64));
+            let response = match reader.read_line(&mut line).await {
+                Ok(_) => match serde_json::from_str::<Request>(&line) {
+                    Ok(request) => {
+                        debug!("control: {request:?}");
+                        state.handle(request).await
+                    }
+                    Err(e) => Response::error(format!("bad request: {e}")),
+                },
+                Err(e) => Response::error(format!("reading the request: {e}")),
+            };
+            let mut text = serde_json::to_string(&response).unwrap_or_default();
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
+/// Binds the socket (before anything is attached: another running sipguard
+/// is a clear error), replacing a stale one, and makes it root-only (0600).
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("another sipguard already answers on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot create {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    info!("control socket at {}", path.display());
+    Ok(listener)
+}
+
+/// The CLI's side: sends one request to the daemon and returns its answer.
+pub fn request(path: &Path, request: &Request) -> Result<Response> {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        anyhow!(
+            "cannot reach the daemon at {} (is `sipguard run` running? root only): {e}",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut text = serde_json::to_string(request)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    serde_json::from_str(&line).context("a malformed answer from the daemon")
+}
