@@ -1,7 +1,7 @@
 //! The control socket: a root-only (0600) Unix socket on which the daemon
 //! answers the CLI. One JSON request per line, one JSON response per line.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::{BufRead, BufReader, Write},
     net::IpAddr,
     os::unix::{fs::PermissionsExt, net::UnixStream},
@@ -11,7 +11,11 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use guard_common::{BanEntry, BanReason, Reason, SourceKey, BAN_FOREVER, NO_RULE};
+use guard_common::{
+    service_bit, BanEntry, BanReason, Reason, SourceKey, ALLOW_ALL, BAN_FOREVER, NO_RULE,
+    UNCLASSIFIED_BIT,
+};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
@@ -20,7 +24,12 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{bans, clock, maps::KernelMaps, metrics::ControllerCounters};
+use crate::{
+    bans, clock,
+    config::{Config, ALL, OTHER},
+    maps::KernelMaps,
+    metrics::ControllerCounters,
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/sipguard/control.sock";
 /// Longest request line accepted.
@@ -40,6 +49,74 @@ pub enum Request {
         ip: IpAddr,
     },
     Bans,
+    AllowAdd {
+        cidr: IpNet,
+        /// Service names, "all" or "other"; empty means "all".
+        services: Vec<String>,
+        comment: Option<String>,
+    },
+    AllowRemove {
+        cidr: IpNet,
+    },
+    AllowList,
+    DenyAdd {
+        cidr: IpNet,
+        comment: Option<String>,
+    },
+    DenyRemove {
+        cidr: IpNet,
+    },
+    DenyList,
+}
+
+/// One row of `sipguard allow list` / `deny list`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListEntry {
+    pub cidr: String,
+    /// Allow entries only.
+    pub services: Vec<String>,
+    pub comment: String,
+    /// "config" or "runtime".
+    pub origin: String,
+}
+
+/// The allow and deny lists as the daemon knows them (the kernel's tries
+/// hold only prefixes and masks).
+#[derive(Debug, Default)]
+pub struct Lists {
+    pub allow: BTreeMap<IpNet, ListEntry>,
+    pub deny: BTreeMap<IpNet, ListEntry>,
+}
+
+impl Lists {
+    pub fn from_config(config: &Config) -> Lists {
+        let mut lists = Lists::default();
+        for entry in &config.allow {
+            let cidr = entry.cidr.trunc();
+            lists.allow.insert(
+                cidr,
+                ListEntry {
+                    cidr: cidr.to_string(),
+                    services: entry.services.clone(),
+                    comment: entry.comment.clone(),
+                    origin: "config".into(),
+                },
+            );
+        }
+        for entry in &config.deny {
+            let cidr = entry.cidr.trunc();
+            lists.deny.insert(
+                cidr,
+                ListEntry {
+                    cidr: cidr.to_string(),
+                    services: Vec::new(),
+                    comment: entry.comment.clone(),
+                    origin: "config".into(),
+                },
+            );
+        }
+        lists
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,6 +173,9 @@ pub struct ControlState {
     pub started: Instant,
     /// The operator's reason for each manual ban.
     pub manual_reasons: Mutex<HashMap<SourceKey, String>>,
+    /// Service names by id (index 0 is id 1), for allow masks.
+    pub service_names: Vec<String>,
+    pub lists: Mutex<Lists>,
 }
 
 impl ControlState {
@@ -109,6 +189,16 @@ impl ControlState {
             } => self.ban_add(ip, seconds, reason).await,
             Request::BanRemove { ip } => return self.ban_remove(ip).await,
             Request::Bans => self.bans().await,
+            Request::AllowAdd {
+                cidr,
+                services,
+                comment,
+            } => self.allow_add(cidr, services, comment).await,
+            Request::AllowRemove { cidr } => return self.list_remove(cidr, true).await,
+            Request::AllowList => self.list(true).await,
+            Request::DenyAdd { cidr, comment } => self.deny_add(cidr, comment).await,
+            Request::DenyRemove { cidr } => return self.list_remove(cidr, false).await,
+            Request::DenyList => self.list(false).await,
         };
         result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
     }
@@ -195,6 +285,124 @@ impl ControlState {
             },
             Err(e) => Response::error(format!("{e:#}")),
         }
+    }
+
+    /// The allow mask of service names; an unknown name is an error.
+    fn services_mask(&self, services: &[String]) -> Result<u32> {
+        if services.is_empty() {
+            return Ok(ALLOW_ALL);
+        }
+        services.iter().try_fold(0u32, |mask, name| {
+            Ok(mask
+                | match name.as_str() {
+                    ALL => ALLOW_ALL,
+                    OTHER => UNCLASSIFIED_BIT,
+                    service => match self.service_names.iter().position(|n| n == service) {
+                        Some(i) => service_bit(i as u8 + 1),
+                        None => bail!(
+                            "unknown service {service:?} (known: {}, all, other); nothing changed",
+                            self.service_names.join(", ")
+                        ),
+                    },
+                })
+        })
+    }
+
+    async fn allow_add(
+        &self,
+        cidr: IpNet,
+        services: Vec<String>,
+        comment: Option<String>,
+    ) -> Result<Response> {
+        let cidr = cidr.trunc();
+        let mask = self.services_mask(&services)?;
+        self.maps
+            .lock()
+            .await
+            .insert_allow(cidr, mask)
+            .map_err(|e| {
+                anyhow!("the allow list refused {cidr} (full?): {e:#}; nothing changed")
+            })?;
+        let services = if services.is_empty() {
+            vec![ALL.to_string()]
+        } else {
+            services
+        };
+        let entry = ListEntry {
+            cidr: cidr.to_string(),
+            services,
+            comment: comment.unwrap_or_default(),
+            origin: "runtime".into(),
+        };
+        info!(
+            "allow-listed {cidr} for {} by the operator",
+            entry.services.join(",")
+        );
+        self.lists.lock().await.allow.insert(cidr, entry);
+        Ok(Response::ok(
+            serde_json::json!({ "cidr": cidr.to_string(), "added": true }),
+        ))
+    }
+
+    async fn deny_add(&self, cidr: IpNet, comment: Option<String>) -> Result<Response> {
+        let cidr = cidr.trunc();
+        self.maps
+            .lock()
+            .await
+            .insert_deny(cidr)
+            .map_err(|e| anyhow!("the deny list refused {cidr} (full?): {e:#}; nothing changed"))?;
+        info!("deny-listed {cidr} by the operator");
+        self.lists.lock().await.deny.insert(
+            cidr,
+            ListEntry {
+                cidr: cidr.to_string(),
+                services: Vec::new(),
+                comment: comment.unwrap_or_default(),
+                origin: "runtime".into(),
+            },
+        );
+        Ok(Response::ok(
+            serde_json::json!({ "cidr": cidr.to_string(), "added": true }),
+        ))
+    }
+
+    async fn list_remove(&self, cidr: IpNet, allow: bool) -> Response {
+        let cidr = cidr.trunc();
+        let name = if allow { "allow" } else { "deny" };
+        let mut lists = self.lists.lock().await;
+        let list = if allow {
+            &mut lists.allow
+        } else {
+            &mut lists.deny
+        };
+        if !list.contains_key(&cidr) {
+            return Response {
+                not_found: true,
+                ..Response::error(format!("{cidr} is not on the {name} list"))
+            };
+        }
+        let mut maps = self.maps.lock().await;
+        let removed = if allow {
+            maps.remove_allow(cidr)
+        } else {
+            maps.remove_deny(cidr)
+        };
+        match removed {
+            Ok(()) => {
+                list.remove(&cidr);
+                info!("removed {cidr} from the {name} list by the operator");
+                Response::ok(serde_json::json!({ "cidr": cidr.to_string(), "added": false }))
+            }
+            Err(e) => Response::error(format!("{e:#}")),
+        }
+    }
+
+    async fn list(&self, allow: bool) -> Result<Response> {
+        let lists = self.lists.lock().await;
+        let list = if allow { &lists.allow } else { &lists.deny };
+        Ok(Response::ok(serde_json::to_value(
+            list.values().collect::<Vec<_>>(),
+        )?))
     }
 
     async fn bans(&self) -> Result<Response> {

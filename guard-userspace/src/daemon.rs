@@ -117,6 +117,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         rule_names: policy.rule_names.clone(),
         started: std::time::Instant::now(),
         manual_reasons: Mutex::new(Default::default()),
+        service_names: policy.service_names.clone(),
+        lists: Mutex::new(control::Lists::from_config(&config)),
     });
     tasks.push(tokio::spawn(async move {
         if let Err(e) = control::serve(control_listener, control_state).await {

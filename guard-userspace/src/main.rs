@@ -9,11 +9,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 use guard_userspace::{
     auth_tracker::LevelName,
     config::Config,
-    control::{self, BanRow, Request},
+    control::{self, BanRow, ListEntry, Request},
     daemon::{self, RunOptions},
     loader::XdpModeChoice,
     policy::CompiledPolicy,
 };
+use ipnet::IpNet;
 
 /// XDP protection for IP PBXs: allow/deny lists, per-service access, SIP rate
 /// limits with auto-blacklisting, all in the kernel's fast path.
@@ -44,6 +45,58 @@ enum BanAction {
     },
     /// Lift a ban (exit code 3 if there is none).
     Remove { ip: IpAddr },
+}
+
+#[derive(Subcommand)]
+enum AllowAction {
+    /// Allow a network (CIDR, or an address for itself alone).
+    Add {
+        #[arg(value_parser = parse_net)]
+        cidr: IpNet,
+        /// Services it is trusted for (comma-separated; "all", the default, or "other").
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Take a network off the allow list (exit code 3 if it is not on it).
+    Remove {
+        #[arg(value_parser = parse_net)]
+        cidr: IpNet,
+    },
+    /// Show the allow list.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DenyAction {
+    /// Deny a network (CIDR, or an address for itself alone).
+    Add {
+        #[arg(value_parser = parse_net)]
+        cidr: IpNet,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Take a network off the deny list (exit code 3 if it is not on it).
+    Remove {
+        #[arg(value_parser = parse_net)]
+        cidr: IpNet,
+    },
+    /// Show the deny list.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A CIDR, or an address meaning just itself (/32 or /128).
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is neither a CIDR nor an IP address"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,6 +149,16 @@ enum Command {
     Bans {
         #[arg(long)]
         json: bool,
+    },
+    /// Change or show the allow list at run time.
+    Allow {
+        #[command(subcommand)]
+        action: AllowAction,
+    },
+    /// Change or show the deny list at run time.
+    Deny {
+        #[command(subcommand)]
+        action: DenyAction,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -180,6 +243,40 @@ fn main() -> ExitCode {
             })
         }
         Command::Bans { json } => talk(&cli.control_socket, &Request::Bans, json, print_bans),
+        Command::Allow { action } => {
+            let (request, json, human): (Request, bool, fn(&serde_json::Value)) = match action {
+                AllowAction::Add {
+                    cidr,
+                    services,
+                    comment,
+                } => (
+                    Request::AllowAdd {
+                        cidr,
+                        services,
+                        comment,
+                    },
+                    false,
+                    print_change_allow,
+                ),
+                AllowAction::Remove { cidr } => {
+                    (Request::AllowRemove { cidr }, false, print_change_allow)
+                }
+                AllowAction::List { json } => (Request::AllowList, json, print_list),
+            };
+            talk(&cli.control_socket, &request, json, human)
+        }
+        Command::Deny { action } => {
+            let (request, json, human): (Request, bool, fn(&serde_json::Value)) = match action {
+                DenyAction::Add { cidr, comment } => {
+                    (Request::DenyAdd { cidr, comment }, false, print_change_deny)
+                }
+                DenyAction::Remove { cidr } => {
+                    (Request::DenyRemove { cidr }, false, print_change_deny)
+                }
+                DenyAction::List { json } => (Request::DenyList, json, print_list),
+            };
+            talk(&cli.control_socket, &request, json, human)
+        }
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "sipguard", &mut std::io::stdout());
@@ -245,6 +342,68 @@ fn talk(socket: &Path, request: &Request, json: bool, human: fn(&serde_json::Val
     }
 }
 
+fn print_change(data: &serde_json::Value, list: &str) {
+    let cidr = data["cidr"].as_str().unwrap_or("?");
+    if data["added"].as_bool().unwrap_or(false) {
+        println!("added {cidr} to the {list} list");
+    } else {
+        println!("removed {cidr} from the {list} list");
+    }
+}
+
+fn print_change_allow(data: &serde_json::Value) {
+    print_change(data, "allow")
+}
+
+fn print_change_deny(data: &serde_json::Value) {
+    print_change(data, "deny")
+}
+
+fn print_list(data: &serde_json::Value) {
+    let rows: Vec<ListEntry> = serde_json::from_value(data.clone()).unwrap_or_default();
+    if rows.is_empty() {
+        println!("the list is empty");
+        return;
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.cidr.clone(),
+                r.services.join(","),
+                r.origin.clone(),
+                r.comment.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["CIDR", "SERVICES", "ORIGIN", "COMMENT"], &table);
+}
+
+/// Left-aligned columns, two spaces apart.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|row| row[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let print_row = |cells: Vec<String>| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    };
+    print_row(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        print_row(row.clone());
+    }
+}
+
 fn print_status(data: &serde_json::Value) {
     let uptime = std::time::Duration::from_secs(data["uptime_seconds"].as_u64().unwrap_or(0));
     println!(
@@ -293,36 +452,18 @@ fn print_bans(data: &serde_json::Value) {
             ]
         })
         .collect();
-    let header = [
-        "SOURCE",
-        "REASON",
-        "RULE/EVIDENCE",
-        "SINCE",
-        "REMAINING",
-        "DROPPED",
-    ];
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            table
-                .iter()
-                .map(|row| row[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let print_row = |cells: &[String]| {
-        let line: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    };
-    print_row(&header.map(String::from));
-    for row in &table {
-        print_row(row);
-    }
+    let rows: Vec<Vec<String>> = table.into_iter().map(Vec::from).collect();
+    print_table(
+        &[
+            "SOURCE",
+            "REASON",
+            "RULE/EVIDENCE",
+            "SINCE",
+            "REMAINING",
+            "DROPPED",
+        ],
+        &rows,
+    );
 }
 
 fn init_logging(format: LogFormat) {

@@ -173,6 +173,30 @@ impl KernelMaps {
         Ok(())
     }
 
+    pub fn remove_allow(&mut self, net: IpNet) -> Result<()> {
+        match net {
+            IpNet::V4(n) => self
+                .allow_v4
+                .remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
+            IpNet::V6(n) => self
+                .allow_v6
+                .remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
+        }
+        Ok(())
+    }
+
+    pub fn remove_deny(&mut self, net: IpNet) -> Result<()> {
+        match net {
+            IpNet::V4(n) => self
+                .deny_v4
+                .remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
+            IpNet::V6(n) => self
+                .deny_v6
+                .remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
+        }
+        Ok(())
+    }
+
     pub fn settings(&self) -> Result<Settings> {
         Ok(self.settings.get(&0, 0)?)
     }

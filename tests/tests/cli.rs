@@ -158,3 +158,16 @@ fn runtime_commands_need_a_daemon_and_valid_addresses() {
     let out = sipguard(&["ban", "add", "192.0.2.1", "--for", "a while"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn list_changes_need_valid_networks() {
+    let out = sipguard(&["allow", "add", "10.0.0.0/33"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("neither a CIDR nor an IP address"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sipguard(&["deny", "remove", "example.com"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -614,3 +614,97 @@ fn the_cli_bans_and_unbans_through_the_control_socket() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
 }
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn allow_and_deny_changes_apply_to_live_traffic() {
+    let (link, config) = setup();
+    let socket = std::env::temp_dir().join(format!("sipguard-lists-{}.sock", std::process::id()));
+    let socket = socket.to_str().unwrap().to_string();
+    let (mut guard, _) = start(&link, &config, &["--control-socket", &socket]);
+    let arrived = |source: &'static str, count: usize| {
+        let sink = UdpSink::start(&link);
+        send_udp(&link, source, count);
+        let seen = sink.finish();
+        seen.get(&source.parse::<IpAddr>().unwrap())
+            .copied()
+            .unwrap_or(0)
+    };
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    // Deny: the next packet is dropped; removing it lets traffic through.
+    assert_eq!(
+        ok(cli(
+            &socket,
+            &["deny", "add", ATTACKER, "--comment", "scanner"]
+        )),
+        "added 10.77.0.4/32 to the deny list"
+    );
+    assert_eq!(arrived(ATTACKER, 3), 0);
+    let list = ok(cli(&socket, &["deny", "list"]));
+    assert!(
+        list.contains("10.77.0.3/32") && list.contains("config"),
+        "{list}"
+    );
+    assert!(
+        list.contains("10.77.0.4/32") && list.contains("runtime") && list.contains("scanner"),
+        "{list}"
+    );
+    assert_eq!(
+        ok(cli(&socket, &["deny", "remove", "10.77.0.4/32"])),
+        "removed 10.77.0.4/32 from the deny list"
+    );
+    assert_eq!(arrived(ATTACKER, 3), 3);
+    assert_eq!(
+        cli(&socket, &["deny", "remove", ATTACKER]).status.code(),
+        Some(3)
+    );
+
+    // Allow for SIP: the source skips the rate rules (45 > 40 in 2 s, no ban).
+    let out = cli(
+        &socket,
+        &["allow", "add", "10.77.0.4", "--services", "sip,fax"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service \"fax\""));
+    let before = ok(cli(&socket, &["allow", "list", "--json"]));
+    assert!(
+        !before.contains("10.77.0.4"),
+        "a refused change changes nothing: {before}"
+    );
+    ok(cli(
+        &socket,
+        &[
+            "allow",
+            "add",
+            "10.77.0.4",
+            "--services",
+            "sip",
+            "--comment",
+            "trunk",
+        ],
+    ));
+    assert_eq!(arrived(ATTACKER, 45), 45);
+    let rows: serde_json::Value =
+        serde_json::from_str(&ok(cli(&socket, &["allow", "list", "--json"]))).unwrap();
+    let trunk = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cidr"] == "10.77.0.4/32")
+        .unwrap();
+    assert_eq!(trunk["services"][0], "sip");
+    assert_eq!(trunk["comment"], "trunk");
+    // Once removed, the same flood is rate-limited again.
+    ok(cli(&socket, &["allow", "remove", "10.77.0.4/32"]));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(arrived(ATTACKER, 45), 40);
+    assert!(guard.stop().unwrap().success());
+}
