@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     bans, clock,
-    config::{Config, ALL, OTHER},
+    config::{Access, Config, ALL, OTHER},
     maps::KernelMaps,
     metrics::ControllerCounters,
 };
@@ -67,6 +67,27 @@ pub enum Request {
         cidr: IpNet,
     },
     DenyList,
+    Explain {
+        ip: IpAddr,
+    },
+}
+
+/// A service as `explain` needs it.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub access: Access,
+    /// Rate rules watching any of its ports.
+    pub rules: Vec<String>,
+}
+
+/// One row of `sipguard explain`: the verdict a source gets for a service now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Verdict {
+    pub service: String,
+    /// "pass" or "drop".
+    pub verdict: String,
+    pub because: String,
 }
 
 /// One row of `sipguard allow list` / `deny list`.
@@ -176,6 +197,8 @@ pub struct ControlState {
     /// Service names by id (index 0 is id 1), for allow masks.
     pub service_names: Vec<String>,
     pub lists: Mutex<Lists>,
+    pub services: Vec<ServiceInfo>,
+    pub default_drop: bool,
 }
 
 impl ControlState {
@@ -199,6 +222,7 @@ impl ControlState {
             Request::DenyAdd { cidr, comment } => self.deny_add(cidr, comment).await,
             Request::DenyRemove { cidr } => return self.list_remove(cidr, false).await,
             Request::DenyList => self.list(false).await,
+            Request::Explain { ip } => self.explain(ip).await,
         };
         result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
     }
@@ -405,6 +429,113 @@ impl ControlState {
         )?))
     }
 
+    /// The verdict `ip` gets for each service now, and what decides it, in
+    /// the XDP program's order: ban, deny, service access and allow list, rate
+    /// rules, default policy.
+    async fn explain(&self, ip: IpAddr) -> Result<Response> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let maps = self.maps.lock().await;
+        let key = maps.source_key(ip)?;
+        let prefix = maps.settings()?.ipv6_ban_prefix;
+        let ban = maps
+            .ban(&key)?
+            .filter(|b| b.is_active(clock::monotonic_ns()));
+        drop(maps);
+        let lists = self.lists.lock().await;
+        let longest = |list: &BTreeMap<IpNet, ListEntry>| {
+            list.iter()
+                .filter(|(net, _)| net.contains(&ip))
+                .max_by_key(|(net, _)| net.prefix_len())
+                .map(|(net, entry)| (*net, entry.clone()))
+        };
+        let deny = longest(&lists.deny);
+        let allow = longest(&lists.allow);
+        drop(lists);
+
+        let row = |service: &str, pass: bool, because: String| Verdict {
+            service: service.to_string(),
+            verdict: if pass { "pass" } else { "drop" }.to_string(),
+            because,
+        };
+        let allowed_for = |name: &str| {
+            allow
+                .as_ref()
+                .filter(|(_, entry)| entry.services.iter().any(|s| s == ALL || s == name))
+        };
+        let mut rows = Vec::new();
+        let mut names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        names.push("(no service)");
+        for name in names {
+            let info = self.services.iter().find(|s| s.name == name);
+            let verdict = if let Some(ban) = &ban {
+                let rule = bans::rule_name(ban.rule, &self.rule_names)
+                    .map(|r| format!(" by rule {r}"))
+                    .unwrap_or_default();
+                row(
+                    name,
+                    false,
+                    format!(
+                        "banned ({}{rule}, {} left)",
+                        bans::reason_name(ban.reason),
+                        bans::ban_duration(clock::monotonic_ns(), ban.expires_ns)
+                    ),
+                )
+            } else if let Some((net, entry)) = &deny {
+                row(name, false, describe_entry("denied by", net, entry))
+            } else if let Some(info) = info {
+                let allowed = allowed_for(&info.name);
+                match (info.access, allowed) {
+                    (Access::Closed, _) => row(name, false, "service closed to everyone".into()),
+                    (_, Some((net, entry))) => {
+                        let skipped = if info.rules.is_empty() {
+                            ""
+                        } else {
+                            "; rate rules skipped"
+                        };
+                        row(
+                            name,
+                            true,
+                            format!("{}{skipped}", describe_entry("allow-listed by", net, entry)),
+                        )
+                    }
+                    (Access::Trusted, None) => {
+                        row(name, false, "not trusted: allow-listed sources only".into())
+                    }
+                    (Access::Open, None) if info.rules.is_empty() => {
+                        row(name, true, "open service".into())
+                    }
+                    (Access::Open, None) => row(
+                        name,
+                        true,
+                        format!(
+                            "open service, subject to rate rules {}",
+                            info.rules.join(", ")
+                        ),
+                    ),
+                }
+            } else {
+                let allowed = allow
+                    .as_ref()
+                    .filter(|(_, e)| e.services.iter().any(|s| s == ALL || s == OTHER));
+                match allowed {
+                    Some((net, entry)) => {
+                        row(name, true, describe_entry("allow-listed by", net, entry))
+                    }
+                    None if self.default_drop => row(name, false, "default policy: drop".into()),
+                    None => row(name, true, "default policy: pass".into()),
+                }
+            };
+            rows.push(verdict);
+        }
+        Ok(Response::ok(serde_json::json!({
+            "source": bans::source_to_string(&key, prefix),
+            "verdicts": rows,
+        })))
+    }
+
     async fn bans(&self) -> Result<Response> {
         let maps = self.maps.lock().await;
         let prefix = maps.settings()?.ipv6_ban_prefix;
@@ -429,6 +560,14 @@ impl ControlState {
             .collect();
         rows.sort_by(|a, b| a.source.cmp(&b.source));
         Ok(Response::ok(serde_json::to_value(rows)?))
+    }
+}
+
+fn describe_entry(what: &str, net: &IpNet, entry: &ListEntry) -> String {
+    if entry.comment.is_empty() {
+        format!("{what} {net}")
+    } else {
+        format!("{what} {net} ({})", entry.comment)
     }
 }
 

@@ -150,6 +150,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// For each service, the verdict IP gets now and what decides it.
+    Explain {
+        ip: IpAddr,
+        #[arg(long)]
+        json: bool,
+    },
     /// Change or show the allow list at run time.
     Allow {
         #[command(subcommand)]
@@ -243,6 +249,12 @@ fn main() -> ExitCode {
             })
         }
         Command::Bans { json } => talk(&cli.control_socket, &Request::Bans, json, print_bans),
+        Command::Explain { ip, json } => talk(
+            &cli.control_socket,
+            &Request::Explain { ip },
+            json,
+            print_explain,
+        ),
         Command::Allow { action } => {
             let (request, json, human): (Request, bool, fn(&serde_json::Value)) = match action {
                 AllowAction::Add {
@@ -357,6 +369,17 @@ fn print_change_allow(data: &serde_json::Value) {
 
 fn print_change_deny(data: &serde_json::Value) {
     print_change(data, "deny")
+}
+
+fn print_explain(data: &serde_json::Value) {
+    println!("{}:", data["source"].as_str().unwrap_or("?"));
+    let rows: Vec<control::Verdict> =
+        serde_json::from_value(data["verdicts"].clone()).unwrap_or_default();
+    let table: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| vec![r.service, r.verdict, r.because])
+        .collect();
+    print_table(&["SERVICE", "VERDICT", "BECAUSE"], &table);
 }
 
 fn print_list(data: &serde_json::Value) {

@@ -708,3 +708,106 @@ fn allow_and_deny_changes_apply_to_live_traffic() {
     assert_eq!(arrived(ATTACKER, 45), 40);
     assert!(guard.stop().unwrap().success());
 }
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn explain_says_what_decides_each_services_verdict() {
+    let (link, _) = setup();
+    let config = TempFile::new(
+        "explain.toml",
+        r#"
+[services.web]
+access = "trusted"
+[services.ami]
+access = "closed"
+[[allow]]
+cidr = "10.77.0.2/32"
+services = ["web"]
+comment = "office"
+[[deny]]
+cidr = "10.77.0.3/32"
+comment = "scanner"
+"#,
+    );
+    let socket = std::env::temp_dir().join(format!("sipguard-explain-{}.sock", std::process::id()));
+    let socket = socket.to_str().unwrap().to_string();
+    let (mut guard, _) = start(&link, &config, &["--control-socket", &socket]);
+    let explain = |ip: &str| -> Vec<(String, String, String)> {
+        let out = cli(&socket, &["explain", ip, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        data["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                let s = |k: &str| v[k].as_str().unwrap().to_string();
+                (s("service"), s("verdict"), s("because"))
+            })
+            .collect()
+    };
+    let find = |rows: &[(String, String, String)], service: &str| {
+        rows.iter().find(|r| r.0 == service).cloned().unwrap()
+    };
+
+    // Unknown source: open services pass (SIP with its rules), trusted and closed drop.
+    let unknown = explain("198.51.100.9");
+    let sip = find(&unknown, "sip");
+    assert_eq!(sip.1, "pass");
+    assert!(sip.2.contains("sip-udp-40-per-2s"), "{sip:?}");
+    assert_eq!(
+        find(&unknown, "web"),
+        (
+            "web".into(),
+            "drop".into(),
+            "not trusted: allow-listed sources only".into()
+        )
+    );
+    assert_eq!(find(&unknown, "ami").1, "drop");
+    assert_eq!(find(&unknown, "(no service)").2, "default policy: pass");
+
+    // Allowed for web only.
+    let office = explain("10.77.0.2");
+    assert_eq!(
+        find(&office, "web"),
+        (
+            "web".into(),
+            "pass".into(),
+            "allow-listed by 10.77.0.2/32 (office)".into()
+        )
+    );
+    assert_eq!(
+        find(&office, "sip").2,
+        "open service, subject to rate rules sip-udp-120-per-60s, sip-udp-40-per-2s"
+    );
+    assert_eq!(find(&office, "ami").2, "service closed to everyone");
+
+    // Denied: every service drops.
+    let scanner = explain("10.77.0.3");
+    assert!(
+        scanner
+            .iter()
+            .all(|r| r.1 == "drop" && r.2 == "denied by 10.77.0.3/32 (scanner)"),
+        "{scanner:?}"
+    );
+
+    // Banned: every service drops, with the ban's reason; the check agrees with traffic.
+    send_udp(&link, ATTACKER, 41);
+    guard
+        .wait_for("banned 10.77.0.4", Duration::from_secs(5))
+        .unwrap();
+    let banned = explain(ATTACKER);
+    assert!(
+        banned.iter().all(|r| r.1 == "drop"
+            && r.2
+                .starts_with("banned (rate-limit by rule sip-udp-40-per-2s")),
+        "{banned:?}"
+    );
+    let table = String::from_utf8_lossy(&cli(&socket, &["explain", ATTACKER]).stdout).to_string();
+    assert!(table.starts_with("10.77.0.4:\nSERVICE"), "{table}");
+    assert!(guard.stop().unwrap().success());
+}
