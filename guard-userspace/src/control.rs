@@ -70,6 +70,10 @@ pub enum Request {
     Explain {
         ip: IpAddr,
     },
+    /// Switch monitor mode (count every verdict, drop nothing) on or off.
+    Monitor {
+        on: bool,
+    },
 }
 
 /// A service as `explain` needs it.
@@ -223,12 +227,28 @@ impl ControlState {
             Request::DenyRemove { cidr } => return self.list_remove(cidr, false).await,
             Request::DenyList => self.list(false).await,
             Request::Explain { ip } => self.explain(ip).await,
+            Request::Monitor { on } => self.monitor(on).await,
         };
         result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
     }
 
+    async fn monitor(&self, on: bool) -> Result<Response> {
+        let mut maps = self.maps.lock().await;
+        let mut settings = maps.settings()?;
+        settings.monitor = on as u8;
+        // One array slot: the next packet sees either the old or the new value.
+        maps.settings.set(0, settings, 0)?;
+        if on {
+            warn!("monitor mode ON by the operator: every verdict is counted, nothing is dropped");
+        } else {
+            info!("monitor mode off by the operator: verdicts are enforced");
+        }
+        Ok(Response::ok(serde_json::json!({ "monitor": on })))
+    }
+
     async fn status(&self) -> Result<Response> {
         let maps = self.maps.lock().await;
+        let monitor = maps.settings()?.monitor != 0;
         let totals = maps.verdicts()?;
         let counters: serde_json::Map<String, serde_json::Value> = Reason::ALL
             .iter()
@@ -246,6 +266,7 @@ impl ControlState {
             "program_id": self.program_id,
             "uptime_seconds": self.started.elapsed().as_secs(),
             "policy": self.policy,
+            "monitor": monitor,
             "bans_active": active,
             "packets": counters,
         })))

@@ -100,6 +100,12 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -149,6 +155,11 @@ enum Command {
     Bans {
         #[arg(long)]
         json: bool,
+    },
+    /// Monitor mode at run time: on counts every verdict but drops nothing.
+    Monitor {
+        #[arg(value_enum)]
+        state: OnOff,
     },
     /// For each service, the verdict IP gets now and what decides it.
     Explain {
@@ -249,6 +260,21 @@ fn main() -> ExitCode {
             })
         }
         Command::Bans { json } => talk(&cli.control_socket, &Request::Bans, json, print_bans),
+        Command::Monitor { state } => {
+            let on = state == OnOff::On;
+            talk(
+                &cli.control_socket,
+                &Request::Monitor { on },
+                false,
+                |data| {
+                    if data["monitor"].as_bool().unwrap_or(false) {
+                        println!("monitor mode on: every verdict is counted, nothing is dropped");
+                    } else {
+                        println!("monitor mode off: verdicts are enforced");
+                    }
+                },
+            )
+        }
         Command::Explain { ip, json } => talk(
             &cli.control_socket,
             &Request::Explain { ip },
@@ -437,6 +463,9 @@ fn print_status(data: &serde_json::Value) {
     );
     println!("uptime:     {}", humantime::format_duration(uptime));
     println!("policy:     {}", data["policy"].as_str().unwrap_or("?"));
+    if data["monitor"].as_bool().unwrap_or(false) {
+        println!("monitor:    ON (nothing is dropped)");
+    }
     println!("bans:       {} in force", data["bans_active"]);
     if let Some(packets) = data["packets"].as_object() {
         let line: Vec<String> = packets

@@ -811,3 +811,43 @@ comment = "scanner"
     assert!(table.starts_with("10.77.0.4:\nSERVICE"), "{table}");
     assert!(guard.stop().unwrap().success());
 }
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn monitor_mode_switches_at_run_time() {
+    let (link, config) = setup();
+    let socket = std::env::temp_dir().join(format!("sipguard-monitor-{}.sock", std::process::id()));
+    let socket = socket.to_str().unwrap().to_string();
+    let (mut guard, program_id) = start(&link, &config, &["--control-socket", &socket]);
+    let arrived = |count: usize| {
+        let sink = UdpSink::start(&link);
+        send_udp(&link, DENIED, count);
+        sink.finish()
+            .get(&DENIED.parse::<IpAddr>().unwrap())
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(arrived(3), 0);
+    let out = cli(&socket, &["monitor", "on"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli(&socket, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["monitor"], true);
+    assert_eq!(arrived(3), 3, "monitor mode passes the denied source");
+    let maps = KernelMaps::from_program_id(program_id).unwrap();
+    assert_eq!(
+        maps.verdict(Reason::Denied).unwrap().packets,
+        6,
+        "and still counts it as denied"
+    );
+    assert!(cli(&socket, &["monitor", "off"]).status.success());
+    assert_eq!(arrived(3), 0);
+    guard
+        .wait_for("monitor mode ON by the operator", Duration::from_secs(2))
+        .unwrap();
+    assert!(guard.stop().unwrap().success());
+}
