@@ -77,15 +77,21 @@ fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
     // Banned and denied packets still count against the service they were
     // aimed at; their port class is read on those (early) returns only.
     if bans::is_banned(&source) {
-        return (Reason::Banned, classify(&packet.transport).0);
+        return (
+            Reason::Banned,
+            classify(&packet.transport, CAPTURE_INBOUND).0,
+        );
     }
     if is_denied(&packet.source) {
-        return (Reason::Denied, classify(&packet.transport).0);
+        return (
+            Reason::Denied,
+            classify(&packet.transport, CAPTURE_INBOUND).0,
+        );
     }
     if let Transport::LaterFragment = packet.transport {
         return (Reason::Fragment, unclassified);
     }
-    let (class, is_syn) = classify(&packet.transport);
+    let (class, is_syn) = classify(&packet.transport, CAPTURE_INBOUND);
 
     // Service policy. The allow list is searched only where its answer can
     // change the verdict: trusted services, ports with rate rules (an
@@ -127,11 +133,7 @@ fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
 #[classifier]
 pub fn sipguard_egress(ctx: TcContext) -> i32 {
     if let Frame::Ip(packet) = parse::parse(&ctx) {
-        let class = match packet.transport {
-            Transport::Udp { sport, .. } => port_class(L4Proto::Udp, sport),
-            Transport::Tcp { sport, .. } => port_class(L4Proto::Tcp, sport),
-            Transport::LaterFragment | Transport::Other => PortClass::UNCLASSIFIED,
-        };
+        let (class, _) = classify(&packet.transport, CAPTURE_OUTBOUND);
         if class.watches_sip() {
             sip_capture::capture(&ctx, &packet, CAPTURE_OUTBOUND);
         }
@@ -139,12 +141,24 @@ pub fn sipguard_egress(ctx: TcContext) -> i32 {
     TC_ACT_PIPE as i32
 }
 
-/// The destination port's class, and whether the packet opens a TCP connection.
+/// The class of the PBX's port (the destination of an arriving packet, the
+/// source of a departing one), and whether the packet opens a TCP connection.
 #[inline(always)]
-fn classify(transport: &Transport) -> (PortClass, bool) {
-    match transport {
-        Transport::Tcp { dport, syn, .. } => (port_class(L4Proto::Tcp, *dport), *syn),
-        Transport::Udp { dport, .. } => (port_class(L4Proto::Udp, *dport), false),
+fn classify(transport: &Transport, direction: u8) -> (PortClass, bool) {
+    let pbx_port = |sport: u16, dport: u16| {
+        if direction == CAPTURE_INBOUND {
+            dport
+        } else {
+            sport
+        }
+    };
+    match *transport {
+        Transport::Tcp {
+            sport, dport, syn, ..
+        } => (port_class(L4Proto::Tcp, pbx_port(sport, dport)), syn),
+        Transport::Udp { sport, dport, .. } => {
+            (port_class(L4Proto::Udp, pbx_port(sport, dport)), false)
+        }
         Transport::LaterFragment | Transport::Other => (PortClass::UNCLASSIFIED, false),
     }
 }

@@ -300,10 +300,7 @@ impl Tracker {
     }
 
     pub fn is_whitelisted(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.policy.whitelist.iter().any(|net| net.contains(&ip))
     }
 

@@ -11,10 +11,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use guard_common::{
-    service_bit, BanEntry, BanReason, Reason, SourceKey, ALLOW_ALL, BAN_FOREVER, NO_RULE,
-    UNCLASSIFIED_BIT,
-};
+use guard_common::{AccessMode, BanEntry, BanReason, Reason, SourceKey, BAN_FOREVER, NO_RULE};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -26,9 +23,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     bans, clock,
-    config::{Access, Config, ALL, OTHER},
-    maps::KernelMaps,
+    config::{Config, ALL, OTHER},
+    maps::{KernelMaps, NetList},
     metrics::ControllerCounters,
+    policy::{allow_mask, CompiledPolicy},
 };
 
 pub const DEFAULT_SOCKET: &str = "/run/sipguard/control.sock";
@@ -80,9 +78,37 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub struct ServiceInfo {
     pub name: String,
-    pub access: Access,
+    pub access: AccessMode,
     /// Rate rules watching any of its ports.
     pub rules: Vec<String>,
+}
+
+impl ServiceInfo {
+    /// From the compiled policy: the same port table the XDP program reads.
+    pub fn from_policy(policy: &CompiledPolicy) -> Vec<ServiceInfo> {
+        policy
+            .services
+            .iter()
+            .map(|(id, service)| {
+                let mut rules: Vec<u8> = policy
+                    .ports
+                    .iter()
+                    .filter(|(_, class)| class.service == *id)
+                    .flat_map(|(_, class)| class.rule_indexes().collect::<Vec<_>>())
+                    .collect();
+                rules.sort_unstable();
+                rules.dedup();
+                ServiceInfo {
+                    name: policy.service_names[*id as usize - 1].clone(),
+                    access: service.access_mode(),
+                    rules: rules
+                        .into_iter()
+                        .map(|i| policy.rule_names[i as usize].clone())
+                        .collect(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// One row of `sipguard explain`: the verdict a source gets for a service now.
@@ -117,30 +143,56 @@ impl Lists {
     pub fn from_config(config: &Config) -> Lists {
         let mut lists = Lists::default();
         for entry in &config.allow {
-            let cidr = entry.cidr.trunc();
-            lists.allow.insert(
-                cidr,
-                ListEntry {
-                    cidr: cidr.to_string(),
-                    services: entry.services.clone(),
-                    comment: entry.comment.clone(),
-                    origin: "config".into(),
-                },
+            lists.add(
+                NetList::Allow,
+                entry.cidr,
+                entry.services.clone(),
+                entry.comment.clone(),
+                "config",
             );
         }
         for entry in &config.deny {
-            let cidr = entry.cidr.trunc();
-            lists.deny.insert(
-                cidr,
-                ListEntry {
-                    cidr: cidr.to_string(),
-                    services: Vec::new(),
-                    comment: entry.comment.clone(),
-                    origin: "config".into(),
-                },
+            lists.add(
+                NetList::Deny,
+                entry.cidr,
+                Vec::new(),
+                entry.comment.clone(),
+                "config",
             );
         }
         lists
+    }
+
+    fn list(&self, list: NetList) -> &BTreeMap<IpNet, ListEntry> {
+        match list {
+            NetList::Allow => &self.allow,
+            NetList::Deny => &self.deny,
+        }
+    }
+
+    fn list_mut(&mut self, list: NetList) -> &mut BTreeMap<IpNet, ListEntry> {
+        match list {
+            NetList::Allow => &mut self.allow,
+            NetList::Deny => &mut self.deny,
+        }
+    }
+
+    fn add(
+        &mut self,
+        list: NetList,
+        cidr: IpNet,
+        services: Vec<String>,
+        comment: String,
+        origin: &str,
+    ) {
+        let cidr = cidr.trunc();
+        let entry = ListEntry {
+            cidr: cidr.to_string(),
+            services,
+            comment,
+            origin: origin.to_string(),
+        };
+        self.list_mut(list).insert(cidr, entry);
     }
 }
 
@@ -198,8 +250,6 @@ pub struct ControlState {
     pub started: Instant,
     /// The operator's reason for each manual ban.
     pub manual_reasons: Mutex<HashMap<SourceKey, String>>,
-    /// Service names by id (index 0 is id 1), for allow masks.
-    pub service_names: Vec<String>,
     pub lists: Mutex<Lists>,
     pub services: Vec<ServiceInfo>,
     pub default_drop: bool,
@@ -220,12 +270,15 @@ impl ControlState {
                 cidr,
                 services,
                 comment,
-            } => self.allow_add(cidr, services, comment).await,
-            Request::AllowRemove { cidr } => return self.list_remove(cidr, true).await,
-            Request::AllowList => self.list(true).await,
-            Request::DenyAdd { cidr, comment } => self.deny_add(cidr, comment).await,
-            Request::DenyRemove { cidr } => return self.list_remove(cidr, false).await,
-            Request::DenyList => self.list(false).await,
+            } => self.list_add(NetList::Allow, cidr, services, comment).await,
+            Request::AllowRemove { cidr } => return self.list_remove(NetList::Allow, cidr).await,
+            Request::AllowList => self.list(NetList::Allow).await,
+            Request::DenyAdd { cidr, comment } => {
+                self.list_add(NetList::Deny, cidr, Vec::new(), comment)
+                    .await
+            }
+            Request::DenyRemove { cidr } => return self.list_remove(NetList::Deny, cidr).await,
+            Request::DenyList => self.list(NetList::Deny).await,
             Request::Explain { ip } => self.explain(ip).await,
             Request::Monitor { on } => self.monitor(on).await,
         };
@@ -332,132 +385,92 @@ impl ControlState {
         }
     }
 
-    /// The allow mask of service names; an unknown name is an error.
-    fn services_mask(&self, services: &[String]) -> Result<u32> {
-        if services.is_empty() {
-            return Ok(ALLOW_ALL);
-        }
-        services.iter().try_fold(0u32, |mask, name| {
-            Ok(mask
-                | match name.as_str() {
-                    ALL => ALLOW_ALL,
-                    OTHER => UNCLASSIFIED_BIT,
-                    service => match self.service_names.iter().position(|n| n == service) {
-                        Some(i) => service_bit(i as u8 + 1),
-                        None => bail!(
-                            "unknown service {service:?} (known: {}, all, other); nothing changed",
-                            self.service_names.join(", ")
-                        ),
-                    },
-                })
-        })
-    }
-
-    async fn allow_add(
+    /// Adds to a live list; an invalid change is refused before anything is touched.
+    async fn list_add(
         &self,
+        list: NetList,
         cidr: IpNet,
         services: Vec<String>,
         comment: Option<String>,
     ) -> Result<Response> {
         let cidr = cidr.trunc();
-        let mask = self.services_mask(&services)?;
+        let (value, services) = match list {
+            NetList::Deny => (0, Vec::new()),
+            NetList::Allow => {
+                let services = if services.is_empty() {
+                    vec![ALL.to_string()]
+                } else {
+                    services
+                };
+                let names: Vec<String> = self.services.iter().map(|s| s.name.clone()).collect();
+                let mask = allow_mask(&names, &services).map_err(|unknown| {
+                    anyhow!(
+                        "unknown service {unknown:?} (known: {}, all, other); nothing changed",
+                        names.join(", ")
+                    )
+                })?;
+                (mask, services)
+            }
+        };
+        let name = list.name();
         self.maps
             .lock()
             .await
-            .insert_allow(cidr, mask)
+            .insert_net(list, cidr, value)
             .map_err(|e| {
-                anyhow!("the allow list refused {cidr} (full?): {e:#}; nothing changed")
+                anyhow!("the {name} list refused {cidr} (full?): {e:#}; nothing changed")
             })?;
-        let services = if services.is_empty() {
-            vec![ALL.to_string()]
+        if list == NetList::Allow {
+            info!(
+                "allow-listed {cidr} for {} by the operator",
+                services.join(",")
+            );
         } else {
-            services
-        };
-        let entry = ListEntry {
-            cidr: cidr.to_string(),
-            services,
-            comment: comment.unwrap_or_default(),
-            origin: "runtime".into(),
-        };
-        info!(
-            "allow-listed {cidr} for {} by the operator",
-            entry.services.join(",")
-        );
-        self.lists.lock().await.allow.insert(cidr, entry);
-        Ok(Response::ok(
-            serde_json::json!({ "cidr": cidr.to_string(), "added": true }),
-        ))
-    }
-
-    async fn deny_add(&self, cidr: IpNet, comment: Option<String>) -> Result<Response> {
-        let cidr = cidr.trunc();
-        self.maps
+            info!("deny-listed {cidr} by the operator");
+        }
+        self.lists
             .lock()
             .await
-            .insert_deny(cidr)
-            .map_err(|e| anyhow!("the deny list refused {cidr} (full?): {e:#}; nothing changed"))?;
-        info!("deny-listed {cidr} by the operator");
-        self.lists.lock().await.deny.insert(
-            cidr,
-            ListEntry {
-                cidr: cidr.to_string(),
-                services: Vec::new(),
-                comment: comment.unwrap_or_default(),
-                origin: "runtime".into(),
-            },
-        );
+            .add(list, cidr, services, comment.unwrap_or_default(), "runtime");
         Ok(Response::ok(
-            serde_json::json!({ "cidr": cidr.to_string(), "added": true }),
+            serde_json::json!({ "list": name, "cidr": cidr.to_string(), "added": true }),
         ))
     }
 
-    async fn list_remove(&self, cidr: IpNet, allow: bool) -> Response {
+    async fn list_remove(&self, list: NetList, cidr: IpNet) -> Response {
         let cidr = cidr.trunc();
-        let name = if allow { "allow" } else { "deny" };
+        let name = list.name();
         let mut lists = self.lists.lock().await;
-        let list = if allow {
-            &mut lists.allow
-        } else {
-            &mut lists.deny
-        };
-        if !list.contains_key(&cidr) {
+        let entries = lists.list_mut(list);
+        if !entries.contains_key(&cidr) {
             return Response {
                 not_found: true,
                 ..Response::error(format!("{cidr} is not on the {name} list"))
             };
         }
-        let mut maps = self.maps.lock().await;
-        let removed = if allow {
-            maps.remove_allow(cidr)
-        } else {
-            maps.remove_deny(cidr)
-        };
-        match removed {
+        match self.maps.lock().await.remove_net(list, cidr) {
             Ok(()) => {
-                list.remove(&cidr);
+                entries.remove(&cidr);
                 info!("removed {cidr} from the {name} list by the operator");
-                Response::ok(serde_json::json!({ "cidr": cidr.to_string(), "added": false }))
+                Response::ok(
+                    serde_json::json!({ "list": name, "cidr": cidr.to_string(), "added": false }),
+                )
             }
             Err(e) => Response::error(format!("{e:#}")),
         }
     }
 
-    async fn list(&self, allow: bool) -> Result<Response> {
+    async fn list(&self, list: NetList) -> Result<Response> {
         let lists = self.lists.lock().await;
-        let list = if allow { &lists.allow } else { &lists.deny };
-        Ok(Response::ok(serde_json::to_value(
-            list.values().collect::<Vec<_>>(),
-        )?))
+        let entries: Vec<_> = lists.list(list).values().collect();
+        Ok(Response::ok(serde_json::to_value(entries)?))
     }
 
     /// The verdict `ip` gets for each service now, and what decides it, in
     /// the XDP program's order: ban, deny, service access and allow list, rate
     /// rules, default policy.
     async fn explain(&self, ip: IpAddr) -> Result<Response> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         let maps = self.maps.lock().await;
         let key = maps.source_key(ip)?;
         let prefix = maps.settings()?.ipv6_ban_prefix;
@@ -509,7 +522,9 @@ impl ControlState {
             } else if let Some(info) = info {
                 let allowed = allowed_for(&info.name);
                 match (info.access, allowed) {
-                    (Access::Closed, _) => row(name, false, "service closed to everyone".into()),
+                    (AccessMode::Closed, _) => {
+                        row(name, false, "service closed to everyone".into())
+                    }
                     (_, Some((net, entry))) => {
                         let skipped = if info.rules.is_empty() {
                             ""
@@ -522,13 +537,13 @@ impl ControlState {
                             format!("{}{skipped}", describe_entry("allow-listed by", net, entry)),
                         )
                     }
-                    (Access::Trusted, None) => {
+                    (AccessMode::Trusted, None) => {
                         row(name, false, "not trusted: allow-listed sources only".into())
                     }
-                    (Access::Open, None) if info.rules.is_empty() => {
+                    (AccessMode::Open, None) if info.rules.is_empty() => {
                         row(name, true, "open service".into())
                     }
-                    (Access::Open, None) => row(
+                    (AccessMode::Open, None) => row(
                         name,
                         true,
                         format!(

@@ -117,9 +117,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         rule_names: policy.rule_names.clone(),
         started: std::time::Instant::now(),
         manual_reasons: Mutex::new(Default::default()),
-        service_names: policy.service_names.clone(),
         lists: Mutex::new(control::Lists::from_config(&config)),
-        services: explain_services(&config),
+        services: control::ServiceInfo::from_policy(&policy),
         default_drop: config.guard.default_policy == DefaultPolicy::Drop,
     });
     tasks.push(tokio::spawn(async move {
@@ -198,38 +197,6 @@ async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8) {
             Err(e) => warn!("clearing expired bans failed: {e:#}"),
         }
     }
-}
-
-/// Each service's access and the rate rules on its ports, for `explain`.
-fn explain_services(config: &Config) -> Vec<control::ServiceInfo> {
-    let rules = config.rate_rules();
-    config
-        .services()
-        .into_iter()
-        .map(|(name, specs, access)| {
-            let ports: Vec<_> = specs
-                .iter()
-                .filter_map(|s| crate::config::parse_port_spec(s).ok())
-                .flatten()
-                .collect();
-            let watching = rules
-                .iter()
-                .filter(|rule| {
-                    config.rule_ranges(rule).iter().any(|r| {
-                        ports
-                            .iter()
-                            .any(|p| p.proto == r.proto && p.first <= r.last && r.first <= p.last)
-                    })
-                })
-                .map(|rule| rule.name.clone())
-                .collect();
-            control::ServiceInfo {
-                name,
-                access,
-                rules: watching,
-            }
-        })
-        .collect()
 }
 
 fn metric_names(config: &Config, policy: &CompiledPolicy) -> metrics::Names {

@@ -92,6 +92,37 @@ enum DenyAction {
     },
 }
 
+impl AllowAction {
+    fn into_request(self) -> (Request, Option<bool>) {
+        match self {
+            AllowAction::Add {
+                cidr,
+                services,
+                comment,
+            } => (
+                Request::AllowAdd {
+                    cidr,
+                    services,
+                    comment,
+                },
+                None,
+            ),
+            AllowAction::Remove { cidr } => (Request::AllowRemove { cidr }, None),
+            AllowAction::List { json } => (Request::AllowList, Some(json)),
+        }
+    }
+}
+
+impl DenyAction {
+    fn into_request(self) -> (Request, Option<bool>) {
+        match self {
+            DenyAction::Add { cidr, comment } => (Request::DenyAdd { cidr, comment }, None),
+            DenyAction::Remove { cidr } => (Request::DenyRemove { cidr }, None),
+            DenyAction::List { json } => (Request::DenyList, Some(json)),
+        }
+    }
+}
+
 /// A CIDR, or an address meaning just itself (/32 or /128).
 fn parse_net(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
@@ -281,40 +312,8 @@ fn main() -> ExitCode {
             json,
             print_explain,
         ),
-        Command::Allow { action } => {
-            let (request, json, human): (Request, bool, fn(&serde_json::Value)) = match action {
-                AllowAction::Add {
-                    cidr,
-                    services,
-                    comment,
-                } => (
-                    Request::AllowAdd {
-                        cidr,
-                        services,
-                        comment,
-                    },
-                    false,
-                    print_change_allow,
-                ),
-                AllowAction::Remove { cidr } => {
-                    (Request::AllowRemove { cidr }, false, print_change_allow)
-                }
-                AllowAction::List { json } => (Request::AllowList, json, print_list),
-            };
-            talk(&cli.control_socket, &request, json, human)
-        }
-        Command::Deny { action } => {
-            let (request, json, human): (Request, bool, fn(&serde_json::Value)) = match action {
-                DenyAction::Add { cidr, comment } => {
-                    (Request::DenyAdd { cidr, comment }, false, print_change_deny)
-                }
-                DenyAction::Remove { cidr } => {
-                    (Request::DenyRemove { cidr }, false, print_change_deny)
-                }
-                DenyAction::List { json } => (Request::DenyList, json, print_list),
-            };
-            talk(&cli.control_socket, &request, json, human)
-        }
+        Command::Allow { action } => list_command(&cli.control_socket, action.into_request()),
+        Command::Deny { action } => list_command(&cli.control_socket, action.into_request()),
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "sipguard", &mut std::io::stdout());
@@ -380,21 +379,22 @@ fn talk(socket: &Path, request: &Request, json: bool, human: fn(&serde_json::Val
     }
 }
 
-fn print_change(data: &serde_json::Value, list: &str) {
+/// Sends an allow/deny request: `Some(json)` for a listing, `None` for a change.
+fn list_command(socket: &Path, (request, listing): (Request, Option<bool>)) -> ExitCode {
+    match listing {
+        Some(json) => talk(socket, &request, json, print_list),
+        None => talk(socket, &request, false, print_change),
+    }
+}
+
+fn print_change(data: &serde_json::Value) {
     let cidr = data["cidr"].as_str().unwrap_or("?");
+    let list = data["list"].as_str().unwrap_or("?");
     if data["added"].as_bool().unwrap_or(false) {
         println!("added {cidr} to the {list} list");
     } else {
         println!("removed {cidr} from the {list} list");
     }
-}
-
-fn print_change_allow(data: &serde_json::Value) {
-    print_change(data, "allow")
-}
-
-fn print_change_deny(data: &serde_json::Value) {
-    print_change(data, "deny")
 }
 
 fn print_explain(data: &serde_json::Value) {

@@ -14,12 +14,31 @@ use ipnet::IpNet;
 
 use crate::policy::CompiledPolicy;
 
+type Trie4 = LpmTrie<MapData, [u8; 4], u32>;
+type Trie6 = LpmTrie<MapData, [u8; 16], u32>;
+
+/// The allow list or the deny list (each an IPv4 and an IPv6 trie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetList {
+    Allow,
+    Deny,
+}
+
+impl NetList {
+    pub fn name(self) -> &'static str {
+        match self {
+            NetList::Allow => "allow",
+            NetList::Deny => "deny",
+        }
+    }
+}
+
 pub struct KernelMaps {
     pub bans: HashMap<MapData, SourceKey, BanEntry>,
-    pub deny_v4: LpmTrie<MapData, [u8; 4], u32>,
-    pub deny_v6: LpmTrie<MapData, [u8; 16], u32>,
-    pub allow_v4: LpmTrie<MapData, [u8; 4], u32>,
-    pub allow_v6: LpmTrie<MapData, [u8; 16], u32>,
+    pub deny_v4: Trie4,
+    pub deny_v6: Trie6,
+    pub allow_v4: Trie4,
+    pub allow_v6: Trie6,
     pub ports: Array<MapData, PortClass>,
     pub services: Array<MapData, ServicePolicy>,
     pub rules: Array<MapData, RateRule>,
@@ -131,68 +150,48 @@ impl KernelMaps {
             self.ports.set(*index, class, 0).context("writing PORTS")?;
         }
         for (net, mask) in &policy.allow {
-            self.insert_allow(*net, *mask)
+            self.insert_net(NetList::Allow, *net, *mask)
                 .with_context(|| format!("adding {net} to the allow list"))?;
         }
         for net in &policy.deny {
-            self.insert_deny(*net)
+            self.insert_net(NetList::Deny, *net, 0)
                 .with_context(|| format!("adding {net} to the deny list"))?;
         }
         Ok(())
     }
 
-    pub fn insert_allow(&mut self, net: IpNet, services: u32) -> Result<()> {
+    /// The IPv4 and IPv6 tries of one list.
+    fn tries(&mut self, list: NetList) -> (&mut Trie4, &mut Trie6) {
+        match list {
+            NetList::Allow => (&mut self.allow_v4, &mut self.allow_v6),
+            NetList::Deny => (&mut self.deny_v4, &mut self.deny_v6),
+        }
+    }
+
+    /// Adds (or replaces) `net` with `value`: the services mask for the
+    /// allow list, unused (0) for the deny list.
+    pub fn insert_net(&mut self, list: NetList, net: IpNet, value: u32) -> Result<()> {
+        let (v4, v6) = self.tries(list);
         match net {
-            IpNet::V4(n) => self.allow_v4.insert(
+            IpNet::V4(n) => v4.insert(
                 &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
-                services,
+                value,
                 0,
             )?,
-            IpNet::V6(n) => self.allow_v6.insert(
+            IpNet::V6(n) => v6.insert(
                 &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
-                services,
+                value,
                 0,
             )?,
         }
         Ok(())
     }
 
-    pub fn insert_deny(&mut self, net: IpNet) -> Result<()> {
+    pub fn remove_net(&mut self, list: NetList, net: IpNet) -> Result<()> {
+        let (v4, v6) = self.tries(list);
         match net {
-            IpNet::V4(n) => self.deny_v4.insert(
-                &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
-                0,
-                0,
-            )?,
-            IpNet::V6(n) => self.deny_v6.insert(
-                &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
-                0,
-                0,
-            )?,
-        }
-        Ok(())
-    }
-
-    pub fn remove_allow(&mut self, net: IpNet) -> Result<()> {
-        match net {
-            IpNet::V4(n) => self
-                .allow_v4
-                .remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
-            IpNet::V6(n) => self
-                .allow_v6
-                .remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
-        }
-        Ok(())
-    }
-
-    pub fn remove_deny(&mut self, net: IpNet) -> Result<()> {
-        match net {
-            IpNet::V4(n) => self
-                .deny_v4
-                .remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
-            IpNet::V6(n) => self
-                .deny_v6
-                .remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
+            IpNet::V4(n) => v4.remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
+            IpNet::V6(n) => v6.remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
         }
         Ok(())
     }
@@ -203,12 +202,9 @@ impl KernelMaps {
 
     /// The ban-map key of an address under the current IPv6 ban prefix.
     pub fn source_key(&self, ip: IpAddr) -> Result<SourceKey> {
-        Ok(match ip {
+        Ok(match ip.to_canonical() {
             IpAddr::V4(v4) => SourceKey::from_ipv4(v4.octets()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => SourceKey::from_ipv4(v4.octets()),
-                None => SourceKey::from_ipv6(v6.octets(), self.settings()?.ipv6_ban_prefix),
-            },
+            IpAddr::V6(v6) => SourceKey::from_ipv6(v6.octets(), self.settings()?.ipv6_ban_prefix),
         })
     }
 

@@ -31,12 +31,6 @@ pub struct CompiledPolicy {
 impl CompiledPolicy {
     pub fn compile(config: &Config) -> CompiledPolicy {
         let services = config.services();
-        let id_of = |name: &str| {
-            services
-                .iter()
-                .position(|(n, _, _)| n == name)
-                .map(|i| i as u8 + 1)
-        };
 
         let mut ports = vec![PortClass::UNCLASSIFIED; guard_common::PORT_SLOTS as usize];
         for (i, (_, specs, _)) in services.iter().enumerate() {
@@ -81,18 +75,16 @@ impl CompiledPolicy {
             });
         }
 
+        let service_names: Vec<String> = services.iter().map(|(n, _, _)| n.clone()).collect();
         let allow = config
             .allow
             .iter()
+            // Validation has refused unknown service names already.
             .map(|entry| {
-                let mask = entry.services.iter().fold(0u32, |mask, name| {
-                    mask | match name.as_str() {
-                        ALL => ALLOW_ALL,
-                        OTHER => UNCLASSIFIED_BIT,
-                        service => id_of(service).map(service_bit).unwrap_or(0),
-                    }
-                });
-                (entry.cidr.trunc(), mask)
+                (
+                    entry.cidr.trunc(),
+                    allow_mask(&service_names, &entry.services).unwrap_or(0),
+                )
             })
             .collect();
 
@@ -106,7 +98,7 @@ impl CompiledPolicy {
                 ipv6_ban_prefix: config.guard.ipv6_ban_prefix,
                 _pad: [0; 5],
             },
-            service_names: services.iter().map(|(n, _, _)| n.clone()).collect(),
+            service_names,
             services: services
                 .iter()
                 .enumerate()
@@ -141,6 +133,22 @@ impl CompiledPolicy {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// The allow-list mask of `names` ("all", "other" or service names; service
+/// ids follow `service_names`). An unknown name is the error.
+pub fn allow_mask(service_names: &[String], names: &[String]) -> Result<u32, String> {
+    names.iter().try_fold(0u32, |mask, name| {
+        let bits = match name.as_str() {
+            ALL => ALLOW_ALL,
+            OTHER => UNCLASSIFIED_BIT,
+            service => match service_names.iter().position(|n| n == service) {
+                Some(i) => service_bit(i as u8 + 1),
+                None => return Err(name.clone()),
+            },
+        };
+        Ok(mask | bits)
+    })
 }
 
 /// Address bytes in network order, as the LPM tries and `SourceKey` hold them.

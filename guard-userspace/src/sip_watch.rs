@@ -2,14 +2,15 @@
 //! the authentication-failure tracker, and writes the bans it decides into the
 //! XDP ban map, where they take effect on the source's next packet.
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Result};
 use aya::maps::{MapData, RingBuf};
-use guard_common::{BanEntry, SipCaptureHeader, CAPTURE_INBOUND, CAPTURE_OUTBOUND, NO_RULE};
+use guard_common::{
+    BanEntry, SipCaptureHeader, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND, NO_RULE,
+};
 use tokio::{io::unix::AsyncFd, sync::Mutex};
 use tracing::{debug, info, warn};
 
@@ -30,20 +31,6 @@ pub struct WatchStats {
     pub captures: u64,
     pub messages: u64,
     pub malformed: u64,
-}
-
-fn peer_ip(header: &SipCaptureHeader) -> IpAddr {
-    let v6 = Ipv6Addr::from(header.peer);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None if header.peer[..12] == [0; 12] => IpAddr::V4(Ipv4Addr::from([
-            header.peer[12],
-            header.peer[13],
-            header.peer[14],
-            header.peer[15],
-        ])),
-        None => IpAddr::V6(v6),
-    }
 }
 
 /// One ring buffer record: the messages in it, fed to the tracker.
@@ -76,7 +63,7 @@ pub fn handle_capture(
             sip::parse_stream(data, complete)
         };
 
-    let peer = peer_ip(&header);
+    let peer = bans::source_ip(&SourceKey { addr: header.peer });
     let mut bans = Vec::new();
     for message in messages {
         let message = match message {
@@ -216,6 +203,8 @@ pub async fn watch(
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
     use super::*;
     use crate::auth_tracker::{AuthPolicy, LevelName};
     use guard_common::{L4Proto, SourceKey};

@@ -10,7 +10,7 @@ pub mod frames;
 pub mod netns;
 
 use anyhow::{Context, Result};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult, Xdp};
 use guard_common::{
     BanEvent, Counter, Reason, RuleCounter, SipCaptureHeader, SourceKey, EGRESS_PROGRAM_NAME,
 };
@@ -45,15 +45,7 @@ impl Harness {
     }
 
     pub fn try_run(&mut self, frame: &[u8], repeat: u32) -> Result<u32> {
-        let program = self.guard.program()?;
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        Ok(result.return_value)
+        Ok(run_xdp(self.guard.program()?, frame, repeat)?.return_value)
     }
 
     pub fn counter(&self, reason: Reason) -> Counter {
@@ -137,6 +129,17 @@ impl Harness {
         }
         events
     }
+}
+
+/// Runs `frame` through an XDP program `repeat` times (BPF_PROG_TEST_RUN).
+pub fn run_xdp(program: &Xdp, frame: &[u8], repeat: u32) -> Result<TestRunResult> {
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN")
 }
 
 /// True when running as root (the kernel tests need it).

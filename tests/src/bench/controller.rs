@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::programs::{TestRun, TestRunOptions};
 use guard_common::{BanEvent, Health, SourceKey};
 use guard_userspace::{bans::describe_event, maps::KernelMaps, sip};
 
@@ -20,7 +19,7 @@ use crate::{
     daemon::{start_guard, TempFile},
     frames::udp,
     netns::Link,
-    Harness, XDP_DROP,
+    run_xdp, Harness, XDP_DROP,
 };
 
 pub struct EventRates {
@@ -47,13 +46,9 @@ fn source(i: u32) -> String {
 fn make_ban(h: &mut Harness, i: u32) -> Result<()> {
     let frame = udp(&source(i), "192.0.2.1", 5060, b"REGISTER");
     let program = h.guard.program()?;
-    let options = || TestRunOptions {
-        data_in: Some(&frame),
-        ..TestRunOptions::default()
-    };
-    program.test_run(options())?;
+    run_xdp(program, &frame, 1)?;
     ensure!(
-        program.test_run(options())?.return_value == XDP_DROP,
+        run_xdp(program, &frame, 1)?.return_value == XDP_DROP,
         "no ban for {}",
         source(i)
     );

@@ -11,7 +11,7 @@ pub mod report;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 
 /// How hard to measure: the full run, or CI's smoke run that only proves
 /// every row can still be produced.
@@ -95,13 +95,7 @@ impl Stats {
 
 fn timed_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, u32)> {
     let start = Instant::now();
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..TestRunOptions::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
+    let result = crate::run_xdp(program, frame, repeat)?;
     Ok((start.elapsed().as_nanos() as f64, result.return_value))
 }
 

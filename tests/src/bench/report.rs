@@ -1,6 +1,7 @@
 //! BENCHMARKS.md: method, machine, tables, and each target met or missed.
 use std::{fmt::Write as _, fs};
 
+use super::paths::SIP_UNDER_LIMIT;
 use super::{
     controller::EventRates, live::LiveResult, paths::PathResult, paths::ScaleMemory,
     paths::ScaleResult, Effort, Stats,
@@ -135,7 +136,7 @@ pub fn render(r: &Results) -> String {
     let path = |name: &str| r.paths.iter().find(|p| p.name == name);
     let ban = path("ban hit").map(|p| p.ratio.median).unwrap_or(f64::NAN);
     let deny = path("deny hit").map(|p| p.ratio.median).unwrap_or(f64::NAN);
-    let sip = path("SIP under the limit (2 rules)")
+    let sip = path(SIP_UNDER_LIMIT)
         .map(|p| p.ratio.median)
         .unwrap_or(f64::NAN);
     let crossing = r.crossing.0.median / r.crossing.1.median;
@@ -164,11 +165,7 @@ pub fn render(r: &Results) -> String {
         f(crossing),
         verdict(sip <= 2.5)
     );
-    for name in [
-        "ban hit",
-        "IPv4, nothing matched",
-        "SIP under the limit (2 rules)",
-    ] {
+    for name in ["ban hit", "IPv4, nothing matched", SIP_UNDER_LIMIT] {
         let g = growth(name);
         let _ = writeln!(
             out,
@@ -449,7 +446,7 @@ fn missed_targets(r: &Results) -> String {
     };
     let unmatched = ns("IPv4, nothing matched");
     let allow_hit = ns("allow hit (SIP)");
-    let under = ns("SIP under the limit (2 rules)");
+    let under = ns(SIP_UNDER_LIMIT);
     let ban = ns("ban hit");
     let mut out = String::from("## Missed targets: profile and limits\n\n");
     let _ = writeln!(
