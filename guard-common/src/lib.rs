@@ -282,6 +282,13 @@ impl BanReason {
         }
     }
 
+    pub const ALL: [BanReason; 4] = [
+        BanReason::Manual,
+        BanReason::RateLimit,
+        BanReason::AuthFailure,
+        BanReason::Enumeration,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
             BanReason::Manual => "manual",
@@ -497,6 +504,10 @@ impl Health {
     }
 }
 
+/// The layout of every map's keys and values. A controller adopts pinned
+/// maps only under the same version; bump it when any map type changes.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 /// Map names, shared so a rename cannot split the two sides.
 pub mod map_names {
     pub const BANS: &str = "BANS";
@@ -515,6 +526,26 @@ pub mod map_names {
     pub const BAN_EVENTS: &str = "BAN_EVENTS";
     pub const SIP_EVENTS: &str = "SIP_EVENTS";
     pub const CAPTURE_PROG: &str = "CAPTURE_PROG";
+
+    /// Every map, for pinning.
+    pub const ALL: [&str; 16] = [
+        BANS,
+        DENY_V4,
+        DENY_V6,
+        ALLOW_V4,
+        ALLOW_V6,
+        PORTS,
+        SERVICES,
+        RULES,
+        SETTINGS,
+        RATE_STATE,
+        VERDICTS,
+        RULE_HITS,
+        HEALTH,
+        BAN_EVENTS,
+        SIP_EVENTS,
+        CAPTURE_PROG,
+    ];
 }
 
 /// The XDP program's name in the object file.

@@ -1,32 +1,37 @@
 //! The control socket: a root-only (0600) Unix socket on which the daemon
 //! answers the CLI. One JSON request per line, one JSON response per line.
+//! Requests that change the policy are checked against the operator's SSH
+//! sessions first (see `safety`), and saved to the state directory after.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     io::{BufRead, BufReader, Write},
     net::IpAddr,
     os::unix::{fs::PermissionsExt, net::UnixStream},
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use guard_common::{AccessMode, BanEntry, BanReason, Reason, SourceKey, BAN_FOREVER, NO_RULE};
+use guard_common::{BanEntry, BanReason, Reason, SourceKey, BAN_FOREVER, NO_RULE};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
     net::UnixListener,
-    sync::Mutex,
+    sync::{Mutex, Notify},
 };
 use tracing::{debug, info, warn};
 
 use crate::{
     bans, clock,
-    config::{Config, ALL, OTHER},
+    config::{Config, ALL},
+    live_policy::{ConfigSource, ListEntry, LivePolicy, NO_SERVICE_NAME},
     maps::{KernelMaps, NetList},
     metrics::ControllerCounters,
-    policy::{allow_mask, CompiledPolicy},
+    policy::allow_mask,
+    safety::{self, Session},
+    state::{ListChanges, StateDir},
 };
 
 pub const DEFAULT_SOCKET: &str = "/run/sipguard/control.sock";
@@ -72,136 +77,44 @@ pub enum Request {
     Monitor {
         on: bool,
     },
+    /// Re-read the config file the daemon was started with (or last applied).
+    Reload,
+    /// Apply a config file; with `confirm_seconds`, revert unless confirmed in time.
+    Apply {
+        path: PathBuf,
+        confirm_seconds: Option<u64>,
+    },
+    /// Keep the change that `apply --confirm` made.
+    Confirm,
 }
 
-/// A service as `explain` needs it.
-#[derive(Debug, Clone)]
-pub struct ServiceInfo {
-    pub name: String,
-    pub access: AccessMode,
-    /// Rate rules watching any of its ports.
-    pub rules: Vec<String>,
-}
-
-impl ServiceInfo {
-    /// From the compiled policy: the same port table the XDP program reads.
-    pub fn from_policy(policy: &CompiledPolicy) -> Vec<ServiceInfo> {
-        policy
-            .services
-            .iter()
-            .map(|(id, service)| {
-                let mut rules: Vec<u8> = policy
-                    .ports
-                    .iter()
-                    .filter(|(_, class)| class.service == *id)
-                    .flat_map(|(_, class)| class.rule_indexes().collect::<Vec<_>>())
-                    .collect();
-                rules.sort_unstable();
-                rules.dedup();
-                ServiceInfo {
-                    name: policy.service_names[*id as usize - 1].clone(),
-                    access: service.access_mode(),
-                    rules: rules
-                        .into_iter()
-                        .map(|i| policy.rule_names[i as usize].clone())
-                        .collect(),
-                }
-            })
-            .collect()
-    }
-}
-
-/// One row of `sipguard explain`: the verdict a source gets for a service now.
+/// A request with what the safety check needs from the CLI.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Verdict {
-    pub service: String,
-    /// "pass" or "drop".
-    pub verdict: String,
-    pub because: String,
-}
-
-/// One row of `sipguard allow list` / `deny list`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ListEntry {
-    pub cidr: String,
-    /// Allow entries only.
-    pub services: Vec<String>,
-    pub comment: String,
-    /// "config" or "runtime".
-    pub origin: String,
-}
-
-/// The allow and deny lists as the daemon knows them (the kernel's tries
-/// hold only prefixes and masks).
-#[derive(Debug, Default)]
-pub struct Lists {
-    pub allow: BTreeMap<IpNet, ListEntry>,
-    pub deny: BTreeMap<IpNet, ListEntry>,
-}
-
-impl Lists {
-    pub fn from_config(config: &Config) -> Lists {
-        let mut lists = Lists::default();
-        for entry in &config.allow {
-            lists.add(
-                NetList::Allow,
-                entry.cidr,
-                entry.services.clone(),
-                entry.comment.clone(),
-                "config",
-            );
-        }
-        for entry in &config.deny {
-            lists.add(
-                NetList::Deny,
-                entry.cidr,
-                Vec::new(),
-                entry.comment.clone(),
-                "config",
-            );
-        }
-        lists
-    }
-
-    fn list(&self, list: NetList) -> &BTreeMap<IpNet, ListEntry> {
-        match list {
-            NetList::Allow => &self.allow,
-            NetList::Deny => &self.deny,
-        }
-    }
-
-    fn list_mut(&mut self, list: NetList) -> &mut BTreeMap<IpNet, ListEntry> {
-        match list {
-            NetList::Allow => &mut self.allow,
-            NetList::Deny => &mut self.deny,
-        }
-    }
-
-    fn add(
-        &mut self,
-        list: NetList,
-        cidr: IpNet,
-        services: Vec<String>,
-        comment: String,
-        origin: &str,
-    ) {
-        let cidr = cidr.trunc();
-        let entry = ListEntry {
-            cidr: cidr.to_string(),
-            services,
-            comment,
-            origin: origin.to_string(),
-        };
-        self.list_mut(list).insert(cidr, entry);
-    }
+pub struct Envelope {
+    #[serde(flatten)]
+    pub request: Request,
+    /// Do it even if it cuts the operator's SSH session.
+    #[serde(default)]
+    pub force: bool,
+    /// The CLI's own SSH session (from SSH_CLIENT), if any.
+    #[serde(default)]
+    pub session: Option<Session>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Response {
     pub ok: bool,
-    /// Why it failed; `not_found` marks a missing ban (CLI exit code 3).
+    /// Why it failed.
     pub error: Option<String>,
+    /// No such ban or list entry, nothing to confirm (CLI exit code 3).
+    #[serde(default)]
     pub not_found: bool,
+    /// The config file is broken; nothing changed (exit code 2).
+    #[serde(default)]
+    pub bad_config: bool,
+    /// Refused: it would cut the operator's SSH session (exit code 4).
+    #[serde(default)]
+    pub refused: bool,
     pub data: serde_json::Value,
 }
 
@@ -211,6 +124,8 @@ impl Response {
             ok: true,
             error: None,
             not_found: false,
+            bad_config: false,
+            refused: false,
             data,
         }
     }
@@ -220,7 +135,23 @@ impl Response {
             ok: false,
             error: Some(message),
             not_found: false,
+            bad_config: false,
+            refused: false,
             data: serde_json::Value::Null,
+        }
+    }
+
+    fn not_found(message: String) -> Response {
+        Response {
+            not_found: true,
+            ..Response::error(message)
+        }
+    }
+
+    fn refused(message: String) -> Response {
+        Response {
+            refused: true,
+            ..Response::error(message)
         }
     }
 }
@@ -238,6 +169,15 @@ pub struct BanRow {
     pub dropped: u64,
 }
 
+/// An `apply --confirm` waiting for `confirm`: what to go back to.
+struct Pending {
+    id: u64,
+    config: Config,
+    name: String,
+    source: ConfigSource,
+    deadline: Instant,
+}
+
 /// What the daemon shares with the control socket.
 pub struct ControlState {
     pub maps: Arc<Mutex<KernelMaps>>,
@@ -245,44 +185,105 @@ pub struct ControlState {
     pub iface: String,
     pub xdp_mode: String,
     pub program_id: u32,
-    pub policy: String,
-    pub rule_names: Vec<String>,
     pub started: Instant,
-    /// The operator's reason for each manual ban.
-    pub manual_reasons: Mutex<HashMap<SourceKey, String>>,
-    pub lists: Mutex<Lists>,
-    pub services: Vec<ServiceInfo>,
-    pub default_drop: bool,
+    /// Lock order: `policy` before `maps`.
+    pub policy: Arc<Mutex<LivePolicy>>,
+    /// Where `reload` reads the config from.
+    pub source: Mutex<ConfigSource>,
+    /// The operator's words (or saved evidence) for each ban.
+    pub ban_details: Arc<Mutex<HashMap<SourceKey, String>>>,
+    pub state: StateDir,
+    /// Wakes the task that saves bans to the state directory.
+    pub bans_changed: Arc<Notify>,
+    pending: Mutex<Option<Pending>>,
+}
+
+/// A refusal (or failure) on its way back to the CLI.
+type Answer = std::result::Result<Response, Response>;
+
+fn failed(e: anyhow::Error) -> Response {
+    Response::error(format!("{e:#}"))
 }
 
 impl ControlState {
-    async fn handle(&self, request: Request) -> Response {
-        let result = match request {
-            Request::Status => self.status().await,
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        maps: Arc<Mutex<KernelMaps>>,
+        counters: ControllerCounters,
+        iface: String,
+        xdp_mode: String,
+        program_id: u32,
+        policy: Arc<Mutex<LivePolicy>>,
+        source: ConfigSource,
+        ban_details: Arc<Mutex<HashMap<SourceKey, String>>>,
+        state: StateDir,
+        bans_changed: Arc<Notify>,
+    ) -> ControlState {
+        ControlState {
+            maps,
+            counters,
+            iface,
+            xdp_mode,
+            program_id,
+            started: Instant::now(),
+            policy,
+            source: Mutex::new(source),
+            ban_details,
+            state,
+            bans_changed,
+            pending: Mutex::new(None),
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, envelope: Envelope) -> Response {
+        let Envelope {
+            request,
+            force,
+            session,
+        } = envelope;
+        let lockout = LockoutCheck { force, session };
+        let answer: Answer = match request {
+            Request::Status => self.status().await.map_err(failed),
             Request::BanAdd {
                 ip,
                 seconds,
                 reason,
-            } => self.ban_add(ip, seconds, reason).await,
-            Request::BanRemove { ip } => return self.ban_remove(ip).await,
-            Request::Bans => self.bans().await,
+            } => self.ban_add(ip, seconds, reason, &lockout).await,
+            Request::BanRemove { ip } => self.ban_remove(ip).await,
+            Request::Bans => self.bans().await.map_err(failed),
             Request::AllowAdd {
                 cidr,
                 services,
                 comment,
-            } => self.list_add(NetList::Allow, cidr, services, comment).await,
-            Request::AllowRemove { cidr } => return self.list_remove(NetList::Allow, cidr).await,
-            Request::AllowList => self.list(NetList::Allow).await,
-            Request::DenyAdd { cidr, comment } => {
-                self.list_add(NetList::Deny, cidr, Vec::new(), comment)
+            } => {
+                self.list_add(NetList::Allow, cidr, services, comment, &lockout)
                     .await
             }
-            Request::DenyRemove { cidr } => return self.list_remove(NetList::Deny, cidr).await,
+            Request::AllowRemove { cidr } => self.list_remove(NetList::Allow, cidr, &lockout).await,
+            Request::AllowList => self.list(NetList::Allow).await,
+            Request::DenyAdd { cidr, comment } => {
+                self.list_add(NetList::Deny, cidr, Vec::new(), comment, &lockout)
+                    .await
+            }
+            Request::DenyRemove { cidr } => self.list_remove(NetList::Deny, cidr, &lockout).await,
             Request::DenyList => self.list(NetList::Deny).await,
-            Request::Explain { ip } => self.explain(ip).await,
-            Request::Monitor { on } => self.monitor(on).await,
+            Request::Explain { ip } => self.explain(ip).await.map_err(failed),
+            Request::Monitor { on } => self.monitor(on).await.map_err(failed),
+            Request::Reload => {
+                let source = self.source.lock().await.clone();
+                self.switch_policy(source, None, &lockout).await
+            }
+            Request::Apply {
+                path,
+                confirm_seconds,
+            } => {
+                let source = self.source.lock().await.with_path(path);
+                let confirm = confirm_seconds.map(Duration::from_secs);
+                self.switch_policy(source, confirm, &lockout).await
+            }
+            Request::Confirm => self.confirm().await,
         };
-        result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
+        answer.unwrap_or_else(|refusal| refusal)
     }
 
     async fn monitor(&self, on: bool) -> Result<Response> {
@@ -300,6 +301,12 @@ impl ControlState {
     }
 
     async fn status(&self) -> Result<Response> {
+        let summary = self.policy.lock().await.summary();
+        let awaiting = self.pending.lock().await.as_ref().map(|p| {
+            p.deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+        });
         let maps = self.maps.lock().await;
         let monitor = maps.settings()?.monitor != 0;
         let totals = maps.verdicts()?;
@@ -318,9 +325,10 @@ impl ControlState {
             "xdp_mode": self.xdp_mode,
             "program_id": self.program_id,
             "uptime_seconds": self.started.elapsed().as_secs(),
-            "policy": self.policy,
+            "policy": summary,
             "monitor": monitor,
             "bans_active": active,
+            "awaiting_confirmation_seconds": awaiting,
             "packets": counters,
         })))
     }
@@ -330,29 +338,32 @@ impl ControlState {
         ip: IpAddr,
         seconds: Option<u64>,
         reason: Option<String>,
-    ) -> Result<Response> {
+        lockout: &LockoutCheck,
+    ) -> Answer {
+        let policy = self.policy.lock().await;
         let mut maps = self.maps.lock().await;
-        let key = maps.source_key(ip)?;
+        let key = maps.source_key(ip).map_err(failed)?;
+        let prefix = policy.config.guard.ipv6_ban_prefix;
         let now = clock::monotonic_ns();
         let expires_ns = match seconds {
-            Some(0) => bail!("a ban must last longer than 0 s"),
+            Some(0) => return Err(Response::error("a ban must last longer than 0 s".into())),
             Some(s) => now.saturating_add(s.saturating_mul(1_000_000_000)),
             None => BAN_FOREVER,
         };
-        maps.insert_ban(
-            key,
-            BanEntry {
-                expires_ns,
-                created_ns: now,
-                reason: BanReason::Manual as u16,
-                rule: NO_RULE,
-                ..BanEntry::default()
-            },
-        )?;
-        let prefix = maps.settings()?.ipv6_ban_prefix;
+        let entry = BanEntry {
+            expires_ns,
+            created_ns: now,
+            reason: BanReason::Manual as u16,
+            rule: NO_RULE,
+            ..BanEntry::default()
+        };
+        lockout.check(&policy, &policy, &maps, Some((key, entry)))?;
+        maps.insert_ban(key, entry).map_err(failed)?;
         drop(maps);
+        drop(policy);
         let why = reason.unwrap_or_default();
-        self.manual_reasons.lock().await.insert(key, why.clone());
+        self.ban_details.lock().await.insert(key, why.clone());
+        self.bans_changed.notify_one();
         self.counters.ban_created(BanReason::Manual);
         let source = bans::source_to_string(&key, prefix);
         let duration = bans::ban_duration(now, expires_ns);
@@ -362,27 +373,20 @@ impl ControlState {
         ))
     }
 
-    async fn ban_remove(&self, ip: IpAddr) -> Response {
-        let result = async {
-            let mut maps = self.maps.lock().await;
-            let key = maps.source_key(ip)?;
-            let prefix = maps.settings()?.ipv6_ban_prefix;
-            let removed = maps.remove_ban(&key)?;
-            anyhow::Ok((removed, bans::source_to_string(&key, prefix), key))
+    async fn ban_remove(&self, ip: IpAddr) -> Answer {
+        let mut maps = self.maps.lock().await;
+        let key = maps.source_key(ip).map_err(failed)?;
+        let prefix = maps.settings().map_err(failed)?.ipv6_ban_prefix;
+        let removed = maps.remove_ban(&key).map_err(failed)?;
+        drop(maps);
+        let source = bans::source_to_string(&key, prefix);
+        if !removed {
+            return Err(Response::not_found(format!("{source} is not banned")));
         }
-        .await;
-        match result {
-            Ok((true, source, key)) => {
-                self.manual_reasons.lock().await.remove(&key);
-                info!(target: "sipguard::ban", "unbanned {source} by the operator");
-                Response::ok(serde_json::json!({ "source": source }))
-            }
-            Ok((false, source, _)) => Response {
-                not_found: true,
-                ..Response::error(format!("{source} is not banned"))
-            },
-            Err(e) => Response::error(format!("{e:#}")),
-        }
+        self.ban_details.lock().await.remove(&key);
+        self.bans_changed.notify_one();
+        info!(target: "sipguard::ban", "unbanned {source} by the operator");
+        Ok(Response::ok(serde_json::json!({ "source": source })))
     }
 
     /// Adds to a live list; an invalid change is refused before anything is touched.
@@ -392,8 +396,10 @@ impl ControlState {
         cidr: IpNet,
         services: Vec<String>,
         comment: Option<String>,
-    ) -> Result<Response> {
+        lockout: &LockoutCheck,
+    ) -> Answer {
         let cidr = cidr.trunc();
+        let mut policy = self.policy.lock().await;
         let (value, services) = match list {
             NetList::Deny => (0, Vec::new()),
             NetList::Allow => {
@@ -402,24 +408,35 @@ impl ControlState {
                 } else {
                     services
                 };
-                let names: Vec<String> = self.services.iter().map(|s| s.name.clone()).collect();
+                let names = policy.service_names();
                 let mask = allow_mask(&names, &services).map_err(|unknown| {
-                    anyhow!(
+                    Response::error(format!(
                         "unknown service {unknown:?} (known: {}, all, other); nothing changed",
                         names.join(", ")
-                    )
+                    ))
                 })?;
                 (mask, services)
             }
         };
+        let entry = ListEntry {
+            cidr: cidr.to_string(),
+            services: services.clone(),
+            comment: comment.unwrap_or_default(),
+            origin: "runtime".to_string(),
+        };
+        let mut changes = policy.changes.clone();
+        added_mut(&mut changes, list).insert(cidr, entry);
+        removed_mut(&mut changes, list).retain(|net| *net != cidr);
+        let candidate = LivePolicy::build(policy.config.clone(), policy.source.clone(), changes);
         let name = list.name();
-        self.maps
-            .lock()
-            .await
-            .insert_net(list, cidr, value)
-            .map_err(|e| {
-                anyhow!("the {name} list refused {cidr} (full?): {e:#}; nothing changed")
-            })?;
+        let mut maps = self.maps.lock().await;
+        lockout.check(&policy, &candidate, &maps, None)?;
+        maps.insert_net(list, cidr, value).map_err(|e| {
+            Response::error(format!(
+                "the {name} list refused {cidr} (full?): {e:#}; nothing changed"
+            ))
+        })?;
+        drop(maps);
         if list == NetList::Allow {
             info!(
                 "allow-listed {cidr} for {} by the operator",
@@ -428,155 +445,195 @@ impl ControlState {
         } else {
             info!("deny-listed {cidr} by the operator");
         }
-        self.lists
-            .lock()
-            .await
-            .add(list, cidr, services, comment.unwrap_or_default(), "runtime");
+        *policy = candidate;
+        self.save_lists(&policy.changes);
         Ok(Response::ok(
             serde_json::json!({ "list": name, "cidr": cidr.to_string(), "added": true }),
         ))
     }
 
-    async fn list_remove(&self, list: NetList, cidr: IpNet) -> Response {
+    async fn list_remove(&self, list: NetList, cidr: IpNet, lockout: &LockoutCheck) -> Answer {
         let cidr = cidr.trunc();
         let name = list.name();
-        let mut lists = self.lists.lock().await;
-        let entries = lists.list_mut(list);
-        if !entries.contains_key(&cidr) {
-            return Response {
-                not_found: true,
-                ..Response::error(format!("{cidr} is not on the {name} list"))
-            };
+        let mut policy = self.policy.lock().await;
+        if !policy.lists.list(list).contains_key(&cidr) {
+            return Err(Response::not_found(format!(
+                "{cidr} is not on the {name} list"
+            )));
         }
-        match self.maps.lock().await.remove_net(list, cidr) {
+        let mut changes = policy.changes.clone();
+        added_mut(&mut changes, list).remove(&cidr);
+        let in_config = match list {
+            NetList::Allow => policy.config.allow.iter().any(|e| e.cidr.trunc() == cidr),
+            NetList::Deny => policy.config.deny.iter().any(|e| e.cidr.trunc() == cidr),
+        };
+        if in_config && !removed_mut(&mut changes, list).contains(&cidr) {
+            removed_mut(&mut changes, list).push(cidr);
+        }
+        let candidate = LivePolicy::build(policy.config.clone(), policy.source.clone(), changes);
+        let mut maps = self.maps.lock().await;
+        lockout.check(&policy, &candidate, &maps, None)?;
+        maps.remove_net(list, cidr).map_err(failed)?;
+        drop(maps);
+        info!("removed {cidr} from the {name} list by the operator");
+        *policy = candidate;
+        self.save_lists(&policy.changes);
+        Ok(Response::ok(
+            serde_json::json!({ "list": name, "cidr": cidr.to_string(), "added": false }),
+        ))
+    }
+
+    /// The kernel already has the change; a failed save is reported in the log.
+    fn save_lists(&self, changes: &ListChanges) {
+        if let Err(e) = self.state.save_lists(changes) {
+            warn!("saving the list changes failed: {e:#}; they hold until restart");
+        }
+    }
+
+    async fn list(&self, list: NetList) -> Answer {
+        let policy = self.policy.lock().await;
+        let entries: Vec<_> = policy.lists.list(list).values().collect();
+        Ok(Response::ok(
+            serde_json::to_value(entries).map_err(|e| failed(e.into()))?,
+        ))
+    }
+
+    /// Replaces the policy with the config from `source`. A broken config,
+    /// or one that cuts the operator's SSH session, changes nothing. With
+    /// `confirm`, the old policy comes back unless `confirm` arrives in time.
+    async fn switch_policy(
+        self: &Arc<Self>,
+        source: ConfigSource,
+        confirm: Option<Duration>,
+        lockout: &LockoutCheck,
+    ) -> Answer {
+        let mut pending = self.pending.lock().await;
+        if let Some(p) = pending.as_ref() {
+            return Err(Response::error(format!(
+                "an applied change awaits `sipguard confirm` ({} s left); confirm it or let it revert first",
+                p.deadline.saturating_duration_since(Instant::now()).as_secs()
+            )));
+        }
+        let (config, name) = source.load().map_err(|e| Response {
+            bad_config: true,
+            ..Response::error(format!(
+                "{e}\nnothing changed: the old policy stays in force"
+            ))
+        })?;
+        let mut policy = self.policy.lock().await;
+        let candidate = LivePolicy::build(config, name.clone(), policy.changes.clone());
+        let restart = needs_restart(&policy, &candidate);
+        {
+            let mut maps = self.maps.lock().await;
+            lockout.check(&policy, &candidate, &maps, None)?;
+            install(&mut maps, &policy, &candidate)?;
+        }
+        let summary = candidate.summary();
+        let previous = std::mem::replace(&mut *policy, candidate);
+        let previous_source = std::mem::replace(&mut *self.source.lock().await, source);
+        for what in &restart {
+            warn!("{what} changed: that takes effect at the next restart");
+        }
+        let confirm_by = confirm.map(|wait| {
+            let id = clock::monotonic_ns();
+            *pending = Some(Pending {
+                id,
+                config: previous.config,
+                name: previous.source,
+                source: previous_source,
+                deadline: Instant::now() + wait,
+            });
+            let state = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                state.revert(id).await;
+            });
+            wait.as_secs()
+        });
+        match confirm_by {
+            Some(s) => warn!(
+                "policy from {name} applied: {summary}; it reverts in {s} s unless `sipguard confirm`"
+            ),
+            None => info!("policy reloaded from {name}: {summary}"),
+        }
+        Ok(Response::ok(serde_json::json!({
+            "source": name,
+            "policy": summary,
+            "restart_needed": restart,
+            "confirm_within_seconds": confirm_by,
+        })))
+    }
+
+    /// The `apply --confirm` timer: back to the old policy, keeping the
+    /// runtime list changes made since.
+    async fn revert(&self, id: u64) {
+        let mut pending = self.pending.lock().await;
+        if pending.as_ref().map(|p| p.id) != Some(id) {
+            return; // confirmed
+        }
+        let Some(old) = pending.take() else { return };
+        let mut policy = self.policy.lock().await;
+        let restored = LivePolicy::build(old.config, old.name.clone(), policy.changes.clone());
+        let mut maps = self.maps.lock().await;
+        match install(&mut maps, &policy, &restored) {
             Ok(()) => {
-                entries.remove(&cidr);
-                info!("removed {cidr} from the {name} list by the operator");
-                Response::ok(
-                    serde_json::json!({ "list": name, "cidr": cidr.to_string(), "added": false }),
-                )
+                warn!(
+                    "the applied policy was not confirmed in time: reverted to the policy from {}",
+                    old.name
+                );
+                *policy = restored;
+                *self.source.lock().await = old.source;
             }
-            Err(e) => Response::error(format!("{e:#}")),
+            Err(e) => warn!(
+                "reverting the unconfirmed policy failed: {}",
+                e.error.unwrap_or_default()
+            ),
         }
     }
 
-    async fn list(&self, list: NetList) -> Result<Response> {
-        let lists = self.lists.lock().await;
-        let entries: Vec<_> = lists.list(list).values().collect();
-        Ok(Response::ok(serde_json::to_value(entries)?))
+    async fn confirm(&self) -> Answer {
+        match self.pending.lock().await.take() {
+            Some(_) => {
+                let policy = self.policy.lock().await;
+                info!("the policy from {} is confirmed", policy.source);
+                Ok(Response::ok(
+                    serde_json::json!({ "confirmed": policy.source }),
+                ))
+            }
+            None => Err(Response::not_found(
+                "no applied change awaits confirmation".into(),
+            )),
+        }
     }
 
-    /// The verdict `ip` gets for each service now, and what decides it, in
-    /// the XDP program's order: ban, deny, service access and allow list, rate
-    /// rules, default policy.
+    /// The verdict `ip` gets for each service now, and what decides it.
     async fn explain(&self, ip: IpAddr) -> Result<Response> {
         let ip = ip.to_canonical();
+        let policy = self.policy.lock().await;
         let maps = self.maps.lock().await;
         let key = maps.source_key(ip)?;
-        let prefix = maps.settings()?.ipv6_ban_prefix;
         let ban = maps
             .ban(&key)?
             .filter(|b| b.is_active(clock::monotonic_ns()));
         drop(maps);
-        let lists = self.lists.lock().await;
-        let longest = |list: &BTreeMap<IpNet, ListEntry>| {
-            list.iter()
-                .filter(|(net, _)| net.contains(&ip))
-                .max_by_key(|(net, _)| net.prefix_len())
-                .map(|(net, entry)| (*net, entry.clone()))
-        };
-        let deny = longest(&lists.deny);
-        let allow = longest(&lists.allow);
-        drop(lists);
-
-        let row = |service: &str, pass: bool, because: String| Verdict {
-            service: service.to_string(),
-            verdict: if pass { "pass" } else { "drop" }.to_string(),
-            because,
-        };
-        let allowed_for = |name: &str| {
-            allow
-                .as_ref()
-                .filter(|(_, entry)| entry.services.iter().any(|s| s == ALL || s == name))
-        };
-        let mut rows = Vec::new();
-        let mut names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
-        names.push("(no service)");
-        for name in names {
-            let info = self.services.iter().find(|s| s.name == name);
-            let verdict = if let Some(ban) = &ban {
-                let rule = bans::rule_name(ban.rule, &self.rule_names)
-                    .map(|r| format!(" by rule {r}"))
-                    .unwrap_or_default();
-                row(
-                    name,
-                    false,
-                    format!(
-                        "banned ({}{rule}, {} left)",
-                        bans::reason_name(ban.reason),
-                        bans::ban_duration(clock::monotonic_ns(), ban.expires_ns)
-                    ),
-                )
-            } else if let Some((net, entry)) = &deny {
-                row(name, false, describe_entry("denied by", net, entry))
-            } else if let Some(info) = info {
-                let allowed = allowed_for(&info.name);
-                match (info.access, allowed) {
-                    (AccessMode::Closed, _) => {
-                        row(name, false, "service closed to everyone".into())
-                    }
-                    (_, Some((net, entry))) => {
-                        let skipped = if info.rules.is_empty() {
-                            ""
-                        } else {
-                            "; rate rules skipped"
-                        };
-                        row(
-                            name,
-                            true,
-                            format!("{}{skipped}", describe_entry("allow-listed by", net, entry)),
-                        )
-                    }
-                    (AccessMode::Trusted, None) => {
-                        row(name, false, "not trusted: allow-listed sources only".into())
-                    }
-                    (AccessMode::Open, None) if info.rules.is_empty() => {
-                        row(name, true, "open service".into())
-                    }
-                    (AccessMode::Open, None) => row(
-                        name,
-                        true,
-                        format!(
-                            "open service, subject to rate rules {}",
-                            info.rules.join(", ")
-                        ),
-                    ),
-                }
-            } else {
-                let allowed = allow
-                    .as_ref()
-                    .filter(|(_, e)| e.services.iter().any(|s| s == ALL || s == OTHER));
-                match allowed {
-                    Some((net, entry)) => {
-                        row(name, true, describe_entry("allow-listed by", net, entry))
-                    }
-                    None if self.default_drop => row(name, false, "default policy: drop".into()),
-                    None => row(name, true, "default policy: pass".into()),
-                }
-            };
-            rows.push(verdict);
-        }
+        let mut names = policy.service_names();
+        names.push(NO_SERVICE_NAME.to_string());
+        let rows: Vec<_> = names
+            .iter()
+            .map(|name| policy.verdict(ip, ban.as_ref(), name, &policy.compiled.rule_names))
+            .collect();
         Ok(Response::ok(serde_json::json!({
-            "source": bans::source_to_string(&key, prefix),
+            "source": bans::source_to_string(&key, policy.config.guard.ipv6_ban_prefix),
             "verdicts": rows,
         })))
     }
 
     async fn bans(&self) -> Result<Response> {
+        let rule_names = self.policy.lock().await.compiled.rule_names.clone();
         let maps = self.maps.lock().await;
         let prefix = maps.settings()?.ipv6_ban_prefix;
         let now = clock::monotonic_ns();
-        let reasons = self.manual_reasons.lock().await;
+        let details = self.ban_details.lock().await;
         let mut rows: Vec<BanRow> = maps
             .bans()?
             .into_iter()
@@ -584,9 +641,9 @@ impl ControlState {
             .map(|(key, ban)| BanRow {
                 source: bans::source_to_string(&key, prefix),
                 reason: bans::reason_name(ban.reason).to_string(),
-                detail: match bans::rule_name(ban.rule, &self.rule_names) {
+                detail: match bans::rule_name(ban.rule, &rule_names) {
                     Some(rule) => format!("rule {rule}"),
-                    None => reasons.get(&key).cloned().unwrap_or_default(),
+                    None => details.get(&key).cloned().unwrap_or_default(),
                 },
                 since_seconds: now.saturating_sub(ban.created_ns) / 1_000_000_000,
                 remaining_seconds: (ban.expires_ns != BAN_FOREVER)
@@ -599,11 +656,113 @@ impl ControlState {
     }
 }
 
-fn describe_entry(what: &str, net: &IpNet, entry: &ListEntry) -> String {
-    if entry.comment.is_empty() {
-        format!("{what} {net}")
-    } else {
-        format!("{what} {net} ({})", entry.comment)
+/// Writes `candidate` into the maps; if that fails half way, puts `current` back.
+fn install(
+    maps: &mut KernelMaps,
+    current: &LivePolicy,
+    candidate: &LivePolicy,
+) -> std::result::Result<(), Response> {
+    let Err(e) = maps.sync_policy(&candidate.compiled) else {
+        return Ok(());
+    };
+    let put_back = match maps.sync_policy(&current.compiled) {
+        Ok(()) => "the old policy was put back".to_string(),
+        Err(e) => format!("putting the old policy back failed too: {e:#}"),
+    };
+    Err(Response::error(format!(
+        "writing the new policy failed: {e:#}; {put_back}"
+    )))
+}
+
+/// Settings a running guard cannot change (the daemon reads them at start).
+fn needs_restart(current: &LivePolicy, candidate: &LivePolicy) -> Vec<String> {
+    let (old, new) = (&current.config, &candidate.config);
+    let mut out = Vec::new();
+    if old.sip_auth != new.sip_auth {
+        out.push("[sip_auth]".to_string());
+    }
+    if old.metrics != new.metrics {
+        out.push("[metrics]".to_string());
+    }
+    let capacity = |c: &Config| {
+        (
+            c.guard.max_bans,
+            c.guard.max_tracked_sources,
+            c.guard.max_cidrs,
+            c.guard.ipv6_ban_prefix,
+        )
+    };
+    if capacity(old) != capacity(new) {
+        out.push("guard capacities or ipv6_ban_prefix".to_string());
+    }
+    if current.compiled.service_names != candidate.compiled.service_names
+        || current.compiled.rule_names != candidate.compiled.rule_names
+    {
+        out.push("metric labels (service and rule names)".to_string());
+    }
+    out
+}
+
+fn added_mut(
+    changes: &mut ListChanges,
+    list: NetList,
+) -> &mut std::collections::BTreeMap<IpNet, ListEntry> {
+    match list {
+        NetList::Allow => &mut changes.allow_added,
+        NetList::Deny => &mut changes.deny_added,
+    }
+}
+
+fn removed_mut(changes: &mut ListChanges, list: NetList) -> &mut Vec<IpNet> {
+    match list {
+        NetList::Allow => &mut changes.allow_removed,
+        NetList::Deny => &mut changes.deny_removed,
+    }
+}
+
+/// The SSH-lockout check for one request.
+struct LockoutCheck {
+    force: bool,
+    session: Option<Session>,
+}
+
+impl LockoutCheck {
+    /// Refuses a change from `current` to `candidate` (plus `new_ban`) that
+    /// would drop an SSH session which passes now.
+    fn check(
+        &self,
+        current: &LivePolicy,
+        candidate: &LivePolicy,
+        maps: &KernelMaps,
+        new_ban: Option<(SourceKey, BanEntry)>,
+    ) -> std::result::Result<(), Response> {
+        let mut ports = safety::ssh_ports(current);
+        ports.extend(safety::ssh_ports(candidate));
+        let mut sessions = safety::live_sessions(&ports);
+        sessions.extend(self.session);
+        let now = clock::monotonic_ns();
+        let prefix = current.config.guard.ipv6_ban_prefix;
+        let ban_now = |ip: IpAddr| {
+            let key = maps.source_key(ip).ok()?;
+            maps.ban(&key).ok().flatten().filter(|b| b.is_active(now))
+        };
+        let ban_after = |ip: IpAddr| match new_ban {
+            Some((key, entry)) if safety::ban_catches(&key, ip, prefix) => Some(entry),
+            _ => ban_now(ip),
+        };
+        // Only sessions that pass now can be cut.
+        let open: Vec<Session> = sessions
+            .into_iter()
+            .filter(|s| safety::would_cut(current, &[*s], ban_now).is_none())
+            .collect();
+        match safety::would_cut(candidate, &open, ban_after) {
+            Some(why) if self.force => {
+                warn!("forced by the operator: {why}");
+                Ok(())
+            }
+            Some(why) => Err(Response::refused(format!("refused: {why}"))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -617,7 +776,7 @@ pub async fn serve(listener: UnixListener, state: Arc<ControlState>) -> Result<(
             let mut line = String::new();
             let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST as u64));
             let response = match reader.read_line(&mut line).await {
-                Ok(_) => match serde_json::from_str::<Request>(&line) {
+                Ok(_) => match serde_json::from_str::<Envelope>(&line) {
                     Ok(request) => {
                         debug!("control: {request:?}");
                         state.handle(request).await
@@ -655,14 +814,27 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 
 /// The CLI's side: sends one request to the daemon and returns its answer.
 pub fn request(path: &Path, request: &Request) -> Result<Response> {
+    send(
+        path,
+        &Envelope {
+            request: request.clone(),
+            force: false,
+            session: None,
+        },
+    )
+}
+
+/// Sends a request with its safety envelope.
+pub fn send(path: &Path, envelope: &Envelope) -> Result<Response> {
     let mut stream = UnixStream::connect(path).map_err(|e| {
         anyhow!(
             "cannot reach the daemon at {} (is `sipguard run` running? root only): {e}",
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut text = serde_json::to_string(request)?;
+    // A reload rewrites ~131k port slots; give it time.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut text = serde_json::to_string(envelope)?;
     text.push('\n');
     stream.write_all(text.as_bytes())?;
     let mut line = String::new();

@@ -1,30 +1,35 @@
 //! `sipguard run`: load, attach, log bans, clear expired ones, and detach
 //! cleanly on SIGINT or SIGTERM.
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
-use guard_common::Reason;
+use guard_common::{Reason, SourceKey};
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::Mutex,
+    sync::{Mutex, Notify},
 };
 use tracing::{info, warn};
 
 use crate::{
     auth_tracker::{LevelName, Tracker},
     bans, clock,
-    config::{Config, DefaultPolicy, BUILTIN_SOURCE},
+    config::Config,
     control::{self, ControlState},
     events,
-    loader::{Guard, XdpModeChoice},
+    live_policy::{ConfigSource, LivePolicy},
+    loader::{Attachment, Guard, XdpModeChoice},
     maps::KernelMaps,
     metrics::{self, Metrics},
+    pins::{self, Pins},
     policy::CompiledPolicy,
     preflight, sip_watch,
+    state::{Clocks, SavedBan, StateDir},
 };
 
 /// How often expired bans are cleared from the map.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// The shortest time between two saves of the bans.
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct RunOptions {
     pub control_socket: PathBuf,
@@ -36,24 +41,26 @@ pub struct RunOptions {
     pub monitor: bool,
     /// Overrides `sip_auth.level`.
     pub level: Option<LevelName>,
+    pub state_dir: PathBuf,
+    /// Where the XDP link and maps are pinned; None: not pinned (the guard
+    /// stops with the process).
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl RunOptions {
+    pub fn config_source(&self) -> ConfigSource {
+        ConfigSource {
+            path: self.config.clone(),
+            monitor: self.monitor,
+            level: self.level,
+            metrics_addr: self.metrics_addr,
+        }
+    }
 }
 
 /// Reads the config and resolves the interface; nothing touches the kernel yet.
 pub fn prepare(options: &RunOptions) -> Result<(Config, String, String)> {
-    let (mut config, source) = match &options.config {
-        Some(path) => (Config::load(path)?, path.display().to_string()),
-        None => (Config::default(), BUILTIN_SOURCE.to_string()),
-    };
-    if options.monitor {
-        config.guard.monitor = true;
-    }
-    if let Some(level) = options.level {
-        config.sip_auth.level = level;
-    }
-    if let Some(address) = options.metrics_addr {
-        config.metrics.enabled = true;
-        config.metrics.address = address;
-    }
+    let (config, source) = options.config_source().load()?;
     let iface = match &options.iface {
         Some(iface) => iface.clone(),
         None => {
@@ -71,20 +78,57 @@ pub async fn run(options: RunOptions) -> Result<()> {
     preflight::privileges()?;
     preflight::kernel()?;
 
+    let state = StateDir::open(&options.state_dir)?;
+    let live = LivePolicy::build(config, source, state.load_lists()?);
+    let saved_bans = state.load_bans()?;
     let control_listener = control::bind(&options.control_socket)?;
-    let metrics_listener = if config.metrics.enabled {
-        Some(metrics::bind(config.metrics.address).await?)
+    let metrics_listener = if live.config.metrics.enabled {
+        Some(metrics::bind(live.config.metrics.address).await?)
     } else {
         None
     };
-    let policy = CompiledPolicy::compile(&config);
-    let mut guard = Guard::load(&config, &policy)?;
-    let mode = guard.attach(&iface, options.xdp_mode)?;
+    let pins = match &options.pin_dir {
+        Some(root) => match Pins::prepare(root, &iface) {
+            Ok(pins) => Some(pins),
+            Err(e) => {
+                warn!("{e:#}: running unpinned, so the guard stops when this process does");
+                None
+            }
+        },
+        None => None,
+    };
+
+    // The maps get the policy and the bans before the program reaches the
+    // interface (or, when adopted, while the old program still runs).
+    let mut guard = Guard::load(&live.config, &live.compiled, pins.as_ref())?;
+    guard
+        .maps_mut()
+        .sync_policy(&live.compiled)
+        .context("filling the policy maps")?;
+    let ban_details = restore_bans(&mut guard, &saved_bans, &live)?;
+    let attachment = guard.attach(&iface, options.xdp_mode)?;
+    let mode = match attachment {
+        Attachment::New(mode) => {
+            state.save_xdp_mode(mode);
+            mode.to_string()
+        }
+        Attachment::Replaced => state.load_xdp_mode(),
+    };
     let program_id = guard.program_id()?;
+    let how = match attachment {
+        Attachment::New(_) => "attached to",
+        Attachment::Replaced => "replaced the program in the pinned link on",
+    };
     info!(
-        "attached to {iface} in {mode} mode (program id {program_id}); policy from {source}: {}",
-        summary(&config, &policy)
+        "{how} {iface} in {mode} mode (program id {program_id}); policy from {}: {}",
+        live.source,
+        live.summary()
     );
+    if let Some(pins) = &pins {
+        for old in pins.other_versions() {
+            pins::remove_dir(&old);
+        }
+    }
 
     let mut maps = guard.take_maps().context("maps handed over twice")?;
     let ban_ring = maps
@@ -92,35 +136,57 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .take()
         .context("ban event ring taken twice")?;
     let sip_ring = maps.sip_events.take().context("SIP ring taken twice")?;
-    let ipv6_prefix = config.guard.ipv6_ban_prefix;
+    let ipv6_prefix = live.config.guard.ipv6_ban_prefix;
     let maps = Arc::new(Mutex::new(maps));
     let metrics = Arc::new(Metrics::new(
         Arc::clone(&maps),
-        metric_names(&config, &policy),
+        metric_names(&live.config, &live.compiled),
     ));
     let counters = metrics.counters.clone();
+    let sip_auth = live
+        .config
+        .sip_auth
+        .enabled
+        .then(|| live.config.auth_policy());
+    let sip_service = live.config.sip_auth.service.clone();
+    let level = live.config.sip_auth.level;
+    let policy = Arc::new(Mutex::new(live));
+    let ban_details = Arc::new(Mutex::new(ban_details));
+    let bans_changed = Arc::new(Notify::new());
 
     let events = tokio::spawn(events::log_ban_events(
         ban_ring,
-        policy.rule_names.clone(),
+        Arc::clone(&policy),
         ipv6_prefix,
         counters.clone(),
+        Arc::clone(&bans_changed),
     ));
-    let mut tasks = vec![tokio::spawn(sweep_forever(Arc::clone(&maps), ipv6_prefix))];
-    let control_state = Arc::new(ControlState {
-        maps: Arc::clone(&maps),
-        counters: counters.clone(),
-        iface: iface.clone(),
-        xdp_mode: mode.to_string(),
+    let mut tasks = vec![
+        tokio::spawn(sweep_forever(
+            Arc::clone(&maps),
+            ipv6_prefix,
+            Arc::clone(&bans_changed),
+        )),
+        tokio::spawn(save_bans_forever(
+            Arc::clone(&maps),
+            Arc::clone(&policy),
+            Arc::clone(&ban_details),
+            state.clone(),
+            Arc::clone(&bans_changed),
+        )),
+    ];
+    let control_state = Arc::new(ControlState::new(
+        Arc::clone(&maps),
+        counters.clone(),
+        iface.clone(),
+        mode,
         program_id,
-        policy: summary(&config, &policy),
-        rule_names: policy.rule_names.clone(),
-        started: std::time::Instant::now(),
-        manual_reasons: Mutex::new(Default::default()),
-        lists: Mutex::new(control::Lists::from_config(&config)),
-        services: control::ServiceInfo::from_policy(&policy),
-        default_drop: config.guard.default_policy == DefaultPolicy::Drop,
-    });
+        Arc::clone(&policy),
+        options.config_source(),
+        Arc::clone(&ban_details),
+        state.clone(),
+        Arc::clone(&bans_changed),
+    ));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = control::serve(control_listener, control_state).await {
             warn!("control socket stopped: {e:#}");
@@ -138,14 +204,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
             Arc::clone(&maps),
         )));
     }
-    if config.sip_auth.enabled {
+    if let Some(auth) = sip_auth {
         guard.attach_egress(&iface)?;
-        let auth = config.auth_policy();
         info!(
-            "watching SIP authentication on the {} service: level {:?}, ban after {} failures \
-             in {} ({} if unproven) for {}",
-            config.sip_auth.service,
-            config.sip_auth.level,
+            "watching SIP authentication on the {sip_service} service: level {level:?}, ban \
+             after {} failures in {} ({} if unproven) for {}",
             auth.level.failures,
             clock::human(auth.level.window),
             auth.level.failures * auth.unproven_multiplier,
@@ -153,8 +216,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
         );
         let tracker = Tracker::new(auth);
         let maps = Arc::clone(&maps);
+        let bans_changed = Arc::clone(&bans_changed);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = sip_watch::watch(sip_ring, tracker, maps, counters).await {
+            if let Err(e) = sip_watch::watch(sip_ring, tracker, maps, counters, bans_changed).await
+            {
                 warn!("SIP watcher stopped: {e:#}");
             }
         }));
@@ -171,19 +236,114 @@ pub async fn run(options: RunOptions) -> Result<()> {
         task.abort();
     }
     let _ = std::fs::remove_file(&options.control_socket);
-    guard.detach()?;
-    info!("{why}: detached from {iface}");
+    save_bans(&maps, &policy, &ban_details, &state).await;
+    if guard.is_pinned() {
+        info!(
+            "{why}: stopped; the kernel keeps enforcing the pinned policy and bans on {iface} \
+             (`sipguard unload --iface {iface}` removes them)"
+        );
+    } else {
+        guard.detach()?;
+        info!("{why}: detached from {iface}");
+    }
     log_totals(&*maps.lock().await);
     Ok(())
 }
 
-async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8) {
+/// Restores saved bans into new maps (after a reboot), or keeps the pinned
+/// maps' bans as they are. Returns the saved details of the bans in force.
+fn restore_bans(
+    guard: &mut Guard,
+    saved: &[SavedBan],
+    live: &LivePolicy,
+) -> Result<HashMap<SourceKey, String>> {
+    let clocks = Clocks::now();
+    let rule_names = &live.compiled.rule_names;
+    let mut details = HashMap::new();
+    let mut restored = 0;
+    let adopted = guard.adopted_maps;
+    let maps = guard.maps_mut();
+    for ban in saved {
+        let Some((key, entry)) = ban.to_entry(rule_names, clocks) else {
+            continue;
+        };
+        if !adopted {
+            maps.insert_ban(key, entry)
+                .with_context(|| format!("restoring the ban on {}", ban.key))?;
+            restored += 1;
+        }
+        if !ban.detail.is_empty() {
+            details.insert(key, ban.detail.clone());
+        }
+    }
+    if adopted {
+        let now = clock::monotonic_ns();
+        let active = maps
+            .bans()?
+            .iter()
+            .filter(|(_, b)| b.is_active(now))
+            .count();
+        info!("adopted the pinned maps of an earlier run: {active} bans in force");
+    } else if restored > 0 {
+        info!(
+            "restored {restored} of {} saved bans with their remaining time",
+            saved.len()
+        );
+    }
+    Ok(details)
+}
+
+/// Saves the bans whenever they change (at most once a second).
+async fn save_bans_forever(
+    maps: Arc<Mutex<KernelMaps>>,
+    policy: Arc<Mutex<LivePolicy>>,
+    details: Arc<Mutex<HashMap<SourceKey, String>>>,
+    state: StateDir,
+    changed: Arc<Notify>,
+) {
+    loop {
+        changed.notified().await;
+        save_bans(&maps, &policy, &details, &state).await;
+        tokio::time::sleep(SAVE_INTERVAL).await;
+    }
+}
+
+async fn save_bans(
+    maps: &Mutex<KernelMaps>,
+    policy: &Mutex<LivePolicy>,
+    details: &Mutex<HashMap<SourceKey, String>>,
+    state: &StateDir,
+) {
+    let rule_names = policy.lock().await.compiled.rule_names.clone();
+    let bans = match maps.lock().await.bans() {
+        Ok(bans) => bans,
+        Err(e) => return warn!("reading the bans to save them failed: {e:#}"),
+    };
+    let clocks = Clocks::now();
+    let details = details.lock().await;
+    let saved = bans
+        .iter()
+        .filter(|(_, ban)| ban.is_active(clocks.monotonic_ns))
+        .map(|(key, ban)| {
+            let detail = details.get(key).cloned().unwrap_or_default();
+            SavedBan::from_entry(key, ban, &rule_names, detail, clocks)
+        })
+        .collect();
+    if let Err(e) = state.save_bans(saved) {
+        warn!("saving the bans failed: {e:#}");
+    }
+}
+
+async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8, changed: Arc<Notify>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tick.tick().await;
         let mut maps = maps.lock().await;
         match bans::sweep_expired(&mut maps, clock::monotonic_ns()) {
             Ok(expired) => {
+                if !expired.is_empty() {
+                    changed.notify_one();
+                }
                 for (source, ban) in expired {
                     info!(
                         target: "sipguard::ban",
@@ -214,25 +374,6 @@ fn metric_names(config: &Config, policy: &CompiledPolicy) -> metrics::Names {
             ("rate_state", rate_entries),
         ],
     }
-}
-
-fn summary(config: &Config, policy: &CompiledPolicy) -> String {
-    let default = match config.guard.default_policy {
-        DefaultPolicy::Pass => "pass",
-        DefaultPolicy::Drop => "drop",
-    };
-    format!(
-        "default {default}{}, {} services, {} rate rules, {} allow and {} deny entries",
-        if config.guard.monitor {
-            ", MONITOR mode (nothing is dropped)"
-        } else {
-            ""
-        },
-        policy.services.len(),
-        policy.rules.len(),
-        policy.allow.len(),
-        policy.deny.len()
-    )
 }
 
 fn log_totals(maps: &KernelMaps) {

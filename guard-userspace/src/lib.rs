@@ -7,6 +7,9 @@
 //! - `metrics`: Prometheus series and the /metrics endpoint
 //! - `preflight`: interface, privilege and kernel checks
 //! - `control`: the control socket the CLI talks to
+//! - `state`: bans and runtime list changes saved in the state directory
+//! - `pins`: the guard's pins in bpffs, so the kernel enforces without us
+//! - `safety`: refusing changes that would cut the operator's SSH session
 //! - `daemon`: `sipguard run`
 pub mod auth_tracker;
 pub mod bans;
@@ -15,10 +18,14 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod events;
+pub mod live_policy;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod pins;
 pub mod policy;
 pub mod preflight;
+pub mod safety;
 pub mod sip;
 pub mod sip_watch;
+pub mod state;

@@ -1,12 +1,20 @@
 //! Loading the embedded XDP program, sizing and filling its maps, attaching it.
 use anyhow::{anyhow, Context, Result};
+use std::path::Path;
+
 use aya::{
-    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use guard_common::{map_names as names, CAPTURE_PROGRAM_NAME, EGRESS_PROGRAM_NAME, PROGRAM_NAME};
+use tracing::warn;
 
-use crate::{config::Config, maps::KernelMaps, policy::CompiledPolicy};
+use crate::{config::Config, maps::KernelMaps, pins::Pins, policy::CompiledPolicy};
 
 /// The XDP object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SIPGUARD_EBPF_OBJECT"));
@@ -19,23 +27,49 @@ pub enum XdpModeChoice {
     Skb,
 }
 
+/// How the XDP program reached the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// Attached anew in this mode ("native" or "skb").
+    New(&'static str),
+    /// Swapped atomically into the pinned link of an earlier run.
+    Replaced,
+}
+
 /// A loaded (and perhaps attached) guard.
 pub struct Guard {
     pub ebpf: Ebpf,
     maps: Option<KernelMaps>,
-    attachment: Option<(aya::programs::xdp::XdpLinkId, &'static str)>,
+    pins: Option<Pins>,
+    /// Whether the maps (and their bans) came from an earlier run's pins.
+    pub adopted_maps: bool,
+    /// Attachments owned by this process (detached on exit when not pinned).
+    attachment: Option<aya::programs::xdp::XdpLinkId>,
     egress: Option<aya::programs::tc::SchedClassifierLinkId>,
+    /// Pinned attachments made by this run (kept open while it runs).
+    pinned: Vec<PinnedLink>,
+    /// Whether the XDP attachment is pinned (made here or taken over).
+    xdp_pinned: bool,
 }
 
 impl Guard {
-    /// Loads the program with maps sized and filled from `config`.
-    pub fn load(config: &Config, policy: &CompiledPolicy) -> Result<Guard> {
+    /// Loads the program with maps sized from `config`: the pinned maps of an
+    /// earlier run when `pins` has them, else new ones (pinned when `pins`
+    /// is given). The caller fills them with [`KernelMaps::sync_policy`].
+    pub fn load(config: &Config, policy: &CompiledPolicy, pins: Option<&Pins>) -> Result<Guard> {
         raise_memlock_limit();
         let rate_entries = config
             .guard
             .max_tracked_sources
             .saturating_mul(policy.max_rules_per_port().max(1));
-        let mut ebpf = EbpfLoader::new()
+        let adopted_maps = pins.is_some_and(Pins::has_maps);
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = pins {
+            for name in names::ALL {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader
             .map_max_entries(names::BANS, config.guard.max_bans)
             .map_max_entries(names::RATE_STATE, rate_entries)
             .map_max_entries(names::DENY_V4, config.guard.max_cidrs)
@@ -79,14 +113,16 @@ impl Guard {
                 describe(&e)
             )
         })?;
-        let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
-        maps.write_policy(policy)
-            .context("filling the policy maps")?;
+        let maps = KernelMaps::from_ebpf(&mut ebpf)?;
         Ok(Guard {
             ebpf,
             maps: Some(maps),
+            pins: pins.cloned(),
+            adopted_maps,
             attachment: None,
             egress: None,
+            pinned: Vec::new(),
+            xdp_pinned: false,
         })
     }
 
@@ -104,8 +140,21 @@ impl Guard {
         self.maps.take()
     }
 
-    /// Attaches the tc egress program that copies the PBX's SIP answers.
+    /// Attaches the tc egress program that copies the PBX's SIP answers:
+    /// into the pinned link of an earlier run if there is one.
     pub fn attach_egress(&mut self, iface: &str) -> Result<()> {
+        let pin_path = self.pins.as_ref().map(Pins::tc_link);
+        if let Some(path) = pin_path.as_deref().filter(|p| p.exists()) {
+            let replaced = open_pinned(path).and_then(|fd| {
+                let link = SchedClassifierLink::try_from(fd)?;
+                egress_program(&mut self.ebpf)?.attach_to_link(link)?;
+                Ok(())
+            });
+            match replaced {
+                Ok(()) => return Ok(()),
+                Err(e) => forget_pin(path, &e),
+            }
+        }
         let program = egress_program(&mut self.ebpf)?;
         // Kernels before 6.6 (no TCX) need a clsact qdisc to attach to.
         let link = match program.attach(iface, TcAttachType::Egress) {
@@ -117,6 +166,18 @@ impl Guard {
                     .map_err(|e| anyhow!("cannot attach tc egress to {iface}: {}", describe(&e)))?
             }
         };
+        if let Some(path) = pin_path {
+            // Netlink tc filters (before TCX) cannot be pinned; they are
+            // re-attached by the next run instead.
+            let owned = egress_program(&mut self.ebpf)?.take_link(link)?;
+            match FdLink::try_from(owned) {
+                Ok(fd) => self
+                    .pinned
+                    .push(fd.pin(&path).context("pinning the tc link")?),
+                Err(_) => warn!("tc egress is attached through netlink: not pinned"),
+            }
+            return Ok(());
+        }
         self.egress = Some(link);
         Ok(())
     }
@@ -129,8 +190,40 @@ impl Guard {
             .try_into()?)
     }
 
-    /// Attaches to `iface`; returns the mode used ("native" or "skb").
-    pub fn attach(&mut self, iface: &str, choice: XdpModeChoice) -> Result<&'static str> {
+    /// Attaches to `iface`. With pins, an earlier run's pinned link gets the
+    /// new program atomically (bpf_link_update: no packet goes unfiltered);
+    /// otherwise a new link is made and pinned.
+    pub fn attach(&mut self, iface: &str, choice: XdpModeChoice) -> Result<Attachment> {
+        let pin_path = self.pins.as_ref().map(Pins::xdp_link);
+        if let Some(path) = pin_path.as_deref().filter(|p| p.exists()) {
+            let replaced = open_pinned(path).and_then(|fd| {
+                let link = XdpLink::try_from(fd)?;
+                self.program()?.attach_to_link(link)?;
+                Ok(())
+            });
+            match replaced {
+                Ok(()) => {
+                    self.xdp_pinned = true;
+                    return Ok(Attachment::Replaced);
+                }
+                Err(e) => forget_pin(path, &e),
+            }
+        }
+        let mode = self.attach_new(iface, choice)?;
+        if let Some(path) = pin_path {
+            let link = self.attachment.take().context("no XDP link to pin")?;
+            let owned = self.program()?.take_link(link)?;
+            let fd = FdLink::try_from(owned).map_err(|_| {
+                anyhow!("this kernel attached XDP without a bpf_link, which cannot be pinned")
+            })?;
+            self.pinned
+                .push(fd.pin(&path).context("pinning the XDP link")?);
+            self.xdp_pinned = true;
+        }
+        Ok(Attachment::New(mode))
+    }
+
+    fn attach_new(&mut self, iface: &str, choice: XdpModeChoice) -> Result<&'static str> {
         let program = self.program()?;
         let attempts: &[(XdpMode, &'static str)] = match choice {
             XdpModeChoice::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "skb")],
@@ -141,7 +234,7 @@ impl Guard {
         for (mode, name) in attempts {
             match program.attach(iface, *mode) {
                 Ok(link) => {
-                    self.attachment = Some((link, name));
+                    self.attachment = Some(link);
                     return Ok(name);
                 }
                 Err(e) => last_error = Some((name, e)),
@@ -154,20 +247,42 @@ impl Guard {
         ))
     }
 
-    /// Detaches from the interface (also done on drop).
+    /// Detaches what this process attached without pinning (also done on
+    /// drop). Pinned attachments stay: see [`Pins::remove_all`].
     pub fn detach(&mut self) -> Result<()> {
         if let Some(link) = self.egress.take() {
             egress_program(&mut self.ebpf)?.detach(link)?;
         }
-        if let Some((link, _)) = self.attachment.take() {
+        if let Some(link) = self.attachment.take() {
             self.program()?.detach(link)?;
         }
         Ok(())
     }
 
+    /// Whether the attachment outlives this process.
+    pub fn is_pinned(&self) -> bool {
+        self.xdp_pinned
+    }
+
     /// The kernel's id of the loaded program.
     pub fn program_id(&mut self) -> Result<u32> {
         Ok(self.program()?.info()?.id())
+    }
+}
+
+fn open_pinned(path: &Path) -> Result<FdLink> {
+    Ok(PinnedLink::from_pin(path)?.into())
+}
+
+/// A pinned link that cannot take the new program (its interface was
+/// deleted and made again, say) is dropped, and a new one made.
+fn forget_pin(path: &Path, error: &anyhow::Error) {
+    warn!(
+        "the pinned link {} cannot be reused ({error:#}); attaching anew",
+        path.display()
+    );
+    if let Err(e) = std::fs::remove_file(path) {
+        warn!("cannot remove {}: {e}", path.display());
     }
 }
 

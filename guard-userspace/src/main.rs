@@ -9,10 +9,14 @@ use clap::{CommandFactory, Parser, Subcommand};
 use guard_userspace::{
     auth_tracker::LevelName,
     config::Config,
-    control::{self, BanRow, ListEntry, Request},
+    control::{self, BanRow, Envelope, Request},
     daemon::{self, RunOptions},
+    live_policy::{ListEntry, Verdict},
     loader::XdpModeChoice,
+    pins::{self, Pins},
     policy::CompiledPolicy,
+    safety::Session,
+    state,
 };
 use ipnet::IpNet;
 
@@ -27,6 +31,9 @@ struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     control_socket: PathBuf,
+    /// Make a change even if it would cut your own SSH session.
+    #[arg(long, global = true)]
+    force: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -166,6 +173,37 @@ enum Command {
         /// Serve Prometheus metrics here (overrides metrics.address; default 127.0.0.1:9477).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Bans and runtime allow/deny changes are saved here.
+        #[arg(long, value_name = "DIR", default_value = state::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The XDP link and maps are pinned here (a bpffs is mounted if absent),
+        /// so the kernel keeps enforcing while no controller runs.
+        #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_PIN_ROOT)]
+        pin_dir: PathBuf,
+        /// Do not pin: the guard stops with this process.
+        #[arg(long)]
+        no_pin: bool,
+    },
+    /// Re-read the daemon's config file; a broken one changes nothing.
+    Reload,
+    /// Apply a config file to the running daemon.
+    Apply {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Revert to the current policy unless `sipguard confirm` comes within
+        /// this time ("60s", "5m").
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        confirm: Option<std::time::Duration>,
+    },
+    /// Keep the change that `apply --confirm` made.
+    Confirm,
+    /// Detach the guard from an interface and remove its pins (the daemon
+    /// must be stopped). The saved bans stay in the state directory.
+    Unload {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_PIN_ROOT)]
+        pin_dir: PathBuf,
     },
     /// Validate a configuration file and summarise it.
     CheckConfig {
@@ -218,14 +256,19 @@ enum Command {
 }
 
 /// Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage,
-/// 3 not found (no such ban).
+/// 3 not found (no such ban), 4 refused (it would cut your SSH session).
 const EXIT_FAILURE: u8 = 1;
 const EXIT_BAD_CONFIG: u8 = 2;
 const EXIT_NOT_FOUND: u8 = 3;
+const EXIT_REFUSED: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let client = Client {
+        socket: cli.control_socket.clone(),
+        force: cli.force,
+    };
     match cli.command {
         Command::Run {
             iface,
@@ -234,6 +277,9 @@ fn main() -> ExitCode {
             monitor,
             level,
             metrics_addr,
+            state_dir,
+            pin_dir,
+            no_pin,
         } => {
             let options = RunOptions {
                 control_socket: cli.control_socket.clone(),
@@ -243,6 +289,8 @@ fn main() -> ExitCode {
                 monitor,
                 level,
                 metrics_addr,
+                state_dir,
+                pin_dir: (!no_pin).then_some(pin_dir),
             };
             // A bad config is reported before any kernel work.
             if let Err(e) = daemon::prepare(&options) {
@@ -268,7 +316,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { json } => talk(&cli.control_socket, &Request::Status, json, print_status),
+        Command::Status { json } => client.talk(&Request::Status, json, print_status),
         Command::Ban { action } => {
             let request = match action {
                 BanAction::Add {
@@ -282,7 +330,7 @@ fn main() -> ExitCode {
                 },
                 BanAction::Remove { ip } => Request::BanRemove { ip },
             };
-            talk(&cli.control_socket, &request, false, |data| {
+            client.talk(&request, false, |data| {
                 let source = data["source"].as_str().unwrap_or("?");
                 match data["for"].as_str() {
                     Some(duration) => println!("banned {source} for {duration}"),
@@ -290,30 +338,20 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Bans { json } => talk(&cli.control_socket, &Request::Bans, json, print_bans),
+        Command::Bans { json } => client.talk(&Request::Bans, json, print_bans),
         Command::Monitor { state } => {
             let on = state == OnOff::On;
-            talk(
-                &cli.control_socket,
-                &Request::Monitor { on },
-                false,
-                |data| {
-                    if data["monitor"].as_bool().unwrap_or(false) {
-                        println!("monitor mode on: every verdict is counted, nothing is dropped");
-                    } else {
-                        println!("monitor mode off: verdicts are enforced");
-                    }
-                },
-            )
+            client.talk(&Request::Monitor { on }, false, |data| {
+                if data["monitor"].as_bool().unwrap_or(false) {
+                    println!("monitor mode on: every verdict is counted, nothing is dropped");
+                } else {
+                    println!("monitor mode off: verdicts are enforced");
+                }
+            })
         }
-        Command::Explain { ip, json } => talk(
-            &cli.control_socket,
-            &Request::Explain { ip },
-            json,
-            print_explain,
-        ),
-        Command::Allow { action } => list_command(&cli.control_socket, action.into_request()),
-        Command::Deny { action } => list_command(&cli.control_socket, action.into_request()),
+        Command::Explain { ip, json } => client.talk(&Request::Explain { ip }, json, print_explain),
+        Command::Allow { action } => client.list_command(action.into_request()),
+        Command::Deny { action } => client.list_command(action.into_request()),
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "sipguard", &mut std::io::stdout());
@@ -329,6 +367,29 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reload => client.talk(&Request::Reload, false, print_policy_change),
+        Command::Apply { file, confirm } => {
+            // The daemon runs elsewhere: it needs the whole path.
+            let path = match std::fs::canonicalize(&file) {
+                Ok(path) => path,
+                Err(e) => {
+                    eprintln!("sipguard: {}: {e}", file.display());
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            let request = Request::Apply {
+                path,
+                confirm_seconds: confirm.map(|d| d.as_secs().max(1)),
+            };
+            client.talk(&request, false, print_policy_change)
+        }
+        Command::Confirm => client.talk(&Request::Confirm, false, |data| {
+            println!(
+                "confirmed: the policy from {} stays",
+                data["confirmed"].as_str().unwrap_or("?")
+            )
+        }),
+        Command::Unload { iface, pin_dir } => unload(&client.socket, &iface, &pin_dir),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 let policy = CompiledPolicy::compile(&config);
@@ -350,27 +411,82 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sends a request to the daemon; prints its answer as JSON or with `human`.
-fn talk(socket: &Path, request: &Request, json: bool, human: fn(&serde_json::Value)) -> ExitCode {
-    match control::request(socket, request) {
-        Ok(response) if response.ok => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&response.data).unwrap_or_default()
-                );
-            } else {
-                human(&response.data);
+/// The CLI's side of the control socket.
+struct Client {
+    socket: PathBuf,
+    force: bool,
+}
+
+impl Client {
+    /// Sends a request to the daemon; prints its answer as JSON or with `human`.
+    fn talk(&self, request: &Request, json: bool, human: fn(&serde_json::Value)) -> ExitCode {
+        let envelope = Envelope {
+            request: request.clone(),
+            force: self.force,
+            session: std::env::var("SSH_CLIENT")
+                .ok()
+                .and_then(|v| Session::from_ssh_client(&v)),
+        };
+        match control::send(&self.socket, &envelope) {
+            Ok(response) if response.ok => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&response.data).unwrap_or_default()
+                    );
+                } else {
+                    human(&response.data);
+                }
+                ExitCode::SUCCESS
             }
+            Ok(response) => {
+                eprintln!("sipguard: {}", response.error.unwrap_or_default());
+                ExitCode::from(if response.not_found {
+                    EXIT_NOT_FOUND
+                } else if response.bad_config {
+                    EXIT_BAD_CONFIG
+                } else if response.refused {
+                    EXIT_REFUSED
+                } else {
+                    EXIT_FAILURE
+                })
+            }
+            Err(e) => {
+                eprintln!("sipguard: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+
+    /// Sends an allow/deny request: `Some(json)` for a listing, `None` for a change.
+    fn list_command(&self, (request, listing): (Request, Option<bool>)) -> ExitCode {
+        match listing {
+            Some(json) => self.talk(&request, json, print_list),
+            None => self.talk(&request, false, print_change),
+        }
+    }
+}
+
+/// `sipguard unload`: removes the pins of a stopped daemon.
+fn unload(socket: &Path, iface: &str, pin_dir: &Path) -> ExitCode {
+    if control::request(socket, &Request::Status).is_ok() {
+        eprintln!(
+            "sipguard: a daemon still answers on {}: stop it first",
+            socket.display()
+        );
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    match Pins::at(pin_dir, iface).remove_all() {
+        Ok(true) => {
+            println!("removed the pins of {iface}: the guard is detached and its maps freed");
             ExitCode::SUCCESS
         }
-        Ok(response) => {
-            eprintln!("sipguard: {}", response.error.unwrap_or_default());
-            ExitCode::from(if response.not_found {
-                EXIT_NOT_FOUND
-            } else {
-                EXIT_FAILURE
-            })
+        Ok(false) => {
+            eprintln!(
+                "sipguard: nothing is pinned for {iface} under {}",
+                pin_dir.display()
+            );
+            ExitCode::from(EXIT_NOT_FOUND)
         }
         Err(e) => {
             eprintln!("sipguard: {e:#}");
@@ -379,11 +495,20 @@ fn talk(socket: &Path, request: &Request, json: bool, human: fn(&serde_json::Val
     }
 }
 
-/// Sends an allow/deny request: `Some(json)` for a listing, `None` for a change.
-fn list_command(socket: &Path, (request, listing): (Request, Option<bool>)) -> ExitCode {
-    match listing {
-        Some(json) => talk(socket, &request, json, print_list),
-        None => talk(socket, &request, false, print_change),
+fn print_policy_change(data: &serde_json::Value) {
+    println!(
+        "policy from {}: {}",
+        data["source"].as_str().unwrap_or("?"),
+        data["policy"].as_str().unwrap_or("?")
+    );
+    for what in data["restart_needed"].as_array().into_iter().flatten() {
+        println!(
+            "note: {} changed; that takes effect at the next restart",
+            what.as_str().unwrap_or("?")
+        );
+    }
+    if let Some(seconds) = data["confirm_within_seconds"].as_u64() {
+        println!("run `sipguard confirm` within {seconds} s, or it reverts");
     }
 }
 
@@ -399,8 +524,7 @@ fn print_change(data: &serde_json::Value) {
 
 fn print_explain(data: &serde_json::Value) {
     println!("{}:", data["source"].as_str().unwrap_or("?"));
-    let rows: Vec<control::Verdict> =
-        serde_json::from_value(data["verdicts"].clone()).unwrap_or_default();
+    let rows: Vec<Verdict> = serde_json::from_value(data["verdicts"].clone()).unwrap_or_default();
     let table: Vec<Vec<String>> = rows
         .into_iter()
         .map(|r| vec![r.service, r.verdict, r.because])

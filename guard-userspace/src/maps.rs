@@ -8,7 +8,8 @@ use aya::maps::{
 };
 use guard_common::{
     map_names as names, BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow,
-    Reason, RuleCounter, ServicePolicy, Settings, SourceKey, MAX_RATE_RULES,
+    Reason, RuleCounter, ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS,
+    SERVICE_SLOTS,
 };
 use ipnet::IpNet;
 
@@ -133,31 +134,80 @@ impl KernelMaps {
         })
     }
 
-    /// Writes a whole policy into freshly created (empty) maps.
-    pub fn write_policy(&mut self, policy: &CompiledPolicy) -> Result<()> {
+    /// Makes the maps hold exactly `policy`, whether they are new or an
+    /// earlier run's. Each entry changes atomically; additions go before
+    /// removals, so no allow-list entry or ban is missing in between. Bans,
+    /// rate state and counters are left alone.
+    pub fn sync_policy(&mut self, policy: &CompiledPolicy) -> Result<()> {
+        let mut rules = vec![RateRule::default(); MAX_RATE_RULES];
+        for (i, rule) in policy.rules.iter().enumerate() {
+            rules[i] = *rule;
+        }
+        for (i, rule) in rules.iter().enumerate() {
+            self.rules.set(i as u32, rule, 0).context("writing RULES")?;
+        }
+        // Unused ids hold what a new map holds (zeros); no port points at them.
+        let mut services = vec![ServicePolicy { access: 0 }; SERVICE_SLOTS as usize];
+        for (id, service) in &policy.services {
+            services[*id as usize] = *service;
+        }
+        for (id, service) in services.iter().enumerate() {
+            self.services
+                .set(id as u32, service, 0)
+                .context("writing SERVICES")?;
+        }
+        let mut ports = vec![PortClass::UNCLASSIFIED; PORT_SLOTS as usize];
+        for (index, class) in &policy.ports {
+            ports[*index as usize] = *class;
+        }
+        for (index, class) in ports.iter().enumerate() {
+            // Reading first skips ~131k writes when little changed.
+            let index = index as u32;
+            if self.ports.get(&index, 0).ok().as_ref() != Some(class) {
+                self.ports.set(index, class, 0).context("writing PORTS")?;
+            }
+        }
         self.settings
             .set(0, policy.settings, 0)
             .context("writing SETTINGS")?;
-        for (id, service) in &policy.services {
-            self.services
-                .set(*id as u32, service, 0)
-                .context("writing SERVICES")?;
+        let allow: Vec<(IpNet, u32)> = policy.allow.clone();
+        let deny: Vec<(IpNet, u32)> = policy.deny.iter().map(|net| (*net, 0)).collect();
+        self.sync_list(NetList::Allow, &allow)?;
+        self.sync_list(NetList::Deny, &deny)?;
+        Ok(())
+    }
+
+    /// Makes a list hold exactly `wanted`: inserts first, then removes the rest.
+    fn sync_list(&mut self, list: NetList, wanted: &[(IpNet, u32)]) -> Result<()> {
+        let name = list.name();
+        for (net, value) in wanted {
+            self.insert_net(list, *net, *value)
+                .with_context(|| format!("adding {net} to the {name} list"))?;
         }
-        for (i, rule) in policy.rules.iter().enumerate() {
-            self.rules.set(i as u32, rule, 0).context("writing RULES")?;
-        }
-        for (index, class) in &policy.ports {
-            self.ports.set(*index, class, 0).context("writing PORTS")?;
-        }
-        for (net, mask) in &policy.allow {
-            self.insert_net(NetList::Allow, *net, *mask)
-                .with_context(|| format!("adding {net} to the allow list"))?;
-        }
-        for net in &policy.deny {
-            self.insert_net(NetList::Deny, *net, 0)
-                .with_context(|| format!("adding {net} to the deny list"))?;
+        for net in self.nets(list)? {
+            if !wanted.iter().any(|(w, _)| *w == net) {
+                self.remove_net(list, net)
+                    .with_context(|| format!("removing {net} from the {name} list"))?;
+            }
         }
         Ok(())
+    }
+
+    /// The prefixes a list holds in the kernel.
+    pub fn nets(&mut self, list: NetList) -> Result<Vec<IpNet>> {
+        let (v4, v6) = self.tries(list);
+        let mut nets = Vec::new();
+        for key in v4.keys() {
+            let key = key?;
+            let net = ipnet::Ipv4Net::new(key.data().into(), key.prefix_len() as u8)?;
+            nets.push(IpNet::V4(net));
+        }
+        for key in v6.keys() {
+            let key = key?;
+            let net = ipnet::Ipv6Net::new(key.data().into(), key.prefix_len() as u8)?;
+            nets.push(IpNet::V6(net));
+        }
+        Ok(nets)
     }
 
     /// The IPv4 and IPv6 tries of one list.

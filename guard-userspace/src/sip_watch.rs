@@ -11,7 +11,10 @@ use aya::maps::{MapData, RingBuf};
 use guard_common::{
     BanEntry, SipCaptureHeader, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND, NO_RULE,
 };
-use tokio::{io::unix::AsyncFd, sync::Mutex};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{Mutex, Notify},
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -164,6 +167,7 @@ pub async fn watch(
     mut tracker: Tracker,
     maps: Arc<Mutex<KernelMaps>>,
     counters: ControllerCounters,
+    bans_changed: Arc<Notify>,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("{e}"))?;
@@ -187,6 +191,7 @@ pub async fn watch(
                             Err(e) => warn!("could not ban {}: {e:#}", decision.source),
                         }
                     }
+                    bans_changed.notify_one();
                 }
             }
             _ = prune.tick() => {

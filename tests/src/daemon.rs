@@ -57,8 +57,63 @@ impl Drop for TempFile {
     }
 }
 
+/// A directory removed on drop (state directories).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let file = TempFile::new(name, "");
+        let path = file.0.clone();
+        drop(file);
+        std::fs::create_dir_all(&path).expect("creating a temporary directory");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A bpffs of the test's own, for pins that must outlive one daemon
+/// (`ip netns exec` gives each daemon a private /sys, whose pins vanish
+/// with it). Unmounting on drop frees whatever is still pinned.
+pub struct PinRoot(pub PathBuf);
+
+impl PinRoot {
+    pub fn new() -> Result<PinRoot> {
+        let dir = TempDir::new("bpffs");
+        let path = dir.0.clone();
+        std::mem::forget(dir);
+        crate::netns::run(
+            std::process::Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(&path),
+        )?;
+        Ok(PinRoot(path))
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// `sipguard run --iface IFACE --xdp-mode native --config CONFIG EXTRA...`
-/// inside `ns`, waiting until it has attached.
+/// inside `ns`, waiting until it has attached. Without `--state-dir` in
+/// `extra`, the daemon gets a fresh one of its own (removed with it);
+/// without `--pin-dir`, it runs with `--no-pin`.
 pub fn start_guard(
     ns: &NetNs,
     iface: &str,
@@ -66,6 +121,7 @@ pub fn start_guard(
     extra: &[&str],
 ) -> Result<(Daemon, u32)> {
     let bin = sipguard_bin();
+    let own_state = (!extra.contains(&"--state-dir")).then(|| TempDir::new("state"));
     let mut args = vec![
         "run",
         "--iface",
@@ -76,8 +132,16 @@ pub fn start_guard(
         config.path(),
     ];
     args.extend_from_slice(extra);
+    if let Some(dir) = &own_state {
+        args.extend(["--state-dir", dir.path()]);
+    }
+    // Pinning is tested where a test brings its own bpffs (`PinRoot`).
+    if !extra.contains(&"--pin-dir") {
+        args.push("--no-pin");
+    }
     let child = ns.spawn(bin.to_str().context("UTF-8 path")?, &args)?;
     let mut daemon = Daemon::watch(child);
+    daemon.state_dir = own_state;
     let program_id = daemon.program_id()?;
     Ok((daemon, program_id))
 }
@@ -85,6 +149,7 @@ pub fn start_guard(
 pub struct Daemon {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    state_dir: Option<TempDir>,
 }
 
 impl Daemon {
@@ -105,6 +170,7 @@ impl Daemon {
         Daemon {
             child: Some(child),
             log,
+            state_dir: None,
         }
     }
 
@@ -146,6 +212,14 @@ impl Daemon {
             .and_then(|rest| rest.split(')').next())
             .context("no program id in the attach line")?;
         Ok(id.trim().parse()?)
+    }
+
+    /// SIGKILL, as a crash would: nothing of the daemon's runs.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("already stopped")?;
+        kill_group(&mut child);
+        thread::sleep(Duration::from_millis(100));
+        Ok(())
     }
 
     /// SIGTERM, then the exit status (SIGKILL after 10 s).

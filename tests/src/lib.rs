@@ -8,6 +8,7 @@ pub mod bench;
 pub mod daemon;
 pub mod frames;
 pub mod netns;
+pub mod traffic;
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions, TestRunResult, Xdp};
@@ -35,7 +36,8 @@ impl Harness {
         init_test_logging();
         let config = Config::parse(config_toml, "test config")?;
         let policy = CompiledPolicy::compile(&config);
-        let guard = Guard::load(&config, &policy)?;
+        let mut guard = Guard::load(&config, &policy, None)?;
+        guard.maps_mut().sync_policy(&policy)?;
         Ok(Harness { guard, policy })
     }
 

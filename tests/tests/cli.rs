@@ -171,3 +171,52 @@ fn list_changes_need_valid_networks() {
     let out = sipguard(&["deny", "remove", "example.com"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn policy_commands_report_missing_files_daemons_and_pins() {
+    let socket = "/nonexistent/sipguard.sock";
+    // apply: the file is checked before the daemon is asked.
+    let out = sipguard(&["--control-socket", socket, "apply", "/nonexistent.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent.toml"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sipguard(&[
+        "--control-socket",
+        socket,
+        "apply",
+        "x.toml",
+        "--confirm",
+        "soon",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    for command in [&["reload"][..], &["confirm"][..]] {
+        let mut args = vec!["--control-socket", socket];
+        args.extend_from_slice(command);
+        let out = sipguard(&args);
+        assert_eq!(out.status.code(), Some(1), "{command:?}");
+        assert!(
+            stderr(&out).contains("cannot reach the daemon"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let pins = std::env::temp_dir().join(format!("sipguard-cli-pins-{}", std::process::id()));
+    let out = sipguard(&[
+        "--control-socket",
+        socket,
+        "unload",
+        "--iface",
+        "eth9",
+        "--pin-dir",
+        pins.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("nothing is pinned for eth9"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -3,30 +3,25 @@
 //! assertions on what arrives and on the kernel's counters.
 //! Needs root (`cargo xtask test`); every namespace is deleted on drop.
 use std::{
-    collections::HashMap,
     io::Write,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    net::{IpAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
 use guard_common::{BanReason, Reason, SourceKey};
 use guard_userspace::maps::KernelMaps;
 use sipguard_tests::{
-    daemon::{sipguard_bin, start_guard, Daemon, TempFile},
+    daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile},
     netns::Link,
+    traffic::{
+        cli, connect_from, send_udp, tcp_connects, xdp_attached, UdpSink, CLIENT_ADDRS, PBX_ADDRS,
+    },
 };
-use socket2::{Domain, Protocol, Socket, Type};
 
-const PBX_V4: &str = "10.77.0.1";
 const ALLOWED: &str = "10.77.0.2";
 const DENIED: &str = "10.77.0.3";
 const ATTACKER: &str = "10.77.0.4";
 const STRANGER_V6: &str = "fd77::5";
-const PBX_V6: &str = "fd77::1";
 
 const CONFIG: &str = r#"
 [[allow]]
@@ -37,101 +32,8 @@ cidr = "10.77.0.3/32"
 comment = "scanner"
 "#;
 
-/// Datagrams that reached the PBX's port 5060, by source.
-struct UdpSink {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<anyhow::Result<HashMap<IpAddr, usize>>>,
-}
-
-impl UdpSink {
-    fn start(link: &Link) -> UdpSink {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let handle = link.right.run_in(move || {
-            // Dual-stack: IPv4 arrives as ::ffff:a.b.c.d.
-            let socket = UdpSocket::bind("[::]:5060").expect("bind [::]:5060");
-            socket
-                .set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            ready_tx.send(()).unwrap();
-            let mut seen: HashMap<IpAddr, usize> = HashMap::new();
-            let mut buf = [0u8; 2048];
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = socket.recv_from(&mut buf) {
-                    *seen.entry(from.ip().to_canonical()).or_default() += 1;
-                }
-            }
-            seen
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("receiver ready");
-        UdpSink { stop, handle }
-    }
-
-    fn finish(self) -> HashMap<IpAddr, usize> {
-        std::thread::sleep(Duration::from_millis(300));
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .join()
-            .expect("receiver thread")
-            .expect("receiver")
-    }
-}
-
-/// Sends `count` datagrams from `source` to the PBX's port 5060.
-fn send_udp(link: &Link, source: &'static str, count: usize) {
-    let destination = if source.contains(':') { PBX_V6 } else { PBX_V4 };
-    link.left
-        .run_in(move || {
-            let socket = UdpSocket::bind((source, 0)).expect("bind source");
-            for i in 0..count {
-                let message = format!("OPTIONS sip:pbx SIP/2.0\r\nCSeq: {i} OPTIONS\r\n\r\n");
-                socket
-                    .send_to(message.as_bytes(), (destination, 5060))
-                    .expect("send");
-            }
-        })
-        .join()
-        .expect("sender thread")
-        .expect("sender");
-}
-
-/// A TCP connection from `source` to the PBX (call inside the client namespace).
-fn connect_from(source: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    let from: SocketAddr = format!("{source}:0").parse().expect("source address");
-    socket.bind(&from.into())?;
-    let to: SocketAddr = format!("{PBX_V4}:{port}").parse().expect("PBX address");
-    socket.connect_timeout(&to.into(), timeout)?;
-    Ok(socket.into())
-}
-
-/// Tries a TCP connection from `source` to the PBX; true if it was accepted.
-fn tcp_connects(link: &Link, source: &'static str, port: u16) -> bool {
-    link.left
-        .run_in(move || connect_from(source, port, Duration::from_millis(1500)).is_ok())
-        .join()
-        .expect("connect thread")
-        .expect("connect")
-}
-
-fn xdp_attached(link: &Link) -> bool {
-    let out = link
-        .right
-        .ip(&["-d", "link", "show", "dev", &link.right_if])
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-}
-
 fn setup() -> (Link, TempFile) {
-    let link = Link::new(
-        "e2e",
-        &["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::5/64"],
-        &["10.77.0.1/24", "fd77::1/64"],
-    )
-    .expect("namespaces and veth");
+    let link = Link::new("e2e", &CLIENT_ADDRS, &PBX_ADDRS).expect("namespaces and veth");
     (link, TempFile::new("e2e.toml", CONFIG))
 }
 
@@ -278,9 +180,13 @@ fn without_iface_the_default_route_interface_is_used() {
         .ip(&["route", "add", "default", "via", "10.77.0.2"])
         .unwrap();
     let bin = sipguard_bin();
+    let state = TempDir::new("state");
     let child = link
         .right
-        .spawn(bin.to_str().unwrap(), &["run", "--xdp-mode", "native"])
+        .spawn(
+            bin.to_str().unwrap(),
+            &["run", "--xdp-mode", "native", "--state-dir", state.path()],
+        )
         .unwrap();
     let mut guard = Daemon::watch(child);
     let line = guard
@@ -469,6 +375,9 @@ fn the_systemd_units_capabilities_are_enough() {
     let (link, config) = setup();
     let bounding = format!("--bounding-set=-all,{}", caps.join(","));
     let bin = sipguard_bin();
+    // systemd mounts /sys/fs/bpf for the unit; the test's own bpffs stands in.
+    let pins = PinRoot::new().unwrap();
+    let state = TempDir::new("state");
     let child = link
         .right
         .spawn(
@@ -485,6 +394,10 @@ fn the_systemd_units_capabilities_are_enough() {
                 config.path(),
                 "--log-format",
                 "json",
+                "--pin-dir",
+                pins.path(),
+                "--state-dir",
+                state.path(),
             ],
         )
         .unwrap();
@@ -500,6 +413,21 @@ fn the_systemd_units_capabilities_are_enough() {
     assert!(guard.log().contains("serving metrics"), "{}", guard.log());
     assert!(xdp_attached(&link));
     assert!(guard.stop().unwrap().success());
+    // Pinning needs nothing more: the guard stayed, until unloaded.
+    assert!(!guard.log().contains("unpinned"), "{}", guard.log());
+    assert!(xdp_attached(&link));
+    let out = std::process::Command::new(&bin)
+        .args([
+            "unload",
+            "--iface",
+            &link.right_if,
+            "--pin-dir",
+            pins.path(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!xdp_attached(&link));
 
     // One capability fewer is refused with a clear line, nothing attached.
     let fewer = format!("--bounding-set=-all,{}", caps[..2].join(","));
@@ -518,16 +446,6 @@ fn the_systemd_units_capabilities_are_enough() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing: CAP_NET_ADMIN"));
     assert!(!xdp_attached(&link));
-}
-
-/// Runs the sipguard CLI against a control socket.
-fn cli(socket: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(sipguard_bin())
-        .arg("--control-socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("running sipguard")
 }
 
 #[test]

@@ -1,0 +1,415 @@
+//! The policy in force: the config file with the operator's runtime list
+//! changes on top. Built at start, rebuilt by `reload` and `apply`, and read
+//! by `explain` and the SSH-lockout check, which judge a source the way the
+//! XDP program does.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use guard_common::{port_index, AccessMode, BanEntry, L4Proto, NO_SERVICE};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::{
+    auth_tracker::LevelName,
+    bans, clock,
+    config::{
+        AllowEntry, Config, ConfigError, DefaultPolicy, DenyEntry, ALL, BUILTIN_SOURCE, OTHER,
+    },
+    maps::NetList,
+    policy::{allow_mask, CompiledPolicy},
+    state::ListChanges,
+};
+
+/// Where the config comes from, with the command line's overrides (which
+/// a reload keeps).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// None: the built-in policy.
+    pub path: Option<PathBuf>,
+    pub monitor: bool,
+    pub level: Option<LevelName>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl ConfigSource {
+    /// The config and a name for it (its path, or the built-in default).
+    pub fn load(&self) -> Result<(Config, String), ConfigError> {
+        let (mut config, name) = match &self.path {
+            Some(path) => (Config::load(path)?, path.display().to_string()),
+            None => (Config::default(), BUILTIN_SOURCE.to_string()),
+        };
+        if self.monitor {
+            config.guard.monitor = true;
+        }
+        if let Some(level) = self.level {
+            config.sip_auth.level = level;
+        }
+        if let Some(address) = self.metrics_addr {
+            config.metrics.enabled = true;
+            config.metrics.address = address;
+        }
+        Ok((config, name))
+    }
+
+    pub fn with_path(&self, path: PathBuf) -> ConfigSource {
+        ConfigSource {
+            path: Some(path),
+            ..self.clone()
+        }
+    }
+}
+
+/// What `explain` calls traffic that matches no service.
+pub const NO_SERVICE_NAME: &str = "(no service)";
+
+/// One row of `sipguard allow list` / `deny list`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListEntry {
+    pub cidr: String,
+    /// Allow entries only.
+    pub services: Vec<String>,
+    pub comment: String,
+    /// "config" or "runtime".
+    pub origin: String,
+}
+
+/// The allow and deny lists with their comments and origins (the kernel's
+/// tries hold only prefixes and masks).
+#[derive(Debug, Clone, Default)]
+pub struct Lists {
+    pub allow: BTreeMap<IpNet, ListEntry>,
+    pub deny: BTreeMap<IpNet, ListEntry>,
+}
+
+impl Lists {
+    /// The config's lists with the operator's runtime changes applied.
+    pub fn build(config: &Config, changes: &ListChanges) -> Lists {
+        let mut lists = Lists::default();
+        for entry in &config.allow {
+            lists.add(
+                NetList::Allow,
+                entry.cidr,
+                entry.services.clone(),
+                entry.comment.clone(),
+                "config",
+            );
+        }
+        for entry in &config.deny {
+            lists.add(
+                NetList::Deny,
+                entry.cidr,
+                Vec::new(),
+                entry.comment.clone(),
+                "config",
+            );
+        }
+        for net in &changes.allow_removed {
+            lists.allow.remove(net);
+        }
+        for net in &changes.deny_removed {
+            lists.deny.remove(net);
+        }
+        lists.allow.extend(changes.allow_added.clone());
+        lists.deny.extend(changes.deny_added.clone());
+        lists
+    }
+
+    pub fn list(&self, list: NetList) -> &BTreeMap<IpNet, ListEntry> {
+        match list {
+            NetList::Allow => &self.allow,
+            NetList::Deny => &self.deny,
+        }
+    }
+
+    pub fn list_mut(&mut self, list: NetList) -> &mut BTreeMap<IpNet, ListEntry> {
+        match list {
+            NetList::Allow => &mut self.allow,
+            NetList::Deny => &mut self.deny,
+        }
+    }
+
+    pub fn add(
+        &mut self,
+        list: NetList,
+        cidr: IpNet,
+        services: Vec<String>,
+        comment: String,
+        origin: &str,
+    ) {
+        let cidr = cidr.trunc();
+        let entry = ListEntry {
+            cidr: cidr.to_string(),
+            services,
+            comment,
+            origin: origin.to_string(),
+        };
+        self.list_mut(list).insert(cidr, entry);
+    }
+
+    /// The most specific entry holding `ip` (what an LPM trie finds).
+    pub fn longest_match(&self, list: NetList, ip: IpAddr) -> Option<(IpNet, &ListEntry)> {
+        self.list(list)
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(net, entry)| (*net, entry))
+    }
+}
+
+/// A service as `explain` needs it.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub access: AccessMode,
+    /// Rate rules watching any of its ports.
+    pub rules: Vec<String>,
+}
+
+impl ServiceInfo {
+    /// From the compiled policy: the same port table the XDP program reads.
+    pub fn from_policy(policy: &CompiledPolicy) -> Vec<ServiceInfo> {
+        policy
+            .services
+            .iter()
+            .map(|(id, service)| {
+                let mut rules: Vec<u8> = policy
+                    .ports
+                    .iter()
+                    .filter(|(_, class)| class.service == *id)
+                    .flat_map(|(_, class)| class.rule_indexes().collect::<Vec<_>>())
+                    .collect();
+                rules.sort_unstable();
+                rules.dedup();
+                ServiceInfo {
+                    name: policy.service_names[*id as usize - 1].clone(),
+                    access: service.access_mode(),
+                    rules: rules
+                        .into_iter()
+                        .map(|i| policy.rule_names[i as usize].clone())
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One row of `sipguard explain`: the verdict a source gets for a service now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Verdict {
+    pub service: String,
+    /// "pass" or "drop".
+    pub verdict: String,
+    pub because: String,
+}
+
+impl Verdict {
+    pub fn passes(&self) -> bool {
+        self.verdict == "pass"
+    }
+}
+
+/// The policy in force.
+#[derive(Debug, Clone)]
+pub struct LivePolicy {
+    /// The file as loaded (with command-line overrides); its lists untouched.
+    pub config: Config,
+    /// Where `config` came from (a path, or "built-in defaults").
+    pub source: String,
+    pub changes: ListChanges,
+    pub lists: Lists,
+    /// The config with the runtime changes: what the maps hold.
+    pub compiled: CompiledPolicy,
+    pub services: Vec<ServiceInfo>,
+}
+
+impl LivePolicy {
+    pub fn build(config: Config, source: String, changes: ListChanges) -> LivePolicy {
+        let mut lists = Lists::build(&config, &changes);
+        let mut effective = config.clone();
+        let names: Vec<String> = effective.services().into_iter().map(|s| s.0).collect();
+        // A runtime entry may name a service a newer config no longer has.
+        for (net, entry) in lists.allow.iter_mut() {
+            let unknown: Vec<String> = entry
+                .services
+                .iter()
+                .filter(|s| allow_mask(&names, std::slice::from_ref(*s)).is_err())
+                .cloned()
+                .collect();
+            if !unknown.is_empty() {
+                warn!(
+                    "allow entry {net}: the policy has no service {} any more; ignoring it",
+                    unknown.join(", ")
+                );
+                entry.services.retain(|s| !unknown.contains(s));
+            }
+        }
+        effective.allow = lists
+            .allow
+            .iter()
+            .map(|(net, entry)| AllowEntry {
+                cidr: *net,
+                services: entry.services.clone(),
+                comment: entry.comment.clone(),
+            })
+            .collect();
+        effective.deny = lists
+            .deny
+            .iter()
+            .map(|(net, entry)| DenyEntry {
+                cidr: *net,
+                comment: entry.comment.clone(),
+            })
+            .collect();
+        let compiled = CompiledPolicy::compile(&effective);
+        let services = ServiceInfo::from_policy(&compiled);
+        LivePolicy {
+            config,
+            source,
+            changes,
+            lists,
+            compiled,
+            services,
+        }
+    }
+
+    pub fn default_drop(&self) -> bool {
+        self.config.guard.default_policy == DefaultPolicy::Drop
+    }
+
+    pub fn service_names(&self) -> Vec<String> {
+        self.services.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The service that owns a TCP port, or [`NO_SERVICE_NAME`].
+    pub fn tcp_service(&self, port: u16) -> String {
+        let index = port_index(L4Proto::Tcp, port);
+        self.compiled
+            .ports
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, class)| class.service)
+            .filter(|id| *id != NO_SERVICE)
+            .and_then(|id| self.compiled.service_names.get(id as usize - 1).cloned())
+            .unwrap_or_else(|| NO_SERVICE_NAME.to_string())
+    }
+
+    /// The TCP ports of a service.
+    pub fn tcp_ports(&self, service: &str) -> Vec<u16> {
+        let Some(id) = self
+            .compiled
+            .service_names
+            .iter()
+            .position(|n| n == service)
+        else {
+            return Vec::new();
+        };
+        self.compiled
+            .ports
+            .iter()
+            .filter(|(_, class)| class.service as usize == id + 1)
+            .filter(|(index, _)| index >> 16 == L4Proto::Tcp as u32)
+            .map(|(index, _)| (*index & 0xffff) as u16)
+            .collect()
+    }
+
+    pub fn summary(&self) -> String {
+        let default = if self.default_drop() { "drop" } else { "pass" };
+        format!(
+            "default {default}{}, {} services, {} rate rules, {} allow and {} deny entries",
+            if self.config.guard.monitor {
+                ", MONITOR mode (nothing is dropped)"
+            } else {
+                ""
+            },
+            self.compiled.services.len(),
+            self.compiled.rules.len(),
+            self.lists.allow.len(),
+            self.lists.deny.len()
+        )
+    }
+
+    /// The verdict `ip` gets for `service` (a name or [`NO_SERVICE_NAME`]),
+    /// in the XDP program's order: ban, deny, service access and allow
+    /// list, rate rules, default policy.
+    pub fn verdict(
+        &self,
+        ip: IpAddr,
+        ban: Option<&BanEntry>,
+        service: &str,
+        rule_names: &[String],
+    ) -> Verdict {
+        let ip = ip.to_canonical();
+        let row = |pass: bool, because: String| Verdict {
+            service: service.to_string(),
+            verdict: if pass { "pass" } else { "drop" }.to_string(),
+            because,
+        };
+        if let Some(ban) = ban {
+            let rule = bans::rule_name(ban.rule, rule_names)
+                .map(|r| format!(" by rule {r}"))
+                .unwrap_or_default();
+            return row(
+                false,
+                format!(
+                    "banned ({}{rule}, {} left)",
+                    bans::reason_name(ban.reason),
+                    bans::ban_duration(clock::monotonic_ns(), ban.expires_ns)
+                ),
+            );
+        }
+        if let Some((net, entry)) = self.lists.longest_match(NetList::Deny, ip) {
+            return row(false, describe_entry("denied by", &net, entry));
+        }
+        let allow = self.lists.longest_match(NetList::Allow, ip);
+        let allowed_for = |name: &str| {
+            allow.filter(|(_, entry)| entry.services.iter().any(|s| s == ALL || s == name))
+        };
+        let Some(info) = self.services.iter().find(|s| s.name == service) else {
+            return match allowed_for(OTHER) {
+                Some((net, entry)) => row(true, describe_entry("allow-listed by", &net, entry)),
+                None if self.default_drop() => row(false, "default policy: drop".into()),
+                None => row(true, "default policy: pass".into()),
+            };
+        };
+        match (info.access, allowed_for(&info.name)) {
+            (AccessMode::Closed, _) => row(false, "service closed to everyone".into()),
+            (_, Some((net, entry))) => {
+                let skipped = if info.rules.is_empty() {
+                    ""
+                } else {
+                    "; rate rules skipped"
+                };
+                row(
+                    true,
+                    format!(
+                        "{}{skipped}",
+                        describe_entry("allow-listed by", &net, entry)
+                    ),
+                )
+            }
+            (AccessMode::Trusted, None) => {
+                row(false, "not trusted: allow-listed sources only".into())
+            }
+            (AccessMode::Open, None) if info.rules.is_empty() => row(true, "open service".into()),
+            (AccessMode::Open, None) => row(
+                true,
+                format!(
+                    "open service, subject to rate rules {}",
+                    info.rules.join(", ")
+                ),
+            ),
+        }
+    }
+}
+
+fn describe_entry(what: &str, net: &IpNet, entry: &ListEntry) -> String {
+    if entry.comment.is_empty() {
+        format!("{what} {net}")
+    } else {
+        format!("{what} {net} ({})", entry.comment)
+    }
+}
