@@ -57,8 +57,33 @@ pub const fn service_bit(id: u8) -> u32 {
 pub const fn port_index(proto: L4Proto, port: u16) -> u32 {
     ((proto as u32) << 16) | port as u32
 }
-/// Number of slots in the `PORTS` array: one per TCP port and one per UDP port.
+/// Slots of one policy in the `PORTS` array: one per TCP port and one per UDP port.
 pub const PORT_SLOTS: u32 = 2 << 16;
+
+/// `PORTS`, `SERVICES` and `RULES` each hold two policies side by side;
+/// [`Settings::policy_slot`] names the one in force. A reload writes the
+/// other one, then switches with a single write of `SETTINGS`: a packet sees
+/// the whole old policy or the whole new one, never a mix.
+pub const POLICY_SLOTS: u32 = 2;
+
+/// Index of a port's class in `PORTS` under policy `slot`.
+#[inline(always)]
+pub const fn policy_port_index(slot: u8, proto: L4Proto, port: u16) -> u32 {
+    (slot as u32 & 1) * PORT_SLOTS + port_index(proto, port)
+}
+
+/// Index of a service's policy in `SERVICES` under policy `slot`.
+#[inline(always)]
+pub const fn policy_service_index(slot: u8, service: u8) -> u32 {
+    (slot as u32 & 1) * SERVICE_SLOTS + service as u32
+}
+
+/// Index of a rate rule in `RULES` under policy `slot`. Rate state, rule
+/// counters and bans name a rule by its index within the policy.
+#[inline(always)]
+pub const fn policy_rule_index(slot: u8, rule: u32) -> u32 {
+    (slot as u32 & 1) * MAX_RATE_RULES as u32 + rule
+}
 
 /// Transport protocols the policy can name.
 #[repr(u8)]
@@ -190,7 +215,9 @@ pub struct Settings {
     pub monitor: u8,
     /// IPv6 sources are banned and rate-limited per prefix of this length (1..=128).
     pub ipv6_ban_prefix: u8,
-    pub _pad: [u8; 5],
+    /// Which of the [`POLICY_SLOTS`] policies is in force (0 or 1).
+    pub policy_slot: u8,
+    pub _pad: [u8; 4],
 }
 
 impl Default for Settings {
@@ -199,7 +226,8 @@ impl Default for Settings {
             default_policy: DEFAULT_PASS,
             monitor: 0,
             ipv6_ban_prefix: 64,
-            _pad: [0; 5],
+            policy_slot: 0,
+            _pad: [0; 4],
         }
     }
 }

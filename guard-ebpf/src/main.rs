@@ -26,8 +26,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use guard_common::{
-    port_index, service_bit, AccessMode, L4Proto, PortClass, Reason, Settings, SourceKey,
-    CAPTURE_INBOUND, CAPTURE_OUTBOUND, DEFAULT_DROP, NO_SERVICE, UNCLASSIFIED_BIT,
+    policy_port_index, policy_service_index, service_bit, AccessMode, L4Proto, PortClass, Reason,
+    Settings, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND, DEFAULT_DROP, NO_SERVICE,
+    UNCLASSIFIED_BIT,
 };
 
 use crate::{
@@ -35,13 +36,25 @@ use crate::{
     parse::{Address, Frame, Packet, Transport},
 };
 
-#[xdp]
-pub fn sipguard(ctx: XdpContext) -> u32 {
-    let settings = match SETTINGS.get(0) {
+/// One read per packet: the policy slot in it keeps every later lookup
+/// in one policy, even while a reload switches slots.
+#[inline(always)]
+fn settings() -> Settings {
+    match SETTINGS.get(0) {
         Some(settings) => *settings,
         None => Settings::default(),
-    };
-    let (reason, class) = match parse::parse(&ctx) {
+    }
+}
+
+#[xdp]
+pub fn sipguard(ctx: XdpContext) -> u32 {
+    let frame = parse::parse(&ctx);
+    // Read after parsing. Read before, the value lived through the inlined
+    // parser and LLVM spilled an uninitialised register there, which the
+    // verifier refuses ("R5 !read_ok"). The egress program reads it first
+    // for the same reason: there the other order is the one that fails.
+    let settings = settings();
+    let (reason, class) = match frame {
         Frame::AlwaysPass => (Reason::Passed, PortClass::UNCLASSIFIED),
         Frame::Malformed => (Reason::Malformed, PortClass::UNCLASSIFIED),
         Frame::Ip(packet) => judge(&packet, &settings),
@@ -76,29 +89,30 @@ fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
     };
     // Banned and denied packets still count against the service they were
     // aimed at; their port class is read on those (early) returns only.
+    let slot = settings.policy_slot;
     if bans::is_banned(&source) {
         return (
             Reason::Banned,
-            classify(&packet.transport, CAPTURE_INBOUND).0,
+            classify(&packet.transport, CAPTURE_INBOUND, slot).0,
         );
     }
     if is_denied(&packet.source) {
         return (
             Reason::Denied,
-            classify(&packet.transport, CAPTURE_INBOUND).0,
+            classify(&packet.transport, CAPTURE_INBOUND, slot).0,
         );
     }
     if let Transport::LaterFragment = packet.transport {
         return (Reason::Fragment, unclassified);
     }
-    let (class, is_syn) = classify(&packet.transport, CAPTURE_INBOUND);
+    let (class, is_syn) = classify(&packet.transport, CAPTURE_INBOUND, slot);
 
     // Service policy. The allow list is searched only where its answer can
     // change the verdict: trusted services, ports with rate rules (an
     // allow-listed source skips them), and unclassified traffic under
     // "drop". Elsewhere the packet passes either way.
     if class.service != NO_SERVICE {
-        let access = access_mode(class.service);
+        let access = access_mode(class.service, slot);
         if access == AccessMode::Closed {
             return (Reason::Closed, class);
         }
@@ -117,7 +131,7 @@ fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
         return (Reason::PassedAllowlisted, class);
     }
 
-    if class.has_rules() && rate_limit::exceeds_rate_rules(&source, &class, is_syn) {
+    if class.has_rules() && rate_limit::exceeds_rate_rules(&source, &class, is_syn, slot) {
         return (Reason::RateLimited, class);
     }
 
@@ -132,8 +146,9 @@ fn judge(packet: &Packet, settings: &Settings) -> (Reason, PortClass) {
 /// controller. It never drops or changes a packet.
 #[classifier]
 pub fn sipguard_egress(ctx: TcContext) -> i32 {
+    let slot = settings().policy_slot;
     if let Frame::Ip(packet) = parse::parse(&ctx) {
-        let (class, _) = classify(&packet.transport, CAPTURE_OUTBOUND);
+        let (class, _) = classify(&packet.transport, CAPTURE_OUTBOUND, slot);
         if class.watches_sip() {
             sip_capture::capture(&ctx, &packet, CAPTURE_OUTBOUND);
         }
@@ -144,7 +159,7 @@ pub fn sipguard_egress(ctx: TcContext) -> i32 {
 /// The class of the PBX's port (the destination of an arriving packet, the
 /// source of a departing one), and whether the packet opens a TCP connection.
 #[inline(always)]
-fn classify(transport: &Transport, direction: u8) -> (PortClass, bool) {
+fn classify(transport: &Transport, direction: u8, slot: u8) -> (PortClass, bool) {
     let pbx_port = |sport: u16, dport: u16| {
         if direction == CAPTURE_INBOUND {
             dport
@@ -155,10 +170,11 @@ fn classify(transport: &Transport, direction: u8) -> (PortClass, bool) {
     match *transport {
         Transport::Tcp {
             sport, dport, syn, ..
-        } => (port_class(L4Proto::Tcp, pbx_port(sport, dport)), syn),
-        Transport::Udp { sport, dport, .. } => {
-            (port_class(L4Proto::Udp, pbx_port(sport, dport)), false)
-        }
+        } => (port_class(L4Proto::Tcp, pbx_port(sport, dport), slot), syn),
+        Transport::Udp { sport, dport, .. } => (
+            port_class(L4Proto::Udp, pbx_port(sport, dport), slot),
+            false,
+        ),
         Transport::LaterFragment | Transport::Other => (PortClass::UNCLASSIFIED, false),
     }
 }
@@ -182,16 +198,16 @@ fn allow_mask(source: &Address) -> u32 {
 }
 
 #[inline(always)]
-fn port_class(proto: L4Proto, port: u16) -> PortClass {
+fn port_class(proto: L4Proto, port: u16, slot: u8) -> PortClass {
     PORTS
-        .get(port_index(proto, port))
+        .get(policy_port_index(slot, proto, port))
         .copied()
         .unwrap_or(PortClass::UNCLASSIFIED)
 }
 
 #[inline(always)]
-fn access_mode(service: u8) -> AccessMode {
-    match SERVICES.get(service as u32) {
+fn access_mode(service: u8, slot: u8) -> AccessMode {
+    match SERVICES.get(policy_service_index(slot, service)) {
         Some(policy) => policy.access_mode(),
         // Unreachable with a valid id; refuse rather than open.
         None => AccessMode::Closed,

@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use guard_common::{
     BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow, RuleCounter,
-    ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS, VERDICT_SLOTS,
+    ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, POLICY_SLOTS, PORT_SLOTS, SERVICE_SLOTS,
+    VERDICT_SLOTS,
 };
 
 /// Active bans. A plain hash, not an LRU: a flood of new sources must never
@@ -26,15 +27,18 @@ pub static ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0
 #[map]
 pub static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0);
 
-/// Service and rate rules of every (protocol, destination port).
+/// Service and rate rules of every (protocol, destination port), for each
+/// of the two policy slots (`guard_common::POLICY_SLOTS`).
 #[map]
-pub static PORTS: Array<PortClass> = Array::with_max_entries(PORT_SLOTS, 0);
+pub static PORTS: Array<PortClass> = Array::with_max_entries(POLICY_SLOTS * PORT_SLOTS, 0);
 
 #[map]
-pub static SERVICES: Array<ServicePolicy> = Array::with_max_entries(SERVICE_SLOTS, 0);
+pub static SERVICES: Array<ServicePolicy> =
+    Array::with_max_entries(POLICY_SLOTS * SERVICE_SLOTS, 0);
 
 #[map]
-pub static RULES: Array<RateRule> = Array::with_max_entries(MAX_RATE_RULES as u32, 0);
+pub static RULES: Array<RateRule> =
+    Array::with_max_entries(POLICY_SLOTS * MAX_RATE_RULES as u32, 0);
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

@@ -3,6 +3,7 @@
 //! The counting algorithm and its error bound are in `guard_common::rate`.
 use aya_ebpf::bindings::BPF_NOEXIST;
 use guard_common::{
+    policy_rule_index,
     rate::{first_packet, record_packet},
     Health, PortClass, RateKey, RateRule, SourceKey, MAX_RULES_PER_PORT, NO_RULE_INDEX,
     RULE_SYN_ONLY,
@@ -16,7 +17,12 @@ use crate::{
 
 /// True if the packet exceeds one of the port's rules (the source is then banned).
 #[inline(always)]
-pub fn exceeds_rate_rules(source: &SourceKey, class: &PortClass, is_syn: bool) -> bool {
+pub fn exceeds_rate_rules(
+    source: &SourceKey,
+    class: &PortClass,
+    is_syn: bool,
+    policy_slot: u8,
+) -> bool {
     let now_ns = now_ns();
     for slot in 0..MAX_RULES_PER_PORT {
         let entry = class.rules[slot];
@@ -24,7 +30,7 @@ pub fn exceeds_rate_rules(source: &SourceKey, class: &PortClass, is_syn: bool) -
             break;
         }
         let index = (entry - 1) as u32;
-        let Some(rule) = RULES.get(index) else {
+        let Some(rule) = RULES.get(policy_rule_index(policy_slot, index)) else {
             continue;
         };
         if rule.flags & RULE_SYN_ONLY != 0 && !is_syn {

@@ -9,6 +9,11 @@ use guard_common::{BanEntry, BanEvent, BanReason, SourceKey, BAN_FOREVER, NO_RUL
 
 use crate::{clock, maps::KernelMaps};
 
+/// The words that go with each ban: the operator's reason for a manual ban,
+/// the evidence of a SIP ban. Shared by whoever bans; saved with the bans.
+pub type BanDetails =
+    std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<SourceKey, String>>>;
+
 /// "192.0.2.7", or "2001:db8:1:2::/64" for an IPv6 key.
 pub fn source_to_string(source: &SourceKey, ipv6_prefix: u8) -> String {
     match source.ipv4() {

@@ -3,7 +3,6 @@
 //! Requests that change the policy are checked against the operator's SSH
 //! sessions first (see `safety`), and saved to the state directory after.
 use std::{
-    collections::HashMap,
     io::{BufRead, BufReader, Write},
     net::IpAddr,
     os::unix::{fs::PermissionsExt, net::UnixStream},
@@ -24,7 +23,8 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    bans, clock,
+    bans::{self, BanDetails},
+    clock,
     config::{Config, ALL},
     live_policy::{ConfigSource, ListEntry, LivePolicy, NO_SERVICE_NAME},
     maps::{KernelMaps, NetList},
@@ -178,20 +178,28 @@ struct Pending {
     deadline: Instant,
 }
 
+/// Where and how the guard is attached, for `status`.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub iface: String,
+    pub xdp_mode: String,
+    pub program_id: u32,
+    /// The pin directory, when the guard outlives the daemon.
+    pub pinned_at: Option<PathBuf>,
+}
+
 /// What the daemon shares with the control socket.
 pub struct ControlState {
     pub maps: Arc<Mutex<KernelMaps>>,
     pub counters: ControllerCounters,
-    pub iface: String,
-    pub xdp_mode: String,
-    pub program_id: u32,
+    pub attached: Attached,
     pub started: Instant,
     /// Lock order: `policy` before `maps`.
     pub policy: Arc<Mutex<LivePolicy>>,
     /// Where `reload` reads the config from.
     pub source: Mutex<ConfigSource>,
     /// The operator's words (or saved evidence) for each ban.
-    pub ban_details: Arc<Mutex<HashMap<SourceKey, String>>>,
+    pub ban_details: BanDetails,
     pub state: StateDir,
     /// Wakes the task that saves bans to the state directory.
     pub bans_changed: Arc<Notify>,
@@ -210,21 +218,17 @@ impl ControlState {
     pub fn new(
         maps: Arc<Mutex<KernelMaps>>,
         counters: ControllerCounters,
-        iface: String,
-        xdp_mode: String,
-        program_id: u32,
+        attached: Attached,
         policy: Arc<Mutex<LivePolicy>>,
         source: ConfigSource,
-        ban_details: Arc<Mutex<HashMap<SourceKey, String>>>,
+        ban_details: BanDetails,
         state: StateDir,
         bans_changed: Arc<Notify>,
     ) -> ControlState {
         ControlState {
             maps,
             counters,
-            iface,
-            xdp_mode,
-            program_id,
+            attached,
             started: Instant::now(),
             policy,
             source: Mutex::new(source),
@@ -314,16 +318,13 @@ impl ControlState {
             .iter()
             .map(|r| (r.name().to_string(), totals[*r as usize].packets.into()))
             .collect();
-        let now = clock::monotonic_ns();
-        let active = maps
-            .bans()?
-            .iter()
-            .filter(|(_, b)| b.is_active(now))
-            .count();
+        let active = maps.active_bans(clock::monotonic_ns())?.len();
         Ok(Response::ok(serde_json::json!({
-            "iface": self.iface,
-            "xdp_mode": self.xdp_mode,
-            "program_id": self.program_id,
+            "iface": self.attached.iface,
+            "xdp_mode": self.attached.xdp_mode,
+            "program_id": self.attached.program_id,
+            "pinned_at": self.attached.pinned_at,
+            "state_dir": self.state.path(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "policy": summary,
             "monitor": monitor,
@@ -612,9 +613,7 @@ impl ControlState {
         let policy = self.policy.lock().await;
         let maps = self.maps.lock().await;
         let key = maps.source_key(ip)?;
-        let ban = maps
-            .ban(&key)?
-            .filter(|b| b.is_active(clock::monotonic_ns()));
+        let ban = maps.active_ban(&key, clock::monotonic_ns())?;
         drop(maps);
         let mut names = policy.service_names();
         names.push(NO_SERVICE_NAME.to_string());
@@ -635,9 +634,8 @@ impl ControlState {
         let now = clock::monotonic_ns();
         let details = self.ban_details.lock().await;
         let mut rows: Vec<BanRow> = maps
-            .bans()?
+            .active_bans(now)?
             .into_iter()
-            .filter(|(_, ban)| ban.is_active(now))
             .map(|(key, ban)| BanRow {
                 source: bans::source_to_string(&key, prefix),
                 reason: bans::reason_name(ban.reason).to_string(),
@@ -744,7 +742,7 @@ impl LockoutCheck {
         let prefix = current.config.guard.ipv6_ban_prefix;
         let ban_now = |ip: IpAddr| {
             let key = maps.source_key(ip).ok()?;
-            maps.ban(&key).ok().flatten().filter(|b| b.is_active(now))
+            maps.active_ban(&key, now).ok().flatten()
         };
         let ban_after = |ip: IpAddr| match new_ban {
             Some((key, entry)) if safety::ban_catches(&key, ip, prefix) => Some(entry),

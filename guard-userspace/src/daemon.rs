@@ -3,7 +3,7 @@
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
-use guard_common::{Reason, SourceKey};
+use guard_common::{map_names as names, Reason, SourceKey};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{Mutex, Notify},
@@ -12,9 +12,10 @@ use tracing::{info, warn};
 
 use crate::{
     auth_tracker::{LevelName, Tracker},
-    bans, clock,
+    bans::{self, BanDetails},
+    clock,
     config::Config,
-    control::{self, ControlState},
+    control::{self, Attached, ControlState},
     events,
     live_policy::{ConfigSource, LivePolicy},
     loader::{Attachment, Guard, XdpModeChoice},
@@ -98,15 +99,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
         None => None,
     };
 
-    // The maps get the policy and the bans before the program reaches the
-    // interface (or, when adopted, while the old program still runs).
-    let mut guard = Guard::load(&live.config, &live.compiled, pins.as_ref())?;
-    guard
-        .maps_mut()
-        .sync_policy(&live.compiled)
-        .context("filling the policy maps")?;
-    let ban_details = restore_bans(&mut guard, &saved_bans, &live)?;
-    let attachment = guard.attach(&iface, options.xdp_mode)?;
+    let adopting = pins.as_ref().is_some_and(Pins::has_maps);
+    let started = load_and_attach(&live, &saved_bans, pins.as_ref(), &iface, options.xdp_mode);
+    let (mut guard, attachment, ban_details) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // Maps this run pinned would otherwise outlive it, holding memory.
+            if let Some(pins) = pins.as_ref().filter(|_| !adopting) {
+                pins::remove_dir(&pins.maps_dir());
+            }
+            return Err(e);
+        }
+    };
     let mode = match attachment {
         Attachment::New(mode) => {
             state.save_xdp_mode(mode);
@@ -178,9 +182,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let control_state = Arc::new(ControlState::new(
         Arc::clone(&maps),
         counters.clone(),
-        iface.clone(),
-        mode,
-        program_id,
+        Attached {
+            iface: iface.clone(),
+            xdp_mode: mode,
+            program_id,
+            pinned_at: pins
+                .as_ref()
+                .filter(|_| guard.is_pinned())
+                .map(Pins::iface_dir),
+        },
         Arc::clone(&policy),
         options.config_source(),
         Arc::clone(&ban_details),
@@ -216,10 +226,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         );
         let tracker = Tracker::new(auth);
         let maps = Arc::clone(&maps);
+        let details = Arc::clone(&ban_details);
         let bans_changed = Arc::clone(&bans_changed);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = sip_watch::watch(sip_ring, tracker, maps, counters, bans_changed).await
-            {
+            let watch = sip_watch::watch(sip_ring, tracker, maps, counters, details, bans_changed);
+            if let Err(e) = watch.await {
                 warn!("SIP watcher stopped: {e:#}");
             }
         }));
@@ -250,6 +261,45 @@ pub async fn run(options: RunOptions) -> Result<()> {
     Ok(())
 }
 
+/// Loads the program, fills its maps (policy, then bans) and attaches it:
+/// everything is in the maps before the program reaches the interface
+/// (or, when adopted, while the old program still runs).
+fn load_and_attach(
+    live: &LivePolicy,
+    saved_bans: &[SavedBan],
+    pins: Option<&Pins>,
+    iface: &str,
+    mode: XdpModeChoice,
+) -> Result<(Guard, Attachment, HashMap<SourceKey, String>)> {
+    let mut guard = Guard::load(&live.config, &live.compiled, pins)?;
+    if let (Some(pins), true) = (pins, guard.adopted_maps) {
+        warn_on_resized_maps(pins, &live.config, &live.compiled);
+    }
+    guard
+        .maps_mut()
+        .sync_policy(&live.compiled)
+        .context("filling the policy maps")?;
+    let ban_details = restore_bans(&mut guard, saved_bans, live)?;
+    let attachment = guard.attach(iface, mode)?;
+    Ok((guard, attachment, ban_details))
+}
+
+/// Adopted maps keep the size they were made with.
+fn warn_on_resized_maps(pins: &Pins, config: &Config, policy: &CompiledPolicy) {
+    for (name, _, wanted) in map_capacities(config, policy) {
+        let Ok(info) = aya::maps::MapInfo::from_pin(pins.map(name)) else {
+            continue;
+        };
+        if info.max_entries() as u64 != wanted {
+            warn!(
+                "the pinned map {name} holds {} entries, the config asks for {wanted}: \
+                 the pinned size stays until `sipguard unload` and a new start",
+                info.max_entries()
+            );
+        }
+    }
+}
+
 /// Restores saved bans into new maps (after a reboot), or keeps the pinned
 /// maps' bans as they are. Returns the saved details of the bans in force.
 fn restore_bans(
@@ -278,11 +328,7 @@ fn restore_bans(
     }
     if adopted {
         let now = clock::monotonic_ns();
-        let active = maps
-            .bans()?
-            .iter()
-            .filter(|(_, b)| b.is_active(now))
-            .count();
+        let active = maps.active_bans(now)?.len();
         info!("adopted the pinned maps of an earlier run: {active} bans in force");
     } else if restored > 0 {
         info!(
@@ -297,7 +343,7 @@ fn restore_bans(
 async fn save_bans_forever(
     maps: Arc<Mutex<KernelMaps>>,
     policy: Arc<Mutex<LivePolicy>>,
-    details: Arc<Mutex<HashMap<SourceKey, String>>>,
+    details: BanDetails,
     state: StateDir,
     changed: Arc<Notify>,
 ) {
@@ -315,15 +361,14 @@ async fn save_bans(
     state: &StateDir,
 ) {
     let rule_names = policy.lock().await.compiled.rule_names.clone();
-    let bans = match maps.lock().await.bans() {
+    let clocks = Clocks::now();
+    let bans = match maps.lock().await.active_bans(clocks.monotonic_ns) {
         Ok(bans) => bans,
         Err(e) => return warn!("reading the bans to save them failed: {e:#}"),
     };
-    let clocks = Clocks::now();
     let details = details.lock().await;
     let saved = bans
         .iter()
-        .filter(|(_, ban)| ban.is_active(clocks.monotonic_ns))
         .map(|(key, ban)| {
             let detail = details.get(key).cloned().unwrap_or_default();
             SavedBan::from_entry(key, ban, &rule_names, detail, clocks)
@@ -359,20 +404,31 @@ async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8, changed: A
     }
 }
 
-fn metric_names(config: &Config, policy: &CompiledPolicy) -> metrics::Names {
+/// The sized maps: name, metrics label, and the entries the config gives.
+fn map_capacities(
+    config: &Config,
+    policy: &CompiledPolicy,
+) -> [(&'static str, &'static str, u64); 6] {
     let g = &config.guard;
     let rate_entries = g.max_tracked_sources as u64 * policy.max_rules_per_port().max(1) as u64;
+    [
+        (names::BANS, "bans", g.max_bans as u64),
+        (names::ALLOW_V4, "allow_v4", g.max_cidrs as u64),
+        (names::ALLOW_V6, "allow_v6", g.max_cidrs as u64),
+        (names::DENY_V4, "deny_v4", g.max_cidrs as u64),
+        (names::DENY_V6, "deny_v6", g.max_cidrs as u64),
+        (names::RATE_STATE, "rate_state", rate_entries),
+    ]
+}
+
+fn metric_names(config: &Config, policy: &CompiledPolicy) -> metrics::Names {
     metrics::Names {
         services: policy.service_names.clone(),
         rules: policy.rule_names.clone(),
-        capacities: vec![
-            ("bans", g.max_bans as u64),
-            ("allow_v4", g.max_cidrs as u64),
-            ("allow_v6", g.max_cidrs as u64),
-            ("deny_v4", g.max_cidrs as u64),
-            ("deny_v6", g.max_cidrs as u64),
-            ("rate_state", rate_entries),
-        ],
+        capacities: map_capacities(config, policy)
+            .into_iter()
+            .map(|(_, label, capacity)| (label, capacity))
+            .collect(),
     }
 }
 

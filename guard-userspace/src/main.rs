@@ -591,6 +591,14 @@ fn print_status(data: &serde_json::Value) {
         println!("monitor:    ON (nothing is dropped)");
     }
     println!("bans:       {} in force", data["bans_active"]);
+    match data["pinned_at"].as_str() {
+        Some(dir) => println!("pinned at:  {dir} (the guard outlives this daemon)"),
+        None => println!("pinned at:  not pinned (the guard stops with this daemon)"),
+    }
+    println!("state:      {}", data["state_dir"].as_str().unwrap_or("?"));
+    if let Some(seconds) = data["awaiting_confirmation_seconds"].as_u64() {
+        println!("confirm:    an applied change reverts in {seconds} s unless `sipguard confirm`");
+    }
     if let Some(packets) = data["packets"].as_object() {
         let line: Vec<String> = packets
             .iter()

@@ -7,9 +7,9 @@ use aya::maps::{
     lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf,
 };
 use guard_common::{
-    map_names as names, BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow,
-    Reason, RuleCounter, ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS,
-    SERVICE_SLOTS,
+    map_names as names, policy_rule_index, policy_service_index, BanEntry, Counter, Health,
+    PortClass, RateKey, RateRule, RateWindow, Reason, RuleCounter, ServicePolicy, Settings,
+    SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS,
 };
 use ipnet::IpNet;
 
@@ -135,16 +135,19 @@ impl KernelMaps {
     }
 
     /// Makes the maps hold exactly `policy`, whether they are new or an
-    /// earlier run's. Each entry changes atomically; additions go before
-    /// removals, so no allow-list entry or ban is missing in between. Bans,
-    /// rate state and counters are left alone.
+    /// earlier run's. The port, service and rule tables are written into the
+    /// policy slot not in force, then one write of `SETTINGS` switches to it:
+    /// a packet sees the old policy or the new one, never a mix. Allow and
+    /// deny entries are added before the switch and stale ones removed
+    /// after it. Bans, rate state and counters are left alone.
     pub fn sync_policy(&mut self, policy: &CompiledPolicy) -> Result<()> {
+        let next = self.settings().map_or(0, |s| s.policy_slot & 1) ^ 1;
         let mut rules = vec![RateRule::default(); MAX_RATE_RULES];
-        for (i, rule) in policy.rules.iter().enumerate() {
-            rules[i] = *rule;
-        }
+        rules[..policy.rules.len()].copy_from_slice(&policy.rules);
         for (i, rule) in rules.iter().enumerate() {
-            self.rules.set(i as u32, rule, 0).context("writing RULES")?;
+            self.rules
+                .set(policy_rule_index(next, i as u32), rule, 0)
+                .context("writing RULES")?;
         }
         // Unused ids hold what a new map holds (zeros); no port points at them.
         let mut services = vec![ServicePolicy { access: 0 }; SERVICE_SLOTS as usize];
@@ -153,37 +156,48 @@ impl KernelMaps {
         }
         for (id, service) in services.iter().enumerate() {
             self.services
-                .set(id as u32, service, 0)
+                .set(policy_service_index(next, id as u8), service, 0)
                 .context("writing SERVICES")?;
         }
         let mut ports = vec![PortClass::UNCLASSIFIED; PORT_SLOTS as usize];
         for (index, class) in &policy.ports {
             ports[*index as usize] = *class;
         }
+        let base = next as u32 * PORT_SLOTS;
         for (index, class) in ports.iter().enumerate() {
-            // Reading first skips ~131k writes when little changed.
-            let index = index as u32;
+            // Reading first skips most of the ~131k writes.
+            let index = base + index as u32;
             if self.ports.get(&index, 0).ok().as_ref() != Some(class) {
                 self.ports.set(index, class, 0).context("writing PORTS")?;
             }
         }
-        self.settings
-            .set(0, policy.settings, 0)
-            .context("writing SETTINGS")?;
         let allow: Vec<(IpNet, u32)> = policy.allow.clone();
         let deny: Vec<(IpNet, u32)> = policy.deny.iter().map(|net| (*net, 0)).collect();
-        self.sync_list(NetList::Allow, &allow)?;
-        self.sync_list(NetList::Deny, &deny)?;
+        self.add_nets(NetList::Allow, &allow)?;
+        self.add_nets(NetList::Deny, &deny)?;
+        let settings = Settings {
+            policy_slot: next,
+            ..policy.settings
+        };
+        self.settings
+            .set(0, settings, 0)
+            .context("writing SETTINGS")?;
+        self.remove_other_nets(NetList::Allow, &allow)?;
+        self.remove_other_nets(NetList::Deny, &deny)?;
         Ok(())
     }
 
-    /// Makes a list hold exactly `wanted`: inserts first, then removes the rest.
-    fn sync_list(&mut self, list: NetList, wanted: &[(IpNet, u32)]) -> Result<()> {
+    fn add_nets(&mut self, list: NetList, wanted: &[(IpNet, u32)]) -> Result<()> {
         let name = list.name();
         for (net, value) in wanted {
             self.insert_net(list, *net, *value)
                 .with_context(|| format!("adding {net} to the {name} list"))?;
         }
+        Ok(())
+    }
+
+    fn remove_other_nets(&mut self, list: NetList, wanted: &[(IpNet, u32)]) -> Result<()> {
+        let name = list.name();
         for net in self.nets(list)? {
             if !wanted.iter().any(|(w, _)| *w == net) {
                 self.remove_net(list, net)
@@ -299,6 +313,18 @@ impl KernelMaps {
             }
         }
         Ok(out)
+    }
+
+    /// The bans in force at `now_ns` (expired ones wait for the sweeper).
+    pub fn active_bans(&self, now_ns: u64) -> Result<Vec<(SourceKey, BanEntry)>> {
+        let mut bans = self.bans()?;
+        bans.retain(|(_, ban)| ban.is_active(now_ns));
+        Ok(bans)
+    }
+
+    /// The ban on `source` in force at `now_ns`, if any.
+    pub fn active_ban(&self, source: &SourceKey, now_ns: u64) -> Result<Option<BanEntry>> {
+        Ok(self.ban(source)?.filter(|ban| ban.is_active(now_ns)))
     }
 
     /// Verdict counters summed over CPUs and services, indexed like [`Reason::ALL`].

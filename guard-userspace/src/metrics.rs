@@ -250,10 +250,9 @@ impl Collector for KernelCollector {
             &limited,
         )?;
 
-        let now = clock::monotonic_ns();
-        let bans = maps.bans().unwrap_or_default();
+        let bans = maps.active_bans(clock::monotonic_ns()).unwrap_or_default();
         let mut active = [0i64; 5];
-        for (_, ban) in bans.iter().filter(|(_, b)| b.is_active(now)) {
+        for (_, ban) in &bans {
             active[(ban.reason as usize).min(4)] += 1;
         }
         let active: Vec<_> = [

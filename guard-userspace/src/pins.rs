@@ -47,6 +47,10 @@ impl Pins {
         }
     }
 
+    pub fn iface_dir(&self) -> PathBuf {
+        self.iface_dir.clone()
+    }
+
     pub fn maps_dir(&self) -> PathBuf {
         self.iface_dir.join(format!("maps-v{MAP_LAYOUT_VERSION}"))
     }

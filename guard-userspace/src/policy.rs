@@ -96,7 +96,8 @@ impl CompiledPolicy {
                 },
                 monitor: config.guard.monitor as u8,
                 ipv6_ban_prefix: config.guard.ipv6_ban_prefix,
-                _pad: [0; 5],
+                policy_slot: 0,
+                _pad: [0; 4],
             },
             service_names,
             services: services

@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     auth_tracker::{BanDecision, Tracker},
-    bans, clock,
+    bans,
+    bans::BanDetails,
+    clock,
     maps::KernelMaps,
     metrics::ControllerCounters,
     sip::{self, Message, ParseError},
@@ -101,6 +103,16 @@ pub fn handle_capture(
 
 /// The log line for a SIP ban, with its evidence.
 pub fn describe_ban(decision: &BanDecision, source: &str, window: Duration) -> String {
+    format!(
+        "banned {source} for {}: {}, {}",
+        clock::human(decision.duration),
+        decision.reason.name(),
+        evidence(decision, window)
+    )
+}
+
+/// What `sipguard bans` shows (and the state directory keeps) for a SIP ban.
+pub fn evidence(decision: &BanDecision, window: Duration) -> String {
     let evidence: Vec<String> = decision
         .evidence
         .iter()
@@ -114,9 +126,7 @@ pub fn describe_ban(decision: &BanDecision, source: &str, window: Duration) -> S
         })
         .collect();
     format!(
-        "banned {source} for {}: {}, {} failures in {} ({}{}), last user:status {}",
-        clock::human(decision.duration),
-        decision.reason.name(),
+        "{} failures in {} ({}{}), last user:status {}",
         decision.failures_in_window,
         clock::human(window),
         if decision.proven {
@@ -133,8 +143,13 @@ pub fn describe_ban(decision: &BanDecision, source: &str, window: Duration) -> S
     )
 }
 
-/// Writes a ban into the kernel's ban map (unless a longer one is in place).
-pub fn apply_ban(maps: &mut KernelMaps, decision: &BanDecision, window: Duration) -> Result<()> {
+/// Writes a ban into the kernel's ban map (unless a longer one is in
+/// place); returns its key when it did.
+pub fn apply_ban(
+    maps: &mut KernelMaps,
+    decision: &BanDecision,
+    window: Duration,
+) -> Result<Option<SourceKey>> {
     let key = maps.source_key(decision.source)?;
     let prefix = maps.settings()?.ipv6_ban_prefix;
     let source = bans::source_to_string(&key, prefix);
@@ -143,7 +158,7 @@ pub fn apply_ban(maps: &mut KernelMaps, decision: &BanDecision, window: Duration
     if let Some(existing) = maps.ban(&key)? {
         if existing.is_active(now) && existing.expires_ns >= expires_ns {
             info!("{source} failed SIP authentication again but is already banned for longer");
-            return Ok(());
+            return Ok(None);
         }
     }
     maps.insert_ban(
@@ -158,7 +173,7 @@ pub fn apply_ban(maps: &mut KernelMaps, decision: &BanDecision, window: Duration
         },
     )?;
     warn!(target: "sipguard::ban", "{}", describe_ban(decision, &source, window));
-    Ok(())
+    Ok(Some(key))
 }
 
 /// Runs until the ring buffer fails.
@@ -167,6 +182,7 @@ pub async fn watch(
     mut tracker: Tracker,
     maps: Arc<Mutex<KernelMaps>>,
     counters: ControllerCounters,
+    ban_details: BanDetails,
     bans_changed: Arc<Notify>,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
@@ -185,9 +201,14 @@ pub async fn watch(
                 ready.clear_ready();
                 if !decisions.is_empty() {
                     let mut maps = maps.lock().await;
+                    let mut details = ban_details.lock().await;
                     for decision in &decisions {
                         match apply_ban(&mut maps, decision, window) {
-                            Ok(()) => counters.ban_created(decision.reason),
+                            Ok(Some(key)) => {
+                                counters.ban_created(decision.reason);
+                                details.insert(key, evidence(decision, window));
+                            }
+                            Ok(None) => {}
                             Err(e) => warn!("could not ban {}: {e:#}", decision.source),
                         }
                     }

@@ -67,6 +67,19 @@ impl Site {
         .expect("sipguard attached")
     }
 
+    /// Starts the daemon while the banned `source` keeps sending; asserts
+    /// that not one of its datagrams slips through meanwhile.
+    fn start_under_fire(&self, source: &'static str) -> (Daemon, u32) {
+        let stream = Stream::start(&self.link, source);
+        std::thread::sleep(Duration::from_millis(200));
+        let started = self.start();
+        std::thread::sleep(Duration::from_millis(300));
+        let (sent, received) = stream.finish(source);
+        assert!(sent > 100, "only {sent} datagrams sent");
+        assert_eq!(received, 0, "{received} of {sent} passed during the start");
+        started
+    }
+
     fn cli(&self, args: &[&str]) -> std::process::Output {
         cli(&self.socket, args)
     }
@@ -181,16 +194,7 @@ fn after_kill_9_the_kernel_keeps_enforcing_and_a_restart_adopts_the_guard() {
 
     // Restart (a newer binary would do the same) while the banned source
     // keeps sending: not one datagram may slip through.
-    let stream = Stream::start(&site.link, FRAUDSTER);
-    std::thread::sleep(Duration::from_millis(200));
-    let (mut daemon, second_program) = site.start();
-    std::thread::sleep(Duration::from_millis(300));
-    let (sent, received) = stream.finish(FRAUDSTER);
-    assert!(sent > 100, "only {sent} datagrams sent");
-    assert_eq!(
-        received, 0,
-        "{received} of {sent} passed during the restart"
-    );
+    let (mut daemon, second_program) = site.start_under_fire(FRAUDSTER);
 
     let log = daemon.log();
     assert!(
@@ -204,6 +208,15 @@ fn after_kill_9_the_kernel_keeps_enforcing_and_a_restart_adopts_the_guard() {
     // The new program runs in the same link: the interface shows it.
     assert_ne!(first_program, second_program);
     assert_eq!(site.attached_program(), Some(second_program));
+    let out = site.cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status as JSON");
+    assert_eq!(status["program_id"], second_program);
+    assert_eq!(
+        status["xdp_mode"], "native",
+        "remembered from the first start"
+    );
+    let pinned_at = status["pinned_at"].as_str().expect("pinned");
+    assert!(pinned_at.ends_with(&site.link.right_if), "{pinned_at}");
     let bans = site.bans();
     assert_eq!(bans.len(), 1, "{bans:?}");
     let ban = ban_of(&bans, FRAUDSTER);
@@ -392,4 +405,34 @@ fn changes_that_would_cut_the_operators_ssh_session_are_refused() {
     let out = site.cli(&["--force", "ban", "add", SCANNER, "--for", "1m"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(site.bans().len(), 1);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_binary_with_a_new_map_layout_takes_over_through_the_same_link() {
+    let site = Site::new("layout", "");
+    let (mut daemon, _) = site.start();
+    let out = site.cli(&["ban", "add", FRAUDSTER, "--reason", "fraud"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.stop().unwrap();
+
+    // What an older binary leaves: its maps under another layout version.
+    let iface_dir = site.pins.0.join(&site.link.right_if);
+    let current = iface_dir.join(format!("maps-v{}", guard_common::MAP_LAYOUT_VERSION));
+    let older = iface_dir.join("maps-v0");
+    std::fs::rename(&current, &older).expect("renaming in bpffs");
+
+    let (daemon, program) = site.start_under_fire(FRAUDSTER);
+
+    let log = daemon.log();
+    assert!(log.contains("restored 1 of 1 saved bans"), "{log}");
+    assert!(
+        log.contains("replaced the program in the pinned link"),
+        "{log}"
+    );
+    assert!(log.contains("removed the maps of an older layout"), "{log}");
+    assert!(!older.exists() && current.exists());
+    assert_eq!(site.attached_program(), Some(program));
+    let bans = site.bans();
+    assert_eq!(ban_of(&bans, FRAUDSTER).remaining_seconds, None);
 }

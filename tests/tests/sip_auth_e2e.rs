@@ -9,10 +9,11 @@ use std::{
 };
 
 use guard_common::{BanReason, Reason, SourceKey};
-use guard_userspace::{clock::monotonic_ns, maps::KernelMaps};
+use guard_userspace::{clock::monotonic_ns, control::BanRow, maps::KernelMaps};
 use sipguard_tests::{
     daemon::{start_guard, Daemon, TempFile},
     netns::Link,
+    traffic::cli,
 };
 
 const PBX: &str = "10.78.0.1";
@@ -30,6 +31,7 @@ struct Pbx {
     _kamailio: Daemon,
     program_id: u32,
     _config: TempFile,
+    socket: String,
 }
 
 impl Pbx {
@@ -64,8 +66,17 @@ impl Pbx {
             .expect("kamailio listening");
 
         let config = TempFile::new(&format!("{tag}.toml"), config);
-        let (mut guard, program_id) =
-            start_guard(&link.right, &link.right_if, &config, &[]).expect("sipguard attached");
+        let socket = std::env::temp_dir()
+            .join(format!("sipguard-{tag}-{}.sock", std::process::id()))
+            .display()
+            .to_string();
+        let (mut guard, program_id) = start_guard(
+            &link.right,
+            &link.right_if,
+            &config,
+            &["--control-socket", &socket],
+        )
+        .expect("sipguard attached");
         guard
             .wait_for("watching SIP authentication", Duration::from_secs(10))
             .unwrap();
@@ -75,6 +86,7 @@ impl Pbx {
             _kamailio: kamailio,
             program_id,
             _config: config,
+            socket,
         }
     }
 
@@ -160,6 +172,15 @@ fn password_guessing_is_banned_at_the_level_limit() {
     assert_eq!(ban.reason, BanReason::AuthFailure as u16);
     let remaining = ban.expires_ns.saturating_sub(monotonic_ns());
     assert!(remaining > 86_000 * 1_000_000_000 && remaining <= 86_400 * 1_000_000_000);
+    // `sipguard bans` shows the evidence.
+    let out = cli(&pbx.socket, &["bans", "--json"]);
+    let rows: Vec<BanRow> = serde_json::from_slice(&out.stdout).expect("bans as JSON");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].detail.starts_with("10 failures in 1h (proven)")
+            && rows[0].detail.contains("1001:401"),
+        "{rows:?}"
+    );
 
     // The next guess never reaches Kamailio.
     let (ok, _) = pbx.sipp(ATTACKER, "register-wrong-password.xml", "1001", "guess", 1);

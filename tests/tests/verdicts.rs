@@ -714,3 +714,45 @@ fn verdicts_are_counted_per_destination_service() {
     assert_eq!(packets(Reason::Passed, 0), 1);
     assert_eq!(rows.len(), 3);
 }
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_new_policy_is_switched_in_whole_and_the_old_one_kept_intact() {
+    let mut h = Harness::new(POLICY);
+    let first_slot = h.guard.maps().settings().unwrap().policy_slot;
+    assert_eq!(h.run(&tcp("10.9.9.9", PBX4, 5038, true, false)), XDP_DROP);
+    assert_eq!(h.packets(Reason::Closed), 1);
+
+    // The next policy opens AMI and closes the web GUI; the deny list changes.
+    let next = guard_userspace::config::Config::parse(
+        "[services.web]\naccess = \"closed\"\n[[deny]]\ncidr = \"10.9.0.0/16\"\n",
+        "next",
+    )
+    .unwrap();
+    let policy = guard_userspace::policy::CompiledPolicy::compile(&next);
+    h.guard.maps_mut().sync_policy(&policy).unwrap();
+    let settings = h.guard.maps().settings().unwrap();
+    assert_eq!(
+        settings.policy_slot,
+        first_slot ^ 1,
+        "one write switched slots"
+    );
+    assert_eq!(h.run(&tcp("10.8.0.1", PBX4, 5038, true, false)), XDP_PASS);
+    assert_eq!(h.run(&tcp("10.8.0.1", PBX4, 443, true, false)), XDP_DROP);
+    assert_eq!(h.run(&tcp("10.9.9.9", PBX4, 5038, true, false)), XDP_DROP);
+    assert_eq!(h.run(&udp("203.0.113.9", PBX4, 5060, b"x")), XDP_PASS);
+    assert_eq!(h.packets(Reason::Denied), 1);
+    assert_eq!(h.packets(Reason::Closed), 2);
+
+    // The slot now out of force still holds the whole first policy (what a
+    // packet that read the old slot goes on seeing), and switching back
+    // restores every verdict.
+    let first = guard_userspace::policy::CompiledPolicy::compile(
+        &guard_userspace::config::Config::parse(POLICY, "first").unwrap(),
+    );
+    h.guard.maps_mut().sync_policy(&first).unwrap();
+    assert_eq!(h.guard.maps().settings().unwrap().policy_slot, first_slot);
+    assert_eq!(h.run(&tcp("10.9.9.9", PBX4, 5038, true, false)), XDP_DROP);
+    assert_eq!(h.packets(Reason::Closed), 3);
+    assert_eq!(h.run(&udp("203.0.113.9", PBX4, 5060, b"x")), XDP_DROP);
+}
