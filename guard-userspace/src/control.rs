@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use guard_common::{BanEntry, BanReason, Reason, SourceKey, BAN_FOREVER, NO_RULE};
+use guard_common::{BanEntry, BanReason, Reason, BAN_FOREVER, NO_RULE};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -25,14 +25,16 @@ use tracing::{debug, info, warn};
 use crate::{
     bans::{self, BanDetails},
     clock,
-    config::{Config, ALL},
+    config::ALL,
     live_policy::{ConfigSource, ListEntry, LivePolicy, NO_SERVICE_NAME},
     maps::{KernelMaps, NetList},
     metrics::ControllerCounters,
     policy::allow_mask,
-    safety::{self, Session},
+    safety::{LockoutCheck, Session},
     state::{ListChanges, StateDir},
 };
+
+mod switch;
 
 pub const DEFAULT_SOCKET: &str = "/run/sipguard/control.sock";
 /// Longest request line accepted.
@@ -169,15 +171,6 @@ pub struct BanRow {
     pub dropped: u64,
 }
 
-/// An `apply --confirm` waiting for `confirm`: what to go back to.
-struct Pending {
-    id: u64,
-    config: Config,
-    name: String,
-    source: ConfigSource,
-    deadline: Instant,
-}
-
 /// Where and how the guard is attached, for `status`.
 #[derive(Debug, Clone)]
 pub struct Attached {
@@ -203,7 +196,7 @@ pub struct ControlState {
     pub state: StateDir,
     /// Wakes the task that saves bans to the state directory.
     pub bans_changed: Arc<Notify>,
-    pending: Mutex<Option<Pending>>,
+    pending: Mutex<Option<switch::Pending>>,
 }
 
 /// A refusal (or failure) on its way back to the CLI.
@@ -358,7 +351,9 @@ impl ControlState {
             rule: NO_RULE,
             ..BanEntry::default()
         };
-        lockout.check(&policy, &policy, &maps, Some((key, entry)))?;
+        lockout
+            .check(&policy, &policy, &maps, Some((key, entry)))
+            .map_err(Response::refused)?;
         maps.insert_ban(key, entry).map_err(failed)?;
         drop(maps);
         drop(policy);
@@ -431,7 +426,9 @@ impl ControlState {
         let candidate = LivePolicy::build(policy.config.clone(), policy.source.clone(), changes);
         let name = list.name();
         let mut maps = self.maps.lock().await;
-        lockout.check(&policy, &candidate, &maps, None)?;
+        lockout
+            .check(&policy, &candidate, &maps, None)
+            .map_err(Response::refused)?;
         maps.insert_net(list, cidr, value).map_err(|e| {
             Response::error(format!(
                 "the {name} list refused {cidr} (full?): {e:#}; nothing changed"
@@ -473,7 +470,9 @@ impl ControlState {
         }
         let candidate = LivePolicy::build(policy.config.clone(), policy.source.clone(), changes);
         let mut maps = self.maps.lock().await;
-        lockout.check(&policy, &candidate, &maps, None)?;
+        lockout
+            .check(&policy, &candidate, &maps, None)
+            .map_err(Response::refused)?;
         maps.remove_net(list, cidr).map_err(failed)?;
         drop(maps);
         info!("removed {cidr} from the {name} list by the operator");
@@ -497,114 +496,6 @@ impl ControlState {
         Ok(Response::ok(
             serde_json::to_value(entries).map_err(|e| failed(e.into()))?,
         ))
-    }
-
-    /// Replaces the policy with the config from `source`. A broken config,
-    /// or one that cuts the operator's SSH session, changes nothing. With
-    /// `confirm`, the old policy comes back unless `confirm` arrives in time.
-    async fn switch_policy(
-        self: &Arc<Self>,
-        source: ConfigSource,
-        confirm: Option<Duration>,
-        lockout: &LockoutCheck,
-    ) -> Answer {
-        let mut pending = self.pending.lock().await;
-        if let Some(p) = pending.as_ref() {
-            return Err(Response::error(format!(
-                "an applied change awaits `sipguard confirm` ({} s left); confirm it or let it revert first",
-                p.deadline.saturating_duration_since(Instant::now()).as_secs()
-            )));
-        }
-        let (config, name) = source.load().map_err(|e| Response {
-            bad_config: true,
-            ..Response::error(format!(
-                "{e}\nnothing changed: the old policy stays in force"
-            ))
-        })?;
-        let mut policy = self.policy.lock().await;
-        let candidate = LivePolicy::build(config, name.clone(), policy.changes.clone());
-        let restart = needs_restart(&policy, &candidate);
-        {
-            let mut maps = self.maps.lock().await;
-            lockout.check(&policy, &candidate, &maps, None)?;
-            install(&mut maps, &policy, &candidate)?;
-        }
-        let summary = candidate.summary();
-        let previous = std::mem::replace(&mut *policy, candidate);
-        let previous_source = std::mem::replace(&mut *self.source.lock().await, source);
-        for what in &restart {
-            warn!("{what} changed: that takes effect at the next restart");
-        }
-        let confirm_by = confirm.map(|wait| {
-            let id = clock::monotonic_ns();
-            *pending = Some(Pending {
-                id,
-                config: previous.config,
-                name: previous.source,
-                source: previous_source,
-                deadline: Instant::now() + wait,
-            });
-            let state = Arc::clone(self);
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                state.revert(id).await;
-            });
-            wait.as_secs()
-        });
-        match confirm_by {
-            Some(s) => warn!(
-                "policy from {name} applied: {summary}; it reverts in {s} s unless `sipguard confirm`"
-            ),
-            None => info!("policy reloaded from {name}: {summary}"),
-        }
-        Ok(Response::ok(serde_json::json!({
-            "source": name,
-            "policy": summary,
-            "restart_needed": restart,
-            "confirm_within_seconds": confirm_by,
-        })))
-    }
-
-    /// The `apply --confirm` timer: back to the old policy, keeping the
-    /// runtime list changes made since.
-    async fn revert(&self, id: u64) {
-        let mut pending = self.pending.lock().await;
-        if pending.as_ref().map(|p| p.id) != Some(id) {
-            return; // confirmed
-        }
-        let Some(old) = pending.take() else { return };
-        let mut policy = self.policy.lock().await;
-        let restored = LivePolicy::build(old.config, old.name.clone(), policy.changes.clone());
-        let mut maps = self.maps.lock().await;
-        match install(&mut maps, &policy, &restored) {
-            Ok(()) => {
-                warn!(
-                    "the applied policy was not confirmed in time: reverted to the policy from {}",
-                    old.name
-                );
-                *policy = restored;
-                *self.source.lock().await = old.source;
-            }
-            Err(e) => warn!(
-                "reverting the unconfirmed policy failed: {}",
-                e.error.unwrap_or_default()
-            ),
-        }
-    }
-
-    async fn confirm(&self) -> Answer {
-        match self.pending.lock().await.take() {
-            Some(_) => {
-                let policy = self.policy.lock().await;
-                info!("the policy from {} is confirmed", policy.source);
-                Ok(Response::ok(
-                    serde_json::json!({ "confirmed": policy.source }),
-                ))
-            }
-            None => Err(Response::not_found(
-                "no applied change awaits confirmation".into(),
-            )),
-        }
     }
 
     /// The verdict `ip` gets for each service now, and what decides it.
@@ -654,53 +545,6 @@ impl ControlState {
     }
 }
 
-/// Writes `candidate` into the maps; if that fails half way, puts `current` back.
-fn install(
-    maps: &mut KernelMaps,
-    current: &LivePolicy,
-    candidate: &LivePolicy,
-) -> std::result::Result<(), Response> {
-    let Err(e) = maps.sync_policy(&candidate.compiled) else {
-        return Ok(());
-    };
-    let put_back = match maps.sync_policy(&current.compiled) {
-        Ok(()) => "the old policy was put back".to_string(),
-        Err(e) => format!("putting the old policy back failed too: {e:#}"),
-    };
-    Err(Response::error(format!(
-        "writing the new policy failed: {e:#}; {put_back}"
-    )))
-}
-
-/// Settings a running guard cannot change (the daemon reads them at start).
-fn needs_restart(current: &LivePolicy, candidate: &LivePolicy) -> Vec<String> {
-    let (old, new) = (&current.config, &candidate.config);
-    let mut out = Vec::new();
-    if old.sip_auth != new.sip_auth {
-        out.push("[sip_auth]".to_string());
-    }
-    if old.metrics != new.metrics {
-        out.push("[metrics]".to_string());
-    }
-    let capacity = |c: &Config| {
-        (
-            c.guard.max_bans,
-            c.guard.max_tracked_sources,
-            c.guard.max_cidrs,
-            c.guard.ipv6_ban_prefix,
-        )
-    };
-    if capacity(old) != capacity(new) {
-        out.push("guard capacities or ipv6_ban_prefix".to_string());
-    }
-    if current.compiled.service_names != candidate.compiled.service_names
-        || current.compiled.rule_names != candidate.compiled.rule_names
-    {
-        out.push("metric labels (service and rule names)".to_string());
-    }
-    out
-}
-
 fn added_mut(
     changes: &mut ListChanges,
     list: NetList,
@@ -715,52 +559,6 @@ fn removed_mut(changes: &mut ListChanges, list: NetList) -> &mut Vec<IpNet> {
     match list {
         NetList::Allow => &mut changes.allow_removed,
         NetList::Deny => &mut changes.deny_removed,
-    }
-}
-
-/// The SSH-lockout check for one request.
-struct LockoutCheck {
-    force: bool,
-    session: Option<Session>,
-}
-
-impl LockoutCheck {
-    /// Refuses a change from `current` to `candidate` (plus `new_ban`) that
-    /// would drop an SSH session which passes now.
-    fn check(
-        &self,
-        current: &LivePolicy,
-        candidate: &LivePolicy,
-        maps: &KernelMaps,
-        new_ban: Option<(SourceKey, BanEntry)>,
-    ) -> std::result::Result<(), Response> {
-        let mut ports = safety::ssh_ports(current);
-        ports.extend(safety::ssh_ports(candidate));
-        let mut sessions = safety::live_sessions(&ports);
-        sessions.extend(self.session);
-        let now = clock::monotonic_ns();
-        let prefix = current.config.guard.ipv6_ban_prefix;
-        let ban_now = |ip: IpAddr| {
-            let key = maps.source_key(ip).ok()?;
-            maps.active_ban(&key, now).ok().flatten()
-        };
-        let ban_after = |ip: IpAddr| match new_ban {
-            Some((key, entry)) if safety::ban_catches(&key, ip, prefix) => Some(entry),
-            _ => ban_now(ip),
-        };
-        // Only sessions that pass now can be cut.
-        let open: Vec<Session> = sessions
-            .into_iter()
-            .filter(|s| safety::would_cut(current, &[*s], ban_now).is_none())
-            .collect();
-        match safety::would_cut(candidate, &open, ban_after) {
-            Some(why) if self.force => {
-                warn!("forced by the operator: {why}");
-                Ok(())
-            }
-            Some(why) => Err(Response::refused(format!("refused: {why}"))),
-            None => Ok(()),
-        }
     }
 }
 

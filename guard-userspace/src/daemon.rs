@@ -168,6 +168,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut tasks = vec![
         tokio::spawn(sweep_forever(
             Arc::clone(&maps),
+            Arc::clone(&ban_details),
             ipv6_prefix,
             Arc::clone(&bans_changed),
         )),
@@ -379,7 +380,12 @@ async fn save_bans(
     }
 }
 
-async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8, changed: Arc<Notify>) {
+async fn sweep_forever(
+    maps: Arc<Mutex<KernelMaps>>,
+    details: BanDetails,
+    ipv6_prefix: u8,
+    changed: Arc<Notify>,
+) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tick.tick().await;
@@ -388,6 +394,10 @@ async fn sweep_forever(maps: Arc<Mutex<KernelMaps>>, ipv6_prefix: u8, changed: A
             Ok(expired) => {
                 if !expired.is_empty() {
                     changed.notify_one();
+                    let mut details = details.lock().await;
+                    for (source, _) in &expired {
+                        details.remove(source);
+                    }
                 }
                 for (source, ban) in expired {
                     info!(

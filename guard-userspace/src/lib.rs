@@ -6,7 +6,9 @@
 //! - `bans`, `events`: ban bookkeeping and the kernel's ban events
 //! - `metrics`: Prometheus series and the /metrics endpoint
 //! - `preflight`: interface, privilege and kernel checks
-//! - `control`: the control socket the CLI talks to
+//! - `control`: the control socket the CLI talks to (`control::switch`:
+//!   reload, apply and confirm)
+//! - `live_policy`: the config plus runtime list changes; verdicts for `explain`
 //! - `state`: bans and runtime list changes saved in the state directory
 //! - `pins`: the guard's pins in bpffs, so the kernel enforces without us
 //! - `safety`: refusing changes that would cut the operator's SSH session

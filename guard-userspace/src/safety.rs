@@ -6,8 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use guard_common::{BanEntry, SourceKey};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
-use crate::live_policy::LivePolicy;
+use crate::{clock, live_policy::LivePolicy, maps::KernelMaps};
 
 /// The service whose sessions are protected.
 pub const SSH_SERVICE: &str = "ssh";
@@ -136,6 +137,54 @@ pub fn ban_catches(key: &SourceKey, client: IpAddr, ipv6_prefix: u8) -> bool {
         IpAddr::V6(v6) => SourceKey::from_ipv6(v6.octets(), ipv6_prefix),
     };
     client_key == *key
+}
+
+/// The SSH-lockout check for one request: the CLI's session and `--force`.
+pub struct LockoutCheck {
+    /// Do it anyway (logged).
+    pub force: bool,
+    /// The CLI's own session.
+    pub session: Option<Session>,
+}
+
+impl LockoutCheck {
+    /// Refuses a change from `current` to `candidate` (plus `new_ban`) that
+    /// would drop an SSH session which passes now.
+    pub fn check(
+        &self,
+        current: &LivePolicy,
+        candidate: &LivePolicy,
+        maps: &KernelMaps,
+        new_ban: Option<(SourceKey, BanEntry)>,
+    ) -> Result<(), String> {
+        let mut ports = ssh_ports(current);
+        ports.extend(ssh_ports(candidate));
+        let mut sessions = live_sessions(&ports);
+        sessions.extend(self.session);
+        let now = clock::monotonic_ns();
+        let prefix = current.config.guard.ipv6_ban_prefix;
+        let ban_now = |ip: IpAddr| {
+            let key = maps.source_key(ip).ok()?;
+            maps.active_ban(&key, now).ok().flatten()
+        };
+        let ban_after = |ip: IpAddr| match new_ban {
+            Some((key, entry)) if ban_catches(&key, ip, prefix) => Some(entry),
+            _ => ban_now(ip),
+        };
+        // Only sessions that pass now can be cut.
+        let open: Vec<Session> = sessions
+            .into_iter()
+            .filter(|s| would_cut(current, &[*s], ban_now).is_none())
+            .collect();
+        match would_cut(candidate, &open, ban_after) {
+            Some(why) if self.force => {
+                warn!("forced by the operator: {why}");
+                Ok(())
+            }
+            Some(why) => Err(format!("refused: {why}")),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
