@@ -232,6 +232,20 @@ impl ControlState {
         }
     }
 
+    /// `reload` on SIGHUP: no CLI session to protect beyond the live ones.
+    pub async fn reload_on_signal(self: &Arc<Self>) {
+        let response = self
+            .handle(Envelope {
+                request: Request::Reload,
+                force: false,
+                session: None,
+            })
+            .await;
+        if let Some(error) = response.error {
+            warn!("SIGHUP: reload failed: {error}");
+        }
+    }
+
     async fn handle(self: &Arc<Self>, envelope: Envelope) -> Response {
         let Envelope {
             request,

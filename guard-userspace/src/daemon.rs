@@ -198,6 +198,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         state.clone(),
         Arc::clone(&bans_changed),
     ));
+    let reloader = Arc::clone(&control_state);
     tasks.push(tokio::spawn(async move {
         if let Err(e) = control::serve(control_listener, control_state).await {
             warn!("control socket stopped: {e:#}");
@@ -239,10 +240,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let why = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
-        ended = events => format!("ban event reader stopped: {ended:?}").leak(),
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut events = events;
+    let why = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => reloader.reload_on_signal().await,
+            ended = &mut events => break format!("ban event reader stopped: {ended:?}").leak(),
+        }
     };
     for task in &tasks {
         task.abort();

@@ -214,6 +214,16 @@ impl Daemon {
         Ok(id.trim().parse()?)
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let child = self.child.as_ref().context("already stopped")?;
+        // SAFETY: signalling our own child.
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            bail!("kill: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// SIGKILL, as a crash would: nothing of the daemon's runs.
     pub fn kill(&mut self) -> Result<()> {
         let mut child = self.child.take().context("already stopped")?;

@@ -286,7 +286,7 @@ const DENY_SCANNER: &str = "[[deny]]\ncidr = \"10.77.0.3/32\"\ncomment = \"scann
 
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
-fn a_reload_of_a_broken_config_keeps_the_old_policy() {
+fn a_reload_of_a_broken_config_keeps_the_old_policy_and_a_good_one_applies() {
     let site = Site::new("reload", DENY_SCANNER);
     let (daemon, _) = site.start();
     assert_eq!(site.delivered(SCANNER, 5), 0);
@@ -308,6 +308,17 @@ fn a_reload_of_a_broken_config_keeps_the_old_policy() {
     assert_eq!(site.delivered(SCANNER, 5), 5);
     assert_eq!(site.delivered(FRAUDSTER, 5), 0);
     assert!(daemon.log().contains("policy reloaded from"));
+
+    // SIGHUP reloads too (systemd's ExecReload uses the CLI instead).
+    std::fs::write(&site.config.0, DENY_SCANNER).unwrap();
+    daemon.signal(libc::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.log().matches("policy reloaded from").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(site.delivered(SCANNER, 5), 0);
+    assert_eq!(site.delivered(FRAUDSTER, 5), 5);
 }
 
 #[test]
