@@ -199,6 +199,13 @@ fn without_iface_the_default_route_interface_is_used() {
         "{}",
         guard.log()
     );
+    // `ip netns exec` gives the daemon a /sys without a bpffs: it mounts
+    // one to pin into (private to it, so it vanishes with it here).
+    assert!(
+        guard.log().contains("mounted a bpffs at /sys/fs/bpf"),
+        "{}",
+        guard.log()
+    );
     assert!(xdp_attached(&link));
     assert!(guard.stop().unwrap().success());
 }
