@@ -30,7 +30,7 @@ use crate::{
     maps::{KernelMaps, NetList},
     metrics::ControllerCounters,
     policy::allow_mask,
-    safety::{LockoutCheck, Session},
+    safety::{After, LockoutCheck, Session},
     state::{ListChanges, StateDir},
 };
 
@@ -279,7 +279,7 @@ impl ControlState {
             Request::DenyRemove { cidr } => self.list_remove(NetList::Deny, cidr, &lockout).await,
             Request::DenyList => self.list(NetList::Deny).await,
             Request::Explain { ip } => self.explain(ip).await.map_err(failed),
-            Request::Monitor { on } => self.monitor(on).await.map_err(failed),
+            Request::Monitor { on } => self.monitor(on, &lockout).await,
             Request::Reload => {
                 let source = self.source.lock().await.clone();
                 self.switch_policy(source, None, &lockout).await
@@ -297,12 +297,23 @@ impl ControlState {
         answer.unwrap_or_else(|refusal| refusal)
     }
 
-    async fn monitor(&self, on: bool) -> Result<Response> {
+    async fn monitor(&self, on: bool, lockout: &LockoutCheck) -> Answer {
+        let policy = self.policy.lock().await;
         let mut maps = self.maps.lock().await;
-        let mut settings = maps.settings()?;
+        let after = After {
+            policy: &policy,
+            new_ban: None,
+            monitor: Some(on),
+        };
+        lockout
+            .check(&policy, &maps, after)
+            .map_err(Response::refused)?;
+        let mut settings = maps.settings().map_err(failed)?;
         settings.monitor = on as u8;
         // One array slot: the next packet sees either the old or the new value.
-        maps.settings.set(0, settings, 0)?;
+        maps.settings
+            .set(0, settings, 0)
+            .map_err(|e| failed(e.into()))?;
         if on {
             warn!("monitor mode ON by the operator: every verdict is counted, nothing is dropped");
         } else {
@@ -365,8 +376,13 @@ impl ControlState {
             rule: NO_RULE,
             ..BanEntry::default()
         };
+        let after = After {
+            policy: &policy,
+            new_ban: Some((key, entry)),
+            monitor: None,
+        };
         lockout
-            .check(&policy, &policy, &maps, Some((key, entry)))
+            .check(&policy, &maps, after)
             .map_err(Response::refused)?;
         maps.insert_ban(key, entry).map_err(failed)?;
         drop(maps);
@@ -440,8 +456,13 @@ impl ControlState {
         let candidate = LivePolicy::build(policy.config.clone(), policy.source.clone(), changes);
         let name = list.name();
         let mut maps = self.maps.lock().await;
+        let after = After {
+            policy: &candidate,
+            new_ban: None,
+            monitor: None,
+        };
         lockout
-            .check(&policy, &candidate, &maps, None)
+            .check(&policy, &maps, after)
             .map_err(Response::refused)?;
         maps.insert_net(list, cidr, value).map_err(|e| {
             Response::error(format!(
@@ -484,8 +505,13 @@ impl ControlState {
         }
         let candidate = LivePolicy::build(policy.config.clone(), policy.source.clone(), changes);
         let mut maps = self.maps.lock().await;
+        let after = After {
+            policy: &candidate,
+            new_ban: None,
+            monitor: None,
+        };
         lockout
-            .check(&policy, &candidate, &maps, None)
+            .check(&policy, &maps, after)
             .map_err(Response::refused)?;
         maps.remove_net(list, cidr).map_err(failed)?;
         drop(maps);

@@ -147,18 +147,30 @@ pub struct LockoutCheck {
     pub session: Option<Session>,
 }
 
+/// What a change leaves in force.
+pub struct After<'a> {
+    pub policy: &'a LivePolicy,
+    /// A ban the change adds.
+    pub new_ban: Option<(SourceKey, BanEntry)>,
+    /// Monitor mode after the change; None: as it is now.
+    pub monitor: Option<bool>,
+}
+
 impl LockoutCheck {
-    /// Refuses a change from `current` to `candidate` (plus `new_ban`) that
-    /// would drop an SSH session which passes now.
+    /// Refuses a change from `current` to `after` that would drop an SSH
+    /// session which passes now (in monitor mode every session passes).
     pub fn check(
         &self,
         current: &LivePolicy,
-        candidate: &LivePolicy,
         maps: &KernelMaps,
-        new_ban: Option<(SourceKey, BanEntry)>,
+        after: After,
     ) -> Result<(), String> {
+        let monitor_now = maps.settings().is_ok_and(|s| s.monitor != 0);
+        if after.monitor.unwrap_or(monitor_now) {
+            return Ok(()); // nothing is dropped
+        }
         let mut ports = ssh_ports(current);
-        ports.extend(ssh_ports(candidate));
+        ports.extend(ssh_ports(after.policy));
         let mut sessions = live_sessions(&ports);
         sessions.extend(self.session);
         let now = clock::monotonic_ns();
@@ -167,16 +179,16 @@ impl LockoutCheck {
             let key = maps.source_key(ip).ok()?;
             maps.active_ban(&key, now).ok().flatten()
         };
-        let ban_after = |ip: IpAddr| match new_ban {
+        let ban_after = |ip: IpAddr| match after.new_ban {
             Some((key, entry)) if ban_catches(&key, ip, prefix) => Some(entry),
             _ => ban_now(ip),
         };
         // Only sessions that pass now can be cut.
         let open: Vec<Session> = sessions
             .into_iter()
-            .filter(|s| would_cut(current, &[*s], ban_now).is_none())
+            .filter(|s| monitor_now || would_cut(current, &[*s], ban_now).is_none())
             .collect();
-        match would_cut(candidate, &open, ban_after) {
+        match would_cut(after.policy, &open, ban_after) {
             Some(why) if self.force => {
                 warn!("forced by the operator: {why}");
                 Ok(())

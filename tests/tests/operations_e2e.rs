@@ -416,6 +416,15 @@ fn changes_that_would_cut_the_operators_ssh_session_are_refused() {
     let out = site.cli(&["--force", "ban", "add", SCANNER, "--for", "1m"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(site.bans().len(), 1);
+
+    // In monitor mode the session passes again; enforcing would cut it.
+    let out = site.cli(&["monitor", "on"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = site.cli(&["monitor", "off"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("banned"), "{}", stderr(&out));
+    let out = site.cli(&["--force", "monitor", "off"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

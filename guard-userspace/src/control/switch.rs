@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     live_policy::{ConfigSource, LivePolicy},
     maps::KernelMaps,
-    safety::LockoutCheck,
+    safety::{After, LockoutCheck},
 };
 
 /// An `apply --confirm` waiting for `confirm`: what to go back to.
@@ -53,8 +53,13 @@ impl ControlState {
         let restart = needs_restart(&policy, &candidate);
         {
             let mut maps = self.maps.lock().await;
+            let after = After {
+                policy: &candidate,
+                new_ban: None,
+                monitor: Some(candidate.config.guard.monitor),
+            };
             lockout
-                .check(&policy, &candidate, &maps, None)
+                .check(&policy, &maps, after)
                 .map_err(Response::refused)?;
             install(&mut maps, &policy, &candidate)?;
         }
