@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_userspace::control::BanRow;
+use guard_userspace::{
+    control::BanRow,
+    maps::{KernelMaps, NetList},
+};
 use sipguard_tests::{
     daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile},
     netns::Link,
@@ -241,9 +244,28 @@ fn after_kill_9_the_kernel_keeps_enforcing_and_a_restart_adopts_the_guard() {
 
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
-fn after_a_reboot_bans_come_back_with_their_remaining_time() {
-    let site = Site::new("boot", "");
+fn after_a_reboot_bans_and_list_changes_come_back() {
+    let site = Site::new(
+        "boot",
+        "[[deny]]\ncidr = \"192.0.2.0/24\"\ncomment = \"old range\"\n",
+    );
     let (mut daemon, _) = site.start();
+    // Runtime list changes: one added, one config entry removed.
+    for change in [
+        &[
+            "allow",
+            "add",
+            "198.51.100.0/24",
+            "--services",
+            "sip",
+            "--comment",
+            "new office",
+        ][..],
+        &["deny", "remove", "192.0.2.0/24"][..],
+    ] {
+        let out = site.cli(change);
+        assert!(out.status.success(), "{change:?}: {}", stderr(&out));
+    }
     let out = site.cli(&["ban", "add", SCANNER, "--for", "1h", "--reason", "probing"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // 41 datagrams in 2 s: the kernel bans by the built-in rule.
@@ -258,7 +280,7 @@ fn after_a_reboot_bans_come_back_with_their_remaining_time() {
     assert!(!xdp_attached(&site.link));
     std::thread::sleep(Duration::from_secs(3));
 
-    let (daemon, _) = site.start();
+    let (daemon, program) = site.start();
     assert!(
         daemon.log().contains("restored 2 of 2 saved bans"),
         "{}",
@@ -279,6 +301,29 @@ fn after_a_reboot_bans_come_back_with_their_remaining_time() {
     assert_eq!(site.delivered(SCANNER, 5), 0);
     assert_eq!(site.delivered(FRAUDSTER, 5), 0);
     assert_eq!(site.delivered(OFFICE, 5), 5);
+
+    let out = site.cli(&["allow", "list", "--json"]);
+    let allow: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(allow[0]["cidr"], "198.51.100.0/24", "{allow}");
+    assert_eq!(allow[0]["comment"], "new office");
+    assert_eq!(allow[0]["origin"], "runtime");
+    let out = site.cli(&["deny", "list", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let out = site.cli(&["explain", "192.0.2.7"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("denied"));
+    let out = site.cli(&["explain", "198.51.100.7"]);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("allow-listed by 198.51.100.0/24 (new office)"));
+    // And the kernel's tries hold exactly that.
+    let mut maps = KernelMaps::from_program_id(program).unwrap();
+    assert_eq!(maps.nets(NetList::Deny).unwrap(), vec![]);
+    assert_eq!(
+        maps.nets(NetList::Allow).unwrap(),
+        vec!["198.51.100.0/24".parse::<ipnet::IpNet>().unwrap()]
+    );
     drop(daemon);
 }
 
