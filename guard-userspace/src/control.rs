@@ -453,23 +453,15 @@ impl ControlState {
         let mut changes = policy.changes.clone();
         added_mut(&mut changes, list).insert(cidr, entry);
         removed_mut(&mut changes, list).retain(|net| *net != cidr);
-        let candidate = LivePolicy::build(policy.config.clone(), policy.source.clone(), changes);
         let name = list.name();
-        let mut maps = self.maps.lock().await;
-        let after = After {
-            policy: &candidate,
-            new_ban: None,
-            monitor: None,
-        };
-        lockout
-            .check(&policy, &maps, after)
-            .map_err(Response::refused)?;
-        maps.insert_net(list, cidr, value).map_err(|e| {
-            Response::error(format!(
-                "the {name} list refused {cidr} (full?): {e:#}; nothing changed"
-            ))
-        })?;
-        drop(maps);
+        self.commit_list_change(&mut policy, changes, lockout, |maps| {
+            maps.insert_net(list, cidr, value).map_err(|e| {
+                Response::error(format!(
+                    "the {name} list refused {cidr} (full?): {e:#}; nothing changed"
+                ))
+            })
+        })
+        .await?;
         if list == NetList::Allow {
             info!(
                 "allow-listed {cidr} for {} by the operator",
@@ -478,8 +470,6 @@ impl ControlState {
         } else {
             info!("deny-listed {cidr} by the operator");
         }
-        *policy = candidate;
-        self.save_lists(&policy.changes);
         Ok(Response::ok(
             serde_json::json!({ "list": name, "cidr": cidr.to_string(), "added": true }),
         ))
@@ -503,6 +493,26 @@ impl ControlState {
         if in_config && !removed_mut(&mut changes, list).contains(&cidr) {
             removed_mut(&mut changes, list).push(cidr);
         }
+        self.commit_list_change(&mut policy, changes, lockout, |maps| {
+            maps.remove_net(list, cidr).map_err(failed)
+        })
+        .await?;
+        info!("removed {cidr} from the {name} list by the operator");
+        Ok(Response::ok(
+            serde_json::json!({ "list": name, "cidr": cidr.to_string(), "added": false }),
+        ))
+    }
+
+    /// Checks a list change against the SSH sessions, makes it in the
+    /// kernel with `write` (one trie entry: atomic), then keeps it in the
+    /// live policy and the state directory.
+    async fn commit_list_change(
+        &self,
+        policy: &mut LivePolicy,
+        changes: ListChanges,
+        lockout: &LockoutCheck,
+        write: impl FnOnce(&mut KernelMaps) -> std::result::Result<(), Response>,
+    ) -> std::result::Result<(), Response> {
         let candidate = LivePolicy::build(policy.config.clone(), policy.source.clone(), changes);
         let mut maps = self.maps.lock().await;
         let after = After {
@@ -511,23 +521,16 @@ impl ControlState {
             monitor: None,
         };
         lockout
-            .check(&policy, &maps, after)
+            .check(policy, &maps, after)
             .map_err(Response::refused)?;
-        maps.remove_net(list, cidr).map_err(failed)?;
+        write(&mut maps)?;
         drop(maps);
-        info!("removed {cidr} from the {name} list by the operator");
         *policy = candidate;
-        self.save_lists(&policy.changes);
-        Ok(Response::ok(
-            serde_json::json!({ "list": name, "cidr": cidr.to_string(), "added": false }),
-        ))
-    }
-
-    /// The kernel already has the change; a failed save is reported in the log.
-    fn save_lists(&self, changes: &ListChanges) {
-        if let Err(e) = self.state.save_lists(changes) {
+        // The kernel already has the change; a failed save is reported in the log.
+        if let Err(e) = self.state.save_lists(&policy.changes) {
             warn!("saving the list changes failed: {e:#}; they hold until restart");
         }
+        Ok(())
     }
 
     async fn list(&self, list: NetList) -> Answer {
