@@ -79,7 +79,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     preflight::privileges()?;
     preflight::kernel()?;
 
-    let state = StateDir::open(&options.state_dir)?;
+    // One directory per interface, as with the pins: guards on two
+    // interfaces keep apart.
+    let state = StateDir::open(&options.state_dir.join(&iface))?;
     let live = LivePolicy::build(config, source, state.load_lists()?);
     let saved_bans = state.load_bans()?;
     let control_listener = control::bind(&options.control_socket)?;

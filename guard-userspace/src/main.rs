@@ -173,7 +173,7 @@ enum Command {
         /// Serve Prometheus metrics here (overrides metrics.address; default 127.0.0.1:9477).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_addr: Option<std::net::SocketAddr>,
-        /// Bans and runtime allow/deny changes are saved here.
+        /// Bans and runtime allow/deny changes are saved here, under IFACE/.
         #[arg(long, value_name = "DIR", default_value = state::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// The XDP link and maps are pinned here (a bpffs is mounted if absent),

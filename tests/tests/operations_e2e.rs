@@ -220,6 +220,9 @@ fn after_kill_9_the_kernel_keeps_enforcing_and_a_restart_adopts_the_guard() {
     );
     let pinned_at = status["pinned_at"].as_str().expect("pinned");
     assert!(pinned_at.ends_with(&site.link.right_if), "{pinned_at}");
+    let state_dir = site.state.0.join(&site.link.right_if);
+    assert_eq!(status["state_dir"], state_dir.display().to_string());
+    assert!(state_dir.join("bans.json").exists());
     let bans = site.bans();
     assert_eq!(bans.len(), 1, "{bans:?}");
     let ban = ban_of(&bans, FRAUDSTER);
