@@ -22,6 +22,14 @@ pub fn source_to_string(source: &SourceKey, ipv6_prefix: u8) -> String {
     }
 }
 
+/// The ban-map key of an address: IPv4-mapped, or its IPv6 prefix.
+pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> SourceKey {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => SourceKey::from_ipv4(v4.octets()),
+        IpAddr::V6(v6) => SourceKey::from_ipv6(v6.octets(), ipv6_prefix),
+    }
+}
+
 pub fn source_ip(source: &SourceKey) -> IpAddr {
     match source.ipv4() {
         Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),

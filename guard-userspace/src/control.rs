@@ -451,8 +451,7 @@ impl ControlState {
             origin: "runtime".to_string(),
         };
         let mut changes = policy.changes.clone();
-        added_mut(&mut changes, list).insert(cidr, entry);
-        removed_mut(&mut changes, list).retain(|net| *net != cidr);
+        changes.record_add(list, cidr, entry);
         let name = list.name();
         self.commit_list_change(&mut policy, changes, lockout, |maps| {
             maps.insert_net(list, cidr, value).map_err(|e| {
@@ -484,15 +483,12 @@ impl ControlState {
                 "{cidr} is not on the {name} list"
             )));
         }
-        let mut changes = policy.changes.clone();
-        added_mut(&mut changes, list).remove(&cidr);
         let in_config = match list {
             NetList::Allow => policy.config.allow.iter().any(|e| e.cidr.trunc() == cidr),
             NetList::Deny => policy.config.deny.iter().any(|e| e.cidr.trunc() == cidr),
         };
-        if in_config && !removed_mut(&mut changes, list).contains(&cidr) {
-            removed_mut(&mut changes, list).push(cidr);
-        }
+        let mut changes = policy.changes.clone();
+        changes.record_remove(list, cidr, in_config);
         self.commit_list_change(&mut policy, changes, lockout, |maps| {
             maps.remove_net(list, cidr).map_err(failed)
         })
@@ -585,23 +581,6 @@ impl ControlState {
             .collect();
         rows.sort_by(|a, b| a.source.cmp(&b.source));
         Ok(Response::ok(serde_json::to_value(rows)?))
-    }
-}
-
-fn added_mut(
-    changes: &mut ListChanges,
-    list: NetList,
-) -> &mut std::collections::BTreeMap<IpNet, ListEntry> {
-    match list {
-        NetList::Allow => &mut changes.allow_added,
-        NetList::Deny => &mut changes.deny_added,
-    }
-}
-
-fn removed_mut(changes: &mut ListChanges, list: NetList) -> &mut Vec<IpNet> {
-    match list {
-        NetList::Allow => &mut changes.allow_removed,
-        NetList::Deny => &mut changes.deny_removed,
     }
 }
 

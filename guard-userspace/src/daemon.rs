@@ -59,8 +59,15 @@ impl RunOptions {
     }
 }
 
+/// The config (and its name) and the interface, found before any kernel work.
+pub struct Prepared {
+    config: Config,
+    source: String,
+    iface: String,
+}
+
 /// Reads the config and resolves the interface; nothing touches the kernel yet.
-pub fn prepare(options: &RunOptions) -> Result<(Config, String, String)> {
+pub fn prepare(options: &RunOptions) -> Result<Prepared> {
     let (config, source) = options.config_source().load()?;
     let iface = match &options.iface {
         Some(iface) => iface.clone(),
@@ -70,11 +77,19 @@ pub fn prepare(options: &RunOptions) -> Result<(Config, String, String)> {
             iface
         }
     };
-    Ok((config, source, iface))
+    Ok(Prepared {
+        config,
+        source,
+        iface,
+    })
 }
 
-pub async fn run(options: RunOptions) -> Result<()> {
-    let (config, source, iface) = prepare(&options)?;
+pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
+    let Prepared {
+        config,
+        source,
+        iface,
+    } = prepared;
     preflight::interface_index(&iface)?;
     preflight::privileges()?;
     preflight::kernel()?;
@@ -113,18 +128,17 @@ pub async fn run(options: RunOptions) -> Result<()> {
             return Err(e);
         }
     };
-    let mode = match attachment {
+    let (how, mode) = match attachment {
         Attachment::New(mode) => {
             state.save_xdp_mode(mode);
-            mode.to_string()
+            ("attached to", mode.to_string())
         }
-        Attachment::Replaced => state.load_xdp_mode(),
+        Attachment::Replaced => (
+            "replaced the program in the pinned link on",
+            state.load_xdp_mode(),
+        ),
     };
     let program_id = guard.program_id()?;
-    let how = match attachment {
-        Attachment::New(_) => "attached to",
-        Attachment::Replaced => "replaced the program in the pinned link on",
-    };
     info!(
         "{how} {iface} in {mode} mode (program id {program_id}); policy from {}: {}",
         live.source,

@@ -46,8 +46,6 @@ pub struct Guard {
     /// Attachments owned by this process (detached on exit when not pinned).
     attachment: Option<aya::programs::xdp::XdpLinkId>,
     egress: Option<aya::programs::tc::SchedClassifierLinkId>,
-    /// Pinned attachments made by this run (kept open while it runs).
-    pinned: Vec<PinnedLink>,
     /// Whether the XDP attachment is pinned (made here or taken over).
     xdp_pinned: bool,
 }
@@ -121,7 +119,6 @@ impl Guard {
             adopted_maps,
             attachment: None,
             egress: None,
-            pinned: Vec::new(),
             xdp_pinned: false,
         })
     }
@@ -144,16 +141,13 @@ impl Guard {
     /// into the pinned link of an earlier run if there is one.
     pub fn attach_egress(&mut self, iface: &str) -> Result<()> {
         let pin_path = self.pins.as_ref().map(Pins::tc_link);
-        if let Some(path) = pin_path.as_deref().filter(|p| p.exists()) {
-            let replaced = open_pinned(path).and_then(|fd| {
-                let link = SchedClassifierLink::try_from(fd)?;
-                egress_program(&mut self.ebpf)?.attach_to_link(link)?;
-                Ok(())
-            });
-            match replaced {
-                Ok(()) => return Ok(()),
-                Err(e) => forget_pin(path, &e),
-            }
+        let swapped = swap_into_pinned(pin_path.as_deref(), |fd| {
+            let link = SchedClassifierLink::try_from(fd)?;
+            egress_program(&mut self.ebpf)?.attach_to_link(link)?;
+            Ok(())
+        });
+        if swapped {
+            return Ok(());
         }
         let program = egress_program(&mut self.ebpf)?;
         // Kernels before 6.6 (no TCX) need a clsact qdisc to attach to.
@@ -171,9 +165,8 @@ impl Guard {
             // re-attached by the next run instead.
             let owned = egress_program(&mut self.ebpf)?.take_link(link)?;
             match FdLink::try_from(owned) {
-                Ok(fd) => self
-                    .pinned
-                    .push(fd.pin(&path).context("pinning the tc link")?),
+                // The pin holds the link from now on.
+                Ok(fd) => drop(fd.pin(&path).context("pinning the tc link")?),
                 Err(_) => warn!("tc egress is attached through netlink: not pinned"),
             }
             return Ok(());
@@ -195,19 +188,14 @@ impl Guard {
     /// otherwise a new link is made and pinned.
     pub fn attach(&mut self, iface: &str, choice: XdpModeChoice) -> Result<Attachment> {
         let pin_path = self.pins.as_ref().map(Pins::xdp_link);
-        if let Some(path) = pin_path.as_deref().filter(|p| p.exists()) {
-            let replaced = open_pinned(path).and_then(|fd| {
-                let link = XdpLink::try_from(fd)?;
-                self.program()?.attach_to_link(link)?;
-                Ok(())
-            });
-            match replaced {
-                Ok(()) => {
-                    self.xdp_pinned = true;
-                    return Ok(Attachment::Replaced);
-                }
-                Err(e) => forget_pin(path, &e),
-            }
+        let swapped = swap_into_pinned(pin_path.as_deref(), |fd| {
+            let link = XdpLink::try_from(fd)?;
+            self.program()?.attach_to_link(link)?;
+            Ok(())
+        });
+        if swapped {
+            self.xdp_pinned = true;
+            return Ok(Attachment::Replaced);
         }
         let mode = self.attach_new(iface, choice)?;
         if let Some(path) = pin_path {
@@ -216,8 +204,7 @@ impl Guard {
             let fd = FdLink::try_from(owned).map_err(|_| {
                 anyhow!("this kernel attached XDP without a bpf_link, which cannot be pinned")
             })?;
-            self.pinned
-                .push(fd.pin(&path).context("pinning the XDP link")?);
+            drop(fd.pin(&path).context("pinning the XDP link")?);
             self.xdp_pinned = true;
         }
         Ok(Attachment::New(mode))
@@ -274,9 +261,17 @@ fn open_pinned(path: &Path) -> Result<FdLink> {
     Ok(PinnedLink::from_pin(path)?.into())
 }
 
-/// A pinned link that cannot take the new program (its interface was
-/// deleted and made again, say) is dropped, and a new one made.
-fn forget_pin(path: &Path, error: &anyhow::Error) {
+/// Swaps the new program into the link pinned at `path`, if there is one,
+/// with `replace`. A pinned link that cannot take it (its interface was
+/// deleted and made again, say) is unpinned, so that a new one is made.
+/// True if the program was swapped in.
+fn swap_into_pinned(path: Option<&Path>, replace: impl FnOnce(FdLink) -> Result<()>) -> bool {
+    let Some(path) = path.filter(|p| p.exists()) else {
+        return false;
+    };
+    let Err(error) = open_pinned(path).and_then(replace) else {
+        return true;
+    };
     warn!(
         "the pinned link {} cannot be reused ({error:#}); attaching anew",
         path.display()
@@ -284,6 +279,7 @@ fn forget_pin(path: &Path, error: &anyhow::Error) {
     if let Err(e) = std::fs::remove_file(path) {
         warn!("cannot remove {}: {e}", path.display());
     }
+    false
 }
 
 fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {

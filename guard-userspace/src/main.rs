@@ -293,10 +293,13 @@ fn main() -> ExitCode {
                 pin_dir: (!no_pin).then_some(pin_dir),
             };
             // A bad config is reported before any kernel work.
-            if let Err(e) = daemon::prepare(&options) {
-                eprintln!("sipguard: {e:#}");
-                return ExitCode::from(EXIT_BAD_CONFIG);
-            }
+            let prepared = match daemon::prepare(&options) {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    eprintln!("sipguard: {e:#}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -308,7 +311,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_FAILURE);
                 }
             };
-            match runtime.block_on(daemon::run(options)) {
+            match runtime.block_on(daemon::run(options, prepared)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sipguard: {e:#}");

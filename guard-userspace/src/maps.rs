@@ -266,10 +266,10 @@ impl KernelMaps {
 
     /// The ban-map key of an address under the current IPv6 ban prefix.
     pub fn source_key(&self, ip: IpAddr) -> Result<SourceKey> {
-        Ok(match ip.to_canonical() {
-            IpAddr::V4(v4) => SourceKey::from_ipv4(v4.octets()),
-            IpAddr::V6(v6) => SourceKey::from_ipv6(v6.octets(), self.settings()?.ipv6_ban_prefix),
-        })
+        Ok(crate::bans::source_key(
+            ip,
+            self.settings()?.ipv6_ban_prefix,
+        ))
     }
 
     pub fn insert_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<()> {

@@ -111,32 +111,37 @@ pub fn would_cut(
     sessions: &[Session],
     ban_of: impl Fn(IpAddr) -> Option<BanEntry>,
 ) -> Option<String> {
-    sessions.iter().find_map(|session| {
-        let service = candidate.tcp_service(session.server_port);
-        let ban = ban_of(session.client);
-        let verdict = candidate.verdict(
-            session.client,
-            ban.as_ref(),
-            &service,
-            &candidate.compiled.rule_names,
-        );
-        (!verdict.passes()).then(|| {
-            format!(
-                "this would cut the SSH session from {} to port {} ({}: {}); nothing changed \
-                 (--force to do it anyway)",
-                session.client, session.server_port, verdict.service, verdict.because
-            )
-        })
+    sessions
+        .iter()
+        .find_map(|session| cut_reason(candidate, session, &ban_of))
+}
+
+/// Why `policy` drops `session`, if it does.
+fn cut_reason(
+    policy: &LivePolicy,
+    session: &Session,
+    ban_of: impl Fn(IpAddr) -> Option<BanEntry>,
+) -> Option<String> {
+    let service = policy.tcp_service(session.server_port);
+    let ban = ban_of(session.client);
+    let verdict = policy.verdict(
+        session.client,
+        ban.as_ref(),
+        &service,
+        &policy.compiled.rule_names,
+    );
+    (!verdict.passes()).then(|| {
+        format!(
+            "this would cut the SSH session from {} to port {} ({}: {}); nothing changed \
+             (--force to do it anyway)",
+            session.client, session.server_port, verdict.service, verdict.because
+        )
     })
 }
 
 /// Whether a ban on `key` would catch `client`.
 pub fn ban_catches(key: &SourceKey, client: IpAddr, ipv6_prefix: u8) -> bool {
-    let client_key = match client.to_canonical() {
-        IpAddr::V4(v4) => SourceKey::from_ipv4(v4.octets()),
-        IpAddr::V6(v6) => SourceKey::from_ipv6(v6.octets(), ipv6_prefix),
-    };
-    client_key == *key
+    crate::bans::source_key(client, ipv6_prefix) == *key
 }
 
 /// The SSH-lockout check for one request: the CLI's session and `--force`.
@@ -186,7 +191,7 @@ impl LockoutCheck {
         // Only sessions that pass now can be cut.
         let open: Vec<Session> = sessions
             .into_iter()
-            .filter(|s| monitor_now || would_cut(current, &[*s], ban_now).is_none())
+            .filter(|s| monitor_now || cut_reason(current, s, ban_now).is_none())
             .collect();
         match would_cut(after.policy, &open, ban_after) {
             Some(why) if self.force => {

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tracing::warn;
 
-use crate::{bans, live_policy::ListEntry};
+use crate::{bans, live_policy::ListEntry, maps::NetList};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sipguard";
 const BANS_FILE: &str = "bans.json";
@@ -57,6 +57,32 @@ pub struct ListChanges {
     /// Config entries the operator removed.
     pub allow_removed: Vec<IpNet>,
     pub deny_removed: Vec<IpNet>,
+}
+
+impl ListChanges {
+    /// The operator added `entry` at `net` (replacing any entry there).
+    pub fn record_add(&mut self, list: NetList, net: IpNet, entry: ListEntry) {
+        let (added, removed) = self.list_mut(list);
+        added.insert(net, entry);
+        removed.retain(|n| *n != net);
+    }
+
+    /// The operator removed `net`; a removal of a config entry (`in_config`)
+    /// must be remembered, or the next start would bring it back.
+    pub fn record_remove(&mut self, list: NetList, net: IpNet, in_config: bool) {
+        let (added, removed) = self.list_mut(list);
+        added.remove(&net);
+        if in_config && !removed.contains(&net) {
+            removed.push(net);
+        }
+    }
+
+    fn list_mut(&mut self, list: NetList) -> (&mut BTreeMap<IpNet, ListEntry>, &mut Vec<IpNet>) {
+        match list {
+            NetList::Allow => (&mut self.allow_added, &mut self.allow_removed),
+            NetList::Deny => (&mut self.deny_added, &mut self.deny_removed),
+        }
+    }
 }
 
 pub fn unix_now() -> u64 {

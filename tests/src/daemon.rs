@@ -2,7 +2,7 @@
 //! process stopped on drop, whatever happened in the test.
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ExitStatus},
     sync::{Arc, Mutex},
     thread,
@@ -34,20 +34,29 @@ pub fn sipguard_bin() -> PathBuf {
     path
 }
 
+/// A path under the temp directory that no other test (or run) uses.
+fn unique_temp_path(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("sipguard-{}-{n}-{name}", std::process::id()))
+}
+
+fn utf8(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temp path")
+}
+
 /// A file removed on drop (test configs).
 pub struct TempFile(pub PathBuf);
 
 impl TempFile {
     pub fn new(name: &str, contents: &str) -> TempFile {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("sipguard-{}-{n}-{name}", std::process::id()));
+        let path = unique_temp_path(name);
         std::fs::write(&path, contents).expect("writing a temporary file");
         TempFile(path)
     }
 
     pub fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 temp path")
+        utf8(&self.0)
     }
 }
 
@@ -62,15 +71,13 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let file = TempFile::new(name, "");
-        let path = file.0.clone();
-        drop(file);
+        let path = unique_temp_path(name);
         std::fs::create_dir_all(&path).expect("creating a temporary directory");
         TempDir(path)
     }
 
     pub fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 temp path")
+        utf8(&self.0)
     }
 }
 
@@ -87,9 +94,8 @@ pub struct PinRoot(pub PathBuf);
 
 impl PinRoot {
     pub fn new() -> Result<PinRoot> {
-        let dir = TempDir::new("bpffs");
-        let path = dir.0.clone();
-        std::mem::forget(dir);
+        let path = unique_temp_path("bpffs");
+        std::fs::create_dir(&path).context("creating the bpffs mount point")?;
         crate::netns::run(
             std::process::Command::new("mount")
                 .args(["-t", "bpf", "bpf"])
@@ -99,7 +105,7 @@ impl PinRoot {
     }
 
     pub fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 temp path")
+        utf8(&self.0)
     }
 }
 

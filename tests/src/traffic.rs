@@ -64,6 +64,19 @@ impl UdpSink {
     }
 }
 
+/// How many datagrams from `source` a sink saw.
+pub fn received_from(seen: &HashMap<IpAddr, usize>, source: &str) -> usize {
+    let source: IpAddr = source.parse().expect("a source address");
+    seen.get(&source).copied().unwrap_or(0)
+}
+
+/// How many of `count` datagrams from `source` reach the PBX's port 5060.
+pub fn delivered(link: &Link, source: &'static str, count: usize) -> usize {
+    let sink = UdpSink::start(link);
+    send_udp(link, source, count);
+    received_from(&sink.finish(), source)
+}
+
 /// Sends `count` datagrams from `source` to the PBX's port 5060.
 pub fn send_udp(link: &Link, source: &'static str, count: usize) {
     let destination = if source.contains(':') { PBX_V6 } else { PBX_V4 };

@@ -14,7 +14,8 @@ use sipguard_tests::{
     daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile},
     netns::Link,
     traffic::{
-        cli, connect_from, send_udp, tcp_connects, xdp_attached, UdpSink, CLIENT_ADDRS, PBX_ADDRS,
+        cli, connect_from, delivered, send_udp, tcp_connects, xdp_attached, UdpSink, CLIENT_ADDRS,
+        PBX_ADDRS,
     },
 };
 
@@ -547,14 +548,7 @@ fn allow_and_deny_changes_apply_to_live_traffic() {
     let socket = std::env::temp_dir().join(format!("sipguard-lists-{}.sock", std::process::id()));
     let socket = socket.to_str().unwrap().to_string();
     let (mut guard, _) = start(&link, &config, &["--control-socket", &socket]);
-    let arrived = |source: &'static str, count: usize| {
-        let sink = UdpSink::start(&link);
-        send_udp(&link, source, count);
-        let seen = sink.finish();
-        seen.get(&source.parse::<IpAddr>().unwrap())
-            .copied()
-            .unwrap_or(0)
-    };
+    let arrived = |source: &'static str, count: usize| delivered(&link, source, count);
     let ok = |out: std::process::Output| {
         assert!(
             out.status.success(),
@@ -744,14 +738,7 @@ fn monitor_mode_switches_at_run_time() {
     let socket = std::env::temp_dir().join(format!("sipguard-monitor-{}.sock", std::process::id()));
     let socket = socket.to_str().unwrap().to_string();
     let (mut guard, program_id) = start(&link, &config, &["--control-socket", &socket]);
-    let arrived = |count: usize| {
-        let sink = UdpSink::start(&link);
-        send_udp(&link, DENIED, count);
-        sink.finish()
-            .get(&DENIED.parse::<IpAddr>().unwrap())
-            .copied()
-            .unwrap_or(0)
-    };
+    let arrived = |count: usize| delivered(&link, DENIED, count);
     assert_eq!(arrived(3), 0);
     let out = cli(&socket, &["monitor", "on"]);
     assert!(

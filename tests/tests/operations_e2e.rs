@@ -4,7 +4,7 @@
 //! Needs root (`cargo xtask test`); namespaces and the test's own bpffs are
 //! removed on drop.
 use std::{
-    net::{IpAddr, TcpListener},
+    net::TcpListener,
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -20,7 +20,9 @@ use guard_userspace::{
 use sipguard_tests::{
     daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile},
     netns::Link,
-    traffic::{cli, connect_from, send_udp, xdp_attached, UdpSink, CLIENT_ADDRS, PBX_ADDRS},
+    traffic::{
+        cli, connect_from, delivered, received_from, xdp_attached, UdpSink, CLIENT_ADDRS, PBX_ADDRS,
+    },
 };
 
 const OFFICE: &str = "10.77.0.2";
@@ -79,7 +81,12 @@ impl Site {
         std::thread::sleep(Duration::from_millis(300));
         let (sent, received) = stream.finish(source);
         assert!(sent > 100, "only {sent} datagrams sent");
-        assert_eq!(received, 0, "{received} of {sent} passed during the start");
+        assert_eq!(
+            received,
+            0,
+            "{received} of {sent} passed during the start:\n{}",
+            started.0.log()
+        );
         started
     }
 
@@ -107,12 +114,7 @@ impl Site {
 
     /// How many of `count` datagrams from `source` reach the PBX.
     fn delivered(&self, source: &'static str, count: usize) -> usize {
-        let sink = UdpSink::start(&self.link);
-        send_udp(&self.link, source, count);
-        let seen = sink.finish();
-        seen.get(&source.parse::<IpAddr>().unwrap())
-            .copied()
-            .unwrap_or(0)
+        delivered(&self.link, source, count)
     }
 
     /// The id of the XDP program on the PBX's interface.
@@ -169,13 +171,7 @@ impl Stream {
     fn finish(self, source: &str) -> (usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
         let sent = self.sender.join().expect("sender").expect("sender");
-        let seen = self.sink.finish();
-        (
-            sent,
-            seen.get(&source.parse::<IpAddr>().unwrap())
-                .copied()
-                .unwrap_or(0),
-        )
+        (sent, received_from(&self.sink.finish(), source))
     }
 }
 
