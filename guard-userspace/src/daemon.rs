@@ -90,6 +90,11 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
         source,
         iface,
     } = prepared;
+    // First of all: a SIGTERM during start-up must still end in the orderly
+    // stop below (bans saved), not in the default action.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     preflight::interface_index(&iface)?;
     preflight::privileges()?;
     preflight::kernel()?;
@@ -254,9 +259,6 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
         }));
     }
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let mut events = events;
     let why = loop {
         tokio::select! {
