@@ -1,7 +1,7 @@
 //! SIP messages parsed per second on one core, over a corpus of realistic
 //! messages (`sip_corpus.txt`, messages separated by `%%` lines).
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use guard_userspace::sip;
+use guard_userspace::sip::parser;
 
 /// The corpus with CRLF line ends, as on the wire.
 pub fn corpus() -> Vec<Vec<u8>> {
@@ -18,7 +18,7 @@ fn parse_corpus(c: &mut Criterion) {
     group.bench_function("corpus", |b| {
         b.iter(|| {
             for message in &messages {
-                let parsed = sip::parse(black_box(message), true);
+                let parsed = parser::parse(black_box(message), true);
                 assert!(parsed.is_ok());
                 black_box(parsed.ok());
             }

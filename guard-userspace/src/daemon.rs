@@ -11,19 +11,20 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    auth_tracker::{LevelName, Tracker},
-    bans::{self, BanDetails},
     clock,
-    config::Config,
     control::{self, Attached, ControlState},
-    events,
-    live_policy::{ConfigSource, LivePolicy},
-    loader::{Attachment, Guard, XdpModeChoice},
-    maps::KernelMaps,
+    kernel::events,
+    kernel::loader::{Attachment, Guard, XdpModeChoice},
+    kernel::maps::KernelMaps,
+    kernel::pins::{self, Pins},
+    kernel::preflight,
     metrics::{self, Metrics},
-    pins::{self, Pins},
-    policy::CompiledPolicy,
-    preflight, sip_watch,
+    policy::compile::CompiledPolicy,
+    policy::config::Config,
+    policy::live::{ConfigSource, LivePolicy},
+    runtime::bans::{self, BanDetails},
+    sip::tracker::{LevelName, Tracker},
+    sip::watcher,
     state::{Clocks, SavedBan, StateDir},
 };
 
@@ -252,7 +253,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
         let details = Arc::clone(&ban_details);
         let bans_changed = Arc::clone(&bans_changed);
         tasks.push(tokio::spawn(async move {
-            let watch = sip_watch::watch(sip_ring, tracker, maps, counters, details, bans_changed);
+            let watch = watcher::watch(sip_ring, tracker, maps, counters, details, bans_changed);
             if let Err(e) = watch.await {
                 warn!("SIP watcher stopped: {e:#}");
             }

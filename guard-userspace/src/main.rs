@@ -7,15 +7,15 @@ use std::{
 
 use clap::{CommandFactory, Parser, Subcommand};
 use guard_userspace::{
-    auth_tracker::LevelName,
-    config::Config,
     control::{self, BanRow, Envelope, Request},
     daemon::{self, RunOptions},
-    live_policy::{ListEntry, Verdict},
-    loader::XdpModeChoice,
-    pins::{self, Pins},
-    policy::CompiledPolicy,
-    safety::Session,
+    kernel::loader::XdpModeChoice,
+    kernel::pins::{self, Pins},
+    policy::compile::CompiledPolicy,
+    policy::config::Config,
+    policy::live::{ListEntry, Verdict},
+    runtime::safety::Session,
+    sip::tracker::LevelName,
     state,
 };
 use ipnet::IpNet;

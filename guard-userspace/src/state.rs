@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tracing::warn;
 
-use crate::{bans, live_policy::ListEntry, maps::NetList};
+use crate::{kernel::maps::NetList, policy::live::ListEntry, runtime::bans};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sipguard";
 const BANS_FILE: &str = "bans.json";

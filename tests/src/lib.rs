@@ -15,7 +15,9 @@ use aya::programs::{TestRun, TestRunOptions, TestRunResult, Xdp};
 use guard_common::{
     BanEvent, Counter, Reason, RuleCounter, SipCaptureHeader, SourceKey, EGRESS_PROGRAM_NAME,
 };
-use guard_userspace::{config::Config, loader::Guard, policy::CompiledPolicy};
+use guard_userspace::{
+    kernel::loader::Guard, policy::compile::CompiledPolicy, policy::config::Config,
+};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;

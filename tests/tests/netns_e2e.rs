@@ -9,7 +9,7 @@ use std::{
 };
 
 use guard_common::{BanReason, Reason, SourceKey};
-use guard_userspace::maps::KernelMaps;
+use guard_userspace::kernel::maps::KernelMaps;
 use sipguard_tests::{
     daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile},
     netns::Link,

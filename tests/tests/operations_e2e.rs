@@ -15,7 +15,7 @@ use std::{
 
 use guard_userspace::{
     control::BanRow,
-    maps::{KernelMaps, NetList},
+    kernel::maps::{KernelMaps, NetList},
 };
 use sipguard_tests::{
     daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile},

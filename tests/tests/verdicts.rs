@@ -724,12 +724,12 @@ fn a_new_policy_is_switched_in_whole_and_the_old_one_kept_intact() {
     assert_eq!(h.packets(Reason::Closed), 1);
 
     // The next policy opens AMI and closes the web GUI; the deny list changes.
-    let next = guard_userspace::config::Config::parse(
+    let next = guard_userspace::policy::config::Config::parse(
         "[services.web]\naccess = \"closed\"\n[[deny]]\ncidr = \"10.9.0.0/16\"\n",
         "next",
     )
     .unwrap();
-    let policy = guard_userspace::policy::CompiledPolicy::compile(&next);
+    let policy = guard_userspace::policy::compile::CompiledPolicy::compile(&next);
     h.guard.maps_mut().sync_policy(&policy).unwrap();
     let settings = h.guard.maps().settings().unwrap();
     assert_eq!(
@@ -747,8 +747,8 @@ fn a_new_policy_is_switched_in_whole_and_the_old_one_kept_intact() {
     // The slot now out of force still holds the whole first policy (what a
     // packet that read the old slot goes on seeing), and switching back
     // restores every verdict.
-    let first = guard_userspace::policy::CompiledPolicy::compile(
-        &guard_userspace::config::Config::parse(POLICY, "first").unwrap(),
+    let first = guard_userspace::policy::compile::CompiledPolicy::compile(
+        &guard_userspace::policy::config::Config::parse(POLICY, "first").unwrap(),
     );
     h.guard.maps_mut().sync_policy(&first).unwrap();
     assert_eq!(h.guard.maps().settings().unwrap().policy_slot, first_slot);

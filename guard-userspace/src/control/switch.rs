@@ -10,10 +10,10 @@ use tracing::{info, warn};
 use super::{Answer, ControlState, Response};
 use crate::{
     clock,
-    config::Config,
-    live_policy::{ConfigSource, LivePolicy},
-    maps::KernelMaps,
-    safety::{After, LockoutCheck},
+    kernel::maps::KernelMaps,
+    policy::config::Config,
+    policy::live::{ConfigSource, LivePolicy},
+    runtime::safety::{After, LockoutCheck},
 };
 
 /// An `apply --confirm` waiting for `confirm`: what to go back to.

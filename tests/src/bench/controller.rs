@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use guard_common::{BanEvent, Health, SourceKey};
-use guard_userspace::{bans::describe_event, maps::KernelMaps, sip};
+use guard_userspace::{kernel::maps::KernelMaps, runtime::bans::describe_event, sip::parser};
 
 use super::{Effort, Stats};
 use crate::{
@@ -118,7 +118,7 @@ struct Refuser {
     failures_to_ban: usize,
 }
 
-fn reply(request: &sip::Message<'_>, nonce: &str) -> String {
+fn reply(request: &parser::Message<'_>, nonce: &str) -> String {
     let cseq = request
         .cseq
         .map(|c| (c.number, c.method))
@@ -143,7 +143,7 @@ impl Refuser {
         let mut banned = 0;
         while banned < expected {
             let (len, from) = socket.recv_from(&mut buf).context("registrar receive")?;
-            let Ok((request, _)) = sip::parse(&buf[..len], true) else {
+            let Ok((request, _)) = parser::parse(&buf[..len], true) else {
                 continue;
             };
             let count = if request.credentials.is_some() {
@@ -197,7 +197,7 @@ CSeq: {cseq} REGISTER\r\n{auth}Content-Length: 0\r\n\r\n"
         let len = socket
             .recv(&mut buf)
             .context("no answer from the registrar")?;
-        let (answer, _) = sip::parse(&buf[..len], true).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (answer, _) = parser::parse(&buf[..len], true).map_err(|e| anyhow::anyhow!("{e}"))?;
         nonce = answer.challenge.and_then(|c| c.nonce).map(str::to_owned);
     }
     Ok(())

@@ -12,7 +12,7 @@ use std::{process::Command, time::Instant};
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use guard_common::SourceKey;
-use guard_userspace::maps::KernelMaps;
+use guard_userspace::kernel::maps::KernelMaps;
 
 use super::{load_baseline, Effort, Stats};
 use crate::{

@@ -2,7 +2,7 @@
 //! through BPF_PROG_TEST_RUN, against the bare XDP_DROP/XDP_PASS programs.
 use anyhow::{bail, ensure, Context, Result};
 use guard_common::{BanEntry, BanReason, RateKey, RateWindow, SourceKey, BAN_FOREVER, NO_RULE};
-use guard_userspace::{clock::monotonic_ns, maps::NetList};
+use guard_userspace::{clock::monotonic_ns, kernel::maps::NetList};
 
 use super::{memory, ns_per_packet, xdp, Effort, Stats};
 use crate::{frames::*, run_xdp, Harness, XDP_DROP, XDP_PASS};

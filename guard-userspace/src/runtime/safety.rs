@@ -8,7 +8,7 @@ use guard_common::{BanEntry, SourceKey};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::{clock, live_policy::LivePolicy, maps::KernelMaps};
+use crate::{clock, kernel::maps::KernelMaps, policy::live::LivePolicy};
 
 /// The service whose sessions are protected.
 pub const SSH_SERVICE: &str = "ssh";
@@ -141,7 +141,7 @@ fn cut_reason(
 
 /// Whether a ban on `key` would catch `client`.
 pub fn ban_catches(key: &SourceKey, client: IpAddr, ipv6_prefix: u8) -> bool {
-    crate::bans::source_key(client, ipv6_prefix) == *key
+    crate::runtime::bans::source_key(client, ipv6_prefix) == *key
 }
 
 /// The SSH-lockout check for one request: the CLI's session and `--force`.
@@ -207,7 +207,7 @@ impl LockoutCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Config, state::ListChanges};
+    use crate::{policy::config::Config, state::ListChanges};
 
     const TCP4: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0

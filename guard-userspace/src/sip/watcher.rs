@@ -18,13 +18,13 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    auth_tracker::{BanDecision, Tracker},
-    bans,
-    bans::BanDetails,
     clock,
-    maps::KernelMaps,
+    kernel::maps::KernelMaps,
     metrics::ControllerCounters,
-    sip::{self, Message, ParseError},
+    runtime::bans,
+    runtime::bans::BanDetails,
+    sip::parser::{self, Message, ParseError},
+    sip::tracker::{BanDecision, Tracker},
 };
 
 /// How often the tracker forgets what is too old to matter.
@@ -60,12 +60,12 @@ pub fn handle_capture(
     let complete = header.captured == header.payload_len;
     let messages: Vec<Result<Message<'_>, ParseError>> =
         if header.transport == guard_common::L4Proto::Udp as u8 {
-            match sip::parse(data, complete) {
+            match parser::parse(data, complete) {
                 Err(ParseError::Empty) => Vec::new(),
                 parsed => vec![parsed.map(|(message, _)| message)],
             }
         } else {
-            sip::parse_stream(data, complete)
+            parser::parse_stream(data, complete)
         };
 
     let peer = bans::source_ip(&SourceKey { addr: header.peer });
@@ -232,7 +232,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::auth_tracker::{AuthPolicy, LevelName};
+    use crate::sip::tracker::{AuthPolicy, LevelName};
     use guard_common::{L4Proto, SourceKey};
 
     fn record(

@@ -14,13 +14,14 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::{
-    auth_tracker::LevelName,
-    bans, clock,
-    config::{
+    clock,
+    kernel::maps::NetList,
+    policy::compile::{allow_mask, CompiledPolicy},
+    policy::config::{
         AllowEntry, Config, ConfigError, DefaultPolicy, DenyEntry, ALL, BUILTIN_SOURCE, OTHER,
     },
-    maps::NetList,
-    policy::{allow_mask, CompiledPolicy},
+    runtime::bans,
+    sip::tracker::LevelName,
     state::ListChanges,
 };
 

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
 
 use guard_common::{rate::MAX_RATE_LIMIT, MAX_RATE_RULES, MAX_RULES_PER_PORT, MAX_SERVICES};
 
-use crate::auth_tracker::{AuthPolicy, LevelName};
+use crate::sip::tracker::{AuthPolicy, LevelName};
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -676,7 +676,7 @@ mod tests {
 
     #[test]
     fn the_example_file_is_valid() {
-        let text = include_str!("../../sipguard.example.toml");
+        let text = include_str!("../../../sipguard.example.toml");
         let c = parse(text).unwrap();
         assert!(c.rate_rules().len() >= 2);
     }

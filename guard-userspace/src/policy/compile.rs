@@ -9,7 +9,7 @@ use guard_common::{
 };
 use ipnet::IpNet;
 
-use crate::config::{Access, Config, DefaultPolicy, ALL, OTHER};
+use crate::policy::config::{Access, Config, DefaultPolicy, ALL, OTHER};
 
 /// Everything the kernel needs to enforce a configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +35,7 @@ impl CompiledPolicy {
         let mut ports = vec![PortClass::UNCLASSIFIED; guard_common::PORT_SLOTS as usize];
         for (i, (_, specs, _)) in services.iter().enumerate() {
             for spec in specs {
-                for range in crate::config::parse_port_spec(spec).unwrap_or_default() {
+                for range in crate::policy::config::parse_port_spec(spec).unwrap_or_default() {
                     for port in range.first..=range.last {
                         ports[port_index(range.proto, port) as usize].service = i as u8 + 1;
                     }
@@ -48,7 +48,7 @@ impl CompiledPolicy {
                 .position(|(n, _, _)| *n == config.sip_auth.service)
             {
                 for spec in &services[i].1 {
-                    for range in crate::config::parse_port_spec(spec).unwrap_or_default() {
+                    for range in crate::policy::config::parse_port_spec(spec).unwrap_or_default() {
                         for port in range.first..=range.last {
                             ports[port_index(range.proto, port) as usize].flags |= PORT_SIP_WATCH;
                         }

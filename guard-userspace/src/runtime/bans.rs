@@ -7,7 +7,7 @@ use std::{
 use anyhow::Result;
 use guard_common::{BanEntry, BanEvent, BanReason, SourceKey, BAN_FOREVER, NO_RULE};
 
-use crate::{clock, maps::KernelMaps};
+use crate::{clock, kernel::maps::KernelMaps};
 
 /// The words that go with each ban: the operator's reason for a manual ban,
 /// the evidence of a SIP ban. Shared by whoever bans; saved with the bans.

@@ -13,7 +13,7 @@ use guard_common::{
 };
 use ipnet::IpNet;
 
-use crate::policy::CompiledPolicy;
+use crate::policy::compile::CompiledPolicy;
 
 type Trie4 = LpmTrie<MapData, [u8; 4], u32>;
 type Trie6 = LpmTrie<MapData, [u8; 16], u32>;
@@ -266,7 +266,7 @@ impl KernelMaps {
 
     /// The ban-map key of an address under the current IPv6 ban prefix.
     pub fn source_key(&self, ip: IpAddr) -> Result<SourceKey> {
-        Ok(crate::bans::source_key(
+        Ok(crate::runtime::bans::source_key(
             ip,
             self.settings()?.ipv6_ban_prefix,
         ))

@@ -450,5 +450,5 @@ fn split_outside_quotes(text: &str, sep: u8) -> impl Iterator<Item = &str> {
 }
 
 #[cfg(test)]
-#[path = "sip_tests.rs"]
+#[path = "parser_tests.rs"]
 mod tests;

@@ -9,7 +9,7 @@ use tokio::{
     sync::{Mutex, Notify},
 };
 
-use crate::{bans::describe_event, live_policy::LivePolicy, metrics::ControllerCounters};
+use crate::{metrics::ControllerCounters, policy::live::LivePolicy, runtime::bans::describe_event};
 
 /// Logs every ban event until the ring buffer fails, and wakes the ban saver.
 pub async fn log_ban_events(

@@ -37,7 +37,7 @@ use std::{
 use guard_common::BanReason;
 use ipnet::IpNet;
 
-use crate::sip::{uri_user, Message};
+use crate::sip::parser::{uri_user, Message};
 
 /// The four fail2ban-style levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -457,5 +457,5 @@ impl Tracker {
 }
 
 #[cfg(test)]
-#[path = "auth_tracker_tests.rs"]
+#[path = "tracker_tests.rs"]
 mod tests;

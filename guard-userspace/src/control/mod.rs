@@ -23,14 +23,14 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    bans::{self, BanDetails},
     clock,
-    config::ALL,
-    live_policy::{ConfigSource, ListEntry, LivePolicy, NO_SERVICE_NAME},
-    maps::{KernelMaps, NetList},
+    kernel::maps::{KernelMaps, NetList},
     metrics::ControllerCounters,
-    policy::allow_mask,
-    safety::{After, LockoutCheck, Session},
+    policy::compile::allow_mask,
+    policy::config::ALL,
+    policy::live::{ConfigSource, ListEntry, LivePolicy, NO_SERVICE_NAME},
+    runtime::bans::{self, BanDetails},
+    runtime::safety::{After, LockoutCheck, Session},
     state::{ListChanges, StateDir},
 };
 

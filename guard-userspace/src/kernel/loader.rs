@@ -14,7 +14,10 @@ use aya::{
 use guard_common::{map_names as names, CAPTURE_PROGRAM_NAME, EGRESS_PROGRAM_NAME, PROGRAM_NAME};
 use tracing::warn;
 
-use crate::{config::Config, maps::KernelMaps, pins::Pins, policy::CompiledPolicy};
+use crate::{
+    kernel::maps::KernelMaps, kernel::pins::Pins, policy::compile::CompiledPolicy,
+    policy::config::Config,
+};
 
 /// The XDP object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SIPGUARD_EBPF_OBJECT"));

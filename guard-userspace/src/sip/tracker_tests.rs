@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::sip::parse;
+use crate::sip::parser::parse;
 
 fn policy(level: LevelName) -> AuthPolicy {
     AuthPolicy {

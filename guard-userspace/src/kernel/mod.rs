@@ -1,0 +1,6 @@
+//! The XDP program's side: loading, attaching, maps, pins, and its events.
+pub mod events;
+pub mod loader;
+pub mod maps;
+pub mod pins;
+pub mod preflight;

@@ -1,0 +1,4 @@
+//! The policy: the config file, its compiled map values, and the policy in force.
+pub mod compile;
+pub mod config;
+pub mod live;
