@@ -17,8 +17,23 @@
 #![no_std]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+/// Declares a type the kernel and user space exchange through a map or a
+/// ring: pins its size at compile time (a changed layout fails the build
+/// here, not at run time in the kernel) and, on the user-space side,
+/// implements `aya::Pod` for it.
+macro_rules! map_type {
+    ($type:ty, $size:expr) => {
+        const _: () = assert!(core::mem::size_of::<$type>() == $size);
+        // SAFETY: repr(C), Copy, made of integers, padding explicit (so every
+        // byte pattern is a valid value and no byte is uninitialised).
+        #[cfg(feature = "user")]
+        unsafe impl aya::Pod for $type {}
+    };
+}
+
 pub mod atomic;
 pub mod rate;
+pub mod verdict;
 
 pub use rate::{RateWindow, RATE_SLOTS};
 
@@ -107,6 +122,7 @@ pub struct PortClass {
     pub flags: u8,
     pub _pad: [u8; 2],
 }
+map_type!(PortClass, 8);
 
 /// PortClass flag: SIP signalling on this port is copied to user space
 /// (requests arriving at it, answers leaving from it).
@@ -173,6 +189,7 @@ pub struct ServicePolicy {
     /// An [`AccessMode`] as u8 (an enum read from a map must not hold an invalid value).
     pub access: u8,
 }
+map_type!(ServicePolicy, 1);
 
 impl ServicePolicy {
     pub const fn access_mode(&self) -> AccessMode {
@@ -200,6 +217,7 @@ pub struct RateRule {
     /// How long a ban created by this rule lasts.
     pub ban_ns: u64,
 }
+map_type!(RateRule, 24);
 
 /// `default_policy` values in [`Settings`].
 pub const DEFAULT_PASS: u8 = 0;
@@ -219,6 +237,7 @@ pub struct Settings {
     pub policy_slot: u8,
     pub _pad: [u8; 4],
 }
+map_type!(Settings, 8);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -239,6 +258,7 @@ impl Default for Settings {
 pub struct SourceKey {
     pub addr: [u8; 16],
 }
+map_type!(SourceKey, 16);
 
 impl SourceKey {
     pub const fn from_ipv4(octets: [u8; 4]) -> Self {
@@ -348,6 +368,7 @@ pub struct BanEntry {
     pub rule: u16,
     pub _pad: u32,
 }
+map_type!(BanEntry, 32);
 
 impl BanEntry {
     #[inline(always)]
@@ -368,6 +389,7 @@ pub struct BanEvent {
     /// Packets the rule had counted, the banning one included.
     pub count: u32,
 }
+map_type!(BanEvent, 40);
 
 /// Bytes of a SIP message's start copied to user space: the start line and
 /// headers of any sane message (bodies such as SDP may be cut).
@@ -397,6 +419,7 @@ pub struct SipCaptureHeader {
     /// Bytes of payload the packet carried.
     pub payload_len: u32,
 }
+map_type!(SipCaptureHeader, 32);
 
 /// One record of the `SIP_EVENTS` ring buffer.
 #[repr(C)]
@@ -413,6 +436,7 @@ pub struct RateKey {
     pub source: SourceKey,
     pub rule: u32,
 }
+map_type!(RateKey, 20);
 
 /// Slots of the per-CPU `VERDICTS` array: one per (reason, service id).
 pub const VERDICT_SLOTS: u32 = Reason::COUNT as u32 * SERVICE_SLOTS;
@@ -490,6 +514,7 @@ pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
 }
+map_type!(Counter, 16);
 
 /// Per-rule counters (per CPU): packets the rule counted, and packets it limited.
 #[repr(C)]
@@ -498,6 +523,7 @@ pub struct RuleCounter {
     pub counted: u64,
     pub limited: u64,
 }
+map_type!(RuleCounter, 16);
 
 /// Index into the per-CPU `HEALTH` array: things that went wrong in the kernel.
 #[repr(u32)]
@@ -582,21 +608,3 @@ pub const PROGRAM_NAME: &str = "sipguard";
 pub const CAPTURE_PROGRAM_NAME: &str = "sipguard_capture";
 /// The tc egress program (the PBX's SIP answers) in the object file.
 pub const EGRESS_PROGRAM_NAME: &str = "sipguard_egress";
-
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    // SAFETY: all of these are repr(C), Copy, made of integers, with explicit padding.
-    unsafe impl aya::Pod for PortClass {}
-    unsafe impl aya::Pod for ServicePolicy {}
-    unsafe impl aya::Pod for RateRule {}
-    unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for SourceKey {}
-    unsafe impl aya::Pod for BanEntry {}
-    unsafe impl aya::Pod for BanEvent {}
-    unsafe impl aya::Pod for RateKey {}
-    unsafe impl aya::Pod for RateWindow {}
-    unsafe impl aya::Pod for Counter {}
-    unsafe impl aya::Pod for RuleCounter {}
-    unsafe impl aya::Pod for SipCaptureHeader {}
-}

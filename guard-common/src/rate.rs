@@ -37,6 +37,7 @@ pub const MAX_RATE_LIMIT: u32 = (COUNT_MASK - 1) as u32;
 pub struct RateWindow {
     pub slots: [u64; RATE_SLOTS],
 }
+map_type!(RateWindow, 64);
 
 #[inline(always)]
 const fn pack(epoch: u64, count: u64) -> u64 {

@@ -7,6 +7,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
+pub use guard_common::verdict::Address;
 
 const ETH_HEADER_LEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -60,11 +61,6 @@ pub struct Packet {
     pub transport: Transport,
 }
 
-pub enum Address {
-    V4([u8; 4]),
-    V6([u8; 16]),
-}
-
 /// Where a TCP or UDP payload lies in the frame.
 #[derive(Clone, Copy)]
 pub struct Payload {
@@ -72,23 +68,9 @@ pub struct Payload {
     pub end: usize,
 }
 
-pub enum Transport {
-    Tcp {
-        sport: u16,
-        dport: u16,
-        syn: bool,
-        payload: Payload,
-    },
-    Udp {
-        sport: u16,
-        dport: u16,
-        payload: Payload,
-    },
-    /// A fragment other than the first: it carries no ports.
-    LaterFragment,
-    /// Any other protocol (ICMP, GRE, ESP, ...).
-    Other,
-}
+/// The shared verdict's transport, carrying the payload's position along
+/// for SIP capture.
+pub type Transport = guard_common::verdict::Transport<Payload>;
 
 /// Bounds-checked access to a frame's bytes.
 pub trait PacketBytes {
