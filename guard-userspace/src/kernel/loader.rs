@@ -19,8 +19,24 @@ use crate::{
     policy::config::Config,
 };
 
-/// The XDP object, embedded at build time.
+/// The XDP object, embedded at build time. Empty when the build had no BPF
+/// toolchain (see build.rs): such a binary refuses to load.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SIPGUARD_EBPF_OBJECT"));
+
+/// The embedded object, or why there is none.
+pub fn ebpf_object() -> Result<&'static [u8]> {
+    ebpf_object_in(EBPF_OBJECT)
+}
+
+fn ebpf_object_in(object: &[u8]) -> Result<&[u8]> {
+    if object.is_empty() {
+        return Err(anyhow!(
+            "this sipguard was built without its XDP program (no BPF toolchain at build \
+             time): build it with `cargo xtask build`"
+        ));
+    }
+    Ok(object)
+}
 
 /// How to attach: let sipguard pick (native, else generic), or insist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,6 +74,7 @@ impl Guard {
     /// earlier run when `pins` has them, else new ones (pinned when `pins`
     /// is given). The caller fills them with [`KernelMaps::sync_policy`].
     pub fn load(config: &Config, policy: &CompiledPolicy, pins: Option<&Pins>) -> Result<Guard> {
+        let object = ebpf_object()?;
         raise_memlock_limit();
         let rate_entries = config
             .guard
@@ -77,7 +94,7 @@ impl Guard {
             .map_max_entries(names::DENY_V6, config.guard.max_cidrs)
             .map_max_entries(names::ALLOW_V4, config.guard.max_cidrs)
             .map_max_entries(names::ALLOW_V6, config.guard.max_cidrs)
-            .load(EBPF_OBJECT)
+            .load(object)
             .map_err(|e| anyhow!("cannot create the XDP program's maps: {}", describe(&e)))?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
@@ -326,4 +343,17 @@ fn raise_memlock_limit() {
     };
     // SAFETY: plain syscall with a valid struct; failure only matters on old kernels.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stub_object_is_refused_with_the_way_out() {
+        let err = ebpf_object_in(&[]).unwrap_err().to_string();
+        assert!(err.contains("without its XDP program"), "{err}");
+        assert!(err.contains("cargo xtask build"), "{err}");
+        assert_eq!(ebpf_object_in(b"\x7fELF").unwrap(), b"\x7fELF");
+    }
 }
