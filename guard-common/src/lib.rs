@@ -33,6 +33,9 @@ macro_rules! map_type {
 
 pub mod atomic;
 pub mod rate;
+#[cfg(feature = "user")]
+pub mod sip_patterns;
+pub mod sip_scan;
 pub mod verdict;
 
 pub use rate::{RateWindow, RATE_SLOTS};
