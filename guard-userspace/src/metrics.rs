@@ -367,6 +367,13 @@ impl Metrics {
     pub fn new(maps: Arc<Mutex<KernelMaps>>, names: Names) -> Metrics {
         let mut registry = Registry::default();
         let counters = ControllerCounters::default();
+        // Every reason from zero, so the first ban is an increase that
+        // `increase()` (and the alerting rules) can see.
+        for reason in BanReason::ALL {
+            let _ = counters.bans_created.get_or_create(&ReasonLabel {
+                reason: reason.name().to_string(),
+            });
+        }
         registry.register(
             "sipguard_bans_created",
             "Bans made, by reason.",

@@ -26,7 +26,8 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// Packages the tests use: `ip` for namespaces and veth pairs, a real SIP
 /// registrar (Kamailio) and real SIP clients (sipp, sipsak); and what the
 /// benchmarks compare sipguard with (xdp-filter, nftables, iptables with
-/// ipset), read veth statistics with (ethtool) or pin programs with (bpftool).
+/// ipset), read veth statistics with (ethtool) or pin programs with (bpftool);
+/// Prometheus and its promtool for the alerting rules in dist/.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "kamailio",
@@ -38,6 +39,7 @@ const TEST_PACKAGES: &[&str] = &[
     "ipset",
     "ethtool",
     "bpftool",
+    "prometheus",
 ];
 
 pub enum BpfToolchain {
