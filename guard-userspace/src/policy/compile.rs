@@ -3,9 +3,9 @@
 use std::net::IpAddr;
 
 use guard_common::{
-    port_index, rate::slot_width_ns, service_bit, AccessMode, PortClass, RateRule, ServicePolicy,
-    Settings, ALLOW_ALL, DEFAULT_DROP, DEFAULT_PASS, PORT_SIP_WATCH, RULE_SYN_ONLY,
-    UNCLASSIFIED_BIT,
+    port_index, rate::slot_width_ns, service_bit, AccessMode, L4Proto, PortClass, RateRule,
+    ServicePolicy, Settings, ALLOW_ALL, DEFAULT_DROP, DEFAULT_PASS, MAX_RATE_RULES, PORT_SIP_WATCH,
+    RULE_SYN_ONLY, SERVICE_SLOTS, UNCLASSIFIED_BIT,
 };
 use ipnet::IpNet;
 
@@ -123,6 +123,38 @@ impl CompiledPolicy {
             allow,
             deny: config.deny.iter().map(|d| d.cidr.trunc()).collect(),
         }
+    }
+
+    /// The class of `(proto, port)`, as `PORTS` holds it.
+    pub fn port_class(&self, proto: L4Proto, port: u16) -> PortClass {
+        let index = port_index(proto, port);
+        // `ports` is sorted by index: compile() builds it in index order.
+        match self.ports.binary_search_by_key(&index, |(i, _)| *i) {
+            Ok(at) => self.ports[at].1,
+            Err(_) => PortClass::UNCLASSIFIED,
+        }
+    }
+
+    /// The access mode of service `id`, as `SERVICES` holds it: an id
+    /// without a service reads as the zeroed slot (open), one beyond the
+    /// array as closed (the XDP program's fallback). No port names either.
+    pub fn access_mode(&self, id: u8) -> AccessMode {
+        if id as u32 >= SERVICE_SLOTS {
+            return AccessMode::Closed;
+        }
+        self.services
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or(AccessMode::Open, |(_, service)| service.access_mode())
+    }
+
+    /// Rate rule `index`, as `RULES` holds it: zeroed past the policy's
+    /// rules, absent beyond the array. No port names either.
+    pub fn rule(&self, index: u8) -> Option<RateRule> {
+        if index as usize >= MAX_RATE_RULES {
+            return None;
+        }
+        Some(self.rules.get(index as usize).copied().unwrap_or_default())
     }
 
     /// The largest number of rules that can watch one port: each needs its

@@ -2,3 +2,4 @@
 pub mod compile;
 pub mod config;
 pub mod live;
+pub mod verdict;
