@@ -197,3 +197,39 @@ pub fn with_ipv6_ext_headers(frame: &[u8], headers: &[ExtHeader]) -> Vec<u8> {
     set_u16(&mut out, ip + 4, payload_len);
     out
 }
+
+/// The PBX's addresses: where every judged frame goes.
+pub const PBX4: &str = "192.0.2.1";
+pub const PBX6: &str = "2001:db8:ffff::1";
+
+/// A frame carrying what the shared verdict's `packet` describes, sent to
+/// the PBX (UDP and TCP from port 40000; a later fragment of a UDP
+/// datagram; "other" is an ICMP echo request).
+pub fn frame_of(packet: &guard_common::verdict::Packet) -> Vec<u8> {
+    use guard_common::verdict::{Address, Transport};
+    let (src, dst, v6) = match packet.source {
+        Address::V4(a) => (std::net::Ipv4Addr::from(a).to_string(), PBX4, false),
+        Address::V6(a) => (std::net::Ipv6Addr::from(a).to_string(), PBX6, true),
+    };
+    match packet.transport {
+        Transport::Udp { dport, .. } => udp(&src, dst, dport, b"x"),
+        Transport::Tcp { dport, syn, .. } => tcp(&src, dst, dport, syn, false),
+        Transport::LaterFragment if v6 => {
+            with_ipv6_ext_headers(&udp(&src, dst, 5060, b"x"), &[fragment_header(10, false)])
+        }
+        Transport::LaterFragment => ipv4_fragment(&udp(&src, dst, 5060, b"x"), 10, false),
+        Transport::Other if v6 => icmpv6(&src, dst, 128),
+        Transport::Other => icmpv4_echo(&src, dst),
+    }
+}
+
+/// An ICMP echo request from `src` to `dst` (IPv4).
+pub fn icmpv4_echo(src: &str, dst: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_SRC, MAC_DST)
+        .ipv4(v4(ip(src)), v4(ip(dst)), 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut out, &[0u8; 8])
+        .expect("building an ICMP frame");
+    out
+}

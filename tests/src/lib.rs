@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod frames;
 pub mod netns;
 pub mod traffic;
+pub mod verdict_check;
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions, TestRunResult, Xdp};

@@ -1,0 +1,132 @@
+//! One verdict, judged twice: by the XDP program (BPF_PROG_TEST_RUN) and
+//! by the controller's side of the shared verdict (`HostLookup`), for the
+//! verdict table and the host/kernel property test.
+use std::collections::HashMap;
+
+use guard_common::{
+    verdict::Packet, verdict_index, BanEntry, Counter, RateKey, RateWindow, Reason, Settings,
+    SourceKey,
+};
+use guard_userspace::policy::{
+    compile::CompiledPolicy,
+    verdict::{HostLookup, Judgement, KernelState},
+};
+
+use crate::{frames::frame_of, Harness, XDP_DROP, XDP_PASS};
+
+/// Bans and rate windows held in memory: the kernel state of a verdict
+/// judged without a kernel.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryState {
+    pub bans: HashMap<SourceKey, BanEntry>,
+    pub windows: HashMap<RateKey, RateWindow>,
+}
+
+impl KernelState for MemoryState {
+    type Error = std::convert::Infallible;
+
+    fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>, Self::Error> {
+        Ok(self.bans.get(source).copied())
+    }
+
+    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
+        Ok(self.windows.get(key).copied())
+    }
+}
+
+/// The XDP action a verdict takes.
+pub fn action(judgement: &Judgement) -> u32 {
+    if judgement.verdict.drops() {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    }
+}
+
+/// The host's verdict on `packet` under `policy` and `settings`, reading
+/// bans and rate state from `state`.
+pub fn host_judge<K: KernelState>(
+    policy: &CompiledPolicy,
+    settings: Settings,
+    state: &K,
+    now_ns: u64,
+    packet: &Packet,
+) -> Result<Judgement, K::Error> {
+    HostLookup::new(policy, settings, state, now_ns).judge(packet)
+}
+
+/// Packets the kernel counted under `(reason, service)`, summed over CPUs.
+pub fn counted(h: &Harness, reason: Reason, service: u8) -> u64 {
+    let values = h
+        .guard
+        .maps()
+        .verdicts
+        .get(&verdict_index(reason, service), 0)
+        .expect("reading VERDICTS");
+    values.iter().map(|c: &Counter| c.packets).sum()
+}
+
+/// What the kernel did with one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelOutcome {
+    pub action: u32,
+    /// Whether it counted the packet under the expected (reason, service).
+    pub counted_as_expected: bool,
+}
+
+/// Runs `packet` through the XDP program and checks which counter it
+/// went to: one slot read before and after, so a case costs a few
+/// syscalls (the property test runs 100,000 of them).
+pub fn kernel_run(h: &mut Harness, packet: &Packet, reason: Reason, service: u8) -> KernelOutcome {
+    let before = counted(h, reason, service);
+    let action = h.run(&frame_of(packet));
+    let after = counted(h, reason, service);
+    KernelOutcome {
+        action,
+        counted_as_expected: after == before + 1,
+    }
+}
+
+/// The reason and service the kernel counted the last packet under, found
+/// by a full scan (only to describe a mismatch).
+pub fn last_counted(h: &Harness, before: &[(Reason, u8, Counter)]) -> Option<(Reason, u8)> {
+    let after = h
+        .guard
+        .maps()
+        .verdicts_by_service()
+        .expect("reading VERDICTS");
+    after.iter().find_map(|(reason, service, counter)| {
+        let old = before
+            .iter()
+            .find(|(r, s, _)| r == reason && s == service)
+            .map_or(0, |(_, _, c)| c.packets);
+        (counter.packets > old).then_some((*reason, *service))
+    })
+}
+
+/// Empties the ban map and the rate state (between cases).
+pub fn clear_kernel_state(h: &mut Harness) {
+    let maps = h.guard.maps_mut();
+    let bans: Vec<SourceKey> = maps.bans.keys().filter_map(Result::ok).collect();
+    for key in bans {
+        let _ = maps.bans.remove(&key);
+    }
+    let windows: Vec<RateKey> = maps.rate_state.keys().filter_map(Result::ok).collect();
+    for key in windows {
+        let _ = maps.rate_state.remove(&key);
+    }
+    h.drain_ban_events();
+}
+
+/// Writes `state` into the kernel's ban map and rate state.
+pub fn load_kernel_state(h: &mut Harness, state: &MemoryState) {
+    let maps = h.guard.maps_mut();
+    for (key, ban) in &state.bans {
+        maps.bans.insert(key, ban, 0).expect("writing BANS");
+    }
+    for (key, window) in &state.windows {
+        maps.rate_state
+            .insert(key, window, 0)
+            .expect("writing RATE_STATE");
+    }
+}

@@ -1,0 +1,895 @@
+//! The verdict table, Katran style: (policy, kernel state, packet,
+//! expected reason). Every case runs through the controller's judge (no
+//! root needed) and through the XDP program with BPF_PROG_TEST_RUN (root),
+//! which must agree with each other and with the table. A property test
+//! then compares the two on random policies and packets.
+use std::{cell::RefCell, net::IpAddr};
+
+use guard_common::{
+    rate::{first_packet, slot_width_ns},
+    service_bit,
+    verdict::{Address, Packet, Transport},
+    AccessMode, BanEntry, BanReason, L4Proto, PortClass, RateKey, RateRule, Reason, ServicePolicy,
+    Settings, SourceKey, ALLOW_ALL, DEFAULT_DROP, DEFAULT_PASS, NO_RULE, RULE_SYN_ONLY,
+    UNCLASSIFIED_BIT,
+};
+use guard_userspace::{
+    clock::monotonic_ns,
+    policy::{compile::CompiledPolicy, config::Config, verdict::ip_address},
+};
+use ipnet::IpNet;
+use proptest::{
+    prelude::*,
+    test_runner::{Config as RunnerConfig, TestCaseError, TestRunner},
+};
+use sipguard_tests::{verdict_check::*, Harness, XDP_DROP, XDP_PASS};
+
+const SEC: u64 = 1_000_000_000;
+const HOUR: u64 = 3600 * SEC;
+
+/// Allow, deny, trusted and closed services, default pass; the built-in
+/// services and SIP rate rules (0: 120 per 60 s, 1: 40 per 2 s on UDP 5060).
+const BASE: &str = r#"
+[services.web]
+access = "trusted"
+[services.ami]
+access = "closed"
+[[allow]]
+cidr = "10.1.0.0/16"
+services = ["sip", "web"]
+[[allow]]
+cidr = "2001:db8:a::/48"
+[[deny]]
+cidr = "203.0.113.0/24"
+[[deny]]
+cidr = "2001:db8:bad::/48"
+"#;
+
+const DROP_ALL: &str = r#"
+[guard]
+default_policy = "drop"
+[[allow]]
+cidr = "10.1.0.0/16"
+[[allow]]
+cidr = "10.2.0.0/16"
+services = ["sip"]
+"#;
+
+const MONITOR: &str = r#"
+[guard]
+monitor = true
+default_policy = "drop"
+[services.web]
+access = "trusted"
+[[deny]]
+cidr = "203.0.113.0/24"
+"#;
+
+/// Its one rule (0: it replaces the built-in ones) counts SSH connection attempts only.
+const SSH_SYN: &str = r#"
+[[rate_rules]]
+name = "ssh-connects"
+service = "ssh"
+packets = 5
+window = "1m"
+ban = "1h"
+syn_only = true
+"#;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+fn udp(src: &str, dport: u16) -> Packet {
+    Packet {
+        source: ip_address(ip(src)),
+        transport: Transport::Udp {
+            sport: 40000,
+            dport,
+            payload: (),
+        },
+    }
+}
+
+fn tcp(src: &str, dport: u16, syn: bool) -> Packet {
+    Packet {
+        source: ip_address(ip(src)),
+        transport: Transport::Tcp {
+            sport: 40000,
+            dport,
+            syn,
+            payload: (),
+        },
+    }
+}
+
+fn fragment(src: &str) -> Packet {
+    Packet {
+        source: ip_address(ip(src)),
+        transport: Transport::LaterFragment,
+    }
+}
+
+fn icmp(src: &str) -> Packet {
+    Packet {
+        source: ip_address(ip(src)),
+        transport: Transport::Other,
+    }
+}
+
+/// Kernel state before a case: bans and packets already counted.
+#[derive(Clone, Copy)]
+enum Before {
+    Nothing,
+    /// A manual ban on the source (IPv6 keyed by /64), in force or expired.
+    Ban(&'static str, bool),
+    /// `count` packets from the source already in rule `rule`'s window.
+    Counted(&'static str, u32, u64),
+}
+
+struct Case {
+    name: &'static str,
+    config: &'static str,
+    before: Before,
+    packet: Packet,
+    expected: Reason,
+}
+
+fn case(
+    name: &'static str,
+    config: &'static str,
+    before: Before,
+    packet: Packet,
+    expected: Reason,
+) -> Case {
+    Case {
+        name,
+        config,
+        before,
+        packet,
+        expected,
+    }
+}
+
+fn table() -> Vec<Case> {
+    use Before::*;
+    use Reason::*;
+    vec![
+        // Ban, then deny, come first.
+        case(
+            "ban drops",
+            BASE,
+            Ban("198.51.100.7", true),
+            udp("198.51.100.7", 5060),
+            Banned,
+        ),
+        case(
+            "ban beats allow",
+            BASE,
+            Ban("10.1.2.4", true),
+            udp("10.1.2.4", 5060),
+            Banned,
+        ),
+        case(
+            "expired ban",
+            BASE,
+            Ban("198.51.100.7", false),
+            udp("198.51.100.7", 5060),
+            Passed,
+        ),
+        case(
+            "v6 ban per /64",
+            BASE,
+            Ban("2001:db8:c::1", true),
+            udp("2001:db8:c::99", 80),
+            Banned,
+        ),
+        case(
+            "v6 ban not next /64",
+            BASE,
+            Ban("2001:db8:c::1", true),
+            udp("2001:db8:c:1::1", 80),
+            Passed,
+        ),
+        case("deny v4", BASE, Nothing, udp("203.0.113.99", 5060), Denied),
+        case(
+            "deny v6",
+            BASE,
+            Nothing,
+            tcp("2001:db8:bad:1::1", 443, true),
+            Denied,
+        ),
+        case(
+            "just outside deny",
+            BASE,
+            Nothing,
+            udp("203.0.114.1", 5060),
+            Passed,
+        ),
+        case(
+            "deny beats closed",
+            BASE,
+            Nothing,
+            tcp("203.0.113.5", 5038, true),
+            Denied,
+        ),
+        // Fragments: judged by source alone.
+        case(
+            "fragment passes",
+            BASE,
+            Nothing,
+            fragment("198.51.100.1"),
+            Fragment,
+        ),
+        case(
+            "fragment v6 passes",
+            BASE,
+            Nothing,
+            fragment("2001:db8:b::1"),
+            Fragment,
+        ),
+        case(
+            "denied fragment",
+            BASE,
+            Nothing,
+            fragment("203.0.113.7"),
+            Denied,
+        ),
+        case(
+            "banned fragment",
+            BASE,
+            Ban("198.51.100.8", true),
+            fragment("198.51.100.8"),
+            Banned,
+        ),
+        case(
+            "fragment under drop",
+            DROP_ALL,
+            Nothing,
+            fragment("198.51.100.1"),
+            Fragment,
+        ),
+        // Service access.
+        case(
+            "closed",
+            BASE,
+            Nothing,
+            tcp("198.51.100.1", 5038, true),
+            Closed,
+        ),
+        case(
+            "closed to allow-listed",
+            BASE,
+            Nothing,
+            tcp("10.1.2.3", 5038, true),
+            Closed,
+        ),
+        case(
+            "not trusted",
+            BASE,
+            Nothing,
+            tcp("198.51.100.1", 443, true),
+            NotTrusted,
+        ),
+        case(
+            "not trusted v6",
+            BASE,
+            Nothing,
+            tcp("2001:db8:b::5", 80, true),
+            NotTrusted,
+        ),
+        case(
+            "trusted allow-listed",
+            BASE,
+            Nothing,
+            tcp("10.1.9.9", 443, true),
+            PassedAllowlisted,
+        ),
+        case(
+            "trusted v6 all",
+            BASE,
+            Nothing,
+            tcp("2001:db8:a:1::5", 80, false),
+            PassedAllowlisted,
+        ),
+        case(
+            "allow for other service",
+            DROP_ALL,
+            Nothing,
+            udp("10.2.0.5", 9999),
+            DefaultDrop,
+        ),
+        // The allow list counts only where it decides.
+        case(
+            "allow skips rate rules",
+            BASE,
+            Nothing,
+            udp("10.1.2.3", 5060),
+            PassedAllowlisted,
+        ),
+        case(
+            "allow-listed on open port without rules is passed",
+            BASE,
+            Nothing,
+            tcp("10.1.2.3", 5060, true),
+            Passed,
+        ),
+        case(
+            "allow-listed past its limit",
+            BASE,
+            Counted("10.1.2.3", 1, 500),
+            udp("10.1.2.3", 5060),
+            PassedAllowlisted,
+        ),
+        // Rate rules.
+        case(
+            "stranger under limits",
+            BASE,
+            Nothing,
+            udp("198.51.100.1", 5060),
+            Passed,
+        ),
+        case(
+            "packet 40 of 40",
+            BASE,
+            Counted("198.51.100.1", 1, 39),
+            udp("198.51.100.1", 5060),
+            Passed,
+        ),
+        case(
+            "packet 41 of 40",
+            BASE,
+            Counted("198.51.100.1", 1, 40),
+            udp("198.51.100.1", 5060),
+            RateLimited,
+        ),
+        case(
+            "packet 121 of 120",
+            BASE,
+            Counted("198.51.100.1", 0, 120),
+            udp("198.51.100.1", 5060),
+            RateLimited,
+        ),
+        case(
+            "rules are per port",
+            BASE,
+            Counted("198.51.100.1", 1, 40),
+            tcp("198.51.100.1", 5060, true),
+            Passed,
+        ),
+        case(
+            "v6 counted per /64",
+            BASE,
+            Counted("2001:db8:c::1", 1, 40),
+            udp("2001:db8:c::2", 5060),
+            RateLimited,
+        ),
+        case(
+            "syn counts",
+            SSH_SYN,
+            Counted("198.51.100.1", 0, 5),
+            tcp("198.51.100.1", 22, true),
+            RateLimited,
+        ),
+        case(
+            "non-syn does not",
+            SSH_SYN,
+            Counted("198.51.100.1", 0, 5),
+            tcp("198.51.100.1", 22, false),
+            Passed,
+        ),
+        // Default policy.
+        case(
+            "default pass",
+            BASE,
+            Nothing,
+            udp("198.51.100.1", 9999),
+            Passed,
+        ),
+        case(
+            "default pass icmp",
+            BASE,
+            Nothing,
+            icmp("198.51.100.1"),
+            Passed,
+        ),
+        case(
+            "default drop",
+            DROP_ALL,
+            Nothing,
+            udp("198.51.100.1", 9999),
+            DefaultDrop,
+        ),
+        case(
+            "default drop icmp v4",
+            DROP_ALL,
+            Nothing,
+            icmp("198.51.100.1"),
+            DefaultDrop,
+        ),
+        case(
+            "default drop icmp v6",
+            DROP_ALL,
+            Nothing,
+            icmp("2001:db8:b::1"),
+            DefaultDrop,
+        ),
+        case(
+            "allow all under drop",
+            DROP_ALL,
+            Nothing,
+            udp("10.1.0.5", 9999),
+            PassedAllowlisted,
+        ),
+        case(
+            "open service under drop",
+            DROP_ALL,
+            Nothing,
+            udp("198.51.100.1", 5060),
+            Passed,
+        ),
+        case(
+            "denied icmp v6",
+            BASE,
+            Nothing,
+            icmp("2001:db8:bad::7"),
+            Denied,
+        ),
+        // Monitor mode: the reason is the same, nothing drops.
+        case(
+            "monitor: denied",
+            MONITOR,
+            Nothing,
+            udp("203.0.113.9", 5060),
+            Denied,
+        ),
+        case(
+            "monitor: not trusted",
+            MONITOR,
+            Nothing,
+            tcp("198.51.100.1", 443, true),
+            NotTrusted,
+        ),
+        case(
+            "monitor: default drop",
+            MONITOR,
+            Nothing,
+            udp("198.51.100.1", 9999),
+            DefaultDrop,
+        ),
+        case(
+            "monitor: banned",
+            MONITOR,
+            Ban("198.51.100.7", true),
+            udp("198.51.100.7", 5060),
+            Banned,
+        ),
+        case(
+            "monitor: limited",
+            MONITOR,
+            Counted("198.51.100.1", 1, 40),
+            udp("198.51.100.1", 5060),
+            RateLimited,
+        ),
+    ]
+}
+
+fn key_of(text: &str, prefix: u8) -> SourceKey {
+    ip_address(ip(text)).source_key(prefix)
+}
+
+/// The case's kernel state, at `now`.
+fn state_of(before: Before, policy: &CompiledPolicy, now: u64) -> MemoryState {
+    let prefix = policy.settings.ipv6_ban_prefix;
+    let mut state = MemoryState::default();
+    match before {
+        Before::Nothing => {}
+        Before::Ban(source, active) => {
+            let ban = BanEntry {
+                expires_ns: if active { now + HOUR } else { now - SEC },
+                created_ns: now - 2 * SEC,
+                reason: BanReason::Manual as u16,
+                rule: NO_RULE,
+                ..BanEntry::default()
+            };
+            state.bans.insert(key_of(source, prefix), ban);
+        }
+        Before::Counted(source, rule, count) => {
+            let slot_ns = policy.rules[rule as usize].slot_ns;
+            let mut window = first_packet(now, slot_ns);
+            // All in the current slot: `count` packets, the window's total.
+            for slot in window.slots.iter_mut() {
+                if *slot != 0 {
+                    *slot += count - 1;
+                }
+            }
+            let key = RateKey {
+                source: key_of(source, prefix),
+                rule,
+            };
+            state.windows.insert(key, window);
+        }
+    }
+    state
+}
+
+fn expected_action(case: &Case, policy: &CompiledPolicy) -> u32 {
+    if case.expected.drops() && policy.settings.monitor == 0 {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    }
+}
+
+#[test]
+fn verdict_table_on_the_host() {
+    let now = monotonic_ns();
+    let mut failures = Vec::new();
+    for case in table() {
+        let config = Config::parse(case.config, "table").expect("table config");
+        let policy = CompiledPolicy::compile(&config);
+        let state = state_of(case.before, &policy, now);
+        let judged = match host_judge(&policy, policy.settings, &state, now, &case.packet) {
+            Ok(judged) => judged,
+            Err(never) => match never {},
+        };
+        if judged.verdict.reason != case.expected
+            || action(&judged) != expected_action(&case, &policy)
+        {
+            failures.push(format!(
+                "{}: host says {:?} (drops: {}), table says {:?}",
+                case.name,
+                judged.verdict.reason,
+                judged.verdict.drops(),
+                case.expected
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn verdict_table_in_the_kernel() {
+    let cases = table();
+    let mut failures = Vec::new();
+    let mut configs: Vec<&str> = cases.iter().map(|c| c.config).collect();
+    configs.dedup();
+    configs.sort_unstable();
+    configs.dedup();
+    for config in configs {
+        let mut h = Harness::new(config);
+        let policy = h.policy.clone();
+        for case in cases.iter().filter(|c| c.config == config) {
+            clear_kernel_state(&mut h);
+            let now = monotonic_ns();
+            let state = state_of(case.before, &policy, now);
+            load_kernel_state(&mut h, &state);
+            let settings = h.guard.maps().settings().expect("SETTINGS");
+            let host = host_judge(&policy, settings, h.guard.maps(), now, &case.packet)
+                .expect("reading the kernel's state");
+            let service = host.verdict.class.service;
+            let before = h.guard.maps().verdicts_by_service().expect("VERDICTS");
+            let kernel = kernel_run(&mut h, &case.packet, case.expected, service);
+            if !kernel.counted_as_expected
+                || kernel.action != expected_action(case, &policy)
+                || host.verdict.reason != case.expected
+            {
+                failures.push(format!(
+                    "{}: kernel counted {:?} and returned {}; host says {:?}; table says {:?}",
+                    case.name,
+                    last_counted(&h, &before),
+                    kernel.action,
+                    host.verdict.reason,
+                    case.expected
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+// ---- The property test: random policies and packets, host against kernel.
+
+/// Worlds (random policies) and packets per world: 100,000 comparisons.
+/// A world costs one policy switch; a packet a handful of syscalls.
+const WORLDS: u32 = 25;
+const PACKETS_PER_WORLD: usize = 4000;
+
+/// Few ports, sources and networks, so that lists, services and rules
+/// overlap often and rate limits (1..=5 packets) are reached.
+const PORTS: [u16; 6] = [22, 80, 443, 5060, 10000, 40000];
+const SOURCES: [&str; 9] = [
+    "10.0.0.1",
+    "10.0.0.2",
+    "10.0.1.1",
+    "10.1.0.1",
+    "192.0.2.77",
+    "2001:db8::1",
+    "2001:db8::2",
+    "2001:db8:0:1::1",
+    "2001:db8:1::1",
+];
+const NETS: [&str; 12] = [
+    "0.0.0.0/0",
+    "10.0.0.0/8",
+    "10.0.0.0/24",
+    "10.0.0.1/32",
+    "10.0.1.0/24",
+    "10.1.0.0/16",
+    "::/0",
+    "2001:db8::/32",
+    "2001:db8::/64",
+    "2001:db8::1/128",
+    "2001:db8:0:1::/64",
+    "2001:db8:1::/48",
+];
+
+#[derive(Debug, Clone)]
+struct World {
+    policy: CompiledPolicy,
+    /// Sources banned before the first packet: (index into SOURCES, in force).
+    bans: Vec<(usize, bool)>,
+    packets: Vec<Packet>,
+}
+
+fn packet_strategy() -> impl Strategy<Value = Packet> {
+    (0..SOURCES.len(), 0u8..4, 0..PORTS.len(), any::<bool>()).prop_map(
+        |(source, kind, port, syn)| {
+            let source = ip_address(ip(SOURCES[source]));
+            let dport = PORTS[port];
+            let transport = match kind {
+                0 => Transport::Udp {
+                    sport: 40000,
+                    dport,
+                    payload: (),
+                },
+                1 => Transport::Tcp {
+                    sport: 40000,
+                    dport,
+                    syn,
+                    payload: (),
+                },
+                2 if syn => Transport::LaterFragment,
+                _ => Transport::Other,
+            };
+            Packet { source, transport }
+        },
+    )
+}
+
+fn mask_strategy() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        any::<u32>(),
+        Just(ALLOW_ALL),
+        Just(UNCLASSIFIED_BIT),
+        (1u8..=5).prop_map(service_bit),
+    ]
+}
+
+/// (service id, 0 for none; raw rule numbers) for every (protocol, port).
+type PortPlan = Vec<(u8, Vec<u8>)>;
+
+fn world_strategy() -> impl Strategy<Value = World> {
+    let settings = (
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![Just(64u8), Just(128u8), 1u8..=128],
+    );
+    let services = prop::collection::vec(0u8..3, 1..=4);
+    let rules = prop::collection::vec((1u32..=5, any::<bool>()), 0..=4);
+    let ports: BoxedStrategy<PortPlan> = prop::collection::vec(
+        (0u8..=5, prop::collection::vec(0u8..=5, 0..=4)),
+        PORTS.len() * 2,
+    )
+    .boxed();
+    let allow = prop::collection::vec((0..NETS.len(), mask_strategy()), 0..=4);
+    let deny = prop::collection::vec(0..NETS.len(), 0..=2);
+    let bans = prop::collection::vec((0..SOURCES.len(), any::<bool>()), 0..=2);
+    let packets = prop::collection::vec(packet_strategy(), PACKETS_PER_WORLD);
+    (settings, services, rules, ports, allow, deny, bans, packets).prop_map(
+        |((drop, monitor, prefix), services, rules, ports, allow, deny, bans, packets)| World {
+            policy: build_policy(
+                drop, monitor, prefix, &services, &rules, &ports, &allow, &deny,
+            ),
+            bans,
+            packets,
+        },
+    )
+}
+
+/// A compiled policy as the kernel maps hold it. Port plans may name
+/// services and rules the policy lacks: the map slots are zeroed there,
+/// and both sides must read them the same way.
+#[allow(clippy::too_many_arguments)]
+fn build_policy(
+    drop: bool,
+    monitor: bool,
+    prefix: u8,
+    services: &[u8],
+    rules: &[(u32, bool)],
+    ports: &PortPlan,
+    allow: &[(usize, u32)],
+    deny: &[usize],
+) -> CompiledPolicy {
+    let access = |mode: u8| match mode {
+        0 => AccessMode::Open,
+        1 => AccessMode::Trusted,
+        _ => AccessMode::Closed,
+    };
+    let mut port_classes = Vec::new();
+    for (i, (service, rule_numbers)) in ports.iter().enumerate() {
+        let proto = if i % 2 == 0 {
+            L4Proto::Tcp
+        } else {
+            L4Proto::Udp
+        };
+        let mut class = PortClass {
+            service: *service,
+            ..PortClass::UNCLASSIFIED
+        };
+        for rule in rule_numbers {
+            class.add_rule(*rule);
+        }
+        if class != PortClass::UNCLASSIFIED {
+            let index = guard_common::port_index(proto, PORTS[i / 2]);
+            port_classes.push((index, class));
+        }
+    }
+    port_classes.sort_by_key(|(index, _)| *index);
+    let mut allow_entries: Vec<(IpNet, u32)> = Vec::new();
+    for (net, mask) in allow {
+        let net: IpNet = NETS[*net].parse().expect("pool network");
+        if !allow_entries.iter().any(|(n, _)| *n == net) {
+            allow_entries.push((net, *mask));
+        }
+    }
+    let mut deny_entries: Vec<IpNet> = Vec::new();
+    for net in deny {
+        let net: IpNet = NETS[*net].parse().expect("pool network");
+        if !deny_entries.contains(&net) {
+            deny_entries.push(net);
+        }
+    }
+    CompiledPolicy {
+        settings: Settings {
+            default_policy: if drop { DEFAULT_DROP } else { DEFAULT_PASS },
+            monitor: monitor as u8,
+            ipv6_ban_prefix: prefix,
+            ..Settings::default()
+        },
+        service_names: (1..=services.len()).map(|i| format!("s{i}")).collect(),
+        services: services
+            .iter()
+            .enumerate()
+            .map(|(i, mode)| {
+                let access = access(*mode) as u8;
+                (i as u8 + 1, ServicePolicy { access })
+            })
+            .collect(),
+        ports: port_classes,
+        rule_names: (0..rules.len()).map(|i| format!("r{i}")).collect(),
+        rules: rules
+            .iter()
+            .map(|(limit, syn_only)| RateRule {
+                limit: *limit,
+                flags: if *syn_only { RULE_SYN_ONLY } else { 0 },
+                slot_ns: slot_width_ns(HOUR),
+                ban_ns: HOUR,
+                ..RateRule::default()
+            })
+            .collect(),
+        allow: allow_entries,
+        deny: deny_entries,
+    }
+}
+
+/// Switches the kernel to the world's policy and bans; clears the rest.
+fn enter(h: &mut Harness, world: &World) {
+    clear_kernel_state(h);
+    h.guard
+        .maps_mut()
+        .sync_policy(&world.policy)
+        .expect("writing the policy");
+    let now = monotonic_ns();
+    let mut state = MemoryState::default();
+    for (source, active) in &world.bans {
+        let ban = BanEntry {
+            expires_ns: if *active { now + HOUR } else { now - SEC },
+            created_ns: now - 2 * SEC,
+            reason: BanReason::Manual as u16,
+            rule: NO_RULE,
+            ..BanEntry::default()
+        };
+        let key = key_of(SOURCES[*source], world.policy.settings.ipv6_ban_prefix);
+        state.bans.insert(key, ban);
+    }
+    load_kernel_state(h, &state);
+}
+
+fn describe(packet: &Packet) -> String {
+    let source = match packet.source {
+        Address::V4(a) => IpAddr::from(a),
+        Address::V6(a) => IpAddr::from(a),
+    };
+    format!("{source} {:?}", packet.transport)
+}
+
+/// Runs a world's packets in order through both sides, tallying the
+/// reasons agreed on (indexed like `Reason::ALL`); or the first disagreement.
+fn compare(
+    h: &mut Harness,
+    world: &World,
+    tally: &mut [u64; Reason::COUNT],
+) -> Result<(), TestCaseError> {
+    enter(h, world);
+    let settings = h.guard.maps().settings().expect("SETTINGS");
+    for (compared, packet) in world.packets.iter().enumerate() {
+        let now = monotonic_ns();
+        let host = host_judge(&world.policy, settings, h.guard.maps(), now, packet)
+            .map_err(|e| TestCaseError::fail(format!("reading the kernel's state: {e}")))?;
+        let reason = host.verdict.reason;
+        let service = host.verdict.class.service;
+        let kernel = kernel_run(h, packet, reason, service);
+        if !kernel.counted_as_expected || kernel.action != action(&host) {
+            return Err(TestCaseError::fail(format!(
+                "packet {compared} ({}): host says {reason:?} for service {service} \
+                 (action {}), kernel returned {} and counted {}",
+                describe(packet),
+                action(&host),
+                kernel.action,
+                if kernel.counted_as_expected {
+                    "the same"
+                } else {
+                    "something else"
+                },
+            )));
+        }
+        tally[reason as usize] += 1;
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn host_and_kernel_agree_on_random_policies() {
+    let harness = RefCell::new(Harness::new(""));
+    let tally = RefCell::new([0u64; Reason::COUNT]);
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases: WORLDS,
+        failure_persistence: None,
+        // Shrinking re-runs worlds; a few steps make the failure readable.
+        max_shrink_iters: 64,
+        ..RunnerConfig::default()
+    });
+    let result = runner.run(&world_strategy(), |world| {
+        compare(&mut harness.borrow_mut(), &world, &mut tally.borrow_mut())
+    });
+    if let Err(failure) = result {
+        panic!("host and kernel disagree: {failure}");
+    }
+    let tally = tally.into_inner();
+    let compared: u64 = tally.iter().sum();
+    let by_reason: Vec<String> = Reason::ALL
+        .iter()
+        .map(|r| format!("{} {}", r.name(), tally[*r as usize]))
+        .collect();
+    eprintln!(
+        "host and kernel agree on {compared} packets in {WORLDS} random policies: {}",
+        by_reason.join(", ")
+    );
+    assert!(
+        compared >= 100_000,
+        "only {compared} packets compared: the test lost its reach"
+    );
+    // Every reason a policy decides must come up, or the test lost its reach.
+    for reason in Reason::ALL {
+        if reason != Reason::Malformed {
+            assert!(
+                tally[reason as usize] > 0,
+                "no packet was {}",
+                reason.name()
+            );
+        }
+    }
+}
