@@ -25,7 +25,6 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::Mutex,
 };
 use tracing::{debug, info, warn};
 
@@ -123,10 +122,11 @@ pub struct Names {
     pub capacities: Vec<(&'static str, u64)>,
 }
 
-/// Reads the kernel's maps on each scrape.
+/// Reads the kernel's maps on each scrape, through handles of its own: a
+/// scrape takes no lock that control commands or bans wait for.
 #[derive(Debug)]
 struct KernelCollector {
-    maps: Arc<Mutex<KernelMaps>>,
+    maps: Arc<KernelMaps>,
     names: Names,
     /// Rate-state entries, counted in the background (walking millions of
     /// LRU keys on every scrape would be too slow).
@@ -198,7 +198,7 @@ impl KernelCollector {
 impl Collector for KernelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         // Scrapes are served from a blocking thread (see `serve`).
-        let maps = self.maps.blocking_lock();
+        let maps = &self.maps;
         let verdicts = maps.verdicts_by_service().unwrap_or_default();
         let labels = |reason: Reason, service: u8| VerdictLabels {
             reason: reason.name().to_string(),
@@ -361,10 +361,15 @@ pub struct Metrics {
     pub registry: Registry,
     pub counters: ControllerCounters,
     rate_state_entries: Arc<AtomicU64>,
+    /// The metrics' own handles on the kernel's maps (see [`KernelCollector`]).
+    maps: Arc<KernelMaps>,
 }
 
 impl Metrics {
-    pub fn new(maps: Arc<Mutex<KernelMaps>>, names: Names) -> Metrics {
+    /// `maps`: handles of the metrics' own (e.g. `KernelMaps::from_program_id`),
+    /// never the runtime's.
+    pub fn new(maps: KernelMaps, names: Names) -> Metrics {
+        let maps = Arc::new(maps);
         let mut registry = Registry::default();
         let counters = ControllerCounters::default();
         // Every reason from zero, so the first ban is an increase that
@@ -409,7 +414,7 @@ impl Metrics {
         );
         let rate_state_entries = Arc::new(AtomicU64::new(0));
         registry.register_collector(Box::new(KernelCollector {
-            maps,
+            maps: Arc::clone(&maps),
             names,
             rate_state_entries: Arc::clone(&rate_state_entries),
         }));
@@ -417,6 +422,7 @@ impl Metrics {
             registry,
             counters,
             rate_state_entries,
+            maps,
         }
     }
 
@@ -429,16 +435,13 @@ impl Metrics {
 }
 
 /// Counts the rate-state entries now and then (a walk over up to millions of keys).
-pub async fn count_rate_state(metrics: Arc<Metrics>, maps: Arc<Mutex<KernelMaps>>) {
+pub async fn count_rate_state(metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let maps = Arc::clone(&maps);
-        let counted = tokio::task::spawn_blocking(move || {
-            let maps = maps.blocking_lock();
-            maps.rate_state.keys().count() as u64
-        })
-        .await;
+        let maps = Arc::clone(&metrics.maps);
+        let counted =
+            tokio::task::spawn_blocking(move || maps.rate_state.keys().count() as u64).await;
         if let Ok(n) = counted {
             metrics.rate_state_entries.store(n, Ordering::Relaxed);
         }

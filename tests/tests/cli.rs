@@ -220,3 +220,137 @@ fn policy_commands_report_missing_files_daemons_and_pins() {
         stderr(&out)
     );
 }
+
+/// A stand-in daemon: answers one request on `socket` with `answer`, but
+/// only once `go` says the CLI's reader has gone.
+fn answer_once(
+    socket: &std::path::Path,
+    answer: guard_userspace::control::protocol::Response,
+    go: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<String> {
+    use std::io::{BufRead, Write};
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut request = String::new();
+        std::io::BufReader::new(&stream)
+            .read_line(&mut request)
+            .unwrap();
+        go.recv().unwrap();
+        let mut line = serde_json::to_string(&answer).unwrap();
+        line.push('\n');
+        (&stream).write_all(line.as_bytes()).unwrap();
+        request
+    })
+}
+
+/// Runs the CLI with its standard output already closed (as after
+/// `| head -1` has read its line), against a daemon answering `answer`.
+fn run_into_closed_pipe(
+    args: &[&str],
+    answer: guard_userspace::control::protocol::Response,
+) -> (Output, String) {
+    let socket = std::env::temp_dir().join(format!(
+        "sipguard-cli-epipe-{}-{}.sock",
+        std::process::id(),
+        args.join("-")
+    ));
+    let (go, wait) = std::sync::mpsc::channel();
+    let daemon = answer_once(&socket, answer, wait);
+    let mut child = Command::new(sipguard_bin())
+        .arg("--control-socket")
+        .arg(&socket)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the answer arrives: every write fails.
+    drop(child.stdout.take());
+    go.send(()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let request = daemon.join().unwrap();
+    let _ = std::fs::remove_file(&socket);
+    (out, request)
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use guard_userspace::control::protocol::{BanRow, MonitorOrigin, Reply, Status};
+    let status = Status {
+        iface: "eth0".into(),
+        xdp_mode: "native".into(),
+        program_id: 7,
+        pinned_at: None,
+        state_dir: "/var/lib/sipguard/eth0".into(),
+        uptime_seconds: 5,
+        source: "<built-in default>".into(),
+        policy: "default pass".into(),
+        monitor: false,
+        monitor_by: MonitorOrigin::Config,
+        bans_active: 0,
+        awaiting_confirmation_seconds: None,
+        packets: Default::default(),
+    };
+    let (out, request) = run_into_closed_pipe(&["status"], Ok(Reply::Status(status)));
+    assert!(request.contains("\"cmd\":\"status\""), "{request}");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "nothing on stderr, no panic");
+
+    let rows: Vec<BanRow> = (0..1000)
+        .map(|i| BanRow {
+            source: format!("10.0.{}.{}", i / 256, i % 256),
+            reason: "manual".into(),
+            detail: String::new(),
+            since_seconds: 1,
+            remaining_seconds: None,
+            dropped: 0,
+        })
+        .collect();
+    for args in [&["bans"][..], &["bans", "--json"][..]] {
+        let (out, _) = run_into_closed_pipe(args, Ok(Reply::Bans(rows.clone())));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+    let out = Command::new(sipguard_bin())
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            drop(child.stdout.take());
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn daemon_errors_become_exit_codes() {
+    use guard_userspace::control::protocol::{ControlError, ErrorKind};
+    for (kind, code) in [
+        (ErrorKind::Failed, 1),
+        (ErrorKind::BadConfig, 2),
+        (ErrorKind::NotFound, 3),
+        (ErrorKind::Refused, 4),
+    ] {
+        let socket = std::env::temp_dir().join(format!(
+            "sipguard-cli-kind-{}-{code}.sock",
+            std::process::id()
+        ));
+        let (go, wait) = std::sync::mpsc::channel();
+        let daemon = answer_once(&socket, Err(ControlError::new(kind, "no such thing")), wait);
+        go.send(()).unwrap();
+        let out = sipguard(&[
+            "--control-socket",
+            socket.to_str().unwrap(),
+            "ban",
+            "remove",
+            "192.0.2.1",
+        ]);
+        daemon.join().unwrap();
+        let _ = std::fs::remove_file(&socket);
+        assert_eq!(out.status.code(), Some(code), "{kind:?}");
+        assert_eq!(stderr(&out), "sipguard: no such thing");
+    }
+}

@@ -1,48 +1,35 @@
-//! Reads the kernel's ban events from the ring buffer and logs each one.
-use std::sync::Arc;
-
+//! Reads the kernel's ban events from their ring buffer.
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use guard_common::BanEvent;
-use tokio::{
-    io::unix::AsyncFd,
-    sync::{Mutex, Notify},
-};
+use tokio::io::unix::AsyncFd;
 
-use crate::{metrics::ControllerCounters, policy::live::LivePolicy, runtime::bans::describe_event};
+/// The ban event ring, readable without blocking the runtime.
+pub struct BanEvents {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
 
-/// Logs every ban event until the ring buffer fails, and wakes the ban saver.
-pub async fn log_ban_events(
-    ring: RingBuf<MapData>,
-    policy: Arc<Mutex<LivePolicy>>,
-    ipv6_prefix: u8,
-    counters: ControllerCounters,
-    bans_changed: Arc<Notify>,
-) -> Result<()> {
-    // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
-    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
-    loop {
-        let mut ready = ring.readable_mut().await?;
-        // Rule indexes follow the policy in force (a reload renumbers them).
-        let rule_names = policy.lock().await.compiled.rule_names.clone();
+impl BanEvents {
+    pub fn new(ring: RingBuf<MapData>) -> Result<BanEvents> {
+        // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(BanEvents { ring })
+    }
+
+    /// Waits for events and returns those ready; records too short to be
+    /// an event are counted in the second value.
+    pub async fn next_batch(&mut self) -> Result<(Vec<BanEvent>, usize)> {
+        let mut ready = self.ring.readable_mut().await?;
         let ring = ready.get_inner_mut();
+        let (mut events, mut bad) = (Vec::new(), 0);
         while let Some(item) = ring.next() {
             match parse_event(&item) {
-                Some(event) => {
-                    if let Some(reason) = guard_common::BanReason::from_u16(event.reason) {
-                        counters.ban_created(reason);
-                    }
-                    tracing::warn!(
-                        target: "sipguard::ban",
-                        "{}",
-                        describe_event(&event, &rule_names, ipv6_prefix)
-                    );
-                    bans_changed.notify_one();
-                }
-                None => tracing::error!("ignored a ban event of {} bytes", item.len()),
+                Some(event) => events.push(event),
+                None => bad += 1,
             }
         }
         ready.clear_ready();
+        Ok((events, bad))
     }
 }
 

@@ -18,6 +18,14 @@ use crate::policy::compile::CompiledPolicy;
 type Trie4 = LpmTrie<MapData, [u8; 4], u32>;
 type Trie6 = LpmTrie<MapData, [u8; 16], u32>;
 
+/// The ban-map key of an address: IPv4-mapped, or its IPv6 prefix.
+pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> SourceKey {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => SourceKey::from_ipv4(v4.octets()),
+        IpAddr::V6(v6) => SourceKey::from_ipv6(v6.octets(), ipv6_prefix),
+    }
+}
+
 /// The allow list or the deny list (each an IPv4 and an IPv6 trie).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetList {
@@ -264,12 +272,17 @@ impl KernelMaps {
         Ok(self.settings.get(&0, 0)?)
     }
 
+    /// One array slot: the next packet sees either the old or the new settings.
+    pub fn write_settings(&mut self, settings: Settings) -> Result<()> {
+        self.settings
+            .set(0, settings, 0)
+            .context("writing SETTINGS")?;
+        Ok(())
+    }
+
     /// The ban-map key of an address under the current IPv6 ban prefix.
     pub fn source_key(&self, ip: IpAddr) -> Result<SourceKey> {
-        Ok(crate::runtime::bans::source_key(
-            ip,
-            self.settings()?.ipv6_ban_prefix,
-        ))
+        Ok(source_key(ip, self.settings()?.ipv6_ban_prefix))
     }
 
     pub fn insert_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<()> {

@@ -94,7 +94,7 @@ impl CompiledPolicy {
                     DefaultPolicy::Pass => DEFAULT_PASS,
                     DefaultPolicy::Drop => DEFAULT_DROP,
                 },
-                monitor: config.guard.monitor as u8,
+                monitor: config.guard.monitor.unwrap_or(false) as u8,
                 ipv6_ban_prefix: config.guard.ipv6_ban_prefix,
                 policy_slot: 0,
                 _pad: [0; 4],

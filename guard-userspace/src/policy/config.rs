@@ -109,7 +109,8 @@ mod humantime_option {
 #[serde(deny_unknown_fields, default)]
 pub struct GuardSection {
     pub default_policy: DefaultPolicy,
-    pub monitor: bool,
+    /// None: not set (a reload keeps the monitor mode in force).
+    pub monitor: Option<bool>,
     pub ipv6_ban_prefix: u8,
     pub max_bans: u32,
     pub max_tracked_sources: u32,
@@ -120,7 +121,7 @@ impl Default for GuardSection {
     fn default() -> Self {
         GuardSection {
             default_policy: DefaultPolicy::Pass,
-            monitor: false,
+            monitor: None,
             ipv6_ban_prefix: 64,
             max_bans: 65_536,
             max_tracked_sources: 1_000_000,
@@ -663,7 +664,7 @@ mod tests {
     fn empty_config_is_the_builtin_policy() {
         let c = parse("").unwrap();
         assert_eq!(c.guard.default_policy, DefaultPolicy::Pass);
-        assert!(!c.guard.monitor);
+        assert_eq!(c.guard.monitor, None);
         let rules = c.rate_rules();
         assert_eq!(rules.len(), 2);
         assert_eq!((rules[0].packets, rules[0].window.as_secs()), (120, 60));

@@ -44,7 +44,7 @@ impl ConfigSource {
             None => (Config::default(), BUILTIN_SOURCE.to_string()),
         };
         if self.monitor {
-            config.guard.monitor = true;
+            config.guard.monitor = Some(true);
         }
         if let Some(level) = self.level {
             config.sip_auth.level = level;
@@ -317,15 +317,17 @@ impl LivePolicy {
             .collect()
     }
 
+    /// Monitor mode as the maps get it (the runtime owns the switch).
+    pub fn set_monitor(&mut self, on: bool) {
+        self.config.guard.monitor = Some(on);
+        self.compiled.settings.monitor = on as u8;
+    }
+
+    /// The policy in a line (monitor mode is the runtime's: see `status`).
     pub fn summary(&self) -> String {
         let default = if self.default_drop() { "drop" } else { "pass" };
         format!(
-            "default {default}{}, {} services, {} rate rules, {} allow and {} deny entries",
-            if self.config.guard.monitor {
-                ", MONITOR mode (nothing is dropped)"
-            } else {
-                ""
-            },
+            "default {default}, {} services, {} rate rules, {} allow and {} deny entries",
             self.compiled.services.len(),
             self.compiled.rules.len(),
             self.lists.allow.len(),

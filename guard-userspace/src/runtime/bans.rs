@@ -1,32 +1,43 @@
-//! Ban bookkeeping: how bans read in logs, and clearing the expired ones.
+//! The ban lifecycle: the details kept with each ban, manual bans and
+//! unbans, the list of bans in force, the sweep of expired bans, saving them
+//! to the state directory and restoring them at start; and how bans read in
+//! logs.
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
     time::Duration,
 };
 
-use anyhow::Result;
 use guard_common::{BanEntry, BanEvent, BanReason, SourceKey, BAN_FOREVER, NO_RULE};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
 
-use crate::{clock, kernel::maps::KernelMaps};
+use super::{
+    safety::{After, LockoutCheck},
+    Error, Result, Runtime,
+};
+use crate::{
+    clock,
+    kernel::maps::KernelMaps,
+    state::{Clocks, SavedBan},
+};
+
+/// How often expired bans are cleared from the map.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// The shortest time between two saves of the bans.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The words that go with each ban: the operator's reason for a manual ban,
 /// the evidence of a SIP ban. Shared by whoever bans; saved with the bans.
-pub type BanDetails =
-    std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<SourceKey, String>>>;
+pub type BanDetails = Arc<Mutex<HashMap<SourceKey, String>>>;
 
 /// "192.0.2.7", or "2001:db8:1:2::/64" for an IPv6 key.
 pub fn source_to_string(source: &SourceKey, ipv6_prefix: u8) -> String {
     match source.ipv4() {
         Some(v4) => Ipv4Addr::from(v4).to_string(),
         None => format!("{}/{}", Ipv6Addr::from(source.addr), ipv6_prefix),
-    }
-}
-
-/// The ban-map key of an address: IPv4-mapped, or its IPv6 prefix.
-pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> SourceKey {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => SourceKey::from_ipv4(v4.octets()),
-        IpAddr::V6(v6) => SourceKey::from_ipv6(v6.octets(), ipv6_prefix),
     }
 }
 
@@ -73,8 +84,277 @@ pub fn describe_event(event: &BanEvent, rule_names: &[String], ipv6_prefix: u8) 
     }
 }
 
+/// `sipguard ban add`: what was banned, and for how long.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Banned {
+    pub source: String,
+    /// "1h", or "ever".
+    #[serde(rename = "for")]
+    pub duration: String,
+}
+
+/// `sipguard ban remove`: what was unbanned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Unbanned {
+    pub source: String,
+}
+
+/// One row of `sipguard bans`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BanRow {
+    pub source: String,
+    pub reason: String,
+    /// The rate rule, or the operator's words for a manual ban.
+    pub detail: String,
+    pub since_seconds: u64,
+    /// None: until removed.
+    pub remaining_seconds: Option<u64>,
+    pub dropped: u64,
+}
+
+/// A manual ban, checked against the operator's SSH sessions.
+pub struct BanRequest {
+    pub ip: IpAddr,
+    /// None: until removed.
+    pub duration: Option<Duration>,
+    /// The operator's words, shown by `sipguard bans`.
+    pub reason: Option<String>,
+}
+
+impl Runtime {
+    /// The ban-map key of an address (IPv6 sources by their prefix).
+    pub fn source_key(&self, ip: IpAddr) -> SourceKey {
+        crate::kernel::maps::source_key(ip, self.ipv6_ban_prefix)
+    }
+
+    pub fn source_name(&self, key: &SourceKey) -> String {
+        source_to_string(key, self.ipv6_ban_prefix)
+    }
+
+    pub async fn ban_add(&self, ban: BanRequest, lockout: &LockoutCheck) -> Result<Banned> {
+        let now = clock::monotonic_ns();
+        let expires_ns = match ban.duration {
+            Some(d) if d.is_zero() => {
+                return Err(Error::Failed("a ban must last longer than 0 s".into()))
+            }
+            Some(d) => now.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64),
+            None => BAN_FOREVER,
+        };
+        let key = self.source_key(ban.ip);
+        let entry = BanEntry {
+            expires_ns,
+            created_ns: now,
+            reason: BanReason::Manual as u16,
+            rule: NO_RULE,
+            ..BanEntry::default()
+        };
+        {
+            let policy = self.policy().await;
+            let mut maps = self.maps().await;
+            let after = After {
+                policy: &policy.live,
+                new_ban: Some((key, entry)),
+                monitor: None,
+            };
+            lockout
+                .check(&policy.live, &maps, after)
+                .map_err(Error::Refused)?;
+            maps.insert_ban(key, entry)?;
+        }
+        let why = ban.reason.unwrap_or_default();
+        self.ban_details.lock().await.insert(key, why.clone());
+        self.bans_changed.notify_one();
+        self.counters.ban_created(BanReason::Manual);
+        let source = self.source_name(&key);
+        let duration = ban_duration(now, expires_ns);
+        let because = if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({why})")
+        };
+        warn!(target: "sipguard::ban", "banned {source} for {duration}: manual{because}");
+        Ok(Banned { source, duration })
+    }
+
+    pub async fn ban_remove(&self, ip: IpAddr) -> Result<Unbanned> {
+        let key = self.source_key(ip);
+        let source = self.source_name(&key);
+        if !self.maps().await.remove_ban(&key)? {
+            return Err(Error::NotFound(format!("{source} is not banned")));
+        }
+        self.ban_details.lock().await.remove(&key);
+        self.bans_changed.notify_one();
+        info!(target: "sipguard::ban", "unbanned {source} by the operator");
+        Ok(Unbanned { source })
+    }
+
+    /// The bans in force, by source.
+    pub async fn bans(&self) -> Result<Vec<BanRow>> {
+        let rule_names = self.rule_names().await;
+        let now = clock::monotonic_ns();
+        let active = self.maps().await.active_bans(now)?;
+        let details = self.ban_details.lock().await;
+        let mut rows: Vec<BanRow> = active
+            .into_iter()
+            .map(|(key, ban)| BanRow {
+                source: self.source_name(&key),
+                reason: reason_name(ban.reason).to_string(),
+                detail: match rule_name(ban.rule, &rule_names) {
+                    Some(rule) => format!("rule {rule}"),
+                    None => details.get(&key).cloned().unwrap_or_default(),
+                },
+                since_seconds: now.saturating_sub(ban.created_ns) / 1_000_000_000,
+                remaining_seconds: (ban.expires_ns != BAN_FOREVER)
+                    .then(|| ban.expires_ns.saturating_sub(now) / 1_000_000_000),
+                dropped: ban.dropped,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.source.cmp(&b.source));
+        Ok(rows)
+    }
+
+    /// Clears expired bans and their details, logging each.
+    pub async fn sweep(&self) {
+        let expired = {
+            let mut maps = self.maps().await;
+            match sweep_expired(&mut maps, clock::monotonic_ns()) {
+                Ok(expired) => expired,
+                Err(e) => return warn!("clearing expired bans failed: {e:#}"),
+            }
+        };
+        if expired.is_empty() {
+            return;
+        }
+        self.bans_changed.notify_one();
+        let mut details = self.ban_details.lock().await;
+        for (source, ban) in expired {
+            details.remove(&source);
+            info!(
+                target: "sipguard::ban",
+                "ban on {} expired ({}, {} packets dropped)",
+                self.source_name(&source),
+                reason_name(ban.reason),
+                ban.dropped
+            );
+        }
+    }
+
+    /// Clears expired bans every [`SWEEP_INTERVAL`].
+    pub async fn sweep_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            self.sweep().await;
+        }
+    }
+
+    /// Writes the bans in force, with their details, to the state directory.
+    pub async fn save_bans(&self) {
+        let rule_names = self.rule_names().await;
+        let clocks = Clocks::now();
+        let bans = match self.maps().await.active_bans(clocks.monotonic_ns) {
+            Ok(bans) => bans,
+            Err(e) => return warn!("reading the bans to save them failed: {e:#}"),
+        };
+        let details = self.ban_details.lock().await;
+        let saved = bans
+            .iter()
+            .map(|(key, ban)| {
+                let detail = details.get(key).cloned().unwrap_or_default();
+                SavedBan::from_entry(key, ban, &rule_names, detail, clocks)
+            })
+            .collect();
+        drop(details);
+        if let Err(e) = self.state.save_bans(saved) {
+            warn!("saving the bans failed: {e:#}");
+        }
+    }
+
+    /// Saves the bans whenever they change (at most once per [`SAVE_INTERVAL`]).
+    pub async fn save_bans_forever(self: Arc<Self>) {
+        loop {
+            self.bans_changed.notified().await;
+            self.save_bans().await;
+            tokio::time::sleep(SAVE_INTERVAL).await;
+        }
+    }
+}
+
+impl Runtime {
+    /// Logs every ban the kernel makes and wakes the ban saver, until the
+    /// ring fails.
+    pub async fn log_ban_events(
+        self: Arc<Self>,
+        mut events: crate::kernel::events::BanEvents,
+    ) -> anyhow::Result<()> {
+        loop {
+            let (batch, bad) = events.next_batch().await?;
+            if bad > 0 {
+                tracing::error!("ignored {bad} malformed ban events");
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            // Rule indexes follow the policy in force (a reload renumbers them).
+            let rule_names = self.rule_names().await;
+            for event in &batch {
+                if let Some(reason) = BanReason::from_u16(event.reason) {
+                    self.counters.ban_created(reason);
+                }
+                warn!(
+                    target: "sipguard::ban",
+                    "{}",
+                    describe_event(event, &rule_names, self.ipv6_ban_prefix)
+                );
+            }
+            self.bans_changed.notify_one();
+        }
+    }
+}
+
+/// Puts saved bans into new maps (after a reboot), or keeps the pinned
+/// maps' bans as they are (`adopted`). Returns the saved details of the
+/// bans in force.
+pub fn restore(
+    maps: &mut KernelMaps,
+    saved: &[SavedBan],
+    rule_names: &[String],
+    adopted: bool,
+) -> anyhow::Result<HashMap<SourceKey, String>> {
+    use anyhow::Context;
+    let clocks = Clocks::now();
+    let mut details = HashMap::new();
+    let mut restored = 0;
+    for ban in saved {
+        let Some((key, entry)) = ban.to_entry(rule_names, clocks) else {
+            continue;
+        };
+        if !adopted {
+            maps.insert_ban(key, entry)
+                .with_context(|| format!("restoring the ban on {}", ban.key))?;
+            restored += 1;
+        }
+        if !ban.detail.is_empty() {
+            details.insert(key, ban.detail.clone());
+        }
+    }
+    if adopted {
+        let active = maps.active_bans(clock::monotonic_ns())?.len();
+        info!("adopted the pinned maps of an earlier run: {active} bans in force");
+    } else if restored > 0 {
+        info!(
+            "restored {restored} of {} saved bans with their remaining time",
+            saved.len()
+        );
+    }
+    Ok(details)
+}
+
 /// Removes expired bans; returns them for logging.
-pub fn sweep_expired(maps: &mut KernelMaps, now_ns: u64) -> Result<Vec<(SourceKey, BanEntry)>> {
+pub fn sweep_expired(
+    maps: &mut KernelMaps,
+    now_ns: u64,
+) -> anyhow::Result<Vec<(SourceKey, BanEntry)>> {
     let expired: Vec<_> = maps
         .bans()?
         .into_iter()

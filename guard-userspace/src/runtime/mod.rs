@@ -1,3 +1,193 @@
-//! What the daemon keeps while it runs: bans, and the SSH-lockout check on changes.
+//! The running guard: one owner of its state (the map handles, the live
+//! policy, the ban details, the pending confirmation, monitor mode and the
+//! IPv6 ban prefix) and the operations on it. Nothing here knows of the
+//! control socket or JSON: `control` translates requests into these calls.
+//!
+//! - `bans`: the ban lifecycle (details, add, remove, list, sweep, save, restore)
+//! - `lists`: allow and deny list changes
+//! - `switch`: reload, apply, confirm and the revert of an unconfirmed apply
+//! - `explain`, `status`: what an address gets, what is in force
+//! - `safety`: the SSH-lockout check
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use tokio::sync::{Mutex, MutexGuard, Notify};
+
+use crate::{
+    kernel::maps::KernelMaps,
+    metrics::ControllerCounters,
+    policy::live::{ConfigSource, LivePolicy},
+    state::StateDir,
+};
+
 pub mod bans;
+pub mod explain;
+pub mod lists;
 pub mod safety;
+pub mod status;
+pub mod switch;
+
+/// Why an operation did not happen. In every case nothing changed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The config file is broken.
+    #[error("{0}")]
+    BadConfig(String),
+    /// No such ban or list entry; nothing to confirm.
+    #[error("{0}")]
+    NotFound(String),
+    /// It would cut the operator's SSH session.
+    #[error("{0}")]
+    Refused(String),
+    /// The kernel or the state directory failed, or the request cannot be
+    /// done now (an unknown service, a change awaiting confirmation).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Error {
+        Error::Failed(format!("{e:#}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where and how the guard is attached, for `status`.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub iface: String,
+    pub xdp_mode: String,
+    pub program_id: u32,
+    /// The pin directory, when the guard outlives the daemon.
+    pub pinned_at: Option<PathBuf>,
+}
+
+/// Monitor mode in force, and who set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Monitor {
+    pub on: bool,
+    pub by: MonitorOrigin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorOrigin {
+    /// The config file's `monitor` (or `--monitor`).
+    Config,
+    /// `sipguard monitor on|off`.
+    Operator,
+}
+
+/// The policy side of the state, behind one lock: what is in force, where
+/// it came from, and the change awaiting confirmation.
+pub(crate) struct PolicyState {
+    pub(crate) live: LivePolicy,
+    /// Where `reload` reads the config from.
+    pub(crate) source: ConfigSource,
+    pub(crate) pending: Option<switch::Pending>,
+    pub(crate) monitor: Monitor,
+}
+
+/// The one owner of the running guard's state.
+///
+/// Lock order: `policy` before `maps` before `ban_details`.
+pub struct Runtime {
+    policy: Mutex<PolicyState>,
+    maps: Arc<Mutex<KernelMaps>>,
+    /// The operator's words (or saved evidence) for each ban.
+    ban_details: bans::BanDetails,
+    /// Fixed for the life of the maps (their keys are made with it).
+    ipv6_ban_prefix: u8,
+    counters: ControllerCounters,
+    attached: Attached,
+    started: Instant,
+    state: StateDir,
+    /// Wakes the task that saves bans to the state directory.
+    bans_changed: Arc<Notify>,
+}
+
+/// What the daemon hands over to the runtime after start-up.
+pub struct Parts {
+    pub maps: KernelMaps,
+    pub live: LivePolicy,
+    pub source: ConfigSource,
+    pub ban_details: std::collections::HashMap<guard_common::SourceKey, String>,
+    pub counters: ControllerCounters,
+    pub attached: Attached,
+    pub state: StateDir,
+}
+
+impl Runtime {
+    pub fn new(parts: Parts) -> Runtime {
+        let Parts {
+            maps,
+            live,
+            source,
+            ban_details,
+            counters,
+            attached,
+            state,
+        } = parts;
+        let monitor = Monitor {
+            on: live.config.guard.monitor.unwrap_or(false),
+            by: MonitorOrigin::Config,
+        };
+        Runtime {
+            ipv6_ban_prefix: live.config.guard.ipv6_ban_prefix,
+            policy: Mutex::new(PolicyState {
+                live,
+                source,
+                pending: None,
+                monitor,
+            }),
+            maps: Arc::new(Mutex::new(maps)),
+            ban_details: Arc::new(Mutex::new(ban_details)),
+            counters,
+            attached,
+            started: Instant::now(),
+            state,
+            bans_changed: Arc::new(Notify::new()),
+        }
+    }
+
+    pub(crate) async fn policy(&self) -> MutexGuard<'_, PolicyState> {
+        self.policy.lock().await
+    }
+
+    pub(crate) async fn maps(&self) -> MutexGuard<'_, KernelMaps> {
+        self.maps.lock().await
+    }
+
+    /// The map handles, for the SIP watcher (which bans under this lock).
+    pub fn maps_handle(&self) -> Arc<Mutex<KernelMaps>> {
+        Arc::clone(&self.maps)
+    }
+
+    /// The ban details, for the SIP watcher (which records its evidence).
+    pub fn ban_details_handle(&self) -> bans::BanDetails {
+        Arc::clone(&self.ban_details)
+    }
+
+    /// Wakes the ban saver; for whoever bans outside the runtime.
+    pub fn bans_changed_handle(&self) -> Arc<Notify> {
+        Arc::clone(&self.bans_changed)
+    }
+
+    pub fn ipv6_ban_prefix(&self) -> u8 {
+        self.ipv6_ban_prefix
+    }
+
+    pub fn counters(&self) -> &ControllerCounters {
+        &self.counters
+    }
+
+    /// The rate rules' names in the policy in force (a reload renumbers them).
+    pub async fn rule_names(&self) -> Vec<String> {
+        self.policy.lock().await.live.compiled.rule_names.clone()
+    }
+
+    /// Monitor mode in force.
+    pub async fn monitor(&self) -> Monitor {
+        self.policy.lock().await.monitor
+    }
+}

@@ -141,7 +141,7 @@ fn cut_reason(
 
 /// Whether a ban on `key` would catch `client`.
 pub fn ban_catches(key: &SourceKey, client: IpAddr, ipv6_prefix: u8) -> bool {
-    crate::runtime::bans::source_key(client, ipv6_prefix) == *key
+    crate::kernel::maps::source_key(client, ipv6_prefix) == *key
 }
 
 /// The SSH-lockout check for one request: the CLI's session and `--force`.

@@ -1,0 +1,18 @@
+//! `sipguard check-config FILE`.
+use std::path::Path;
+
+use super::{output::Output, CliError};
+use crate::policy::{compile::CompiledPolicy, config::Config};
+
+pub fn check_config(file: &Path, out: &mut Output) -> Result<(), CliError> {
+    let config = Config::load(file).map_err(|e| CliError::BadConfig(e.to_string()))?;
+    let policy = CompiledPolicy::compile(&config);
+    out.line(format_args!(
+        "{}: OK ({} services, {} rate rules, {} allow and {} deny entries)",
+        file.display(),
+        policy.services.len(),
+        policy.rules.len(),
+        policy.allow.len(),
+        policy.deny.len()
+    ))
+}

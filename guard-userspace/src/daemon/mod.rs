@@ -1,0 +1,315 @@
+//! `sipguard run`, in named steps: read the config and find the interface
+//! ([`prepare`]), check the machine, open the state directory, bind the
+//! endpoints, load and attach the program ([`start`]), hand the maps to the
+//! runtime, start its tasks, wait for a signal, and stop in order.
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{Context, Result};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    signal::unix::{signal, Signal, SignalKind},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use crate::{
+    clock,
+    control::server,
+    kernel::events::BanEvents,
+    kernel::loader::{Guard, XdpModeChoice},
+    kernel::maps::KernelMaps,
+    kernel::pins::Pins,
+    kernel::preflight,
+    metrics::{self, Metrics},
+    policy::config::Config,
+    policy::live::{ConfigSource, LivePolicy},
+    runtime::{Attached, Parts, Runtime},
+    sip::tracker::{AuthPolicy, LevelName, Tracker},
+    sip::watcher,
+    state::StateDir,
+};
+
+mod start;
+
+pub struct RunOptions {
+    pub control_socket: PathBuf,
+    /// Overrides `metrics.address` (and enables the endpoint).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub iface: Option<String>,
+    pub config: Option<PathBuf>,
+    pub xdp_mode: XdpModeChoice,
+    pub monitor: bool,
+    /// Overrides `sip_auth.level`.
+    pub level: Option<LevelName>,
+    pub state_dir: PathBuf,
+    /// Where the XDP link and maps are pinned; None: not pinned (the guard
+    /// stops with the process).
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl RunOptions {
+    pub fn config_source(&self) -> ConfigSource {
+        ConfigSource {
+            path: self.config.clone(),
+            monitor: self.monitor,
+            level: self.level,
+            metrics_addr: self.metrics_addr,
+        }
+    }
+}
+
+/// The config (and its name) and the interface, found before any kernel work.
+pub struct Prepared {
+    config: Config,
+    source: String,
+    iface: String,
+}
+
+/// Reads the config and resolves the interface; nothing touches the kernel yet.
+pub fn prepare(options: &RunOptions) -> Result<Prepared> {
+    let (config, source) = options.config_source().load()?;
+    let iface = match &options.iface {
+        Some(iface) => iface.clone(),
+        None => {
+            let iface = preflight::default_route_interface()?;
+            info!("no --iface given: using {iface}, the default-route interface");
+            iface
+        }
+    };
+    Ok(Prepared {
+        config,
+        source,
+        iface,
+    })
+}
+
+/// The signals `run` stops (or reloads) on.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// The sockets bound before anything is attached (a taken one is a clear error).
+struct Endpoints {
+    control: UnixListener,
+    metrics: Option<TcpListener>,
+}
+
+async fn bind_endpoints(options: &RunOptions, config: &Config) -> Result<Endpoints> {
+    let control = server::bind(&options.control_socket)?;
+    let metrics = if config.metrics.enabled {
+        Some(metrics::bind(config.metrics.address).await?)
+    } else {
+        None
+    };
+    Ok(Endpoints { control, metrics })
+}
+
+/// The pin directory, or None (unpinned) if there is none to be had.
+fn prepare_pins(options: &RunOptions, iface: &str) -> Option<Pins> {
+    let root = options.pin_dir.as_ref()?;
+    match Pins::prepare(root, iface) {
+        Ok(pins) => Some(pins),
+        Err(e) => {
+            warn!("{e:#}: running unpinned, so the guard stops when this process does");
+            None
+        }
+    }
+}
+
+pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
+    let Prepared {
+        config,
+        source,
+        iface,
+    } = prepared;
+    // First of all: a SIGTERM during start-up must still end in the orderly
+    // stop below (bans saved), not in the default action.
+    let mut signals = Signals::install()?;
+    preflight::interface_index(&iface)?;
+    preflight::privileges()?;
+    preflight::kernel()?;
+
+    // One directory per interface, as with the pins: guards on two
+    // interfaces keep apart.
+    let state = StateDir::open(&options.state_dir.join(&iface))?;
+    let live = LivePolicy::build(config, source, state.load_lists()?);
+    let saved_bans = state.load_bans()?;
+    let endpoints = bind_endpoints(&options, &live.config).await?;
+    let pins = prepare_pins(&options, &iface);
+
+    let started = start::load_and_attach(
+        &live,
+        &saved_bans,
+        pins.as_ref(),
+        &iface,
+        options.xdp_mode,
+        &state,
+    )?;
+    let start::Started {
+        mut guard,
+        xdp_mode,
+        program_id,
+        ban_details,
+    } = started;
+
+    let mut maps = guard.take_maps().context("maps handed over twice")?;
+    let ban_ring = maps
+        .ban_events
+        .take()
+        .context("ban event ring taken twice")?;
+    let sip_ring = maps.sip_events.take().context("SIP ring taken twice")?;
+    // The metrics read the maps through handles of their own.
+    let metrics = Arc::new(Metrics::new(
+        KernelMaps::from_program_id(program_id).context("opening the maps for the metrics")?,
+        start::metric_names(&live.config, &live.compiled),
+    ));
+    let sip_auth = live.config.sip_auth.enabled.then(|| SipWatch {
+        policy: live.config.auth_policy(),
+        service: live.config.sip_auth.service.clone(),
+        level: live.config.sip_auth.level,
+    });
+    let runtime = Arc::new(Runtime::new(Parts {
+        maps,
+        live,
+        source: options.config_source(),
+        ban_details,
+        counters: metrics.counters.clone(),
+        attached: Attached {
+            iface: iface.clone(),
+            xdp_mode,
+            program_id,
+            pinned_at: pins
+                .as_ref()
+                .filter(|_| guard.is_pinned())
+                .map(Pins::iface_dir),
+        },
+        state,
+    }));
+
+    let mut events = tokio::spawn(Arc::clone(&runtime).log_ban_events(BanEvents::new(ban_ring)?));
+    let mut tasks = spawn_tasks(&runtime, endpoints, &metrics);
+    if let Some(sip) = sip_auth {
+        guard.attach_egress(&iface)?;
+        tasks.push(watch_sip(&runtime, sip_ring, sip));
+    }
+
+    let why = loop {
+        tokio::select! {
+            _ = signals.term.recv() => break "SIGTERM",
+            _ = signals.int.recv() => break "SIGINT",
+            _ = signals.hup.recv() => server::reload_on_signal(&runtime).await,
+            ended = &mut events => break format!("ban event reader stopped: {ended:?}").leak(),
+        }
+    };
+    stop(why, tasks, &options, &runtime, guard, &iface).await
+}
+
+/// What the SIP watcher needs from the config.
+struct SipWatch {
+    policy: AuthPolicy,
+    service: String,
+    level: LevelName,
+}
+
+/// The control socket, the metrics endpoint and rate-state counter, the
+/// ban sweeper and the ban saver.
+fn spawn_tasks(
+    runtime: &Arc<Runtime>,
+    endpoints: Endpoints,
+    metrics: &Arc<Metrics>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![
+        tokio::spawn(Arc::clone(runtime).sweep_forever()),
+        tokio::spawn(Arc::clone(runtime).save_bans_forever()),
+    ];
+    let control = server::serve(endpoints.control, Arc::clone(runtime));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = control.await {
+            warn!("control socket stopped: {e:#}");
+        }
+    }));
+    if let Some(listener) = endpoints.metrics {
+        let server = metrics::serve(listener, Arc::clone(metrics));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                warn!("metrics endpoint stopped: {e:#}");
+            }
+        }));
+        tasks.push(tokio::spawn(metrics::count_rate_state(Arc::clone(metrics))));
+    }
+    tasks
+}
+
+/// Feeds the captured SIP signalling to the failure rules, which ban.
+fn watch_sip(
+    runtime: &Arc<Runtime>,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    sip: SipWatch,
+) -> JoinHandle<()> {
+    let SipWatch {
+        policy: auth,
+        service,
+        level,
+    } = sip;
+    info!(
+        "watching SIP authentication on the {service} service: level {level:?}, ban \
+         after {} failures in {} ({} if unproven) for {}",
+        auth.level.failures,
+        clock::human(auth.level.window),
+        auth.level.failures * auth.unproven_multiplier,
+        clock::human(auth.level.ban)
+    );
+    let watch = watcher::watch(
+        ring,
+        Tracker::new(auth),
+        runtime.maps_handle(),
+        runtime.counters().clone(),
+        runtime.ban_details_handle(),
+        runtime.bans_changed_handle(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = watch.await {
+            warn!("SIP watcher stopped: {e:#}");
+        }
+    })
+}
+
+/// Stops the tasks, saves the bans, and leaves the guard pinned (enforcing)
+/// or detaches it.
+async fn stop(
+    why: &str,
+    tasks: Vec<JoinHandle<()>>,
+    options: &RunOptions,
+    runtime: &Runtime,
+    mut guard: Guard,
+    iface: &str,
+) -> Result<()> {
+    for task in &tasks {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(&options.control_socket);
+    runtime.save_bans().await;
+    if guard.is_pinned() {
+        info!(
+            "{why}: stopped; the kernel keeps enforcing the pinned policy and bans on {iface} \
+             (`sipguard unload --iface {iface}` removes them)"
+        );
+    } else {
+        guard.detach()?;
+        info!("{why}: detached from {iface}");
+    }
+    runtime.log_totals().await;
+    Ok(())
+}
