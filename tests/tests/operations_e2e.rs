@@ -14,7 +14,7 @@ use std::{
 };
 
 use guard_userspace::{
-    control::BanRow,
+    control::protocol::BanRow,
     kernel::maps::{KernelMaps, NetList},
 };
 use sipguard_tests::{
