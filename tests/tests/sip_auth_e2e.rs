@@ -9,7 +9,7 @@ use std::{
 };
 
 use guard_common::{BanReason, Reason, SourceKey};
-use guard_userspace::{clock::monotonic_ns, control::BanRow, kernel::maps::KernelMaps};
+use guard_userspace::{clock::monotonic_ns, control::protocol::BanRow, kernel::maps::KernelMaps};
 use sipguard_tests::{
     daemon::{start_guard, Daemon, TempFile},
     netns::Link,
