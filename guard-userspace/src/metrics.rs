@@ -426,6 +426,14 @@ impl Metrics {
         }
     }
 
+    /// Walks the rate state (its own handle: no lock anyone else waits for)
+    /// and keeps the count for the next scrapes.
+    pub fn count_rate_state_now(&self) -> u64 {
+        let n = self.maps.rate_state.keys().count() as u64;
+        self.rate_state_entries.store(n, Ordering::Relaxed);
+        n
+    }
+
     pub fn encode(&self) -> Result<String> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
@@ -439,12 +447,9 @@ pub async fn count_rate_state(metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let maps = Arc::clone(&metrics.maps);
-        let counted =
-            tokio::task::spawn_blocking(move || maps.rate_state.keys().count() as u64).await;
-        if let Ok(n) = counted {
-            metrics.rate_state_entries.store(n, Ordering::Relaxed);
-        }
+        let metrics = Arc::clone(&metrics);
+        // A walk over up to millions of keys: off the async threads.
+        let _ = tokio::task::spawn_blocking(move || metrics.count_rate_state_now()).await;
     }
 }
 

@@ -17,7 +17,6 @@ use crate::{
     control::server,
     kernel::events::BanEvents,
     kernel::loader::{Guard, XdpModeChoice},
-    kernel::maps::KernelMaps,
     kernel::pins::Pins,
     kernel::preflight,
     metrics::{self, Metrics},
@@ -172,7 +171,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
     let sip_ring = maps.sip_events.take().context("SIP ring taken twice")?;
     // The metrics read the maps through handles of their own.
     let metrics = Arc::new(Metrics::new(
-        KernelMaps::from_program_id(program_id).context("opening the maps for the metrics")?,
+        maps.reopen().context("opening the maps for the metrics")?,
         start::metric_names(&live.config, &live.compiled),
     ));
     let sip_auth = live.config.sip_auth.enabled.then(|| SipWatch {

@@ -3,8 +3,11 @@
 use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, Context, Result};
+use std::os::fd::AsFd;
+
 use aya::maps::{
-    lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf,
+    lpm_trie::Key as LpmKey, Array, HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuArray,
+    RingBuf,
 };
 use guard_common::{
     map_names as names, policy_rule_index, policy_service_index, BanEntry, Counter, Health,
@@ -138,6 +141,41 @@ impl KernelMaps {
             // The kernel keeps 15 characters of a map name.
             let short = &wanted[..wanted.len().min(15)];
             let i = found.iter().position(|(name, _)| name == short)?;
+            Some(found.swap_remove(i).1)
+        })
+    }
+
+    /// A second set of handles on the same kernel maps (duplicated fds), for
+    /// a reader that must not share the owner's lock, such as the metrics.
+    /// Needs no privilege beyond holding these maps (unlike opening by id).
+    /// The rings stay with this set.
+    pub fn reopen(&self) -> Result<KernelMaps> {
+        let mut found: Vec<(&str, Map)> = Vec::new();
+        let mut add = |name: &'static str, data: &MapData| -> Result<()> {
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .with_context(|| format!("duplicating the fd of {name}"))?;
+            let data = MapData::from_fd(fd).with_context(|| format!("reopening {name}"))?;
+            found.push((name, Map::from_map_data(data)?));
+            Ok(())
+        };
+        add(names::BANS, self.bans.map())?;
+        add(names::DENY_V4, self.deny_v4.map())?;
+        add(names::DENY_V6, self.deny_v6.map())?;
+        add(names::ALLOW_V4, self.allow_v4.map())?;
+        add(names::ALLOW_V6, self.allow_v6.map())?;
+        add(names::PORTS, self.ports.map())?;
+        add(names::SERVICES, self.services.map())?;
+        add(names::RULES, self.rules.map())?;
+        add(names::SETTINGS, self.settings.map())?;
+        add(names::RATE_STATE, self.rate_state.map())?;
+        add(names::VERDICTS, self.verdicts.map())?;
+        add(names::RULE_HITS, self.rule_hits.map())?;
+        add(names::HEALTH, self.health.map())?;
+        KernelMaps::from_source(|wanted| {
+            let i = found.iter().position(|(name, _)| *name == wanted)?;
             Some(found.swap_remove(i).1)
         })
     }
