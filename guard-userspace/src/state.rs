@@ -3,7 +3,6 @@
 //! are gone). Every write is atomic: temporary file, fsync, rename, fsync of
 //! the directory. A reader sees the old file or the new one, never a mix.
 use std::{
-    collections::BTreeMap,
     io::Write,
     net::Ipv6Addr,
     path::{Path, PathBuf},
@@ -12,11 +11,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use guard_common::{BanEntry, BanReason, SourceKey, BAN_FOREVER, NO_RULE};
-use ipnet::IpNet;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tracing::warn;
 
-use crate::{kernel::maps::NetList, policy::live::ListEntry, runtime::bans};
+use crate::kernel::bans;
+pub use crate::policy::live::ListChanges;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sipguard";
 const BANS_FILE: &str = "bans.json";
@@ -46,43 +45,6 @@ pub struct SavedBan {
 struct BansFile {
     version: u32,
     bans: Vec<SavedBan>,
-}
-
-/// What the operator changed at run time, on top of the config file's lists.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ListChanges {
-    pub version: u32,
-    pub allow_added: BTreeMap<IpNet, ListEntry>,
-    pub deny_added: BTreeMap<IpNet, ListEntry>,
-    /// Config entries the operator removed.
-    pub allow_removed: Vec<IpNet>,
-    pub deny_removed: Vec<IpNet>,
-}
-
-impl ListChanges {
-    /// The operator added `entry` at `net` (replacing any entry there).
-    pub fn record_add(&mut self, list: NetList, net: IpNet, entry: ListEntry) {
-        let (added, removed) = self.list_mut(list);
-        added.insert(net, entry);
-        removed.retain(|n| *n != net);
-    }
-
-    /// The operator removed `net`; a removal of a config entry (`in_config`)
-    /// must be remembered, or the next start would bring it back.
-    pub fn record_remove(&mut self, list: NetList, net: IpNet, in_config: bool) {
-        let (added, removed) = self.list_mut(list);
-        added.remove(&net);
-        if in_config && !removed.contains(&net) {
-            removed.push(net);
-        }
-    }
-
-    fn list_mut(&mut self, list: NetList) -> (&mut BTreeMap<IpNet, ListEntry>, &mut Vec<IpNet>) {
-        match list {
-            NetList::Allow => (&mut self.allow_added, &mut self.allow_removed),
-            NetList::Deny => (&mut self.deny_added, &mut self.deny_removed),
-        }
-    }
 }
 
 pub fn unix_now() -> u64 {
@@ -307,6 +269,8 @@ pub fn write_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::live::ListEntry;
+    use ipnet::IpNet;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sipguard-state-{tag}-{}", std::process::id()));

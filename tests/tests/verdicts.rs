@@ -745,14 +745,56 @@ fn a_new_policy_is_switched_in_whole_and_the_old_one_kept_intact() {
     assert_eq!(h.packets(Reason::Closed), 2);
 
     // The slot now out of force still holds the whole first policy (what a
-    // packet that read the old slot goes on seeing), and switching back
-    // restores every verdict.
+    // packet that read the old slot goes on seeing). Nothing is rewritten
+    // before looking: its tables are read as they are, and one SETTINGS
+    // write points the program back at them.
     let first = guard_userspace::policy::compile::CompiledPolicy::compile(
         &guard_userspace::policy::config::Config::parse(POLICY, "first").unwrap(),
     );
+    {
+        let maps = h.guard.maps();
+        for (id, service) in &first.services {
+            let index = guard_common::policy_service_index(first_slot, *id);
+            assert_eq!(
+                maps.services.get(&index, 0).unwrap(),
+                *service,
+                "service {id}"
+            );
+        }
+        for (i, rule) in first.rules.iter().enumerate() {
+            let index = guard_common::policy_rule_index(first_slot, i as u32);
+            assert_eq!(maps.rules.get(&index, 0).unwrap(), *rule, "rule {i}");
+        }
+        for (index, class) in &first.ports {
+            let index = first_slot as u32 * guard_common::PORT_SLOTS + index;
+            assert_eq!(
+                maps.ports.get(&index, 0).unwrap(),
+                *class,
+                "port slot {index}"
+            );
+        }
+    }
+    let mut settings = h.guard.maps().settings().unwrap();
+    settings.policy_slot = first_slot;
+    h.guard.maps_mut().write_settings(settings).unwrap();
+    // The lists are not slotted (next's deny list holds): these sources are on none.
+    assert_eq!(h.run(&tcp("10.8.0.1", PBX4, 5038, true, false)), XDP_DROP);
+    assert_eq!(h.packets(Reason::Closed), 3, "AMI is closed again");
+    let not_trusted = h.packets(Reason::NotTrusted);
+    assert_eq!(h.run(&tcp("10.8.0.1", PBX4, 443, true, false)), XDP_DROP);
+    assert_eq!(
+        h.packets(Reason::NotTrusted),
+        not_trusted + 1,
+        "the web GUI is trusted-only again, not closed"
+    );
+
+    // Switching back in whole restores every verdict, lists included.
     h.guard.maps_mut().sync_policy(&first).unwrap();
-    assert_eq!(h.guard.maps().settings().unwrap().policy_slot, first_slot);
+    assert_eq!(
+        h.guard.maps().settings().unwrap().policy_slot,
+        first_slot ^ 1
+    );
     assert_eq!(h.run(&tcp("10.9.9.9", PBX4, 5038, true, false)), XDP_DROP);
-    assert_eq!(h.packets(Reason::Closed), 3);
+    assert_eq!(h.packets(Reason::Closed), 4);
     assert_eq!(h.run(&udp("203.0.113.9", PBX4, 5060, b"x")), XDP_DROP);
 }

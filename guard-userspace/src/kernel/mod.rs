@@ -1,4 +1,5 @@
 //! The XDP program's side: loading, attaching, maps, pins, and its events.
+pub mod bans;
 pub mod events;
 pub mod loader;
 pub mod maps;

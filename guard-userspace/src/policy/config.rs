@@ -1,6 +1,6 @@
 //! The TOML configuration: its shape, the built-in defaults, and validation.
 //! Every error names the file, the line, the key and the reason.
-use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use guard_common::{rate::MAX_RATE_LIMIT, MAX_RATE_RULES, MAX_RULES_PER_PORT, MAX_SERVICES};
 
@@ -284,8 +284,10 @@ pub fn builtin_rate_rules() -> Vec<RateRuleSection> {
     ]
 }
 
-/// A configuration error, pointing at its place in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A configuration error, pointing at its place in the file:
+/// `FILE:LINE: key KEY: reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}{}", at_line(*.line), about(.key, .reason))]
 pub struct ConfigError {
     pub file: String,
     pub line: Option<usize>,
@@ -293,21 +295,17 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if self.key.is_empty() {
-            write!(f, ": {}", self.reason)
-        } else {
-            write!(f, ": key `{}`: {}", self.key, self.reason)
-        }
-    }
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(":{l}")).unwrap_or_default()
 }
 
-impl std::error::Error for ConfigError {}
+fn about(key: &str, reason: &str) -> String {
+    if key.is_empty() {
+        format!(": {reason}")
+    } else {
+        format!(": key `{key}`: {reason}")
+    }
+}
 
 impl Config {
     /// Reads and validates a config file.

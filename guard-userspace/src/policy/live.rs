@@ -15,14 +15,13 @@ use tracing::warn;
 
 use crate::{
     clock,
+    kernel::bans,
     kernel::maps::NetList,
     policy::compile::{allow_mask, CompiledPolicy},
     policy::config::{
         AllowEntry, Config, ConfigError, DefaultPolicy, DenyEntry, ALL, BUILTIN_SOURCE, OTHER,
     },
-    runtime::bans,
     sip::tracker::LevelName,
-    state::ListChanges,
 };
 
 /// Where the config comes from, with the command line's overrides (which
@@ -76,6 +75,43 @@ pub struct ListEntry {
     pub comment: String,
     /// "config" or "runtime".
     pub origin: String,
+}
+
+/// What the operator changed at run time, on top of the config file's lists.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ListChanges {
+    pub version: u32,
+    pub allow_added: BTreeMap<IpNet, ListEntry>,
+    pub deny_added: BTreeMap<IpNet, ListEntry>,
+    /// Config entries the operator removed.
+    pub allow_removed: Vec<IpNet>,
+    pub deny_removed: Vec<IpNet>,
+}
+
+impl ListChanges {
+    /// The operator added `entry` at `net` (replacing any entry there).
+    pub fn record_add(&mut self, list: NetList, net: IpNet, entry: ListEntry) {
+        let (added, removed) = self.list_mut(list);
+        added.insert(net, entry);
+        removed.retain(|n| *n != net);
+    }
+
+    /// The operator removed `net`; a removal of a config entry (`in_config`)
+    /// must be remembered, or the next start would bring it back.
+    pub fn record_remove(&mut self, list: NetList, net: IpNet, in_config: bool) {
+        let (added, removed) = self.list_mut(list);
+        added.remove(&net);
+        if in_config && !removed.contains(&net) {
+            removed.push(net);
+        }
+    }
+
+    fn list_mut(&mut self, list: NetList) -> (&mut BTreeMap<IpNet, ListEntry>, &mut Vec<IpNet>) {
+        match list {
+            NetList::Allow => (&mut self.allow_added, &mut self.allow_removed),
+            NetList::Deny => (&mut self.deny_added, &mut self.deny_removed),
+        }
+    }
 }
 
 /// The allow and deny lists with their comments and origins (the kernel's

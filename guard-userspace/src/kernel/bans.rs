@@ -1,0 +1,94 @@
+//! How the kernel's bans read in logs and answers: sources, reasons,
+//! rules, durations and ban events.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use guard_common::{BanEvent, BanReason, SourceKey, BAN_FOREVER, NO_RULE};
+
+use crate::clock;
+
+/// "192.0.2.7", or "2001:db8:1:2::/64" for an IPv6 key.
+pub fn source_to_string(source: &SourceKey, ipv6_prefix: u8) -> String {
+    match source.ipv4() {
+        Some(v4) => Ipv4Addr::from(v4).to_string(),
+        None => format!("{}/{}", Ipv6Addr::from(source.addr), ipv6_prefix),
+    }
+}
+
+pub fn source_ip(source: &SourceKey) -> IpAddr {
+    match source.ipv4() {
+        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
+        None => IpAddr::V6(Ipv6Addr::from(source.addr)),
+    }
+}
+
+pub fn reason_name(reason: u16) -> &'static str {
+    BanReason::from_u16(reason).map_or("unknown", BanReason::name)
+}
+
+pub fn rule_name(rule: u16, rule_names: &[String]) -> Option<&str> {
+    if rule == NO_RULE {
+        return None;
+    }
+    rule_names.get(rule as usize).map(String::as_str)
+}
+
+pub fn ban_duration(created_ns: u64, expires_ns: u64) -> String {
+    if expires_ns == BAN_FOREVER {
+        "ever".to_string()
+    } else {
+        clock::human(Duration::from_nanos(expires_ns.saturating_sub(created_ns)))
+    }
+}
+
+/// The log line for a ban the kernel made.
+pub fn describe_event(event: &BanEvent, rule_names: &[String], ipv6_prefix: u8) -> String {
+    let source = source_to_string(&event.source, ipv6_prefix);
+    let duration = ban_duration(event.created_ns, event.expires_ns);
+    match rule_name(event.rule, rule_names) {
+        Some(rule) => format!(
+            "banned {source} for {duration}: {} by rule {rule} ({} packets in its window)",
+            reason_name(event.reason),
+            event.count
+        ),
+        None => format!(
+            "banned {source} for {duration}: {}",
+            reason_name(event.reason)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_print_as_addresses() {
+        let v4 = SourceKey::from_ipv4([192, 0, 2, 7]);
+        assert_eq!(source_to_string(&v4, 64), "192.0.2.7");
+        let v6: Ipv6Addr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
+        let key = SourceKey::from_ipv6(v6.octets(), 64);
+        assert_eq!(source_to_string(&key, 64), "2001:db8:1:2::/64");
+        let key = SourceKey::from_ipv6(v6.octets(), 60);
+        assert_eq!(source_to_string(&key, 60), "2001:db8:1::/60");
+    }
+
+    #[test]
+    fn event_lines_name_rule_and_duration() {
+        let event = BanEvent {
+            source: SourceKey::from_ipv4([198, 51, 100, 9]),
+            created_ns: 5_000_000_000,
+            expires_ns: 5_000_000_000 + 3_600_000_000_000,
+            reason: BanReason::RateLimit as u16,
+            rule: 1,
+            count: 41,
+        };
+        let names = vec!["a".to_string(), "sip-udp-40-per-2s".to_string()];
+        assert_eq!(
+            describe_event(&event, &names, 64),
+            "banned 198.51.100.9 for 1h: rate-limit by rule sip-udp-40-per-2s (41 packets in its window)"
+        );
+    }
+}
