@@ -2,4 +2,6 @@
 pub mod compile;
 pub mod config;
 pub mod live;
+#[cfg(test)]
+mod live_tests;
 pub mod verdict;

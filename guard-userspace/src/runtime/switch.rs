@@ -261,3 +261,77 @@ fn labels_changed(current: &LivePolicy, candidate: &LivePolicy) -> Option<String
         || current.compiled.rule_names != candidate.compiled.rule_names)
         .then(|| "metric labels (service and rule names)".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "t.toml").unwrap()
+    }
+
+    const OPERATOR_ON: Monitor = Monitor {
+        on: true,
+        by: MonitorOrigin::Operator,
+    };
+
+    #[test]
+    fn a_file_without_monitor_keeps_the_mode_in_force() {
+        let (config, monitor, kept) = in_force(config(""), OPERATOR_ON, 64);
+        assert!(kept);
+        assert_eq!(monitor, OPERATOR_ON);
+        assert_eq!(
+            config.guard.monitor,
+            Some(true),
+            "the maps get the mode in force"
+        );
+    }
+
+    #[test]
+    fn a_file_that_sets_monitor_wins() {
+        let (config, monitor, kept) =
+            in_force(config("[guard]\nmonitor = false\n"), OPERATOR_ON, 64);
+        assert!(!kept);
+        assert_eq!(
+            monitor,
+            Monitor {
+                on: false,
+                by: MonitorOrigin::Config
+            }
+        );
+        assert_eq!(config.guard.monitor, Some(false));
+    }
+
+    #[test]
+    fn the_ipv6_ban_prefix_stays_until_restart() {
+        let new = config("[guard]\nipv6_ban_prefix = 48\n");
+        let old = config("");
+        assert_eq!(
+            needs_restart(&old, &new),
+            ["guard capacities or ipv6_ban_prefix"]
+        );
+        let (config, _, _) = in_force(new, OPERATOR_ON, 64);
+        assert_eq!(
+            config.guard.ipv6_ban_prefix, 64,
+            "the ban map's keys use 64"
+        );
+        let live = LivePolicy::build(config, "t".into(), Default::default());
+        assert_eq!(live.compiled.settings.ipv6_ban_prefix, 64);
+    }
+
+    #[test]
+    fn restart_only_sections_are_named() {
+        let old = config("");
+        let new = config("[sip_auth]\nlevel = \"strong\"\n[metrics]\nenabled = false\n");
+        assert_eq!(needs_restart(&old, &new), ["[sip_auth]", "[metrics]"]);
+        assert!(needs_restart(&old, &old).is_empty());
+        let a = LivePolicy::build(old, "a".into(), Default::default());
+        let b = LivePolicy::build(
+            config("[services.fax]\nports = [\"9100/tcp\"]\n"),
+            "b".into(),
+            Default::default(),
+        );
+        assert!(labels_changed(&a, &b).is_some());
+        assert!(labels_changed(&a, &a).is_none());
+    }
+}
