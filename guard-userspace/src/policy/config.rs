@@ -537,6 +537,7 @@ impl Config {
             whitelist,
             escalation_factor: a.escalation_factor,
             max_ban: a.max_ban,
+            ipv6_prefix: self.guard.ipv6_ban_prefix,
         }
     }
 

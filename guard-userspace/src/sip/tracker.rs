@@ -10,7 +10,27 @@
 //! - A 403 answering REGISTER, INVITE or any request with credentials is a
 //!   failure; so is a 404 answering REGISTER (a probe for an extension).
 //! - Answers are matched to requests by Call-ID + CSeq + the requester's
-//!   address; only answers the PBX sent (seen leaving its NIC) count.
+//!   address, with the first or the last of repeated Call-ID/CSeq headers
+//!   (PBXs differ: see `sip`); only answers the PBX sent count.
+//!
+//! # Answers that match no readable request
+//! The answer is what the PBX decided, so it is judged even when its request
+//! was not read: fragmented (later IP fragments are not captured), cut at the
+//! capture size, split across TCP segments, lost from a full ring, or written
+//! to confuse a parser. Whether it carried credentials is then unknown, so:
+//! - a 401/407 (not stale), a 403, or a 404 to REGISTER answering a request
+//!   that was not read, or read only in part (its header section cut before
+//!   its end), is an *unproven* failure, for the To user (REGISTER) or the
+//!   From user (anything else) the answer echoes;
+//! - a 2xx to REGISTER still clears that username's failures.
+//!
+//! A source whose requests are always unreadable is thus banned at the
+//! unproven threshold, limit x `unproven_multiplier` (30 at the normal
+//! level; each guess costs it one failure, two when it also needs a fresh
+//! challenge). It cannot be proven: the nonce its request echoed is in the
+//! part that was not read. A phone whose requests are not read (a ring lost
+//! under a flood) collects an unproven failure per challenge, which its next
+//! successful registration clears.
 //!
 //! # Evidence against spoofing
 //! A failure is *proven* when the failing request echoed a nonce the PBX had
@@ -28,16 +48,41 @@
 //! A source holding a live registration (an office behind one NAT address)
 //! is judged per username instead, so a colleague's typos do not take the
 //! office offline while brute force on any one username is still stopped.
+//! An IPv6 source is its ban prefix (`ipv6_prefix`, /64 by default): an
+//! attacker cannot spread its guesses over the addresses of its network.
+//!
+//! # Bounded under a flood
+//! Every table has a fixed capacity and evicts in O(1) (least recently
+//! used), never by scanning; what a spoofed flood can fill is kept apart
+//! from what proves a real attacker:
+//! - pending requests: at most 64 per source (its own oldest go first),
+//!   65,536 in all ([`Capacities`]). The PBX answers within
+//!   milliseconds, so even a full table keeps a request for about a second
+//!   at 50,000 requests/s; and an answer whose request was evicted still
+//!   counts (above).
+//! - nonces: a nonce issued to an address that has never echoed one goes to
+//!   a probation table, which a flood of spoofed requests churns; one issued
+//!   to an address that has completed a round trip (a *live* address) goes
+//!   to a protected table that spoofed sources can never enter, since they
+//!   cannot echo. A brute force proves itself on its first echo, and from
+//!   then on its evidence is out of the flood's reach.
+//! - per-source failure state: sources with only unproven failures (all a
+//!   spoofed flood can create) are kept apart from sources with proven
+//!   failures or a live registration, each table evicting its own least
+//!   recently active.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{hash_map::RandomState, HashMap, VecDeque},
+    hash::BuildHasher,
     net::IpAddr,
+    num::NonZeroUsize,
     time::{Duration, Instant},
 };
 
 use guard_common::BanReason;
 use ipnet::IpNet;
+use lru::LruCache;
 
-use crate::sip::parser::{uri_user, Message};
+use crate::sip::parser::{display, uri_user, Message};
 
 /// The four fail2ban-style levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -88,6 +133,8 @@ pub struct AuthPolicy {
     pub escalation_factor: u32,
     /// ...up to this.
     pub max_ban: Duration,
+    /// IPv6 sources are tracked (and banned) by this prefix.
+    pub ipv6_prefix: u8,
 }
 
 /// How long an unanswered request is remembered (64 x T1, RFC 3261).
@@ -95,44 +142,120 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(32);
 /// How long an issued nonce proves a round trip.
 const NONCE_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Memory bounds: spoofed sources can make entries, so every table is capped.
-const MAX_PENDING: usize = 65_536;
-const MAX_NONCES: usize = 65_536;
-const MAX_SOURCES: usize = 65_536;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacities {
+    pub pending: usize,
+    /// A phone has a few transactions open; a trunk more, but answered fast.
+    pub pending_per_source: usize,
+    /// Nonces issued to addresses that have not yet echoed one...
+    pub probation_nonces: usize,
+    /// ...and to live addresses (ones that echoed a nonce of theirs).
+    pub protected_nonces: usize,
+    pub live_sources: usize,
+    /// Sources with only unproven failures, and sources with more.
+    pub suspects: usize,
+    pub sources: usize,
+    pub offences: usize,
+}
+
+impl Default for Capacities {
+    fn default() -> Capacities {
+        Capacities {
+            pending: 65_536,
+            pending_per_source: 64,
+            probation_nonces: 65_536,
+            protected_nonces: 65_536,
+            live_sources: 65_536,
+            suspects: 65_536,
+            sources: 65_536,
+            offences: 65_536,
+        }
+    }
+}
+
 const MAX_FAILURES_PER_SOURCE: usize = 256;
 /// Failures kept as evidence in a ban's log line.
 const EVIDENCE: usize = 5;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct TransactionKey {
-    peer: IpAddr,
-    call_id: String,
-    cseq: u32,
-    method: String,
+/// What an answer is matched by: the requester, and a keyed hash of
+/// (Call-ID, CSeq number, CSeq method). The key is random per process, so
+/// nobody can aim collisions; entries stay small and fixed in size.
+type TxKey = (IpAddr, u64);
+/// A nonce issued to an address, hashed the same way.
+type NonceKey = (IpAddr, u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Register,
+    Invite,
+    Other,
+}
+
+impl Method {
+    fn of(name: &[u8]) -> Method {
+        if name.eq_ignore_ascii_case(b"REGISTER") {
+            Method::Register
+        } else if name.eq_ignore_ascii_case(b"INVITE") {
+            Method::Invite
+        } else {
+            Method::Other
+        }
+    }
+}
+
+/// Whether a request carried credentials, as far as its capture shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credentials {
+    None,
+    Some,
+    /// Its header section was cut before the end: they may be in the rest.
+    Unknown,
 }
 
 #[derive(Debug, Clone)]
 struct PendingRequest {
     at: Instant,
-    method: String,
-    username: String,
-    has_credentials: bool,
-    nonce: Option<String>,
+    method: Method,
+    username: Vec<u8>,
+    credentials: Credentials,
+    /// Hashed nonces of its credentials.
+    nonces: Vec<u64>,
+    /// Every key it is filed under (see `Message::transaction_ids`).
+    keys: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub at: Instant,
-    pub username: String,
+    /// As the request carried it, escapes decoded; see `display_username`.
+    pub username: Vec<u8>,
     pub status: u16,
     pub proven: bool,
+}
+
+impl Failure {
+    /// The username for logs ("?" when there was none).
+    pub fn display_username(&self) -> String {
+        if self.username.is_empty() {
+            "?".to_string()
+        } else {
+            display(&self.username)
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct SourceState {
     failures: VecDeque<Failure>,
     /// username -> registration valid until.
-    registrations: HashMap<String, Instant>,
-    last_seen: Option<Instant>,
+    registrations: HashMap<Vec<u8>, Instant>,
+}
+
+impl SourceState {
+    /// Proven evidence or a registration: worth keeping apart from a flood.
+    fn is_established(&self) -> bool {
+        !self.registrations.is_empty() || self.failures.iter().any(|f| f.proven)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,39 +276,78 @@ pub struct BanDecision {
 pub struct TrackerStats {
     pub failures: u64,
     pub whitelisted_failures: u64,
+    /// Answers that matched no readable request (judged on their own).
     pub unmatched_responses: u64,
     pub successes: u64,
+    /// Entries pushed out of a full table.
+    pub evicted_pending: u64,
+    pub evicted_nonces: u64,
+    pub evicted_sources: u64,
 }
 
 pub struct Tracker {
     policy: AuthPolicy,
-    pending: HashMap<TransactionKey, PendingRequest>,
-    nonces: HashMap<(IpAddr, String), Instant>,
-    sources: HashMap<IpAddr, SourceState>,
-    offences: HashMap<IpAddr, u32>,
+    capacities: Capacities,
+    hasher: RandomState,
+    pending: LruCache<TxKey, PendingRequest>,
+    /// Each source's pending keys, oldest first (its quota).
+    pending_by_source: HashMap<IpAddr, VecDeque<u64>>,
+    probation_nonces: LruCache<NonceKey, Instant>,
+    protected_nonces: LruCache<NonceKey, Instant>,
+    /// Addresses that echoed a nonce issued to them, and when.
+    live: LruCache<IpAddr, Instant>,
+    /// Sources with only unproven failures.
+    suspects: LruCache<IpAddr, SourceState>,
+    /// Sources with proven failures or a live registration.
+    sources: LruCache<IpAddr, SourceState>,
+    offences: LruCache<IpAddr, u32>,
     pub stats: TrackerStats,
 }
 
-/// The username a request is about: the digest username, else the To user
-/// of a REGISTER, else the From user.
-fn request_username(message: &Message<'_>) -> String {
-    let from_credentials = message.credentials.as_ref().and_then(|c| c.username);
-    let from_headers = if message.method() == Some("REGISTER") {
-        message.to.and_then(uri_user)
+fn capacity(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// The username a request or answer is about: the digest username, else
+/// the To user of a REGISTER, else the From user.
+fn username(message: &Message<'_>, method: Method) -> Vec<u8> {
+    let from_credentials = message
+        .credentials
+        .iter()
+        .find_map(|c| c.username.as_deref());
+    if let Some(name) = from_credentials {
+        return name.to_vec();
+    }
+    let header = if method == Method::Register {
+        message.to
     } else {
-        message.from.and_then(uri_user)
+        message.from
     };
-    from_credentials.or(from_headers).unwrap_or("").to_string()
+    header
+        .and_then(uri_user)
+        .map(|u| u.into_owned())
+        .unwrap_or_default()
 }
 
 impl Tracker {
     pub fn new(policy: AuthPolicy) -> Tracker {
+        Tracker::with_capacities(policy, Capacities::default())
+    }
+
+    pub fn with_capacities(policy: AuthPolicy, capacities: Capacities) -> Tracker {
+        let c = capacities;
         Tracker {
             policy,
-            pending: HashMap::new(),
-            nonces: HashMap::new(),
-            sources: HashMap::new(),
-            offences: HashMap::new(),
+            capacities,
+            hasher: RandomState::new(),
+            pending: LruCache::new(capacity(c.pending)),
+            pending_by_source: HashMap::new(),
+            probation_nonces: LruCache::new(capacity(c.probation_nonces)),
+            protected_nonces: LruCache::new(capacity(c.protected_nonces)),
+            live: LruCache::new(capacity(c.live_sources)),
+            suspects: LruCache::new(capacity(c.suspects)),
+            sources: LruCache::new(capacity(c.sources)),
+            offences: LruCache::new(capacity(c.offences)),
             stats: TrackerStats::default(),
         }
     }
@@ -194,39 +356,134 @@ impl Tracker {
         &self.policy
     }
 
+    /// The address state is kept under: an IPv6 address is its ban prefix.
+    fn source_of(&self, peer: IpAddr) -> IpAddr {
+        match peer.to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = self.policy.ipv6_prefix.min(128);
+                let mask = u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+            v4 => v4,
+        }
+    }
+
+    fn transaction_keys(&self, message: &Message<'_>) -> Vec<u64> {
+        message
+            .transaction_ids()
+            .into_iter()
+            .map(|(call_id, cseq)| self.hasher.hash_one((call_id, cseq.number, cseq.method)))
+            .collect()
+    }
+
+    fn nonce_key(&self, nonce: &[u8]) -> u64 {
+        self.hasher.hash_one(nonce)
+    }
+
     /// A request that reached the PBX from `peer`.
     pub fn on_request(&mut self, now: Instant, peer: IpAddr, message: &Message<'_>) {
-        let (Some(method), Some(call_id), Some(cseq)) =
-            (message.method(), message.call_id, message.cseq)
-        else {
+        let Some(method_name) = message.method() else {
             return;
         };
-        if method == "ACK" || method == "CANCEL" {
+        if message.is_method("ACK") || message.is_method("CANCEL") {
             return;
         }
-        if self.pending.len() >= MAX_PENDING {
-            self.prune(now);
-            if self.pending.len() >= MAX_PENDING {
-                return;
+        let keys = self.transaction_keys(message);
+        if keys.is_empty() {
+            return;
+        }
+        let source = self.source_of(peer);
+        let nonces: Vec<u64> = message
+            .credentials
+            .iter()
+            .filter_map(|c| c.nonce.as_deref())
+            .map(|n| self.nonce_key(n))
+            .collect();
+        // Echoing a nonce issued to this address makes it live.
+        if nonces.iter().any(|n| self.nonce_valid(now, source, *n)) {
+            self.live.put(source, now);
+        }
+        let method = Method::of(method_name);
+        let credentials = if !message.credentials.is_empty() {
+            Credentials::Some
+        } else if message.complete {
+            Credentials::None
+        } else {
+            Credentials::Unknown
+        };
+        let request = PendingRequest {
+            at: now,
+            method,
+            username: username(message, method),
+            credentials,
+            nonces,
+            keys: keys.clone(),
+        };
+        for key in keys {
+            self.file_pending(source, key, request.clone());
+        }
+    }
+
+    /// Files one key of a request, within the source's quota and the table's.
+    fn file_pending(&mut self, source: IpAddr, key: u64, request: PendingRequest) {
+        let queue = self.pending_by_source.entry(source).or_default();
+        if queue.len() >= self.capacities.pending_per_source {
+            if let Some(oldest) = queue.pop_front() {
+                self.pending.pop(&(source, oldest));
+                self.stats.evicted_pending += 1;
             }
         }
-        let key = TransactionKey {
-            peer,
-            call_id: call_id.to_string(),
-            cseq: cseq.number,
-            method: cseq.method.to_string(),
+        queue.retain(|k| *k != key);
+        queue.push_back(key);
+        if let Some(((evicted_source, evicted_key), _)) = self.pending.push((source, key), request)
+        {
+            if (evicted_source, evicted_key) != (source, key) {
+                self.stats.evicted_pending += 1;
+                self.forget_pending_key(evicted_source, evicted_key);
+            }
+        }
+    }
+
+    fn forget_pending_key(&mut self, source: IpAddr, key: u64) {
+        if let Some(queue) = self.pending_by_source.get_mut(&source) {
+            queue.retain(|k| *k != key);
+            if queue.is_empty() {
+                self.pending_by_source.remove(&source);
+            }
+        }
+    }
+
+    /// Takes the request an answer belongs to, under all its keys.
+    fn take_pending(&mut self, source: IpAddr, keys: &[u64]) -> Option<PendingRequest> {
+        let request = keys
+            .iter()
+            .find_map(|key| self.pending.pop(&(source, *key)))?;
+        for key in &request.keys {
+            self.pending.pop(&(source, *key));
+            self.forget_pending_key(source, *key);
+        }
+        Some(request)
+    }
+
+    fn nonce_valid(&self, now: Instant, source: IpAddr, nonce: u64) -> bool {
+        let key = (source, nonce);
+        self.protected_nonces
+            .peek(&key)
+            .or_else(|| self.probation_nonces.peek(&key))
+            .is_some_and(|issued| now.duration_since(*issued) <= NONCE_LIFETIME)
+    }
+
+    fn issue_nonce(&mut self, now: Instant, source: IpAddr, nonce: u64) {
+        let table = if self.live.contains(&source) {
+            &mut self.protected_nonces
+        } else {
+            &mut self.probation_nonces
         };
-        let credentials = message.credentials.as_ref();
-        self.pending.insert(
-            key,
-            PendingRequest {
-                at: now,
-                method: method.to_string(),
-                username: request_username(message),
-                has_credentials: credentials.is_some(),
-                nonce: credentials.and_then(|c| c.nonce).map(str::to_string),
-            },
-        );
+        if let Some((key, _)) = table.push((source, nonce), now) {
+            if key != (source, nonce) {
+                self.stats.evicted_nonces += 1;
+            }
+        }
     }
 
     /// An answer the PBX sent to `peer`. Returns a ban when it tips the balance.
@@ -236,40 +493,43 @@ impl Tracker {
         peer: IpAddr,
         message: &Message<'_>,
     ) -> Option<BanDecision> {
-        let (Some(status), Some(call_id), Some(cseq)) =
-            (message.status(), message.call_id, message.cseq)
-        else {
-            return None;
-        };
+        let status = message.status()?;
         if status < 200 {
             return None;
         }
-        let key = TransactionKey {
-            peer,
-            call_id: call_id.to_string(),
-            cseq: cseq.number,
-            method: cseq.method.to_string(),
-        };
-        let Some(request) = self.pending.remove(&key) else {
-            self.stats.unmatched_responses += 1;
-            return None;
-        };
-        let challenge = message.challenge.as_ref();
+        let source = self.source_of(peer);
         if matches!(status, 401 | 407) {
-            if let Some(nonce) = challenge.and_then(|c| c.nonce) {
-                if self.nonces.len() < MAX_NONCES {
-                    self.nonces.insert((peer, nonce.to_string()), now);
-                }
+            for nonce in message.challenges.iter().filter_map(|c| c.nonce.as_deref()) {
+                let key = self.nonce_key(nonce);
+                self.issue_nonce(now, source, key);
             }
         }
-        let is_failure = match status {
-            401 | 407 => request.has_credentials && !challenge.is_some_and(|c| c.stale),
-            403 => {
-                matches!(request.method.as_str(), "REGISTER" | "INVITE") || request.has_credentials
+        let keys = self.transaction_keys(message);
+        let request = match self.take_pending(source, &keys) {
+            Some(request) => request,
+            None => {
+                self.stats.unmatched_responses += 1;
+                // Judged on its own: what it answered is unknown.
+                let method = Method::of(message.cseq.map_or(&b""[..], |c| c.method));
+                PendingRequest {
+                    at: now,
+                    method,
+                    username: username(message, method),
+                    credentials: Credentials::Unknown,
+                    nonces: Vec::new(),
+                    keys: Vec::new(),
+                }
             }
-            404 => request.method == "REGISTER",
-            200..=299 if request.method == "REGISTER" => {
-                self.on_registered(now, peer, &request.username, message);
+        };
+        let is_failure = match status {
+            401 | 407 => request.credentials != Credentials::None && !message.stale(),
+            403 => {
+                matches!(request.method, Method::Register | Method::Invite)
+                    || request.credentials != Credentials::None
+            }
+            404 => request.method == Method::Register,
+            200..=299 if request.method == Method::Register => {
+                self.on_registered(now, source, &request.username, message);
                 return None;
             }
             _ => false,
@@ -277,26 +537,53 @@ impl Tracker {
         if !is_failure {
             return None;
         }
-        let proven = request.nonce.as_ref().is_some_and(|nonce| {
-            self.nonces
-                .get(&(peer, nonce.clone()))
-                .is_some_and(|issued| now.duration_since(*issued) <= NONCE_LIFETIME)
-        });
-        self.record_failure(now, peer, request.username, status, proven)
+        let proven = request.credentials == Credentials::Some
+            && request
+                .nonces
+                .iter()
+                .any(|n| self.nonce_valid(now, source, *n));
+        self.record_failure(now, peer, source, request.username, status, proven)
     }
 
-    fn on_registered(&mut self, now: Instant, peer: IpAddr, username: &str, message: &Message<'_>) {
+    fn on_registered(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        username: &[u8],
+        message: &Message<'_>,
+    ) {
         self.stats.successes += 1;
         let expiry = message.registration_expiry().unwrap_or(3600);
-        let state = self.sources.entry(peer).or_default();
+        let mut state = self
+            .sources
+            .pop(&source)
+            .or_else(|| self.suspects.pop(&source))
+            .unwrap_or_default();
         state.failures.retain(|f| f.username != username);
         if expiry == 0 {
             state.registrations.remove(username);
         } else {
             let until = now + Duration::from_secs(expiry as u64);
-            state.registrations.insert(username.to_string(), until);
+            state.registrations.insert(username.to_vec(), until);
         }
-        state.last_seen = Some(now);
+        self.keep_state(source, state);
+    }
+
+    /// Files a source's state in the table its evidence earns.
+    fn keep_state(&mut self, source: IpAddr, state: SourceState) {
+        if state.failures.is_empty() && state.registrations.is_empty() {
+            return;
+        }
+        let table = if state.is_established() {
+            &mut self.sources
+        } else {
+            &mut self.suspects
+        };
+        if let Some((evicted, _)) = table.push(source, state) {
+            if evicted != source {
+                self.stats.evicted_sources += 1;
+            }
+        }
     }
 
     pub fn is_whitelisted(&self, ip: IpAddr) -> bool {
@@ -308,7 +595,8 @@ impl Tracker {
         &mut self,
         now: Instant,
         peer: IpAddr,
-        username: String,
+        source: IpAddr,
+        username: Vec<u8>,
         status: u16,
         proven: bool,
     ) -> Option<BanDecision> {
@@ -317,12 +605,12 @@ impl Tracker {
             self.stats.whitelisted_failures += 1;
             return None;
         }
-        if !self.sources.contains_key(&peer) && self.sources.len() >= MAX_SOURCES {
-            self.prune(now);
-        }
         let window = self.policy.level.window;
-        let state = self.sources.entry(peer).or_default();
-        state.last_seen = Some(now);
+        let mut state = self
+            .sources
+            .pop(&source)
+            .or_else(|| self.suspects.pop(&source))
+            .unwrap_or_default();
         state.failures.push_back(Failure {
             at: now,
             username: username.clone(),
@@ -340,46 +628,10 @@ impl Tracker {
             state.failures.pop_front();
         }
         state.registrations.retain(|_, until| *until > now);
-        let office = !state.registrations.is_empty();
-
-        let limit = self.policy.level.failures as usize;
-        let unproven_limit = limit * self.policy.unproven_multiplier.max(1) as usize;
-        let over = |failures: &mut dyn Iterator<Item = &Failure>| {
-            let (mut proven, mut all) = (0usize, 0usize);
-            for f in failures {
-                all += 1;
-                proven += f.proven as usize;
-            }
-            proven >= limit || all >= unproven_limit
-        };
-        let auth_failure = if office {
-            over(&mut state.failures.iter().filter(|f| f.username == username))
-        } else {
-            over(&mut state.failures.iter())
-        };
-        let enumeration = {
-            let enum_limit = self.policy.enumeration_usernames.max(1) as usize;
-            let mut proven_names: Vec<&str> = Vec::new();
-            let mut all_names: Vec<&str> = Vec::new();
-            for f in &state.failures {
-                if !all_names.contains(&f.username.as_str()) {
-                    all_names.push(&f.username);
-                }
-                if f.proven && !proven_names.contains(&f.username.as_str()) {
-                    proven_names.push(&f.username);
-                }
-            }
-            proven_names.len() >= enum_limit
-                || all_names.len() >= enum_limit * self.policy.unproven_multiplier.max(1) as usize
-        };
-        let reason = if auth_failure {
-            BanReason::AuthFailure
-        } else if enumeration {
-            BanReason::Enumeration
-        } else {
+        let Some(reason) = self.verdict(&state, &username) else {
+            self.keep_state(source, state);
             return None;
         };
-
         let failures_in_window = state.failures.len();
         let evidence: Vec<Failure> = state
             .failures
@@ -388,13 +640,10 @@ impl Tracker {
             .cloned()
             .collect();
         let proven = evidence.iter().all(|f| f.proven);
-        // The ban is in place: start afresh should the source come back.
-        self.sources.remove(&peer);
-        let offence = {
-            let n = self.offences.entry(peer).or_default();
-            *n += 1;
-            *n
-        };
+        // The ban is in place: the state is dropped, to start afresh should
+        // the source come back.
+        let offence = self.offences.get(&source).copied().unwrap_or(0) + 1;
+        self.offences.put(source, offence);
         Some(BanDecision {
             source: peer,
             reason,
@@ -404,6 +653,47 @@ impl Tracker {
             proven,
             offence,
         })
+    }
+
+    /// Whether a source's failures (the newest for `username`) ban it.
+    fn verdict(&self, state: &SourceState, username: &[u8]) -> Option<BanReason> {
+        let office = !state.registrations.is_empty();
+        let limit = self.policy.level.failures as usize;
+        let multiplier = self.policy.unproven_multiplier.max(1) as usize;
+        let over = |failures: &mut dyn Iterator<Item = &Failure>| {
+            let (mut proven, mut all) = (0usize, 0usize);
+            for f in failures {
+                all += 1;
+                proven += f.proven as usize;
+            }
+            proven >= limit || all >= limit * multiplier
+        };
+        let auth_failure = if office {
+            over(&mut state.failures.iter().filter(|f| f.username == username))
+        } else {
+            over(&mut state.failures.iter())
+        };
+        let enumeration = {
+            let enum_limit = self.policy.enumeration_usernames.max(1) as usize;
+            let mut proven_names: Vec<&[u8]> = Vec::new();
+            let mut all_names: Vec<&[u8]> = Vec::new();
+            for f in &state.failures {
+                if !all_names.contains(&f.username.as_slice()) {
+                    all_names.push(&f.username);
+                }
+                if f.proven && !proven_names.contains(&f.username.as_slice()) {
+                    proven_names.push(&f.username);
+                }
+            }
+            proven_names.len() >= enum_limit || all_names.len() >= enum_limit * multiplier
+        };
+        if auth_failure {
+            Some(BanReason::AuthFailure)
+        } else if enumeration {
+            Some(BanReason::Enumeration)
+        } else {
+            None
+        }
     }
 
     /// The level's ban time, multiplied for repeat offenders, capped.
@@ -424,35 +714,52 @@ impl Tracker {
         }
     }
 
-    /// Forgets what is too old to matter; call periodically.
+    /// Forgets what is too old to matter; call periodically. Each table is
+    /// trimmed from its oldest end only, so this costs what it removes.
     pub fn prune(&mut self, now: Instant) {
-        self.pending
-            .retain(|_, p| now.duration_since(p.at) <= TRANSACTION_TIMEOUT);
-        self.nonces
-            .retain(|_, issued| now.duration_since(*issued) <= NONCE_LIFETIME);
+        while let Some((&(source, key), request)) = self.pending.peek_lru() {
+            if now.duration_since(request.at) <= TRANSACTION_TIMEOUT {
+                break;
+            }
+            self.pending.pop_lru();
+            self.forget_pending_key(source, key);
+        }
+        for table in [&mut self.probation_nonces, &mut self.protected_nonces] {
+            while table
+                .peek_lru()
+                .is_some_and(|(_, issued)| now.duration_since(*issued) > NONCE_LIFETIME)
+            {
+                table.pop_lru();
+            }
+        }
+        while self
+            .live
+            .peek_lru()
+            .is_some_and(|(_, at)| now.duration_since(*at) > NONCE_LIFETIME)
+        {
+            self.live.pop_lru();
+        }
         let window = self.policy.level.window;
-        self.sources.retain(|_, s| {
-            s.failures.retain(|f| now.duration_since(f.at) <= window);
-            s.registrations.retain(|_, until| *until > now);
-            !s.failures.is_empty() || !s.registrations.is_empty()
-        });
-        // Still full: drop the least recently seen half.
-        if self.sources.len() >= MAX_SOURCES {
-            let mut seen: Vec<(IpAddr, Option<Instant>)> = self
-                .sources
-                .iter()
-                .map(|(ip, s)| (*ip, s.last_seen))
-                .collect();
-            seen.sort_by_key(|(_, at)| *at);
-            for (ip, _) in seen.into_iter().take(MAX_SOURCES / 2) {
-                self.sources.remove(&ip);
+        for table in [&mut self.suspects, &mut self.sources] {
+            while table.peek_lru().is_some_and(|(_, s)| {
+                s.failures
+                    .back()
+                    .is_none_or(|f| now.duration_since(f.at) > window)
+                    && s.registrations.values().all(|until| *until <= now)
+            }) {
+                table.pop_lru();
             }
         }
     }
 
     /// Tracked sources, for status output and tests.
     pub fn tracked_sources(&self) -> usize {
-        self.sources.len()
+        self.suspects.len() + self.sources.len()
+    }
+
+    /// Pending requests (keys), for status output and tests.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
     }
 }
 

@@ -11,6 +11,7 @@ fn policy(level: LevelName) -> AuthPolicy {
         whitelist: vec!["192.0.2.0/24".parse().unwrap()],
         escalation_factor: 1,
         max_ban: Duration::from_secs(30 * 86_400),
+        ipv6_prefix: 64,
     }
 }
 
@@ -164,7 +165,7 @@ fn proven_failures_ban_at_the_level_limit() {
     assert!(ban
         .evidence
         .iter()
-        .all(|f| f.username == "1001" && f.status == 401));
+        .all(|f| f.username == b"1001" && f.status == 401));
 }
 
 #[test]
@@ -279,23 +280,188 @@ fn answers_must_match_call_id_cseq_and_address() {
     let text = request("REGISTER", "m1", 5, "u", Some("n"));
     let (req, _) = parse(text.as_bytes(), true).unwrap();
     t.on_request(now, peer, &req);
+    // 2xx answers that match nothing change nothing.
     for (call, cseq, method, to) in [
         ("m2", 5, "REGISTER", peer),
         ("m1", 6, "REGISTER", peer),
         ("m1", 5, "INVITE", peer),
         ("m1", 5, "REGISTER", ip("198.51.100.8")),
     ] {
-        let text = response(403, call, cseq, method, "");
+        let text = response(202, call, cseq, method, "");
         let (resp, _) = parse(text.as_bytes(), true).unwrap();
         assert_eq!(t.on_response(now, to, &resp), None);
     }
     assert_eq!(t.stats.failures, 0);
     assert_eq!(t.stats.unmatched_responses, 4);
-    // A response with no request at all is unmatched too.
-    let text = response(403, "never", 1, "REGISTER", "");
+    // The request is still pending: its own answer matches it.
+    let text = response(403, "m1", 5, "REGISTER", "");
     let (resp, _) = parse(text.as_bytes(), true).unwrap();
     t.on_response(now, peer, &resp);
-    assert_eq!(t.stats.unmatched_responses, 5);
+    assert_eq!(t.stats.unmatched_responses, 4);
+    assert_eq!(t.stats.failures, 1);
+}
+
+/// Issue 10: an answer whose request was never read (fragmented, cut,
+/// lost) still counts, as an unproven failure for the user it echoes.
+#[test]
+fn failures_answering_unread_requests_count_as_unproven() {
+    let mut t = Tracker::new(policy(LevelName::Normal));
+    let now = Instant::now();
+    let peer = ip("198.51.100.9");
+    for (code, method) in [(401, "REGISTER"), (407, "INVITE"), (403, "OPTIONS")] {
+        let text = response(code, "never-read", 1, method, &challenge("n", false));
+        let (resp, _) = parse(text.as_bytes(), true).unwrap();
+        assert_eq!(t.on_response(now, peer, &resp), None);
+    }
+    assert_eq!(t.stats.failures, 3);
+    // Stale challenges and other answers are not failures.
+    for (code, extra) in [(401, challenge("n", true)), (486, String::new())] {
+        let text = response(code, "never-read", 1, "INVITE", &extra);
+        let (resp, _) = parse(text.as_bytes(), true).unwrap();
+        t.on_response(now, peer, &resp);
+    }
+    assert_eq!(t.stats.failures, 3);
+    // 30 unproven failures (normal: 10 x 3) ban, and not one before.
+    let mut ban = None;
+    for i in 3..30 {
+        assert_eq!(ban, None, "banned after {i}");
+        let text = response(401, &format!("x{i}"), 1, "REGISTER", &challenge("n", false));
+        let (resp, _) = parse(text.as_bytes(), true).unwrap();
+        ban = t.on_response(now, peer, &resp);
+    }
+    let ban = ban.expect("banned at 30 unproven failures");
+    assert!(!ban.proven);
+    assert_eq!(ban.evidence[0].display_username(), "u");
+}
+
+/// A request read only in part (its header section cut: the first IP
+/// fragment, a capture cut at its size, a TCP segment) may have carried
+/// credentials after the cut: its 401 is an unproven failure; and when
+/// its credentials are in the part read, the failure is proven.
+#[test]
+fn a_request_read_in_part_counts_its_answer() {
+    let mut t = Tracker::new(policy(LevelName::Paranoid));
+    let now = Instant::now();
+    let peer = ip("198.51.100.10");
+    let full = request("REGISTER", "frag", 1, "u", None);
+    let cut = full.find("Content-Length").unwrap() + 3;
+    let (req, _) = parse(&full.as_bytes()[..cut], false).unwrap();
+    assert!(!req.complete);
+    t.on_request(now, peer, &req);
+    let text = response(401, "frag", 1, "REGISTER", &challenge("n1", false));
+    let (resp, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_response(now, peer, &resp);
+    assert_eq!(t.stats.failures, 1);
+    assert_eq!(t.stats.unmatched_responses, 0);
+    // Credentials before the cut: the echoed nonce proves it.
+    let full = request("REGISTER", "frag", 2, "u", Some("n1"));
+    let cut = full.find("Content-Length").unwrap() + 3;
+    let (req, _) = parse(&full.as_bytes()[..cut], false).unwrap();
+    t.on_request(now, peer, &req);
+    let text = response(401, "frag", 2, "REGISTER", &challenge("n2", false));
+    let (resp, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_response(now, peer, &resp);
+    let state = t.suspects.peek(&peer).or(t.sources.peek(&peer)).unwrap();
+    let proven: Vec<bool> = state.failures.iter().map(|f| f.proven).collect();
+    assert_eq!(proven, vec![false, true]);
+}
+
+/// Duplicate Call-ID and CSeq: Asterisk answers with the last, Kamailio
+/// and FreeSWITCH with the first; either answer matches, and proves.
+#[test]
+fn duplicate_headers_match_either_answer() {
+    for (answer_call, answer_cseq) in [("first", 7), ("last", 2)] {
+        let mut t = Tracker::new(policy(LevelName::Paranoid));
+        let now = Instant::now();
+        let peer = ip("198.51.100.11");
+        let mut bans = Vec::new();
+        for n in 0..3 {
+            let nonce = format!("nonce{n}");
+            let text = response(401, "x", 100 + n, "REGISTER", &challenge(&nonce, false));
+            let (resp, _) = parse(text.as_bytes(), true).unwrap();
+            t.on_response(now, peer, &resp);
+            // Issued to an unread request: one unproven failure each. The
+            // guess itself carries two of each header.
+            let text = request("REGISTER", "last", 2, "u", Some(&nonce)).replace(
+                "Call-ID: last",
+                "Call-ID: first\r\nCSeq: 7 REGISTER\r\nCall-ID: last",
+            );
+            let (req, _) = parse(text.as_bytes(), true).unwrap();
+            t.on_request(now, peer, &req);
+            let text = response(
+                401,
+                answer_call,
+                answer_cseq,
+                "REGISTER",
+                &challenge("fresh", false),
+            );
+            let (resp, _) = parse(text.as_bytes(), true).unwrap();
+            bans.extend(t.on_response(now, peer, &resp));
+        }
+        assert_eq!(t.stats.unmatched_responses, 3, "only the challenges");
+        let ban = bans.pop().expect("three proven failures ban (paranoid)");
+        assert!(ban.evidence.iter().filter(|f| f.proven).count() >= 2);
+    }
+}
+
+/// Two Authorization headers: the PBX may check either; any nonce the PBX
+/// issued to the address proves the request.
+#[test]
+fn duplicate_authorization_proves_with_any_nonce() {
+    let mut t = Tracker::new(policy(LevelName::Paranoid));
+    let now = Instant::now();
+    let peer = ip("198.51.100.12");
+    let text = response(401, "c", 1, "REGISTER", &challenge("real", false));
+    let (resp, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_response(now, peer, &resp);
+    let text = request("REGISTER", "c", 2, "u", Some("bogus")).replace(
+        "Content-Length",
+        "Authorization: Digest username=\"u\", nonce=\"real\"\r\nContent-Length",
+    );
+    let (req, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_request(now, peer, &req);
+    let text = response(401, "c", 2, "REGISTER", &challenge("next", false));
+    let (resp, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_response(now, peer, &resp);
+    let state = t
+        .sources
+        .peek(&peer)
+        .expect("proven: kept with the established");
+    assert!(state.failures.back().unwrap().proven);
+}
+
+/// Escaped spellings of one username are one username.
+#[test]
+fn escaped_usernames_are_one_username() {
+    let mut t = Tracker::new(policy(LevelName::Normal));
+    let now = Instant::now();
+    let peer = ip("198.51.100.13");
+    for (i, to) in ["1001", "%31001", "%31%30%30%31"].iter().enumerate() {
+        let call = format!("e{i}");
+        let text = request("REGISTER", &call, 1, to, None);
+        let (req, _) = parse(text.as_bytes(), true).unwrap();
+        t.on_request(now, peer, &req);
+        let text = response(404, &call, 1, "REGISTER", "");
+        let (resp, _) = parse(text.as_bytes(), true).unwrap();
+        t.on_response(now, peer, &resp);
+    }
+    let state = t.suspects.peek(&peer).unwrap();
+    assert!(state.failures.iter().all(|f| f.username == b"1001"));
+}
+
+/// An IPv6 attacker cannot spread its guesses over its /64.
+#[test]
+fn ipv6_sources_are_tracked_by_their_ban_prefix() {
+    let mut t = Tracker::new(policy(LevelName::Paranoid));
+    let now = Instant::now();
+    let mut ban = None;
+    for n in 0..9 {
+        let peer = ip(&format!("2001:db8:1:2::{:x}", n + 1));
+        ban = ban.or(unproven_failure(&mut t, now, peer, "u", n));
+    }
+    let ban = ban.expect("9 unproven failures from one /64 ban (paranoid: 3 x 3)");
+    assert_eq!(ban.source, ip("2001:db8:1:2::9"));
+    assert_eq!(t.tracked_sources(), 0, "one source, banned and forgotten");
 }
 
 #[test]
@@ -473,10 +639,156 @@ fn memory_stays_bounded_under_spoofed_requests() {
     let now = Instant::now();
     let text = request("REGISTER", "c", 1, "u", None);
     let (req, _) = parse(text.as_bytes(), true).unwrap();
-    for i in 0..(MAX_PENDING as u32 + 1000) {
+    let max = Capacities::default().pending;
+    for i in 0..(max as u32 + 1000) {
         t.on_request(now, IpAddr::from(i.to_be_bytes()), &req);
     }
-    assert!(t.pending.len() <= MAX_PENDING);
+    assert_eq!(t.pending.len(), max);
+    assert_eq!(t.stats.evicted_pending, 1000);
+    assert!(t.pending_by_source.len() <= max);
     t.prune(now + TRANSACTION_TIMEOUT + Duration::from_secs(1));
-    assert!(t.pending.is_empty());
+    assert_eq!(t.pending.len(), 0);
+    assert!(t.pending_by_source.is_empty());
+}
+
+/// One source holds at most its quota of pending requests; its own oldest
+/// make room, nobody else's.
+#[test]
+fn pending_requests_have_a_per_source_quota() {
+    let mut t = Tracker::new(policy(LevelName::Normal));
+    let now = Instant::now();
+    let other = ip("198.51.100.20");
+    let text = request("REGISTER", "other", 1, "u", None);
+    let (req, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_request(now, other, &req);
+    let greedy = ip("198.51.100.21");
+    for n in 0..1000 {
+        let text = request("REGISTER", &format!("g{n}"), 1, "u", None);
+        let (req, _) = parse(text.as_bytes(), true).unwrap();
+        t.on_request(now, greedy, &req);
+    }
+    assert_eq!(
+        t.pending.len(),
+        Capacities::default().pending_per_source + 1
+    );
+    assert_eq!(
+        t.pending_by_source[&greedy].len(),
+        Capacities::default().pending_per_source
+    );
+    let text = response(404, "other", 1, "REGISTER", "");
+    let (resp, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_response(now, other, &resp);
+    assert_eq!(
+        t.stats.unmatched_responses, 0,
+        "the other source's request stayed"
+    );
+}
+
+/// Issue 10's flood, scaled down with the tables: 60,000 spoofed REGISTERs
+/// from as many addresses, half answered with a nonce each and half with
+/// forged credentials (far more than every table holds), 6,000 between
+/// each challenge and guess of a real brute force. The brute force is
+/// banned after exactly the level's proven failures.
+#[test]
+fn a_flood_does_not_push_out_a_real_attackers_evidence() {
+    let small = Capacities {
+        pending: 2048,
+        pending_per_source: 8,
+        probation_nonces: 2048,
+        protected_nonces: 2048,
+        live_sources: 2048,
+        suspects: 2048,
+        sources: 2048,
+        offences: 2048,
+    };
+    let mut t = Tracker::with_capacities(policy(LevelName::Normal), small);
+    let start = Instant::now();
+    let attacker = ip("203.0.113.66");
+    let mut spoofed = 0u32;
+    let mut flood = |t: &mut Tracker, now: Instant, count: u32| {
+        for _ in 0..count {
+            spoofed += 1;
+            let peer = IpAddr::from((0x0a00_0000 + spoofed).to_be_bytes());
+            let call = format!("f{spoofed}");
+            let nonce = spoofed.is_multiple_of(2).then_some("forged");
+            let text = request("REGISTER", &call, 1, "u", nonce);
+            let (req, _) = parse(text.as_bytes(), true).unwrap();
+            t.on_request(now, peer, &req);
+            if spoofed % 4 < 2 {
+                let text = response(401, &call, 1, "REGISTER", &challenge(&call, false));
+                let (resp, _) = parse(text.as_bytes(), true).unwrap();
+                t.on_response(now, peer, &resp);
+            }
+        }
+    };
+    let mut ban = None;
+    for n in 0..10u32 {
+        let now = start + Duration::from_millis(u64::from(n) * 500);
+        assert_eq!(ban, None, "banned after {n}");
+        let call = format!("real-{n}");
+        let nonce = format!("real-nonce-{n}");
+        exchange(
+            &mut t,
+            now,
+            attacker,
+            &request("REGISTER", &call, 1, "1001", None),
+            &response(401, &call, 1, "REGISTER", &challenge(&nonce, false)),
+        );
+        // The first guess follows at once; later ones after 6,000 spoofed
+        // requests, which churn the probation nonces three times over.
+        if n > 0 {
+            flood(&mut t, now, 6_000);
+        }
+        ban = exchange(
+            &mut t,
+            now,
+            attacker,
+            &request("REGISTER", &call, 2, "1001", Some(&nonce)),
+            &response(401, &call, 2, "REGISTER", &challenge("again", false)),
+        );
+    }
+    let ban = ban.expect("banned after the level's 10 proven failures");
+    assert!(ban.proven);
+    assert_eq!(ban.failures_in_window, 10);
+    let stats = &t.stats;
+    assert!(
+        stats.evicted_nonces > 2048 && stats.evicted_pending > 2048,
+        "{stats:?}"
+    );
+    assert!(
+        stats.evicted_sources > 2048,
+        "the flood filled the suspects: {stats:?}"
+    );
+    assert!(t.tracked_sources() <= 4096);
+    assert!(t.pending.len() <= 2048);
+}
+
+/// Without the protected tier the same flood would have cost the proof:
+/// a nonce issued to an address that never echoed one is churned out.
+#[test]
+fn probation_nonces_are_churned_by_a_flood() {
+    let small = Capacities {
+        probation_nonces: 16,
+        ..Capacities::default()
+    };
+    let mut t = Tracker::with_capacities(policy(LevelName::Normal), small);
+    let now = Instant::now();
+    let peer = ip("203.0.113.67");
+    let text = response(401, "c", 1, "REGISTER", &challenge("mine", false));
+    let (resp, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_response(now, peer, &resp);
+    for i in 0..16u32 {
+        let text = response(401, "c", 1, "REGISTER", &challenge("spoof", false));
+        let (resp, _) = parse(text.as_bytes(), true).unwrap();
+        t.on_response(now, IpAddr::from(i.to_be_bytes()), &resp);
+    }
+    let unproven = exchange(
+        &mut t,
+        now,
+        peer,
+        &request("REGISTER", "c", 2, "u", Some("mine")),
+        &response(401, "c", 2, "REGISTER", &challenge("next", false)),
+    );
+    assert_eq!(unproven, None);
+    assert!(t.sources.is_empty(), "the failure could not be proven");
 }

@@ -60,7 +60,15 @@ pub fn handle_capture(
     let complete = header.captured == header.payload_len;
     let messages: Vec<Result<Message<'_>, ParseError>> =
         if header.transport == guard_common::L4Proto::Udp as u8 {
-            match parser::parse(data, complete) {
+            // A datagram whose header section does not end in the capture
+            // (cut at the capture size, or the first of its IP fragments)
+            // is still read as far as it goes: the tracker knows it is
+            // incomplete.
+            let parsed = match parser::parse(data, true) {
+                Err(ParseError::Truncated) => parser::parse(data, false),
+                parsed => parsed,
+            };
+            match parsed {
                 Err(ParseError::Empty) => Vec::new(),
                 parsed => vec![parsed.map(|(message, _)| message)],
             }
@@ -83,7 +91,7 @@ pub fn handle_capture(
         stats.messages += 1;
         match (header.direction, message.method(), message.status()) {
             (CAPTURE_INBOUND, Some(method), _) => {
-                counters.sip_request(method);
+                counters.sip_request(std::str::from_utf8(method).unwrap_or("other"));
                 tracker.on_request(now, peer, &message)
             }
             (CAPTURE_OUTBOUND, None, Some(status)) => {
@@ -116,14 +124,7 @@ pub fn evidence(decision: &BanDecision, window: Duration) -> String {
     let evidence: Vec<String> = decision
         .evidence
         .iter()
-        .map(|f| {
-            let user = if f.username.is_empty() {
-                "?"
-            } else {
-                &f.username
-            };
-            format!("{user}:{}", f.status)
-        })
+        .map(|f| format!("{}:{}", f.display_username(), f.status))
         .collect();
     format!(
         "{} failures in {} ({}{}), last user:status {}",
@@ -272,6 +273,7 @@ mod tests {
             whitelist: Vec::new(),
             escalation_factor: 1,
             max_ban: Duration::from_secs(30 * 86_400),
+            ipv6_prefix: 64,
         })
     }
 

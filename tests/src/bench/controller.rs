@@ -119,19 +119,20 @@ struct Refuser {
 }
 
 fn reply(request: &parser::Message<'_>, nonce: &str) -> String {
+    let text = |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or(b"")).into_owned();
     let cseq = request
         .cseq
         .map(|c| (c.number, c.method))
-        .unwrap_or((1, "REGISTER"));
+        .unwrap_or((1, b"REGISTER"));
     format!(
         "SIP/2.0 401 Unauthorized\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=pbx\r\nCall-ID: {}\r\n\
 CSeq: {} {}\r\nWWW-Authenticate: Digest realm=\"bench\", nonce=\"{nonce}\"\r\nContent-Length: 0\r\n\r\n",
-        request.via.first().copied().unwrap_or(""),
-        request.from.unwrap_or(""),
-        request.to.unwrap_or(""),
-        request.call_id.unwrap_or(""),
+        text(request.via.first().copied()),
+        text(request.from),
+        text(request.to),
+        text(request.call_id.as_deref()),
         cseq.0,
-        cseq.1,
+        text(Some(cseq.1)),
     )
 }
 
@@ -146,7 +147,7 @@ impl Refuser {
             let Ok((request, _)) = parser::parse(&buf[..len], true) else {
                 continue;
             };
-            let count = if request.credentials.is_some() {
+            let count = if !request.credentials.is_empty() {
                 let n = failures.entry(from).or_default();
                 *n += 1;
                 *n
@@ -198,7 +199,11 @@ CSeq: {cseq} REGISTER\r\n{auth}Content-Length: 0\r\n\r\n"
             .recv(&mut buf)
             .context("no answer from the registrar")?;
         let (answer, _) = parser::parse(&buf[..len], true).map_err(|e| anyhow::anyhow!("{e}"))?;
-        nonce = answer.challenge.and_then(|c| c.nonce).map(str::to_owned);
+        nonce = answer
+            .challenges
+            .first()
+            .and_then(|c| c.nonce.as_deref())
+            .map(|n| String::from_utf8_lossy(n).into_owned());
     }
     Ok(())
 }
