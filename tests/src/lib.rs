@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod frames;
+pub mod kamailio;
 pub mod netns;
 pub mod traffic;
 pub mod verdict_check;

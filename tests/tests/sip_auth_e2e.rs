@@ -3,133 +3,14 @@
 //! passwords, sipsak probing extensions, sipp as a legitimate phone) in the
 //! client namespace, and `sipguard run` watching the signalling on the PBX's
 //! veth. Needs root (`cargo xtask test`); namespaces are deleted on drop.
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::time::Duration;
 
-use guard_common::{BanReason, Reason, SourceKey};
-use guard_userspace::{clock::monotonic_ns, control::protocol::BanRow, kernel::maps::KernelMaps};
+use guard_common::{BanReason, Reason};
+use guard_userspace::{clock::monotonic_ns, control::protocol::BanRow};
 use sipguard_tests::{
-    daemon::{start_guard, Daemon, TempFile},
-    netns::Link,
+    kamailio::{Pbx, ATTACKER, PBX, PHONE},
     traffic::cli,
 };
-
-const PBX: &str = "10.78.0.1";
-const PHONE: &str = "10.78.0.2";
-const ATTACKER: &str = "10.78.0.4";
-
-fn peers() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
-}
-
-/// The PBX namespace running Kamailio and sipguard.
-struct Pbx {
-    link: Link,
-    guard: Daemon,
-    _kamailio: Daemon,
-    program_id: u32,
-    _config: TempFile,
-    socket: String,
-}
-
-impl Pbx {
-    fn start(tag: &str, config: &str) -> Pbx {
-        let link = Link::new(tag, &["10.78.0.2/24", "10.78.0.4/24"], &["10.78.0.1/24"])
-            .expect("namespaces and veth");
-        let run_dir =
-            std::env::temp_dir().join(format!("sipguard-kamailio-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&run_dir).unwrap();
-        let kamailio_cfg = peers().join("kamailio.cfg");
-        let child = link
-            .right
-            .spawn(
-                "kamailio",
-                &[
-                    "-f",
-                    kamailio_cfg.to_str().unwrap(),
-                    "-l",
-                    &format!("udp:{PBX}:5060"),
-                    "-DD",
-                    "-E",
-                    "-n",
-                    "1",
-                    "-Y",
-                    run_dir.to_str().unwrap(),
-                ],
-            )
-            .expect("starting kamailio (apt-get install kamailio)");
-        let mut kamailio = Daemon::watch(child);
-        kamailio
-            .wait_for("SO_RCVBUF is finally", Duration::from_secs(20))
-            .expect("kamailio listening");
-
-        let config = TempFile::new(&format!("{tag}.toml"), config);
-        let socket = std::env::temp_dir()
-            .join(format!("sipguard-{tag}-{}.sock", std::process::id()))
-            .display()
-            .to_string();
-        let (mut guard, program_id) = start_guard(
-            &link.right,
-            &link.right_if,
-            &config,
-            &["--control-socket", &socket],
-        )
-        .expect("sipguard attached");
-        guard
-            .wait_for("watching SIP authentication", Duration::from_secs(10))
-            .unwrap();
-        Pbx {
-            link,
-            guard,
-            _kamailio: kamailio,
-            program_id,
-            _config: config,
-            socket,
-        }
-    }
-
-    fn maps(&self) -> KernelMaps {
-        KernelMaps::from_program_id(self.program_id).unwrap()
-    }
-
-    /// Runs sipp in the client namespace; returns (successful, failed) calls.
-    fn sipp(
-        &self,
-        source: &str,
-        scenario: &str,
-        user: &str,
-        password: &str,
-        calls: u32,
-    ) -> (u32, u32) {
-        let scenario = peers().join(scenario);
-        let output = self
-            .link
-            .left
-            .command("timeout")
-            .args(["60", "sipp", &format!("{PBX}:5060"), "-sf"])
-            .arg(&scenario)
-            .args(["-s", user, "-au", user, "-ap", password, "-i", source])
-            .args(["-m", &calls.to_string(), "-l", "1", "-r", "20", "-nostdin"])
-            .args(["-timeout", "10s", "-recv_timeout", "3000"])
-            .output()
-            .expect("running sipp (apt-get install sip-tester)");
-        let text = String::from_utf8_lossy(&output.stdout);
-        let count = |label: &str| {
-            text.lines()
-                .rfind(|l| l.contains(label))
-                .and_then(|l| l.split('|').nth(2))
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        (count("Successful call"), count("Failed call"))
-    }
-
-    fn ban(&self, ip: [u8; 4]) -> Option<guard_common::BanEntry> {
-        self.maps().ban(&SourceKey::from_ipv4(ip)).unwrap()
-    }
-}
 
 /// Gives the controller a moment to read the ring buffer and act.
 fn settle() {

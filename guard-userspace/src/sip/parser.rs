@@ -24,10 +24,11 @@
 //! - Asterisk (PJSIP, `sip_parser.c`): each Call-ID, CSeq, From and To
 //!   header overwrites `rdata->msg_info`, so the **last** one wins, and the
 //!   answer is built from it.
-//! - Kamailio (`parse_headers`: `if (msg->cseq==0) msg->cseq=hf`) and
-//!   FreeSWITCH (Sofia-SIP: extra instances of a single header go to the
-//!   error list) take the **first**; Kamailio's stateless replies copy every
-//!   Call-ID/CSeq instance back.
+//! - FreeSWITCH (Sofia-SIP) keeps the **first**: extra instances of a
+//!   single-instance header go to its list of erroneous headers.
+//! - Kamailio (`parse_headers` in `msg_parser.c`) refuses a message with a
+//!   second Call-ID or CSeq ("duplicate CSeq header field") and answers
+//!   nothing (the end-to-end tests show it).
 //!
 //! So the reader keeps both the first and the last Call-ID and CSeq, and the
 //! tracker matches an answer against either. Authorization and

@@ -27,6 +27,9 @@ use crate::{
     sip::tracker::{BanDecision, Tracker},
 };
 
+/// Records read before the watcher lets other tasks run.
+const RECORDS_PER_TURN: usize = 4096;
+
 /// How often the tracker forgets what is too old to matter.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -196,10 +199,17 @@ pub async fn watch(
             ready = ring.readable_mut() => {
                 let mut ready = ready?;
                 let mut decisions = Vec::new();
-                while let Some(record) = ready.get_inner_mut().next() {
+                let mut drained = false;
+                for _ in 0..RECORDS_PER_TURN {
+                    let Some(record) = ready.get_inner_mut().next() else {
+                        drained = true;
+                        break;
+                    };
                     decisions.extend(handle_capture(&record, &mut tracker, &mut stats, &counters, Instant::now()));
                 }
-                ready.clear_ready();
+                if drained {
+                    ready.clear_ready();
+                }
                 if !decisions.is_empty() {
                     let mut maps = maps.lock().await;
                     let mut details = ban_details.lock().await;
@@ -215,13 +225,21 @@ pub async fn watch(
                     }
                     bans_changed.notify_one();
                 }
+                if !drained {
+                    // A flood keeps the ring full: let the control socket
+                    // and the other tasks have their turn.
+                    tokio::task::yield_now().await;
+                }
             }
             _ = prune.tick() => {
                 tracker.prune(Instant::now());
                 debug!(
-                    "SIP watch: {} captures, {} messages, {} malformed, {} failures, {} sources tracked",
+                    "SIP watch: {} captures, {} messages, {} malformed, {} failures, {} sources tracked, \
+                     {} pending, evicted {} pending / {} nonces / {} sources",
                     stats.captures, stats.messages, stats.malformed, tracker.stats.failures,
-                    tracker.tracked_sources()
+                    tracker.tracked_sources(), tracker.pending_requests(),
+                    tracker.stats.evicted_pending, tracker.stats.evicted_nonces,
+                    tracker.stats.evicted_sources
                 );
             }
         }
