@@ -699,9 +699,11 @@ comment = "scanner"
             "allow-listed by 10.77.0.2/32 (office)".into()
         )
     );
+    // SIP is judged per kind of port: the rate rules watch UDP only.
     assert_eq!(
         find(&office, "sip").2,
-        "open service, subject to rate rules sip-udp-120-per-60s, sip-udp-40-per-2s"
+        "tcp 5060: open service; \
+         udp 5060: open service, subject to rate rules sip-udp-120-per-60s, sip-udp-40-per-2s"
     );
     assert_eq!(find(&office, "ami").2, "service closed to everyone");
 

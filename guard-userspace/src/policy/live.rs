@@ -8,19 +8,15 @@ use std::{
     path::PathBuf,
 };
 
-use guard_common::{port_index, AccessMode, BanEntry, L4Proto, NO_SERVICE};
+use guard_common::{port_index, AccessMode, L4Proto, NO_SERVICE};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::{
-    clock,
-    kernel::bans,
     kernel::maps::NetList,
     policy::compile::{allow_mask, CompiledPolicy},
-    policy::config::{
-        AllowEntry, Config, ConfigError, DefaultPolicy, DenyEntry, ALL, BUILTIN_SOURCE, OTHER,
-    },
+    policy::config::{AllowEntry, Config, ConfigError, DefaultPolicy, DenyEntry, BUILTIN_SOURCE},
     sip::tracker::LevelName,
 };
 
@@ -234,7 +230,8 @@ impl ServiceInfo {
     }
 }
 
-/// One row of `sipguard explain`: the verdict a source gets for a service now.
+/// One row of `sipguard explain`: the verdict a source gets for a service
+/// now, and what decides it (see `policy::verdict`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Verdict {
     pub service: String,
@@ -369,86 +366,5 @@ impl LivePolicy {
             self.lists.allow.len(),
             self.lists.deny.len()
         )
-    }
-
-    /// The verdict `ip` gets for `service` (a name or [`NO_SERVICE_NAME`]),
-    /// in the XDP program's order: ban, deny, service access and allow
-    /// list, rate rules, default policy.
-    pub fn verdict(
-        &self,
-        ip: IpAddr,
-        ban: Option<&BanEntry>,
-        service: &str,
-        rule_names: &[String],
-    ) -> Verdict {
-        let ip = ip.to_canonical();
-        let row = |pass: bool, because: String| Verdict {
-            service: service.to_string(),
-            verdict: if pass { "pass" } else { "drop" }.to_string(),
-            because,
-        };
-        if let Some(ban) = ban {
-            let rule = bans::rule_name(ban.rule, rule_names)
-                .map(|r| format!(" by rule {r}"))
-                .unwrap_or_default();
-            return row(
-                false,
-                format!(
-                    "banned ({}{rule}, {} left)",
-                    bans::reason_name(ban.reason),
-                    bans::ban_duration(clock::monotonic_ns(), ban.expires_ns)
-                ),
-            );
-        }
-        if let Some((net, entry)) = self.lists.longest_match(NetList::Deny, ip) {
-            return row(false, describe_entry("denied by", &net, entry));
-        }
-        let allow = self.lists.longest_match(NetList::Allow, ip);
-        let allowed_for = |name: &str| {
-            allow.filter(|(_, entry)| entry.services.iter().any(|s| s == ALL || s == name))
-        };
-        let Some(info) = self.services.iter().find(|s| s.name == service) else {
-            return match allowed_for(OTHER) {
-                Some((net, entry)) => row(true, describe_entry("allow-listed by", &net, entry)),
-                None if self.default_drop() => row(false, "default policy: drop".into()),
-                None => row(true, "default policy: pass".into()),
-            };
-        };
-        match (info.access, allowed_for(&info.name)) {
-            (AccessMode::Closed, _) => row(false, "service closed to everyone".into()),
-            (_, Some((net, entry))) => {
-                let skipped = if info.rules.is_empty() {
-                    ""
-                } else {
-                    "; rate rules skipped"
-                };
-                row(
-                    true,
-                    format!(
-                        "{}{skipped}",
-                        describe_entry("allow-listed by", &net, entry)
-                    ),
-                )
-            }
-            (AccessMode::Trusted, None) => {
-                row(false, "not trusted: allow-listed sources only".into())
-            }
-            (AccessMode::Open, None) if info.rules.is_empty() => row(true, "open service".into()),
-            (AccessMode::Open, None) => row(
-                true,
-                format!(
-                    "open service, subject to rate rules {}",
-                    info.rules.join(", ")
-                ),
-            ),
-        }
-    }
-}
-
-fn describe_entry(what: &str, net: &IpNet, entry: &ListEntry) -> String {
-    if entry.comment.is_empty() {
-        format!("{what} {net}")
-    } else {
-        format!("{what} {net} ({})", entry.comment)
     }
 }

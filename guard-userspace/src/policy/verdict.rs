@@ -7,13 +7,21 @@ use std::net::IpAddr;
 
 use guard_common::{
     rate::window_total,
-    verdict::{judge, Address, Lookup, Packet, Transport, Verdict},
-    AccessMode, BanEntry, L4Proto, PortClass, RateKey, RateWindow, Settings, SourceKey,
-    MAX_RATE_RULES, RULE_SYN_ONLY,
+    verdict::{judge, Address, Lookup, Packet, Step, Transport, Verdict},
+    AccessMode, BanEntry, L4Proto, PortClass, RateKey, RateWindow, Reason, Settings, SourceKey,
+    MAX_RATE_RULES, NO_SERVICE, RULE_SYN_ONLY,
 };
 use ipnet::IpNet;
 
-use crate::{kernel::maps::KernelMaps, policy::compile::CompiledPolicy};
+use crate::{
+    clock,
+    kernel::bans,
+    kernel::maps::{KernelMaps, NetList},
+    policy::{
+        compile::CompiledPolicy,
+        live::{LivePolicy, Verdict as ExplainRow},
+    },
+};
 
 /// The kernel state a verdict reads besides the policy: bans and rate
 /// windows. Read only: judging never counts a packet or changes a ban.
@@ -267,5 +275,421 @@ pub fn unclassified_packet(ip: IpAddr) -> Packet {
     Packet {
         source: ip_address(ip),
         transport: Transport::Other,
+    }
+}
+
+/// A kernel state with one more ban: what a `ban add` would leave.
+pub struct WithBan<'a, K: KernelState> {
+    pub state: &'a K,
+    pub ban: Option<(SourceKey, BanEntry)>,
+}
+
+impl<K: KernelState> KernelState for WithBan<'_, K> {
+    type Error = K::Error;
+
+    fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>, Self::Error> {
+        match self.ban {
+            Some((key, entry)) if key == *source => Ok(Some(entry)),
+            _ => self.state.ban(source),
+        }
+    }
+
+    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
+        self.state.rate_window(key)
+    }
+}
+
+/// What a verdict reads besides the policy.
+pub struct Inputs<'a, K: KernelState> {
+    /// The settings in force: monitor mode, the IPv6 ban prefix.
+    pub settings: Settings,
+    pub state: &'a K,
+    pub now_ns: u64,
+}
+
+impl LivePolicy {
+    /// The verdict on `packet`, with the entries behind it. The policy's
+    /// own default policy applies; monitor mode and the IPv6 ban prefix
+    /// come from `inputs.settings`.
+    pub fn judge<K: KernelState>(
+        &self,
+        packet: &Packet,
+        inputs: &Inputs<K>,
+    ) -> Result<Judgement, K::Error> {
+        let settings = Settings {
+            default_policy: self.compiled.settings.default_policy,
+            ..inputs.settings
+        };
+        HostLookup::new(&self.compiled, settings, inputs.state, inputs.now_ns).judge(packet)
+    }
+
+    /// The `explain` row of `ip` for `service` (a name, or anything else
+    /// for traffic that matches no service, such as `NO_SERVICE_NAME`). A service whose ports differ (say, rate rules
+    /// on UDP only) is judged per kind of port, and the row says each.
+    pub fn explain<K: KernelState>(
+        &self,
+        ip: IpAddr,
+        service: &str,
+        inputs: &Inputs<K>,
+    ) -> Result<ExplainRow, K::Error> {
+        let id = match self
+            .compiled
+            .service_names
+            .iter()
+            .position(|n| n == service)
+        {
+            Some(i) => i as u8 + 1,
+            None => NO_SERVICE,
+        };
+        let mut parts: Vec<(String, Judgement)> = Vec::new();
+        if id == NO_SERVICE {
+            parts.push((String::new(), self.judge(&unclassified_packet(ip), inputs)?));
+        }
+        for (ports, proto, port) in self.port_groups(id) {
+            let judged = self.judge(&packet_to(ip, proto, port, true), inputs)?;
+            parts.push((ports, judged));
+        }
+        let texts: Vec<(String, String, bool)> = parts
+            .iter()
+            .map(|(ports, judged)| (ports.clone(), self.because(judged), judged.verdict.drops()))
+            .collect();
+        let drops = texts.iter().any(|(_, _, drops)| *drops);
+        let because = if texts.iter().all(|(_, text, _)| *text == texts[0].1) {
+            texts
+                .first()
+                .map(|(_, text, _)| text.clone())
+                .unwrap_or_default()
+        } else {
+            let each: Vec<String> = texts
+                .iter()
+                .map(|(ports, text, _)| format!("{ports}: {text}"))
+                .collect();
+            each.join("; ")
+        };
+        Ok(ExplainRow {
+            service: service.to_string(),
+            verdict: if drops { "drop" } else { "pass" }.to_string(),
+            because,
+        })
+    }
+
+    /// The ports of service `id` grouped by what the kernel knows of them
+    /// (their class): a name ("udp 10000-20000, tcp 80") and one port to
+    /// judge for each group. For no service: the unclassified ports some
+    /// rate rule watches.
+    fn port_groups(&self, id: u8) -> Vec<(String, L4Proto, u16)> {
+        let mut groups: Vec<(PortClass, Vec<(L4Proto, u16)>)> = Vec::new();
+        for (index, class) in &self.compiled.ports {
+            if class.service != id || (id == NO_SERVICE && !class.has_rules()) {
+                continue;
+            }
+            let proto = if index >> 16 == L4Proto::Tcp as u32 {
+                L4Proto::Tcp
+            } else {
+                L4Proto::Udp
+            };
+            let port = (index & 0xffff) as u16;
+            match groups
+                .iter_mut()
+                .find(|(c, _)| c.service == class.service && c.rules == class.rules)
+            {
+                Some((_, ports)) => ports.push((proto, port)),
+                None => groups.push((*class, vec![(proto, port)])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(_, ports)| (port_list(&ports), ports[0].0, ports[0].1))
+            .collect()
+    }
+
+    /// What decided a verdict, in words, with the entry behind it.
+    pub fn because(&self, judged: &Judgement) -> String {
+        let verdict = &judged.verdict;
+        let found = &judged.found;
+        let text = match verdict.reason {
+            Reason::Banned => match &found.ban {
+                Some(ban) => {
+                    let rule = bans::rule_name(ban.rule, &self.compiled.rule_names)
+                        .map(|r| format!(" by rule {r}"))
+                        .unwrap_or_default();
+                    format!(
+                        "banned ({}{rule}, {} left)",
+                        bans::reason_name(ban.reason),
+                        bans::ban_duration(clock::monotonic_ns(), ban.expires_ns)
+                    )
+                }
+                None => "banned".to_string(),
+            },
+            Reason::Denied => self.entry_text("denied by", NetList::Deny, found.deny),
+            Reason::Fragment => "a later fragment: judged by its source alone".to_string(),
+            Reason::Closed => "service closed to everyone".to_string(),
+            Reason::NotTrusted => "not trusted: allow-listed sources only".to_string(),
+            Reason::PassedAllowlisted => {
+                let net = found.allow.map(|(net, _)| net);
+                let entry = self.entry_text("allow-listed by", NetList::Allow, net);
+                if verdict.class.has_rules() {
+                    format!("{entry}; rate rules skipped")
+                } else {
+                    entry
+                }
+            }
+            Reason::RateLimited => match found.rate {
+                Some(hit) => format!(
+                    "over rate rule {}: the next packet is number {} in its window, and bans",
+                    self.rule_name(hit.rule),
+                    hit.count
+                ),
+                None => "over a rate rule".to_string(),
+            },
+            Reason::Passed if verdict.step() == Step::Service => {
+                let rules = self.rule_names(&verdict.class);
+                if rules.is_empty() {
+                    "open service".to_string()
+                } else {
+                    format!("open service, subject to rate rules {}", rules.join(", "))
+                }
+            }
+            Reason::Passed => "default policy: pass".to_string(),
+            Reason::DefaultDrop => "default policy: drop".to_string(),
+            Reason::Malformed => "malformed".to_string(),
+        };
+        if verdict.monitor && verdict.reason.drops() {
+            format!("{text} (monitor mode: passes)")
+        } else {
+            text
+        }
+    }
+
+    fn entry_text(&self, what: &str, list: NetList, net: Option<IpNet>) -> String {
+        let Some(net) = net else {
+            return what.trim_end_matches(" by").to_string();
+        };
+        match self.lists.list(list).get(&net) {
+            Some(entry) if !entry.comment.is_empty() => format!("{what} {net} ({})", entry.comment),
+            _ => format!("{what} {net}"),
+        }
+    }
+
+    fn rule_name(&self, index: u8) -> String {
+        self.compiled
+            .rule_names
+            .get(index as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{index}"))
+    }
+
+    fn rule_names(&self, class: &PortClass) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for index in class.rule_indexes() {
+            let name = self.rule_name(index);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+}
+
+/// "udp 5060, tcp 5060-5061": ports in ranges, per protocol.
+fn port_list(ports: &[(L4Proto, u16)]) -> String {
+    let mut ranges: Vec<(L4Proto, u16, u16)> = Vec::new();
+    for (proto, port) in ports {
+        match ranges.last_mut() {
+            Some((p, _, last)) if p == proto && last.checked_add(1) == Some(*port) => *last = *port,
+            _ => ranges.push((*proto, *port, *port)),
+        }
+    }
+    let name = |proto: &L4Proto| match proto {
+        L4Proto::Tcp => "tcp",
+        L4Proto::Udp => "udp",
+    };
+    let texts: Vec<String> = ranges
+        .iter()
+        .map(|(proto, first, last)| match first == last {
+            true => format!("{} {first}", name(proto)),
+            false => format!("{} {first}-{last}", name(proto)),
+        })
+        .collect();
+    texts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use guard_common::{rate::first_packet, BanReason, BAN_FOREVER, NO_RULE};
+
+    use super::*;
+    use crate::{policy::config::Config, state::ListChanges};
+
+    const POLICY: &str = r#"
+[services.web]
+access = "trusted"
+[[allow]]
+cidr = "10.1.0.0/16"
+services = ["sip", "web"]
+comment = "office"
+[[deny]]
+cidr = "203.0.113.0/24"
+comment = "scanner"
+"#;
+
+    fn live(text: &str) -> LivePolicy {
+        let config = Config::parse(text, "test.toml").unwrap();
+        LivePolicy::build(config, "test".into(), ListChanges::default())
+    }
+
+    #[derive(Default)]
+    struct State {
+        bans: HashMap<SourceKey, BanEntry>,
+        windows: HashMap<RateKey, RateWindow>,
+    }
+
+    impl KernelState for State {
+        type Error = std::convert::Infallible;
+        fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>, Self::Error> {
+            Ok(self.bans.get(source).copied())
+        }
+        fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
+            Ok(self.windows.get(key).copied())
+        }
+    }
+
+    fn inputs<'a>(policy: &LivePolicy, state: &'a State, monitor: bool) -> Inputs<'a, State> {
+        Inputs {
+            settings: Settings {
+                monitor: monitor as u8,
+                ..policy.compiled.settings
+            },
+            state,
+            now_ns: 1_000_000_000_000,
+        }
+    }
+
+    fn row(policy: &LivePolicy, ip: &str, service: &str, inputs: &Inputs<State>) -> ExplainRow {
+        match policy.explain(ip.parse().unwrap(), service, inputs) {
+            Ok(row) => row,
+            Err(never) => match never {},
+        }
+    }
+
+    #[test]
+    fn in_monitor_mode_a_denied_source_passes_and_says_why() {
+        let policy = live(POLICY);
+        let state = State::default();
+        let enforcing = row(
+            &policy,
+            "203.0.113.9",
+            "sip",
+            &inputs(&policy, &state, false),
+        );
+        assert_eq!(enforcing.verdict, "drop");
+        assert_eq!(enforcing.because, "denied by 203.0.113.0/24 (scanner)");
+        // The kernel counts it as denied and passes it: so does explain.
+        let monitor = row(
+            &policy,
+            "203.0.113.9",
+            "sip",
+            &inputs(&policy, &state, true),
+        );
+        assert_eq!(monitor.verdict, "pass");
+        assert_eq!(
+            monitor.because,
+            "denied by 203.0.113.0/24 (scanner) (monitor mode: passes)"
+        );
+    }
+
+    #[test]
+    fn an_allow_listed_source_on_an_open_port_without_rules_is_passed() {
+        let policy = live(POLICY);
+        let state = State::default();
+        let inputs = inputs(&policy, &state, false);
+        let packet = packet_to("10.1.2.3".parse().unwrap(), L4Proto::Tcp, 5060, true);
+        let judged = policy.judge(&packet, &inputs).unwrap();
+        // The kernel never searches the allow list here and counts `passed`.
+        assert_eq!(judged.verdict.reason, Reason::Passed);
+        assert_eq!(judged.found.allow, None);
+        // On UDP 5060 the rate rules make the allow entry decide.
+        let sip = row(&policy, "10.1.2.3", "sip", &inputs);
+        assert_eq!(sip.verdict, "pass");
+        assert_eq!(
+            sip.because,
+            "tcp 5060: open service; \
+             udp 5060: allow-listed by 10.1.0.0/16 (office); rate rules skipped"
+        );
+        let web = row(&policy, "10.1.2.3", "web", &inputs);
+        assert_eq!(web.because, "allow-listed by 10.1.0.0/16 (office)");
+        let stranger = row(&policy, "198.51.100.1", "web", &inputs);
+        assert_eq!(
+            (stranger.verdict.as_str(), stranger.because.as_str()),
+            ("drop", "not trusted: allow-listed sources only")
+        );
+    }
+
+    #[test]
+    fn bans_and_rate_windows_are_read_not_counted() {
+        let policy = live(POLICY);
+        let mut state = State::default();
+        let now = 1_000_000_000_000;
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        let key = crate::kernel::maps::source_key(stranger, 64);
+        // 40 packets in the 40-per-2s rule's window: the next one is over.
+        let rule = 1u8;
+        let mut window = first_packet(now, policy.compiled.rules[rule as usize].slot_ns);
+        for slot in window.slots.iter_mut().filter(|s| **s != 0) {
+            *slot += 39;
+        }
+        state.windows.insert(
+            RateKey {
+                source: key,
+                rule: rule as u32,
+            },
+            window,
+        );
+        let inputs = Inputs {
+            settings: policy.compiled.settings,
+            state: &state,
+            now_ns: now,
+        };
+        let packet = packet_to(stranger, L4Proto::Udp, 5060, false);
+        let judged = policy.judge(&packet, &inputs).unwrap();
+        assert_eq!(judged.verdict.reason, Reason::RateLimited);
+        assert_eq!(judged.found.rate, Some(RateHit { rule, count: 41 }));
+        assert_eq!(
+            policy.because(&judged),
+            "over rate rule sip-udp-40-per-2s: the next packet is number 41 in its window, \
+             and bans"
+        );
+        // A ban comes first, with its reason.
+        state.bans.insert(
+            key,
+            BanEntry {
+                expires_ns: BAN_FOREVER,
+                reason: BanReason::Manual as u16,
+                rule: NO_RULE,
+                ..BanEntry::default()
+            },
+        );
+        let inputs = Inputs {
+            settings: policy.compiled.settings,
+            state: &state,
+            now_ns: now,
+        };
+        let judged = policy.judge(&packet, &inputs).unwrap();
+        assert_eq!(judged.verdict.reason, Reason::Banned);
+        assert_eq!(policy.because(&judged), "banned (manual, ever left)");
+    }
+
+    #[test]
+    fn port_lists_are_ranges_per_protocol() {
+        let ports = [
+            (L4Proto::Udp, 10000),
+            (L4Proto::Udp, 10001),
+            (L4Proto::Udp, 10002),
+            (L4Proto::Tcp, 80),
+            (L4Proto::Tcp, 443),
+        ];
+        assert_eq!(port_list(&ports), "udp 10000-10002, tcp 80, tcp 443");
     }
 }

@@ -4,10 +4,13 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Result, Runtime};
+use super::{Error, Result, Runtime};
 use crate::{
     clock,
-    policy::live::{Verdict, NO_SERVICE_NAME},
+    policy::{
+        live::{Verdict, NO_SERVICE_NAME},
+        verdict::Inputs,
+    },
 };
 
 /// The verdicts for one source.
@@ -24,14 +27,20 @@ impl Runtime {
         let ip = ip.to_canonical();
         let key = self.source_key(ip);
         let policy = self.policy().await;
-        let ban = self.maps().await.active_ban(&key, clock::monotonic_ns())?;
+        let maps = self.maps().await;
+        let inputs = Inputs {
+            settings: maps.settings()?,
+            state: &*maps,
+            now_ns: clock::monotonic_ns(),
+        };
         let live = &policy.live;
         let mut names = live.service_names();
         names.push(NO_SERVICE_NAME.to_string());
         let verdicts = names
             .iter()
-            .map(|name| live.verdict(ip, ban.as_ref(), name, &live.compiled.rule_names))
-            .collect();
+            .map(|name| live.explain(ip, name, &inputs))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Failed(format!("reading the kernel's bans and rate state: {e}")))?;
         Ok(Explanation {
             source: self.source_name(&key),
             verdicts,

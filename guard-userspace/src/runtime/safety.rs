@@ -4,11 +4,18 @@
 //! /proc/net/tcp{,6} in the daemon's network namespace.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use guard_common::{BanEntry, SourceKey};
+use guard_common::{BanEntry, L4Proto, Settings, SourceKey};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::{clock, kernel::maps::KernelMaps, policy::live::LivePolicy};
+use crate::{
+    clock,
+    kernel::maps::KernelMaps,
+    policy::{
+        live::LivePolicy,
+        verdict::{packet_to, Inputs, KernelState, WithBan},
+    },
+};
 
 /// The service whose sessions are protected.
 pub const SSH_SERVICE: &str = "ssh";
@@ -104,44 +111,48 @@ fn parse_endpoint(text: &str, v6: bool) -> Option<(IpAddr, u16)> {
     Some((ip, port))
 }
 
-/// Why `candidate` would cut one of `sessions`, if it would. `ban_of`
-/// gives the ban a source would be under.
-pub fn would_cut(
+/// Why `candidate` would cut one of `sessions`, if it would, judged with
+/// the shared verdict under `inputs` (monitor mode, bans, rate state).
+pub fn would_cut<K: KernelState>(
     candidate: &LivePolicy,
     sessions: &[Session],
-    ban_of: impl Fn(IpAddr) -> Option<BanEntry>,
-) -> Option<String> {
+    inputs: &Inputs<K>,
+) -> Option<String>
+where
+    K::Error: std::fmt::Display,
+{
     sessions
         .iter()
-        .find_map(|session| cut_reason(candidate, session, &ban_of))
+        .find_map(|session| match cut_reason(candidate, session, inputs) {
+            Ok(why) => why,
+            // Cannot tell: refuse rather than risk the session.
+            Err(e) => Some(format!(
+                "cannot judge the SSH session from {}: {e}; nothing changed \
+                 (--force to do it anyway)",
+                session.client
+            )),
+        })
 }
 
-/// Why `policy` drops `session`, if it does.
-fn cut_reason(
+/// Why `policy` drops `session`, if it does: the verdict on one of its
+/// packets (TCP to the server port, not a connection attempt).
+fn cut_reason<K: KernelState>(
     policy: &LivePolicy,
     session: &Session,
-    ban_of: impl Fn(IpAddr) -> Option<BanEntry>,
-) -> Option<String> {
-    let service = policy.tcp_service(session.server_port);
-    let ban = ban_of(session.client);
-    let verdict = policy.verdict(
-        session.client,
-        ban.as_ref(),
-        &service,
-        &policy.compiled.rule_names,
-    );
-    (!verdict.passes()).then(|| {
+    inputs: &Inputs<K>,
+) -> Result<Option<String>, K::Error> {
+    let packet = packet_to(session.client, L4Proto::Tcp, session.server_port, false);
+    let judged = policy.judge(&packet, inputs)?;
+    Ok(judged.verdict.drops().then(|| {
         format!(
             "this would cut the SSH session from {} to port {} ({}: {}); nothing changed \
              (--force to do it anyway)",
-            session.client, session.server_port, verdict.service, verdict.because
+            session.client,
+            session.server_port,
+            policy.tcp_service(session.server_port),
+            policy.because(&judged)
         )
-    })
-}
-
-/// Whether a ban on `key` would catch `client`.
-pub fn ban_catches(key: &SourceKey, client: IpAddr, ipv6_prefix: u8) -> bool {
-    crate::kernel::maps::source_key(client, ipv6_prefix) == *key
+    }))
 }
 
 /// The SSH-lockout check for one request: the CLI's session and `--force`.
@@ -170,30 +181,37 @@ impl LockoutCheck {
         maps: &KernelMaps,
         after: After,
     ) -> Result<(), String> {
-        let monitor_now = maps.settings().is_ok_and(|s| s.monitor != 0);
-        if after.monitor.unwrap_or(monitor_now) {
-            return Ok(()); // nothing is dropped
-        }
+        let settings_now = maps.settings().unwrap_or(current.compiled.settings);
+        let settings_after = Settings {
+            monitor: after.monitor.map_or(settings_now.monitor, u8::from),
+            ..settings_now
+        };
         let mut ports = ssh_ports(current);
         ports.extend(ssh_ports(after.policy));
         let mut sessions = live_sessions(&ports);
         sessions.extend(self.session);
-        let now = clock::monotonic_ns();
-        let prefix = current.config.guard.ipv6_ban_prefix;
-        let ban_now = |ip: IpAddr| {
-            let key = maps.source_key(ip).ok()?;
-            maps.active_ban(&key, now).ok().flatten()
+        let now_ns = clock::monotonic_ns();
+        let now = Inputs {
+            settings: settings_now,
+            state: maps,
+            now_ns,
         };
-        let ban_after = |ip: IpAddr| match after.new_ban {
-            Some((key, entry)) if ban_catches(&key, ip, prefix) => Some(entry),
-            _ => ban_now(ip),
+        let with_ban = WithBan {
+            state: maps,
+            ban: after.new_ban,
         };
-        // Only sessions that pass now can be cut.
+        let later = Inputs {
+            settings: settings_after,
+            state: &with_ban,
+            now_ns,
+        };
+        // Only sessions that pass now can be cut (one the kernel's state
+        // cannot be read for is kept: better refuse than cut it).
         let open: Vec<Session> = sessions
             .into_iter()
-            .filter(|s| monitor_now || cut_reason(current, s, ban_now).is_none())
+            .filter(|s| !matches!(cut_reason(current, s, &now), Ok(Some(_))))
             .collect();
-        match would_cut(after.policy, &open, ban_after) {
+        match would_cut(after.policy, &open, &later) {
             Some(why) if self.force => {
                 warn!("forced by the operator: {why}");
                 Ok(())
@@ -207,7 +225,10 @@ impl LockoutCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{policy::config::Config, state::ListChanges};
+    use crate::{
+        policy::{config::Config, verdict::NoKernelState},
+        state::ListChanges,
+    };
 
     const TCP4: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
@@ -249,6 +270,15 @@ mod tests {
         LivePolicy::build(config, "test".into(), ListChanges::default())
     }
 
+    /// The policy's own settings, no bans, no rate state.
+    fn alone(policy: &LivePolicy) -> Inputs<'static, NoKernelState> {
+        Inputs {
+            settings: policy.compiled.settings,
+            state: &NoKernelState,
+            now_ns: 1,
+        }
+    }
+
     #[test]
     fn a_deny_covering_the_operator_is_caught() {
         let session = Session {
@@ -256,22 +286,60 @@ mod tests {
             server_port: 22,
         };
         let safe = policy("");
-        assert_eq!(would_cut(&safe, &[session], |_| None), None);
+        assert_eq!(would_cut(&safe, &[session], &alone(&safe)), None);
         let denied = policy("[[deny]]\ncidr = \"192.0.2.0/24\"\n");
-        let why = would_cut(&denied, &[session], |_| None).unwrap();
+        let why = would_cut(&denied, &[session], &alone(&denied)).unwrap();
         assert!(
             why.contains("192.0.2.10") && why.contains("denied by 192.0.2.0/24"),
             "{why}"
         );
         let trusted = policy("[services.ssh]\naccess = \"trusted\"\n");
-        assert!(would_cut(&trusted, &[session], |_| None).is_some());
+        assert!(would_cut(&trusted, &[session], &alone(&trusted)).is_some());
         let trusted_and_allowed = policy(
             "[services.ssh]\naccess = \"trusted\"\n[[allow]]\ncidr = \"192.0.2.10/32\"\nservices = [\"ssh\"]\n",
         );
-        assert_eq!(would_cut(&trusted_and_allowed, &[session], |_| None), None);
+        assert_eq!(
+            would_cut(
+                &trusted_and_allowed,
+                &[session],
+                &alone(&trusted_and_allowed)
+            ),
+            None
+        );
         let drop_all_ssh_unlisted =
             policy("[guard]\ndefault_policy = \"drop\"\n[services.ssh]\nports = [\"2222/tcp\"]\n");
         // Port 22 is no service now, and "drop" takes it.
-        assert!(would_cut(&drop_all_ssh_unlisted, &[session], |_| None).is_some());
+        let inputs = alone(&drop_all_ssh_unlisted);
+        assert!(would_cut(&drop_all_ssh_unlisted, &[session], &inputs).is_some());
+    }
+
+    #[test]
+    fn in_monitor_mode_a_denied_session_is_not_cut() {
+        let session = Session {
+            client: "192.0.2.10".parse().unwrap(),
+            server_port: 22,
+        };
+        let denied = policy("[[deny]]\ncidr = \"192.0.2.0/24\"\n");
+        let mut monitor = alone(&denied);
+        monitor.settings.monitor = 1;
+        assert_eq!(would_cut(&denied, &[session], &monitor), None);
+        // And a ban the change would add cuts it once monitor mode is off.
+        let safe = policy("");
+        let ban = BanEntry {
+            expires_ns: u64::MAX,
+            ..BanEntry::default()
+        };
+        let key = crate::kernel::maps::source_key(session.client, 64);
+        let with_ban = WithBan {
+            state: &NoKernelState,
+            ban: Some((key, ban)),
+        };
+        let inputs = Inputs {
+            settings: safe.compiled.settings,
+            state: &with_ban,
+            now_ns: 1,
+        };
+        let why = would_cut(&safe, &[session], &inputs).unwrap();
+        assert!(why.contains("banned"), "{why}");
     }
 }
