@@ -1,5 +1,6 @@
 //! `cargo xtask`: set up the toolchain, build the XDP program and the
 //! controller, run the tests, run the guard.
+mod deb;
 mod setup;
 
 use std::{
@@ -37,6 +38,8 @@ enum Task {
         #[arg(long)]
         smoke: bool,
     },
+    /// Build the Debian package (target/debian/sipguard_VERSION_ARCH.deb).
+    Deb,
     /// Build, then run `sipguard run` with these arguments (as root).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -52,6 +55,7 @@ fn main() {
         Task::Test { args } => test(&args),
         Task::Run { args } => run(&args),
         Task::Bench { smoke } => bench(smoke),
+        Task::Deb => deb::deb().map(|_| ()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -190,6 +194,14 @@ fn is_root() -> bool {
 fn test(extra: &[String]) -> Result<()> {
     let sipguard = build_all(Profile::Debug)?;
     let root = is_root();
+    // The package test installs the real package (a release build): made
+    // for a full run as root, or a run that names the test.
+    let names_it = extra.iter().any(|a| a.contains("deb_package"));
+    let package = if root && (extra.is_empty() || names_it) {
+        Some(deb::deb()?)
+    } else {
+        None
+    };
     let mut command = clean_cargo(None);
     command.arg("test");
     if extra.is_empty() {
@@ -210,6 +222,9 @@ fn test(extra: &[String]) -> Result<()> {
         .env("SIPGUARD_BASELINE_OBJECT", baseline_object_path())
         .env("SIPGUARD_BIN", &sipguard)
         .arg("--");
+    if let Some(package) = &package {
+        command.env("SIPGUARD_DEB", package);
+    }
     if root {
         // Kernel tests share the kernel: run them one at a time.
         command.args(["--include-ignored", "--test-threads=1"]);

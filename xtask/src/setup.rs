@@ -11,6 +11,8 @@ use std::{path::Path, process::Command};
 use anyhow::{bail, Context, Result};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the Debian package (`cargo xtask deb`); pinned like bpf-linker.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const DEBIAN_TOOLCHAIN: &str = "bpf-debian";
 
 /// Debian packages for the Debian BPF toolchain and for bpf-linker.
@@ -27,7 +29,8 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// registrar (Kamailio) and real SIP clients (sipp, sipsak); and what the
 /// benchmarks compare sipguard with (xdp-filter, nftables, iptables with
 /// ipset), read veth statistics with (ethtool) or pin programs with (bpftool);
-/// Prometheus and its promtool for the alerting rules in dist/.
+/// Prometheus and its promtool for the alerting rules in dist/; lintian and
+/// dpkg-dev (dpkg-shlibdeps) for the Debian package.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "kamailio",
@@ -40,6 +43,8 @@ const TEST_PACKAGES: &[&str] = &[
     "ethtool",
     "bpftool",
     "prometheus",
+    "lintian",
+    "dpkg-dev",
 ];
 
 pub enum BpfToolchain {
@@ -137,9 +142,44 @@ fn apt_install(packages: &[String]) -> Result<()> {
     Ok(())
 }
 
+fn cargo_deb_ok() -> bool {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    output(&cargo, &["deb", "--version"])
+        .map(|v| v.contains(CARGO_DEB_VERSION))
+        .unwrap_or(false)
+}
+
+/// Installs cargo-deb from crates.io unless this version is there.
+pub fn ensure_cargo_deb() -> Result<()> {
+    if cargo_deb_ok() {
+        println!("setup: ok: cargo-deb {CARGO_DEB_VERSION}");
+        return Ok(());
+    }
+    println!("setup: building cargo-deb {CARGO_DEB_VERSION}");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTFLAGS")
+        .status()
+        .context("running cargo install cargo-deb")?;
+    if !status.success() {
+        bail!("building cargo-deb {CARGO_DEB_VERSION} failed");
+    }
+    if !cargo_deb_ok() {
+        bail!("cargo-deb was installed but `cargo deb` does not run (add ~/.cargo/bin to PATH)");
+    }
+    Ok(())
+}
+
 /// Whether everything is in place, without installing anything.
 fn ready() -> Option<BpfToolchain> {
-    if !bpf_linker_ok() || !missing_packages(TEST_PACKAGES).is_empty() {
+    if !bpf_linker_ok() || !cargo_deb_ok() || !missing_packages(TEST_PACKAGES).is_empty() {
         return None;
     }
     if nightly_has_rust_src() {
@@ -239,6 +279,7 @@ pub fn setup() -> Result<BpfToolchain> {
             bail!("bpf-linker was installed but is not on PATH (add ~/.cargo/bin to PATH)");
         }
     }
+    ensure_cargo_deb()?;
     println!("setup: ready");
     Ok(toolchain)
 }
