@@ -400,7 +400,8 @@ mod tests {
         .is_empty());
         // A record claiming more captured bytes than it holds is clipped, not trusted.
         let mut lying = record(CAPTURE_INBOUND, L4Proto::Udp, [1, 2, 3, 4], b"REGISTER", 8);
-        lying[24..28].copy_from_slice(&5000u32.to_ne_bytes());
+        let captured = std::mem::offset_of!(SipCaptureHeader, captured);
+        lying[captured..captured + 4].copy_from_slice(&5000u32.to_ne_bytes());
         handle_capture(
             &lying,
             &mut t,
