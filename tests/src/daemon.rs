@@ -221,6 +221,11 @@ impl Daemon {
     }
 
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon.
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn signal(&self, signal: i32) -> Result<()> {
         let child = self.child.as_ref().context("already stopped")?;
         // SAFETY: signalling our own child.

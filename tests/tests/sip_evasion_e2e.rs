@@ -7,101 +7,11 @@
 //! (IP fragments). Needs root (`cargo xtask test`). Escaped usernames and
 //! TCP segmentation are covered by the unit tests: Kamailio looks users up
 //! unescaped and listens on UDP here.
-use std::{net::UdpSocket, time::Duration};
+use std::time::Duration;
 
-use guard_userspace::sip::parser;
-use md5::{Digest, Md5};
-use sipguard_tests::kamailio::{Pbx, ATTACKER, PBX, PHONE};
+use sipguard_tests::kamailio::{guess, Pbx, Variant, ATTACKER, PASSWORD, PBX, PHONE};
 
-const REALM: &str = "pbx.test";
-const PASSWORD: &str = "correct-horse";
 const LEVEL: &str = "[sip_auth]\nlevel = \"paranoid\"\n";
-
-/// Rewrites the text of a guess (a REGISTER with credentials) into bytes.
-type Variant = fn(String) -> Vec<u8>;
-
-fn md5_hex(text: &str) -> String {
-    Md5::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A REGISTER for 1001 from `source`; with `auth`, digest credentials for
-/// (nonce, password), as Kamailio checks them (no qop).
-fn register(source: &str, call_id: &str, cseq: u32, auth: Option<(&str, &str)>) -> String {
-    let uri = format!("sip:{PBX}");
-    let auth = auth.map_or(String::new(), |(nonce, password)| {
-        let ha1 = md5_hex(&format!("1001:{REALM}:{password}"));
-        let ha2 = md5_hex(&format!("REGISTER:{uri}"));
-        let response = md5_hex(&format!("{ha1}:{nonce}:{ha2}"));
-        format!(
-            "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", \
-uri=\"{uri}\", response=\"{response}\", algorithm=MD5\r\n"
-        )
-    });
-    format!(
-        "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {source}:5070;branch=z9hG4bK-{call_id}-{cseq};rport\r\n\
-Max-Forwards: 70\r\nFrom: <sip:1001@{PBX}>;tag={call_id}\r\nTo: <sip:1001@{PBX}>\r\n\
-Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@{source}:5070>\r\n\
-Expires: 60\r\nUser-Agent: guesser\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-}
-
-/// Sends `message`, returns the answer's status and first nonce (None
-/// when Kamailio does not answer).
-fn send(socket: &UdpSocket, message: &[u8]) -> Option<(u16, Option<String>)> {
-    socket
-        .send_to(message, (PBX, 5060))
-        .expect("sending to Kamailio");
-    let mut buf = [0u8; 4096];
-    loop {
-        let len = socket.recv(&mut buf).ok()?;
-        let Ok((answer, _)) = parser::parse(&buf[..len], true) else {
-            panic!(
-                "unreadable answer: {}",
-                String::from_utf8_lossy(&buf[..len])
-            );
-        };
-        let Some(status) = answer.status().filter(|s| *s >= 200) else {
-            continue;
-        };
-        let nonce = answer
-            .challenges
-            .first()
-            .and_then(|c| c.nonce.as_deref())
-            .map(|n| String::from_utf8_lossy(n).into_owned());
-        return Some((status, nonce));
-    }
-}
-
-/// One guess from `source` in the client namespace: a plain REGISTER for
-/// the challenge, then the rewritten one with `password`. Returns the
-/// status Kamailio answered the guess with, if it did.
-fn guess(
-    pbx: &Pbx,
-    source: &'static str,
-    call_id: String,
-    variant: Variant,
-    password: &'static str,
-) -> Option<u16> {
-    pbx.link
-        .left
-        .run_in(move || {
-            let socket = UdpSocket::bind((source, 5070)).expect("binding the client");
-            socket
-                .set_read_timeout(Some(Duration::from_secs(3)))
-                .unwrap();
-            let (status, nonce) = send(&socket, register(source, &call_id, 1, None).as_bytes())?;
-            assert_eq!(status, 401, "the challenge");
-            let nonce = nonce.expect("a nonce");
-            let text = register(source, &call_id, 2, Some((&nonce, password)));
-            send(&socket, &variant(text)).map(|(status, _)| status)
-        })
-        .join()
-        .expect("client thread")
-        .expect("client namespace")
-}
 
 /// The test of one evasion class: Kamailio reads the variant as a guess,
 /// and the guesser is banned after exactly `failures` of them.
