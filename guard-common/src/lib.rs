@@ -150,9 +150,14 @@ impl PortClass {
         self.rules[0] != NO_RULE_INDEX
     }
 
-    /// Adds rule `index`; false if the port already has [`MAX_RULES_PER_PORT`].
+    /// Adds rule `index` (once: a rule whose port list names a port twice,
+    /// say "5060" and "5060/udp", must not count its packets twice); false
+    /// if the port already has [`MAX_RULES_PER_PORT`] other rules.
     pub fn add_rule(&mut self, index: u8) -> bool {
         for slot in self.rules.iter_mut() {
+            if *slot == index + 1 {
+                return true;
+            }
             if *slot == NO_RULE_INDEX {
                 *slot = index + 1;
                 return true;
@@ -611,3 +616,24 @@ pub const PROGRAM_NAME: &str = "sipguard";
 pub const CAPTURE_PROGRAM_NAME: &str = "sipguard_capture";
 /// The tc egress program (the PBX's SIP answers) in the object file.
 pub const EGRESS_PROGRAM_NAME: &str = "sipguard_egress";
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    #[test]
+    fn a_rule_is_added_to_a_port_once() {
+        let mut class = PortClass::UNCLASSIFIED;
+        assert!(class.add_rule(3));
+        assert!(class.add_rule(3));
+        assert!(class.add_rule(0));
+        assert_eq!(class.rule_indexes().collect::<Vec<_>>(), [3, 0]);
+        for rule in 1..=2 {
+            assert!(class.add_rule(rule));
+        }
+        assert!(!class.add_rule(4), "a fifth rule does not fit");
+        assert!(class.add_rule(3), "one already there still does");
+    }
+}

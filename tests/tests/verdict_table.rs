@@ -76,6 +76,16 @@ ban = "1h"
 syn_only = true
 "#;
 
+/// A rule whose port list names UDP 5060 twice.
+const DOUBLE_LISTED: &str = r#"
+[[rate_rules]]
+name = "sip-10"
+ports = ["5060", "5060/udp"]
+packets = 10
+window = "1m"
+ban = "1h"
+"#;
+
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address")
 }
@@ -376,6 +386,13 @@ fn table() -> Vec<Case> {
             SSH_SYN,
             Counted("198.51.100.1", 0, 5),
             tcp("198.51.100.1", 22, false),
+            Passed,
+        ),
+        case(
+            "a rule listed twice on a port counts once",
+            DOUBLE_LISTED,
+            Counted("198.51.100.1", 0, 9),
+            udp("198.51.100.1", 5060),
             Passed,
         ),
         // Default policy.
