@@ -9,7 +9,7 @@ use guard_common::{
 };
 use ipnet::IpNet;
 
-use crate::policy::config::{Access, Config, DefaultPolicy, ALL, OTHER};
+use crate::policy::config::{Config, DefaultPolicy, ALL, OTHER};
 
 /// Everything the kernel needs to enforce a configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,26 +33,18 @@ impl CompiledPolicy {
         let services = config.services();
 
         let mut ports = vec![PortClass::UNCLASSIFIED; guard_common::PORT_SLOTS as usize];
-        for (i, (_, specs, _)) in services.iter().enumerate() {
-            for spec in specs {
-                for range in crate::policy::config::parse_port_spec(spec).unwrap_or_default() {
-                    for port in range.first..=range.last {
-                        ports[port_index(range.proto, port) as usize].service = i as u8 + 1;
-                    }
+        for (i, service) in services.iter().enumerate() {
+            for range in service.ranges() {
+                for port in range.first..=range.last {
+                    ports[port_index(range.proto, port) as usize].service = i as u8 + 1;
                 }
             }
         }
         if config.sip_auth.enabled {
-            if let Some(i) = services
-                .iter()
-                .position(|(n, _, _)| *n == config.sip_auth.service)
-            {
-                for spec in &services[i].1 {
-                    for range in crate::policy::config::parse_port_spec(spec).unwrap_or_default() {
-                        for port in range.first..=range.last {
-                            ports[port_index(range.proto, port) as usize].flags |= PORT_SIP_WATCH;
-                        }
-                    }
+            let watched = services.iter().find(|s| s.name == config.sip_auth.service);
+            for range in watched.into_iter().flat_map(|s| s.ranges()) {
+                for port in range.first..=range.last {
+                    ports[port_index(range.proto, port) as usize].flags |= PORT_SIP_WATCH;
                 }
             }
         }
@@ -75,7 +67,7 @@ impl CompiledPolicy {
             });
         }
 
-        let service_names: Vec<String> = services.iter().map(|(n, _, _)| n.clone()).collect();
+        let service_names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
         let allow = config
             .allow
             .iter()
@@ -103,13 +95,9 @@ impl CompiledPolicy {
             services: services
                 .iter()
                 .enumerate()
-                .map(|(i, (_, _, access))| {
-                    let mode = match access {
-                        Access::Open => AccessMode::Open,
-                        Access::Trusted => AccessMode::Trusted,
-                        Access::Closed => AccessMode::Closed,
-                    };
-                    (i as u8 + 1, ServicePolicy { access: mode as u8 })
+                .map(|(i, service)| {
+                    let access = service.access as u8;
+                    (i as u8 + 1, ServicePolicy { access })
                 })
                 .collect(),
             ports: ports

@@ -2,7 +2,9 @@
 //! Every error names the file, the line, the key and the reason.
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use guard_common::{rate::MAX_RATE_LIMIT, MAX_RATE_RULES, MAX_RULES_PER_PORT, MAX_SERVICES};
+use guard_common::{
+    rate::MAX_RATE_LIMIT, AccessMode, MAX_RATE_RULES, MAX_RULES_PER_PORT, MAX_SERVICES,
+};
 
 use crate::sip::tracker::{AuthPolicy, LevelName};
 use ipnet::IpNet;
@@ -137,20 +139,87 @@ pub enum DefaultPolicy {
     Drop,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    Open,
-    Trusted,
-    Closed,
-}
-
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSection {
     /// Port specs such as "5060/udp", "10000-20000/udp" or "5060" (TCP and UDP).
-    pub ports: Option<Vec<String>>,
-    pub access: Option<Access>,
+    pub ports: Option<Vec<PortSpec>>,
+    /// "open", "trusted" or "closed": the kernel's own access modes.
+    #[serde(default, with = "access_mode")]
+    pub access: Option<AccessMode>,
+}
+
+/// Access modes by name, straight into the kernel's enum.
+mod access_mode {
+    use guard_common::AccessMode;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AccessMode>, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "open" => Ok(Some(AccessMode::Open)),
+            "trusted" => Ok(Some(AccessMode::Trusted)),
+            "closed" => Ok(Some(AccessMode::Closed)),
+            _ => Err(serde::de::Error::custom(format!(
+                "unknown variant `{text}`, expected one of `open`, `trusted`, `closed`"
+            ))),
+        }
+    }
+}
+
+/// One port spec from the file, parsed as it is read: its ranges, and its
+/// text for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    text: String,
+    ranges: Vec<PortRange>,
+}
+
+impl PortSpec {
+    pub fn ranges(&self) -> &[PortRange] {
+        &self.ranges
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<PortSpec, String> {
+        Ok(PortSpec {
+            ranges: parse_port_spec(text)?,
+            text: text.to_string(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PortSpec, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A service as the policy uses it: the built-ins with the file's
+/// overrides, then the file's own, ids from 1 in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub ports: Vec<PortSpec>,
+    pub access: AccessMode,
+}
+
+impl Service {
+    /// Every port range of the service.
+    pub fn ranges(&self) -> impl Iterator<Item = &PortRange> {
+        self.ports.iter().flat_map(PortSpec::ranges)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -189,7 +258,7 @@ pub struct RateRuleSection {
     /// Count packets to this service's ports...
     pub service: Option<String>,
     /// ...or to these port specs (exactly one of the two).
-    pub ports: Option<Vec<String>>,
+    pub ports: Option<Vec<PortSpec>>,
     /// Packets allowed per window; the next one bans.
     pub packets: u32,
     #[serde(with = "humantime_serde_compat")]
@@ -222,8 +291,9 @@ pub struct PortRange {
     pub last: u16,
 }
 
-/// Parses "5060/udp", "10000-20000/tcp" or "5060" (both protocols).
-pub fn parse_port_spec(spec: &str) -> Result<Vec<PortRange>, String> {
+/// Parses "5060/udp", "10000-20000/tcp" or "5060" (both protocols); the
+/// one place a port spec is read (see [`PortSpec`]).
+fn parse_port_spec(spec: &str) -> Result<Vec<PortRange>, String> {
     use guard_common::L4Proto;
     let (range, protos) = match spec.split_once('/') {
         Some((range, "udp")) => (range, vec![L4Proto::Udp]),
@@ -256,6 +326,12 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<PortRange>, String> {
         .collect())
 }
 
+/// A built-in port spec (a constant of this file, checked by the tests).
+fn builtin_spec(text: &str) -> PortSpec {
+    text.parse()
+        .unwrap_or_else(|e| panic!("built-in port spec: {e}"))
+}
+
 /// The built-in services: (name, ports). All start `open`.
 pub const BUILTIN_SERVICES: &[(&str, &[&str])] = &[
     ("sip", &["5060/udp", "5060/tcp"]),
@@ -272,7 +348,7 @@ pub fn builtin_rate_rules() -> Vec<RateRuleSection> {
     let rule = |name: &str, packets, window| RateRuleSection {
         name: name.to_string(),
         service: None,
-        ports: Some(vec!["5060/udp".to_string()]),
+        ports: Some(vec![builtin_spec("5060/udp")]),
         packets,
         window: Duration::from_secs(window),
         ban: Duration::from_secs(3600),
@@ -345,27 +421,32 @@ impl Config {
 
     /// The merged service table: built-ins with overrides, then new services,
     /// in id order (ids start at 1).
-    pub fn services(&self) -> Vec<(String, Vec<String>, Access)> {
-        let mut out: Vec<(String, Vec<String>, Access)> = BUILTIN_SERVICES
+    pub fn services(&self) -> Vec<Service> {
+        let mut out: Vec<Service> = BUILTIN_SERVICES
             .iter()
-            .map(|(name, ports)| {
-                let ports = ports.iter().map(|p| p.to_string()).collect();
-                (name.to_string(), ports, Access::Open)
+            .map(|(name, ports)| Service {
+                name: name.to_string(),
+                ports: ports.iter().map(|p| builtin_spec(p)).collect(),
+                access: AccessMode::Open,
             })
             .collect();
         for (name, section) in &self.services {
-            let slot = match out.iter().position(|(n, _, _)| n == name) {
+            let slot = match out.iter().position(|s| s.name == *name) {
                 Some(i) => i,
                 None => {
-                    out.push((name.clone(), Vec::new(), Access::Open));
+                    out.push(Service {
+                        name: name.clone(),
+                        ports: Vec::new(),
+                        access: AccessMode::Open,
+                    });
                     out.len() - 1
                 }
             };
             if let Some(ports) = &section.ports {
-                out[slot].1 = ports.clone();
+                out[slot].ports = ports.clone();
             }
             if let Some(access) = section.access {
-                out[slot].2 = access;
+                out[slot].access = access;
             }
         }
         out
@@ -399,28 +480,29 @@ impl Config {
             ));
         }
         let mut claimed: Vec<(PortRange, &str)> = Vec::new();
-        for (name, ports, _) in &services {
+        for service in &services {
+            let name = &service.name;
             let key = format!("services.{name}.ports");
             if name == ALL || name == OTHER {
                 return Err((format!("services.{name}"), "reserved service name".into()));
             }
-            if ports.is_empty() {
+            if service.ports.is_empty() {
                 return Err((key, format!("service {name:?} needs at least one port")));
             }
-            for spec in ports {
-                for range in parse_port_spec(spec).map_err(|e| (key.clone(), e))? {
-                    if let Some((_, other)) = claimed.iter().find(|(r, _)| overlaps(r, &range)) {
+            for spec in &service.ports {
+                for range in spec.ranges() {
+                    if let Some((_, other)) = claimed.iter().find(|(r, _)| overlaps(r, range)) {
                         return Err((
                             key,
-                            format!("{spec:?} overlaps a port of service {other:?}"),
+                            format!("\"{spec}\" overlaps a port of service {other:?}"),
                         ));
                     }
-                    claimed.push((range, name));
+                    claimed.push((*range, name));
                 }
             }
         }
 
-        let known = |s: &str| s == ALL || s == OTHER || services.iter().any(|(n, _, _)| n == s);
+        let known = |s: &str| s == ALL || s == OTHER || services.iter().any(|sv| sv.name == s);
         for (i, entry) in self.allow.iter().enumerate() {
             if entry.services.is_empty() {
                 return Err((format!("allow[{i}].services"), "empty list".into()));
@@ -449,13 +531,11 @@ impl Config {
                         "give exactly one of service or ports".into(),
                     ))
                 }
-                (Some(service), None) if !services.iter().any(|(n, _, _)| n == service) => {
+                (Some(service), None) if !services.iter().any(|s| s.name == *service) => {
                     return Err((key("service"), format!("unknown service {service:?}")))
                 }
-                (None, Some(ports)) => {
-                    for spec in ports {
-                        parse_port_spec(spec).map_err(|e| (key("ports"), e))?;
-                    }
+                (None, Some(ports)) if ports.is_empty() => {
+                    return Err((key("ports"), "empty list".into()))
                 }
                 _ => {}
             }
@@ -484,13 +564,10 @@ impl Config {
         self.validate_sip_auth(&services)
     }
 
-    fn validate_sip_auth(
-        &self,
-        services: &[(String, Vec<String>, Access)],
-    ) -> Result<(), (String, String)> {
+    fn validate_sip_auth(&self, services: &[Service]) -> Result<(), (String, String)> {
         let a = &self.sip_auth;
         let key = |field: &str| format!("sip_auth.{field}");
-        if !services.iter().any(|(n, _, _)| *n == a.service) {
+        if !services.iter().any(|s| s.name == a.service) {
             return Err((key("service"), format!("unknown service {:?}", a.service)));
         }
         if a.failures == Some(0) {
@@ -571,21 +648,19 @@ impl Config {
 
     /// The port ranges a rate rule watches (assumes a validated rule).
     pub fn rule_ranges(&self, rule: &RateRuleSection) -> Vec<PortRange> {
-        let specs: Vec<String> = match (&rule.service, &rule.ports) {
+        match (&rule.service, &rule.ports) {
             (Some(service), _) => self
                 .services()
                 .into_iter()
-                .find(|(n, _, _)| n == service)
-                .map(|(_, ports, _)| ports)
+                .find(|s| s.name == *service)
+                .map(|s| s.ranges().copied().collect())
                 .unwrap_or_default(),
-            (None, Some(ports)) => ports.clone(),
+            (None, Some(ports)) => ports
+                .iter()
+                .flat_map(|p| p.ranges().iter().copied())
+                .collect(),
             (None, None) => Vec::new(),
-        };
-        specs
-            .iter()
-            .filter_map(|s| parse_port_spec(s).ok())
-            .flatten()
-            .collect()
+        }
     }
 }
 
@@ -671,7 +746,7 @@ mod tests {
         assert!(rules.iter().all(|r| r.ban == Duration::from_secs(3600)));
         let services = c.services();
         assert_eq!(services.len(), 7);
-        assert!(services.iter().all(|(_, _, a)| *a == Access::Open));
+        assert!(services.iter().all(|s| s.access == AccessMode::Open));
     }
 
     #[test]
@@ -694,10 +769,15 @@ access = "closed"
         )
         .unwrap();
         let s = c.services();
-        let web = s.iter().find(|(n, _, _)| n == "web").unwrap();
-        assert_eq!(web.2, Access::Trusted);
-        assert_eq!(web.1, vec!["80/tcp", "443/tcp"]);
-        assert_eq!(s.last().unwrap().0, "provisioning");
+        let web = s.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(web.access, AccessMode::Trusted);
+        let ports: Vec<String> = web.ports.iter().map(|p| p.to_string()).collect();
+        assert_eq!(ports, ["80/tcp", "443/tcp"]);
+        let last = s.last().unwrap();
+        assert_eq!(
+            (last.name.as_str(), last.access),
+            ("provisioning", AccessMode::Closed)
+        );
     }
 
     #[test]
@@ -889,5 +969,55 @@ ban = "1h"
             parse("[guard]\nmax_bans = -1\n").unwrap_err().key,
             "guard.max_bans"
         );
+    }
+}
+
+#[cfg(test)]
+mod typed_tests {
+    use super::*;
+
+    #[test]
+    fn port_specs_are_read_once_with_their_place_in_the_file() {
+        let text = "[guard]\ndefault_policy = \"drop\"\n\n[services.web]\nports = [\"80/tcp\", \"8x/tcp\"]\n";
+        let e = Config::parse(text, "t.toml").unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.key.starts_with("services.web.ports"), "{e}");
+        assert!(e.reason.contains("\"8x\" is not a port number"), "{e}");
+
+        let text = "[[rate_rules]]\nname = \"x\"\nports = [\"5060/sctp\"]\npackets = 3\nwindow = \"2s\"\nban = \"1h\"\n";
+        let e = Config::parse(text, "t.toml").unwrap_err();
+        assert!(e.key.starts_with("rate_rules[0].ports"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.reason.contains("unknown protocol"), "{e}");
+
+        let e = Config::parse("[services.web]\naccess = \"sometimes\"\n", "t.toml").unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("services.web.access", Some(2)),
+            "{e}"
+        );
+        assert!(
+            e.reason
+                .contains("expected one of `open`, `trusted`, `closed`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn services_carry_typed_ranges_and_access() {
+        let c = Config::parse(
+            "[services.fax]\nports = [\"9100-9102\"]\naccess = \"trusted\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let fax = c.services().into_iter().find(|s| s.name == "fax").unwrap();
+        assert_eq!(fax.access, AccessMode::Trusted);
+        let ranges: Vec<(u16, u16)> = fax.ranges().map(|r| (r.first, r.last)).collect();
+        assert_eq!(ranges, [(9100, 9102), (9100, 9102)], "UDP and TCP");
+        for (name, specs) in BUILTIN_SERVICES {
+            for spec in *specs {
+                assert!(spec.parse::<PortSpec>().is_ok(), "{name}: {spec}");
+            }
+        }
     }
 }

@@ -264,7 +264,7 @@ impl LivePolicy {
     pub fn build(config: Config, source: String, changes: ListChanges) -> LivePolicy {
         let mut lists = Lists::build(&config, &changes);
         let mut effective = config.clone();
-        let names: Vec<String> = effective.services().into_iter().map(|s| s.0).collect();
+        let names: Vec<String> = effective.services().into_iter().map(|s| s.name).collect();
         // A runtime entry may name a service a newer config no longer has.
         for (net, entry) in lists.allow.iter_mut() {
             let unknown: Vec<String> = entry
