@@ -30,7 +30,12 @@
 //! challenge). It cannot be proven: the nonce its request echoed is in the
 //! part that was not read. A phone whose requests are not read (a ring lost
 //! under a flood) collects an unproven failure per challenge, which its next
-//! successful registration clears.
+//! successful registration clears. So does a phone on a lossy link whose
+//! retransmitted request gets a second answer: answers are not
+//! de-duplicated, since a stateless PBX (Kamailio's `sl` replies) answers a
+//! guess that reuses an earlier request's Call-ID, CSeq and branch with a
+//! byte-identical 401 (its nonce changes once a second), and skipping such
+//! answers would let a guesser whose guesses are unreadable go uncounted.
 //!
 //! # Evidence against spoofing
 //! A failure is *proven* when the failing request echoed a nonce the PBX had
