@@ -71,6 +71,10 @@ pub struct ControllerCounters {
     pub sip_requests: Family<MethodLabel, Counter>,
     pub sip_responses: Family<StatusLabel, Counter>,
     pub sip_malformed: Counter,
+    /// Saves of bans or list changes to the state directory that failed.
+    pub state_save_failures: Counter,
+    /// 1 while the guard is on its interface, 0 while the interface is gone.
+    pub attached: crate::kernel::iface::AttachedFlag,
 }
 
 impl ControllerCounters {
@@ -403,6 +407,17 @@ impl Metrics {
             "sipguard_sip_malformed",
             "Captured SIP messages that did not parse.",
             counters.sip_malformed.clone(),
+        );
+        registry.register(
+            "sipguard_state_save_failures",
+            "Saves to the state directory that failed (the change holds until a restart).",
+            counters.state_save_failures.clone(),
+        );
+        registry.register(
+            "sipguard_attached",
+            "1 while the XDP program is on the interface; 0 while the interface is gone \
+             (the maps are kept and it re-attaches when the interface comes back).",
+            counters.attached.0.clone(),
         );
         registry.register(
             "sipguard_build",

@@ -11,8 +11,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use guard_common::{BanEntry, BanReason, SourceKey, BAN_FOREVER, NO_RULE};
+use prometheus_client::metrics::counter::Counter;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::kernel::bans;
 pub use crate::policy::live::ListChanges;
@@ -102,7 +103,15 @@ impl SavedBan {
 
     /// The map entry to restore, or None once the ban has run out.
     /// A rule that no longer exists under its name is forgotten, not misnamed.
-    pub fn to_entry(&self, rule_names: &[String], clocks: Clocks) -> Option<(SourceKey, BanEntry)> {
+    /// An IPv6 key is masked to `ipv6_prefix`, the prefix the XDP program
+    /// looks sources up by: a key with host bits (a hand-edited file, or
+    /// another prefix setting) would be listed but never match.
+    pub fn to_entry(
+        &self,
+        rule_names: &[String],
+        clocks: Clocks,
+        ipv6_prefix: u8,
+    ) -> Option<(SourceKey, BanEntry)> {
         let expires_ns = match self.expires_unix {
             None => BAN_FOREVER,
             Some(unix) if unix <= clocks.unix => return None,
@@ -125,12 +134,25 @@ impl SavedBan {
             rule,
             ..BanEntry::default()
         };
-        Some((
-            SourceKey {
-                addr: self.key.octets(),
-            },
-            entry,
-        ))
+        let key = SourceKey {
+            addr: self.key.octets(),
+        };
+        let key = match key.ipv4() {
+            Some(_) => key,
+            None => SourceKey::from_ipv6(key.addr, ipv6_prefix),
+        };
+        Some((key, entry))
+    }
+}
+
+/// The state directory of the guard on `iface` in `netns`: `<root>/<iface>`
+/// in PID 1's namespace (the layout of single-namespace installs), else a
+/// directory of that namespace's own under it.
+pub fn guard_dir(root: &Path, iface: &str, netns: &crate::kernel::netns::Netns) -> PathBuf {
+    let dir = root.join(iface);
+    match netns.state_key() {
+        Some(key) => dir.join(key),
+        None => dir,
     }
 }
 
@@ -138,20 +160,77 @@ impl SavedBan {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
+    /// Saves that failed (the `sipguard_state_save_failures_total` series).
+    save_failures: Counter,
 }
 
 impl StateDir {
-    /// Creates the directory (root-only) if needed.
+    /// Creates the directory (root-only) if needed and clears temporary
+    /// files an interrupted save left. A directory that cannot be created
+    /// or written (read-only, full) does not stop the guard: it says loudly
+    /// that changes will not outlive it, and each failed save is counted.
     pub fn open(dir: &Path) -> Result<StateDir> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
+        let state = StateDir {
+            dir: dir.to_path_buf(),
+            save_failures: Counter::default(),
+        };
+        let created = std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-        Ok(StateDir {
-            dir: dir.to_path_buf(),
-        })
+            .create(dir);
+        if let Err(e) = created
+            .map_err(anyhow::Error::from)
+            .and_then(|()| state.probe())
+        {
+            warn!(
+                "THE STATE DIRECTORY {} IS NOT WRITABLE ({e:#}): bans and list changes made \
+                 from now on will not outlive a reboot",
+                dir.display()
+            );
+        }
+        state.remove_temporary_files();
+        Ok(state)
+    }
+
+    /// Whether a file can be made in the directory.
+    fn probe(&self) -> Result<()> {
+        let probe = self.dir.join(".write-probe");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .context("a test write failed")
+    }
+
+    fn remove_temporary_files(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.extension().is_some_and(|x| x == "tmp") {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => info!("removed {}, left by an interrupted save", path.display()),
+                    Err(e) => warn!("cannot remove {}: {e}", path.display()),
+                }
+            }
+        }
+    }
+
+    /// Counts failed saves in `counter` (the metrics' series) from now on.
+    pub fn count_failures_in(&mut self, counter: Counter) {
+        counter.inc_by(self.save_failures.get());
+        self.save_failures = counter;
+    }
+
+    pub fn save_failures(&self) -> u64 {
+        self.save_failures.get()
+    }
+
+    fn write(&self, path: &Path, value: &impl Serialize) -> Result<()> {
+        let written = write_atomically(path, value);
+        if written.is_err() {
+            self.save_failures.inc();
+        }
+        written
     }
 
     pub fn path(&self) -> &Path {
@@ -163,13 +242,26 @@ impl StateDir {
             version: FORMAT_VERSION,
             bans,
         };
-        write_atomically(&self.dir.join(BANS_FILE), &file)
+        self.write(&self.dir.join(BANS_FILE), &file)
     }
 
-    /// Saved bans; an absent file is none. A file that cannot be read is set
-    /// aside (never deleted) and reported.
-    pub fn load_bans(&self) -> Result<Vec<SavedBan>> {
-        let file: Option<BansFile> = self.read(BANS_FILE)?;
+    /// Keeps bans that could not be restored (more than the ban map holds)
+    /// in a file of their own, in the format of `bans.json`.
+    pub fn set_aside_bans(&self, bans: Vec<SavedBan>) -> Result<PathBuf> {
+        let path = self.dir.join(format!("bans.left-out-{}.json", unix_now()));
+        let file = BansFile {
+            version: FORMAT_VERSION,
+            bans,
+        };
+        self.write(&path, &file)?;
+        Ok(path)
+    }
+
+    /// Saved bans, from a file no larger than `max_bans` bans can make; an
+    /// absent file is none. A file that cannot be used is set aside (never
+    /// deleted) and reported.
+    pub fn load_bans(&self, max_bans: u32) -> Result<Vec<SavedBan>> {
+        let file: Option<BansFile> = self.read(BANS_FILE, size_limit(max_bans))?;
         Ok(file.map(|f| f.bans).unwrap_or_default())
     }
 
@@ -178,16 +270,20 @@ impl StateDir {
             version: FORMAT_VERSION,
             ..changes.clone()
         };
-        write_atomically(&self.dir.join(LISTS_FILE), &changes)
+        self.write(&self.dir.join(LISTS_FILE), &changes)
     }
 
-    pub fn load_lists(&self) -> Result<ListChanges> {
-        Ok(self.read(LISTS_FILE)?.unwrap_or_default())
+    /// The runtime list changes, from a file no larger than lists of
+    /// `max_cidrs` entries (added and removed, allow and deny) can make.
+    pub fn load_lists(&self, max_cidrs: u32) -> Result<ListChanges> {
+        let entries = max_cidrs.saturating_mul(4);
+        let changes: Option<ListChanges> = self.read(LISTS_FILE, size_limit(entries))?;
+        Ok(changes.map(ListChanges::canonical).unwrap_or_default())
     }
 
     /// Remembers the XDP mode, for a later run that adopts the pinned link.
     pub fn save_xdp_mode(&self, mode: &str) {
-        if let Err(e) = write_atomically(&self.dir.join(MODE_FILE), &mode) {
+        if let Err(e) = self.write(&self.dir.join(MODE_FILE), &mode) {
             warn!("saving the XDP mode failed: {e:#}");
         }
     }
@@ -199,33 +295,60 @@ impl StateDir {
             .unwrap_or_else(|| "unknown".to_string())
     }
 
-    fn read<T: DeserializeOwned + Versioned>(&self, name: &str) -> Result<Option<T>> {
+    fn read<T: DeserializeOwned + Versioned>(&self, name: &str, limit: u64) -> Result<Option<T>> {
         let path = self.dir.join(name);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        let bytes = match read_regular_file(&path, limit) {
+            Ok(bytes) => Ok(bytes),
+            Err(FileInputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e @ FileInputError::Io(_)) => {
+                return Err(e).with_context(|| format!("reading {}", path.display()))
+            }
+            Err(e) => Err(anyhow::Error::from(e)),
         };
-        let parsed = serde_json::from_str::<T>(&text)
-            .map_err(anyhow::Error::from)
-            .and_then(|value| match value.version() {
+        let parsed = bytes.and_then(|bytes| {
+            let value = serde_json::from_slice::<T>(&bytes)?;
+            match value.version() {
                 FORMAT_VERSION => Ok(value),
                 other => bail!("format version {other}, this sipguard reads {FORMAT_VERSION}"),
-            });
+            }
+        });
         match parsed {
             Ok(value) => Ok(Some(value)),
             Err(e) => {
-                let aside = path.with_extension(format!("unreadable-{}", unix_now()));
-                std::fs::rename(&path, &aside)
-                    .with_context(|| format!("setting aside {}", path.display()))?;
-                warn!(
-                    "{} cannot be used ({e}); kept as {} and starting without it",
-                    path.display(),
-                    aside.display()
-                );
+                set_aside(&path, &e);
                 Ok(None)
             }
         }
+    }
+}
+
+/// The most bytes a state file of `entries` entries may take: far more
+/// than any real one (an entry is a few hundred bytes), far less than a
+/// runaway or hostile file.
+fn size_limit(entries: u32) -> u64 {
+    const PER_ENTRY: u64 = 4096;
+    const SLACK: u64 = 1 << 20;
+    u64::from(entries) * PER_ENTRY + SLACK
+}
+
+/// Keeps an unusable state file as `*.unreadable-TIME` (never deleted) and
+/// starts without it; in a read-only directory it stays where it is, and
+/// start-up goes on all the same.
+fn set_aside(path: &Path, why: &anyhow::Error) {
+    let aside = path.with_extension(format!("unreadable-{}", unix_now()));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => warn!(
+            "{} cannot be used ({why:#}); kept as {} and starting without it",
+            path.display(),
+            aside.display()
+        ),
+        Err(e) => warn!(
+            "{} cannot be used ({why:#}), nor set aside ({e}): starting without it; \
+             it stays where it is",
+            path.display()
+        ),
     }
 }
 
@@ -243,6 +366,61 @@ impl Versioned for ListChanges {
     fn version(&self) -> u32 {
         self.version
     }
+}
+
+/// Why a file input was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FileInputError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a regular file (a {0}): refused")]
+    NotRegular(&'static str),
+    #[error("{size} bytes, more than the {limit} this file may hold: refused")]
+    TooLarge { size: u64, limit: u64 },
+}
+
+/// Reads a regular file of at most `limit` bytes. It is opened without
+/// blocking (a FIFO with no writer would block the open) and checked on the
+/// open descriptor, so that nothing can be swapped in between; the read
+/// stops at the limit even if the file grows meanwhile.
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, FileInputError> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_fifo() {
+            "FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "device"
+        } else if kind.is_dir() {
+            "directory"
+        } else if kind.is_socket() {
+            "socket"
+        } else {
+            "special file"
+        };
+        return Err(FileInputError::NotRegular(what));
+    }
+    if meta.len() > limit {
+        return Err(FileInputError::TooLarge {
+            size: meta.len(),
+            limit,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(FileInputError::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Temporary file, fsync, rename over the old one, fsync the directory.
@@ -263,13 +441,18 @@ pub fn write_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
     };
-    write().with_context(|| format!("writing {}", path.display()))
+    let written = write();
+    if written.is_err() {
+        // A full disk must not keep a half-written file around.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::live::ListEntry;
+    use crate::{kernel::maps::NetList, policy::live::ListEntry};
     use ipnet::IpNet;
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -305,10 +488,10 @@ mod tests {
         };
         let dir = StateDir::open(&temp_dir("bans")).unwrap();
         dir.save_bans(vec![saved]).unwrap();
-        let loaded = dir.load_bans().unwrap();
+        let loaded = dir.load_bans(1000).unwrap();
         // The rule list changed order: the name still finds the rule.
         let new_rules = vec!["sip-udp-40-per-2s".to_string()];
-        let (restored_key, restored) = loaded[0].to_entry(&new_rules, booted).unwrap();
+        let (restored_key, restored) = loaded[0].to_entry(&new_rules, booted, 64).unwrap();
         assert_eq!(restored_key, key);
         assert_eq!(restored.rule, 0);
         assert_eq!(restored.dropped, 7);
@@ -322,7 +505,7 @@ mod tests {
             monotonic_ns: 0,
             unix: 1_800_003_600,
         };
-        assert!(loaded[0].to_entry(&new_rules, late).is_none());
+        assert!(loaded[0].to_entry(&new_rules, late, 64).is_none());
         let _ = std::fs::remove_dir_all(dir.path());
     }
 
@@ -339,7 +522,7 @@ mod tests {
         };
         let saved = SavedBan::from_entry(&key, &ban, &[], "fraud".into(), clocks);
         assert_eq!(saved.expires_unix, None);
-        let (_, restored) = saved.to_entry(&[], clocks).unwrap();
+        let (_, restored) = saved.to_entry(&[], clocks, 64).unwrap();
         assert_eq!(restored.expires_ns, BAN_FOREVER);
         assert_eq!(restored.reason, BanReason::Manual as u16);
     }
@@ -348,7 +531,7 @@ mod tests {
     fn an_unreadable_file_is_set_aside_not_lost() {
         let dir = StateDir::open(&temp_dir("corrupt")).unwrap();
         std::fs::write(dir.path().join(BANS_FILE), "{ not json").unwrap();
-        assert!(dir.load_bans().unwrap().is_empty());
+        assert!(dir.load_bans(1000).unwrap().is_empty());
         let kept: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -361,9 +544,156 @@ mod tests {
     }
 
     #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = temp_dir("inputs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let regular = dir.join("ok.toml");
+        std::fs::write(&regular, "[guard]\n").unwrap();
+        assert_eq!(read_regular_file(&regular, 100).unwrap(), b"[guard]\n");
+
+        // A FIFO with no writer: refused at once, not waited on.
+        let fifo = dir.join("fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let refused = read_regular_file(&fifo, 100).unwrap_err();
+        assert!(
+            matches!(refused, FileInputError::NotRegular("FIFO")),
+            "{refused}"
+        );
+
+        let zero = read_regular_file(Path::new("/dev/zero"), 100).unwrap_err();
+        assert!(
+            matches!(zero, FileInputError::NotRegular("device")),
+            "{zero}"
+        );
+        let directory = read_regular_file(&dir, 100).unwrap_err();
+        assert!(matches!(directory, FileInputError::NotRegular("directory")));
+
+        // A huge (sparse) file is refused by its size, unread.
+        let huge = dir.join("huge");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let too_large = read_regular_file(&huge, 16 << 20).unwrap_err();
+        assert!(
+            matches!(too_large, FileInputError::TooLarge { .. }),
+            "{too_large}"
+        );
+        assert!(
+            too_large.to_string().contains("1099511627776 bytes"),
+            "{too_large}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_oversized_or_special_state_file_is_set_aside() {
+        let dir = StateDir::open(&temp_dir("oversized")).unwrap();
+        let bans = dir.path().join(BANS_FILE);
+        std::fs::File::create(&bans)
+            .unwrap()
+            .set_len(size_limit(10) + 1)
+            .unwrap();
+        assert!(dir.load_bans(10).unwrap().is_empty());
+        assert!(!bans.exists(), "set aside");
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join(LISTS_FILE)).unwrap();
+        assert_eq!(dir.load_lists(10).unwrap(), ListChanges::default());
+        let kept = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(kept, 2, "both kept aside");
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+
+    #[test]
+    fn restored_ipv6_ban_keys_are_masked_to_the_prefix() {
+        let clocks = Clocks::now();
+        let saved = SavedBan {
+            key: "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap(),
+            reason: "manual".into(),
+            rule: None,
+            detail: String::new(),
+            created_unix: clocks.unix,
+            expires_unix: None,
+            dropped: 0,
+        };
+        let (key, _) = saved.to_entry(&[], clocks, 64).unwrap();
+        assert_eq!(
+            Ipv6Addr::from(key.addr),
+            "2001:db8:1:2::".parse::<Ipv6Addr>().unwrap()
+        );
+        let (key, _) = saved.to_entry(&[], clocks, 48).unwrap();
+        assert_eq!(
+            Ipv6Addr::from(key.addr),
+            "2001:db8:1::".parse::<Ipv6Addr>().unwrap()
+        );
+        // IPv4 (mapped) keys are whole addresses.
+        let v4 = SavedBan {
+            key: std::net::Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped(),
+            ..saved
+        };
+        let (key, _) = v4.to_entry(&[], clocks, 64).unwrap();
+        assert_eq!(key.ipv4(), Some([192, 0, 2, 7]));
+    }
+
+    #[test]
+    fn list_entries_are_stored_and_removed_in_one_canonical_form() {
+        let entry = |cidr: &str| ListEntry {
+            cidr: cidr.into(),
+            services: Vec::new(),
+            comment: String::new(),
+            origin: "runtime".into(),
+        };
+        let mut changes = ListChanges::default();
+        let with_host_bits: IpNet = "10.98.0.77/24".parse().unwrap();
+        let network: IpNet = "10.98.0.0/24".parse().unwrap();
+        changes.record_add(NetList::Deny, with_host_bits, entry("10.98.0.77/24"));
+        assert_eq!(changes.deny_added.keys().collect::<Vec<_>>(), [&network]);
+        assert_eq!(changes.deny_added[&network].cidr, "10.98.0.0/24");
+        changes.record_remove(NetList::Deny, network, false);
+        assert!(changes.deny_added.is_empty());
+
+        // A file of an earlier version, with host bits, is read canonically.
+        let dir = StateDir::open(&temp_dir("canonical")).unwrap();
+        let old = r#"{"version":1,"allow_added":{},"deny_added":{"10.98.0.77/24":
+            {"cidr":"10.98.0.77/24","services":[],"comment":"","origin":"runtime"}},
+            "allow_removed":["192.0.2.9/24"],"deny_removed":[]}"#;
+        std::fs::write(dir.path().join(LISTS_FILE), old).unwrap();
+        let loaded = dir.load_lists(100).unwrap();
+        assert!(loaded.deny_added.contains_key(&network), "{loaded:?}");
+        assert_eq!(
+            loaded.allow_removed,
+            ["192.0.2.0/24".parse::<IpNet>().unwrap()]
+        );
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+
+    #[test]
+    fn failed_saves_are_counted_and_leave_no_temporary_file() {
+        let dir = StateDir::open(&temp_dir("failing")).unwrap();
+        // A directory where the file should be: the rename fails.
+        std::fs::create_dir(dir.path().join(BANS_FILE)).unwrap();
+        std::fs::write(dir.path().join(BANS_FILE).join("x"), "").unwrap();
+        assert!(dir.save_bans(Vec::new()).is_err());
+        assert!(dir.save_bans(Vec::new()).is_err());
+        assert_eq!(dir.save_failures(), 2);
+        assert!(!dir.path().join("bans.tmp").exists());
+        let mut shared = dir.clone();
+        let counter = Counter::default();
+        shared.count_failures_in(counter.clone());
+        assert_eq!(counter.get(), 2, "earlier failures carried over");
+
+        // Leftovers of an interrupted save are cleared at the next open.
+        std::fs::write(dir.path().join("lists.tmp"), "{").unwrap();
+        let reopened = StateDir::open(dir.path()).unwrap();
+        assert!(!reopened.path().join("lists.tmp").exists());
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+
+    #[test]
     fn list_changes_round_trip() {
         let dir = StateDir::open(&temp_dir("lists")).unwrap();
-        assert_eq!(dir.load_lists().unwrap(), ListChanges::default());
+        assert_eq!(dir.load_lists(1000).unwrap(), ListChanges::default());
         let mut changes = ListChanges::default();
         let net: IpNet = "192.0.2.0/24".parse().unwrap();
         changes.allow_added.insert(
@@ -377,7 +707,7 @@ mod tests {
         );
         changes.deny_removed.push("203.0.113.0/24".parse().unwrap());
         dir.save_lists(&changes).unwrap();
-        let loaded = dir.load_lists().unwrap();
+        let loaded = dir.load_lists(1000).unwrap();
         assert_eq!(loaded.allow_added, changes.allow_added);
         assert_eq!(loaded.deny_removed, changes.deny_removed);
         assert!(!dir.path().join("lists.tmp").exists());

@@ -121,28 +121,50 @@ pub struct Link {
 impl Link {
     /// `left_addrs` / `right_addrs` are CIDRs such as "10.77.0.1/24".
     pub fn new(tag: &str, left_addrs: &[&str], right_addrs: &[&str]) -> Result<Link> {
-        let left = NetNs::new(&format!("{tag}l"))?;
-        let right = NetNs::new(&format!("{tag}r"))?;
         let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         // Interface names are at most 15 characters.
         let left_if = format!("sgl{}x{n}", std::process::id() % 100_000);
         let right_if = format!("sgr{}x{n}", std::process::id() % 100_000);
+        Link::named(tag, &left_if, &right_if, left_addrs, right_addrs)
+    }
+
+    /// Like [`Link::new`] with the interfaces' names given (each lives in a
+    /// namespace of its own, so two links may use the same names).
+    pub fn named(
+        tag: &str,
+        left_if: &str,
+        right_if: &str,
+        left_addrs: &[&str],
+        right_addrs: &[&str],
+    ) -> Result<Link> {
+        let link = Link {
+            left: NetNs::new(&format!("{tag}l"))?,
+            right: NetNs::new(&format!("{tag}r"))?,
+            left_if: left_if.to_string(),
+            right_if: right_if.to_string(),
+        };
+        link.plumb(left_addrs, right_addrs)?;
+        Ok(link)
+    }
+
+    /// Makes the veth pair (again: after a delete, the same names),
+    /// addressed and up.
+    pub fn plumb(&self, left_addrs: &[&str], right_addrs: &[&str]) -> Result<()> {
+        let (left, right) = (&self.left, &self.right);
+        let (left_if, right_if) = (&self.left_if, &self.right_if);
         left.ip(&[
             "link",
             "add",
-            &left_if,
+            left_if,
             "type",
             "veth",
             "peer",
             "name",
-            &right_if,
+            right_if,
             "netns",
             &right.name,
         ])?;
-        for (ns, iface, addrs) in [
-            (&left, &left_if, left_addrs),
-            (&right, &right_if, right_addrs),
-        ] {
+        for (ns, iface, addrs) in [(left, left_if, left_addrs), (right, right_if, right_addrs)] {
             for addr in addrs {
                 let mut args = vec!["addr", "add", addr, "dev", iface];
                 if addr.contains(':') {
@@ -153,11 +175,6 @@ impl Link {
             }
             ns.ip(&["link", "set", iface, "up"])?;
         }
-        Ok(Link {
-            left,
-            right,
-            left_if,
-            right_if,
-        })
+        Ok(())
     }
 }

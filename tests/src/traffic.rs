@@ -122,6 +122,18 @@ pub fn xdp_attached(link: &Link) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
+/// Runs the sipguard CLI inside a network namespace (for the commands that
+/// act on the namespace's own guard, such as `unload`).
+pub fn cli_in(ns: &crate::netns::NetNs, socket: &str, args: &[&str]) -> std::process::Output {
+    ns.command(sipguard_bin().to_str().expect("a UTF-8 path"))
+        .env_remove("SSH_CLIENT")
+        .arg("--control-socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("running sipguard")
+}
+
 /// Runs the sipguard CLI against a control socket.
 pub fn cli(socket: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(sipguard_bin())

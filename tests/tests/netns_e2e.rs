@@ -424,7 +424,10 @@ fn the_systemd_units_capabilities_are_enough() {
     // Pinning needs nothing more: the guard stayed, until unloaded.
     assert!(!guard.log().contains("unpinned"), "{}", guard.log());
     assert!(xdp_attached(&link));
-    let out = std::process::Command::new(&bin)
+    // `unload` acts on the guard of the namespace it runs in.
+    let out = link
+        .right
+        .command(bin.to_str().unwrap())
         .args([
             "unload",
             "--iface",

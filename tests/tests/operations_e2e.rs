@@ -21,7 +21,8 @@ use sipguard_tests::{
     daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile},
     netns::Link,
     traffic::{
-        cli, connect_from, delivered, received_from, xdp_attached, UdpSink, CLIENT_ADDRS, PBX_ADDRS,
+        cli, cli_in, connect_from, delivered, received_from, xdp_attached, UdpSink, CLIENT_ADDRS,
+        PBX_ADDRS,
     },
 };
 
@@ -94,15 +95,20 @@ impl Site {
         cli(&self.socket, args)
     }
 
-    /// `sipguard unload`: detach and unpin, as a reboot would leave it.
+    /// `sipguard unload` in the guard's namespace: detach and unpin, as a
+    /// reboot would leave it.
     fn unload(&self) {
-        let out = self.cli(&[
-            "unload",
-            "--iface",
-            &self.link.right_if,
-            "--pin-dir",
-            self.pins.path(),
-        ]);
+        let out = cli_in(
+            &self.link.right,
+            &self.socket,
+            &[
+                "unload",
+                "--iface",
+                &self.link.right_if,
+                "--pin-dir",
+                self.pins.path(),
+            ],
+        );
         assert!(out.status.success(), "{}", stderr(&out));
     }
 
@@ -128,6 +134,18 @@ impl Site {
         let rest = text.split("prog/xdp id ").nth(1)?;
         rest.split_whitespace().next()?.parse().ok()
     }
+}
+
+/// The one guard's pin directory under the site's interface.
+fn guard_pin_dir(site: &Site) -> std::path::PathBuf {
+    let iface = site.pins.0.join(&site.link.right_if);
+    let mut dirs: Vec<_> = std::fs::read_dir(&iface)
+        .expect("the interface's pin directory")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.remove(0)
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -214,9 +232,19 @@ fn after_kill_9_the_kernel_keeps_enforcing_and_a_restart_adopts_the_guard() {
         status["xdp_mode"], "native",
         "remembered from the first start"
     );
+    // Pins and state are this namespace's, under the interface's name.
     let pinned_at = status["pinned_at"].as_str().expect("pinned");
-    assert!(pinned_at.ends_with(&site.link.right_if), "{pinned_at}");
-    let state_dir = site.state.0.join(&site.link.right_if);
+    let iface_pins = site.pins.0.join(&site.link.right_if);
+    assert!(
+        pinned_at.starts_with(&format!("{}/netns-", iface_pins.display())),
+        "{pinned_at}"
+    );
+    assert_eq!(status["pins_warning"], serde_json::Value::Null);
+    let state_dir = site
+        .state
+        .0
+        .join(&site.link.right_if)
+        .join(format!("netns-{}", site.link.right.name));
     assert_eq!(status["state_dir"], state_dir.display().to_string());
     assert!(state_dir.join("bans.json").exists());
     let bans = site.bans();
@@ -481,7 +509,7 @@ fn a_binary_with_a_new_map_layout_takes_over_through_the_same_link() {
     daemon.stop().unwrap();
 
     // What an older binary leaves: its maps under another layout version.
-    let iface_dir = site.pins.0.join(&site.link.right_if);
+    let iface_dir = guard_pin_dir(&site);
     let current = iface_dir.join(format!("maps-v{}", guard_common::MAP_LAYOUT_VERSION));
     let older = iface_dir.join("maps-v0");
     std::fs::rename(&current, &older).expect("renaming in bpffs");

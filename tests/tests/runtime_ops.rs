@@ -77,6 +77,7 @@ fn site(name: &str, toml: &str) -> Site {
             xdp_mode: "skb".into(),
             program_id,
             pinned_at: None,
+            pins_warning: None,
         },
         state: StateDir::open(&dir.join("state")).unwrap(),
     });

@@ -165,7 +165,8 @@ pub enum Command {
         /// Serve Prometheus metrics here (overrides metrics.address; default 127.0.0.1:9477).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_addr: Option<std::net::SocketAddr>,
-        /// Bans and runtime allow/deny changes are saved here, under IFACE/.
+        /// Bans and runtime allow/deny changes are saved here, under IFACE/
+        /// (and a directory per network namespace other than PID 1's).
         #[arg(long, value_name = "DIR", default_value = state::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// The XDP link and maps are pinned here (a bpffs is mounted if absent),
@@ -175,6 +176,10 @@ pub enum Command {
         /// Do not pin: the guard stops with this process.
         #[arg(long)]
         no_pin: bool,
+        /// Refuse to start if the pins would not outlive this process (a
+        /// bpffs only this mount namespace sees).
+        #[arg(long, conflicts_with = "no_pin")]
+        require_pins: bool,
     },
     /// Re-read the daemon's config file; a broken one changes nothing.
     Reload,

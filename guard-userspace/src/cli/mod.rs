@@ -85,6 +85,7 @@ fn dispatch(cli: Cli, out: &mut Output) -> Result<(), CliError> {
             state_dir,
             pin_dir,
             no_pin,
+            require_pins,
         } => run::run(crate::daemon::RunOptions {
             control_socket: cli.control_socket,
             iface,
@@ -95,6 +96,7 @@ fn dispatch(cli: Cli, out: &mut Output) -> Result<(), CliError> {
             metrics_addr,
             state_dir,
             pin_dir: (!no_pin).then_some(pin_dir),
+            require_pins,
         }),
         Command::Status { json } => status::status(&client, json, out),
         Command::Ban { action } => ban::ban(&client, action, out),

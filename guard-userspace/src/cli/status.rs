@@ -15,26 +15,49 @@ pub fn status(client: &Client, json: bool, out: &mut Output) -> Result<(), CliEr
 
 /// The status as people read it.
 pub fn status_lines(s: &Status) -> Vec<String> {
-    let mut lines = vec![
-        format!(
-            "interface:  {} ({} mode, program id {})",
-            s.iface, s.xdp_mode, s.program_id
-        ),
+    let mut lines = vec![format!(
+        "interface:  {} ({} mode, program id {})",
+        s.iface, s.xdp_mode, s.program_id
+    )];
+    if !s.attached {
+        lines.push(
+            "ATTACHED:   NO: the interface is gone; the maps and bans are kept and the guard \
+             re-attaches when it comes back"
+                .to_string(),
+        );
+    }
+    lines.extend([
         format!("uptime:     {}", human_seconds(s.uptime_seconds)),
         format!("policy:     {} (from {})", s.policy, s.source),
-    ];
+    ]);
     if s.monitor {
         lines.push("monitor:    ON (nothing is dropped)".to_string());
     }
     lines.push(format!("bans:       {} in force", s.bans_active));
-    lines.push(match &s.pinned_at {
-        Some(dir) => format!(
+    match (&s.pinned_at, &s.pins_warning) {
+        (Some(dir), Some(warning)) => {
+            lines.push(format!(
+                "pinned at:  {} (but the guard will NOT outlive this daemon)",
+                dir.display()
+            ));
+            lines.push(format!("WARNING:    {warning}"));
+        }
+        (Some(dir), None) => lines.push(format!(
             "pinned at:  {} (the guard outlives this daemon)",
             dir.display()
-        ),
-        None => "pinned at:  not pinned (the guard stops with this daemon)".to_string(),
-    });
+        )),
+        (None, _) => {
+            lines.push("pinned at:  not pinned (the guard stops with this daemon)".to_string())
+        }
+    }
     lines.push(format!("state:      {}", s.state_dir.display()));
+    if s.state_save_failures > 0 {
+        lines.push(format!(
+            "WARNING:    {} saves to the state directory failed: recent changes will not \
+             outlive a reboot (see the log)",
+            s.state_save_failures
+        ));
+    }
     if let Some(seconds) = s.awaiting_confirmation_seconds {
         lines.push(format!(
             "confirm:    an applied change reverts in {seconds} s unless `sipguard confirm`"

@@ -4,7 +4,7 @@ use std::path::Path;
 use super::{output::Output, CliError};
 use crate::{
     control::client::{Client, ClientError},
-    kernel::pins::Pins,
+    kernel::pins,
 };
 
 pub fn unload(
@@ -20,11 +20,13 @@ pub fn unload(
             client.socket.display()
         )));
     }
-    match Pins::at(pin_dir, iface).remove_all() {
-        Ok(true) => out.line(format_args!(
-            "removed the pins of {iface}: the guard is detached and its maps freed"
+    match pins::unload(pin_dir, iface) {
+        Ok(pins::Unloaded::Removed(dir)) => out.line(format_args!(
+            "removed the pins of {iface} in this network namespace ({}): the guard is \
+             detached and its maps freed",
+            dir.display()
         )),
-        Ok(false) => Err(CliError::NotFound(format!(
+        Ok(pins::Unloaded::Nothing) => Err(CliError::NotFound(format!(
             "nothing is pinned for {iface} under {}",
             pin_dir.display()
         ))),

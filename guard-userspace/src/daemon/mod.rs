@@ -16,7 +16,9 @@ use crate::{
     clock,
     control::server,
     kernel::events::BanEvents,
+    kernel::iface::InterfaceWatch,
     kernel::loader::{Guard, XdpModeChoice},
+    kernel::netns::Netns,
     kernel::pins::Pins,
     kernel::preflight,
     metrics::{self, Metrics},
@@ -25,7 +27,7 @@ use crate::{
     runtime::{Attached, Parts, Runtime},
     sip::tracker::{AuthPolicy, LevelName, Tracker},
     sip::watcher,
-    state::StateDir,
+    state::{self, StateDir},
 };
 
 mod start;
@@ -44,6 +46,8 @@ pub struct RunOptions {
     /// Where the XDP link and maps are pinned; None: not pinned (the guard
     /// stops with the process).
     pub pin_dir: Option<PathBuf>,
+    /// Refuse to start when the pins would not outlive this process.
+    pub require_pins: bool,
 }
 
 impl RunOptions {
@@ -115,16 +119,34 @@ async fn bind_endpoints(options: &RunOptions, config: &Config) -> Result<Endpoin
     Ok(Endpoints { control, metrics })
 }
 
-/// The pin directory, or None (unpinned) if there is none to be had.
-fn prepare_pins(options: &RunOptions, iface: &str) -> Option<Pins> {
-    let root = options.pin_dir.as_ref()?;
-    match Pins::prepare(root, iface) {
-        Ok(pins) => Some(pins),
+/// The pins of this guard, or None (unpinned: the guard stops with this
+/// process), and why they would not outlive it if they would not. With
+/// `--require-pins`, such pins refuse the start instead of warning.
+fn prepare_pins(
+    options: &RunOptions,
+    iface: &str,
+    ifindex: u32,
+    netns: &Netns,
+) -> Result<(Option<Pins>, Option<String>)> {
+    let Some(root) = &options.pin_dir else {
+        return Ok((None, None));
+    };
+    let pins = match Pins::prepare(root, iface, ifindex, netns) {
+        Ok(pins) => pins,
+        Err(e) if options.require_pins => return Err(e.context("--require-pins")),
         Err(e) => {
             warn!("{e:#}: running unpinned, so the guard stops when this process does");
-            None
+            return Ok((None, None));
         }
+    };
+    let warning = pins.private_mount_warning();
+    if let Some(warning) = &warning {
+        if options.require_pins {
+            anyhow::bail!("--require-pins: {warning}");
+        }
+        warn!("{warning}");
     }
+    Ok((Some(pins), warning))
 }
 
 pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
@@ -136,17 +158,21 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
     // First of all: a SIGTERM during start-up must still end in the orderly
     // stop below (bans saved), not in the default action.
     let mut signals = Signals::install()?;
-    preflight::interface_index(&iface)?;
+    let ifindex = preflight::interface_index(&iface)?;
     preflight::privileges()?;
     preflight::kernel()?;
+    let netns = Netns::current()?;
+    let (pins, pins_warning) = prepare_pins(&options, &iface, ifindex, &netns)?;
 
-    // One directory per interface, as with the pins: guards on two
-    // interfaces keep apart.
-    let state = StateDir::open(&options.state_dir.join(&iface))?;
-    let live = LivePolicy::build(config, source, state.load_lists()?);
-    let saved_bans = state.load_bans()?;
+    // One directory per (network namespace, interface), as with the pins:
+    // guards on two interfaces, or on two namespaces' `eth0`, keep apart.
+    let mut state = StateDir::open(&state::guard_dir(&options.state_dir, &iface, &netns))?;
+    let (max_cidrs, max_bans) = (config.guard.max_cidrs, config.guard.max_bans);
+    let live = LivePolicy::build(config, source, state.load_lists(max_cidrs)?);
+    let saved_bans = state.load_bans(max_bans)?;
     let endpoints = bind_endpoints(&options, &live.config).await?;
-    let pins = prepare_pins(&options, &iface);
+    // Subscribed before attaching, so that no change of the interface is missed.
+    let mut iface_watch = InterfaceWatch::open(&iface, ifindex, options.xdp_mode);
 
     let started = start::load_and_attach(
         &live,
@@ -174,6 +200,8 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
         maps.reopen().context("opening the maps for the metrics")?,
         start::metric_names(&live.config, &live.compiled),
     ));
+    iface_watch.attached(metrics.counters.attached.clone());
+    state.count_failures_in(metrics.counters.state_save_failures.clone());
     let sip_auth = live.config.sip_auth.enabled.then(|| SipWatch {
         policy: live.config.auth_policy(),
         service: live.config.sip_auth.service.clone(),
@@ -193,6 +221,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
                 .as_ref()
                 .filter(|_| guard.is_pinned())
                 .map(Pins::iface_dir),
+            pins_warning,
         },
         state,
     }));
@@ -201,6 +230,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
     let mut tasks = spawn_tasks(&runtime, endpoints, &metrics);
     if let Some(sip) = sip_auth {
         guard.attach_egress(&iface)?;
+        iface_watch.with_egress();
         tasks.push(watch_sip(&runtime, sip_ring, sip));
     }
 
@@ -209,6 +239,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
             _ = signals.term.recv() => break "SIGTERM",
             _ = signals.int.recv() => break "SIGINT",
             _ = signals.hup.recv() => server::reload_on_signal(&runtime).await,
+            wake = iface_watch.next() => iface_watch.handle(wake, &mut guard),
             ended = &mut events => break format!("ban event reader stopped: {ended:?}").leak(),
         }
     };

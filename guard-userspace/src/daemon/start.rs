@@ -39,7 +39,7 @@ pub(super) fn load_and_attach(
 ) -> Result<Started> {
     let adopting = pins.is_some_and(Pins::has_maps);
     let (mut guard, attachment, ban_details) =
-        match fill_and_attach(live, saved_bans, pins, iface, mode) {
+        match fill_and_attach(live, saved_bans, pins, iface, mode, state) {
             Ok(started) => started,
             Err(e) => {
                 if let Some(pins) = pins.filter(|_| !adopting) {
@@ -88,6 +88,7 @@ fn fill_and_attach(
     pins: Option<&Pins>,
     iface: &str,
     mode: XdpModeChoice,
+    state: &StateDir,
 ) -> Result<(Guard, Attachment, HashMap<SourceKey, String>)> {
     let mut guard = Guard::load(&live.config, &live.compiled, pins)?;
     if let (Some(pins), true) = (pins, guard.adopted_maps) {
@@ -103,6 +104,11 @@ fn fill_and_attach(
         saved_bans,
         &live.compiled.rule_names,
         adopted,
+        bans::RestoreInto {
+            capacity: live.config.guard.max_bans as usize,
+            ipv6_prefix: live.config.guard.ipv6_ban_prefix,
+            state,
+        },
     )?;
     let attachment = guard.attach(iface, mode)?;
     Ok((guard, attachment, ban_details))

@@ -383,15 +383,32 @@ fn about(key: &str, reason: &str) -> String {
     }
 }
 
+/// The largest config file read (a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// A config file's text: a regular file of at most [`MAX_CONFIG_BYTES`]
+/// only, so that a FIFO, a device or /dev/zero is refused at once instead
+/// of blocking or filling memory.
+pub fn read_config_file(path: &Path) -> Result<String, String> {
+    let bytes =
+        crate::state::read_regular_file(path, MAX_CONFIG_BYTES).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (an invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_config_file(path).map_err(|reason| ConfigError {
             file: file.clone(),
             line: None,
             key: String::new(),
-            reason: format!("cannot read: {e}"),
+            reason,
         })?;
         Config::parse(&text, &file)
     }
@@ -471,6 +488,8 @@ impl Config {
                 return Err((key.into(), "must be at least 1".into()));
             }
         }
+
+        crate::policy::capacity::check(self)?;
 
         let services = self.services();
         if services.len() > MAX_SERVICES {

@@ -86,7 +86,14 @@ pub struct ListChanges {
 
 impl ListChanges {
     /// The operator added `entry` at `net` (replacing any entry there).
+    /// Networks are kept in one canonical form, host bits cleared (what the
+    /// kernel's trie matches), so that a later removal finds them.
     pub fn record_add(&mut self, list: NetList, net: IpNet, entry: ListEntry) {
+        let net = net.trunc();
+        let entry = ListEntry {
+            cidr: net.to_string(),
+            ..entry
+        };
         let (added, removed) = self.list_mut(list);
         added.insert(net, entry);
         removed.retain(|n| *n != net);
@@ -95,11 +102,33 @@ impl ListChanges {
     /// The operator removed `net`; a removal of a config entry (`in_config`)
     /// must be remembered, or the next start would bring it back.
     pub fn record_remove(&mut self, list: NetList, net: IpNet, in_config: bool) {
+        let net = net.trunc();
         let (added, removed) = self.list_mut(list);
         added.remove(&net);
         if in_config && !removed.contains(&net) {
             removed.push(net);
         }
+    }
+
+    /// The same changes in canonical form (files written by earlier
+    /// versions may hold networks with host bits).
+    pub fn canonical(self) -> ListChanges {
+        let mut out = ListChanges {
+            version: self.version,
+            ..ListChanges::default()
+        };
+        for (list, added, removed) in [
+            (NetList::Allow, self.allow_added, self.allow_removed),
+            (NetList::Deny, self.deny_added, self.deny_removed),
+        ] {
+            for (net, entry) in added {
+                out.record_add(list, net, entry);
+            }
+            for net in removed {
+                out.record_remove(list, net, true);
+            }
+        }
+        out
     }
 
     fn list_mut(&mut self, list: NetList) -> (&mut BTreeMap<IpNet, ListEntry>, &mut Vec<IpNet>) {

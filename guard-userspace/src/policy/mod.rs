@@ -1,4 +1,5 @@
 //! The policy: the config file, its compiled map values, and the policy in force.
+pub mod capacity;
 pub mod compile;
 pub mod config;
 pub mod live;

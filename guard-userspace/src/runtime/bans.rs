@@ -16,7 +16,7 @@ use super::{
 use crate::{
     clock,
     kernel::maps::KernelMaps,
-    state::{Clocks, SavedBan},
+    state::{Clocks, SavedBan, StateDir},
 };
 
 /// How often expired bans are cleared from the map.
@@ -260,26 +260,46 @@ impl Runtime {
     }
 }
 
+/// Where saved bans go back: the ban map's capacity, the IPv6 prefix ban
+/// keys are masked to, and the state directory that keeps any left out.
+pub struct RestoreInto<'a> {
+    pub capacity: usize,
+    pub ipv6_prefix: u8,
+    pub state: &'a StateDir,
+}
+
 /// Puts saved bans into new maps (after a reboot), or keeps the pinned
 /// maps' bans as they are (`adopted`). Returns the saved details of the
-/// bans in force.
+/// bans in force. Saved bans beyond the ban map's capacity never stop the
+/// start: the newest are restored, the rest kept aside in a file and
+/// reported.
 pub fn restore(
     maps: &mut KernelMaps,
     saved: &[SavedBan],
     rule_names: &[String],
     adopted: bool,
+    into: RestoreInto<'_>,
 ) -> anyhow::Result<HashMap<SourceKey, String>> {
-    use anyhow::Context;
     let clocks = Clocks::now();
     let mut details = HashMap::new();
     let mut restored = 0;
-    for ban in saved {
-        let Some((key, entry)) = ban.to_entry(rule_names, clocks) else {
+    let mut left_out = Vec::new();
+    let mut newest_first: Vec<&SavedBan> = saved.iter().collect();
+    newest_first.sort_by_key(|ban| std::cmp::Reverse(ban.created_unix));
+    for ban in newest_first {
+        let Some((key, entry)) = ban.to_entry(rule_names, clocks, into.ipv6_prefix) else {
             continue;
         };
         if !adopted {
-            maps.insert_ban(key, entry)
-                .with_context(|| format!("restoring the ban on {}", ban.key))?;
+            if restored >= into.capacity {
+                left_out.push(ban.clone());
+                continue;
+            }
+            if let Err(e) = maps.insert_ban(key, entry) {
+                warn!("cannot restore the ban on {}: {e:#}", ban.key);
+                left_out.push(ban.clone());
+                continue;
+            }
             restored += 1;
         }
         if !ban.detail.is_empty() {
@@ -293,6 +313,19 @@ pub fn restore(
         info!(
             "restored {restored} of {} saved bans with their remaining time",
             saved.len()
+        );
+    }
+    if !left_out.is_empty() {
+        let kept = match into.state.set_aside_bans(left_out.clone()) {
+            Ok(path) => format!("kept in {}", path.display()),
+            Err(e) => format!("and could not be kept aside: {e:#}"),
+        };
+        warn!(
+            "{} saved bans do not fit (guard.max_bans = {}): the newest {restored} are in \
+             force, the {} oldest are left out, {kept}",
+            saved.len(),
+            into.capacity,
+            left_out.len()
         );
     }
     Ok(details)

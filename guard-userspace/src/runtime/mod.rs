@@ -58,8 +58,10 @@ pub struct Attached {
     pub iface: String,
     pub xdp_mode: String,
     pub program_id: u32,
-    /// The pin directory, when the guard outlives the daemon.
+    /// The pin directory, when the guard is pinned.
     pub pinned_at: Option<PathBuf>,
+    /// Why the pins will not outlive the daemon after all (a private bpffs).
+    pub pins_warning: Option<String>,
 }
 
 /// Monitor mode in force, and who set it.

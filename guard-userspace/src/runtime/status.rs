@@ -19,7 +19,17 @@ pub struct Status {
     pub program_id: u32,
     /// The pin directory; None: the guard stops with the daemon.
     pub pinned_at: Option<PathBuf>,
+    /// Why the pins will not outlive the daemon after all (a private bpffs).
+    #[serde(default)]
+    pub pins_warning: Option<String>,
+    /// False while the interface is gone (the maps are kept; the guard
+    /// re-attaches when an interface of that name comes back).
+    #[serde(default = "attached_by_default")]
+    pub attached: bool,
     pub state_dir: PathBuf,
+    /// Saves to the state directory that failed since the start.
+    #[serde(default)]
+    pub state_save_failures: u64,
     pub uptime_seconds: u64,
     /// Where the policy came from.
     pub source: String,
@@ -34,6 +44,10 @@ pub struct Status {
     pub awaiting_confirmation_seconds: Option<u64>,
     /// Packets by verdict reason.
     pub packets: BTreeMap<String, u64>,
+}
+
+fn attached_by_default() -> bool {
+    true
 }
 
 /// What `monitor on|off` left in force.
@@ -63,7 +77,10 @@ impl Runtime {
             xdp_mode: self.attached.xdp_mode.clone(),
             program_id: self.attached.program_id,
             pinned_at: self.attached.pinned_at.clone(),
+            pins_warning: self.attached.pins_warning.clone(),
+            attached: self.counters().attached.get(),
             state_dir: self.state.path().to_path_buf(),
+            state_save_failures: self.state.save_failures(),
             uptime_seconds: self.started.elapsed().as_secs(),
             source: policy.live.source.clone(),
             policy: policy.live.summary(),

@@ -109,7 +109,12 @@ impl Runtime {
                 p.deadline.saturating_duration_since(Instant::now()).as_secs()
             )));
         }
-        let (config, name) = source.load().map_err(|e| {
+        // Read off the runtime: a slow file must not stall other commands.
+        let reading = source.clone();
+        let loaded = tokio::task::spawn_blocking(move || reading.load())
+            .await
+            .map_err(|e| Error::Failed(format!("reading the config failed: {e}")))?;
+        let (config, name) = loaded.map_err(|e| {
             Error::BadConfig(format!(
                 "{e}\nnothing changed: the old policy stays in force"
             ))
