@@ -47,7 +47,10 @@ fn check_config_refuses_fifos_devices_and_huge_files_at_once() {
     for (path, why) in [
         (fifo.to_str().unwrap(), "not a regular file (a FIFO)"),
         ("/dev/zero", "not a regular file (a device)"),
-        (huge.to_str().unwrap(), "more than the 16777216"),
+        (
+            huge.to_str().unwrap(),
+            "67108864 bytes, more than the 16777216",
+        ),
     ] {
         let started = Instant::now();
         let out = sipguard(&["check-config", path]);
@@ -127,4 +130,141 @@ fn apply_of_a_fifo_is_refused_and_nothing_stalls() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(1));
     let _ = std::fs::remove_file(fifo);
+}
+
+/// A saved ban as `bans.json` holds it, created `age` seconds ago.
+fn saved_ban(source: &str, age: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!(
+        r#"{{"key":"::ffff:{source}","reason":"manual","rule":null,"detail":"","created_unix":{},"expires_unix":null,"dropped":0}}"#,
+        now - age
+    )
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn saved_bans_beyond_the_capacity_restore_the_newest_and_keep_the_rest() {
+    let link = Link::new("over", &CLIENT_ADDRS, &PBX_ADDRS).unwrap();
+    let config = TempFile::new("over.toml", "[guard]\nmax_bans = 2\n");
+    let state = sipguard_tests::daemon::TempDir::new("over-state");
+    let dir = state
+        .0
+        .join(&link.right_if)
+        .join(format!("netns-{}", link.right.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bans = [
+        saved_ban("10.77.0.2", 300),
+        saved_ban("10.77.0.3", 10),
+        saved_ban("10.77.0.4", 20),
+    ];
+    std::fs::write(
+        dir.join("bans.json"),
+        format!(r#"{{"version":1,"bans":[{}]}}"#, bans.join(",")),
+    )
+    .unwrap();
+    let socket = std::env::temp_dir()
+        .join(format!("sipguard-over-{}.sock", std::process::id()))
+        .display()
+        .to_string();
+    let (guard, _) = start_guard(
+        &link.right,
+        &link.right_if,
+        &config,
+        &["--control-socket", &socket, "--state-dir", state.path()],
+    )
+    .expect("the start does not fail on it");
+    assert!(
+        guard.log().contains("3 saved bans do not fit"),
+        "{}",
+        guard.log()
+    );
+    let out = cli(&socket, &["bans", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut sources: Vec<&str> = rows.iter().filter_map(|r| r["source"].as_str()).collect();
+    sources.sort();
+    assert_eq!(sources, ["10.77.0.3", "10.77.0.4"], "the newest win");
+    let left_out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("bans.left-out-")
+        })
+        .collect();
+    assert_eq!(left_out.len(), 1);
+    let kept = std::fs::read_to_string(left_out[0].path()).unwrap();
+    assert!(
+        kept.contains("10.77.0.2") && !kept.contains("10.77.0.3"),
+        "{kept}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_read_only_state_directory_allows_the_start_and_failed_saves_are_counted() {
+    let link = Link::new("rost", &CLIENT_ADDRS, &PBX_ADDRS).unwrap();
+    let config = TempFile::new("rost.toml", "");
+    let state = sipguard_tests::daemon::TempDir::new("rost-state");
+    let dir = state
+        .0
+        .join(&link.right_if)
+        .join(format!("netns-{}", link.right.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bans.json"), "{ not json").unwrap();
+    // A read-only bind mount over the directory (undone on drop).
+    struct ReadOnly(std::path::PathBuf);
+    impl Drop for ReadOnly {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let ro = ReadOnly(state.0.clone());
+    sipguard_tests::netns::run(Command::new("mount").arg("--bind").arg(&ro.0).arg(&ro.0)).unwrap();
+    sipguard_tests::netns::run(
+        Command::new("mount")
+            .args(["-o", "remount,ro,bind"])
+            .arg(&ro.0),
+    )
+    .unwrap();
+
+    let socket = std::env::temp_dir()
+        .join(format!("sipguard-rost-{}.sock", std::process::id()))
+        .display()
+        .to_string();
+    let (guard, _) = start_guard(
+        &link.right,
+        &link.right_if,
+        &config,
+        &["--control-socket", &socket, "--state-dir", state.path()],
+    )
+    .expect("a read-only state directory does not stop the start");
+    let log = guard.log();
+    assert!(log.contains("IS NOT WRITABLE"), "{log}");
+    assert!(log.contains("nor set aside"), "{log}");
+    let out = cli(&socket, &["ban", "add", "10.77.0.4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = cli(&socket, &["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if status["state_save_failures"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed save counted: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = cli(&socket, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("saves to the state directory failed"),
+        "{out:?}"
+    );
+    drop(guard);
+    drop(ro);
 }

@@ -80,6 +80,28 @@ pub fn check(config: &Config) -> Result<(), (String, String)> {
             ),
         ));
     }
+    for (key, nets) in [
+        (
+            "allow",
+            config.allow.iter().map(|e| e.cidr).collect::<Vec<_>>(),
+        ),
+        ("deny", config.deny.iter().map(|e| e.cidr).collect()),
+    ] {
+        let v4 = nets
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V4(_)))
+            .count();
+        let most = v4.max(nets.len() - v4);
+        if most > g.max_cidrs as usize {
+            return Err((
+                "guard.max_cidrs".into(),
+                format!(
+                    "{} holds {most} entries of one address family, more than max_cidrs ({})",
+                    key, g.max_cidrs
+                ),
+            ));
+        }
+    }
     let rate = rate_entries(config);
     if rate > MAX_HASH_ENTRIES {
         return Err((
@@ -222,6 +244,21 @@ mod tests {
             "{reason}"
         );
         assert!(check_memory(&config, Some(64 << 30)).is_ok());
+    }
+
+    #[test]
+    fn config_lists_beyond_max_cidrs_are_refused() {
+        let error = parse(
+            "[guard]\nmax_cidrs = 1\n[[deny]]\ncidr = \"192.0.2.0/24\"\n[[deny]]\ncidr = \"198.51.100.0/24\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains(":2: key `guard.max_cidrs`: deny holds 2"),
+            "{error}"
+        );
+        // One of each family fits in max_cidrs = 1 (a trie per family).
+        parse("[guard]\nmax_cidrs = 1\n[[deny]]\ncidr = \"192.0.2.0/24\"\n[[deny]]\ncidr = \"2001:db8::/32\"\n")
+            .unwrap();
     }
 
     #[test]

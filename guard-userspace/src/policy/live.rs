@@ -180,6 +180,44 @@ impl Lists {
         lists
     }
 
+    /// Keeps each list, per address family, within the tries' capacity:
+    /// runtime entries beyond it (saved under a larger capacity) are not
+    /// put in force, and said so; they stay in the state file. The config's
+    /// own entries are checked against the capacity when it is read.
+    pub fn fit(&mut self, capacity: usize) {
+        for list in [NetList::Allow, NetList::Deny] {
+            for v4 in [true, false] {
+                let entries = self.list_mut(list);
+                let family = |net: &IpNet| matches!(net, IpNet::V4(_)) == v4;
+                let count = entries.keys().filter(|n| family(n)).count();
+                if count <= capacity {
+                    continue;
+                }
+                let excess: Vec<IpNet> = entries
+                    .iter()
+                    .filter(|(net, entry)| family(net) && entry.origin != "config")
+                    .map(|(net, _)| *net)
+                    .rev()
+                    .take(count - capacity)
+                    .collect();
+                for net in &excess {
+                    entries.remove(net);
+                }
+                warn!(
+                    "{} runtime {} entries do not fit (guard.max_cidrs = {capacity}) and are \
+                     not in force: {}",
+                    excess.len(),
+                    list.name(),
+                    excess
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
+
     pub fn list(&self, list: NetList) -> &BTreeMap<IpNet, ListEntry> {
         match list {
             NetList::Allow => &self.allow,
@@ -292,6 +330,7 @@ pub struct LivePolicy {
 impl LivePolicy {
     pub fn build(config: Config, source: String, changes: ListChanges) -> LivePolicy {
         let mut lists = Lists::build(&config, &changes);
+        lists.fit(config.guard.max_cidrs as usize);
         let mut effective = config.clone();
         let names: Vec<String> = effective.services().into_iter().map(|s| s.name).collect();
         // A runtime entry may name a service a newer config no longer has.
@@ -395,5 +434,35 @@ impl LivePolicy {
             self.lists.allow.len(),
             self.lists.deny.len()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_entries_beyond_the_capacity_are_not_put_in_force() {
+        let config = Config::parse(
+            "[guard]\nmax_cidrs = 2\n[[deny]]\ncidr = \"192.0.2.0/24\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        let mut changes = ListChanges::default();
+        for cidr in ["198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"] {
+            let net: IpNet = cidr.parse().unwrap();
+            let entry = ListEntry {
+                cidr: cidr.into(),
+                services: Vec::new(),
+                comment: String::new(),
+                origin: "runtime".into(),
+            };
+            changes.record_add(NetList::Deny, net, entry);
+        }
+        let live = LivePolicy::build(config, "test.toml".into(), changes.clone());
+        let deny: Vec<String> = live.lists.deny.keys().map(ToString::to_string).collect();
+        // The config's entry stays, one runtime IPv4 entry fits, IPv6 has room.
+        assert_eq!(deny, ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"]);
+        assert_eq!(live.changes, changes, "the saved changes are kept whole");
     }
 }
