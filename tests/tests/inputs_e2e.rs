@@ -265,6 +265,15 @@ fn a_read_only_state_directory_allows_the_start_and_failed_saves_are_counted() {
         String::from_utf8_lossy(&out.stdout).contains("saves to the state directory failed"),
         "{out:?}"
     );
+    // A list change is made, and its answer says that it was not saved.
+    let out = cli(&socket, &["deny", "add", "192.0.2.0/24"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("added 192.0.2.0/24 to the deny list"),
+        "{text}"
+    );
+    assert!(text.contains("WARNING: in force, but not saved"), "{text}");
     drop(guard);
     drop(ro);
 }

@@ -15,10 +15,16 @@ pub fn list_command(
         } else {
             ("removed", "from")
         };
-        return out.line(format_args!(
+        out.line(format_args!(
             "{verb} {} {to} the {} list",
             change.cidr, change.list
-        ));
+        ))?;
+        if let Some(why) = &change.not_saved {
+            out.line(format_args!(
+                "WARNING: in force, but not saved ({why}): it will not outlive a restart"
+            ))?;
+        }
+        return Ok(());
     };
     let rows = client.list(request)?;
     if json {

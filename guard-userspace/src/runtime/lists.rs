@@ -25,6 +25,10 @@ pub struct ListChange {
     pub cidr: String,
     /// Added (true) or removed (false).
     pub added: bool,
+    /// Why the change is in force but will not outlive a restart (its
+    /// save to the state directory failed).
+    #[serde(default)]
+    pub not_saved: Option<String>,
 }
 
 /// An entry to add to a list.
@@ -72,14 +76,15 @@ impl Runtime {
         let mut changes = policy.live.changes.clone();
         changes.record_add(list, cidr, row);
         let name = list.name();
-        self.commit_list_change(&mut policy, changes, lockout, |maps| {
-            maps.insert_net(list, cidr, value).map_err(|e| {
-                Error::Failed(format!(
-                    "the {name} list refused {cidr} (full?): {e:#}; nothing changed"
-                ))
+        let not_saved = self
+            .commit_list_change(&mut policy, changes, lockout, |maps| {
+                maps.insert_net(list, cidr, value).map_err(|e| {
+                    Error::Failed(format!(
+                        "the {name} list refused {cidr} (full?): {e:#}; nothing changed"
+                    ))
+                })
             })
-        })
-        .await?;
+            .await?;
         if list == NetList::Allow {
             info!(
                 "allow-listed {cidr} for {} by the operator",
@@ -92,6 +97,7 @@ impl Runtime {
             list: name.to_string(),
             cidr: cidr.to_string(),
             added: true,
+            not_saved,
         })
     }
 
@@ -114,15 +120,17 @@ impl Runtime {
         };
         let mut changes = policy.live.changes.clone();
         changes.record_remove(list, cidr, in_config);
-        self.commit_list_change(&mut policy, changes, lockout, |maps| {
-            Ok(maps.remove_net(list, cidr)?)
-        })
-        .await?;
+        let not_saved = self
+            .commit_list_change(&mut policy, changes, lockout, |maps| {
+                Ok(maps.remove_net(list, cidr)?)
+            })
+            .await?;
         info!("removed {cidr} from the {name} list by the operator");
         Ok(ListChange {
             list: name.to_string(),
             cidr: cidr.to_string(),
             added: false,
+            not_saved,
         })
     }
 
@@ -134,14 +142,15 @@ impl Runtime {
 
     /// Checks a list change against the SSH sessions, makes it in the
     /// kernel with `write`, then keeps it in the live policy and the state
-    /// directory.
+    /// directory. Returns why the save failed, if it did: the change holds
+    /// until a restart, and the answer says so.
     async fn commit_list_change(
         &self,
         policy: &mut PolicyState,
         changes: ListChanges,
         lockout: &LockoutCheck,
         write: impl FnOnce(&mut KernelMaps) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let live = &policy.live;
         let candidate = LivePolicy::build(live.config.clone(), live.source.clone(), changes);
         let mut maps = self.maps().await;
@@ -154,10 +163,12 @@ impl Runtime {
         write(&mut maps)?;
         drop(maps);
         policy.live = candidate;
-        // The kernel already has the change; a failed save is reported in the log.
-        if let Err(e) = self.state.save_lists(&policy.live.changes) {
+        // The kernel already has the change; a failed save is reported in
+        // the log, the answer and the metrics.
+        let saved = self.state.save_lists(&policy.live.changes);
+        Ok(saved.err().map(|e| {
             warn!("saving the list changes failed: {e:#}; they hold until restart");
-        }
-        Ok(())
+            format!("{e:#}")
+        }))
     }
 }
