@@ -107,6 +107,8 @@ impl InterfaceWatch {
                 Ok(events) => Wake::Events(events),
                 Err(e) => {
                     warn!("netlink: {e}: looking at {} afresh", self.iface);
+                    // A lasting error must not spin the daemon's loop.
+                    tokio::time::sleep(RETRY).await;
                     Wake::Recheck
                 }
             },
