@@ -634,6 +634,8 @@ impl Config {
             escalation_factor: a.escalation_factor,
             max_ban: a.max_ban,
             ipv6_prefix: self.guard.ipv6_ban_prefix,
+            // Half the ban map: forged failures can never fill it.
+            unproven_ban_budget: (self.guard.max_bans / 2) as usize,
         }
     }
 

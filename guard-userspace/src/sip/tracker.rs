@@ -75,6 +75,10 @@
 //!   spoofed flood can create) are kept apart from sources with proven
 //!   failures or a live registration, each table evicting its own least
 //!   recently active.
+//! - bans: forged failures can get forged addresses banned (unproven, at
+//!   the higher threshold). At most `unproven_ban_budget` unproven bans
+//!   (half the ban map) are made per ban time, so such a flood can never
+//!   fill the ban map and leave no room for a proven attacker's ban.
 use std::{
     collections::{hash_map::RandomState, HashMap, VecDeque},
     hash::BuildHasher,
@@ -140,6 +144,10 @@ pub struct AuthPolicy {
     pub max_ban: Duration,
     /// IPv6 sources are tracked (and banned) by this prefix.
     pub ipv6_prefix: u8,
+    /// Unproven bans in force at most (counted over the level's ban time):
+    /// forged failures can ban forged addresses, and must not fill the
+    /// kernel's ban map, which would leave no room to ban a real attacker.
+    pub unproven_ban_budget: usize,
 }
 
 /// How long an unanswered request is remembered (64 x T1, RFC 3261).
@@ -284,6 +292,8 @@ pub struct TrackerStats {
     /// Answers that matched no readable request (judged on their own).
     pub unmatched_responses: u64,
     pub successes: u64,
+    /// Unproven bans not made because the budget was spent.
+    pub unproven_bans_refused: u64,
     /// Entries pushed out of a full table.
     pub evicted_pending: u64,
     pub evicted_nonces: u64,
@@ -306,6 +316,8 @@ pub struct Tracker {
     /// Sources with proven failures or a live registration.
     sources: LruCache<IpAddr, SourceState>,
     offences: LruCache<IpAddr, u32>,
+    /// When each unproven ban of the last ban time was made, oldest first.
+    unproven_bans: VecDeque<Instant>,
     pub stats: TrackerStats,
 }
 
@@ -353,6 +365,7 @@ impl Tracker {
             suspects: LruCache::new(capacity(c.suspects)),
             sources: LruCache::new(capacity(c.sources)),
             offences: LruCache::new(capacity(c.offences)),
+            unproven_bans: VecDeque::new(),
             stats: TrackerStats::default(),
         }
     }
@@ -645,6 +658,11 @@ impl Tracker {
             .cloned()
             .collect();
         let proven = evidence.iter().all(|f| f.proven);
+        if !self.proven_alone_ban(&state, &username) && !self.spend_unproven_ban(now) {
+            self.stats.unproven_bans_refused += 1;
+            self.keep_state(source, state);
+            return None;
+        }
         // The ban is in place: the state is dropped, to start afresh should
         // the source come back.
         let offence = self.offences.get(&source).copied().unwrap_or(0) + 1;
@@ -658,6 +676,37 @@ impl Tracker {
             proven,
             offence,
         })
+    }
+
+    /// Whether the source's proven failures alone ban it.
+    fn proven_alone_ban(&self, state: &SourceState, username: &[u8]) -> bool {
+        let proven = SourceState {
+            failures: state
+                .failures
+                .iter()
+                .filter(|f| f.proven)
+                .cloned()
+                .collect(),
+            registrations: state.registrations.clone(),
+        };
+        self.verdict(&proven, username).is_some()
+    }
+
+    /// Takes one unproven ban from the budget, if any is left.
+    fn spend_unproven_ban(&mut self, now: Instant) -> bool {
+        let ban = self.policy.level.ban;
+        while self
+            .unproven_bans
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= ban)
+        {
+            self.unproven_bans.pop_front();
+        }
+        if self.unproven_bans.len() >= self.policy.unproven_ban_budget {
+            return false;
+        }
+        self.unproven_bans.push_back(now);
+        true
     }
 
     /// Whether a source's failures (the newest for `username`) ban it.

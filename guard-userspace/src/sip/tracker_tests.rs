@@ -12,6 +12,7 @@ fn policy(level: LevelName) -> AuthPolicy {
         escalation_factor: 1,
         max_ban: Duration::from_secs(30 * 86_400),
         ipv6_prefix: 64,
+        unproven_ban_budget: 32_768,
     }
 }
 
@@ -791,4 +792,37 @@ fn probation_nonces_are_churned_by_a_flood() {
     );
     assert_eq!(unproven, None);
     assert!(t.sources.is_empty(), "the failure could not be proven");
+}
+
+/// Forged failures cannot fill the ban map: unproven bans stop at the
+/// budget, proven ones do not, and the budget refills over the ban time.
+#[test]
+fn unproven_bans_are_capped_proven_ones_are_not() {
+    let mut p = policy(LevelName::Paranoid);
+    p.unproven_ban_budget = 2;
+    let mut t = Tracker::new(p);
+    let now = Instant::now();
+    let mut banned = 0;
+    for victim in 1..=4u8 {
+        let peer = IpAddr::from([198, 51, 100, victim]);
+        for n in 0..9 {
+            banned += unproven_failure(&mut t, now, peer, "u", n).is_some() as u32;
+        }
+    }
+    assert_eq!(banned, 2);
+    assert_eq!(t.stats.unproven_bans_refused, 2);
+    let attacker = ip("203.0.113.5");
+    let mut ban = None;
+    for n in 0..3 {
+        ban = proven_failure(&mut t, now, attacker, "1001", n);
+    }
+    assert!(ban.is_some_and(|b| b.proven), "a proven ban is always made");
+    // One ban time later the budget is back.
+    let later = now + LevelName::Paranoid.level().ban;
+    let peer = ip("198.51.100.9");
+    let mut again = None;
+    for n in 0..9 {
+        again = again.or(unproven_failure(&mut t, later, peer, "u", n));
+    }
+    assert!(again.is_some());
 }

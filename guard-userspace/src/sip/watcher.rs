@@ -292,6 +292,7 @@ mod tests {
             escalation_factor: 1,
             max_ban: Duration::from_secs(30 * 86_400),
             ipv6_prefix: 64,
+            unproven_ban_budget: 32_768,
         })
     }
 
