@@ -15,6 +15,7 @@
 //! - `metrics`: Prometheus series and the /metrics endpoint
 //! - `state`: bans and runtime list changes saved in the state directory
 //! - `daemon`: `sipguard run`, start-up in named steps
+pub mod alerts;
 pub mod cli;
 pub mod clock;
 pub mod control;

@@ -182,11 +182,14 @@ fn prometheus_fires_the_attack_rule_during_a_flood() {
     let link = Link::new("prom", &CLIENT_ADDRS, &PBX_ADDRS).expect("namespaces and veth");
     let config = TempFile::new("prom.toml", "");
     let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
+    // A socket of its own: another daemon may hold the default one.
+    let dir = TempDir::new("prom-ctl");
+    let socket = format!("{}/control.sock", dir.path());
     let (mut guard, _) = start_guard(
         &link.right,
         &link.right_if,
         &config,
-        &["--metrics-addr", &metrics_addr],
+        &["--metrics-addr", &metrics_addr, "--control-socket", &socket],
     )
     .expect("sipguard attached");
     guard

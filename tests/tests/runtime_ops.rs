@@ -80,6 +80,7 @@ fn site(name: &str, toml: &str) -> Site {
             pins_warning: None,
         },
         state: StateDir::open(&dir.join("state")).unwrap(),
+        alerts: None,
     });
     Site {
         runtime: Arc::new(runtime),

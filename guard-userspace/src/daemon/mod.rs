@@ -2,6 +2,7 @@
 //! ([`prepare`]), check the machine, open the state directory, bind the
 //! endpoints, load and attach the program ([`start`]), hand the maps to the
 //! runtime, start its tasks, wait for a signal, and stop in order.
+use crate::alerts::Alerts;
 use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
@@ -207,6 +208,13 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
         service: live.config.sip_auth.service.clone(),
         level: live.config.sip_auth.level,
     });
+    let alerts = if live.config.alerts.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            Alerts::start(&live.config.alerts).context("starting the [[alerts]] sinks")?,
+        ))
+    };
     let runtime = Arc::new(Runtime::new(Parts {
         maps,
         live,
@@ -224,6 +232,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
             pins_warning,
         },
         state,
+        alerts,
     }));
 
     let mut events = tokio::spawn(Arc::clone(&runtime).log_ban_events(BanEvents::new(ban_ring)?));
@@ -308,6 +317,7 @@ fn watch_sip(
         runtime.counters().clone(),
         runtime.ban_details_handle(),
         runtime.bans_changed_handle(),
+        runtime.alerts_handle(),
     );
     tokio::spawn(async move {
         if let Err(e) = watch.await {

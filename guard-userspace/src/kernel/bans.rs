@@ -43,6 +43,25 @@ pub fn ban_duration(created_ns: u64, expires_ns: u64) -> String {
     }
 }
 
+/// A ban the kernel made, for the alert sinks.
+pub fn notice(
+    event: &BanEvent,
+    rule_names: &[String],
+    ipv6_prefix: u8,
+) -> crate::alerts::BanNotice {
+    let evidence = match rule_name(event.rule, rule_names) {
+        Some(rule) => format!("rule {rule} ({} packets in its window)", event.count),
+        None => reason_name(event.reason).to_string(),
+    };
+    crate::alerts::BanNotice {
+        source: source_to_string(&event.source, ipv6_prefix),
+        reason: reason_name(event.reason).to_string(),
+        evidence,
+        duration: Duration::from_nanos(event.expires_ns.saturating_sub(event.created_ns)),
+        users: Vec::new(),
+    }
+}
+
 /// The log line for a ban the kernel made.
 pub fn describe_event(event: &BanEvent, rule_names: &[String], ipv6_prefix: u8) -> String {
     let source = source_to_string(&event.source, ipv6_prefix);

@@ -32,6 +32,9 @@ pub struct Config {
     pub sip_auth: SipAuthSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Where ban alerts go (read at start-up).
+    #[serde(default)]
+    pub alerts: Vec<crate::alerts::AlertConfig>,
 }
 
 /// The Prometheus endpoint.

@@ -254,6 +254,11 @@ impl Runtime {
                     "{}",
                     describe_event(event, &rule_names, self.ipv6_ban_prefix)
                 );
+                self.alert(crate::kernel::bans::notice(
+                    event,
+                    &rule_names,
+                    self.ipv6_ban_prefix,
+                ));
             }
             self.bans_changed.notify_one();
         }

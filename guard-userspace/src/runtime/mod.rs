@@ -8,6 +8,7 @@
 //! - `switch`: reload, apply, confirm and the revert of an unconfirmed apply
 //! - `explain`, `status`: what an address gets, what is in force
 //! - `safety`: the SSH-lockout check
+use crate::alerts::{Alerts, BanNotice};
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use tokio::sync::{Mutex, MutexGuard, Notify};
@@ -106,6 +107,8 @@ pub struct Runtime {
     state: StateDir,
     /// Wakes the task that saves bans to the state directory.
     bans_changed: Arc<Notify>,
+    /// The `[[alerts]]` sinks, told of every ban the guard makes.
+    alerts: Option<Arc<Alerts>>,
 }
 
 /// What the daemon hands over to the runtime after start-up.
@@ -117,6 +120,7 @@ pub struct Parts {
     pub counters: ControllerCounters,
     pub attached: Attached,
     pub state: StateDir,
+    pub alerts: Option<Arc<Alerts>>,
 }
 
 impl Runtime {
@@ -129,6 +133,7 @@ impl Runtime {
             counters,
             attached,
             state,
+            alerts,
         } = parts;
         let monitor = Monitor {
             on: live.config.guard.monitor.unwrap_or(false),
@@ -149,6 +154,19 @@ impl Runtime {
             started: Instant::now(),
             state,
             bans_changed: Arc::new(Notify::new()),
+            alerts,
+        }
+    }
+
+    /// The alert sinks, for the SIP watcher.
+    pub fn alerts_handle(&self) -> Option<Arc<Alerts>> {
+        self.alerts.clone()
+    }
+
+    /// Tells the alert sinks of a ban (never waits).
+    pub(crate) fn alert(&self, notice: BanNotice) {
+        if let Some(alerts) = &self.alerts {
+            alerts.ban(notice);
         }
     }
 

@@ -246,6 +246,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     if old.metrics != new.metrics {
         out.push("[metrics]".to_string());
     }
+    if old.alerts != new.alerts {
+        out.push("[[alerts]]".to_string());
+    }
     let capacity = |c: &Config| {
         (
             c.guard.max_bans,
@@ -329,6 +332,8 @@ mod tests {
         let old = config("");
         let new = config("[sip_auth]\nlevel = \"strong\"\n[metrics]\nenabled = false\n");
         assert_eq!(needs_restart(&old, &new), ["[sip_auth]", "[metrics]"]);
+        let new = config("[[alerts]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n");
+        assert_eq!(needs_restart(&old, &new), ["[[alerts]]"]);
         assert!(needs_restart(&old, &old).is_empty());
         let a = LivePolicy::build(old, "a".into(), Default::default());
         let b = LivePolicy::build(

@@ -1,6 +1,7 @@
 //! The SIP watcher: reads the signalling the kernel captured, parses it, feeds
 //! the authentication-failure tracker, and writes the bans it decides into the
 //! XDP ban map, where they take effect on the source's next packet.
+use crate::alerts::{Alerts, BanNotice};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -122,6 +123,25 @@ pub fn describe_ban(decision: &BanDecision, source: &str, window: Duration) -> S
     )
 }
 
+/// A SIP ban, for the alert sinks.
+fn notice(decision: &BanDecision, window: Duration) -> BanNotice {
+    let mut users: Vec<String> = decision
+        .evidence
+        .iter()
+        .filter(|f| !f.username.is_empty())
+        .map(|f| f.display_username())
+        .collect();
+    users.sort();
+    users.dedup();
+    BanNotice {
+        source: decision.source.to_string(),
+        reason: decision.reason.name().to_string(),
+        evidence: evidence(decision, window),
+        duration: decision.duration,
+        users,
+    }
+}
+
 /// What `sipguard bans` shows (and the state directory keeps) for a SIP ban.
 pub fn evidence(decision: &BanDecision, window: Duration) -> String {
     let evidence: Vec<String> = decision
@@ -188,6 +208,7 @@ pub async fn watch(
     counters: ControllerCounters,
     ban_details: BanDetails,
     bans_changed: Arc<Notify>,
+    alerts: Option<Arc<Alerts>>,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("{e}"))?;
@@ -218,6 +239,9 @@ pub async fn watch(
                             Ok(Some(key)) => {
                                 counters.ban_created(decision.reason);
                                 details.insert(key, evidence(decision, window));
+                                if let Some(alerts) = &alerts {
+                                    alerts.ban(notice(decision, window));
+                                }
                             }
                             Ok(None) => {}
                             Err(e) => warn!("could not ban {}: {e:#}", decision.source),
