@@ -132,6 +132,9 @@ fn apt_install(packages: &[String]) -> Result<()> {
     }
     let status = Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
+        // No stdin in CI: keep a config file setup wrote (crowdsec's).
+        .args(["-o", "Dpkg::Options::=--force-confdef"])
+        .args(["-o", "Dpkg::Options::=--force-confold"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
@@ -177,9 +180,91 @@ pub fn ensure_cargo_deb() -> Result<()> {
     Ok(())
 }
 
+/// Debian's CrowdSec, for the fleet tests: they start their own LAPI
+/// (`crowdsec -c FILE -no-cs`) per network namespace.
+const CROWDSEC_PACKAGE: &str = "crowdsec";
+/// The postinst registers with the Central API (online) and fails without
+/// internet, unless this file exists and is not empty.
+const CROWDSEC_CAPI_CREDENTIALS: &str = "/etc/crowdsec/online_api_credentials.yaml";
+
+fn dpkg_status(package: &str) -> Option<String> {
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+}
+
+fn crowdsec_ready() -> bool {
+    dpkg_status(CROWDSEC_PACKAGE).is_some_and(|s| s.contains("install ok installed"))
+        && Path::new("/usr/bin/crowdsec").exists()
+        && Path::new("/usr/bin/cscli").exists()
+}
+
+/// Installs Debian's crowdsec without the Central API, idempotently, and
+/// makes sure its system service neither runs nor starts at boot: the tests
+/// run their own LAPIs, each with its own config, database and port.
+fn ensure_crowdsec() -> Result<()> {
+    if crowdsec_ready() {
+        println!("setup: ok: Debian package {CROWDSEC_PACKAGE}");
+    } else {
+        if !is_root() {
+            bail!("crowdsec is not installed: run `sudo cargo xtask setup`");
+        }
+        let credentials = Path::new(CROWDSEC_CAPI_CREDENTIALS);
+        let empty = std::fs::metadata(credentials).map_or(true, |m| m.len() == 0);
+        if empty {
+            println!("setup: writing {CROWDSEC_CAPI_CREDENTIALS} so crowdsec installs offline");
+            std::fs::create_dir_all("/etc/crowdsec").context("creating /etc/crowdsec")?;
+            std::fs::write(
+                credentials,
+                "# sipguard's setup: no Central API (this machine has no internet)\n",
+            )
+            .with_context(|| format!("writing {CROWDSEC_CAPI_CREDENTIALS}"))?;
+        }
+        let half_done = dpkg_status(CROWDSEC_PACKAGE)
+            .is_some_and(|s| s == "install ok half-configured" || s == "install ok unpacked");
+        if half_done {
+            // An earlier install stopped in its postinst: finish it.
+            println!("setup: finishing the configuration of {CROWDSEC_PACKAGE}");
+            let status = Command::new("dpkg")
+                .args(["--configure", CROWDSEC_PACKAGE])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .context("running dpkg --configure")?;
+            if !status.success() {
+                bail!("dpkg --configure {CROWDSEC_PACKAGE} failed");
+            }
+        } else {
+            apt_install(&[CROWDSEC_PACKAGE.to_string()])?;
+        }
+        if !crowdsec_ready() {
+            bail!("{CROWDSEC_PACKAGE} was installed but crowdsec or cscli is missing");
+        }
+    }
+    stop_crowdsec_service();
+    Ok(())
+}
+
+/// Where systemd runs, the packaged service would hold 127.0.0.1:8080 and
+/// the shared database: stop and disable it (the tests never need it).
+fn stop_crowdsec_service() {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return;
+    }
+    let active = output("systemctl", &["is-active", "crowdsec"]).is_some_and(|s| s == "active");
+    let enabled = output("systemctl", &["is-enabled", "crowdsec"]).is_some_and(|s| s == "enabled");
+    if active || enabled {
+        println!("setup: stopping and disabling the crowdsec service (tests run their own)");
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "crowdsec"])
+            .status();
+    }
+}
+
 /// Whether everything is in place, without installing anything.
 fn ready() -> Option<BpfToolchain> {
-    if !bpf_linker_ok() || !cargo_deb_ok() || !missing_packages(TEST_PACKAGES).is_empty() {
+    if !bpf_linker_ok()
+        || !cargo_deb_ok()
+        || !missing_packages(TEST_PACKAGES).is_empty()
+        || !crowdsec_ready()
+    {
         return None;
     }
     if nightly_has_rust_src() {
@@ -222,6 +307,7 @@ pub fn setup() -> Result<BpfToolchain> {
     } else {
         apt_install(&missing)?;
     }
+    ensure_crowdsec()?;
 
     let toolchain = if uses_nightly {
         BpfToolchain::NightlyRustSrc
