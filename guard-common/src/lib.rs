@@ -325,6 +325,8 @@ pub enum BanReason {
     AuthFailure = 3,
     /// One source failing on many usernames.
     Enumeration = 4,
+    /// A decision of the CrowdSec fleet (its LAPI), not made here.
+    Crowdsec = 5,
 }
 
 impl BanReason {
@@ -334,15 +336,17 @@ impl BanReason {
             2 => Some(BanReason::RateLimit),
             3 => Some(BanReason::AuthFailure),
             4 => Some(BanReason::Enumeration),
+            5 => Some(BanReason::Crowdsec),
             _ => None,
         }
     }
 
-    pub const ALL: [BanReason; 4] = [
+    pub const ALL: [BanReason; 5] = [
         BanReason::Manual,
         BanReason::RateLimit,
         BanReason::AuthFailure,
         BanReason::Enumeration,
+        BanReason::Crowdsec,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -351,6 +355,7 @@ impl BanReason {
             BanReason::RateLimit => "rate-limit",
             BanReason::AuthFailure => "auth-failure",
             BanReason::Enumeration => "enumeration",
+            BanReason::Crowdsec => "crowdsec",
         }
     }
 }

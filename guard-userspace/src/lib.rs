@@ -14,12 +14,14 @@
 //!   (`tracker`) and the watcher that feeds them captured signalling (`watcher`)
 //! - `metrics`: Prometheus series and the /metrics endpoint
 //! - `state`: bans and runtime list changes saved in the state directory
+//! - `fleet`: the CrowdSec bouncer (decisions from a LAPI)
 //! - `daemon`: `sipguard run`, start-up in named steps
 pub mod alerts;
 pub mod cli;
 pub mod clock;
 pub mod control;
 pub mod daemon;
+pub mod fleet;
 pub mod kernel;
 pub mod metrics;
 pub mod policy;

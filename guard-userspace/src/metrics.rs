@@ -255,26 +255,23 @@ impl Collector for KernelCollector {
         )?;
 
         let bans = maps.active_bans(clock::monotonic_ns()).unwrap_or_default();
-        let mut active = [0i64; 5];
+        // Index 0 collects reasons this build does not know.
+        let mut active = [0i64; BanReason::ALL.len() + 1];
         for (_, ban) in &bans {
-            active[(ban.reason as usize).min(4)] += 1;
+            let known = BanReason::from_u16(ban.reason).map_or(0, |r| r as usize);
+            active[known] += 1;
         }
-        let active: Vec<_> = [
-            BanReason::Manual,
-            BanReason::RateLimit,
-            BanReason::AuthFailure,
-            BanReason::Enumeration,
-        ]
-        .iter()
-        .map(|r| {
-            (
-                ReasonLabel {
-                    reason: r.name().to_string(),
-                },
-                active[*r as usize],
-            )
-        })
-        .collect();
+        let active: Vec<_> = BanReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    ReasonLabel {
+                        reason: r.name().to_string(),
+                    },
+                    active[*r as usize],
+                )
+            })
+            .collect();
         gauge_family(
             &mut encoder,
             "sipguard_bans_active",

@@ -5,6 +5,7 @@
 //! Tests that need root are `#[ignore]`d with a reason: plain `cargo test`
 //! reports them as ignored (skipped); `cargo xtask test` runs them as root.
 pub mod bench;
+pub mod crowdsec;
 pub mod daemon;
 pub mod frames;
 pub mod kamailio;

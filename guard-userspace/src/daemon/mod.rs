@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::{
     clock,
     control::server,
+    fleet,
     kernel::events::BanEvents,
     kernel::iface::InterfaceWatch,
     kernel::loader::{Guard, XdpModeChoice},
@@ -170,6 +171,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
     let mut state = StateDir::open(&state::guard_dir(&options.state_dir, &iface, &netns))?;
     let (max_cidrs, max_bans) = (config.guard.max_cidrs, config.guard.max_bans);
     let live = LivePolicy::build(config, source, state.load_lists(max_cidrs)?);
+    let fleet = fleet::prepare(&live.config)?;
     let saved_bans = state.load_bans(max_bans)?;
     let endpoints = bind_endpoints(&options, &live.config).await?;
     // Subscribed before attaching, so that no change of the interface is missed.
@@ -237,6 +239,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
 
     let mut events = tokio::spawn(Arc::clone(&runtime).log_ban_events(BanEvents::new(ban_ring)?));
     let mut tasks = spawn_tasks(&runtime, endpoints, &metrics);
+    tasks.extend(fleet.spawn(&runtime)?);
     if let Some(sip) = sip_auth {
         guard.attach_egress(&iface)?;
         iface_watch.with_egress();

@@ -35,6 +35,9 @@ pub struct Config {
     /// Where ban alerts go (read at start-up).
     #[serde(default)]
     pub alerts: Vec<crate::alerts::AlertConfig>,
+    /// The CrowdSec bouncer (off unless present).
+    #[serde(default)]
+    pub crowdsec: Option<crate::fleet::config::CrowdsecSection>,
 }
 
 /// The Prometheus endpoint.
@@ -583,7 +586,8 @@ impl Config {
             }
         }
         self.validate_rules_per_port(&rules)?;
-        self.validate_sip_auth(&services)
+        self.validate_sip_auth(&services)?;
+        self.crowdsec.as_ref().map_or(Ok(()), |c| c.validate())
     }
 
     fn validate_sip_auth(&self, services: &[Service]) -> Result<(), (String, String)> {

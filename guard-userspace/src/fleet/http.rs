@@ -1,0 +1,148 @@
+//! The HTTP client every fleet task shares: reqwest on tokio with rustls
+//! (ring, the system's CA store), bounded time and bounded bodies, so a
+//! slow or hostile server costs a timeout or an error, never the memory.
+use std::time::Duration;
+
+use reqwest::{header::HeaderMap, Client, StatusCode, Url};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{url}: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url}: answered {status}: {body}")]
+    Status {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{url}: answer longer than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client,
+}
+
+impl Http {
+    pub fn new() -> Result<Http, HttpError> {
+        let client = Client::builder()
+            .user_agent(concat!("sipguard/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(HttpError::Build)?;
+        Ok(Http { client })
+    }
+
+    /// GET `url`; the body of a 2xx answer, at most `limit` bytes, within
+    /// `timeout` (connecting included).
+    pub async fn get(
+        &self,
+        url: Url,
+        headers: HeaderMap,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, HttpError> {
+        let request = self
+            .client
+            .get(url.clone())
+            .headers(headers)
+            .timeout(timeout);
+        self.send(request, &url, limit).await
+    }
+
+    /// POST `body` as JSON to `url`; the answer's body as for [`Http::get`].
+    pub async fn post_json(
+        &self,
+        url: Url,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<u8>, HttpError> {
+        let request = self
+            .client
+            .post(url.clone())
+            .headers(headers)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(request, &url, limit).await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &Url,
+        limit: usize,
+    ) -> Result<Vec<u8>, HttpError> {
+        let shown = redact(url);
+        let failed = |source| HttpError::Request {
+            url: shown.clone(),
+            source,
+        };
+        let mut response = request.send().await.map_err(failed)?;
+        let status = response.status();
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(HttpError::TooLarge { url: shown, limit });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > limit {
+                return Err(HttpError::TooLarge { url: shown, limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            return Err(HttpError::Status {
+                url: shown,
+                status,
+                body: excerpt(&body),
+            });
+        }
+        Ok(body)
+    }
+}
+
+/// The start of a body, printable, for error messages.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// The URL without its query (which may carry a feed's key) for logs.
+pub fn redact(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_never_show_a_query() {
+        let url = Url::parse("https://feed.example/list?key=secret").unwrap();
+        assert_eq!(redact(&url), "https://feed.example/list");
+    }
+
+    #[test]
+    fn excerpts_are_short_and_printable() {
+        let body = [b'a'; 500];
+        assert_eq!(excerpt(&body).len(), 200);
+        assert_eq!(excerpt(b"{\"message\":\n\"x\"}"), "{\"message\": \"x\"}");
+    }
+}

@@ -1,0 +1,48 @@
+//! sipguard in a fleet: CrowdSec's Local API (LAPI) as a source of bans.
+//! - `config`: the `[crowdsec]` section
+//! - `http`: the HTTP client (reqwest, rustls) every fleet task shares
+//! - `lapi`: the decision stream's wire format and client
+//! - `decisions`: the decisions in force and the kernel changes they make
+//! - `bouncer`: the pull loop that applies them
+pub mod bouncer;
+pub mod config;
+pub mod decisions;
+pub mod http;
+pub mod lapi;
+
+use anyhow::Result;
+
+use crate::policy::config::Config;
+
+/// The fleet tasks a config asks for, checked before the guard attaches:
+/// an unreadable key file stops the start with a clear error; an
+/// unreachable LAPI does not (the bouncer warns and retries).
+pub struct Prepared {
+    crowdsec: Option<(config::CrowdsecSection, String)>,
+}
+
+pub fn prepare(config: &Config) -> Result<Prepared> {
+    let crowdsec = match &config.crowdsec {
+        Some(section) => {
+            let key = section.api_key().map_err(anyhow::Error::msg)?;
+            Some((section.clone(), key))
+        }
+        None => None,
+    };
+    Ok(Prepared { crowdsec })
+}
+
+impl Prepared {
+    /// Starts the bouncer (if configured) on the daemon's runtime.
+    pub fn spawn(
+        self,
+        runtime: &std::sync::Arc<crate::runtime::Runtime>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+        let mut tasks = Vec::new();
+        if let Some((section, key)) = self.crowdsec {
+            let bouncer = bouncer::Bouncer::new(section, &key, std::sync::Arc::clone(runtime))?;
+            tasks.push(tokio::spawn(bouncer.run()));
+        }
+        Ok(tasks)
+    }
+}
