@@ -6,7 +6,9 @@
 //!   the LAPI's decisions (stale `crowdsec` bans, e.g. restored after a
 //!   reboot, are lifted), and deltas follow every `poll_interval`.
 //! - Outage: everything applied stays; retries back off up to a minute; the
-//!   log says when the LAPI went away and when it came back.
+//!   log says when the LAPI went away and when it came back. The first pull
+//!   after a failure is a full sync again (a failed pull may have moved the
+//!   LAPI's per-bouncer cursor past a delta).
 //! - Allow-listed networks (and `sip_auth.whitelist`) are never dropped by a
 //!   fleet decision: such decisions are counted and logged.
 //! - A local ban (manual, rate-limit, SIP) on the same source is left as it
@@ -123,6 +125,9 @@ impl Bouncer {
                     self.section.poll_interval
                 }
                 Err(e) => {
+                    // A pull that failed after the LAPI moved this bouncer's
+                    // cursor loses that delta: the next success is a full sync.
+                    synced = false;
                     failures = failures.saturating_add(1);
                     let wait = backoff(self.section.poll_interval, failures);
                     let held = self.book.len();
