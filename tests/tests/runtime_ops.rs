@@ -523,3 +523,57 @@ fn metrics_never_take_the_runtime_lock() {
     let key = SourceKey::from_ipv4([192, 0, 2, 66]);
     assert!(maps.blocking_lock().ban(&key).unwrap().is_some());
 }
+
+/// A SIP ban as the tracker decides it.
+fn sip_decision(source: &str, duration: Duration) -> guard_userspace::sip::tracker::BanDecision {
+    guard_userspace::sip::tracker::BanDecision {
+        source: ip(source),
+        reason: guard_common::BanReason::AuthFailure,
+        duration,
+        evidence: vec![guard_userspace::sip::tracker::Failure {
+            at: std::time::Instant::now(),
+            username: b"7".to_vec(),
+            status: 401,
+            proven: true,
+        }],
+        failures_in_window: 3,
+        proven: true,
+        offence: 1,
+    }
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn sip_bans_go_through_the_runtime_with_their_evidence() {
+    let s = site("sip-bans", POLICY);
+    let rt = &s.runtime;
+    let window = Duration::from_secs(60);
+    block_on(async {
+        let hour = sip_decision("192.0.2.41", Duration::from_secs(3600));
+        assert_eq!(rt.sip_bans(&[hour], window).await, 1);
+        let rows = rt.bans().await.unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].source, "192.0.2.41");
+        assert_eq!(rows[0].reason, "auth-failure");
+        assert_eq!(
+            rows[0].detail,
+            "3 failures in 1m (proven), last user:status 7:401"
+        );
+        assert!(rows[0].remaining_seconds.unwrap() > 3590);
+
+        // A shorter ban on the same source leaves the longer one in force.
+        let minute = sip_decision("192.0.2.41", Duration::from_secs(60));
+        assert_eq!(rt.sip_bans(&[minute], window).await, 0);
+        assert!(rt.bans().await.unwrap()[0].remaining_seconds.unwrap() > 3590);
+        // A longer one replaces it; an IPv6 source is banned by its prefix.
+        let day = sip_decision("192.0.2.41", Duration::from_secs(86_400));
+        let v6 = sip_decision("2001:db8:7:7::1", Duration::from_secs(60));
+        assert_eq!(rt.sip_bans(&[day, v6], window).await, 2);
+        let rows = rt.bans().await.unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.iter().any(|r| r.source == "2001:db8:7:7::/64"));
+        let v4 = rows.iter().find(|r| r.source == "192.0.2.41").unwrap();
+        assert!(v4.remaining_seconds.unwrap() > 86_000);
+        assert_eq!(rt.sip_bans(&[], window).await, 0);
+    });
+}

@@ -313,15 +313,7 @@ fn watch_sip(
         auth.level.failures * auth.unproven_multiplier,
         clock::human(auth.level.ban)
     );
-    let watch = watcher::watch(
-        ring,
-        Tracker::new(auth),
-        runtime.maps_handle(),
-        runtime.counters().clone(),
-        runtime.ban_details_handle(),
-        runtime.bans_changed_handle(),
-        runtime.alerts_handle(),
-    );
+    let watch = watcher::watch(ring, Tracker::new(auth), Arc::clone(runtime));
     tokio::spawn(async move {
         if let Err(e) = watch.await {
             warn!("SIP watcher stopped: {e:#}");

@@ -16,6 +16,7 @@ use super::{
 use crate::{
     clock,
     kernel::maps::KernelMaps,
+    sip::{ban as sip_ban, tracker::BanDecision},
     state::{Clocks, SavedBan, StateDir},
 };
 
@@ -225,6 +226,67 @@ impl Runtime {
             self.save_bans().await;
             tokio::time::sleep(SAVE_INTERVAL).await;
         }
+    }
+}
+
+impl Runtime {
+    /// Puts the SIP watcher's bans in force, each with its evidence as its
+    /// detail, counted and told to the alert sinks. A source already banned
+    /// for longer keeps its ban. Returns how many bans were made.
+    pub async fn sip_bans(&self, decisions: &[BanDecision], window: Duration) -> usize {
+        if decisions.is_empty() {
+            return 0;
+        }
+        let mut made = 0;
+        {
+            let mut maps = self.maps().await;
+            let mut details = self.ban_details.lock().await;
+            for decision in decisions {
+                match self.put_sip_ban(&mut maps, decision, window) {
+                    Ok(Some(key)) => {
+                        made += 1;
+                        self.counters.ban_created(decision.reason);
+                        details.insert(key, sip_ban::evidence(decision, window));
+                        self.alert(sip_ban::notice(decision, window));
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!("could not ban {}: {e:#}", decision.source),
+                }
+            }
+        }
+        self.bans_changed.notify_one();
+        made
+    }
+
+    /// Writes one SIP ban into the ban map (unless a longer one is in
+    /// place); returns its key when it did.
+    fn put_sip_ban(
+        &self,
+        maps: &mut KernelMaps,
+        decision: &BanDecision,
+        window: Duration,
+    ) -> anyhow::Result<Option<SourceKey>> {
+        let key = self.source_key(decision.source);
+        let source = self.source_name(&key);
+        let now = clock::monotonic_ns();
+        let expires_ns =
+            now.saturating_add(decision.duration.as_nanos().min(u64::MAX as u128) as u64);
+        if let Some(existing) = maps.ban(&key)? {
+            if existing.is_active(now) && existing.expires_ns >= expires_ns {
+                info!("{source} failed SIP authentication again but is already banned for longer");
+                return Ok(None);
+            }
+        }
+        let entry = BanEntry {
+            expires_ns,
+            created_ns: now,
+            reason: decision.reason as u16,
+            rule: NO_RULE,
+            ..BanEntry::default()
+        };
+        maps.insert_ban(key, entry)?;
+        warn!(target: "sipguard::ban", "{}", sip_ban::describe_ban(decision, &source, window));
+        Ok(Some(key))
     }
 }
 

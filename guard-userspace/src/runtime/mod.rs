@@ -158,11 +158,6 @@ impl Runtime {
         }
     }
 
-    /// The alert sinks, for the SIP watcher.
-    pub fn alerts_handle(&self) -> Option<Arc<Alerts>> {
-        self.alerts.clone()
-    }
-
     /// Tells the alert sinks of a ban (never waits).
     pub(crate) fn alert(&self, notice: BanNotice) {
         if let Some(alerts) = &self.alerts {
@@ -178,12 +173,14 @@ impl Runtime {
         self.maps.lock().await
     }
 
-    /// The map handles, for the SIP watcher (which bans under this lock).
+    /// The map handles, for tests that read the kernel's state. Bans go
+    /// through the runtime's ban operations (`bans`).
     pub fn maps_handle(&self) -> Arc<Mutex<KernelMaps>> {
         Arc::clone(&self.maps)
     }
 
-    /// The ban details, for the SIP watcher (which records its evidence).
+    /// The ban details, for a ban source not yet moved onto the runtime's
+    /// ban operations (`bans`).
     pub fn ban_details_handle(&self) -> bans::BanDetails {
         Arc::clone(&self.ban_details)
     }

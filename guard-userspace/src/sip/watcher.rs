@@ -1,7 +1,7 @@
 //! The SIP watcher: reads the signalling the kernel captured, parses it, feeds
-//! the authentication-failure tracker, and writes the bans it decides into the
-//! XDP ban map, where they take effect on the source's next packet.
-use crate::alerts::{Alerts, BanNotice};
+//! the authentication-failure tracker, and has the runtime (the one owner of
+//! bans) put the bans it decides into the XDP ban map, where they take effect
+//! on the source's next packet.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -9,21 +9,13 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use aya::maps::{MapData, RingBuf};
-use guard_common::{
-    BanEntry, SipCaptureHeader, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND, NO_RULE,
-};
-use tokio::{
-    io::unix::AsyncFd,
-    sync::{Mutex, Notify},
-};
-use tracing::{debug, info, warn};
+use guard_common::{SipCaptureHeader, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
+use tokio::io::unix::AsyncFd;
+use tracing::debug;
 
 use crate::{
-    clock,
-    kernel::maps::KernelMaps,
     metrics::ControllerCounters,
-    runtime::bans,
-    runtime::bans::BanDetails,
+    runtime::{bans, Runtime},
     sip::parser::{self, Message, ParseError},
     sip::tracker::{BanDecision, Tracker},
 };
@@ -113,103 +105,13 @@ pub fn handle_capture(
     bans
 }
 
-/// The log line for a SIP ban, with its evidence.
-pub fn describe_ban(decision: &BanDecision, source: &str, window: Duration) -> String {
-    format!(
-        "banned {source} for {}: {}, {}",
-        clock::human(decision.duration),
-        decision.reason.name(),
-        evidence(decision, window)
-    )
-}
-
-/// A SIP ban, for the alert sinks.
-fn notice(decision: &BanDecision, window: Duration) -> BanNotice {
-    let mut users: Vec<String> = decision
-        .evidence
-        .iter()
-        .filter(|f| !f.username.is_empty())
-        .map(|f| f.display_username())
-        .collect();
-    users.sort();
-    users.dedup();
-    BanNotice {
-        source: decision.source.to_string(),
-        reason: decision.reason.name().to_string(),
-        evidence: evidence(decision, window),
-        duration: decision.duration,
-        users,
-    }
-}
-
-/// What `sipguard bans` shows (and the state directory keeps) for a SIP ban.
-pub fn evidence(decision: &BanDecision, window: Duration) -> String {
-    let evidence: Vec<String> = decision
-        .evidence
-        .iter()
-        .map(|f| format!("{}:{}", f.display_username(), f.status))
-        .collect();
-    format!(
-        "{} failures in {} ({}{}), last user:status {}",
-        decision.failures_in_window,
-        clock::human(window),
-        if decision.proven {
-            "proven"
-        } else {
-            "unproven"
-        },
-        if decision.offence > 1 {
-            format!(", offence {}", decision.offence)
-        } else {
-            String::new()
-        },
-        evidence.join(" ")
-    )
-}
-
-/// Writes a ban into the kernel's ban map (unless a longer one is in
-/// place); returns its key when it did.
-pub fn apply_ban(
-    maps: &mut KernelMaps,
-    decision: &BanDecision,
-    window: Duration,
-) -> Result<Option<SourceKey>> {
-    let key = maps.source_key(decision.source)?;
-    let prefix = maps.settings()?.ipv6_ban_prefix;
-    let source = bans::source_to_string(&key, prefix);
-    let now = clock::monotonic_ns();
-    let expires_ns = now.saturating_add(decision.duration.as_nanos().min(u64::MAX as u128) as u64);
-    if let Some(existing) = maps.ban(&key)? {
-        if existing.is_active(now) && existing.expires_ns >= expires_ns {
-            info!("{source} failed SIP authentication again but is already banned for longer");
-            return Ok(None);
-        }
-    }
-    maps.insert_ban(
-        key,
-        BanEntry {
-            expires_ns,
-            created_ns: now,
-            dropped: 0,
-            reason: decision.reason as u16,
-            rule: NO_RULE,
-            _pad: 0,
-        },
-    )?;
-    warn!(target: "sipguard::ban", "{}", describe_ban(decision, &source, window));
-    Ok(Some(key))
-}
-
 /// Runs until the ring buffer fails.
 pub async fn watch(
     ring: RingBuf<MapData>,
     mut tracker: Tracker,
-    maps: Arc<Mutex<KernelMaps>>,
-    counters: ControllerCounters,
-    ban_details: BanDetails,
-    bans_changed: Arc<Notify>,
-    alerts: Option<Arc<Alerts>>,
+    runtime: Arc<Runtime>,
 ) -> Result<()> {
+    let counters = runtime.counters().clone();
     // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("{e}"))?;
     let mut stats = WatchStats::default();
@@ -231,24 +133,7 @@ pub async fn watch(
                 if drained {
                     ready.clear_ready();
                 }
-                if !decisions.is_empty() {
-                    let mut maps = maps.lock().await;
-                    let mut details = ban_details.lock().await;
-                    for decision in &decisions {
-                        match apply_ban(&mut maps, decision, window) {
-                            Ok(Some(key)) => {
-                                counters.ban_created(decision.reason);
-                                details.insert(key, evidence(decision, window));
-                                if let Some(alerts) = &alerts {
-                                    alerts.ban(notice(decision, window));
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(e) => warn!("could not ban {}: {e:#}", decision.source),
-                        }
-                    }
-                    bans_changed.notify_one();
-                }
+                runtime.sip_bans(&decisions, window).await;
                 if !drained {
                     // A flood keeps the ring full: let the control socket
                     // and the other tasks have their turn.
@@ -364,7 +249,8 @@ mod tests {
         assert_eq!(bans[0].source, IpAddr::V4(Ipv4Addr::from(peer)));
         assert!(bans[0].proven);
         assert_eq!(stats.messages, 12);
-        let line = describe_ban(&bans[0], "198.51.100.7", Duration::from_secs(86_400));
+        let line =
+            crate::sip::ban::describe_ban(&bans[0], "198.51.100.7", Duration::from_secs(86_400));
         assert!(line.starts_with("banned 198.51.100.7 for 30days: auth-failure, 3 failures in 1day (proven), last user:status 7:401 7:401 7:401"), "{line}");
     }
 
