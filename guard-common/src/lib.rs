@@ -327,6 +327,9 @@ pub enum BanReason {
     Enumeration = 4,
     /// A decision of the CrowdSec fleet (its LAPI), not made here.
     Crowdsec = 5,
+    /// A SIP request carrying a scanner fingerprint; `BanEntry::rule` holds
+    /// the fingerprint's number (1-based).
+    Scanner = 6,
 }
 
 impl BanReason {
@@ -337,16 +340,18 @@ impl BanReason {
             3 => Some(BanReason::AuthFailure),
             4 => Some(BanReason::Enumeration),
             5 => Some(BanReason::Crowdsec),
+            6 => Some(BanReason::Scanner),
             _ => None,
         }
     }
 
-    pub const ALL: [BanReason; 5] = [
+    pub const ALL: [BanReason; 6] = [
         BanReason::Manual,
         BanReason::RateLimit,
         BanReason::AuthFailure,
         BanReason::Enumeration,
         BanReason::Crowdsec,
+        BanReason::Scanner,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -356,6 +361,7 @@ impl BanReason {
             BanReason::AuthFailure => "auth-failure",
             BanReason::Enumeration => "enumeration",
             BanReason::Crowdsec => "crowdsec",
+            BanReason::Scanner => "scanner",
         }
     }
 }
@@ -398,6 +404,8 @@ pub struct BanEvent {
     pub created_ns: u64,
     pub expires_ns: u64,
     pub reason: u16,
+    /// The rate rule's index, or for [`BanReason::Scanner`] the number
+    /// (1-based) of the fingerprint that matched.
     pub rule: u16,
     /// Packets the rule had counted, the banning one included.
     pub count: u32,
@@ -479,10 +487,12 @@ pub enum Reason {
     Fragment = 7,
     PassedAllowlisted = 8,
     Passed = 9,
+    /// A SIP request carrying a scanner fingerprint (`sip_scan`).
+    Scanner = 10,
 }
 
 impl Reason {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Banned,
         Reason::Denied,
@@ -494,6 +504,7 @@ impl Reason {
         Reason::Fragment,
         Reason::PassedAllowlisted,
         Reason::Passed,
+        Reason::Scanner,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -508,6 +519,7 @@ impl Reason {
             Reason::Fragment => "fragment",
             Reason::PassedAllowlisted => "passed_allowlisted",
             Reason::Passed => "passed",
+            Reason::Scanner => "scanner",
         }
     }
 
@@ -573,7 +585,7 @@ impl Health {
 
 /// The layout of every map's keys and values. A controller adopts pinned
 /// maps only under the same version; bump it when any map type changes.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Map names, shared so a rename cannot split the two sides.
 pub mod map_names {
@@ -593,9 +605,12 @@ pub mod map_names {
     pub const BAN_EVENTS: &str = "BAN_EVENTS";
     pub const SIP_EVENTS: &str = "SIP_EVENTS";
     pub const CAPTURE_PROG: &str = "CAPTURE_PROG";
+    pub const SIP_PATTERNS: &str = "SIP_PATTERNS";
+    pub const SIP_SCANS: &str = "SIP_SCANS";
+    pub const SIP_SCRATCH: &str = "SIP_SCRATCH";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 19] = [
         BANS,
         DENY_V4,
         DENY_V6,
@@ -612,6 +627,9 @@ pub mod map_names {
         BAN_EVENTS,
         SIP_EVENTS,
         CAPTURE_PROG,
+        SIP_PATTERNS,
+        SIP_SCANS,
+        SIP_SCRATCH,
     ];
 }
 

@@ -47,6 +47,7 @@ pub fn compile(patterns: &[Pattern<'_>]) -> Result<Box<PatternTable>, PatternErr
         return Err(PatternError::TooManyPatterns);
     }
     let mut table: Box<PatternTable> = boxed_empty();
+    table.active = u32::from(!patterns.is_empty());
     let mut next_class = START_CLASS + 1;
     for (index, pattern) in patterns.iter().enumerate() {
         let number = index + 1;

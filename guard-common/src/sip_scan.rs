@@ -73,6 +73,13 @@ impl PatternField {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PatternTable {
+    /// How long a source whose request matched stays banned (0: its packet
+    /// is dropped, the source is not banned).
+    pub ban_ns: u64,
+    /// Non-zero when any pattern is set: only then does the XDP program
+    /// copy and read SIP requests.
+    pub active: u32,
+    pub _pad: u32,
     /// Byte -> class (case folded).
     pub class: [u8; 256],
     /// Per field: the state after [`START_CLASS`] from the field's root
@@ -84,9 +91,14 @@ pub struct PatternTable {
     pub next: [u16; PATTERN_STATES * PATTERN_CLASSES],
 }
 
+map_type!(PatternTable, 66840);
+
 impl PatternTable {
     /// No patterns: every field stays in the dead state 0.
     pub const EMPTY: PatternTable = PatternTable {
+        ban_ns: 0,
+        active: 0,
+        _pad: 0,
         class: [0; 256],
         start: [0; PATTERN_FIELDS],
         accept: [0; PATTERN_STATES],
@@ -94,8 +106,8 @@ impl PatternTable {
     };
 
     #[inline(always)]
-    fn step(&self, state: u16, byte: u8) -> u16 {
-        let class = self.class[byte as usize] as usize;
+    fn step(&self, state: u16, class: u8) -> u16 {
+        let class = class as usize & (PATTERN_CLASSES - 1);
         let index =
             ((state as usize) * PATTERN_CLASSES + class) & (PATTERN_STATES * PATTERN_CLASSES - 1);
         self.next[index]
@@ -148,6 +160,25 @@ pub enum ScanStatus {
     Matched = 3,
 }
 
+impl ScanStatus {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [ScanStatus; 4] = [
+        ScanStatus::Partial,
+        ScanStatus::Complete,
+        ScanStatus::Unreadable,
+        ScanStatus::Matched,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ScanStatus::Partial => "partial",
+            ScanStatus::Complete => "complete",
+            ScanStatus::Unreadable => "unreadable",
+            ScanStatus::Matched => "fingerprint",
+        }
+    }
+}
+
 /// [`SipField::flags`]: the field was found.
 pub const FIELD_PRESENT: u8 = 1;
 /// [`SipField::flags`]: the value was longer than the copy.
@@ -175,6 +206,7 @@ impl<const N: usize> SipField<N> {
     };
 
     /// The copied bytes.
+    #[inline(always)]
     pub fn value(&self) -> &[u8] {
         &self.bytes[..(self.len as usize).min(N)]
     }
@@ -207,6 +239,7 @@ impl<const N: usize> SipField<N> {
 }
 
 impl<const N: usize> PartialEq for SipField<N> {
+    #[inline(always)]
     fn eq(&self, other: &Self) -> bool {
         self.len == other.len && self.flags == other.flags && self.value() == other.value()
     }
@@ -337,6 +370,21 @@ const fn pack2(name: &[u8]) -> [u64; 2] {
     [words[0], words[1]]
 }
 
+/// Stores `value` in a store of its own. Adjacent stores of zeros are
+/// otherwise merged by LLVM into a call to memset, which BPF runs byte by
+/// byte in a subprogram of its own.
+#[inline(always)]
+fn set<T: Copy>(place: &mut T, value: T) {
+    // SAFETY: `place` is a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(place, value) }
+}
+
+/// Word by word: a slice comparison would become a call to memcmp.
+#[inline(always)]
+const fn same(a: &[u64; 3], b: &[u64; 3]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2]
+}
+
 #[inline(always)]
 const fn lower(byte: u8) -> u8 {
     if byte.is_ascii_uppercase() {
@@ -445,7 +493,9 @@ impl SipScan {
         self.name_len = 0;
         self.fold = 0;
         self.value_len = 0;
-        self.name = [0; 3];
+        set(&mut self.name[0], 0);
+        set(&mut self.name[1], 0);
+        set(&mut self.name[2], 0);
         self.start_uri();
         // The Request-URI ends at the space: a ';' before it may be the user's.
         self.uri_bracketed = 1;
@@ -476,12 +526,27 @@ impl SipScan {
         self.phase = P_DONE;
     }
 
-    /// Reads up to eight bytes (`chunk`'s first `count`, in order). Returns
-    /// false once nothing more is wanted. Inside a header nobody reads, a
-    /// chunk without a line end is skipped in one test.
+    /// True if `byte` can be passed over without reading it: inside a
+    /// header nobody reads, anything but a line feed changes nothing.
+    #[inline(always)]
+    pub fn skips(&self, byte: u8) -> bool {
+        self.phase == P_SKIP && byte != b'\n'
+    }
+
+    /// True if the eight bytes of `chunk` can be passed over without
+    /// reading them one by one: inside a header nobody reads, a chunk
+    /// without a line end changes nothing (one SWAR test).
+    #[inline(always)]
+    pub fn skips_chunk(&self, chunk: u64) -> bool {
+        self.phase == P_SKIP && !has_byte(chunk, b'\n')
+    }
+
+    /// Reads up to eight bytes (`chunk`'s first `count`, in order), as the
+    /// XDP program does: [`SipScan::skips_chunk`] for a whole chunk, else
+    /// [`SipScan::step`] per byte. Returns false once nothing more is wanted.
     #[inline(always)]
     pub fn step_chunk(&mut self, chunk: u64, count: usize, table: &PatternTable) -> bool {
-        if self.phase == P_SKIP && count == 8 && !has_byte(chunk, b'\n') {
+        if count == 8 && self.skips_chunk(chunk) {
             return true;
         }
         let mut i = 0;
@@ -495,8 +560,21 @@ impl SipScan {
     }
 
     /// Reads one byte. Returns false once nothing more is wanted.
+    ///
+    /// The XDP program calls it from one place only (a `bpf_loop` body):
+    /// called eight times per chunk, the verifier's states multiplied past
+    /// its one-million-instruction limit.
     #[inline(always)]
     pub fn step(&mut self, byte: u8, table: &PatternTable) -> bool {
+        self.step_classed(byte, table.class[byte as usize], table)
+    }
+
+    /// [`SipScan::step`] with the byte's class already looked up. The XDP
+    /// program looks it up from a second load of the byte: a byte that is
+    /// both compared with many constants and used as an index is a value the
+    /// verifier must track precisely, and its states then never merge.
+    #[inline(always)]
+    pub fn step_classed(&mut self, byte: u8, class: u8, table: &PatternTable) -> bool {
         match self.phase {
             P_METHOD => self.method_byte(byte),
             P_URI => self.request_uri_byte(byte),
@@ -521,7 +599,7 @@ impl SipScan {
                 b' ' | b'\t' => {}
                 _ => self.unreadable(),
             },
-            P_VALUE => self.value_byte(byte, table),
+            P_VALUE => self.value_byte(byte, class, table),
             P_SKIP if byte == b'\n' => self.end_line(),
             _ => {}
         }
@@ -534,6 +612,7 @@ impl SipScan {
         self.phase = P_DONE;
     }
 
+    #[inline(always)]
     fn method_byte(&mut self, byte: u8) {
         if byte == b' ' && self.name_len > 0 {
             self.out.method = method_of(self.name[0], self.name[1]);
@@ -549,6 +628,7 @@ impl SipScan {
         self.push_name(byte);
     }
 
+    #[inline(always)]
     fn request_uri_byte(&mut self, byte: u8) {
         match byte {
             b' ' => {
@@ -568,6 +648,7 @@ impl SipScan {
         }
     }
 
+    #[inline(always)]
     fn version_byte(&mut self, byte: u8) {
         let index = self.name_len as usize;
         if index < VERSION.len() && lower(byte) == VERSION[index] {
@@ -580,6 +661,7 @@ impl SipScan {
         }
     }
 
+    #[inline(always)]
     fn line_start(&mut self, byte: u8, table: &PatternTable) {
         match byte {
             b'\r' => self.phase = P_LINE_START_CR,
@@ -598,14 +680,17 @@ impl SipScan {
             }
             _ => {
                 self.header = H_OTHER;
-                self.name = [0; 3];
-                self.name_len = 0;
+                set(&mut self.name[0], 0);
+                set(&mut self.name[1], 0);
+                set(&mut self.name[2], 0);
+                set(&mut self.name_len, 0);
                 self.phase = P_NAME;
                 self.name_byte(byte, table);
             }
         }
     }
 
+    #[inline(always)]
     fn name_byte(&mut self, byte: u8, table: &PatternTable) {
         match byte {
             b':' if self.name_len > 0 => self.start_value(table),
@@ -635,29 +720,30 @@ impl SipScan {
         self.name_len += 1;
     }
 
+    #[inline(always)]
     fn start_value(&mut self, table: &PatternTable) {
         let name = self.name;
         let header = if self.name_len > NAME_BYTES {
             H_OTHER
-        } else if name == N_FROM || name == N_F {
+        } else if same(&name, &N_FROM) || same(&name, &N_F) {
             H_FROM
-        } else if name == N_TO || name == N_T {
+        } else if same(&name, &N_TO) || same(&name, &N_T) {
             H_TO
-        } else if name == N_CONTACT || name == N_M {
+        } else if same(&name, &N_CONTACT) || same(&name, &N_M) {
             H_CONTACT
-        } else if name == N_AGENT {
+        } else if same(&name, &N_AGENT) {
             H_AGENT
-        } else if name == N_AUTH || name == N_PROXY_AUTH {
+        } else if same(&name, &N_AUTH) || same(&name, &N_PROXY_AUTH) {
             H_AUTH
         } else {
             H_OTHER
         };
         self.header = header;
-        self.value_len = 0;
-        self.fold = 0;
+        set(&mut self.value_len, 0);
+        set(&mut self.fold, 0);
         self.start_uri();
-        self.auth = A_SCHEME;
-        self.auth_index = 0;
+        set(&mut self.auth, A_SCHEME);
+        set(&mut self.auth_index, 0);
         let field = match header {
             H_FROM => PatternField::From,
             H_TO => PatternField::To,
@@ -707,7 +793,8 @@ impl SipScan {
         }
     }
 
-    fn value_byte(&mut self, byte: u8, table: &PatternTable) {
+    #[inline(always)]
+    fn value_byte(&mut self, byte: u8, class: u8, table: &PatternTable) {
         match byte {
             b'\n' => {
                 self.end_line();
@@ -726,21 +813,21 @@ impl SipScan {
             // The fold reads as one space.
             self.fold = 0;
             self.value_len = self.value_len.saturating_add(1);
-            self.value_char(b' ', table);
+            self.value_char(b' ', table.class[b' ' as usize], table);
             if self.phase != P_VALUE {
                 return;
             }
         }
         self.value_len = self.value_len.saturating_add(1);
-        self.value_char(byte, table);
+        self.value_char(byte, class, table);
     }
 
     /// One byte of the value (blanks of a fold already folded).
     #[inline(always)]
-    fn value_char(&mut self, byte: u8, table: &PatternTable) {
+    fn value_char(&mut self, byte: u8, class: u8, table: &PatternTable) {
         let header = self.header;
         if self.dfa != 0 {
-            self.dfa = table.step(self.dfa, byte);
+            self.dfa = table.step(self.dfa, class);
             let pattern = table.accepts(self.dfa);
             if pattern != 0 {
                 self.out.pattern = pattern;
@@ -782,6 +869,7 @@ impl SipScan {
 
     /// The end of a header line. A URI or a token cannot span a fold, so
     /// they end here; a quoted string or a display name may continue.
+    #[inline(always)]
     fn end_line(&mut self) {
         match self.header {
             H_FROM | H_TO if self.uri == U_USER => self.end_uri_user(self.header),
@@ -793,10 +881,10 @@ impl SipScan {
 
     #[inline(always)]
     fn start_uri(&mut self) {
-        self.uri = U_SEEK;
-        self.uri_bracketed = 0;
-        self.scheme = 0;
-        self.scheme_len = 0;
+        set(&mut self.uri, U_SEEK);
+        set(&mut self.uri_bracketed, 0);
+        set(&mut self.scheme, 0);
+        set(&mut self.scheme_len, 0);
     }
 
     /// The copy a URI user goes to: the Request-URI's (`H_OTHER`, read on
@@ -813,6 +901,7 @@ impl SipScan {
     /// Finds the first `sip:`, `sips:` or `tel:` URI outside quotes (after
     /// `<` in a name-addr) and copies its user part: up to `@` for SIP, the
     /// number for tel. A SIP URI without `@` has no user.
+    #[inline(always)]
     fn uri_byte(&mut self, byte: u8, header: u8) {
         match self.uri {
             U_SEEK => match byte {
@@ -882,6 +971,7 @@ impl SipScan {
 
     /// The URI ended before an `@`: a tel URI's number is its user, a SIP
     /// URI has none.
+    #[inline(always)]
     fn end_uri_user(&mut self, header: u8) {
         if self.uri == U_USER {
             let tel = self.scheme == SCHEME_TEL;
@@ -896,6 +986,7 @@ impl SipScan {
     }
 
     /// The `username` parameter of `Digest username="1001", realm=...`.
+    #[inline(always)]
     fn auth_byte(&mut self, byte: u8) {
         match self.auth {
             A_SCHEME if is_space(byte) => self.auth = A_PARAM_START,
@@ -998,6 +1089,7 @@ const SCHEME_SIP: u32 = scheme(b"sip");
 const SCHEME_SIPS: u32 = scheme(b"sips");
 const SCHEME_TEL: u32 = scheme(b"tel");
 
+#[inline(always)]
 fn method_of(first: u64, second: u64) -> SipMethod {
     let mut i = 0;
     while i < METHODS.len() {

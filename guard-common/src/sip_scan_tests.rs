@@ -74,11 +74,15 @@ fn check(case: &Case) {
     );
 }
 
+/// The XDP program's loop: one byte at a time, passing over unread bytes.
 fn bytewise(payload: &[u8], table: &PatternTable) -> SipSummary {
     let mut scanner = SipScan::new();
     scanner.reset();
     for &byte in &payload[..payload.len().min(SCAN_BYTES)] {
-        if !scanner.step(byte, table) {
+        if scanner.skips(byte) {
+            continue;
+        }
+        if !scanner.step_classed(byte, table.class[byte as usize], table) {
             break;
         }
     }

@@ -15,6 +15,9 @@
 //!    verdict (trusted services, rate-limited ports, unclassified traffic
 //!    under "drop"), so `passed_allowlisted` counts the packets that passed
 //!    *because* of it;
+//!    Then, on ports watched for SIP, SIP inspection ([`Step::Sip`]): a
+//!    request carrying a scanner fingerprint drops and bans its source
+//!    (reason `scanner`), unless the source is allow-listed for the service;
 //! 6. rate rules ([`Step::Rate`]): the packet that exceeds a rule drops (the
 //!    kernel bans its source there);
 //! 7. the service passes ([`Step::Service`]), or traffic matching no service
@@ -28,10 +31,9 @@
 //! - learned peers (a per-source peer budget in the rate check) extend
 //!   [`Lookup::exceeds_rate_rules`]'s contract or add a lookup next to it,
 //!   consulted in step 6;
-//! - SIP inspection (reasons such as a scanner's User-Agent, a denied
-//!   extension or dialled number, from a parsed SIP request) adds its
-//!   reasons to [`Reason`], a summary of the request to [`Transport`]'s
-//!   payload, and a step between 5 and 6.
+//! - SIP inspection (step 5b) reads the request through
+//!   [`Lookup::scanner_fingerprint`]; further SIP rules (a denied extension
+//!   or dialled number) read the same [`crate::sip_scan::SipSummary`] there.
 use crate::{
     service_bit, AccessMode, L4Proto, PortClass, Reason, Settings, SourceKey, CAPTURE_INBOUND,
     DEFAULT_DROP, NO_SERVICE, UNCLASSIFIED_BIT,
@@ -115,6 +117,18 @@ pub trait Lookup {
         is_syn: bool,
         slot: u8,
     ) -> bool;
+    /// The scanner fingerprint (its 1-based number) the packet's SIP
+    /// request carries, 0 if none or if the request cannot be read. Asked
+    /// only of packets to a port watched for SIP that no earlier step
+    /// decided. The XDP program reads the payload with
+    /// [`crate::sip_scan`]; the controller has no packet and keeps this
+    /// default.
+    fn scanner_fingerprint(&mut self, _slot: u8) -> u16 {
+        0
+    }
+    /// Bans `source` for carrying fingerprint `pattern` (the kernel, for
+    /// the ban time of policy `slot`); the controller's default changes nothing.
+    fn ban_scanner(&mut self, _source: &SourceKey, _pattern: u16, _slot: u8) {}
 }
 
 /// The step that decided a verdict (see the module docs).
@@ -128,6 +142,8 @@ pub enum Step {
     Access,
     Allow,
     Rate,
+    /// SIP inspection: a scanner's fingerprint (drops and bans).
+    Sip,
     /// A service's port: the service passes (after its rate rules, if any).
     Service,
     /// Traffic matching no service: the default policy.
@@ -167,6 +183,7 @@ impl Verdict {
             Reason::Closed | Reason::NotTrusted => Step::Access,
             Reason::PassedAllowlisted => Step::Allow,
             Reason::RateLimited => Step::Rate,
+            Reason::Scanner => Step::Sip,
             Reason::DefaultDrop => Step::Default,
             Reason::Passed if self.class.service != NO_SERVICE => Step::Service,
             Reason::Passed => Step::Default,
@@ -237,6 +254,20 @@ pub fn judge_parts<L: Lookup, P>(
         && lookup.allow_mask(address) & UNCLASSIFIED_BIT != 0
     {
         return verdict(Reason::PassedAllowlisted, class, Step::Allow);
+    }
+
+    // SIP inspection, before the rate rules so that a scanner's first
+    // request drops. An allow-listed source is never banned for it; the
+    // allow list is searched again only on a match, which is rare.
+    if class.watches_sip() {
+        let pattern = lookup.scanner_fingerprint(slot);
+        if pattern != 0 {
+            if lookup.allow_mask(address) & service_bit(class.service) != 0 {
+                return verdict(Reason::PassedAllowlisted, class, Step::Allow);
+            }
+            lookup.ban_scanner(&source, pattern, slot);
+            return verdict(Reason::Scanner, class, Step::Sip);
+        }
     }
 
     if class.has_rules() && lookup.exceeds_rate_rules(&source, &class, is_syn, slot) {

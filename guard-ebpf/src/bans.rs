@@ -3,7 +3,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_ktime_get_coarse_ns,
 };
-use guard_common::{atomic, BanEntry, BanEvent, BanReason, Health, RateRule, SourceKey};
+use guard_common::{atomic, BanEntry, BanEvent, BanReason, Health, RateRule, SourceKey, NO_RULE};
 
 use crate::{
     counters::count_health,
@@ -50,6 +50,29 @@ pub fn ban_for_rule(source: &SourceKey, rule_index: u32, rule: &RateRule, count:
         rule: rule_index as u16,
         _pad: 0,
     };
+    ban(source, &entry, entry.rule, count);
+}
+
+/// Bans `source` for `ban_ns` for carrying scanner fingerprint `pattern`.
+/// The ban names no rate rule; its event carries the fingerprint's number.
+#[inline(always)]
+pub fn ban_scanner(source: &SourceKey, pattern: u16, ban_ns: u64) {
+    let now_ns = now_ns();
+    let entry = BanEntry {
+        expires_ns: now_ns.saturating_add(ban_ns),
+        created_ns: now_ns,
+        dropped: 0,
+        reason: BanReason::Scanner as u16,
+        rule: NO_RULE,
+        _pad: 0,
+    };
+    ban(source, &entry, pattern, 1);
+}
+
+#[inline(always)]
+fn ban(source: &SourceKey, entry: &BanEntry, event_rule: u16, count: u64) {
+    let now_ns = entry.created_ns;
+    let entry = *entry;
     let inserted = match BANS.insert(source, entry, BPF_NOEXIST as u64) {
         Ok(()) => true,
         // An entry exists: another CPU banned the source a moment ago (it
@@ -67,18 +90,18 @@ pub fn ban_for_rule(source: &SourceKey, rule_index: u32, rule: &RateRule, count:
         }
     };
     if inserted {
-        report(source, &entry, count);
+        report(source, &entry, event_rule, count);
     }
 }
 
 #[inline(always)]
-fn report(source: &SourceKey, entry: &BanEntry, count: u64) {
+fn report(source: &SourceKey, entry: &BanEntry, rule: u16, count: u64) {
     let event = BanEvent {
         source: *source,
         created_ns: entry.created_ns,
         expires_ns: entry.expires_ns,
         reason: entry.reason,
-        rule: entry.rule,
+        rule,
         count: count.min(u32::MAX as u64) as u32,
     };
     if BAN_EVENTS.output::<BanEvent>(&event, 0).is_err() {

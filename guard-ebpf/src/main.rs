@@ -14,7 +14,6 @@
 //! bottom copies the PBX's SIP answers.
 #![no_std]
 #![no_main]
-#![feature(asm_experimental_arch)]
 
 mod bans;
 mod counters;
@@ -22,9 +21,10 @@ mod maps;
 mod parse;
 mod rate_limit;
 mod sip_capture;
+mod sip_inspect;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_PIPE},
+    bindings::{xdp_action, xdp_md, TC_ACT_PIPE},
     macros::{classifier, xdp},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
@@ -37,11 +37,29 @@ use guard_common::{
 
 use crate::{
     maps::{ALLOW_V4, ALLOW_V6, CAPTURE_PROG, DENY_V4, DENY_V6, PORTS, SERVICES, SETTINGS},
-    parse::{Address, Frame},
+    parse::{Address, Frame, Transport},
 };
 
-/// The shared verdict's lookups, over this program's maps.
-struct KernelLookup;
+/// The shared verdict's lookups, over this program's maps, and the arriving
+/// packet whose SIP request step 5b reads: its context and where its payload
+/// starts and how long it is (0: none; egress has no packet here). Kept to
+/// 16 bytes: the packet path's stack is nearly all of the kernel's 512.
+struct KernelLookup {
+    ctx: *mut xdp_md,
+    payload_start: u32,
+    payload_len: u32,
+}
+
+impl KernelLookup {
+    #[inline(always)]
+    fn without_packet() -> KernelLookup {
+        KernelLookup {
+            ctx: core::ptr::null_mut(),
+            payload_start: 0,
+            payload_len: 0,
+        }
+    }
+}
 
 impl Lookup for KernelLookup {
     /// One read per packet: the policy slot in it keeps every later lookup
@@ -104,6 +122,44 @@ impl Lookup for KernelLookup {
     ) -> bool {
         rate_limit::exceeds_rate_rules(source, class, is_syn, slot)
     }
+
+    #[inline(always)]
+    fn scanner_fingerprint(&mut self, slot: u8) -> u16 {
+        if self.payload_len == 0 {
+            return 0;
+        }
+        // The table is looked up here too: without patterns, nothing is copied.
+        match sip_inspect::patterns(slot) {
+            Some(_) => {
+                sip_inspect::fingerprint(self.ctx, self.payload_start, self.payload_len, slot)
+            }
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn ban_scanner(&mut self, source: &SourceKey, pattern: u16, slot: u8) {
+        if let Some(table) = sip_inspect::patterns(slot) {
+            // SAFETY: a live map value, read only.
+            let ban_ns = unsafe { (*table).ban_ns };
+            if ban_ns != 0 {
+                bans::ban_scanner(source, pattern, ban_ns);
+            }
+        }
+    }
+}
+
+/// Where a TCP or UDP packet's payload starts and its length (0: none).
+#[inline(always)]
+fn payload_of(transport: &Transport) -> (u32, u32) {
+    match *transport {
+        Transport::Udp { payload, .. } | Transport::Tcp { payload, .. }
+            if payload.end > payload.start =>
+        {
+            (payload.start as u32, (payload.end - payload.start) as u32)
+        }
+        _ => (0, 0),
+    }
 }
 
 #[xdp]
@@ -113,16 +169,19 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
     // parser and LLVM spilled an uninitialised register there, which the
     // verifier refuses ("R5 !read_ok"). The egress program reads it first
     // for the same reason: there the other order is the one that fails.
-    let settings = KernelLookup.settings();
+    let settings = KernelLookup::without_packet().settings();
     let verdict = match frame {
         Frame::AlwaysPass => parse_verdict(Reason::Passed, &settings),
         Frame::Malformed => parse_verdict(Reason::Malformed, &settings),
-        Frame::Ip(packet) => judge_parts(
-            &mut KernelLookup,
-            &packet.source,
-            &packet.transport,
-            &settings,
-        ),
+        Frame::Ip(packet) => {
+            let (payload_start, payload_len) = payload_of(&packet.transport);
+            let mut lookup = KernelLookup {
+                ctx: ctx.ctx,
+                payload_start,
+                payload_len,
+            };
+            judge_parts(&mut lookup, &packet.source, &packet.transport, &settings)
+        }
     };
     let class = verdict.class;
     counters::count_verdict(
@@ -159,9 +218,14 @@ pub fn sipguard_capture(ctx: XdpContext) -> u32 {
 /// controller. It never drops or changes a packet.
 #[classifier]
 pub fn sipguard_egress(ctx: TcContext) -> i32 {
-    let slot = KernelLookup.settings().policy_slot;
+    let slot = KernelLookup::without_packet().settings().policy_slot;
     if let Frame::Ip(packet) = parse::parse(&ctx) {
-        let (class, _) = classify(&mut KernelLookup, &packet.transport, CAPTURE_OUTBOUND, slot);
+        let (class, _) = classify(
+            &mut KernelLookup::without_packet(),
+            &packet.transport,
+            CAPTURE_OUTBOUND,
+            slot,
+        );
         if class.watches_sip() {
             sip_capture::capture(&ctx, &packet, CAPTURE_OUTBOUND);
         }

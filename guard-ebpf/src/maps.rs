@@ -5,6 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use guard_common::{
+    sip_scan::{PatternTable, ScanStatus},
     BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow, RuleCounter,
     ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, POLICY_SLOTS, PORT_SLOTS, SERVICE_SLOTS,
     VERDICT_SLOTS,
@@ -71,3 +72,16 @@ pub static CAPTURE_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// about 2,000 `SipCapture` records in flight.
 #[map]
 pub static SIP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Scanner fingerprints, one table per policy slot (switched with the policy).
+#[map]
+pub static SIP_PATTERNS: Array<PatternTable> = Array::with_max_entries(POLICY_SLOTS, 0);
+
+/// SIP requests read, per CPU, by outcome (`ScanStatus`).
+#[map]
+pub static SIP_SCANS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ScanStatus::COUNT, 0);
+
+/// Per-CPU copy of the payload being read, and the reader's state.
+#[map]
+pub static SIP_SCRATCH: PerCpuArray<crate::sip_inspect::Scratch> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -20,16 +20,18 @@ fn mapped(address: &Address) -> [u8; 16] {
     }
 }
 
-/// `len` (1..=SIP_CAPTURE_BYTES) in a form the verifier can bound: the helper
-/// refuses a size that might be 0. The empty asm hides `len`'s range from
-/// LLVM, which would otherwise drop the mask as redundant.
+/// `len` (at least 1) capped at `capacity` (a power of two), in a form the
+/// verifier can bound (1..=capacity): the helpers refuse a size that might
+/// be 0. The volatile read hides `len`'s range from LLVM, which would
+/// otherwise drop the mask as redundant. (An empty `asm!` did the same, but
+/// its zero-length instruction left two BTF line records at one offset,
+/// which the kernel refuses once the program has a bpf_loop callback.)
 #[inline(always)]
-fn clamp_length(len: usize) -> usize {
-    const _: () = assert!(SIP_CAPTURE_BYTES.is_power_of_two());
-    let mut opaque = len as u64;
-    // SAFETY: an empty instruction sequence; it only launders a register.
-    unsafe { core::arch::asm!("/* {0} */", inout(reg) opaque) };
-    ((opaque.wrapping_sub(1) & (SIP_CAPTURE_BYTES as u64 - 1)) + 1) as usize
+pub fn clamp_length(len: usize, capacity: usize) -> usize {
+    let capped = len.min(capacity) as u64;
+    // SAFETY: reads a live local.
+    let opaque = unsafe { core::ptr::read_volatile(&capped) };
+    ((opaque.wrapping_sub(1) & (capacity as u64 - 1)) + 1) as usize
 }
 
 /// Copies the packet's payload; `direction` says who the peer is. Runs in
@@ -56,7 +58,8 @@ pub fn capture<P: PacketBytes>(ctx: &P, packet: &Packet, direction: u8) {
         return;
     }
     let payload_len = payload.end - payload.start;
-    let captured = clamp_length(payload_len.min(SIP_CAPTURE_BYTES));
+    const _: () = assert!(SIP_CAPTURE_BYTES.is_power_of_two());
+    let captured = clamp_length(payload_len, SIP_CAPTURE_BYTES);
     let (peer, peer_port, local_port) = if direction == CAPTURE_INBOUND {
         (&packet.source, sport, dport)
     } else {

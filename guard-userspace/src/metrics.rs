@@ -318,6 +318,26 @@ impl Collector for KernelCollector {
             &errors,
         )?;
 
+        let scans: Vec<_> = maps
+            .sip_scans()
+            .map(|scans| {
+                scans
+                    .iter()
+                    .map(|(status, count)| {
+                        let kind = status.name().to_string();
+                        (KindLabel { kind }, *count)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        counter_family(
+            &mut encoder,
+            "sipguard_sip_inspected",
+            "SIP requests the XDP program read, by outcome: complete, partial (cut by 2 KiB or \
+             the segment), unreadable (left to the PBX and the controller), fingerprint.",
+            &scans,
+        )?;
+
         let entries = |name: &str| -> i64 {
             match name {
                 "bans" => bans.len() as i64,

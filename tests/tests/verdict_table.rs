@@ -798,6 +798,9 @@ fn build_policy(
             .collect(),
         allow: allow_entries,
         deny: deny_entries,
+        // No fingerprints: the host judge has no packet to read.
+        scanners: Default::default(),
+        scanner_names: Vec::new(),
     }
 }
 
@@ -900,8 +903,10 @@ fn host_and_kernel_agree_on_random_policies() {
         "only {compared} packets compared: the test lost its reach"
     );
     // Every reason a policy decides must come up, or the test lost its reach.
+    // (Scanner needs a SIP request read in the kernel, which the host judge
+    // has no packet for: tests/scanners.rs covers it.)
     for reason in Reason::ALL {
-        if reason != Reason::Malformed {
+        if reason != Reason::Malformed && reason != Reason::Scanner {
             assert!(
                 tally[reason as usize] > 0,
                 "no packet was {}",

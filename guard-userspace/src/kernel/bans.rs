@@ -63,9 +63,22 @@ pub fn notice(
 }
 
 /// The log line for a ban the kernel made.
-pub fn describe_event(event: &BanEvent, rule_names: &[String], ipv6_prefix: u8) -> String {
+pub fn describe_event(
+    event: &BanEvent,
+    rule_names: &[String],
+    scanner_names: &[String],
+    ipv6_prefix: u8,
+) -> String {
     let source = source_to_string(&event.source, ipv6_prefix);
     let duration = ban_duration(event.created_ns, event.expires_ns);
+    if event.reason == BanReason::Scanner as u16 {
+        // A scanner ban's event carries the fingerprint's number (1-based).
+        let pattern = (event.rule as usize)
+            .checked_sub(1)
+            .and_then(|i| scanner_names.get(i))
+            .map_or("a fingerprint no longer configured", String::as_str);
+        return format!("banned {source} for {duration}: scanner, {pattern}");
+    }
     match rule_name(event.rule, rule_names) {
         Some(rule) => format!(
             "banned {source} for {duration}: {} by rule {rule} ({} packets in its window)",
@@ -106,7 +119,7 @@ mod tests {
         };
         let names = vec!["a".to_string(), "sip-udp-40-per-2s".to_string()];
         assert_eq!(
-            describe_event(&event, &names, 64),
+            describe_event(&event, &names, &[], 64),
             "banned 198.51.100.9 for 1h: rate-limit by rule sip-udp-40-per-2s (41 packets in its window)"
         );
     }

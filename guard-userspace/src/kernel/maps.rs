@@ -10,9 +10,10 @@ use aya::maps::{
     RingBuf,
 };
 use guard_common::{
-    map_names as names, policy_rule_index, policy_service_index, BanEntry, Counter, Health,
-    PortClass, RateKey, RateRule, RateWindow, Reason, RuleCounter, ServicePolicy, Settings,
-    SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS,
+    map_names as names, policy_rule_index, policy_service_index,
+    sip_scan::{PatternTable, ScanStatus},
+    BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow, Reason, RuleCounter,
+    ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS,
 };
 use ipnet::IpNet;
 
@@ -59,6 +60,10 @@ pub struct KernelMaps {
     pub verdicts: PerCpuArray<MapData, Counter>,
     pub rule_hits: PerCpuArray<MapData, RuleCounter>,
     pub health: PerCpuArray<MapData, u64>,
+    /// Scanner fingerprints, one table per policy slot.
+    pub sip_patterns: Array<MapData, PatternTable>,
+    /// SIP requests the kernel read, by outcome.
+    pub sip_scans: PerCpuArray<MapData, u64>,
     /// Taken by whoever reads ban events (there is one reader).
     pub ban_events: Option<RingBuf<MapData>>,
     /// Taken by the SIP watcher.
@@ -106,6 +111,8 @@ impl KernelMaps {
             verdicts: typed(t, names::VERDICTS)?,
             rule_hits: typed(t, names::RULE_HITS)?,
             health: typed(t, names::HEALTH)?,
+            sip_patterns: typed(t, names::SIP_PATTERNS)?,
+            sip_scans: typed(t, names::SIP_SCANS)?,
             // Only the daemon reads the rings; an inspector opening the maps
             // by program id may not find them (the capture programs own SIP_EVENTS).
             ban_events: optional(t, names::BAN_EVENTS)?,
@@ -217,6 +224,13 @@ impl KernelMaps {
                 self.ports.set(index, class, 0).context("writing PORTS")?;
             }
         }
+        let table = policy
+            .scanners
+            .table()
+            .map_err(|e| anyhow!("scanner patterns: {e}"))?;
+        self.sip_patterns
+            .set(next as u32, *table, 0)
+            .context("writing SIP_PATTERNS")?;
         let allow: Vec<(IpNet, u32)> = policy.allow.clone();
         let deny: Vec<(IpNet, u32)> = policy.deny.iter().map(|net| (*net, 0)).collect();
         self.add_nets(NetList::Allow, &allow)?;
@@ -429,5 +443,20 @@ impl KernelMaps {
             *total = self.health.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(totals)
+    }
+}
+
+impl KernelMaps {
+    /// SIP requests the kernel read, summed over CPUs, by outcome.
+    pub fn sip_scans(&self) -> Result<[(ScanStatus, u64); ScanStatus::COUNT as usize]> {
+        let mut out = ScanStatus::ALL.map(|status| (status, 0));
+        for (status, total) in out.iter_mut() {
+            let values = self
+                .sip_scans
+                .get(&(*status as u32), 0)
+                .context("reading SIP_SCANS")?;
+            *total = values.iter().sum();
+        }
+        Ok(out)
     }
 }

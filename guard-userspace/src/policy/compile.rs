@@ -9,7 +9,10 @@ use guard_common::{
 };
 use ipnet::IpNet;
 
-use crate::policy::config::{Config, DefaultPolicy, ALL, OTHER};
+use crate::policy::{
+    config::{Config, DefaultPolicy, ALL, OTHER},
+    scanners::SipScannersSection,
+};
 
 /// Everything the kernel needs to enforce a configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +29,10 @@ pub struct CompiledPolicy {
     /// `(network, allowed services mask)`, networks normalised (host bits cleared).
     pub allow: Vec<(IpNet, u32)>,
     pub deny: Vec<IpNet>,
+    /// Scanner fingerprints; the kernel's table is built from it on sync.
+    pub scanners: SipScannersSection,
+    /// How each fingerprint is named in logs, by number - 1.
+    pub scanner_names: Vec<String>,
 }
 
 impl CompiledPolicy {
@@ -110,6 +117,13 @@ impl CompiledPolicy {
             rules,
             allow,
             deny: config.deny.iter().map(|d| d.cidr.trunc()).collect(),
+            scanners: config.sip_scanners.clone(),
+            scanner_names: config
+                .sip_scanners
+                .effective()
+                .iter()
+                .map(|p| p.describe())
+                .collect(),
         }
     }
 

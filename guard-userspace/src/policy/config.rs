@@ -38,6 +38,8 @@ pub struct Config {
     /// The CrowdSec bouncer (off unless present).
     #[serde(default)]
     pub crowdsec: Option<crate::fleet::config::CrowdsecSection>,
+    #[serde(default)]
+    pub sip_scanners: crate::policy::scanners::SipScannersSection,
 }
 
 /// The Prometheus endpoint.
@@ -277,7 +279,7 @@ pub struct RateRuleSection {
 }
 
 /// Durations as humantime strings ("2s", "1h", "7d", "1h 30m").
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
@@ -587,6 +589,7 @@ impl Config {
         }
         self.validate_rules_per_port(&rules)?;
         self.validate_sip_auth(&services)?;
+        self.sip_scanners.validate()?;
         self.crowdsec.as_ref().map_or(Ok(()), |c| c.validate())
     }
 

@@ -5,4 +5,5 @@ pub mod config;
 pub mod live;
 #[cfg(test)]
 mod live_tests;
+pub mod scanners;
 pub mod verdict;

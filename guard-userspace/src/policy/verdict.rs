@@ -442,6 +442,9 @@ impl LivePolicy {
                 ),
                 None => "over a rate rule".to_string(),
             },
+            // The controller judges without a packet, so it never finds a
+            // fingerprint; the kernel's scanner bans show under Banned.
+            Reason::Scanner => "a SIP request carrying a scanner fingerprint".to_string(),
             Reason::Passed if verdict.step() == Step::Service => {
                 let rules = self.rule_names(&verdict.class);
                 if rules.is_empty() {

@@ -307,6 +307,7 @@ impl Runtime {
             }
             // Rule indexes follow the policy in force (a reload renumbers them).
             let rule_names = self.rule_names().await;
+            let scanner_names = self.scanner_names().await;
             for event in &batch {
                 if let Some(reason) = BanReason::from_u16(event.reason) {
                     self.counters.ban_created(reason);
@@ -314,7 +315,7 @@ impl Runtime {
                 warn!(
                     target: "sipguard::ban",
                     "{}",
-                    describe_event(event, &rule_names, self.ipv6_ban_prefix)
+                    describe_event(event, &rule_names, &scanner_names, self.ipv6_ban_prefix)
                 );
                 self.alert(crate::kernel::bans::notice(
                     event,

@@ -203,6 +203,11 @@ impl Runtime {
         self.policy.lock().await.live.compiled.rule_names.clone()
     }
 
+    /// How each scanner fingerprint in force is named, by number - 1.
+    pub async fn scanner_names(&self) -> Vec<String> {
+        self.policy.lock().await.live.compiled.scanner_names.clone()
+    }
+
     /// Monitor mode in force.
     pub async fn monitor(&self) -> Monitor {
         self.policy.lock().await.monitor
