@@ -181,6 +181,8 @@ impl KernelMaps {
         add(names::VERDICTS, self.verdicts.map())?;
         add(names::RULE_HITS, self.rule_hits.map())?;
         add(names::HEALTH, self.health.map())?;
+        add(names::SIP_PATTERNS, self.sip_patterns.map())?;
+        add(names::SIP_SCANS, self.sip_scans.map())?;
         KernelMaps::from_source(|wanted| {
             let i = found.iter().position(|(name, _)| *name == wanted)?;
             Some(found.swap_remove(i).1)

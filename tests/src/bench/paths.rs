@@ -18,9 +18,6 @@ const EXPIRED: &str = "198.51.100.51";
 fn policy(max_bans: u32, max_cidrs: u32, max_tracked: u32) -> String {
     format!(
         r#"
-[sip_scanners]
-# The SIP paths include the kernel's SIP reader (issue 12; off by default).
-enabled = true
 [guard]
 max_bans = {max_bans}
 max_cidrs = {max_cidrs}
@@ -57,6 +54,8 @@ pub struct Path {
 }
 
 pub const SIP_UNDER_LIMIT: &str = "SIP under the limit (2 rules)";
+pub const SIP_REGISTER: &str = "SIP 600 B REGISTER (2 rules)";
+/// The same frame with `[sip_scanners]` on (a harness of its own).
 pub const SIP_REGISTER_READ: &str = "SIP 600 B REGISTER read, no fingerprint (2 rules)";
 
 /// A typical REGISTER with credentials, about 600 bytes of payload: what
@@ -141,6 +140,14 @@ pub fn paths() -> Vec<Path> {
         Path {
             fresh_source: true,
             ..p(
+                SIP_REGISTER,
+                udp("198.51.100.52", PBX4, 5060, &register_600()),
+                XDP_PASS,
+            )
+        },
+        Path {
+            fresh_source: true,
+            ..p(
                 SIP_REGISTER_READ,
                 udp("198.51.100.52", PBX4, 5060, &register_600()),
                 XDP_PASS,
@@ -193,6 +200,12 @@ pub struct PathResult {
 /// Measures every path and both baselines round-robin, `effort.runs` times.
 pub fn per_path(baseline: &aya::Ebpf, effort: Effort) -> Result<(Vec<PathResult>, Stats, Stats)> {
     let mut h = bench_harness(65_536, 65_536, 100_000)?;
+    // The SIP reader is off by default; its path runs with it on.
+    let reader_policy = format!(
+        "{}\n[sip_scanners]\nenabled = true\n",
+        policy(65_536, 65_536, 100_000)
+    );
+    let mut reader = Harness::try_new(&reader_policy)?;
     let paths = paths();
     let bare_drop = xdp(baseline, "bare_drop")?;
     let bare_pass = xdp(baseline, "bare_pass")?;
@@ -207,8 +220,12 @@ pub fn per_path(baseline: &aya::Ebpf, effort: Effort) -> Result<(Vec<PathResult>
         let (p, _) = ns_per_packet(bare_pass, &frame, effort.repeat)?;
         drop_ns.push(d);
         pass_ns.push(p);
-        let program = h.guard.program()?;
         for (i, path) in paths.iter().enumerate() {
+            let program = if path.name == SIP_REGISTER_READ {
+                reader.guard.program()?
+            } else {
+                h.guard.program()?
+            };
             let frame = frame_for(path, &mut measurement);
             let (ns, action) = ns_per_packet(program, &frame, effort.repeat)?;
             ensure!(
