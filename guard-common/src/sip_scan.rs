@@ -5,10 +5,12 @@
 //! a time through [`SipScan::step`], a state machine with no recursion, no
 //! loops of its own and fixed-size outputs: every write index is checked
 //! against its array's length, so the verifier sees bounded accesses and the
-//! host never panics. The XDP program feeds it 8-byte chunks from a per-CPU
-//! copy of the payload inside `bpf_loop` ([`SipScan::step_chunk`], which
-//! skips the bytes of headers nobody reads a word at a time); the host feeds
-//! it the same chunks through [`scan`].
+//! host never panics. The XDP program feeds it one byte per `bpf_loop`
+//! iteration from a per-CPU copy of the payload, passing over the bytes of
+//! headers nobody reads ([`SipScan::skips`], then [`SipScan::step_classed`]);
+//! the tests run that same loop and [`scan`], which reads 8-byte chunks
+//! ([`SipScan::step_chunk`], a SWAR test per chunk of an unread header), and
+//! check that both agree.
 //!
 //! It reads the method, the Request-URI user, the From and To users, the
 //! Authorization/Proxy-Authorization username and a prefix of the
