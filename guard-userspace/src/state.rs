@@ -307,13 +307,7 @@ impl StateDir {
             }
             Err(e) => Err(anyhow::Error::from(e)),
         };
-        let parsed = bytes.and_then(|bytes| {
-            let value = serde_json::from_slice::<T>(&bytes)?;
-            match value.version() {
-                FORMAT_VERSION => Ok(value),
-                other => bail!("format version {other}, this sipguard reads {FORMAT_VERSION}"),
-            }
-        });
+        let parsed = bytes.and_then(|bytes| decode::<T>(&bytes));
         match parsed {
             Ok(value) => Ok(Some(value)),
             Err(e) => {
@@ -322,6 +316,27 @@ impl StateDir {
             }
         }
     }
+}
+
+/// A state file's contents, checked for this sipguard's format version.
+fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T> {
+    let value = serde_json::from_slice::<T>(bytes)?;
+    match value.version() {
+        FORMAT_VERSION => Ok(value),
+        other => bail!("format version {other}, this sipguard reads {FORMAT_VERSION}"),
+    }
+}
+
+/// The bans in a `bans.json`'s bytes (what [`StateDir::load_bans`] reads),
+/// without touching the file system: for the fuzz targets and tests.
+pub fn parse_bans(bytes: &[u8]) -> Result<Vec<SavedBan>> {
+    decode::<BansFile>(bytes).map(|f| f.bans)
+}
+
+/// The list changes in a `lists.json`'s bytes, in canonical form (what
+/// [`StateDir::load_lists`] reads), without touching the file system.
+pub fn parse_lists(bytes: &[u8]) -> Result<ListChanges> {
+    decode::<ListChanges>(bytes).map(ListChanges::canonical)
 }
 
 /// The most bytes a state file of `entries` entries may take: far more
@@ -712,5 +727,26 @@ mod tests {
         assert_eq!(loaded.deny_removed, changes.deny_removed);
         assert!(!dir.path().join("lists.tmp").exists());
         let _ = std::fs::remove_dir_all(dir.path());
+    }
+
+    #[test]
+    fn parsing_bytes_reads_what_the_files_hold() {
+        let text = r#"{"version":1,"bans":[{"key":"::ffff:192.0.2.7","reason":"manual",
+            "rule":null,"detail":"x","created_unix":1,"expires_unix":null,"dropped":0}]}"#;
+        let bans = parse_bans(text.as_bytes()).unwrap();
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].key, "::ffff:192.0.2.7".parse::<Ipv6Addr>().unwrap());
+        let other = text.replace("\"version\":1", "\"version\":2");
+        assert!(parse_bans(other.as_bytes()).is_err());
+        assert!(parse_bans(b"\xff{").is_err());
+
+        // Lists come back canonical: host bits cleared, as load_lists gives them.
+        let lists = r#"{"version":1,"allow_added":{},"deny_added":{},
+            "allow_removed":["10.1.2.3/8"],"deny_removed":[]}"#;
+        let changes = parse_lists(lists.as_bytes()).unwrap();
+        assert_eq!(
+            changes.allow_removed,
+            ["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
     }
 }

@@ -400,6 +400,12 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub fn read_config_file(path: &Path) -> Result<String, String> {
     let bytes =
         crate::state::read_regular_file(path, MAX_CONFIG_BYTES).map_err(|e| e.to_string())?;
+    config_text(bytes)
+}
+
+/// A config file's bytes as text, or why they are not (the fuzz target's
+/// entry: the file system plays no part in it).
+pub fn config_text(bytes: Vec<u8>) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| {
         format!(
             "not UTF-8 text (an invalid byte at offset {})",
