@@ -227,15 +227,22 @@ pub struct RateRule {
 }
 map_type!(RateRule, 24);
 
-/// `default_policy` values in [`Settings`].
-pub const DEFAULT_PASS: u8 = 0;
-pub const DEFAULT_DROP: u8 = 1;
+/// What traffic that matches no service gets. Stored in [`Settings`] as a
+/// u8 (an enum read from a map must not hold an invalid value): decode it
+/// with [`Settings::default_policy`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    #[default]
+    Pass = 0,
+    Drop = 1,
+}
 
 /// Global knobs, in a one-slot array so they change at run time without reloading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// [`DEFAULT_PASS`] or [`DEFAULT_DROP`] for traffic that matches no service.
+    /// A [`DefaultPolicy`] as u8, for traffic that matches no service.
     pub default_policy: u8,
     /// Non-zero: compute and count every verdict, but pass every packet.
     pub monitor: u8,
@@ -247,10 +254,21 @@ pub struct Settings {
 }
 map_type!(Settings, 8);
 
+impl Settings {
+    /// The default policy; any value but `Drop`'s passes, as the kernel
+    /// has always read it.
+    pub const fn default_policy(&self) -> DefaultPolicy {
+        match self.default_policy {
+            1 => DefaultPolicy::Drop,
+            _ => DefaultPolicy::Pass,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            default_policy: DEFAULT_PASS,
+            default_policy: DefaultPolicy::Pass as u8,
             monitor: 0,
             ipv6_ban_prefix: 64,
             policy_slot: 0,
@@ -645,6 +663,19 @@ mod tests {
     extern crate std;
     use super::*;
     use std::vec::Vec;
+
+    #[test]
+    fn the_default_policy_is_stored_as_the_kernel_reads_it() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.default_policy(), DefaultPolicy::Pass);
+        assert_eq!(settings.default_policy, 0);
+        settings.default_policy = DefaultPolicy::Drop as u8;
+        assert_eq!(settings.default_policy, 1);
+        assert_eq!(settings.default_policy(), DefaultPolicy::Drop);
+        // A value no enum holds passes, as the XDP program always read it.
+        settings.default_policy = 7;
+        assert_eq!(settings.default_policy(), DefaultPolicy::Pass);
+    }
 
     #[test]
     fn a_rule_is_added_to_a_port_once() {

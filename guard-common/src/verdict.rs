@@ -35,8 +35,8 @@
 //!   [`Lookup::scanner_fingerprint`]; further SIP rules (a denied extension
 //!   or dialled number) read the same [`crate::sip_scan::SipSummary`] there.
 use crate::{
-    service_bit, AccessMode, L4Proto, PortClass, Reason, Settings, SourceKey, CAPTURE_INBOUND,
-    DEFAULT_DROP, NO_SERVICE, UNCLASSIFIED_BIT,
+    service_bit, AccessMode, DefaultPolicy, L4Proto, PortClass, Reason, Settings, SourceKey,
+    CAPTURE_INBOUND, NO_SERVICE, UNCLASSIFIED_BIT,
 };
 
 /// An IP address in network byte order.
@@ -250,7 +250,7 @@ pub fn judge_parts<L: Lookup, P>(
                 return verdict(Reason::NotTrusted, class, Step::Access);
             }
         }
-    } else if (settings.default_policy == DEFAULT_DROP || class.has_rules())
+    } else if (settings.default_policy() == DefaultPolicy::Drop || class.has_rules())
         && lookup.allow_mask(address) & UNCLASSIFIED_BIT != 0
     {
         return verdict(Reason::PassedAllowlisted, class, Step::Allow);
@@ -274,7 +274,7 @@ pub fn judge_parts<L: Lookup, P>(
         return verdict(Reason::RateLimited, class, Step::Rate);
     }
 
-    if class.service == NO_SERVICE && settings.default_policy == DEFAULT_DROP {
+    if class.service == NO_SERVICE && settings.default_policy() == DefaultPolicy::Drop {
         verdict(Reason::DefaultDrop, class, Step::Default)
     } else {
         verdict(Reason::Passed, class, Step::Service)

@@ -9,9 +9,8 @@ use guard_common::{
     rate::{first_packet, slot_width_ns},
     service_bit,
     verdict::{Address, Packet, Transport},
-    AccessMode, BanEntry, BanReason, L4Proto, PortClass, RateKey, RateRule, Reason, ServicePolicy,
-    Settings, SourceKey, ALLOW_ALL, DEFAULT_DROP, DEFAULT_PASS, NO_RULE, RULE_SYN_ONLY,
-    UNCLASSIFIED_BIT,
+    AccessMode, BanEntry, BanReason, DefaultPolicy, L4Proto, PortClass, RateKey, RateRule, Reason,
+    ServicePolicy, Settings, SourceKey, ALLOW_ALL, NO_RULE, RULE_SYN_ONLY, UNCLASSIFIED_BIT,
 };
 use guard_userspace::{
     clock::monotonic_ns,
@@ -770,7 +769,11 @@ fn build_policy(
     }
     CompiledPolicy {
         settings: Settings {
-            default_policy: if drop { DEFAULT_DROP } else { DEFAULT_PASS },
+            default_policy: if drop {
+                DefaultPolicy::Drop
+            } else {
+                DefaultPolicy::Pass
+            } as u8,
             monitor: monitor as u8,
             ipv6_ban_prefix: prefix,
             ..Settings::default()

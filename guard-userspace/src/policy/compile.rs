@@ -4,13 +4,13 @@ use std::net::IpAddr;
 
 use guard_common::{
     port_index, rate::slot_width_ns, service_bit, AccessMode, L4Proto, PortClass, RateRule,
-    ServicePolicy, Settings, ALLOW_ALL, DEFAULT_DROP, DEFAULT_PASS, MAX_RATE_RULES, PORT_SIP_WATCH,
-    RULE_SYN_ONLY, SERVICE_SLOTS, UNCLASSIFIED_BIT,
+    ServicePolicy, Settings, ALLOW_ALL, MAX_RATE_RULES, PORT_SIP_WATCH, RULE_SYN_ONLY,
+    SERVICE_SLOTS, UNCLASSIFIED_BIT,
 };
 use ipnet::IpNet;
 
 use crate::policy::{
-    config::{Config, DefaultPolicy, ALL, OTHER},
+    config::{Config, ALL, OTHER},
     scanners::SipScannersSection,
 };
 
@@ -89,10 +89,7 @@ impl CompiledPolicy {
 
         CompiledPolicy {
             settings: Settings {
-                default_policy: match config.guard.default_policy {
-                    DefaultPolicy::Pass => DEFAULT_PASS,
-                    DefaultPolicy::Drop => DEFAULT_DROP,
-                },
+                default_policy: config.guard.default_policy as u8,
                 monitor: config.guard.monitor.unwrap_or(false) as u8,
                 ipv6_ban_prefix: config.guard.ipv6_ban_prefix,
                 policy_slot: 0,
@@ -196,7 +193,7 @@ pub fn ip_octets(ip: IpAddr) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use guard_common::{L4Proto, NO_SERVICE};
+    use guard_common::{DefaultPolicy, L4Proto, NO_SERVICE};
 
     use super::*;
 
@@ -232,7 +229,7 @@ mod tests {
         assert!(sip.watches_sip());
         assert!(class(&p, L4Proto::Tcp, 5060).watches_sip());
         assert!(!class(&p, L4Proto::Udp, 15000).watches_sip());
-        assert_eq!(p.settings.default_policy, DEFAULT_PASS);
+        assert_eq!(p.settings.default_policy(), DefaultPolicy::Pass);
         assert!(p
             .services
             .iter()
@@ -277,7 +274,7 @@ ban = "1d"
 syn_only = true
 "#,
         );
-        assert_eq!(p.settings.default_policy, DEFAULT_DROP);
+        assert_eq!(p.settings.default_policy(), DefaultPolicy::Drop);
         assert_eq!(
             class(&p, L4Proto::Tcp, 22)
                 .rule_indexes()

@@ -118,6 +118,7 @@ mod humantime_option {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuardSection {
+    #[serde(with = "default_policy")]
     pub default_policy: DefaultPolicy,
     /// None: not set (a reload keeps the monitor mode in force).
     pub monitor: Option<bool>,
@@ -140,11 +141,23 @@ impl Default for GuardSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DefaultPolicy {
-    Pass,
-    Drop,
+/// The kernel's own enum, read by name.
+pub use guard_common::DefaultPolicy;
+
+mod default_policy {
+    use guard_common::DefaultPolicy;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DefaultPolicy, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "pass" => Ok(DefaultPolicy::Pass),
+            "drop" => Ok(DefaultPolicy::Drop),
+            _ => Err(serde::de::Error::custom(format!(
+                "unknown variant `{text}`, expected `pass` or `drop`"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
