@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = match config_text(data.to_vec()) {
         Ok(text) => text,
-        Err(reason) => {
+        Err((_, reason)) => {
             assert!(!reason.is_empty());
             return;
         }

@@ -357,3 +357,122 @@ fn daemon_errors_become_exit_codes() {
         assert_eq!(stderr(&out), "sipguard: no such thing");
     }
 }
+
+#[test]
+fn ban_lengths_and_addresses_are_checked_before_the_daemon() {
+    let socket = "/nonexistent/sipguard.sock";
+    let ban = |extra: &[&str]| {
+        let mut args = vec!["--control-socket", socket, "ban", "add"];
+        args.extend_from_slice(extra);
+        sipguard(&args)
+    };
+    for (length, says) in [
+        ("0s", "at least 1s"),
+        ("500ms", "at least 1s"),
+        ("1000y", "beyond what the kernel can hold"),
+    ] {
+        let out = ban(&["192.0.2.1", "--for", length]);
+        assert_eq!(out.status.code(), Some(2), "{length}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{length}: {}", stderr(&out));
+    }
+    let out = ban(&["10.0.0.0/24"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("ban takes one address; to block a network use `sipguard deny add`"),
+        "{}",
+        stderr(&out)
+    );
+    // These parse: only the missing daemon stops them.
+    for length in ["forever", "1h", "290y"] {
+        let out = ban(&["192.0.2.1", "--for", length]);
+        assert_eq!(out.status.code(), Some(1), "{length}: {}", stderr(&out));
+    }
+}
+
+/// The request line the CLI sends for `args` (the stand-in daemon answers
+/// with `answer`).
+fn request_of(args: &[&str], answer: guard_userspace::control::protocol::Response) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let socket =
+        std::env::temp_dir().join(format!("sipguard-cli-req-{}-{n}.sock", std::process::id()));
+    let (go, wait) = std::sync::mpsc::channel();
+    let daemon = answer_once(&socket, answer, wait);
+    go.send(()).unwrap();
+    let mut full = vec!["--control-socket", socket.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let out = sipguard(&full);
+    let request = daemon.join().unwrap();
+    let _ = std::fs::remove_file(&socket);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    request
+}
+
+#[test]
+fn forever_is_asked_for_explicitly_and_hours_are_seconds() {
+    use guard_userspace::control::protocol::{Banned, Reply};
+    let banned = || {
+        Ok(Reply::Banned(Banned {
+            source: "192.0.2.1".into(),
+            duration: "1h".into(),
+        }))
+    };
+    let request = request_of(&["ban", "add", "192.0.2.1", "--for", "forever"], banned());
+    assert!(request.contains("\"seconds\":null"), "{request}");
+    let request = request_of(&["ban", "add", "192.0.2.1", "--for", "1h"], banned());
+    assert!(request.contains("\"seconds\":3600"), "{request}");
+}
+
+#[test]
+fn networks_with_host_bits_are_refused_unless_normalized() {
+    use guard_userspace::control::protocol::{ListChange, Reply};
+    for list in ["allow", "deny"] {
+        let out = sipguard(&[
+            "--control-socket",
+            "/nonexistent/sipguard.sock",
+            list,
+            "add",
+            "10.98.0.77/24",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{list}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("10.98.0.77/24 has host bits set; the network is 10.98.0.0/24"),
+            "{list}: {}",
+            stderr(&out)
+        );
+        let changed = Ok(Reply::ListChanged(ListChange {
+            list: list.into(),
+            cidr: "10.98.0.0/24".into(),
+            added: true,
+            not_saved: None,
+        }));
+        let request = request_of(&[list, "add", "10.98.0.77/24", "--normalize"], changed);
+        assert!(
+            request.contains("\"cidr\":\"10.98.0.0/24\""),
+            "{list}: {request}"
+        );
+    }
+}
+
+#[test]
+fn an_error_into_a_closed_stderr_does_not_panic() {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills two new descriptors that this test owns.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are new and owned here, each wrapped once.
+    let (reader, writer) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    let out = Command::new(sipguard_bin())
+        .args(["--control-socket", "/nonexistent/sipguard.sock", "bans"])
+        .stderr(writer)
+        .output()
+        .unwrap();
+    // The failure's own exit code, not a panic's 101.
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -594,7 +594,7 @@ fn allow_and_deny_changes_apply_to_live_traffic() {
         &socket,
         &["allow", "add", "10.77.0.4", "--services", "sip,fax"],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service \"fax\""));
     let before = ok(cli(&socket, &["allow", "list", "--json"]));
     assert!(

@@ -129,8 +129,19 @@ fn bans_are_added_listed_and_removed() {
         };
         assert!(matches!(
             rt.ban_add(zero, &NO_SESSION).await,
-            Err(Error::Failed(_))
+            Err(Error::Invalid(_))
         ));
+        // Beyond the kernel's clock is refused, never turned into "for ever".
+        let millennium = BanRequest {
+            ip: ip("192.0.2.8"),
+            duration: Some(Duration::from_secs(1000 * 365 * 86_400)),
+            reason: None,
+        };
+        let e = rt.ban_add(millennium, &NO_SESSION).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("beyond")),
+            "{e}"
+        );
 
         let rows = rt.bans().await.unwrap();
         assert_eq!(rows.len(), 2, "{rows:?}");
@@ -184,6 +195,8 @@ fn list_changes_reach_the_kernel_or_change_nothing() {
             unknown.to_string().contains("unknown service \"fax\""),
             "{unknown}"
         );
+        // A usage error: exit code 2, as the README says.
+        assert!(matches!(unknown, Error::Invalid(_)), "{unknown}");
         assert!(rt.list(NetList::Allow).await.is_empty(), "nothing changed");
 
         let added = rt

@@ -34,10 +34,11 @@ pub struct Cli {
 pub enum BanAction {
     /// Ban an address (an IPv6 address bans its prefix, /64 by default).
     Add {
+        #[arg(value_parser = parse_ban_address)]
         ip: IpAddr,
-        /// How long ("10m", "1h", "7d"); without it, until removed.
-        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
-        duration: Option<std::time::Duration>,
+        /// How long ("10m", "1h", "7d"), or "forever"; without it, until removed.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_ban_length)]
+        duration: Option<BanLength>,
         /// Why, shown by `sipguard bans`.
         #[arg(long)]
         reason: Option<String>,
@@ -52,6 +53,10 @@ pub enum AllowAction {
     Add {
         #[arg(value_parser = parse_net)]
         cidr: IpNet,
+        /// Take a network with host bits set (10.0.0.7/24) as its masked
+        /// network (10.0.0.0/24) instead of refusing it.
+        #[arg(long)]
+        normalize: bool,
         /// Services it is trusted for (comma-separated; "all", the default, or "other").
         #[arg(long, value_delimiter = ',')]
         services: Vec<String>,
@@ -76,6 +81,9 @@ pub enum DenyAction {
     Add {
         #[arg(value_parser = parse_net)]
         cidr: IpNet,
+        /// Take a network with host bits set as its masked network.
+        #[arg(long)]
+        normalize: bool,
         #[arg(long)]
         comment: Option<String>,
     },
@@ -92,15 +100,16 @@ pub enum DenyAction {
 }
 
 impl AllowAction {
-    pub fn into_request(self) -> (Request, Option<bool>) {
-        match self {
+    pub fn into_request(self) -> Result<(Request, Option<bool>), String> {
+        Ok(match self {
             AllowAction::Add {
                 cidr,
+                normalize,
                 services,
                 comment,
             } => (
                 Request::AllowAdd {
-                    cidr,
+                    cidr: network_to_add(cidr, normalize)?,
                     services,
                     comment,
                 },
@@ -108,18 +117,77 @@ impl AllowAction {
             ),
             AllowAction::Remove { cidr } => (Request::AllowRemove { cidr }, None),
             AllowAction::List { json } => (Request::AllowList, Some(json)),
-        }
+        })
     }
 }
 
 impl DenyAction {
-    pub fn into_request(self) -> (Request, Option<bool>) {
-        match self {
-            DenyAction::Add { cidr, comment } => (Request::DenyAdd { cidr, comment }, None),
+    pub fn into_request(self) -> Result<(Request, Option<bool>), String> {
+        Ok(match self {
+            DenyAction::Add {
+                cidr,
+                normalize,
+                comment,
+            } => {
+                let cidr = network_to_add(cidr, normalize)?;
+                (Request::DenyAdd { cidr, comment }, None)
+            }
             DenyAction::Remove { cidr } => (Request::DenyRemove { cidr }, None),
             DenyAction::List { json } => (Request::DenyList, Some(json)),
+        })
+    }
+}
+
+/// A network to add: one with host bits set is refused, naming the masked
+/// network (as iproute2 does), unless `--normalize` asks for that network.
+pub fn network_to_add(cidr: IpNet, normalize: bool) -> Result<IpNet, String> {
+    let masked = cidr.trunc();
+    if masked == cidr || normalize {
+        return Ok(masked);
+    }
+    Err(format!(
+        "{cidr} has host bits set; the network is {masked} (give that, or add --normalize)"
+    ))
+}
+
+/// How long a manual ban lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanLength {
+    Forever,
+    For(std::time::Duration),
+}
+
+impl BanLength {
+    /// The protocol's form: None is until removed.
+    pub fn duration(self) -> Option<std::time::Duration> {
+        match self {
+            BanLength::Forever => None,
+            BanLength::For(d) => Some(d),
         }
     }
+}
+
+/// "forever", or a length from 1s to what the kernel can hold: 0s and
+/// "1000y" are errors, never a silent 1 s or "for ever".
+pub fn parse_ban_length(text: &str) -> Result<BanLength, String> {
+    if matches!(text, "forever" | "for-ever") {
+        return Ok(BanLength::Forever);
+    }
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e}"))?;
+    crate::runtime::bans::check_ban_length(d).map(BanLength::For)
+}
+
+/// One address: a network says what to use instead.
+pub fn parse_ban_address(text: &str) -> Result<IpAddr, String> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    if text.parse::<IpNet>().is_ok() {
+        return Err(format!(
+            "{text} is a network: ban takes one address; to block a network use `sipguard deny add`"
+        ));
+    }
+    Err(format!("{text:?} is not an IP address"))
 }
 
 /// A CIDR, or an address meaning just itself (/32 or /128).

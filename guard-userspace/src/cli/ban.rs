@@ -1,5 +1,5 @@
 //! `sipguard ban add|remove`.
-use super::{args::BanAction, output::Output, CliError};
+use super::{args::BanAction, args::BanLength, output::Output, CliError};
 use crate::control::client::Client;
 
 pub fn ban(client: &Client, action: BanAction, out: &mut Output) -> Result<(), CliError> {
@@ -9,7 +9,7 @@ pub fn ban(client: &Client, action: BanAction, out: &mut Output) -> Result<(), C
             duration,
             reason,
         } => {
-            let banned = client.ban_add(ip, duration, reason)?;
+            let banned = client.ban_add(ip, duration.and_then(BanLength::duration), reason)?;
             out.line(format_args!(
                 "banned {} for {}",
                 banned.source, banned.duration

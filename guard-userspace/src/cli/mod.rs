@@ -1,7 +1,7 @@
 //! The `sipguard` command line: arguments (`args`), one file per command,
 //! and the output they print (`output`). Every command returns a
 //! [`CliError`] whose kind decides the exit code.
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 
@@ -39,6 +39,9 @@ pub enum CliError {
     BadConfig(String),
     #[error("{0}")]
     NotFound(String),
+    /// A command line that cannot be done as given.
+    #[error("{0}")]
+    Usage(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -51,6 +54,7 @@ impl CliError {
             CliError::ClosedPipe => 0,
             CliError::Client(e) => e.exit_code(),
             CliError::BadConfig(_) => ErrorKind::BadConfig.exit_code(),
+            CliError::Usage(_) => ErrorKind::BadRequest.exit_code(),
             CliError::NotFound(_) => ErrorKind::NotFound.exit_code(),
             CliError::Failed(_) => ErrorKind::Failed.exit_code(),
         }
@@ -66,7 +70,8 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::ClosedPipe) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sipguard: {e}");
+            // Not eprintln!: a closed stderr must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "sipguard: {e}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -103,8 +108,14 @@ fn dispatch(cli: Cli, out: &mut Output) -> Result<(), CliError> {
         Command::Bans { json } => bans::bans(&client, json, out),
         Command::Monitor { state } => monitor::monitor(&client, state, out),
         Command::Explain { ip, json } => explain::explain(&client, ip, json, out),
-        Command::Allow { action } => lists::list_command(&client, action.into_request(), out),
-        Command::Deny { action } => lists::list_command(&client, action.into_request(), out),
+        Command::Allow { action } => {
+            let request = action.into_request().map_err(CliError::Usage)?;
+            lists::list_command(&client, request, out)
+        }
+        Command::Deny { action } => {
+            let request = action.into_request().map_err(CliError::Usage)?;
+            lists::list_command(&client, request, out)
+        }
         Command::Completions { shell } => generate::completions(shell, out),
         Command::Manpage => generate::manpage(out),
         Command::Reload => switch::reload(&client, out),

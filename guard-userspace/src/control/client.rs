@@ -103,7 +103,7 @@ impl Client {
     ) -> Result<Banned> {
         let request = Request::BanAdd {
             ip,
-            seconds: for_.map(|d| d.as_secs().max(1)),
+            seconds: for_.map(|d| d.as_secs()),
             reason,
         };
         expect!(self, request, Banned)

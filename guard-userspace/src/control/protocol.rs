@@ -151,6 +151,7 @@ impl From<crate::runtime::Error> for ControlError {
             Error::BadConfig(_) => ErrorKind::BadConfig,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Refused(_) => ErrorKind::Refused,
+            Error::Invalid(_) => ErrorKind::BadRequest,
             Error::Failed(_) => ErrorKind::Failed,
         };
         ControlError::new(kind, e.to_string())

@@ -410,19 +410,27 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// A config file's text: a regular file of at most [`MAX_CONFIG_BYTES`]
 /// only, so that a FIFO, a device or /dev/zero is refused at once instead
 /// of blocking or filling memory.
-pub fn read_config_file(path: &Path) -> Result<String, String> {
-    let bytes =
-        crate::state::read_regular_file(path, MAX_CONFIG_BYTES).map_err(|e| e.to_string())?;
+/// A bad file's error carries the line of the first invalid byte.
+pub fn read_config_file(path: &Path) -> Result<String, (Option<usize>, String)> {
+    let bytes = crate::state::read_regular_file(path, MAX_CONFIG_BYTES)
+        .map_err(|e| (None, e.to_string()))?;
     config_text(bytes)
 }
 
-/// A config file's bytes as text, or why they are not (the fuzz target's
-/// entry: the file system plays no part in it).
-pub fn config_text(bytes: Vec<u8>) -> Result<String, String> {
+/// A config file's bytes as text, or why they are not and the line of the
+/// first invalid byte (the fuzz target's entry: the file system plays no
+/// part in it).
+pub fn config_text(bytes: Vec<u8>) -> Result<String, (Option<usize>, String)> {
     String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "not UTF-8 text (an invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
+        let offset = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        (
+            Some(line),
+            format!("not UTF-8 text (an invalid byte at offset {offset})"),
         )
     })
 }
@@ -431,9 +439,9 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = read_config_file(path).map_err(|reason| ConfigError {
+        let text = read_config_file(path).map_err(|(line, reason)| ConfigError {
             file: file.clone(),
-            line: None,
+            line,
             key: String::new(),
             reason,
         })?;
@@ -456,7 +464,7 @@ impl Config {
         })?;
         config.validate().map_err(|(key, reason)| ConfigError {
             file: file.to_string(),
-            line: line_of_key(text, &key),
+            line: spanned_line_of_key(text, &key).or_else(|| line_of_key(text, &key)),
             key,
             reason,
         })?;
@@ -720,6 +728,30 @@ fn overlaps(a: &PortRange, b: &PortRange) -> bool {
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line of a key path such as `rate_rules[1].window` from the parsed
+/// document's spans, which also finds keys inside inline arrays and tables
+/// (`rate_rules = [{ ... }]`): the deepest part that has a place in the file.
+fn spanned_line_of_key(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut span: Option<std::ops::Range<usize>> = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some(named) = item.get(name) else { break };
+        item = named;
+        span = item.span().or(span);
+        if let Some(n) = index {
+            let Some(nth) = item.get(n) else { break };
+            item = nth;
+            span = item.span().or(span);
+        }
+    }
+    span.map(|s| line_of_offset(text, s.start))
 }
 
 /// Best-effort line of a key path such as `rate_rules[1].window` or
@@ -1051,6 +1083,26 @@ mod typed_tests {
                 .contains("expected one of `open`, `trusted`, `closed`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn errors_inside_inline_arrays_name_their_line() {
+        let text = "rate_rules = [\n  { name = \"a\", ports = [\"5060/udp\"], packets = 3, window = \"2s\", ban = \"1h\" },\n  { name = \"b\", ports = [\"5060/udp\"], packets = 0, window = \"2s\", ban = \"1h\" },\n]\n";
+        let e = Config::parse(text, "t.toml").unwrap_err();
+        assert_eq!(e.key, "rate_rules[1].packets", "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_names_the_line_of_its_bad_byte() {
+        let dir = std::env::temp_dir().join(format!("sipguard-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, b"[guard]\nmonitor = false\n# caf\xe9\n").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.reason.contains("not UTF-8"), "{e}");
     }
 
     #[test]

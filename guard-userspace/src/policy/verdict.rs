@@ -413,11 +413,13 @@ impl LivePolicy {
                     let rule = bans::rule_name(ban.rule, &self.compiled.rule_names)
                         .map(|r| format!(" by rule {r}"))
                         .unwrap_or_default();
-                    format!(
-                        "banned ({}{rule}, {} left)",
-                        bans::reason_name(ban.reason),
-                        bans::ban_duration(clock::monotonic_ns(), ban.expires_ns)
-                    )
+                    let left = if ban.expires_ns == guard_common::BAN_FOREVER {
+                        "until removed".to_string()
+                    } else {
+                        let now = clock::monotonic_ns();
+                        format!("{} left", bans::ban_duration(now, ban.expires_ns))
+                    };
+                    format!("banned ({}{rule}, {left})", bans::reason_name(ban.reason))
                 }
                 None => "banned".to_string(),
             },
@@ -681,7 +683,7 @@ comment = "scanner"
         };
         let judged = policy.judge(&packet, &inputs).unwrap();
         assert_eq!(judged.verdict.reason, Reason::Banned);
-        assert_eq!(policy.because(&judged), "banned (manual, ever left)");
+        assert_eq!(policy.because(&judged), "banned (manual, until removed)");
     }
 
     #[test]

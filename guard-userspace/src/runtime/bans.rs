@@ -61,6 +61,46 @@ pub struct BanRow {
     pub dropped: u64,
 }
 
+/// The longest timed ban: the kernel keeps a ban's end in u64 monotonic
+/// nanoseconds (about 584 years, the top value meaning "until removed");
+/// half of that leaves room for any uptime.
+pub const MAX_BAN: Duration = Duration::from_secs(u64::MAX / 2 / 1_000_000_000);
+
+/// Checks a timed ban's length: at least a second, at most [`MAX_BAN`].
+/// A ban until removed is asked for as such, never by a huge length.
+pub fn check_ban_length(d: Duration) -> std::result::Result<Duration, String> {
+    if d < Duration::from_secs(1) {
+        return Err(format!(
+            "a ban lasts at least 1s (got {}); to lift a ban use `sipguard ban remove`",
+            humantime::format_duration(d)
+        ));
+    }
+    if d > MAX_BAN {
+        return Err(format!(
+            "{} is beyond what the kernel can hold (at most {}); for a ban until removed, \
+             use `--for forever` or leave `--for` out",
+            humantime::format_duration(d),
+            humantime::format_duration(MAX_BAN)
+        ));
+    }
+    Ok(d)
+}
+
+/// When a ban of length `d` made at `now` ends, in the kernel's clock.
+fn ban_expiry(now: u64, d: Duration) -> std::result::Result<u64, String> {
+    let d = check_ban_length(d)?;
+    u64::try_from(d.as_nanos())
+        .ok()
+        .and_then(|ns| now.checked_add(ns))
+        .filter(|&end| end != BAN_FOREVER)
+        .ok_or_else(|| {
+            format!(
+                "{} is beyond what the kernel can hold",
+                humantime::format_duration(d)
+            )
+        })
+}
+
 /// A manual ban, checked against the operator's SSH sessions.
 pub struct BanRequest {
     pub ip: IpAddr,
@@ -83,10 +123,7 @@ impl Runtime {
     pub async fn ban_add(&self, ban: BanRequest, lockout: &LockoutCheck) -> Result<Banned> {
         let now = clock::monotonic_ns();
         let expires_ns = match ban.duration {
-            Some(d) if d.is_zero() => {
-                return Err(Error::Failed("a ban must last longer than 0 s".into()))
-            }
-            Some(d) => now.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64),
+            Some(d) => ban_expiry(now, d).map_err(Error::Invalid)?,
             None => BAN_FOREVER,
         };
         let key = self.source_key(ban.ip);

@@ -59,7 +59,7 @@ impl Runtime {
                 };
                 let names = policy.live.service_names();
                 let mask = allow_mask(&names, &services).map_err(|unknown| {
-                    Error::Failed(format!(
+                    Error::Invalid(format!(
                         "unknown service {unknown:?} (known: {}, all, other); nothing changed",
                         names.join(", ")
                     ))

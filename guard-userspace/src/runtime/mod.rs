@@ -36,6 +36,10 @@ pub enum Error {
     /// No such ban or list entry; nothing to confirm.
     #[error("{0}")]
     NotFound(String),
+    /// The request itself is wrong (a zero or too long ban, an unknown
+    /// service): a usage error, exit code 2.
+    #[error("{0}")]
+    Invalid(String),
     /// It would cut the operator's SSH session.
     #[error("{0}")]
     Refused(String),
