@@ -165,3 +165,22 @@ pub fn init_test_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// The policy most kernel verdict tests start from: allow, deny, trusted
+/// and closed services, default pass, with the built-in services and the
+/// SIP rate rules (0: 120 per 60 s, 1: 40 per 2 s on UDP 5060).
+pub const BASE_POLICY: &str = r#"
+[services.web]
+access = "trusted"
+[services.ami]
+access = "closed"
+[[allow]]
+cidr = "10.1.0.0/16"
+services = ["sip", "web"]
+[[allow]]
+cidr = "2001:db8:a::/48"
+[[deny]]
+cidr = "203.0.113.0/24"
+[[deny]]
+cidr = "2001:db8:bad::/48"
+"#;

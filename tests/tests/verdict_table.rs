@@ -21,28 +21,14 @@ use proptest::{
     prelude::*,
     test_runner::{Config as RunnerConfig, TestCaseError, TestRunner},
 };
-use sipguard_tests::{verdict_check::*, Harness, XDP_DROP, XDP_PASS};
+use sipguard_tests::{verdict_check::*, Harness, BASE_POLICY, XDP_DROP, XDP_PASS};
 
 const SEC: u64 = 1_000_000_000;
 const HOUR: u64 = 3600 * SEC;
 
 /// Allow, deny, trusted and closed services, default pass; the built-in
 /// services and SIP rate rules (0: 120 per 60 s, 1: 40 per 2 s on UDP 5060).
-const BASE: &str = r#"
-[services.web]
-access = "trusted"
-[services.ami]
-access = "closed"
-[[allow]]
-cidr = "10.1.0.0/16"
-services = ["sip", "web"]
-[[allow]]
-cidr = "2001:db8:a::/48"
-[[deny]]
-cidr = "203.0.113.0/24"
-[[deny]]
-cidr = "2001:db8:bad::/48"
-"#;
+const BASE: &str = BASE_POLICY;
 
 const DROP_ALL: &str = r#"
 [guard]

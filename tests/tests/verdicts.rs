@@ -3,27 +3,10 @@
 //! map and ban events. They need root (`cargo xtask test`).
 use guard_common::{BanEntry, BanReason, Health, Reason, SourceKey, BAN_FOREVER, NO_RULE};
 use guard_userspace::clock::monotonic_ns;
-use sipguard_tests::{frames::*, Harness, XDP_DROP, XDP_PASS};
+use sipguard_tests::{frames::*, Harness, BASE_POLICY, XDP_DROP, XDP_PASS};
 
 const PBX4: &str = "192.0.2.1";
 const PBX6: &str = "2001:db8:ffff::1";
-
-/// Allow, deny, trusted and closed services, default pass.
-const POLICY: &str = r#"
-[services.web]
-access = "trusted"
-[services.ami]
-access = "closed"
-[[allow]]
-cidr = "10.1.0.0/16"
-services = ["sip", "web"]
-[[allow]]
-cidr = "2001:db8:a::/48"
-[[deny]]
-cidr = "203.0.113.0/24"
-[[deny]]
-cidr = "2001:db8:bad::/48"
-"#;
 
 fn v4_key(text: &str) -> SourceKey {
     match ip(text) {
@@ -47,7 +30,7 @@ fn passes(h: &mut Harness, frame: &[u8], n: usize) -> usize {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn non_ip_frames_pass_and_count() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let frame = arp();
     assert_eq!(h.run(&frame), XDP_PASS);
     let c = h.counter(Reason::Passed);
@@ -58,7 +41,7 @@ fn non_ip_frames_pass_and_count() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn icmpv6_neighbour_discovery_passes_even_from_a_denied_source() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     for nd_type in 133..=137 {
         assert_eq!(h.run(&icmpv6("2001:db8:bad::7", PBX6, nd_type)), XDP_PASS);
     }
@@ -71,7 +54,7 @@ fn icmpv6_neighbour_discovery_passes_even_from_a_denied_source() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn deny_list_drops_ipv4_and_ipv6() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let frame = udp("203.0.113.99", PBX4, 5060, b"REGISTER");
     assert_eq!(h.run(&frame), XDP_DROP);
     assert_eq!(
@@ -90,7 +73,7 @@ fn deny_list_drops_ipv4_and_ipv6() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn allow_listed_sources_skip_rate_rules_and_are_never_banned() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let frame = udp("10.1.2.3", PBX4, 5060, b"OPTIONS");
     assert_eq!(passes(&mut h, &frame, 200), 200);
     assert_eq!(h.packets(Reason::PassedAllowlisted), 200);
@@ -102,7 +85,7 @@ fn allow_listed_sources_skip_rate_rules_and_are_never_banned() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn trusted_service_admits_only_its_allow_list() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     assert_eq!(h.run(&tcp("10.1.9.9", PBX4, 443, true, false)), XDP_PASS);
     assert_eq!(
         h.run(&tcp("2001:db8:a:1::5", PBX6, 80, true, false)),
@@ -140,7 +123,7 @@ services = ["web"]
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn closed_service_drops_everyone() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     assert_eq!(h.run(&tcp("10.1.2.3", PBX4, 5038, true, false)), XDP_DROP);
     assert_eq!(
         h.run(&tcp("198.51.100.1", PBX4, 5038, true, false)),
@@ -185,7 +168,7 @@ services = ["sip"]
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn vlan_and_qinq_are_looked_through() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let denied = udp("203.0.113.5", PBX4, 5060, b"x");
     let stranger_web = tcp("198.51.100.1", PBX4, 443, true, false);
     let one = [(TPID_8021Q, 100)];
@@ -207,7 +190,7 @@ fn vlan_and_qinq_are_looked_through() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn ipv4_options_are_skipped_by_ihl() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let web = tcp("198.51.100.1", PBX4, 443, true, false);
     for words in [1usize, 4, 10] {
         // NOPs then end-of-options: IHL 6, 9, 15.
@@ -225,7 +208,7 @@ fn ipv4_options_are_skipped_by_ihl() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn ihl_below_five_is_malformed() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let frame = udp("198.51.100.1", PBX4, 5060, b"x");
     for ihl in 0..5 {
         assert_eq!(h.run(&with_ipv4_ihl(&frame, ihl)), XDP_DROP, "ihl {ihl}");
@@ -238,7 +221,7 @@ fn ihl_below_five_is_malformed() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn ipv6_extension_headers_are_walked() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let web = tcp("2001:db8:b::1", PBX6, 443, true, false);
     let chain = [
         options_header(0),
@@ -269,7 +252,7 @@ fn ipv6_extension_headers_are_walked() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn later_fragments_are_judged_by_source_alone() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let stranger = tcp("198.51.100.1", PBX4, 443, true, false);
     // The first fragment carries the ports: judged in full.
     assert_eq!(h.run(&ipv4_fragment(&stranger, 0, true)), XDP_DROP);
@@ -314,7 +297,7 @@ fn later_fragments_are_judged_by_source_alone() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn frames_truncated_anywhere_are_malformed() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let frames = vec![
         udp("198.51.100.1", PBX4, 5060, b"REGISTER sip:x SIP/2.0"),
         tcp("198.51.100.1", PBX4, 5060, true, false),
@@ -355,7 +338,7 @@ fn frames_truncated_anywhere_are_malformed() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn zero_length_udp() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     // No payload at all: a valid datagram, counted by the SIP rules.
     let empty = udp("198.51.100.1", PBX4, 5060, b"");
     assert_eq!(h.run(&empty), XDP_PASS);
@@ -481,7 +464,7 @@ ban = "10m"
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn expired_bans_count_as_absent() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let now = monotonic_ns();
     let expired = BanEntry {
         expires_ns: now - 1,
@@ -534,7 +517,7 @@ fn expired_bans_count_as_absent() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn bans_come_before_the_allow_list() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let ban = BanEntry {
         expires_ns: BAN_FOREVER,
         reason: BanReason::Manual as u16,
@@ -552,7 +535,7 @@ fn bans_come_before_the_allow_list() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn monitor_mode_counts_every_verdict_but_passes_all() {
-    let mut h = Harness::new(&format!("[guard]\nmonitor = true\n{POLICY}"));
+    let mut h = Harness::new(&format!("[guard]\nmonitor = true\n{BASE_POLICY}"));
     assert_eq!(h.run(&udp("203.0.113.5", PBX4, 5060, b"x")), XDP_PASS);
     assert_eq!(
         h.run(&tcp("198.51.100.1", PBX4, 5038, true, false)),
@@ -696,7 +679,7 @@ fn pin_to_cpu(cpu: usize) {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn verdicts_are_counted_per_destination_service() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let sip = 1u8; // built-in service ids: sip, sip-tls, rtp, web, ...
     let rtp = 3u8;
     assert_eq!(h.run(&udp("203.0.113.5", PBX4, 5060, b"x")), XDP_DROP);
@@ -718,7 +701,7 @@ fn verdicts_are_counted_per_destination_service() {
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn a_new_policy_is_switched_in_whole_and_the_old_one_kept_intact() {
-    let mut h = Harness::new(POLICY);
+    let mut h = Harness::new(BASE_POLICY);
     let first_slot = h.guard.maps().settings().unwrap().policy_slot;
     assert_eq!(h.run(&tcp("10.9.9.9", PBX4, 5038, true, false)), XDP_DROP);
     assert_eq!(h.packets(Reason::Closed), 1);
@@ -749,7 +732,7 @@ fn a_new_policy_is_switched_in_whole_and_the_old_one_kept_intact() {
     // before looking: its tables are read as they are, and one SETTINGS
     // write points the program back at them.
     let first = guard_userspace::policy::compile::CompiledPolicy::compile(
-        &guard_userspace::policy::config::Config::parse(POLICY, "first").unwrap(),
+        &guard_userspace::policy::config::Config::parse(BASE_POLICY, "first").unwrap(),
     );
     {
         let maps = h.guard.maps();
