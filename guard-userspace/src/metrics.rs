@@ -28,7 +28,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{clock, kernel::maps::KernelMaps};
+use crate::{
+    clock,
+    kernel::maps::{KernelMaps, NetList},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -341,10 +344,10 @@ impl Collector for KernelCollector {
         let entries = |name: &str| -> i64 {
             match name {
                 "bans" => bans.len() as i64,
-                "allow_v4" => maps.allow_v4.keys().count() as i64,
-                "allow_v6" => maps.allow_v6.keys().count() as i64,
-                "deny_v4" => maps.deny_v4.keys().count() as i64,
-                "deny_v6" => maps.deny_v6.keys().count() as i64,
+                "allow_v4" => maps.net_counts(NetList::Allow).0 as i64,
+                "allow_v6" => maps.net_counts(NetList::Allow).1 as i64,
+                "deny_v4" => maps.net_counts(NetList::Deny).0 as i64,
+                "deny_v6" => maps.net_counts(NetList::Deny).1 as i64,
                 "rate_state" => self.rate_state_entries.load(Ordering::Relaxed) as i64,
                 _ => 0,
             }
@@ -461,7 +464,7 @@ impl Metrics {
     /// Walks the rate state (its own handle: no lock anyone else waits for)
     /// and keeps the count for the next scrapes.
     pub fn count_rate_state_now(&self) -> u64 {
-        let n = self.maps.rate_state.keys().count() as u64;
+        let n = self.maps.rate_state_len() as u64;
         self.rate_state_entries.store(n, Ordering::Relaxed);
         n
     }

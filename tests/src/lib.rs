@@ -101,12 +101,7 @@ impl Harness {
 
     /// SIP captures waiting in the ring buffer: (metadata, copied bytes).
     pub fn drain_sip_captures(&mut self) -> Vec<(SipCaptureHeader, Vec<u8>)> {
-        let ring = self
-            .guard
-            .maps_mut()
-            .sip_events
-            .as_mut()
-            .expect("ring buffer");
+        let ring = self.guard.maps_mut().sip_events_mut().expect("ring buffer");
         let header_len = std::mem::size_of::<SipCaptureHeader>();
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
@@ -122,12 +117,7 @@ impl Harness {
 
     /// Ban events waiting in the ring buffer.
     pub fn drain_ban_events(&mut self) -> Vec<BanEvent> {
-        let ring = self
-            .guard
-            .maps_mut()
-            .ban_events
-            .as_mut()
-            .expect("ring buffer");
+        let ring = self.guard.maps_mut().ban_events_mut().expect("ring buffer");
         let mut events = Vec::new();
         while let Some(item) = ring.next() {
             assert_eq!(item.len(), std::mem::size_of::<BanEvent>());

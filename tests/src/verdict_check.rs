@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 
 use guard_common::{
-    verdict::Packet, verdict_index, BanEntry, Counter, RateKey, RateWindow, Reason, Settings,
-    SourceKey,
+    verdict::Packet, BanEntry, Counter, RateKey, RateWindow, Reason, Settings, SourceKey,
 };
 use guard_userspace::policy::{
     compile::CompiledPolicy,
@@ -57,13 +56,11 @@ pub fn host_judge<K: KernelState>(
 
 /// Packets the kernel counted under `(reason, service)`, summed over CPUs.
 pub fn counted(h: &Harness, reason: Reason, service: u8) -> u64 {
-    let values = h
-        .guard
+    h.guard
         .maps()
-        .verdicts
-        .get(&verdict_index(reason, service), 0)
-        .expect("reading VERDICTS");
-    values.iter().map(|c: &Counter| c.packets).sum()
+        .verdict_of(reason, service)
+        .expect("reading VERDICTS")
+        .packets
 }
 
 /// What the kernel did with one packet.
@@ -107,14 +104,10 @@ pub fn last_counted(h: &Harness, before: &[(Reason, u8, Counter)]) -> Option<(Re
 /// Empties the ban map and the rate state (between cases).
 pub fn clear_kernel_state(h: &mut Harness) {
     let maps = h.guard.maps_mut();
-    let bans: Vec<SourceKey> = maps.bans.keys().filter_map(Result::ok).collect();
-    for key in bans {
-        let _ = maps.bans.remove(&key);
+    for (key, _) in maps.bans().expect("reading BANS") {
+        let _ = maps.remove_ban(&key);
     }
-    let windows: Vec<RateKey> = maps.rate_state.keys().filter_map(Result::ok).collect();
-    for key in windows {
-        let _ = maps.rate_state.remove(&key);
-    }
+    maps.clear_rate_state().expect("clearing RATE_STATE");
     h.drain_ban_events();
 }
 
@@ -122,11 +115,10 @@ pub fn clear_kernel_state(h: &mut Harness) {
 pub fn load_kernel_state(h: &mut Harness, state: &MemoryState) {
     let maps = h.guard.maps_mut();
     for (key, ban) in &state.bans {
-        maps.bans.insert(key, ban, 0).expect("writing BANS");
+        maps.insert_ban(*key, *ban).expect("writing BANS");
     }
     for (key, window) in &state.windows {
-        maps.rate_state
-            .insert(key, window, 0)
+        maps.insert_rate_window(*key, *window)
             .expect("writing RATE_STATE");
     }
 }

@@ -461,7 +461,7 @@ fn metrics_never_take_the_runtime_lock() {
                 source: SourceKey::from_ipv4((0x0a00_0000 + i).to_be_bytes()),
                 rule: 0,
             };
-            maps.rate_state.insert(key, window, 0).unwrap();
+            maps.insert_rate_window(key, window).unwrap();
         }
     }
     let config = Config::parse(POLICY, "x").unwrap();

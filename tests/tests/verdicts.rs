@@ -660,7 +660,7 @@ ban = "1h"
         source: v4_key("198.51.100.1"),
         rule: 0,
     };
-    let window = h.guard.maps_mut().rate_state.get(&key, 0).unwrap();
+    let window = h.guard.maps().rate_window(&key).unwrap().expect("a window");
     let slot_ns = h.policy.rules[0].slot_ns;
     let counted = guard_common::rate::window_total(&window, monotonic_ns(), slot_ns);
     assert_eq!(counted, total, "packets lost between CPUs");
@@ -737,21 +737,22 @@ fn a_new_policy_is_switched_in_whole_and_the_old_one_kept_intact() {
     {
         let maps = h.guard.maps();
         for (id, service) in &first.services {
-            let index = guard_common::policy_service_index(first_slot, *id);
             assert_eq!(
-                maps.services.get(&index, 0).unwrap(),
+                maps.service_in(first_slot, *id).unwrap(),
                 *service,
                 "service {id}"
             );
         }
         for (i, rule) in first.rules.iter().enumerate() {
-            let index = guard_common::policy_rule_index(first_slot, i as u32);
-            assert_eq!(maps.rules.get(&index, 0).unwrap(), *rule, "rule {i}");
+            assert_eq!(
+                maps.rule_in(first_slot, i as u32).unwrap(),
+                *rule,
+                "rule {i}"
+            );
         }
         for (index, class) in &first.ports {
-            let index = first_slot as u32 * guard_common::PORT_SLOTS + index;
             assert_eq!(
-                maps.ports.get(&index, 0).unwrap(),
+                maps.port_in(first_slot, *index).unwrap(),
                 *class,
                 "port slot {index}"
             );

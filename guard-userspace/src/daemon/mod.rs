@@ -194,10 +194,9 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
 
     let mut maps = guard.take_maps().context("maps handed over twice")?;
     let ban_ring = maps
-        .ban_events
-        .take()
+        .take_ban_events()
         .context("ban event ring taken twice")?;
-    let sip_ring = maps.sip_events.take().context("SIP ring taken twice")?;
+    let sip_ring = maps.take_sip_events().context("SIP ring taken twice")?;
     // The metrics read the maps through handles of their own.
     let metrics = Arc::new(Metrics::new(
         maps.reopen().context("opening the maps for the metrics")?,

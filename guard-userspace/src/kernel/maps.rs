@@ -47,27 +47,27 @@ impl NetList {
 }
 
 pub struct KernelMaps {
-    pub bans: HashMap<MapData, SourceKey, BanEntry>,
-    pub deny_v4: Trie4,
-    pub deny_v6: Trie6,
-    pub allow_v4: Trie4,
-    pub allow_v6: Trie6,
-    pub ports: Array<MapData, PortClass>,
-    pub services: Array<MapData, ServicePolicy>,
-    pub rules: Array<MapData, RateRule>,
-    pub settings: Array<MapData, Settings>,
-    pub rate_state: HashMap<MapData, RateKey, RateWindow>,
-    pub verdicts: PerCpuArray<MapData, Counter>,
-    pub rule_hits: PerCpuArray<MapData, RuleCounter>,
-    pub health: PerCpuArray<MapData, u64>,
+    bans: HashMap<MapData, SourceKey, BanEntry>,
+    deny_v4: Trie4,
+    deny_v6: Trie6,
+    allow_v4: Trie4,
+    allow_v6: Trie6,
+    ports: Array<MapData, PortClass>,
+    services: Array<MapData, ServicePolicy>,
+    rules: Array<MapData, RateRule>,
+    settings: Array<MapData, Settings>,
+    rate_state: HashMap<MapData, RateKey, RateWindow>,
+    verdicts: PerCpuArray<MapData, Counter>,
+    rule_hits: PerCpuArray<MapData, RuleCounter>,
+    health: PerCpuArray<MapData, u64>,
     /// Scanner fingerprints, one table per policy slot.
-    pub sip_patterns: Array<MapData, PatternTable>,
+    sip_patterns: Array<MapData, PatternTable>,
     /// SIP requests the kernel read, by outcome.
-    pub sip_scans: PerCpuArray<MapData, u64>,
+    sip_scans: PerCpuArray<MapData, u64>,
     /// Taken by whoever reads ban events (there is one reader).
-    pub ban_events: Option<RingBuf<MapData>>,
+    ban_events: Option<RingBuf<MapData>>,
     /// Taken by the SIP watcher.
-    pub sip_events: Option<RingBuf<MapData>>,
+    sip_events: Option<RingBuf<MapData>>,
 }
 
 impl std::fmt::Debug for KernelMaps {
@@ -249,6 +249,21 @@ impl KernelMaps {
         Ok(())
     }
 
+    /// Service `id`'s policy in policy slot `slot`.
+    pub fn service_in(&self, slot: u8, id: u8) -> Result<ServicePolicy> {
+        Ok(self.services.get(&policy_service_index(slot, id), 0)?)
+    }
+
+    /// Rate rule `i` in policy slot `slot`.
+    pub fn rule_in(&self, slot: u8, i: u32) -> Result<RateRule> {
+        Ok(self.rules.get(&policy_rule_index(slot, i), 0)?)
+    }
+
+    /// The class of port slot `index` (protocol and port) in policy slot `slot`.
+    pub fn port_in(&self, slot: u8, index: u32) -> Result<PortClass> {
+        Ok(self.ports.get(&(slot as u32 * PORT_SLOTS + index), 0)?)
+    }
+
     fn add_nets(&mut self, list: NetList, wanted: &[(IpNet, u32)]) -> Result<()> {
         let name = list.name();
         for (net, value) in wanted {
@@ -410,18 +425,24 @@ impl KernelMaps {
         let mut out = Vec::new();
         for reason in Reason::ALL {
             for service in 0..guard_common::SERVICE_SLOTS as u8 {
-                let index = guard_common::verdict_index(reason, service);
-                let mut total = Counter::default();
-                for per_cpu in self.verdicts.get(&index, 0)?.iter() {
-                    total.packets += per_cpu.packets;
-                    total.bytes += per_cpu.bytes;
-                }
+                let total = self.verdict_of(reason, service)?;
                 if total.packets > 0 {
                     out.push((reason, service, total));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// One (reason, service) verdict counter, summed over CPUs: one read.
+    pub fn verdict_of(&self, reason: Reason, service: u8) -> Result<Counter> {
+        let index = guard_common::verdict_index(reason, service);
+        let mut total = Counter::default();
+        for per_cpu in self.verdicts.get(&index, 0)?.iter() {
+            total.packets += per_cpu.packets;
+            total.bytes += per_cpu.bytes;
+        }
+        Ok(total)
     }
 
     pub fn verdict(&self, reason: Reason) -> Result<Counter> {
@@ -449,6 +470,68 @@ impl KernelMaps {
 }
 
 impl KernelMaps {
+    /// The ring of kernel ban events, for its one reader.
+    pub fn take_ban_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.ban_events.take()
+    }
+
+    /// The ring of SIP packets copied by the kernel, for the SIP watcher.
+    pub fn take_sip_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.sip_events.take()
+    }
+
+    /// The ban event ring, read in place (tests drain it between cases).
+    pub fn ban_events_mut(&mut self) -> Option<&mut RingBuf<MapData>> {
+        self.ban_events.as_mut()
+    }
+
+    /// The SIP capture ring, read in place.
+    pub fn sip_events_mut(&mut self) -> Option<&mut RingBuf<MapData>> {
+        self.sip_events.as_mut()
+    }
+
+    /// Empties the rate state (tests and the bench start each case from
+    /// none); returns how many windows went.
+    pub fn clear_rate_state(&mut self) -> Result<usize> {
+        let keys: Vec<RateKey> = self.rate_state.keys().filter_map(|k| k.ok()).collect();
+        for key in &keys {
+            // A window the kernel removed meanwhile is gone all the same.
+            let _ = self.rate_state.remove(key);
+        }
+        Ok(keys.len())
+    }
+
+    /// The rate window of `(source, rule)`, if the kernel keeps one.
+    pub fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>> {
+        match self.rate_state.get(key, 0) {
+            Ok(window) => Ok(Some(window)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading the rate state"),
+        }
+    }
+
+    /// Puts a rate window in place, as the kernel would (for tests and the
+    /// bench, which fill the rate state without sending packets).
+    pub fn insert_rate_window(&mut self, key: RateKey, window: RateWindow) -> Result<()> {
+        self.rate_state
+            .insert(key, window, 0)
+            .context("writing the rate state")
+    }
+
+    /// Entries in the rate state: a walk of the whole map, so only for a
+    /// reader with handles of its own (the metrics).
+    pub fn rate_state_len(&self) -> usize {
+        self.rate_state.keys().count()
+    }
+
+    /// Entries in a list's IPv4 and IPv6 tries.
+    pub fn net_counts(&self, list: NetList) -> (usize, usize) {
+        match list {
+            NetList::Allow => (self.allow_v4.keys().count(), self.allow_v6.keys().count()),
+            NetList::Deny => (self.deny_v4.keys().count(), self.deny_v6.keys().count()),
+        }
+    }
+
     /// SIP requests the kernel read, summed over CPUs, by outcome.
     pub fn sip_scans(&self) -> Result<[(ScanStatus, u64); ScanStatus::COUNT as usize]> {
         let mut out = ScanStatus::ALL.map(|status| (status, 0));

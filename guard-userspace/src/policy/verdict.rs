@@ -34,24 +34,14 @@ pub trait KernelState {
 }
 
 impl KernelState for KernelMaps {
-    type Error = aya::maps::MapError;
+    type Error = anyhow::Error;
 
     fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>, Self::Error> {
-        absent_as_none(self.bans.get(source, 0))
+        KernelMaps::ban(self, source)
     }
 
     fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
-        absent_as_none(self.rate_state.get(key, 0))
-    }
-}
-
-fn absent_as_none<T>(
-    found: Result<T, aya::maps::MapError>,
-) -> Result<Option<T>, aya::maps::MapError> {
-    match found {
-        Ok(value) => Ok(Some(value)),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e),
+        KernelMaps::rate_window(self, key)
     }
 }
 

@@ -70,7 +70,7 @@ pub fn ban_events(effort: Effort) -> Result<EventRates> {
 
     // Sustained: a reader doing the controller's work on each event.
     let mut h = one_rule_harness()?;
-    let mut ring = h.guard.maps_mut().ban_events.take().context("ban ring")?;
+    let mut ring = h.guard.maps_mut().take_ban_events().context("ban ring")?;
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
     let reader = {

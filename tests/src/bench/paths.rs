@@ -309,14 +309,14 @@ fn fill(h: &mut Harness, entries: u32) -> Result<()> {
     let forever = ban(BAN_FOREVER);
     for i in 0..entries {
         let octets = (0x6440_0000u32 + i).to_be_bytes(); // 100.64.0.0/10 upwards
-        maps.bans.insert(SourceKey::from_ipv4(octets), forever, 0)?;
+        maps.insert_ban(SourceKey::from_ipv4(octets), forever)?;
         let net = ipnet::Ipv4Net::new((0x0b00_0000u32 + i).into(), 32)?; // 11.0.0.0/8 upwards
         maps.insert_net(NetList::Deny, ipnet::IpNet::V4(net), 0)?;
         let tracked = RateKey {
             source: SourceKey::from_ipv4((0x6480_0000u32 + i).to_be_bytes()),
             rule: 0,
         };
-        maps.rate_state.insert(tracked, RateWindow::default(), 0)?;
+        maps.insert_rate_window(tracked, RateWindow::default())?;
     }
     Ok(())
 }
