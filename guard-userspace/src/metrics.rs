@@ -74,6 +74,10 @@ pub struct ControllerCounters {
     pub sip_requests: Family<MethodLabel, Counter>,
     pub sip_responses: Family<StatusLabel, Counter>,
     pub sip_malformed: Counter,
+    /// HEP messages by what became of them.
+    pub hep_packets: crate::sip::hep_input::HepCounters,
+    /// SIP messages seen both on the wire and over HEP, counted once.
+    pub sip_duplicates: Counter,
     /// Saves of bans or list changes to the state directory that failed.
     pub state_save_failures: Counter,
     /// 1 while the guard is on its interface, 0 while the interface is gone.
@@ -427,6 +431,17 @@ impl Metrics {
             "sipguard_sip_malformed",
             "Captured SIP messages that did not parse.",
             counters.sip_malformed.clone(),
+        );
+        registry.register(
+            "sipguard_hep_packets",
+            "HEPv3 messages received, by result: accepted, malformed, refused_sender, \
+             bad_auth_key, not_sip, dropped (the watcher's queue was full).",
+            counters.hep_packets.0.clone(),
+        );
+        registry.register(
+            "sipguard_sip_duplicates",
+            "SIP messages seen both on the wire and over HEP, counted once.",
+            counters.sip_duplicates.clone(),
         );
         registry.register(
             "sipguard_state_save_failures",

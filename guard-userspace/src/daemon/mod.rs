@@ -27,8 +27,9 @@ use crate::{
     policy::config::Config,
     policy::live::{ConfigSource, LivePolicy},
     runtime::{Attached, Parts, Runtime},
+    sip::hep_input::{self, Gate, HepSockets, PbxAddresses},
     sip::tracker::{AuthPolicy, LevelName, Tracker},
-    sip::watcher,
+    sip::watcher::{self, HepFeed},
     state::{self, StateDir},
 };
 
@@ -109,6 +110,7 @@ impl Signals {
 struct Endpoints {
     control: UnixListener,
     metrics: Option<TcpListener>,
+    hep: Option<hep_input::HepSockets>,
 }
 
 async fn bind_endpoints(options: &RunOptions, config: &Config) -> Result<Endpoints> {
@@ -118,7 +120,12 @@ async fn bind_endpoints(options: &RunOptions, config: &Config) -> Result<Endpoin
     } else {
         None
     };
-    Ok(Endpoints { control, metrics })
+    let hep = hep_input::bind(&config.hep).await?;
+    Ok(Endpoints {
+        control,
+        metrics,
+        hep,
+    })
 }
 
 /// The pins of this guard, or None (unpinned: the guard stops with this
@@ -208,6 +215,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
         policy: live.config.auth_policy(),
         service: live.config.sip_auth.service.clone(),
         level: live.config.sip_auth.level,
+        hep: live.config.hep.clone(),
     });
     let alerts = if live.config.alerts.is_empty() {
         None
@@ -237,12 +245,13 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
     }));
 
     let mut events = tokio::spawn(Arc::clone(&runtime).log_ban_events(BanEvents::new(ban_ring)?));
-    let mut tasks = spawn_tasks(&runtime, endpoints, &metrics);
+    let hep_sockets = endpoints.hep;
+    let mut tasks = spawn_tasks(&runtime, endpoints.control, endpoints.metrics, &metrics);
     tasks.extend(fleet.spawn(&runtime)?);
     if let Some(sip) = sip_auth {
         guard.attach_egress(&iface)?;
         iface_watch.with_egress();
-        tasks.push(watch_sip(&runtime, sip_ring, sip));
+        tasks.extend(watch_sip(&runtime, sip_ring, sip, hep_sockets));
     }
 
     let why = loop {
@@ -262,26 +271,28 @@ struct SipWatch {
     policy: AuthPolicy,
     service: String,
     level: LevelName,
+    hep: crate::policy::config::HepSection,
 }
 
 /// The control socket, the metrics endpoint and rate-state counter, the
 /// ban sweeper and the ban saver.
 fn spawn_tasks(
     runtime: &Arc<Runtime>,
-    endpoints: Endpoints,
+    control: UnixListener,
+    metrics_listener: Option<TcpListener>,
     metrics: &Arc<Metrics>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![
         tokio::spawn(Arc::clone(runtime).sweep_forever()),
         tokio::spawn(Arc::clone(runtime).save_bans_forever()),
     ];
-    let control = server::serve(endpoints.control, Arc::clone(runtime));
+    let control = server::serve(control, Arc::clone(runtime));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = control.await {
             warn!("control socket stopped: {e:#}");
         }
     }));
-    if let Some(listener) = endpoints.metrics {
+    if let Some(listener) = metrics_listener {
         let server = metrics::serve(listener, Arc::clone(metrics));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.await {
@@ -293,17 +304,34 @@ fn spawn_tasks(
     tasks
 }
 
-/// Feeds the captured SIP signalling to the failure rules, which ban.
+/// Feeds the captured SIP signalling, and what the PBX mirrors over HEP,
+/// to the failure rules, which ban.
 fn watch_sip(
     runtime: &Arc<Runtime>,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     sip: SipWatch,
-) -> JoinHandle<()> {
+    hep_sockets: Option<HepSockets>,
+) -> Vec<JoinHandle<()>> {
     let SipWatch {
         policy: auth,
         service,
         level,
+        hep,
     } = sip;
+    let mut tasks = Vec::new();
+    let feed = hep_sockets.map(|sockets| {
+        let (queue, receiver) = tokio::sync::mpsc::channel(hep_input::QUEUE);
+        tasks.extend(hep_input::spawn(
+            sockets,
+            Gate::new(&hep),
+            queue,
+            runtime.counters().hep_packets.clone(),
+        ));
+        HepFeed {
+            queue: receiver,
+            pbx: PbxAddresses::new(&hep.pbx_addresses),
+        }
+    });
     info!(
         "watching SIP authentication on the {service} service: level {level:?}, ban \
          after {} failures in {} ({} if unproven) for {}",
@@ -312,12 +340,13 @@ fn watch_sip(
         auth.level.failures * auth.unproven_multiplier,
         clock::human(auth.level.ban)
     );
-    let watch = watcher::watch(ring, Tracker::new(auth), Arc::clone(runtime));
-    tokio::spawn(async move {
+    let watch = watcher::watch(ring, Tracker::new(auth), Arc::clone(runtime), feed);
+    tasks.push(tokio::spawn(async move {
         if let Err(e) = watch.await {
             warn!("SIP watcher stopped: {e:#}");
         }
-    })
+    }));
+    tasks
 }
 
 /// Stops the tasks, saves the bans, and leaves the guard pinned (enforcing)

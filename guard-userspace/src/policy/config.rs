@@ -40,6 +40,26 @@ pub struct Config {
     pub crowdsec: Option<crate::fleet::config::CrowdsecSection>,
     #[serde(default)]
     pub sip_scanners: crate::policy::scanners::SipScannersSection,
+    /// HEPv3 input: the signalling a PBX mirrors (read at start-up).
+    #[serde(default)]
+    pub hep: HepSection,
+}
+
+/// Where the PBX's mirrored signalling (HEPv3) comes in, and from whom.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HepSection {
+    /// UDP address to accept HEPv3 on; None: no HEP input.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Accept HEPv3 over TCP on the same address too.
+    pub tcp: bool,
+    /// Senders allowed; required when `listen` is not a loopback address.
+    pub allow: Vec<IpNet>,
+    /// When set, a HEP message must carry this authentication key (chunk 14).
+    pub auth_key: Option<String>,
+    /// The PBX's own addresses, when it is not this host (this host's
+    /// addresses always count): what it sends as a client is not judged.
+    pub pbx_addresses: Vec<std::net::IpAddr>,
 }
 
 /// The Prometheus endpoint.
@@ -617,7 +637,35 @@ impl Config {
         self.validate_rules_per_port(&rules)?;
         self.validate_sip_auth(&services)?;
         self.sip_scanners.validate()?;
+        self.validate_hep()?;
         self.crowdsec.as_ref().map_or(Ok(()), |c| c.validate())
+    }
+
+    fn validate_hep(&self) -> Result<(), (String, String)> {
+        let hep = &self.hep;
+        let Some(listen) = hep.listen else {
+            return Ok(());
+        };
+        if !self.sip_auth.enabled {
+            return Err((
+                "hep.listen".into(),
+                "HEP input feeds the SIP authentication watcher: set sip_auth.enabled = true"
+                    .into(),
+            ));
+        }
+        if !listen.ip().is_loopback() && hep.allow.is_empty() {
+            return Err((
+                "hep.listen".into(),
+                format!(
+                    "{} is not a loopback address: list the PBXs allowed to send HEP in hep.allow",
+                    listen.ip()
+                ),
+            ));
+        }
+        if hep.auth_key.as_ref().is_some_and(|k| k.is_empty()) {
+            return Err(("hep.auth_key".into(), "must not be empty".into()));
+        }
+        Ok(())
     }
 
     fn validate_sip_auth(&self, services: &[Service]) -> Result<(), (String, String)> {
@@ -829,6 +877,34 @@ mod tests {
         let services = c.services();
         assert_eq!(services.len(), 7);
         assert!(services.iter().all(|s| s.access == AccessMode::Open));
+    }
+
+    #[test]
+    fn hep_beyond_loopback_needs_an_allow_list() {
+        let c = parse("[hep]\nlisten = \"127.0.0.1:9060\"\n").unwrap();
+        assert_eq!(c.hep.listen, Some("127.0.0.1:9060".parse().unwrap()));
+        assert!(!c.hep.tcp && c.hep.allow.is_empty());
+        let e =
+            parse("[metrics]\nenabled = false\n\n[hep]\ntcp = true\nlisten = \"0.0.0.0:9060\"\n")
+                .unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert_eq!(e.key, "hep.listen");
+        assert!(
+            e.to_string()
+                .starts_with("test.toml:6: key `hep.listen`: 0.0.0.0 is not a loopback"),
+            "{e}"
+        );
+        let c = parse("[hep]\nlisten = \"[::]:9060\"\nallow = [\"192.0.2.10/32\"]\n").unwrap();
+        assert_eq!(c.hep.allow.len(), 1);
+        let e =
+            parse("[sip_auth]\nenabled = false\n[hep]\nlisten = \"127.0.0.1:9060\"\n").unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("hep.listen", Some(4)), "{e}");
+        let e = parse("[hep]\nlisten = \"127.0.0.1:9060\"\nauth_key = \"\"\n").unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("hep.auth_key", Some(3)), "{e}");
+        let e = parse("[hep]\nlisten = \"127.0.0.1\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("[hep]\nlisten = \"127.0.0.1:9060\"\nallow = [\"nonsense\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
     }
 
     #[test]

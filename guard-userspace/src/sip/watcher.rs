@@ -10,12 +10,15 @@ use std::{
 use anyhow::{anyhow, Result};
 use aya::maps::{MapData, RingBuf};
 use guard_common::{SipCaptureHeader, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::debug;
 
 use crate::{
     metrics::ControllerCounters,
     runtime::{bans, Runtime},
+    sip::dedup::{Dedup, Endpoints, Origin},
+    sip::hep::Transport,
+    sip::hep_input::{HepSip, PbxAddresses},
     sip::parser::{self, Message, ParseError},
     sip::tracker::{BanDecision, Tracker},
 };
@@ -30,92 +33,199 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WatchStats {
     pub captures: u64,
+    pub hep: u64,
     pub messages: u64,
     pub malformed: u64,
+    /// HEP copies of messages also captured on the wire (or the reverse).
+    pub duplicates: u64,
+    /// HEP messages the PBX sent or got as a client.
+    pub pbx_as_client: u64,
 }
 
-/// One ring buffer record: the messages in it, fed to the tracker.
-/// Returns the bans they cause.
-pub fn handle_capture(
-    record: &[u8],
-    tracker: &mut Tracker,
-    stats: &mut WatchStats,
-    counters: &ControllerCounters,
-    now: Instant,
-) -> Vec<BanDecision> {
-    stats.captures += 1;
-    let header_len = std::mem::size_of::<SipCaptureHeader>();
-    if record.len() < header_len {
-        stats.malformed += 1;
-        return Vec::new();
+/// The HEP side of the watch: its queue and the PBX's addresses.
+pub struct HepFeed {
+    pub queue: mpsc::Receiver<HepSip>,
+    pub pbx: PbxAddresses,
+}
+
+/// The tracker and what feeds it: wire captures, and HEP when configured
+/// (then a message seen on both is counted once).
+pub struct Watch {
+    pub tracker: Tracker,
+    pub stats: WatchStats,
+    counters: ControllerCounters,
+    /// Some with HEP input.
+    dedup: Option<Dedup>,
+    pbx: PbxAddresses,
+}
+
+/// A datagram (or one HEP message) read as far as it goes: a header section
+/// cut short is still read, and the tracker knows it is incomplete.
+fn parse_one(data: &[u8]) -> Option<Result<Message<'_>, ParseError>> {
+    let parsed = match parser::parse(data, true) {
+        Err(ParseError::Truncated) => parser::parse(data, false),
+        parsed => parsed,
+    };
+    match parsed {
+        Err(ParseError::Empty) => None,
+        parsed => Some(parsed.map(|(message, _)| message)),
     }
-    // SAFETY: length checked; plain data; the ring gives no alignment promise.
-    let header: SipCaptureHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    let end = (header_len + header.captured as usize).min(record.len());
-    let data = &record[header_len..end];
-    let complete = header.captured == header.payload_len;
-    let messages: Vec<Result<Message<'_>, ParseError>> =
-        if header.transport == guard_common::L4Proto::Udp as u8 {
-            // A datagram whose header section does not end in the capture
-            // (cut at the capture size, or the first of its IP fragments)
-            // is still read as far as it goes: the tracker knows it is
-            // incomplete.
-            let parsed = match parser::parse(data, true) {
-                Err(ParseError::Truncated) => parser::parse(data, false),
-                parsed => parsed,
-            };
-            match parsed {
-                Err(ParseError::Empty) => Vec::new(),
-                parsed => vec![parsed.map(|(message, _)| message)],
-            }
+}
+
+impl Watch {
+    pub fn new(tracker: Tracker, counters: ControllerCounters, hep: Option<PbxAddresses>) -> Watch {
+        Watch {
+            tracker,
+            stats: WatchStats::default(),
+            counters,
+            dedup: hep.is_some().then(Dedup::default),
+            pbx: hep.unwrap_or_default(),
+        }
+    }
+
+    /// One ring buffer record: the messages in it, fed to the tracker.
+    /// Returns the bans they cause.
+    pub fn capture(&mut self, record: &[u8], now: Instant) -> Vec<BanDecision> {
+        self.stats.captures += 1;
+        let header_len = std::mem::size_of::<SipCaptureHeader>();
+        if record.len() < header_len {
+            self.stats.malformed += 1;
+            return Vec::new();
+        }
+        // SAFETY: length checked; plain data; the ring gives no alignment promise.
+        let header: SipCaptureHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+        let end = (header_len + header.captured as usize).min(record.len());
+        let data = &record[header_len..end];
+        let complete = header.captured == header.payload_len;
+        let udp = header.transport == guard_common::L4Proto::Udp as u8;
+        let messages: Vec<Result<Message<'_>, ParseError>> = if udp {
+            parse_one(data).into_iter().collect()
         } else {
             parser::parse_stream(data, complete)
         };
+        let inbound = match header.direction {
+            CAPTURE_INBOUND => true,
+            CAPTURE_OUTBOUND => false,
+            _ => return Vec::new(),
+        };
+        let endpoints = Endpoints {
+            peer: bans::source_ip(&SourceKey { addr: header.peer }),
+            peer_port: header.peer_port,
+            local_port: header.local_port,
+            ip_proto: if udp { 17 } else { 6 },
+            inbound,
+        };
+        let mut bans = Vec::new();
+        for message in messages {
+            self.message(Origin::Wire, &endpoints, message, now, &mut bans);
+        }
+        bans
+    }
 
-    let peer = bans::source_ip(&SourceKey { addr: header.peer });
-    let mut bans = Vec::new();
-    for message in messages {
+    /// One SIP message a PBX mirrored over HEP. The requester is the
+    /// request's source and the answer's destination; the PBX's own
+    /// requests (as a client) and the answers to them are not judged.
+    pub fn hep(&mut self, sip: &HepSip, now: Instant) -> Vec<BanDecision> {
+        self.stats.hep += 1;
+        let mut bans = Vec::new();
+        let Some(message) = parse_one(&sip.payload) else {
+            return bans;
+        };
+        let (peer, local, inbound) = match &message {
+            Ok(m) if m.status().is_some() => (sip.dst, sip.src, false),
+            _ => (sip.src, sip.dst, true),
+        };
+        if self.pbx.contains(peer.ip()) {
+            self.stats.pbx_as_client += 1;
+            return bans;
+        }
+        let via = message.as_ref().ok().and_then(|m| m.via.first().copied());
+        let endpoints = Endpoints {
+            peer: peer.ip(),
+            peer_port: peer.port(),
+            local_port: local.port(),
+            ip_proto: Transport::of(sip.ip_proto, via).ip_proto(),
+            inbound,
+        };
+        self.message(Origin::Hep, &endpoints, message, now, &mut bans);
+        bans
+    }
+
+    /// Looks the host's addresses up again and forgets what is too old.
+    pub fn prune(&mut self, now: Instant) {
+        self.tracker.prune(now);
+        if self.dedup.is_some() {
+            self.pbx.refresh();
+        }
+    }
+
+    fn message(
+        &mut self,
+        origin: Origin,
+        endpoints: &Endpoints,
+        message: Result<Message<'_>, ParseError>,
+        now: Instant,
+        bans: &mut Vec<BanDecision>,
+    ) {
+        let peer = endpoints.peer;
         let message = match message {
             Ok(message) => message,
             Err(e) => {
-                stats.malformed += 1;
-                counters.sip_malformed.inc();
-                debug!("ignored a malformed SIP message from {peer}: {e}");
-                continue;
+                self.stats.malformed += 1;
+                self.counters.sip_malformed.inc();
+                debug!("ignored a malformed SIP message from {peer} ({origin:?}): {e}");
+                return;
             }
         };
-        stats.messages += 1;
-        match (header.direction, message.method(), message.status()) {
-            (CAPTURE_INBOUND, Some(method), _) => {
-                counters.sip_request(std::str::from_utf8(method).unwrap_or("other"));
-                tracker.on_request(now, peer, &message)
+        if let Some(dedup) = &mut self.dedup {
+            if dedup.is_twin(origin, endpoints, &message, now) {
+                self.stats.duplicates += 1;
+                self.counters.sip_duplicates.inc();
+                return;
             }
-            (CAPTURE_OUTBOUND, None, Some(status)) => {
-                counters.sip_response(status);
-                let failures_before = tracker.stats.failures;
-                bans.extend(tracker.on_response(now, peer, &message));
-                if tracker.stats.failures > failures_before {
-                    counters.auth_failure(status);
+        }
+        self.stats.messages += 1;
+        match (endpoints.inbound, message.method(), message.status()) {
+            (true, Some(method), _) => {
+                self.counters
+                    .sip_request(std::str::from_utf8(method).unwrap_or("other"));
+                self.tracker.on_request(now, peer, &message)
+            }
+            (false, None, Some(status)) => {
+                self.counters.sip_response(status);
+                let failures_before = self.tracker.stats.failures;
+                bans.extend(self.tracker.on_response(now, peer, &message));
+                if self.tracker.stats.failures > failures_before {
+                    self.counters.auth_failure(status);
                 }
             }
             // The PBX acting as a client (trunks): not our business.
             _ => {}
         }
     }
-    bans
+}
+
+/// The next HEP message, or never when there is no HEP input.
+async fn next_hep(hep: &mut Option<HepFeed>) -> Option<HepSip> {
+    match hep {
+        Some(feed) => feed.queue.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs until the ring buffer fails.
 pub async fn watch(
     ring: RingBuf<MapData>,
-    mut tracker: Tracker,
+    tracker: Tracker,
     runtime: Arc<Runtime>,
+    mut hep: Option<HepFeed>,
 ) -> Result<()> {
     let counters = runtime.counters().clone();
     // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("{e}"))?;
-    let mut stats = WatchStats::default();
     let window = tracker.policy().level.window;
+    let pbx = hep.as_mut().map(|feed| std::mem::take(&mut feed.pbx));
+    let mut watch = Watch::new(tracker, counters, pbx);
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     loop {
         tokio::select! {
@@ -128,7 +238,7 @@ pub async fn watch(
                         drained = true;
                         break;
                     };
-                    decisions.extend(handle_capture(&record, &mut tracker, &mut stats, &counters, Instant::now()));
+                    decisions.extend(watch.capture(&record, Instant::now()));
                 }
                 if drained {
                     ready.clear_ready();
@@ -140,13 +250,24 @@ pub async fn watch(
                     tokio::task::yield_now().await;
                 }
             }
+            Some(first) = next_hep(&mut hep) => {
+                let mut decisions = watch.hep(&first, Instant::now());
+                if let Some(feed) = &mut hep {
+                    for _ in 1..RECORDS_PER_TURN {
+                        let Ok(sip) = feed.queue.try_recv() else { break };
+                        decisions.extend(watch.hep(&sip, Instant::now()));
+                    }
+                }
+                runtime.sip_bans(&decisions, window).await;
+            }
             _ = prune.tick() => {
-                tracker.prune(Instant::now());
+                watch.prune(Instant::now());
+                let (stats, tracker) = (&watch.stats, &watch.tracker);
                 debug!(
-                    "SIP watch: {} captures, {} messages, {} malformed, {} failures, {} sources tracked, \
-                     {} pending, evicted {} pending / {} nonces / {} sources",
-                    stats.captures, stats.messages, stats.malformed, tracker.stats.failures,
-                    tracker.tracked_sources(), tracker.pending_requests(),
+                    "SIP watch: {} captures, {} HEP, {} messages, {} duplicates, {} malformed, \
+                     {} failures, {} sources tracked, {} pending, evicted {} pending / {} nonces / {} sources",
+                    stats.captures, stats.hep, stats.messages, stats.duplicates, stats.malformed,
+                    tracker.stats.failures, tracker.tracked_sources(), tracker.pending_requests(),
                     tracker.stats.evicted_pending, tracker.stats.evicted_nonces,
                     tracker.stats.evicted_sources
                 );
@@ -218,20 +339,13 @@ mod tests {
 
     #[test]
     fn captured_exchanges_lead_to_a_ban() {
-        let mut t = tracker();
-        let mut stats = WatchStats::default();
+        let mut w = Watch::new(tracker(), ControllerCounters::default(), None);
         let now = Instant::now();
         let peer = [198, 51, 100, 7];
         let mut bans = Vec::new();
         let mut feed = |direction: u8, text: &str| {
             let capture = record(direction, L4Proto::Udp, peer, text.as_bytes(), text.len());
-            bans.extend(handle_capture(
-                &capture,
-                &mut t,
-                &mut stats,
-                &ControllerCounters::default(),
-                now,
-            ));
+            bans.extend(w.capture(&capture, now));
         };
         for cseq in 1..=3 {
             feed(CAPTURE_INBOUND, &register(cseq * 10, None));
@@ -248,7 +362,7 @@ mod tests {
         assert_eq!(bans.len(), 1, "paranoid: 3 proven failures");
         assert_eq!(bans[0].source, IpAddr::V4(Ipv4Addr::from(peer)));
         assert!(bans[0].proven);
-        assert_eq!(stats.messages, 12);
+        assert_eq!(w.stats.messages, 12);
         let line =
             crate::sip::ban::describe_ban(&bans[0], "198.51.100.7", Duration::from_secs(86_400));
         assert!(line.starts_with("banned 198.51.100.7 for 30days: auth-failure, 3 failures in 1day (proven), last user:status 7:401 7:401 7:401"), "{line}");
@@ -256,12 +370,11 @@ mod tests {
 
     #[test]
     fn tcp_records_may_hold_several_messages_and_a_cut_tail() {
-        let mut t = tracker();
-        let mut stats = WatchStats::default();
+        let mut w = Watch::new(tracker(), ControllerCounters::default(), None);
         let mut stream = register(1, None).into_bytes();
         stream.extend_from_slice(register(2, None).as_bytes());
         let cut = &stream[..stream.len() - 10];
-        handle_capture(
+        w.capture(
             &record(
                 CAPTURE_INBOUND,
                 L4Proto::Tcp,
@@ -269,58 +382,148 @@ mod tests {
                 cut,
                 stream.len(),
             ),
-            &mut t,
-            &mut stats,
-            &ControllerCounters::default(),
             Instant::now(),
         );
         assert_eq!(
-            stats.messages, 2,
+            w.stats.messages, 2,
             "the cut second message still has its headers"
         );
-        assert_eq!(stats.malformed, 0);
+        assert_eq!(w.stats.malformed, 0);
     }
 
     #[test]
     fn garbage_is_counted_and_ignored() {
-        let mut t = tracker();
-        let mut stats = WatchStats::default();
+        let mut w = Watch::new(tracker(), ControllerCounters::default(), None);
         let now = Instant::now();
-        assert!(handle_capture(
-            &[1, 2, 3],
-            &mut t,
-            &mut stats,
-            &ControllerCounters::default(),
-            now
-        )
-        .is_empty());
+        assert!(w.capture(&[1, 2, 3], now).is_empty());
         let junk = b"\x00\x01garbage\r\n\r\n";
-        assert!(handle_capture(
-            &record(
-                CAPTURE_INBOUND,
-                L4Proto::Udp,
-                [1, 2, 3, 4],
-                junk,
-                junk.len()
-            ),
-            &mut t,
-            &mut stats,
-            &ControllerCounters::default(),
-            now
-        )
-        .is_empty());
+        assert!(w
+            .capture(
+                &record(
+                    CAPTURE_INBOUND,
+                    L4Proto::Udp,
+                    [1, 2, 3, 4],
+                    junk,
+                    junk.len()
+                ),
+                now
+            )
+            .is_empty());
         // A record claiming more captured bytes than it holds is clipped, not trusted.
         let mut lying = record(CAPTURE_INBOUND, L4Proto::Udp, [1, 2, 3, 4], b"REGISTER", 8);
         let captured = std::mem::offset_of!(SipCaptureHeader, captured);
         lying[captured..captured + 4].copy_from_slice(&5000u32.to_ne_bytes());
-        handle_capture(
-            &lying,
-            &mut t,
-            &mut stats,
-            &ControllerCounters::default(),
-            now,
+        w.capture(&lying, now);
+        assert_eq!(w.stats.malformed, 3);
+        assert_eq!(w.tracker.stats.failures, 0);
+    }
+
+    fn hep_watch() -> Watch {
+        Watch::new(
+            tracker(),
+            ControllerCounters::default(),
+            Some(PbxAddresses::new(&["10.0.0.1".parse().unwrap()])),
+        )
+    }
+
+    /// A message Kamailio mirrors: `inbound` from the phone to the PBX's
+    /// TLS port, else back.
+    fn hep_sip(inbound: bool, text: &str) -> HepSip {
+        let (phone, pbx) = (
+            "198.51.100.9:40000".parse().unwrap(),
+            "10.0.0.1:5061".parse().unwrap(),
         );
-        assert_eq!(stats.malformed, 3);
-        assert_eq!(t.stats.failures, 0);
+        let (src, dst) = if inbound { (phone, pbx) } else { (pbx, phone) };
+        HepSip {
+            src,
+            dst,
+            ip_proto: 22,
+            payload: text.as_bytes().to_vec(),
+        }
+    }
+
+    /// Three rounds of challenge and wrong guess.
+    fn guesses() -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        for cseq in 1..=3 {
+            out.push((true, register(cseq * 10, None)));
+            out.push((false, answer(401, cseq * 10, &format!("n{cseq}"))));
+            out.push((true, register(cseq * 10 + 1, Some(&format!("n{cseq}")))));
+            out.push((false, answer(401, cseq * 10 + 1, "again")));
+        }
+        out
+    }
+
+    #[test]
+    fn hep_exchanges_lead_to_a_ban_of_the_source() {
+        let mut w = hep_watch();
+        let now = Instant::now();
+        let mut bans = Vec::new();
+        for (inbound, text) in guesses() {
+            bans.extend(w.hep(&hep_sip(inbound, &text), now));
+        }
+        assert_eq!(bans.len(), 1, "paranoid: 3 proven failures over TLS");
+        assert_eq!(bans[0].source.to_string(), "198.51.100.9");
+        assert!(bans[0].proven);
+        assert_eq!(
+            (w.stats.hep, w.stats.messages, w.stats.duplicates),
+            (12, 12, 0)
+        );
+    }
+
+    #[test]
+    fn messages_on_the_wire_and_over_hep_count_once() {
+        let mut w = hep_watch();
+        let now = Instant::now();
+        let mut bans = Vec::new();
+        let peer = [198, 51, 100, 9];
+        for (inbound, text) in guesses().into_iter().take(8) {
+            let direction = if inbound {
+                CAPTURE_INBOUND
+            } else {
+                CAPTURE_OUTBOUND
+            };
+            let mut capture = record(direction, L4Proto::Udp, peer, text.as_bytes(), text.len());
+            let port = std::mem::offset_of!(SipCaptureHeader, peer_port);
+            capture[port..port + 2].copy_from_slice(&40000u16.to_ne_bytes());
+            bans.extend(w.capture(&capture, now));
+            let mut mirrored = hep_sip(inbound, &text);
+            mirrored.ip_proto = 17;
+            mirrored.dst.set_port(5060);
+            mirrored.src.set_port(if inbound { 40000 } else { 5060 });
+            if !inbound {
+                mirrored.dst.set_port(40000);
+            }
+            bans.extend(w.hep(&mirrored, now));
+        }
+        assert!(
+            bans.is_empty(),
+            "two guesses, each seen twice, are two failures: {bans:?}"
+        );
+        assert_eq!(w.tracker.stats.failures, 2);
+        assert_eq!((w.stats.messages, w.stats.duplicates), (8, 8));
+    }
+
+    #[test]
+    fn the_pbx_as_a_client_is_not_judged() {
+        let mut w = hep_watch();
+        let now = Instant::now();
+        // The PBX registers to a trunk with a wrong password, three times.
+        let trunk = "203.0.113.5:5060".parse().unwrap();
+        let pbx = "10.0.0.1:5060".parse().unwrap();
+        let mut bans = Vec::new();
+        for (to_trunk, text) in guesses() {
+            let (src, dst) = if to_trunk { (pbx, trunk) } else { (trunk, pbx) };
+            let sip = HepSip {
+                src,
+                dst,
+                ip_proto: 17,
+                payload: text.into_bytes(),
+            };
+            bans.extend(w.hep(&sip, now));
+        }
+        assert!(bans.is_empty());
+        assert_eq!(w.stats.pbx_as_client, 12);
+        assert_eq!(w.tracker.stats.failures, 0);
     }
 }
