@@ -345,7 +345,7 @@ fn after_a_reboot_bans_and_list_changes_come_back() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("allow-listed by 198.51.100.0/24 (new office)"));
     // And the kernel's tries hold exactly that.
-    let mut maps = KernelMaps::from_program_id(program).unwrap();
+    let maps = KernelMaps::from_program_id(program).unwrap();
     assert_eq!(maps.nets(NetList::Deny).unwrap(), vec![]);
     assert_eq!(
         maps.nets(NetList::Allow).unwrap(),

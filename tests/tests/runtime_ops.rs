@@ -6,7 +6,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use guard_common::{RateKey, RateWindow, SourceKey};
 use guard_userspace::{
-    kernel::maps::NetList,
+    kernel::maps::{KernelMaps, NetList},
     metrics::{ControllerCounters, Metrics, Names},
     policy::{
         config::Config,
@@ -35,9 +35,17 @@ const NO_SESSION: LockoutCheck = LockoutCheck {
 
 struct Site {
     runtime: Arc<Runtime>,
+    program_id: u32,
     /// Keeps the program (and so its maps' ids) loaded.
     _harness: Harness,
     dir: std::path::PathBuf,
+}
+
+impl Site {
+    /// Handles of the test's own on the kernel's maps (the runtime's are its own).
+    fn kernel(&self) -> KernelMaps {
+        KernelMaps::from_program_id(self.program_id).unwrap()
+    }
 }
 
 impl Drop for Site {
@@ -67,7 +75,7 @@ fn site(name: &str, toml: &str) -> Site {
     };
     let (config, name) = source.load().unwrap();
     let runtime = Runtime::new(Parts {
-        maps,
+        maps: Box::new(maps),
         live: LivePolicy::build(config, name, ListChanges::default()),
         source,
         ban_details: Default::default(),
@@ -84,6 +92,7 @@ fn site(name: &str, toml: &str) -> Site {
     });
     Site {
         runtime: Arc::new(runtime),
+        program_id,
         _harness: harness,
         dir,
     }
@@ -167,8 +176,7 @@ fn bans_are_added_listed_and_removed() {
         rt.ban_remove(ip("2001:db8:1:2::1")).await.unwrap();
         assert!(rt.bans().await.unwrap().is_empty());
     });
-    let maps = s.runtime.maps_handle();
-    let maps = maps.blocking_lock();
+    let maps = s.kernel();
     assert_eq!(maps.bans().unwrap().len(), 0, "gone from the kernel too");
 }
 
@@ -239,8 +247,7 @@ fn list_changes_reach_the_kernel_or_change_nothing() {
             .iter()
             .all(|v| !v.because.contains("denied")));
     });
-    let handle = s.runtime.maps_handle();
-    let mut maps = handle.blocking_lock();
+    let maps = s.kernel();
     assert_eq!(
         maps.nets(NetList::Allow).unwrap(),
         ["198.51.100.0/24".parse::<ipnet::IpNet>().unwrap()]
@@ -306,11 +313,7 @@ fn monitor_mode_has_one_owner_and_a_reload_keeps_it_unless_the_file_says() {
     let s = site("monitor", &format!("[guard]\nmonitor = true\n{POLICY}"));
     let rt = &s.runtime;
     let file = s.dir.join("sipguard.toml");
-    let kernel_monitor = || {
-        let maps = s.runtime.maps_handle();
-        let maps = maps.blocking_lock();
-        maps.settings().unwrap().monitor != 0
-    };
+    let kernel_monitor = || s.kernel().settings().unwrap().monitor != 0;
     let status = block_on(rt.status()).unwrap();
     assert!(status.monitor && status.monitor_by == MonitorOrigin::Config);
     assert!(kernel_monitor());
@@ -447,14 +450,10 @@ fn metrics_never_take_the_runtime_lock() {
         capacities: vec![("rate_state", 1_000_000)],
     };
     // The metrics' own handles, as the daemon makes them.
-    let metrics = Arc::new(Metrics::new(
-        s.runtime.maps_handle().blocking_lock().reopen().unwrap(),
-        names,
-    ));
+    let metrics = Arc::new(Metrics::new(s.kernel().reopen().unwrap(), names));
     let entries = 1_000_000u32;
     {
-        let handle = s.runtime.maps_handle();
-        let mut maps = handle.blocking_lock();
+        let mut maps = s.kernel();
         let window = RateWindow::default();
         for i in 0..entries {
             let key = RateKey {
@@ -468,8 +467,7 @@ fn metrics_never_take_the_runtime_lock() {
     assert!(config.guard.max_tracked_sources >= entries);
 
     // The runtime's lock held throughout: the metrics finish anyway.
-    let held = s.runtime.maps_handle();
-    let held = held.blocking_lock();
+    let held = s.runtime.hold_maps_lock();
     let (done, finished) = std::sync::mpsc::channel();
     let reader = Arc::clone(&metrics);
     std::thread::spawn(move || {
@@ -493,8 +491,7 @@ fn metrics_never_take_the_runtime_lock() {
     // (timings belong in the bench).
     let ban = |n: u8| {
         let started = std::time::Instant::now();
-        let handle = s.runtime.maps_handle();
-        let mut maps = handle.blocking_lock();
+        let mut maps = s.runtime.hold_maps_lock();
         let entry = guard_common::BanEntry {
             expires_ns: guard_common::BAN_FOREVER,
             ..Default::default()
@@ -532,9 +529,8 @@ fn metrics_never_take_the_runtime_lock() {
         &NO_SESSION,
     ))
     .unwrap();
-    let maps = s.runtime.maps_handle();
     let key = SourceKey::from_ipv4([192, 0, 2, 66]);
-    assert!(maps.blocking_lock().ban(&key).unwrap().is_some());
+    assert!(s.kernel().ban(&key).unwrap().is_some());
 }
 
 /// A SIP ban as the tracker decides it.

@@ -225,7 +225,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
         ))
     };
     let runtime = Arc::new(Runtime::new(Parts {
-        maps,
+        maps: Box::new(maps),
         live,
         source: options.config_source(),
         ban_details,

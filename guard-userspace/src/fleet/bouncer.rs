@@ -9,20 +9,15 @@
 //!   log says when the LAPI went away and when it came back. The first pull
 //!   after a failure is a full sync again (a failed pull may have moved the
 //!   LAPI's per-bouncer cursor past a delta).
-//! - Allow-listed networks (and `sip_auth.whitelist`) are never dropped by a
-//!   fleet decision: such decisions are counted and logged.
-//! - A local ban (manual, rate-limit, SIP) on the same source is left as it
-//!   is; a fleet decision never lifts a ban it did not make.
+//! - The runtime applies the changes (`Runtime::fleet_bans`): allow-listed
+//!   networks are never dropped, local bans are left as they are.
 use std::{
     collections::HashSet,
-    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
-use guard_common::{BanEntry, BanReason, SourceKey, NO_RULE};
-use ipnet::IpNet;
+use anyhow::Result;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -33,16 +28,14 @@ use super::{
 };
 use crate::{
     clock,
-    kernel::bans,
-    kernel::maps::{KernelMaps, NetList},
-    runtime::Runtime,
+    runtime::{
+        fleet::{FleetApplied, FleetBan, FleetChange},
+        Runtime,
+    },
 };
 
 /// The longest wait between two tries while the LAPI is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Bans written per hold of the map lock, so a 100,000-decision start-up
-/// never blocks the control socket or the SIP watcher for long.
-const BATCH: usize = 4096;
 /// Up to this many changes in one answer are logged one by one.
 const LOG_EACH: usize = 20;
 
@@ -67,15 +60,6 @@ pub struct Bouncer {
     book: Book,
     runtime: Arc<Runtime>,
     pub status: Arc<std::sync::Mutex<BouncerStatus>>,
-}
-
-/// What applying one answer did in the kernel.
-#[derive(Debug, Default)]
-struct Applied {
-    enforced: u64,
-    lifted: u64,
-    allowlisted: u64,
-    kept_local: u64,
 }
 
 impl Bouncer {
@@ -169,9 +153,9 @@ impl Bouncer {
                 .apply(stream, &self.section, self.runtime.ipv6_ban_prefix(), now);
         changes.extend(self.book.expire(now));
         if startup {
-            changes.extend(self.stale_bans(now).await);
+            changes.extend(self.stale_bans().await);
         }
-        let applied = self.enforce(&changes, now).await;
+        let applied = self.enforce(&changes).await;
         if startup || changes.len() > LOG_EACH || skipped(&tally) > 0 {
             info!(
                 "crowdsec {}: {} new, {} deleted; {} enforced, {} lifted, {} allow-listed \
@@ -209,172 +193,58 @@ impl Bouncer {
 
     /// `crowdsec` bans in the kernel that the LAPI no longer holds (the
     /// maps outlived a restart, or bans came back from the state file).
-    async fn stale_bans(&self, now: u64) -> Vec<Change> {
+    async fn stale_bans(&self) -> Vec<Change> {
         let held: HashSet<Target> = self.book.targets().copied().collect();
-        let bans = match self.runtime.maps_handle().lock().await.active_bans(now) {
+        let bans = match self.runtime.fleet_bans_in_force().await {
             Ok(bans) => bans,
             Err(e) => {
-                warn!("reading the ban map for the crowdsec resync failed: {e:#}");
+                warn!("reading the ban map for the crowdsec resync failed: {e}");
                 return Vec::new();
             }
         };
         bans.into_iter()
-            .filter(|(_, ban)| ban.reason == BanReason::Crowdsec as u16)
-            .map(|(key, _)| Target::Source(key))
+            .map(Target::Source)
             .filter(|target| !held.contains(target))
             .map(|target| Change::Lift { target })
             .collect()
     }
 
-    /// Applies the changes to the kernel maps and the ban details.
-    async fn enforce(&self, changes: &[Change], now: u64) -> Applied {
-        let allowed = self.allowed_networks().await;
-        let mut applied = Applied::default();
-        let mut details: Vec<(SourceKey, Option<String>)> = Vec::new();
+    /// Hands the changes to the runtime, the one owner of bans.
+    async fn enforce(&self, changes: &[Change]) -> FleetApplied {
+        let changes: Vec<FleetChange> = changes.iter().filter_map(fleet_change).collect();
         let log_each = changes.len() <= LOG_EACH;
-        let maps = self.runtime.maps_handle();
-        for batch in changes.chunks(BATCH) {
-            let mut maps = maps.lock().await;
-            for change in batch {
-                match self.enforce_one(&mut maps, change, &allowed, now, log_each) {
-                    Ok(Outcome::Banned(key, detail, new)) => {
-                        applied.enforced += 1;
-                        if new {
-                            self.runtime.counters().ban_created(BanReason::Crowdsec);
-                        }
-                        details.push((key, Some(detail)));
-                    }
-                    Ok(Outcome::Lifted(key)) => {
-                        applied.lifted += 1;
-                        details.push((key, None));
-                    }
-                    Ok(Outcome::Allowlisted) => applied.allowlisted += 1,
-                    Ok(Outcome::KeptLocal) => applied.kept_local += 1,
-                    Ok(Outcome::Nothing) => {}
-                    Err(e) => warn!("applying a crowdsec decision failed: {e:#}"),
-                }
-            }
-        }
-        if !details.is_empty() {
-            let held = self.runtime.ban_details_handle();
-            let mut held = held.lock().await;
-            for (key, detail) in details {
-                match detail {
-                    Some(detail) => held.insert(key, detail),
-                    None => held.remove(&key),
-                };
-            }
-            self.runtime.bans_changed_handle().notify_one();
-        }
-        applied
-    }
-
-    fn enforce_one(
-        &self,
-        maps: &mut KernelMaps,
-        change: &Change,
-        allowed: &AllowedNets,
-        now: u64,
-        log_each: bool,
-    ) -> Result<Outcome> {
-        let prefix = self.runtime.ipv6_ban_prefix();
-        match change {
-            Change::Enforce {
-                target: Target::Source(key),
-                expires_ns,
-                scenario,
-                origin,
-                ..
-            } => {
-                let shown = bans::source_to_string(key, prefix);
-                let net = key_net(key, prefix);
-                if let Some(allow) = allowed.overlap(&net) {
-                    info!(
-                        "crowdsec decision on {shown} ({scenario}) not applied: {allow} is \
-                         allow-listed"
-                    );
-                    return Ok(Outcome::Allowlisted);
-                }
-                let existing = maps.ban(key)?.filter(|b| b.is_active(now));
-                if existing.is_some_and(|b| b.reason != BanReason::Crowdsec as u16) {
-                    return Ok(Outcome::KeptLocal);
-                }
-                let entry = BanEntry {
-                    expires_ns: *expires_ns,
-                    created_ns: existing.map_or(now, |b| b.created_ns),
-                    dropped: existing.map_or(0, |b| b.dropped),
-                    reason: BanReason::Crowdsec as u16,
-                    rule: NO_RULE,
-                    ..BanEntry::default()
-                };
-                maps.insert_ban(*key, entry)
-                    .with_context(|| format!("banning {shown}"))?;
-                if log_each && existing.is_none() {
-                    info!(
-                        target: "sipguard::ban",
-                        "banned {shown} for {}: crowdsec {scenario} (origin {origin})",
-                        bans::ban_duration(now, *expires_ns)
-                    );
-                }
-                Ok(Outcome::Banned(
-                    *key,
-                    format!("{scenario} (origin {origin})"),
-                    existing.is_none(),
-                ))
-            }
-            Change::Lift {
-                target: Target::Source(key),
-            } => {
-                let ours = maps
-                    .ban(key)?
-                    .is_some_and(|b| b.reason == BanReason::Crowdsec as u16);
-                if !ours {
-                    return Ok(Outcome::Nothing);
-                }
-                maps.remove_ban(key)?;
-                if log_each {
-                    info!(
-                        target: "sipguard::ban",
-                        "crowdsec decision on {} lifted: unbanned",
-                        bans::source_to_string(key, prefix)
-                    );
-                }
-                Ok(Outcome::Lifted(*key))
-            }
-            // The config refuses the range scope until the kernel has a
-            // fleet deny set, so the book never holds a range.
-            Change::Enforce {
-                target: Target::Range(_),
-                ..
-            }
-            | Change::Lift {
-                target: Target::Range(_),
-            } => Ok(Outcome::Nothing),
-        }
-    }
-
-    /// The networks a fleet decision must never drop.
-    async fn allowed_networks(&self) -> AllowedNets {
-        let policy = self.runtime.policy().await;
-        let live = &policy.live;
-        let nets = live
-            .lists
-            .list(NetList::Allow)
-            .keys()
-            .chain(live.config.sip_auth.whitelist.iter())
-            .map(IpNet::trunc)
-            .collect();
-        AllowedNets { nets }
+        self.runtime.fleet_bans(&changes, log_each).await
     }
 }
 
-enum Outcome {
-    /// The key, its detail, and whether the ban is new.
-    Banned(SourceKey, String, bool),
-    Lifted(SourceKey),
-    Allowlisted,
-    KeptLocal,
-    Nothing,
+/// A book change as the runtime takes it. The config refuses the range
+/// scope until the kernel has a fleet deny set, so the book never holds a
+/// range.
+fn fleet_change(change: &Change) -> Option<FleetChange> {
+    match change {
+        Change::Enforce {
+            target: Target::Source(key),
+            expires_ns,
+            scenario,
+            origin,
+            ..
+        } => Some(FleetChange::Ban(FleetBan {
+            key: *key,
+            expires_ns: *expires_ns,
+            scenario: scenario.clone(),
+            origin: origin.clone(),
+        })),
+        Change::Lift {
+            target: Target::Source(key),
+        } => Some(FleetChange::Lift(*key)),
+        Change::Enforce {
+            target: Target::Range(_),
+            ..
+        }
+        | Change::Lift {
+            target: Target::Range(_),
+        } => None,
+    }
 }
 
 fn skipped(tally: &Tally) -> u64 {
@@ -387,74 +257,9 @@ fn backoff(poll: Duration, failures: u32) -> Duration {
     doubled.min(MAX_BACKOFF.max(poll))
 }
 
-/// The network a ban-map key drops: the address, or the IPv6 ban prefix.
-fn key_net(key: &SourceKey, ipv6_prefix: u8) -> IpNet {
-    let ip = bans::source_ip(key);
-    let len = match ip {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => ipv6_prefix.min(128),
-    };
-    IpNet::new(ip, len).map_or_else(|_| IpNet::from(ip), |n| n.trunc())
-}
-
-/// The allow list and SIP whitelist, for overlap checks.
-struct AllowedNets {
-    nets: HashSet<IpNet>,
-}
-
-impl AllowedNets {
-    /// An allowed network that `net` overlaps: one holding it (checked by
-    /// each shorter prefix) or one inside it.
-    fn overlap(&self, net: &IpNet) -> Option<IpNet> {
-        if self.nets.is_empty() {
-            return None;
-        }
-        for len in (0..=net.prefix_len()).rev() {
-            if let Ok(outer) = IpNet::new(net.addr(), len) {
-                if self.nets.contains(&outer.trunc()) {
-                    return Some(outer.trunc());
-                }
-            }
-        }
-        if net.prefix_len() < net.max_prefix_len() {
-            return self.nets.iter().find(|a| net.contains(*a)).copied();
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn allowed(nets: &[&str]) -> AllowedNets {
-        AllowedNets {
-            nets: nets.iter().map(|n| n.parse().unwrap()).collect(),
-        }
-    }
-
-    #[test]
-    fn allowed_networks_overlap_both_ways() {
-        let a = allowed(&["192.0.2.0/24", "2001:db8:1:2::5/128"]);
-        let net = |t: &str| t.parse::<IpNet>().unwrap();
-        assert_eq!(a.overlap(&net("192.0.2.9/32")), Some(net("192.0.2.0/24")));
-        assert_eq!(a.overlap(&net("192.0.0.0/16")), Some(net("192.0.2.0/24")));
-        assert_eq!(a.overlap(&net("198.51.100.7/32")), None);
-        assert_eq!(
-            a.overlap(&net("2001:db8:1:2::/64")),
-            Some(net("2001:db8:1:2::5/128"))
-        );
-        assert_eq!(a.overlap(&net("2001:db8:1:3::/64")), None);
-        assert_eq!(allowed(&[]).overlap(&net("0.0.0.0/0")), None);
-    }
-
-    #[test]
-    fn ipv6_keys_cover_their_ban_prefix() {
-        let key = crate::kernel::maps::source_key("2001:db8:1:2::9".parse().unwrap(), 64);
-        assert_eq!(key_net(&key, 64), "2001:db8:1:2::/64".parse().unwrap());
-        let key = crate::kernel::maps::source_key("192.0.2.9".parse().unwrap(), 64);
-        assert_eq!(key_net(&key, 64), "192.0.2.9/32".parse().unwrap());
-    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

@@ -1,13 +1,11 @@
 //! Typed access to the XDP program's maps, from the program just loaded or
 //! from one already running (found by its program id).
 use std::net::IpAddr;
-
-use anyhow::{anyhow, bail, Context, Result};
 use std::os::fd::AsFd;
 
 use aya::maps::{
-    lpm_trie::Key as LpmKey, Array, HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuArray,
-    RingBuf,
+    lpm_trie::Key as LpmKey, Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError,
+    PerCpuArray, RingBuf,
 };
 use guard_common::{
     map_names as names, policy_rule_index, policy_service_index,
@@ -17,32 +15,25 @@ use guard_common::{
 };
 use ipnet::IpNet;
 
+use super::store::Result;
+pub use super::store::{source_key, MapStore, MapsError, NetList};
 use crate::policy::compile::CompiledPolicy;
 
 type Trie4 = LpmTrie<MapData, [u8; 4], u32>;
 type Trie6 = LpmTrie<MapData, [u8; 16], u32>;
 
-/// The ban-map key of an address: IPv4-mapped, or its IPv6 prefix.
-pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> SourceKey {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => SourceKey::from_ipv4(v4.octets()),
-        IpAddr::V6(v6) => SourceKey::from_ipv6(v6.octets(), ipv6_prefix),
-    }
-}
-
-/// The allow list or the deny list (each an IPv4 and an IPv6 trie).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetList {
-    Allow,
-    Deny,
-}
-
-impl NetList {
-    pub fn name(self) -> &'static str {
-        match self {
-            NetList::Allow => "allow",
-            NetList::Deny => "deny",
+/// A missing key reads as None, whichever way aya reports it.
+fn absent_as_none<T>(found: Result<T, MapError>, what: &str) -> Result<Option<T>> {
+    match found {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(None)
         }
+        Err(cause) => Err(MapsError::Map {
+            what: what.to_string(),
+            cause,
+        }),
     }
 }
 
@@ -78,18 +69,23 @@ impl std::fmt::Debug for KernelMaps {
 
 fn typed<T>(take: &mut impl FnMut(&str) -> Option<Map>, name: &str) -> Result<T>
 where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
+    T: TryFrom<Map, Error = MapError>,
 {
-    let map = take(name).ok_or_else(|| anyhow!("the XDP program has no map {name}"))?;
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    let map = take(name)
+        .ok_or_else(|| MapsError::Layout(format!("the XDP program has no map {name}")))?;
+    T::try_from(map)
+        .map_err(|e| MapsError::Layout(format!("map {name} has an unexpected type: {e}")))
 }
 
 fn optional<T>(take: &mut impl FnMut(&str) -> Option<Map>, name: &str) -> Result<Option<T>>
 where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
+    T: TryFrom<Map, Error = MapError>,
 {
     take(name)
-        .map(|map| T::try_from(map).with_context(|| format!("map {name} has an unexpected type")))
+        .map(|map| {
+            T::try_from(map)
+                .map_err(|e| MapsError::Layout(format!("map {name} has an unexpected type: {e}")))
+        })
         .transpose()
 }
 
@@ -127,22 +123,23 @@ impl KernelMaps {
     /// The maps of a loaded program, by its id (as `bpftool prog` shows it).
     pub fn from_program_id(program_id: u32) -> Result<KernelMaps> {
         let info = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
+            .filter_map(|p| p.ok())
             .find(|p| p.id() == program_id)
-            .ok_or_else(|| anyhow!("no BPF program with id {program_id}"))?;
+            .ok_or_else(|| MapsError::Layout(format!("no BPF program with id {program_id}")))?;
         let ids = info
             .map_ids()
-            .context("reading the program's map ids")?
-            .ok_or_else(|| anyhow!("the kernel does not report map ids"))?;
+            .map_err(|e| MapsError::Layout(format!("reading the program's map ids: {e}")))?
+            .ok_or_else(|| MapsError::Layout("the kernel does not report map ids".into()))?;
         let mut found = Vec::new();
         for id in ids {
-            let data = MapData::from_id(id).with_context(|| format!("opening map {id}"))?;
+            let data = MapData::from_id(id).map_err(MapsError::map(format!("opening map {id}")))?;
             let name = data
                 .info()
                 .ok()
                 .and_then(|i| i.name_as_str().map(str::to_owned))
                 .unwrap_or_default();
-            found.push((name, Map::from_map_data(data)?));
+            let map = Map::from_map_data(data).map_err(MapsError::map(format!("map {id}")))?;
+            found.push((name, map));
         }
         KernelMaps::from_source(|wanted| {
             // The kernel keeps 15 characters of a map name.
@@ -163,9 +160,14 @@ impl KernelMaps {
                 .fd()
                 .as_fd()
                 .try_clone_to_owned()
-                .with_context(|| format!("duplicating the fd of {name}"))?;
-            let data = MapData::from_fd(fd).with_context(|| format!("reopening {name}"))?;
-            found.push((name, Map::from_map_data(data)?));
+                .map_err(|cause| MapsError::Io {
+                    what: format!("duplicating the fd of {name}"),
+                    cause,
+                })?;
+            let data = MapData::from_fd(fd).map_err(MapsError::map(format!("reopening {name}")))?;
+            let map =
+                Map::from_map_data(data).map_err(MapsError::map(format!("reopening {name}")))?;
+            found.push((name, map));
             Ok(())
         };
         add(names::BANS, self.bans.map())?;
@@ -189,20 +191,39 @@ impl KernelMaps {
         })
     }
 
-    /// Makes the maps hold exactly `policy`, whether they are new or an
-    /// earlier run's. The port, service and rule tables are written into the
-    /// policy slot not in force, then one write of `SETTINGS` switches to it:
-    /// a packet sees the old policy or the new one, never a mix. Allow and
-    /// deny entries are added before the switch and stale ones removed
-    /// after it. Bans, rate state and counters are left alone.
+    /// Makes the maps hold exactly `policy` (see [`MapStore::sync_policy`]).
     pub fn sync_policy(&mut self, policy: &CompiledPolicy) -> Result<()> {
-        let next = self.settings().map_or(0, |s| s.policy_slot & 1) ^ 1;
+        MapStore::sync_policy(self, policy)
+    }
+
+    /// Service `id`'s policy in policy slot `slot`.
+    pub fn service_in(&self, slot: u8, id: u8) -> Result<ServicePolicy> {
+        self.services
+            .get(&policy_service_index(slot, id), 0)
+            .map_err(MapsError::map("reading SERVICES"))
+    }
+
+    /// Rate rule `i` in policy slot `slot`.
+    pub fn rule_in(&self, slot: u8, i: u32) -> Result<RateRule> {
+        self.rules
+            .get(&policy_rule_index(slot, i), 0)
+            .map_err(MapsError::map("reading RULES"))
+    }
+
+    /// The class of port slot `index` (protocol and port) in policy slot `slot`.
+    pub fn port_in(&self, slot: u8, index: u32) -> Result<PortClass> {
+        self.ports
+            .get(&(slot as u32 * PORT_SLOTS + index), 0)
+            .map_err(MapsError::map("reading PORTS"))
+    }
+
+    fn write_policy_slot(&mut self, slot: u8, policy: &CompiledPolicy) -> Result<()> {
         let mut rules = vec![RateRule::default(); MAX_RATE_RULES];
         rules[..policy.rules.len()].copy_from_slice(&policy.rules);
         for (i, rule) in rules.iter().enumerate() {
             self.rules
-                .set(policy_rule_index(next, i as u32), rule, 0)
-                .context("writing RULES")?;
+                .set(policy_rule_index(slot, i as u32), rule, 0)
+                .map_err(MapsError::map("writing RULES"))?;
         }
         // Unused ids hold what a new map holds (zeros); no port points at them.
         let mut services = vec![ServicePolicy { access: 0 }; SERVICE_SLOTS as usize];
@@ -211,91 +232,48 @@ impl KernelMaps {
         }
         for (id, service) in services.iter().enumerate() {
             self.services
-                .set(policy_service_index(next, id as u8), service, 0)
-                .context("writing SERVICES")?;
+                .set(policy_service_index(slot, id as u8), service, 0)
+                .map_err(MapsError::map("writing SERVICES"))?;
         }
         let mut ports = vec![PortClass::UNCLASSIFIED; PORT_SLOTS as usize];
         for (index, class) in &policy.ports {
             ports[*index as usize] = *class;
         }
-        let base = next as u32 * PORT_SLOTS;
+        let base = slot as u32 * PORT_SLOTS;
         for (index, class) in ports.iter().enumerate() {
             // Reading first skips most of the ~131k writes.
             let index = base + index as u32;
             if self.ports.get(&index, 0).ok().as_ref() != Some(class) {
-                self.ports.set(index, class, 0).context("writing PORTS")?;
+                self.ports
+                    .set(index, class, 0)
+                    .map_err(MapsError::map("writing PORTS"))?;
             }
         }
-        let table = policy
-            .scanners
-            .table()
-            .map_err(|e| anyhow!("scanner patterns: {e}"))?;
+        let table = policy.scanners.table().map_err(MapsError::Patterns)?;
         self.sip_patterns
-            .set(next as u32, *table, 0)
-            .context("writing SIP_PATTERNS")?;
-        let allow: Vec<(IpNet, u32)> = policy.allow.clone();
-        let deny: Vec<(IpNet, u32)> = policy.deny.iter().map(|net| (*net, 0)).collect();
-        self.add_nets(NetList::Allow, &allow)?;
-        self.add_nets(NetList::Deny, &deny)?;
-        let settings = Settings {
-            policy_slot: next,
-            ..policy.settings
-        };
-        self.settings
-            .set(0, settings, 0)
-            .context("writing SETTINGS")?;
-        self.remove_other_nets(NetList::Allow, &allow)?;
-        self.remove_other_nets(NetList::Deny, &deny)?;
-        Ok(())
-    }
-
-    /// Service `id`'s policy in policy slot `slot`.
-    pub fn service_in(&self, slot: u8, id: u8) -> Result<ServicePolicy> {
-        Ok(self.services.get(&policy_service_index(slot, id), 0)?)
-    }
-
-    /// Rate rule `i` in policy slot `slot`.
-    pub fn rule_in(&self, slot: u8, i: u32) -> Result<RateRule> {
-        Ok(self.rules.get(&policy_rule_index(slot, i), 0)?)
-    }
-
-    /// The class of port slot `index` (protocol and port) in policy slot `slot`.
-    pub fn port_in(&self, slot: u8, index: u32) -> Result<PortClass> {
-        Ok(self.ports.get(&(slot as u32 * PORT_SLOTS + index), 0)?)
-    }
-
-    fn add_nets(&mut self, list: NetList, wanted: &[(IpNet, u32)]) -> Result<()> {
-        let name = list.name();
-        for (net, value) in wanted {
-            self.insert_net(list, *net, *value)
-                .with_context(|| format!("adding {net} to the {name} list"))?;
-        }
-        Ok(())
-    }
-
-    fn remove_other_nets(&mut self, list: NetList, wanted: &[(IpNet, u32)]) -> Result<()> {
-        let name = list.name();
-        for net in self.nets(list)? {
-            if !wanted.iter().any(|(w, _)| *w == net) {
-                self.remove_net(list, net)
-                    .with_context(|| format!("removing {net} from the {name} list"))?;
-            }
-        }
-        Ok(())
+            .set(slot as u32, *table, 0)
+            .map_err(MapsError::map("writing SIP_PATTERNS"))
     }
 
     /// The prefixes a list holds in the kernel.
-    pub fn nets(&mut self, list: NetList) -> Result<Vec<IpNet>> {
-        let (v4, v6) = self.tries(list);
+    pub fn nets(&self, list: NetList) -> Result<Vec<IpNet>> {
+        let name = list.name();
+        let what = || format!("reading the {name} list");
+        let (v4, v6) = match list {
+            NetList::Allow => (&self.allow_v4, &self.allow_v6),
+            NetList::Deny => (&self.deny_v4, &self.deny_v6),
+        };
         let mut nets = Vec::new();
         for key in v4.keys() {
-            let key = key?;
-            let net = ipnet::Ipv4Net::new(key.data().into(), key.prefix_len() as u8)?;
+            let key = key.map_err(MapsError::map(what()))?;
+            let net = ipnet::Ipv4Net::new(key.data().into(), key.prefix_len() as u8)
+                .map_err(|_| MapsError::BadKey(name))?;
             nets.push(IpNet::V4(net));
         }
         for key in v6.keys() {
-            let key = key?;
-            let net = ipnet::Ipv6Net::new(key.data().into(), key.prefix_len() as u8)?;
+            let key = key.map_err(MapsError::map(what()))?;
+            let net = ipnet::Ipv6Net::new(key.data().into(), key.prefix_len() as u8)
+                .map_err(|_| MapsError::BadKey(name))?;
             nets.push(IpNet::V6(net));
         }
         Ok(nets)
@@ -312,41 +290,44 @@ impl KernelMaps {
     /// Adds (or replaces) `net` with `value`: the services mask for the
     /// allow list, unused (0) for the deny list.
     pub fn insert_net(&mut self, list: NetList, net: IpNet, value: u32) -> Result<()> {
+        let what = format!("adding {net} to the {} list", list.name());
         let (v4, v6) = self.tries(list);
         match net {
             IpNet::V4(n) => v4.insert(
                 &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
                 value,
                 0,
-            )?,
+            ),
             IpNet::V6(n) => v6.insert(
                 &LpmKey::new(n.prefix_len() as u32, n.network().octets()),
                 value,
                 0,
-            )?,
+            ),
         }
-        Ok(())
+        .map_err(MapsError::map(what))
     }
 
     pub fn remove_net(&mut self, list: NetList, net: IpNet) -> Result<()> {
+        let what = format!("removing {net} from the {} list", list.name());
         let (v4, v6) = self.tries(list);
         match net {
-            IpNet::V4(n) => v4.remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
-            IpNet::V6(n) => v6.remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets()))?,
+            IpNet::V4(n) => v4.remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets())),
+            IpNet::V6(n) => v6.remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets())),
         }
-        Ok(())
+        .map_err(MapsError::map(what))
     }
 
     pub fn settings(&self) -> Result<Settings> {
-        Ok(self.settings.get(&0, 0)?)
+        self.settings
+            .get(&0, 0)
+            .map_err(MapsError::map("reading SETTINGS"))
     }
 
     /// One array slot: the next packet sees either the old or the new settings.
     pub fn write_settings(&mut self, settings: Settings) -> Result<()> {
         self.settings
             .set(0, settings, 0)
-            .context("writing SETTINGS")?;
-        Ok(())
+            .map_err(MapsError::map("writing SETTINGS"))
     }
 
     /// The ban-map key of an address under the current IPv6 ban prefix.
@@ -357,30 +338,16 @@ impl KernelMaps {
     pub fn insert_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<()> {
         self.bans
             .insert(source, entry, 0)
-            .context("writing the ban map")?;
-        Ok(())
+            .map_err(MapsError::map("writing the ban map"))
     }
 
     pub fn remove_ban(&mut self, source: &SourceKey) -> Result<bool> {
-        match self.bans.remove(source) {
-            Ok(()) => Ok(true),
-            // aya reports a missing key either way, depending on the call.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e).context("removing from the ban map"),
-        }
+        absent_as_none(self.bans.remove(source), "removing from the ban map")
+            .map(|removed| removed.is_some())
     }
 
     pub fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>> {
-        match self.bans.get(source, 0) {
-            Ok(entry) => Ok(Some(entry)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("reading the ban map"),
-        }
+        absent_as_none(self.bans.get(source, 0), "reading the ban map")
     }
 
     /// Every entry of the ban map, expired ones included.
@@ -390,8 +357,13 @@ impl KernelMaps {
             // An entry deleted while we walk is simply skipped.
             match item {
                 Ok(pair) => out.push(pair),
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => bail!("reading the ban map: {e}"),
+                Err(MapError::KeyNotFound) => continue,
+                Err(cause) => {
+                    return Err(MapsError::Map {
+                        what: "reading the ban map".into(),
+                        cause,
+                    })
+                }
             }
         }
         Ok(out)
@@ -399,9 +371,7 @@ impl KernelMaps {
 
     /// The bans in force at `now_ns` (expired ones wait for the sweeper).
     pub fn active_bans(&self, now_ns: u64) -> Result<Vec<(SourceKey, BanEntry)>> {
-        let mut bans = self.bans()?;
-        bans.retain(|(_, ban)| ban.is_active(now_ns));
-        Ok(bans)
+        MapStore::active_bans(self, now_ns)
     }
 
     /// The ban on `source` in force at `now_ns`, if any.
@@ -438,7 +408,11 @@ impl KernelMaps {
     pub fn verdict_of(&self, reason: Reason, service: u8) -> Result<Counter> {
         let index = guard_common::verdict_index(reason, service);
         let mut total = Counter::default();
-        for per_cpu in self.verdicts.get(&index, 0)?.iter() {
+        let values = self
+            .verdicts
+            .get(&index, 0)
+            .map_err(MapsError::map("reading VERDICTS"))?;
+        for per_cpu in values.iter() {
             total.packets += per_cpu.packets;
             total.bytes += per_cpu.bytes;
         }
@@ -452,7 +426,11 @@ impl KernelMaps {
     pub fn rule_hits(&self) -> Result<[RuleCounter; MAX_RATE_RULES]> {
         let mut totals = [RuleCounter::default(); MAX_RATE_RULES];
         for (i, total) in totals.iter_mut().enumerate() {
-            for per_cpu in self.rule_hits.get(&(i as u32), 0)?.iter() {
+            let values = self
+                .rule_hits
+                .get(&(i as u32), 0)
+                .map_err(MapsError::map("reading RULE_HITS"))?;
+            for per_cpu in values.iter() {
                 total.counted += per_cpu.counted;
                 total.limited += per_cpu.limited;
             }
@@ -463,7 +441,11 @@ impl KernelMaps {
     pub fn health(&self) -> Result<[u64; Health::COUNT]> {
         let mut totals = [0u64; Health::COUNT];
         for (i, total) in totals.iter_mut().enumerate() {
-            *total = self.health.get(&(i as u32), 0)?.iter().sum();
+            let values = self
+                .health
+                .get(&(i as u32), 0)
+                .map_err(MapsError::map("reading HEALTH"))?;
+            *total = values.iter().sum();
         }
         Ok(totals)
     }
@@ -503,11 +485,7 @@ impl KernelMaps {
 
     /// The rate window of `(source, rule)`, if the kernel keeps one.
     pub fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>> {
-        match self.rate_state.get(key, 0) {
-            Ok(window) => Ok(Some(window)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("reading the rate state"),
-        }
+        absent_as_none(self.rate_state.get(key, 0), "reading the rate state")
     }
 
     /// Puts a rate window in place, as the kernel would (for tests and the
@@ -515,7 +493,7 @@ impl KernelMaps {
     pub fn insert_rate_window(&mut self, key: RateKey, window: RateWindow) -> Result<()> {
         self.rate_state
             .insert(key, window, 0)
-            .context("writing the rate state")
+            .map_err(MapsError::map("writing the rate state"))
     }
 
     /// Entries in the rate state: a walk of the whole map, so only for a
@@ -539,9 +517,61 @@ impl KernelMaps {
             let values = self
                 .sip_scans
                 .get(&(*status as u32), 0)
-                .context("reading SIP_SCANS")?;
+                .map_err(MapsError::map("reading SIP_SCANS"))?;
             *total = values.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// The runtime's operations, on the kernel's maps (each the inherent
+/// method of the same name).
+impl MapStore for KernelMaps {
+    fn settings(&self) -> Result<Settings> {
+        KernelMaps::settings(self)
+    }
+
+    fn write_settings(&mut self, settings: Settings) -> Result<()> {
+        KernelMaps::write_settings(self, settings)
+    }
+
+    fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>> {
+        KernelMaps::ban(self, source)
+    }
+
+    fn insert_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<()> {
+        KernelMaps::insert_ban(self, source, entry)
+    }
+
+    fn remove_ban(&mut self, source: &SourceKey) -> Result<bool> {
+        KernelMaps::remove_ban(self, source)
+    }
+
+    fn bans(&self) -> Result<Vec<(SourceKey, BanEntry)>> {
+        KernelMaps::bans(self)
+    }
+
+    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>> {
+        KernelMaps::rate_window(self, key)
+    }
+
+    fn nets(&self, list: NetList) -> Result<Vec<IpNet>> {
+        KernelMaps::nets(self, list)
+    }
+
+    fn insert_net(&mut self, list: NetList, net: IpNet, value: u32) -> Result<()> {
+        KernelMaps::insert_net(self, list, net, value)
+    }
+
+    fn remove_net(&mut self, list: NetList, net: IpNet) -> Result<()> {
+        KernelMaps::remove_net(self, list, net)
+    }
+
+    fn write_policy_slot(&mut self, slot: u8, policy: &CompiledPolicy) -> Result<()> {
+        KernelMaps::write_policy_slot(self, slot, policy)
+    }
+
+    fn verdicts(&self) -> Result<[Counter; Reason::COUNT]> {
+        KernelMaps::verdicts(self)
     }
 }

@@ -1,6 +1,8 @@
 //! The XDP program's side: loading, attaching, maps, pins, and its events.
 pub mod bans;
 pub mod events;
+#[cfg(test)]
+pub mod fake;
 pub mod iface;
 pub mod loader;
 pub mod maps;
@@ -8,3 +10,4 @@ pub mod netlink;
 pub mod netns;
 pub mod pins;
 pub mod preflight;
+pub mod store;

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use crate::{
     clock,
     kernel::bans,
-    kernel::maps::{KernelMaps, NetList},
+    kernel::maps::{KernelMaps, MapStore, MapsError, NetList},
     policy::{
         compile::CompiledPolicy,
         live::{LivePolicy, Verdict as ExplainRow},
@@ -34,7 +34,7 @@ pub trait KernelState {
 }
 
 impl KernelState for KernelMaps {
-    type Error = anyhow::Error;
+    type Error = MapsError;
 
     fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>, Self::Error> {
         KernelMaps::ban(self, source)
@@ -42,6 +42,19 @@ impl KernelState for KernelMaps {
 
     fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
         KernelMaps::rate_window(self, key)
+    }
+}
+
+/// Whichever maps the runtime holds (the kernel's, or in-memory ones in tests).
+impl KernelState for dyn MapStore + '_ {
+    type Error = MapsError;
+
+    fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>, Self::Error> {
+        MapStore::ban(self, source)
+    }
+
+    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
+        MapStore::rate_window(self, key)
     }
 }
 
@@ -89,7 +102,7 @@ pub struct Judgement {
 }
 
 /// [`Lookup`] over a compiled policy and the kernel's bans and rate state.
-pub struct HostLookup<'a, K: KernelState> {
+pub struct HostLookup<'a, K: KernelState + ?Sized> {
     policy: &'a CompiledPolicy,
     settings: Settings,
     state: &'a K,
@@ -98,7 +111,7 @@ pub struct HostLookup<'a, K: KernelState> {
     error: Option<K::Error>,
 }
 
-impl<'a, K: KernelState> HostLookup<'a, K> {
+impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
     /// `settings` are those in force (monitor mode and the IPv6 ban prefix
     /// live in the kernel's settings, which may differ from the file's);
     /// the policy slot is ignored: `policy` is the one policy judged.
@@ -195,7 +208,7 @@ pub fn ip_address(ip: IpAddr) -> Address {
     }
 }
 
-impl<K: KernelState> Lookup for HostLookup<'_, K> {
+impl<K: KernelState + ?Sized> Lookup for HostLookup<'_, K> {
     fn settings(&mut self) -> Settings {
         self.settings
     }
@@ -269,12 +282,12 @@ pub fn unclassified_packet(ip: IpAddr) -> Packet {
 }
 
 /// A kernel state with one more ban: what a `ban add` would leave.
-pub struct WithBan<'a, K: KernelState> {
+pub struct WithBan<'a, K: KernelState + ?Sized> {
     pub state: &'a K,
     pub ban: Option<(SourceKey, BanEntry)>,
 }
 
-impl<K: KernelState> KernelState for WithBan<'_, K> {
+impl<K: KernelState + ?Sized> KernelState for WithBan<'_, K> {
     type Error = K::Error;
 
     fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>, Self::Error> {
@@ -290,7 +303,7 @@ impl<K: KernelState> KernelState for WithBan<'_, K> {
 }
 
 /// What a verdict reads besides the policy.
-pub struct Inputs<'a, K: KernelState> {
+pub struct Inputs<'a, K: KernelState + ?Sized> {
     /// The settings in force: monitor mode, the IPv6 ban prefix.
     pub settings: Settings,
     pub state: &'a K,
@@ -301,7 +314,7 @@ impl LivePolicy {
     /// The verdict on `packet`, with the entries behind it. The policy's
     /// own default policy applies; monitor mode and the IPv6 ban prefix
     /// come from `inputs.settings`.
-    pub fn judge<K: KernelState>(
+    pub fn judge<K: KernelState + ?Sized>(
         &self,
         packet: &Packet,
         inputs: &Inputs<K>,
@@ -316,7 +329,7 @@ impl LivePolicy {
     /// The `explain` row of `ip` for `service` (a name, or anything else
     /// for traffic that matches no service, such as `NO_SERVICE_NAME`). A service whose ports differ (say, rate rules
     /// on UDP only) is judged per kind of port, and the row says each.
-    pub fn explain<K: KernelState>(
+    pub fn explain<K: KernelState + ?Sized>(
         &self,
         ip: IpAddr,
         service: &str,

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     clock,
-    kernel::maps::KernelMaps,
+    kernel::store::{MapStore, MapsError},
     sip::{ban as sip_ban, tracker::BanDecision},
     state::{Clocks, SavedBan, StateDir},
 };
@@ -143,7 +143,7 @@ impl Runtime {
                 monitor: None,
             };
             lockout
-                .check(&policy.live, &maps, after)
+                .check(&policy.live, &**maps, after)
                 .map_err(Error::Refused)?;
             maps.insert_ban(key, entry)?;
         }
@@ -203,7 +203,7 @@ impl Runtime {
     pub async fn sweep(&self) {
         let expired = {
             let mut maps = self.maps().await;
-            match sweep_expired(&mut maps, clock::monotonic_ns()) {
+            match sweep_expired(&mut **maps, clock::monotonic_ns()) {
                 Ok(expired) => expired,
                 Err(e) => return warn!("clearing expired bans failed: {e:#}"),
             }
@@ -279,7 +279,7 @@ impl Runtime {
             let mut maps = self.maps().await;
             let mut details = self.ban_details.lock().await;
             for decision in decisions {
-                match self.put_sip_ban(&mut maps, decision, window) {
+                match self.put_sip_ban(&mut **maps, decision, window) {
                     Ok(Some(key)) => {
                         made += 1;
                         self.counters.ban_created(decision.reason);
@@ -299,10 +299,10 @@ impl Runtime {
     /// place); returns its key when it did.
     fn put_sip_ban(
         &self,
-        maps: &mut KernelMaps,
+        maps: &mut dyn MapStore,
         decision: &BanDecision,
         window: Duration,
-    ) -> anyhow::Result<Option<SourceKey>> {
+    ) -> std::result::Result<Option<SourceKey>, MapsError> {
         let key = self.source_key(decision.source);
         let source = self.source_name(&key);
         let now = clock::monotonic_ns();
@@ -379,7 +379,7 @@ pub struct RestoreInto<'a> {
 /// start: the newest are restored, the rest kept aside in a file and
 /// reported.
 pub fn restore(
-    maps: &mut KernelMaps,
+    maps: &mut dyn MapStore,
     saved: &[SavedBan],
     rule_names: &[String],
     adopted: bool,
@@ -438,9 +438,9 @@ pub fn restore(
 
 /// Removes expired bans; returns them for logging.
 pub fn sweep_expired(
-    maps: &mut KernelMaps,
+    maps: &mut dyn MapStore,
     now_ns: u64,
-) -> anyhow::Result<Vec<(SourceKey, BanEntry)>> {
+) -> std::result::Result<Vec<(SourceKey, BanEntry)>, MapsError> {
     let expired: Vec<_> = maps
         .bans()?
         .into_iter()

@@ -30,7 +30,7 @@ impl Runtime {
         let maps = self.maps().await;
         let inputs = Inputs {
             settings: maps.settings()?,
-            state: &*maps,
+            state: &**maps,
             now_ns: clock::monotonic_ns(),
         };
         let live = &policy.live;

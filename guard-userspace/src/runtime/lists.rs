@@ -10,7 +10,7 @@ use super::{
     Error, PolicyState, Result, Runtime,
 };
 use crate::{
-    kernel::maps::{KernelMaps, NetList},
+    kernel::{maps::NetList, store::MapStore},
     policy::compile::allow_mask,
     policy::config::ALL,
     policy::live::{ListEntry, LivePolicy},
@@ -149,7 +149,7 @@ impl Runtime {
         policy: &mut PolicyState,
         changes: ListChanges,
         lockout: &LockoutCheck,
-        write: impl FnOnce(&mut KernelMaps) -> Result<()>,
+        write: impl FnOnce(&mut dyn MapStore) -> Result<()>,
     ) -> Result<Option<String>> {
         let live = &policy.live;
         let candidate = LivePolicy::build(live.config.clone(), live.source.clone(), changes);
@@ -159,8 +159,10 @@ impl Runtime {
             new_ban: None,
             monitor: None,
         };
-        lockout.check(live, &maps, after).map_err(Error::Refused)?;
-        write(&mut maps)?;
+        lockout
+            .check(live, &**maps, after)
+            .map_err(Error::Refused)?;
+        write(&mut **maps)?;
         drop(maps);
         policy.live = candidate;
         // The kernel already has the change; a failed save is reported in

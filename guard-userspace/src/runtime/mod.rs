@@ -14,7 +14,7 @@ use std::{path::PathBuf, sync::Arc, time::Instant};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::{
-    kernel::maps::KernelMaps,
+    kernel::store::{MapStore, MapsError},
     metrics::ControllerCounters,
     policy::live::{ConfigSource, LivePolicy},
     state::StateDir,
@@ -22,6 +22,7 @@ use crate::{
 
 pub mod bans;
 pub mod explain;
+pub mod fleet;
 pub mod lists;
 pub mod safety;
 pub mod status;
@@ -47,6 +48,12 @@ pub enum Error {
     /// done now (an unknown service, a change awaiting confirmation).
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<MapsError> for Error {
+    fn from(e: MapsError) -> Error {
+        Error::Failed(e.to_string())
+    }
 }
 
 impl From<anyhow::Error> for Error {
@@ -100,7 +107,8 @@ pub(crate) struct PolicyState {
 /// Lock order: `policy` before `maps` before `ban_details`.
 pub struct Runtime {
     policy: Mutex<PolicyState>,
-    maps: Arc<Mutex<KernelMaps>>,
+    /// The kernel's maps (in unit tests, maps kept in memory).
+    maps: Mutex<Box<dyn MapStore>>,
     /// The operator's words (or saved evidence) for each ban.
     ban_details: bans::BanDetails,
     /// Fixed for the life of the maps (their keys are made with it).
@@ -117,7 +125,7 @@ pub struct Runtime {
 
 /// What the daemon hands over to the runtime after start-up.
 pub struct Parts {
-    pub maps: KernelMaps,
+    pub maps: Box<dyn MapStore>,
     pub live: LivePolicy,
     pub source: ConfigSource,
     pub ban_details: std::collections::HashMap<guard_common::SourceKey, String>,
@@ -151,7 +159,7 @@ impl Runtime {
                 pending: None,
                 monitor,
             }),
-            maps: Arc::new(Mutex::new(maps)),
+            maps: Mutex::new(maps),
             ban_details: Arc::new(Mutex::new(ban_details)),
             counters,
             attached,
@@ -173,25 +181,15 @@ impl Runtime {
         self.policy.lock().await
     }
 
-    pub(crate) async fn maps(&self) -> MutexGuard<'_, KernelMaps> {
+    pub(crate) async fn maps(&self) -> MutexGuard<'_, Box<dyn MapStore>> {
         self.maps.lock().await
     }
 
-    /// The map handles, for tests that read the kernel's state. Bans go
-    /// through the runtime's ban operations (`bans`).
-    pub fn maps_handle(&self) -> Arc<Mutex<KernelMaps>> {
-        Arc::clone(&self.maps)
-    }
-
-    /// The ban details, for a ban source not yet moved onto the runtime's
-    /// ban operations (`bans`).
-    pub fn ban_details_handle(&self) -> bans::BanDetails {
-        Arc::clone(&self.ban_details)
-    }
-
-    /// Wakes the ban saver; for whoever bans outside the runtime.
-    pub fn bans_changed_handle(&self) -> Arc<Notify> {
-        Arc::clone(&self.bans_changed)
+    /// Holds the maps' lock as a long operation would, for tests that show
+    /// who does not wait for it (the metrics, with handles of their own).
+    #[doc(hidden)]
+    pub fn hold_maps_lock(&self) -> MutexGuard<'_, Box<dyn MapStore>> {
+        self.maps.blocking_lock()
     }
 
     pub fn ipv6_ban_prefix(&self) -> u8 {
@@ -217,3 +215,6 @@ impl Runtime {
         self.policy.lock().await.monitor
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use crate::{
     clock,
-    kernel::maps::KernelMaps,
+    kernel::store::MapStore,
     policy::{
         live::LivePolicy,
         verdict::{packet_to, Inputs, KernelState, WithBan},
@@ -113,7 +113,7 @@ fn parse_endpoint(text: &str, v6: bool) -> Option<(IpAddr, u16)> {
 
 /// Why `candidate` would cut one of `sessions`, if it would, judged with
 /// the shared verdict under `inputs` (monitor mode, bans, rate state).
-pub fn would_cut<K: KernelState>(
+pub fn would_cut<K: KernelState + ?Sized>(
     candidate: &LivePolicy,
     sessions: &[Session],
     inputs: &Inputs<K>,
@@ -136,7 +136,7 @@ where
 
 /// Why `policy` drops `session`, if it does: the verdict on one of its
 /// packets (TCP to the server port, not a connection attempt).
-fn cut_reason<K: KernelState>(
+fn cut_reason<K: KernelState + ?Sized>(
     policy: &LivePolicy,
     session: &Session,
     inputs: &Inputs<K>,
@@ -178,7 +178,7 @@ impl LockoutCheck {
     pub fn check(
         &self,
         current: &LivePolicy,
-        maps: &KernelMaps,
+        maps: &dyn MapStore,
         after: After,
     ) -> Result<(), String> {
         let settings_now = maps.settings().unwrap_or(current.compiled.settings);

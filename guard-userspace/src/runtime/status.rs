@@ -104,7 +104,7 @@ impl Runtime {
             monitor: Some(on),
         };
         lockout
-            .check(&policy.live, &maps, after)
+            .check(&policy.live, &**maps, after)
             .map_err(Error::Refused)?;
         let mut settings = maps.settings()?;
         settings.monitor = on as u8;

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     clock,
-    kernel::maps::KernelMaps,
+    kernel::store::MapStore,
     policy::config::Config,
     policy::live::{ConfigSource, LivePolicy},
 };
@@ -131,9 +131,9 @@ impl Runtime {
                 monitor: Some(monitor.on),
             };
             lockout
-                .check(&state.live, &maps, after)
+                .check(&state.live, &**maps, after)
                 .map_err(Error::Refused)?;
-            install(&mut maps, &state.live, &candidate)?;
+            install(&mut **maps, &state.live, &candidate)?;
         }
         let summary = candidate.summary();
         let previous = std::mem::replace(&mut state.live, candidate);
@@ -196,7 +196,7 @@ impl Runtime {
         config.guard.monitor = Some(state.monitor.on);
         let restored = LivePolicy::build(config, old.name.clone(), state.live.changes.clone());
         let mut maps = self.maps().await;
-        match install(&mut maps, &state.live, &restored) {
+        match install(&mut **maps, &state.live, &restored) {
             Ok(()) => {
                 warn!(
                     "the applied policy was not confirmed in time: reverted to the policy from {}",
@@ -224,7 +224,7 @@ impl Runtime {
 }
 
 /// Writes `candidate` into the maps; if that fails half way, puts `current` back.
-fn install(maps: &mut KernelMaps, current: &LivePolicy, candidate: &LivePolicy) -> Result<()> {
+fn install(maps: &mut dyn MapStore, current: &LivePolicy, candidate: &LivePolicy) -> Result<()> {
     let Err(e) = maps.sync_policy(&candidate.compiled) else {
         return Ok(());
     };

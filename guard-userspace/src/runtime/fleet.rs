@@ -1,0 +1,279 @@
+//! Fleet (CrowdSec) decisions as bans: the bouncer says what the LAPI
+//! holds, the runtime puts it in force beside its own bans, with the same
+//! details, counters and saving as every other ban.
+//!
+//! - Allow-listed networks (and `sip_auth.whitelist`) are never dropped by a
+//!   fleet decision: such decisions are counted and logged.
+//! - A local ban (manual, rate-limit, SIP) on the same source is left as it
+//!   is; a fleet decision never lifts a ban it did not make.
+use std::{collections::HashSet, net::IpAddr};
+
+use guard_common::{BanEntry, BanReason, SourceKey, NO_RULE};
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use super::Runtime;
+use crate::{
+    clock,
+    kernel::{
+        bans,
+        store::{MapStore, MapsError, NetList},
+    },
+};
+
+/// Bans written per hold of the map lock, so a 100,000-decision start-up
+/// never blocks the control socket or the SIP watcher for long.
+const BATCH: usize = 4096;
+
+/// A fleet decision to enforce on one ban-map key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetBan {
+    pub key: SourceKey,
+    /// Monotonic nanoseconds.
+    pub expires_ns: u64,
+    pub scenario: String,
+    pub origin: String,
+}
+
+/// One change the fleet asks for, applied in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetChange {
+    Ban(FleetBan),
+    /// The fleet no longer holds this key (only a fleet ban is lifted).
+    Lift(SourceKey),
+}
+
+/// What applying fleet decisions did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FleetApplied {
+    pub enforced: u64,
+    pub lifted: u64,
+    pub allowlisted: u64,
+    pub kept_local: u64,
+}
+
+/// What one decision did.
+enum Outcome {
+    /// The key, its detail, and whether the ban is new.
+    Banned(SourceKey, String, bool),
+    Lifted(SourceKey),
+    Allowlisted,
+    KeptLocal,
+    Nothing,
+}
+
+impl Runtime {
+    /// The fleet bans in force (to find those the LAPI no longer holds).
+    pub async fn fleet_bans_in_force(&self) -> super::Result<Vec<SourceKey>> {
+        let bans = self.maps().await.active_bans(clock::monotonic_ns())?;
+        Ok(bans
+            .into_iter()
+            .filter(|(_, ban)| ban.reason == BanReason::Crowdsec as u16)
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Puts the fleet's decisions in force and lifts those it dropped
+    /// (only bans the fleet made). `log_each`: log every change (a small
+    /// answer) rather than only the totals the caller logs.
+    pub async fn fleet_bans(&self, changes: &[FleetChange], log_each: bool) -> FleetApplied {
+        let allowed = self.allowed_networks().await;
+        let now = clock::monotonic_ns();
+        let mut applied = FleetApplied::default();
+        let mut details: Vec<(SourceKey, Option<String>)> = Vec::new();
+        let mut record =
+            |outcome: Result<Outcome, MapsError>, applied: &mut FleetApplied| match outcome {
+                Ok(Outcome::Banned(key, detail, new)) => {
+                    applied.enforced += 1;
+                    if new {
+                        self.counters.ban_created(BanReason::Crowdsec);
+                    }
+                    details.push((key, Some(detail)));
+                }
+                Ok(Outcome::Lifted(key)) => {
+                    applied.lifted += 1;
+                    details.push((key, None));
+                }
+                Ok(Outcome::Allowlisted) => applied.allowlisted += 1,
+                Ok(Outcome::KeptLocal) => applied.kept_local += 1,
+                Ok(Outcome::Nothing) => {}
+                Err(e) => warn!("applying a crowdsec decision failed: {e}"),
+            };
+        for batch in changes.chunks(BATCH) {
+            let mut maps = self.maps().await;
+            for change in batch {
+                let outcome = match change {
+                    FleetChange::Ban(ban) => {
+                        self.put_fleet_ban(&mut **maps, ban, &allowed, now, log_each)
+                    }
+                    FleetChange::Lift(key) => self.lift_fleet_ban(&mut **maps, key, log_each),
+                };
+                record(outcome, &mut applied);
+            }
+        }
+        if !details.is_empty() {
+            let mut held = self.ban_details.lock().await;
+            for (key, detail) in details {
+                match detail {
+                    Some(detail) => held.insert(key, detail),
+                    None => held.remove(&key),
+                };
+            }
+            self.bans_changed.notify_one();
+        }
+        applied
+    }
+
+    fn put_fleet_ban(
+        &self,
+        maps: &mut dyn MapStore,
+        ban: &FleetBan,
+        allowed: &AllowedNets,
+        now: u64,
+        log_each: bool,
+    ) -> Result<Outcome, MapsError> {
+        let FleetBan {
+            key,
+            expires_ns,
+            scenario,
+            origin,
+        } = ban;
+        let shown = self.source_name(key);
+        if let Some(allow) = allowed.overlap(&key_net(key, self.ipv6_ban_prefix)) {
+            info!("crowdsec decision on {shown} ({scenario}) not applied: {allow} is allow-listed");
+            return Ok(Outcome::Allowlisted);
+        }
+        let existing = maps.ban(key)?.filter(|b| b.is_active(now));
+        if existing.is_some_and(|b| b.reason != BanReason::Crowdsec as u16) {
+            return Ok(Outcome::KeptLocal);
+        }
+        let entry = BanEntry {
+            expires_ns: *expires_ns,
+            created_ns: existing.map_or(now, |b| b.created_ns),
+            dropped: existing.map_or(0, |b| b.dropped),
+            reason: BanReason::Crowdsec as u16,
+            rule: NO_RULE,
+            ..BanEntry::default()
+        };
+        maps.insert_ban(*key, entry)?;
+        if log_each && existing.is_none() {
+            info!(
+                target: "sipguard::ban",
+                "banned {shown} for {}: crowdsec {scenario} (origin {origin})",
+                bans::ban_duration(now, *expires_ns)
+            );
+        }
+        Ok(Outcome::Banned(
+            *key,
+            format!("{scenario} (origin {origin})"),
+            existing.is_none(),
+        ))
+    }
+
+    fn lift_fleet_ban(
+        &self,
+        maps: &mut dyn MapStore,
+        key: &SourceKey,
+        log_each: bool,
+    ) -> Result<Outcome, MapsError> {
+        let ours = maps
+            .ban(key)?
+            .is_some_and(|b| b.reason == BanReason::Crowdsec as u16);
+        if !ours {
+            return Ok(Outcome::Nothing);
+        }
+        maps.remove_ban(key)?;
+        if log_each {
+            info!(
+                target: "sipguard::ban",
+                "crowdsec decision on {} lifted: unbanned",
+                self.source_name(key)
+            );
+        }
+        Ok(Outcome::Lifted(*key))
+    }
+
+    /// The networks a fleet decision must never drop.
+    async fn allowed_networks(&self) -> AllowedNets {
+        let policy = self.policy().await;
+        let live = &policy.live;
+        let nets = live
+            .lists
+            .list(NetList::Allow)
+            .keys()
+            .chain(live.config.sip_auth.whitelist.iter())
+            .map(IpNet::trunc)
+            .collect();
+        AllowedNets { nets }
+    }
+}
+
+/// The network a ban-map key drops: the address, or the IPv6 ban prefix.
+fn key_net(key: &SourceKey, ipv6_prefix: u8) -> IpNet {
+    let ip = bans::source_ip(key);
+    let len = match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => ipv6_prefix.min(128),
+    };
+    IpNet::new(ip, len).map_or_else(|_| IpNet::from(ip), |n| n.trunc())
+}
+
+/// The allow list and SIP whitelist, for overlap checks.
+struct AllowedNets {
+    nets: HashSet<IpNet>,
+}
+
+impl AllowedNets {
+    /// An allowed network that `net` overlaps: one holding it (checked by
+    /// each shorter prefix) or one inside it.
+    fn overlap(&self, net: &IpNet) -> Option<IpNet> {
+        if self.nets.is_empty() {
+            return None;
+        }
+        for len in (0..=net.prefix_len()).rev() {
+            if let Ok(outer) = IpNet::new(net.addr(), len) {
+                if self.nets.contains(&outer.trunc()) {
+                    return Some(outer.trunc());
+                }
+            }
+        }
+        if net.prefix_len() < net.max_prefix_len() {
+            return self.nets.iter().find(|a| net.contains(*a)).copied();
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(nets: &[&str]) -> AllowedNets {
+        AllowedNets {
+            nets: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn allowed_networks_overlap_both_ways() {
+        let a = allowed(&["192.0.2.0/24", "2001:db8:1:2::5/128"]);
+        let net = |t: &str| t.parse::<IpNet>().unwrap();
+        assert_eq!(a.overlap(&net("192.0.2.9/32")), Some(net("192.0.2.0/24")));
+        assert_eq!(a.overlap(&net("192.0.0.0/16")), Some(net("192.0.2.0/24")));
+        assert_eq!(a.overlap(&net("198.51.100.7/32")), None);
+        assert_eq!(
+            a.overlap(&net("2001:db8:1:2::/64")),
+            Some(net("2001:db8:1:2::5/128"))
+        );
+        assert_eq!(a.overlap(&net("2001:db8:1:3::/64")), None);
+        assert_eq!(allowed(&[]).overlap(&net("0.0.0.0/0")), None);
+    }
+
+    #[test]
+    fn ipv6_keys_cover_their_ban_prefix() {
+        let key = crate::kernel::store::source_key("2001:db8:1:2::9".parse().unwrap(), 64);
+        assert_eq!(key_net(&key, 64), "2001:db8:1:2::/64".parse().unwrap());
+        let key = crate::kernel::store::source_key("192.0.2.9".parse().unwrap(), 64);
+        assert_eq!(key_net(&key, 64), "192.0.2.9/32".parse().unwrap());
+    }
+}

@@ -1,0 +1,630 @@
+//! Host unit tests of every runtime operation, over maps kept in memory
+//! (`kernel::fake`): no root, no kernel. What the kernel then does with
+//! the maps is tested against the real program in tests/ (runtime_ops and
+//! the verdict table).
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use guard_common::{BanEntry, BanReason, SourceKey, BAN_FOREVER, NO_RULE};
+
+use super::{
+    bans::BanRequest,
+    fleet::{FleetBan, FleetChange},
+    lists::NewEntry,
+    safety::{LockoutCheck, Session},
+    Attached, Error, MonitorOrigin, Parts, Runtime,
+};
+use crate::{
+    clock,
+    kernel::{fake::FakeMaps, store::NetList},
+    metrics::ControllerCounters,
+    policy::live::{ConfigSource, LivePolicy},
+    state::{ListChanges, StateDir},
+};
+
+const POLICY: &str = r#"
+[services.ami]
+access = "closed"
+[[deny]]
+cidr = "203.0.113.0/24"
+comment = "scanners"
+[[allow]]
+cidr = "10.1.0.0/16"
+services = ["sip"]
+"#;
+
+const NO_SESSION: LockoutCheck = LockoutCheck {
+    force: false,
+    session: None,
+};
+
+/// A runtime over in-memory maps, its config in a file of its own (so that
+/// `reload` re-reads it), its state directory beside it.
+struct Site {
+    runtime: Arc<Runtime>,
+    maps: FakeMaps,
+    dir: PathBuf,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Site {
+    fn new(name: &str, toml: &str) -> Site {
+        let dir = std::env::temp_dir().join(format!("sipguard-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sipguard.toml");
+        std::fs::write(&file, toml).unwrap();
+        let source = ConfigSource {
+            path: Some(file),
+            ..ConfigSource::default()
+        };
+        let (config, name) = source.load().unwrap();
+        let live = LivePolicy::build(config, name, ListChanges::default());
+        let maps = FakeMaps::with_policy(&live.compiled);
+        let runtime = Runtime::new(Parts {
+            maps: Box::new(maps.clone()),
+            live,
+            source,
+            ban_details: Default::default(),
+            counters: ControllerCounters::default(),
+            attached: Attached {
+                iface: "test0".into(),
+                xdp_mode: "skb".into(),
+                program_id: 1,
+                pinned_at: None,
+                pins_warning: None,
+            },
+            state: StateDir::open(&dir.join("state")).unwrap(),
+            alerts: None,
+        });
+        Site {
+            runtime: Arc::new(runtime),
+            maps,
+            dir,
+        }
+    }
+
+    fn write(&self, name: &str, toml: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    fn kernel_monitor(&self) -> bool {
+        self.maps.state().settings.monitor != 0
+    }
+
+    fn kernel_nets(&self, list: NetList) -> Vec<String> {
+        let state = self.maps.state();
+        state
+            .lists
+            .get(&list)
+            .map(|l| l.keys().map(|n| n.to_string()).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn ban(text: &str, duration: Option<Duration>, reason: Option<&str>) -> BanRequest {
+    BanRequest {
+        ip: ip(text),
+        duration,
+        reason: reason.map(str::to_string),
+    }
+}
+
+fn entry(cidr: &str, services: &[&str]) -> NewEntry {
+    NewEntry {
+        cidr: cidr.parse().unwrap(),
+        services: services.iter().map(|s| s.to_string()).collect(),
+        comment: Some("office".into()),
+    }
+}
+
+/// The verdict `explain` gives `source` for `service`.
+async fn verdict(rt: &Runtime, source: &str, service: &str) -> String {
+    rt.explain(ip(source))
+        .await
+        .unwrap()
+        .verdicts
+        .into_iter()
+        .find(|v| v.service == service)
+        .map(|v| v.verdict)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bans_are_added_listed_and_removed() {
+    let s = Site::new("bans", POLICY);
+    let rt = &s.runtime;
+    let banned = rt
+        .ban_add(
+            ban("192.0.2.7", Some(Duration::from_secs(3600)), Some("fraud")),
+            &NO_SESSION,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (banned.source.as_str(), banned.duration.as_str()),
+        ("192.0.2.7", "1h")
+    );
+    let v6 = rt
+        .ban_add(ban("2001:db8:1:2::9", None, None), &NO_SESSION)
+        .await
+        .unwrap();
+    assert_eq!(v6.source, "2001:db8:1:2::/64");
+    let zero = rt
+        .ban_add(ban("192.0.2.8", Some(Duration::ZERO), None), &NO_SESSION)
+        .await;
+    assert!(matches!(zero, Err(Error::Invalid(_))), "{zero:?}");
+    let millennium = Some(Duration::from_secs(1000 * 365 * 86_400));
+    let e = rt
+        .ban_add(ban("192.0.2.8", millennium, None), &NO_SESSION)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid(m) if m.contains("beyond")),
+        "{e}"
+    );
+
+    // In the maps, as the kernel reads them.
+    {
+        let state = s.maps.state();
+        assert_eq!(state.bans.len(), 2);
+        let key = SourceKey::from_ipv4([192, 0, 2, 7]);
+        assert_eq!(state.bans[&key].reason, BanReason::Manual as u16);
+    }
+    let rows = rt.bans().await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let fraud = rows.iter().find(|r| r.source == "192.0.2.7").unwrap();
+    assert_eq!(
+        (fraud.reason.as_str(), fraud.detail.as_str()),
+        ("manual", "fraud")
+    );
+    assert!(fraud.remaining_seconds.unwrap() > 3590);
+    let forever = rows.iter().find(|r| r.source.starts_with("2001")).unwrap();
+    assert_eq!(forever.remaining_seconds, None);
+    assert_eq!(rt.status().await.unwrap().bans_active, 2);
+    assert_eq!(verdict(rt, "192.0.2.7", "sip").await, "drop");
+
+    assert_eq!(
+        rt.ban_remove(ip("192.0.2.7")).await.unwrap().source,
+        "192.0.2.7"
+    );
+    assert_eq!(
+        rt.ban_remove(ip("192.0.2.7")).await.unwrap_err(),
+        Error::NotFound("192.0.2.7 is not banned".into())
+    );
+    // Another address in the same /64 is the same ban.
+    rt.ban_remove(ip("2001:db8:1:2::1")).await.unwrap();
+    assert!(rt.bans().await.unwrap().is_empty());
+    assert!(s.maps.state().bans.is_empty());
+}
+
+#[tokio::test]
+async fn expired_bans_are_swept_with_their_details_and_saved_bans_are_kept() {
+    let s = Site::new("sweep", POLICY);
+    let rt = &s.runtime;
+    rt.ban_add(ban("192.0.2.1", None, Some("kept")), &NO_SESSION)
+        .await
+        .unwrap();
+    let expired = BanEntry {
+        expires_ns: 1,
+        created_ns: 0,
+        reason: BanReason::RateLimit as u16,
+        rule: 0,
+        ..BanEntry::default()
+    };
+    s.maps
+        .state()
+        .bans
+        .insert(SourceKey::from_ipv4([192, 0, 2, 2]), expired);
+    assert_eq!(
+        rt.bans().await.unwrap().len(),
+        1,
+        "expired ones are not shown"
+    );
+    rt.sweep().await;
+    let keys: Vec<SourceKey> = s.maps.state().bans.keys().copied().collect();
+    assert_eq!(keys, [SourceKey::from_ipv4([192, 0, 2, 1])]);
+
+    rt.save_bans().await;
+    let saved = std::fs::read_to_string(s.dir.join("state/bans.json")).unwrap();
+    assert!(
+        saved.contains("192.0.2.1") && saved.contains("kept"),
+        "{saved}"
+    );
+    assert!(!saved.contains("192.0.2.2"), "{saved}");
+}
+
+#[tokio::test]
+async fn sip_bans_keep_a_longer_ban_and_carry_their_evidence() {
+    let s = Site::new("sip", POLICY);
+    let rt = &s.runtime;
+    let decision = |source: &str, secs: u64| crate::sip::tracker::BanDecision {
+        source: ip(source),
+        reason: BanReason::AuthFailure,
+        duration: Duration::from_secs(secs),
+        evidence: vec![crate::sip::tracker::Failure {
+            at: std::time::Instant::now(),
+            username: b"7".to_vec(),
+            status: 401,
+            proven: true,
+        }],
+        failures_in_window: 3,
+        proven: true,
+        offence: 1,
+    };
+    rt.ban_add(ban("192.0.2.30", None, None), &NO_SESSION)
+        .await
+        .unwrap();
+    let window = Duration::from_secs(60);
+    let made = rt
+        .sip_bans(
+            &[decision("192.0.2.30", 600), decision("192.0.2.31", 600)],
+            window,
+        )
+        .await;
+    assert_eq!(made, 1, "the ban until removed stays");
+    let rows = rt.bans().await.unwrap();
+    let manual = rows.iter().find(|r| r.source == "192.0.2.30").unwrap();
+    assert_eq!(manual.reason, "manual");
+    let sip = rows.iter().find(|r| r.source == "192.0.2.31").unwrap();
+    assert_eq!(sip.reason, "auth-failure");
+    assert!(sip.detail.contains("401"), "{}", sip.detail);
+}
+
+#[tokio::test]
+async fn list_changes_reach_the_maps_or_change_nothing() {
+    let s = Site::new("lists", POLICY);
+    let rt = &s.runtime;
+    let unknown = rt
+        .list_add(
+            NetList::Allow,
+            entry("198.51.100.0/24", &["sip", "fax"]),
+            &NO_SESSION,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(&unknown, Error::Invalid(m) if m.contains("unknown service \"fax\"")));
+    assert_eq!(rt.list(NetList::Allow).await.len(), 1, "nothing changed");
+    assert_eq!(s.kernel_nets(NetList::Allow), ["10.1.0.0/16"]);
+
+    let added = rt
+        .list_add(
+            NetList::Allow,
+            entry("198.51.100.7/24", &["sip"]),
+            &NO_SESSION,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (added.cidr.as_str(), added.added, added.not_saved),
+        ("198.51.100.0/24", true, None)
+    );
+    assert_eq!(
+        s.kernel_nets(NetList::Allow),
+        ["10.1.0.0/16", "198.51.100.0/24"]
+    );
+    let rows = rt.list(NetList::Allow).await;
+    let row = rows.iter().find(|r| r.cidr == "198.51.100.0/24").unwrap();
+    assert_eq!(
+        (row.origin.as_str(), row.services.as_slice()),
+        ("runtime", &["sip".to_string()][..])
+    );
+
+    // A config entry removed at run time; removing it twice is not found.
+    let deny = || "203.0.113.0/24".parse().unwrap();
+    assert!(
+        !rt.list_remove(NetList::Deny, deny(), &NO_SESSION)
+            .await
+            .unwrap()
+            .added
+    );
+    let again = rt.list_remove(NetList::Deny, deny(), &NO_SESSION).await;
+    assert!(matches!(again, Err(Error::NotFound(_))), "{again:?}");
+    assert!(s.kernel_nets(NetList::Deny).is_empty());
+    assert_eq!(verdict(rt, "203.0.113.9", "sip").await, "pass");
+
+    let saved = std::fs::read_to_string(s.dir.join("state/lists.json")).unwrap();
+    assert!(
+        saved.contains("198.51.100.0/24") && saved.contains("203.0.113.0/24"),
+        "{saved}"
+    );
+
+    // A full list refuses, and the live policy stays as it was.
+    s.maps.state().list_capacity = Some(0);
+    let full = rt
+        .list_add(NetList::Deny, entry("192.0.2.0/24", &[]), &NO_SESSION)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&full, Error::Failed(m) if m.contains("full")),
+        "{full}"
+    );
+    assert!(rt.list(NetList::Deny).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_ssh_lockout_check_refuses_and_changes_nothing() {
+    let s = Site::new("lockout", POLICY);
+    let rt = &s.runtime;
+    let operator = LockoutCheck {
+        force: false,
+        session: Some(Session {
+            client: ip("192.0.2.10"),
+            server_port: 22,
+        }),
+    };
+    let refused = rt.ban_add(ban("192.0.2.10", None, None), &operator).await;
+    assert!(matches!(refused, Err(Error::Refused(_))), "{refused:?}");
+    assert!(s.maps.state().bans.is_empty());
+    let deny = rt
+        .list_add(NetList::Deny, entry("192.0.2.0/24", &[]), &operator)
+        .await;
+    assert!(matches!(deny, Err(Error::Refused(_))), "{deny:?}");
+    assert_eq!(s.kernel_nets(NetList::Deny), ["203.0.113.0/24"]);
+    let forced = LockoutCheck {
+        force: true,
+        ..operator
+    };
+    rt.ban_add(ban("192.0.2.10", None, None), &forced)
+        .await
+        .unwrap();
+    assert_eq!(s.maps.state().bans.len(), 1);
+}
+
+#[tokio::test]
+async fn monitor_mode_has_one_owner_and_a_reload_keeps_it_unless_the_file_says() {
+    let s = Site::new("monitor", &format!("[guard]\nmonitor = true\n{POLICY}"));
+    let rt = &s.runtime;
+    let status = rt.status().await.unwrap();
+    assert!(status.monitor && status.monitor_by == MonitorOrigin::Config);
+    assert!(s.kernel_monitor());
+    // In monitor mode a denied source passes, and explain says so.
+    assert_eq!(verdict(rt, "203.0.113.9", "sip").await, "pass");
+
+    rt.set_monitor(false, &NO_SESSION).await.unwrap();
+    let status = rt.status().await.unwrap();
+    assert!(!status.monitor, "status says what is in force");
+    assert_eq!(status.monitor_by, MonitorOrigin::Operator);
+    assert!(!status.policy.contains("MONITOR"), "{}", status.policy);
+    assert!(!s.kernel_monitor());
+    assert_eq!(verdict(rt, "203.0.113.9", "sip").await, "drop");
+
+    // The file no longer sets `monitor`: the runtime's switch stays.
+    s.write("sipguard.toml", POLICY);
+    rt.set_monitor(true, &NO_SESSION).await.unwrap();
+    let switched = rt.reload(&NO_SESSION).await.unwrap();
+    assert!(switched.monitor.on && switched.monitor.kept, "{switched:?}");
+    assert!(s.kernel_monitor());
+
+    // The file sets it: the file wins, and says so.
+    s.write(
+        "sipguard.toml",
+        &format!("[guard]\nmonitor = false\n{POLICY}"),
+    );
+    let switched = rt.reload(&NO_SESSION).await.unwrap();
+    assert!(
+        !switched.monitor.on && !switched.monitor.kept,
+        "{switched:?}"
+    );
+    assert!(!s.kernel_monitor());
+    let status = rt.status().await.unwrap();
+    assert!(!status.monitor && status.monitor_by == MonitorOrigin::Config);
+}
+
+#[tokio::test]
+async fn a_reload_switches_policy_slots_and_a_broken_file_changes_nothing() {
+    let s = Site::new("reload", POLICY);
+    let rt = &s.runtime;
+    let slot = s.maps.state().settings.policy_slot;
+    s.write("sipguard.toml", "[services.ami]\naccess = \"open\"\n");
+    rt.reload(&NO_SESSION).await.unwrap();
+    {
+        let state = s.maps.state();
+        assert_eq!(state.settings.policy_slot, slot ^ 1, "one settings write");
+        assert_ne!(state.slots[0], state.slots[1], "the old slot is kept whole");
+    }
+    assert_eq!(verdict(rt, "192.0.2.50", "ami").await, "pass");
+    assert!(
+        s.kernel_nets(NetList::Deny).is_empty(),
+        "stale entries removed"
+    );
+
+    s.write("sipguard.toml", "[guard]\ndefault_policy = \"sometimes\"\n");
+    let bad = rt.reload(&NO_SESSION).await.unwrap_err();
+    assert!(matches!(bad, Error::BadConfig(_)), "{bad}");
+    assert_eq!(s.maps.state().settings.policy_slot, slot ^ 1);
+    assert_eq!(verdict(rt, "192.0.2.50", "ami").await, "pass");
+}
+
+#[tokio::test]
+async fn a_policy_the_maps_refuse_puts_the_old_one_back() {
+    let s = Site::new("refuse", POLICY);
+    let rt = &s.runtime;
+    let candidate = s.write("candidate.toml", "[services.ami]\naccess = \"open\"\n");
+    s.maps.state().refuse_policy = true;
+    let e = rt.apply(candidate, None, &NO_SESSION).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Failed(m) if m.contains("writing the new policy failed")),
+        "{e}"
+    );
+    assert_eq!(verdict(rt, "192.0.2.50", "ami").await, "drop");
+    assert!(rt.status().await.unwrap().source.ends_with("sipguard.toml"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_apply_is_confirmed_or_reverts_keeping_runtime_changes() {
+    let s = Site::new("switch", POLICY);
+    let rt = &s.runtime;
+    let candidate = s.write("candidate.toml", "[services.ami]\naccess = \"open\"\n");
+    assert!(matches!(rt.confirm().await, Err(Error::NotFound(_))));
+
+    // Confirmed: it stays.
+    rt.apply(
+        candidate.clone(),
+        Some(Duration::from_secs(60)),
+        &NO_SESSION,
+    )
+    .await
+    .unwrap();
+    assert_eq!(verdict(rt, "192.0.2.50", "ami").await, "pass");
+    let awaiting = rt.status().await.unwrap().awaiting_confirmation_seconds;
+    assert!(matches!(awaiting, Some(59..=60)), "{awaiting:?}");
+    let busy = rt.reload(&NO_SESSION).await.unwrap_err();
+    assert!(
+        busy.to_string().contains("awaits `sipguard confirm`"),
+        "{busy}"
+    );
+    assert!(rt
+        .confirm()
+        .await
+        .unwrap()
+        .confirmed
+        .ends_with("candidate.toml"));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(verdict(rt, "192.0.2.50", "ami").await, "pass", "confirmed");
+
+    // Back to the first file, then an apply nobody confirms: the timer
+    // reverts it, keeping the list change and the monitor switch made since.
+    rt.apply(s.dir.join("sipguard.toml"), None, &NO_SESSION)
+        .await
+        .unwrap();
+    rt.apply(candidate, Some(Duration::from_secs(30)), &NO_SESSION)
+        .await
+        .unwrap();
+    rt.list_add(NetList::Deny, entry("192.0.2.99/32", &[]), &NO_SESSION)
+        .await
+        .unwrap();
+    rt.set_monitor(true, &NO_SESSION).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(verdict(rt, "192.0.2.50", "ami").await, "pass", "not yet");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = rt.status().await.unwrap();
+    assert_eq!(status.awaiting_confirmation_seconds, None, "reverted");
+    assert!(
+        status.source.ends_with("sipguard.toml"),
+        "{}",
+        status.source
+    );
+    assert!(status.monitor && s.kernel_monitor(), "the switch is kept");
+    rt.set_monitor(false, &NO_SESSION).await.unwrap();
+    assert_eq!(verdict(rt, "192.0.2.50", "ami").await, "drop");
+    assert!(s
+        .kernel_nets(NetList::Deny)
+        .contains(&"192.0.2.99/32".to_string()));
+}
+
+#[tokio::test]
+async fn explain_says_what_the_maps_decide() {
+    let s = Site::new("explain", POLICY);
+    let rt = &s.runtime;
+    let explained = rt.explain(ip("10.1.2.3")).await.unwrap();
+    assert_eq!(explained.source, "10.1.2.3");
+    let sip = explained
+        .verdicts
+        .iter()
+        .find(|v| v.service == "sip")
+        .unwrap();
+    assert!(sip.passes());
+    let ami = explained
+        .verdicts
+        .iter()
+        .find(|v| v.service == "ami")
+        .unwrap();
+    assert_eq!(ami.verdict, "drop", "allowed for sip only: {ami:?}");
+    assert_eq!(verdict(rt, "203.0.113.9", "sip").await, "drop");
+    let denied = rt.explain(ip("203.0.113.9")).await.unwrap();
+    assert!(
+        denied
+            .verdicts
+            .iter()
+            .all(|v| v.because.contains("203.0.113.0/24")),
+        "{denied:?}"
+    );
+}
+
+#[tokio::test]
+async fn status_reports_what_is_in_force() {
+    let s = Site::new("status", POLICY);
+    let rt = &s.runtime;
+    s.maps.state().verdicts[guard_common::Reason::Denied as usize].packets = 7;
+    let status = rt.status().await.unwrap();
+    assert_eq!(status.iface, "test0");
+    assert_eq!(status.bans_active, 0);
+    assert!(!status.monitor);
+    assert_eq!(status.awaiting_confirmation_seconds, None);
+    assert_eq!(status.packets["denied"], 7);
+}
+
+#[tokio::test]
+async fn fleet_bans_spare_allowed_networks_and_local_bans() {
+    let s = Site::new("fleet", POLICY);
+    let rt = &s.runtime;
+    rt.ban_add(ban("192.0.2.40", None, Some("mine")), &NO_SESSION)
+        .await
+        .unwrap();
+    let fleet = |source: &str| {
+        FleetChange::Ban(FleetBan {
+            key: rt.source_key(ip(source)),
+            expires_ns: clock::monotonic_ns() + 3_600_000_000_000,
+            scenario: "crowdsecurity/ssh-bf".into(),
+            origin: "CAPI".into(),
+        })
+    };
+    let applied = rt
+        .fleet_bans(
+            &[fleet("10.1.9.9"), fleet("192.0.2.40"), fleet("192.0.2.41")],
+            true,
+        )
+        .await;
+    assert_eq!(
+        (applied.enforced, applied.allowlisted, applied.kept_local),
+        (1, 1, 1)
+    );
+    assert_eq!(rt.fleet_bans_in_force().await.unwrap().len(), 1);
+    let rows = rt.bans().await.unwrap();
+    let theirs = rows.iter().find(|r| r.source == "192.0.2.41").unwrap();
+    assert_eq!(theirs.reason, "crowdsec");
+    assert!(
+        theirs.detail.contains("ssh-bf (origin CAPI)"),
+        "{}",
+        theirs.detail
+    );
+    assert_eq!(
+        rows.iter()
+            .find(|r| r.source == "192.0.2.40")
+            .unwrap()
+            .reason,
+        "manual"
+    );
+
+    // A lift touches only the fleet's own bans.
+    let lift = |source: &str| FleetChange::Lift(rt.source_key(ip(source)));
+    let applied = rt
+        .fleet_bans(&[lift("192.0.2.40"), lift("192.0.2.41")], true)
+        .await;
+    assert_eq!(applied.lifted, 1);
+    let left: Vec<String> = rt
+        .bans()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.source)
+        .collect();
+    assert_eq!(left, ["192.0.2.40"]);
+    let key = SourceKey::from_ipv4([192, 0, 2, 40]);
+    let kept = s.maps.state().bans[&key];
+    assert_eq!(
+        (kept.reason, kept.rule, kept.expires_ns),
+        (BanReason::Manual as u16, NO_RULE, BAN_FOREVER)
+    );
+}
