@@ -12,7 +12,9 @@
 //!   (`compile`) and the policy in force with runtime list changes (`live`)
 //! - `sip`: the SIP parser (`parser`), the authentication-failure rules
 //!   (`tracker`) and the watcher that feeds them captured signalling (`watcher`)
-//! - `metrics`: Prometheus series and the /metrics endpoint
+//! - `listen`: the local endpoints' accept loop: survives accept errors, caps
+//!   connections per endpoint
+//! - `metrics`: Prometheus series and the /metrics endpoint (hyper)
 //! - `state`: bans and runtime list changes saved in the state directory
 //! - `fleet`: the CrowdSec bouncer (decisions from a LAPI)
 //! - `daemon`: `sipguard run`, start-up in named steps
@@ -23,6 +25,7 @@ pub mod control;
 pub mod daemon;
 pub mod fleet;
 pub mod kernel;
+pub mod listen;
 pub mod metrics;
 pub mod policy;
 pub mod runtime;

@@ -1,6 +1,7 @@
 //! Prometheus/OpenMetrics: the kernel's counters (read on each scrape),
 //! the controller's own counters, and an HTTP endpoint serving /metrics.
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -11,6 +12,15 @@ use std::{
 
 use anyhow::{Context, Result};
 use guard_common::{BanReason, Health, Reason, MAX_RATE_RULES};
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{HeaderValue, ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -22,15 +32,13 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::{
     clock,
     kernel::maps::{KernelMaps, NetList},
+    listen::{self, METRICS_CONNECTIONS},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -503,9 +511,26 @@ pub async fn count_rate_state(metrics: Arc<Metrics>) {
     }
 }
 
-/// Largest HTTP request head we read.
+/// Largest HTTP request head read (hyper's smallest buffer).
 const MAX_REQUEST: usize = 8192;
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long a client may take to send a request's head (against
+/// slowloris), and how long a whole connection may last (against clients
+/// that never take the answer). Either frees the connection's slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub head: Duration,
+    pub connection: Duration,
+}
+
+pub const DEADLINES: Deadlines = Deadlines {
+    head: Duration::from_secs(5),
+    connection: Duration::from_secs(30),
+};
+
+/// What a scrape of /metrics answers (run on a blocking thread).
+pub type Scrape = Arc<dyn Fn() -> Result<String> + Send + Sync>;
 
 /// Binds the metrics address (before anything is attached, so a taken port
 /// is a clear start-up error).
@@ -516,68 +541,177 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves GET /metrics until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> Result<()> {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     if let Ok(address) = listener.local_addr() {
         info!("serving metrics on http://{address}/metrics");
     }
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, metrics).await {
-                debug!("metrics request from {peer}: {e:#}");
-            }
-        });
+    serve_http(listener, Arc::new(move || metrics.encode()), DEADLINES).await
+}
+
+/// The endpoint itself: HTTP/1 over hyper, one request per connection, at
+/// most [`METRICS_CONNECTIONS`] at once, each within `deadlines`. Accept
+/// errors never end it.
+pub async fn serve_http(listener: TcpListener, scrape: Scrape, deadlines: Deadlines) {
+    listen::serve(
+        "metrics endpoint",
+        listener,
+        METRICS_CONNECTIONS,
+        move |stream| {
+            let scrape = Arc::clone(&scrape);
+            connection(stream, scrape, deadlines)
+        },
+    )
+    .await
+}
+
+async fn connection(stream: TcpStream, scrape: Scrape, deadlines: Deadlines) {
+    let peer = stream.peer_addr().ok();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(deadlines.head)
+        .max_buf_size(MAX_REQUEST)
+        // One request per connection, then close (as scrapers expect of it).
+        .keep_alive(false);
+    let service = service_fn(move |request| respond(request, Arc::clone(&scrape)));
+    let served = http.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(deadlines.connection, served).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!("metrics request from {peer:?}: {e}"),
+        Err(_) => debug!(
+            "metrics connection from {peer:?} outlasted {:?}; closed",
+            deadlines.connection
+        ),
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>) -> Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .context("request timed out")??;
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => {
-            let metrics = Arc::clone(&metrics);
-            match tokio::task::spawn_blocking(move || metrics.encode()).await? {
-                Ok(text) => ("200 OK", CONTENT_TYPE, text),
-                Err(e) => {
+/// GET /metrics: the series; another GET: 404; another method: 405.
+async fn respond(
+    request: Request<Incoming>,
+    scrape: Scrape,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            // The maps are read with syscalls: off the async threads.
+            match tokio::task::spawn_blocking(move || scrape()).await {
+                Ok(Ok(text)) => (StatusCode::OK, OPENMETRICS, text),
+                Ok(Err(e)) => {
                     warn!("metrics: {e:#}");
-                    (
-                        "500 Internal Server Error",
-                        "text/plain",
-                        format!("{e:#}\n"),
-                    )
+                    let text = format!("{e:#}\n");
+                    (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", text)
+                }
+                Err(e) => {
+                    warn!("metrics: the scrape failed: {e}");
+                    let text = "the scrape failed\n".to_string();
+                    (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", text)
                 }
             }
         }
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
+        (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into()),
         _ => (
-            "405 Method Not Allowed",
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".to_string(),
+            "GET only\n".into(),
         ),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await.ok();
-    Ok(())
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(ALLOW, HeaderValue::from_static("GET"));
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Only a hang fails against this.
+    const HANG: Duration = Duration::from_secs(60);
+
+    /// An endpoint on loopback answering `scrape`, with short deadlines.
+    async fn endpoint(scrape: Scrape) -> SocketAddr {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let short = Deadlines {
+            head: Duration::from_millis(200),
+            connection: Duration::from_secs(30),
+        };
+        tokio::spawn(serve_http(listener, scrape, short));
+        address
+    }
+
+    fn series() -> Scrape {
+        Arc::new(|| Ok("sipguard_up 1\n# EOF\n".to_string()))
+    }
+
+    /// Sends `request`, returns all the server wrote before it closed.
+    async fn exchange(address: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(HANG, stream.read_to_end(&mut answer))
+            .await
+            .expect("the server closed the connection")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn metrics_paths_content_type_and_one_request_per_connection() {
+        let address = endpoint(series()).await;
+        let answer = exchange(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        let head = answer.to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("content-type: {OPENMETRICS}\r\n")),
+            "{answer}"
+        );
+        assert!(head.contains("connection: close\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\nsipguard_up 1\n# EOF\n"),
+            "{answer}"
+        );
+
+        let answer = exchange(address, b"GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+        assert!(answer.ends_with("try /metrics\n"), "{answer}");
+        let answer = exchange(address, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{answer}"
+        );
+        assert!(answer.to_ascii_lowercase().contains("allow: get\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_scrape_is_a_500_and_the_endpoint_goes_on() {
+        let address = endpoint(Arc::new(|| anyhow::bail!("the maps are gone"))).await;
+        for _ in 0..2 {
+            let answer = exchange(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
+            assert!(answer.ends_with("the maps are gone\n"), "{answer}");
+        }
+    }
+
+    #[tokio::test]
+    async fn slowloris_and_oversized_heads_are_cut_off_and_slots_come_back() {
+        let address = endpoint(series()).await;
+        // More slow clients than slots: each is closed at the head deadline.
+        let mut slow = Vec::new();
+        for _ in 0..METRICS_CONNECTIONS * 2 {
+            slow.push(tokio::spawn(exchange(address, b"GET /metr")));
+        }
+        for client in slow {
+            let answer = client.await.unwrap();
+            assert!(!answer.contains("200 OK"), "{answer}");
+        }
+        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        let answer = exchange(address, huge.as_bytes()).await;
+        assert!(!answer.contains("200 OK"), "{answer}");
+        let answer = exchange(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    }
 }

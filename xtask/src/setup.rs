@@ -30,9 +30,11 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// benchmarks compare sipguard with (xdp-filter, nftables, iptables with
 /// ipset), read veth statistics with (ethtool) or pin programs with (bpftool);
 /// Prometheus and its promtool for the alerting rules in dist/; lintian and
-/// dpkg-dev (dpkg-shlibdeps) for the Debian package.
+/// dpkg-dev (dpkg-shlibdeps) for the Debian package; util-linux's prlimit
+/// and setpriv for the tests that run clients as another user under limits.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
+    "util-linux",
     "kamailio",
     "sip-tester",
     "sipsak",

@@ -1,21 +1,18 @@
 //! The daemon's side of the control socket: reads one request per
 //! connection, hands it to the runtime, writes its answer.
-use std::{
-    os::unix::{fs::PermissionsExt, net::UnixStream},
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{future::Future, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::UnixListener,
+    net::{unix::OwnedReadHalf, UnixListener, UnixStream},
+    time::timeout,
 };
 use tracing::{debug, info, warn};
 
 use super::protocol::{ControlError, Envelope, ErrorKind, Reply, Request, Response, MAX_REQUEST};
 use crate::{
     kernel::maps::NetList,
+    listen::{self, CONTROL_CONNECTIONS},
     runtime::{bans::BanRequest, lists::NewEntry, safety::LockoutCheck, Runtime},
 };
 
@@ -43,7 +40,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
     if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(BindError::Taken(path.display().to_string()));
         }
         std::fs::remove_file(path).map_err(io("removing stale", path))?;
@@ -55,36 +52,78 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-/// Answers requests on a socket from [`bind`] until dropped.
-pub async fn serve(listener: UnixListener, runtime: Arc<Runtime>) -> std::io::Result<()> {
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let runtime = Arc::clone(&runtime);
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
-            let response = match reader.read_line(&mut line).await {
-                Ok(_) => match serde_json::from_str::<Envelope>(&line) {
-                    Ok(envelope) => {
-                        debug!("control: {envelope:?}");
-                        dispatch(&runtime, envelope).await
-                    }
-                    Err(e) => Err(ControlError::new(
-                        ErrorKind::BadRequest,
-                        format!("bad request: {e}"),
-                    )),
-                },
-                Err(e) => Err(ControlError::new(
-                    ErrorKind::BadRequest,
-                    format!("reading the request: {e}"),
-                )),
-            };
-            let mut text = serde_json::to_string(&response).unwrap_or_default();
-            text.push('\n');
-            let _ = write.write_all(text.as_bytes()).await;
-        });
+/// How long a client may take to send its request line, and to take its
+/// answer: an idle or slow connection is closed and frees its slot (the
+/// CLI writes its request at once and reads the answer as it comes).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub request: Duration,
+    pub answer: Duration,
+}
+
+pub const DEADLINES: Deadlines = Deadlines {
+    request: Duration::from_secs(5),
+    answer: Duration::from_secs(5),
+};
+
+/// Answers requests on a socket from [`bind`] until dropped, at most
+/// [`CONTROL_CONNECTIONS`] at once; accept errors never end it.
+pub async fn serve(listener: UnixListener, runtime: Arc<Runtime>) {
+    listen::serve(
+        "control socket",
+        listener,
+        CONTROL_CONNECTIONS,
+        move |stream| {
+            let runtime = Arc::clone(&runtime);
+            answer(stream, DEADLINES, move |envelope| async move {
+                dispatch(&runtime, envelope).await
+            })
+        },
+    )
+    .await
+}
+
+/// One connection: one request line read within its deadline, handed to
+/// `dispatch`, its answer written within its deadline.
+pub async fn answer<F, Fut>(stream: UnixStream, deadlines: Deadlines, dispatch: F)
+where
+    F: FnOnce(Envelope) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let (read, mut write) = stream.into_split();
+    let response = match timeout(deadlines.request, read_request(read)).await {
+        Err(_) => {
+            debug!("control: no request within {:?}; closed", deadlines.request);
+            return;
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(envelope)) => {
+            debug!("control: {envelope:?}");
+            dispatch(envelope).await
+        }
+    };
+    let mut text = serde_json::to_string(&response).unwrap_or_default();
+    text.push('\n');
+    if timeout(deadlines.answer, write.write_all(text.as_bytes()))
+        .await
+        .is_err()
+    {
+        debug!(
+            "control: the answer was not taken within {:?}",
+            deadlines.answer
+        );
     }
+}
+
+/// Reads and decodes one request line (at most [`MAX_REQUEST`] bytes).
+async fn read_request(read: OwnedReadHalf) -> Result<Envelope, ControlError> {
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    reader.read_line(&mut line).await.map_err(|e| {
+        ControlError::new(ErrorKind::BadRequest, format!("reading the request: {e}"))
+    })?;
+    serde_json::from_str::<Envelope>(&line)
+        .map_err(|e| ControlError::new(ErrorKind::BadRequest, format!("bad request: {e}")))
 }
 
 /// `reload` on SIGHUP: no CLI session to protect beyond the live ones.
@@ -163,4 +202,56 @@ pub async fn dispatch(runtime: &Arc<Runtime>, envelope: Envelope) -> Response {
         Request::Confirm => Reply::Confirmed(runtime.confirm().await?),
     };
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::{MonitorSwitch, Reply, Request};
+    use tokio::io::AsyncReadExt;
+
+    const SHORT: Deadlines = Deadlines {
+        request: Duration::from_millis(100),
+        answer: Duration::from_millis(100),
+    };
+    /// Only a hang fails against this.
+    const HANG: Duration = Duration::from_secs(60);
+
+    async fn monitor_on(envelope: Envelope) -> Response {
+        assert_eq!(envelope.request, Request::Monitor { on: true });
+        Ok(Reply::Monitor(MonitorSwitch { monitor: true }))
+    }
+
+    /// What the server sent before it closed the connection.
+    async fn until_closed(client: &mut UnixStream) -> String {
+        let mut text = String::new();
+        tokio::time::timeout(HANG, client.read_to_string(&mut text))
+            .await
+            .expect("the server closed the connection")
+            .unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn idle_and_slow_clients_are_closed() {
+        for sent in [&b""[..], b"{\"cmd\":\"sta"] {
+            let (mut client, server) = UnixStream::pair().unwrap();
+            client.write_all(sent).await.unwrap();
+            let served = tokio::spawn(answer(server, SHORT, monitor_on));
+            assert_eq!(until_closed(&mut client).await, "", "no answer, closed");
+            served.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_in_time_is_answered() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        client
+            .write_all(b"{\"cmd\":\"monitor\",\"on\":true}\n")
+            .await
+            .unwrap();
+        tokio::spawn(answer(server, SHORT, monitor_on));
+        let text = until_closed(&mut client).await;
+        assert!(text.starts_with("{\"Ok\":{\"reply\":\"monitor\""), "{text}");
+    }
 }

@@ -286,19 +286,10 @@ fn spawn_tasks(
         tokio::spawn(Arc::clone(runtime).sweep_forever()),
         tokio::spawn(Arc::clone(runtime).save_bans_forever()),
     ];
-    let control = server::serve(control, Arc::clone(runtime));
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = control.await {
-            warn!("control socket stopped: {e:#}");
-        }
-    }));
+    // Neither ends on an accept error: they back off and keep serving.
+    tasks.push(tokio::spawn(server::serve(control, Arc::clone(runtime))));
     if let Some(listener) = metrics_listener {
-        let server = metrics::serve(listener, Arc::clone(metrics));
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = server.await {
-                warn!("metrics endpoint stopped: {e:#}");
-            }
-        }));
+        tasks.push(tokio::spawn(metrics::serve(listener, Arc::clone(metrics))));
         tasks.push(tokio::spawn(metrics::count_rate_state(Arc::clone(metrics))));
     }
     tasks
