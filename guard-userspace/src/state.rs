@@ -9,7 +9,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context, Result};
 use guard_common::{BanEntry, BanReason, SourceKey, BAN_FOREVER, NO_RULE};
 use prometheus_client::metrics::counter::Counter;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -164,6 +163,30 @@ pub struct StateDir {
     save_failures: Counter,
 }
 
+/// Why a state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{what} {path}: {cause}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{path}: {cause}")]
+    Input {
+        path: PathBuf,
+        cause: FileInputError,
+    },
+    #[error("not a state file: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("format version {0}, this sipguard reads {FORMAT_VERSION}")]
+    Version(u32),
+    #[error("a state file needs a directory: {0}")]
+    NoDirectory(PathBuf),
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
 impl StateDir {
     /// Creates the directory (root-only) if needed and clears temporary
     /// files an interrupted save left. A directory that cannot be created
@@ -179,12 +202,9 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(dir);
-        if let Err(e) = created
-            .map_err(anyhow::Error::from)
-            .and_then(|()| state.probe())
-        {
+        if let Err(e) = created.and_then(|()| state.probe()) {
             warn!(
-                "THE STATE DIRECTORY {} IS NOT WRITABLE ({e:#}): bans and list changes made \
+                "THE STATE DIRECTORY {} IS NOT WRITABLE ({e}): bans and list changes made \
                  from now on will not outlive a reboot",
                 dir.display()
             );
@@ -194,11 +214,9 @@ impl StateDir {
     }
 
     /// Whether a file can be made in the directory.
-    fn probe(&self) -> Result<()> {
+    fn probe(&self) -> std::io::Result<()> {
         let probe = self.dir.join(".write-probe");
-        std::fs::write(&probe, b"")
-            .and_then(|()| std::fs::remove_file(&probe))
-            .context("a test write failed")
+        std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe))
     }
 
     fn remove_temporary_files(&self) {
@@ -302,10 +320,19 @@ impl StateDir {
             Err(FileInputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(None)
             }
-            Err(e @ FileInputError::Io(_)) => {
-                return Err(e).with_context(|| format!("reading {}", path.display()))
+            // Unreadable (permissions, I/O): an error, the file stays.
+            Err(FileInputError::Io(cause)) => {
+                return Err(StateError::Io {
+                    what: "reading",
+                    path,
+                    cause,
+                })
             }
-            Err(e) => Err(anyhow::Error::from(e)),
+            // Not a regular file, or too large: set aside.
+            Err(cause) => Err(StateError::Input {
+                path: path.clone(),
+                cause,
+            }),
         };
         let parsed = bytes.and_then(|bytes| decode::<T>(&bytes));
         match parsed {
@@ -323,7 +350,7 @@ fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T> {
     let value = serde_json::from_slice::<T>(bytes)?;
     match value.version() {
         FORMAT_VERSION => Ok(value),
-        other => bail!("format version {other}, this sipguard reads {FORMAT_VERSION}"),
+        other => Err(StateError::Version(other)),
     }
 }
 
@@ -351,16 +378,16 @@ fn size_limit(entries: u32) -> u64 {
 /// Keeps an unusable state file as `*.unreadable-TIME` (never deleted) and
 /// starts without it; in a read-only directory it stays where it is, and
 /// start-up goes on all the same.
-fn set_aside(path: &Path, why: &anyhow::Error) {
+fn set_aside(path: &Path, why: &StateError) {
     let aside = path.with_extension(format!("unreadable-{}", unix_now()));
     match std::fs::rename(path, &aside) {
         Ok(()) => warn!(
-            "{} cannot be used ({why:#}); kept as {} and starting without it",
+            "{} cannot be used ({why}); kept as {} and starting without it",
             path.display(),
             aside.display()
         ),
         Err(e) => warn!(
-            "{} cannot be used ({why:#}), nor set aside ({e}): starting without it; \
+            "{} cannot be used ({why}), nor set aside ({e}): starting without it; \
              it stays where it is",
             path.display()
         ),
@@ -441,7 +468,9 @@ pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, FileInputEr
 /// Temporary file, fsync, rename over the old one, fsync the directory.
 pub fn write_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().context("a state file needs a directory")?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| StateError::NoDirectory(path.to_path_buf()))?;
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_vec_pretty(value)?;
     let write = || -> std::io::Result<()> {
@@ -461,7 +490,11 @@ pub fn write_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
         // A full disk must not keep a half-written file around.
         let _ = std::fs::remove_file(&tmp);
     }
-    written.with_context(|| format!("writing {}", path.display()))
+    written.map_err(|cause| StateError::Io {
+        what: "writing",
+        path: path.to_path_buf(),
+        cause,
+    })
 }
 
 #[cfg(test)]
@@ -474,6 +507,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sipguard-state-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn an_unusable_state_file_is_a_typed_error() {
+        let e = parse_bans(br#"{"version": 99, "bans": []}"#).unwrap_err();
+        assert!(matches!(e, StateError::Version(99)), "{e}");
+        assert!(matches!(parse_lists(b"{"), Err(StateError::Json(_))));
+        let e = write_atomically(Path::new("/"), &1).unwrap_err();
+        assert!(matches!(e, StateError::NoDirectory(_)), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Reads the kernel's ban events from their ring buffer.
-use anyhow::Result;
+use std::io::Result;
+
 use aya::maps::{MapData, RingBuf};
 use guard_common::BanEvent;
 use tokio::io::unix::AsyncFd;
@@ -12,7 +13,8 @@ pub struct BanEvents {
 impl BanEvents {
     pub fn new(ring: RingBuf<MapData>) -> Result<BanEvents> {
         // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(BanEvents { ring })
     }
 

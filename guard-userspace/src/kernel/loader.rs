@@ -1,5 +1,4 @@
 //! Loading the embedded XDP program, sizing and filling its maps, attaching it.
-use anyhow::{anyhow, Context, Result};
 use std::path::Path;
 
 use aya::{
@@ -15,9 +14,41 @@ use guard_common::{map_names as names, CAPTURE_PROGRAM_NAME, EGRESS_PROGRAM_NAME
 use tracing::warn;
 
 use crate::{
-    kernel::maps::KernelMaps, kernel::pins::Pins, policy::compile::CompiledPolicy,
+    kernel::maps::{KernelMaps, MapsError},
+    kernel::pins::Pins,
+    policy::compile::CompiledPolicy,
     policy::config::Config,
 };
+
+/// Why the program could not be loaded, attached or detached.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this sipguard was built without its XDP program (no BPF toolchain at build \
+         time): build it with `cargo xtask build`"
+    )]
+    NoObject,
+    /// The object lacks a program or map this controller needs.
+    #[error("the embedded object has no {0}")]
+    Missing(String),
+    /// The kernel refused: what was asked, and its words (a verifier log cut
+    /// to its fault line).
+    #[error("{what}: {detail}")]
+    Kernel { what: String, detail: String },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+pub type Result<T, E = LoadError> = std::result::Result<T, E>;
+
+/// Maps an aya error to [`LoadError::Kernel`] with `what` was asked.
+fn kernel<E: std::error::Error + 'static>(what: impl Into<String>) -> impl FnOnce(E) -> LoadError {
+    let what = what.into();
+    move |e| LoadError::Kernel {
+        what,
+        detail: describe(&e),
+    }
+}
 
 /// The XDP object, embedded at build time. Empty when the build had no BPF
 /// toolchain (see build.rs): such a binary refuses to load.
@@ -30,10 +61,7 @@ pub fn ebpf_object() -> Result<&'static [u8]> {
 
 fn ebpf_object_in(object: &[u8]) -> Result<&[u8]> {
     if object.is_empty() {
-        return Err(anyhow!(
-            "this sipguard was built without its XDP program (no BPF toolchain at build \
-             time): build it with `cargo xtask build`"
-        ));
+        return Err(LoadError::NoObject);
     }
     Ok(object)
 }
@@ -95,42 +123,33 @@ impl Guard {
             .map_max_entries(names::ALLOW_V4, config.guard.max_cidrs)
             .map_max_entries(names::ALLOW_V6, config.guard.max_cidrs)
             .load(object)
-            .map_err(|e| anyhow!("cannot create the XDP program's maps: {}", describe(&e)))?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("the embedded object has no program {PROGRAM_NAME}"))?
-            .try_into()?;
-        program.load().map_err(|e| {
-            anyhow!(
+            .map_err(kernel("cannot create the XDP program's maps"))?;
+        xdp_program(&mut ebpf, PROGRAM_NAME)?
+            .load()
+            .map_err(kernel(
                 "the kernel rejected the XDP program (sipguard needs Linux 5.18+ with \
-                 BPF atomics and ring buffers): {}",
-                describe(&e)
-            )
-        })?;
-        let capture: &mut Xdp = ebpf
-            .program_mut(CAPTURE_PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("the embedded object has no program {CAPTURE_PROGRAM_NAME}"))?
-            .try_into()?;
-        capture.load().map_err(|e| {
-            anyhow!(
-                "the kernel rejected the SIP capture program: {}",
-                describe(&e)
-            )
-        })?;
-        let capture_fd = capture.fd()?.try_clone()?;
+                 BPF atomics and ring buffers)",
+            ))?;
+        let capture = xdp_program(&mut ebpf, CAPTURE_PROGRAM_NAME)?;
+        capture
+            .load()
+            .map_err(kernel("the kernel rejected the SIP capture program"))?;
+        let capture_fd = capture
+            .fd()
+            .map_err(kernel("the SIP capture program"))?
+            .try_clone()
+            .map_err(kernel("the SIP capture program"))?;
         let mut slots: aya::maps::ProgramArray<_> = ebpf
             .map_mut(names::CAPTURE_PROG)
-            .ok_or_else(|| anyhow!("the embedded object has no map {}", names::CAPTURE_PROG))?
-            .try_into()?;
+            .ok_or_else(|| LoadError::Missing(format!("map {}", names::CAPTURE_PROG)))?
+            .try_into()
+            .map_err(kernel(names::CAPTURE_PROG))?;
         slots
             .set(0, &capture_fd, 0)
-            .context("installing the SIP capture program")?;
-        egress_program(&mut ebpf)?.load().map_err(|e| {
-            anyhow!(
-                "the kernel rejected the tc egress program: {}",
-                describe(&e)
-            )
-        })?;
+            .map_err(kernel("installing the SIP capture program"))?;
+        egress_program(&mut ebpf)?
+            .load()
+            .map_err(kernel("the kernel rejected the tc egress program"))?;
         let maps = KernelMaps::from_ebpf(&mut ebpf)?;
         Ok(Guard {
             ebpf,
@@ -162,8 +181,10 @@ impl Guard {
     pub fn attach_egress(&mut self, iface: &str) -> Result<()> {
         let pin_path = self.pins.as_ref().map(Pins::tc_link);
         let swapped = swap_into_pinned(pin_path.as_deref(), |fd| {
-            let link = SchedClassifierLink::try_from(fd)?;
-            egress_program(&mut self.ebpf)?.attach_to_link(link)?;
+            let link = SchedClassifierLink::try_from(fd).map_err(kernel("the pinned tc link"))?;
+            egress_program(&mut self.ebpf)?
+                .attach_to_link(link)
+                .map_err(kernel("swapping into the pinned tc link"))?;
             Ok(())
         });
         if swapped {
@@ -177,16 +198,18 @@ impl Guard {
                 let _ = tc::qdisc_add_clsact(iface);
                 program
                     .attach(iface, TcAttachType::Egress)
-                    .map_err(|e| anyhow!("cannot attach tc egress to {iface}: {}", describe(&e)))?
+                    .map_err(kernel(format!("cannot attach tc egress to {iface}")))?
             }
         };
         if let Some(path) = pin_path {
             // Netlink tc filters (before TCX) cannot be pinned; they are
             // re-attached by the next run instead.
-            let owned = egress_program(&mut self.ebpf)?.take_link(link)?;
+            let owned = egress_program(&mut self.ebpf)?
+                .take_link(link)
+                .map_err(kernel("the tc link"))?;
             match FdLink::try_from(owned) {
                 // The pin holds the link from now on.
-                Ok(fd) => drop(fd.pin(&path).context("pinning the tc link")?),
+                Ok(fd) => drop(fd.pin(&path).map_err(kernel("pinning the tc link"))?),
                 Err(_) => warn!("tc egress is attached through netlink: not pinned"),
             }
             return Ok(());
@@ -196,11 +219,7 @@ impl Guard {
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp> {
-        Ok(self
-            .ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("program {PROGRAM_NAME} vanished"))?
-            .try_into()?)
+        xdp_program(&mut self.ebpf, PROGRAM_NAME)
     }
 
     /// Attaches to `iface`. With pins, an earlier run's pinned link gets the
@@ -209,8 +228,10 @@ impl Guard {
     pub fn attach(&mut self, iface: &str, choice: XdpModeChoice) -> Result<Attachment> {
         let pin_path = self.pins.as_ref().map(Pins::xdp_link);
         let swapped = swap_into_pinned(pin_path.as_deref(), |fd| {
-            let link = XdpLink::try_from(fd)?;
-            self.program()?.attach_to_link(link)?;
+            let link = XdpLink::try_from(fd).map_err(kernel("the pinned XDP link"))?;
+            self.program()?
+                .attach_to_link(link)
+                .map_err(kernel("swapping into the pinned XDP link"))?;
             Ok(())
         });
         if swapped {
@@ -219,12 +240,18 @@ impl Guard {
         }
         let mode = self.attach_new(iface, choice)?;
         if let Some(path) = pin_path {
-            let link = self.attachment.take().context("no XDP link to pin")?;
-            let owned = self.program()?.take_link(link)?;
-            let fd = FdLink::try_from(owned).map_err(|_| {
-                anyhow!("this kernel attached XDP without a bpf_link, which cannot be pinned")
-            })?;
-            drop(fd.pin(&path).context("pinning the XDP link")?);
+            let link = self
+                .attachment
+                .take()
+                .ok_or_else(|| LoadError::Missing("XDP link to pin".into()))?;
+            let owned = self
+                .program()?
+                .take_link(link)
+                .map_err(kernel("the XDP link"))?;
+            let fd = FdLink::try_from(owned).map_err(kernel(
+                "this kernel attached XDP without a bpf_link, which cannot be pinned",
+            ))?;
+            drop(fd.pin(&path).map_err(kernel("pinning the XDP link"))?);
             self.xdp_pinned = true;
         }
         Ok(Attachment::New(mode))
@@ -248,20 +275,23 @@ impl Guard {
             }
         }
         let (name, e) = last_error.expect("at least one attach attempt");
-        Err(anyhow!(
-            "cannot attach XDP to {iface} in {name} mode: {}",
-            describe(&e)
-        ))
+        Err(kernel(format!(
+            "cannot attach XDP to {iface} in {name} mode"
+        ))(e))
     }
 
     /// Detaches what this process attached without pinning (also done on
     /// drop). Pinned attachments stay: see [`Pins::remove_all`].
     pub fn detach(&mut self) -> Result<()> {
         if let Some(link) = self.egress.take() {
-            egress_program(&mut self.ebpf)?.detach(link)?;
+            egress_program(&mut self.ebpf)?
+                .detach(link)
+                .map_err(kernel("detaching tc egress"))?;
         }
         if let Some(link) = self.attachment.take() {
-            self.program()?.detach(link)?;
+            self.program()?
+                .detach(link)
+                .map_err(kernel("detaching XDP"))?;
         }
         Ok(())
     }
@@ -273,12 +303,17 @@ impl Guard {
 
     /// The kernel's id of the loaded program.
     pub fn program_id(&mut self) -> Result<u32> {
-        Ok(self.program()?.info()?.id())
+        let info = self
+            .program()?
+            .info()
+            .map_err(kernel("the program's info"))?;
+        Ok(info.id())
     }
 }
 
 fn open_pinned(path: &Path) -> Result<FdLink> {
-    Ok(PinnedLink::from_pin(path)?.into())
+    let link = PinnedLink::from_pin(path).map_err(kernel(format!("opening {}", path.display())))?;
+    Ok(link.into())
 }
 
 /// Swaps the new program into the link pinned at `path`, if there is one,
@@ -293,7 +328,7 @@ fn swap_into_pinned(path: Option<&Path>, replace: impl FnOnce(FdLink) -> Result<
         return true;
     };
     warn!(
-        "the pinned link {} cannot be reused ({error:#}); attaching anew",
+        "the pinned link {} cannot be reused ({error}); attaching anew",
         path.display()
     );
     if let Err(e) = std::fs::remove_file(path) {
@@ -303,10 +338,17 @@ fn swap_into_pinned(path: Option<&Path>, replace: impl FnOnce(FdLink) -> Result<
 }
 
 fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    Ok(ebpf
-        .program_mut(EGRESS_PROGRAM_NAME)
-        .ok_or_else(|| anyhow!("the embedded object has no program {EGRESS_PROGRAM_NAME}"))?
-        .try_into()?)
+    ebpf.program_mut(EGRESS_PROGRAM_NAME)
+        .ok_or_else(|| LoadError::Missing(format!("program {EGRESS_PROGRAM_NAME}")))?
+        .try_into()
+        .map_err(kernel(EGRESS_PROGRAM_NAME))
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| LoadError::Missing(format!("program {name}")))?
+        .try_into()
+        .map_err(kernel(name.to_string()))
 }
 
 /// One line from an aya error and its causes.

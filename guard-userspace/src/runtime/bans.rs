@@ -333,7 +333,7 @@ impl Runtime {
     pub async fn log_ban_events(
         self: Arc<Self>,
         mut events: crate::kernel::events::BanEvents,
-    ) -> anyhow::Result<()> {
+    ) -> std::io::Result<()> {
         loop {
             let (batch, bad) = events.next_batch().await?;
             if bad > 0 {
@@ -384,7 +384,7 @@ pub fn restore(
     rule_names: &[String],
     adopted: bool,
     into: RestoreInto<'_>,
-) -> anyhow::Result<HashMap<SourceKey, String>> {
+) -> std::result::Result<HashMap<SourceKey, String>, MapsError> {
     let clocks = Clocks::now();
     let mut details = HashMap::new();
     let mut restored = 0;

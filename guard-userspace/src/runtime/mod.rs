@@ -56,9 +56,9 @@ impl From<MapsError> for Error {
     }
 }
 
-impl From<anyhow::Error> for Error {
-    fn from(e: anyhow::Error) -> Error {
-        Error::Failed(format!("{e:#}"))
+impl From<crate::state::StateError> for Error {
+    fn from(e: crate::state::StateError) -> Error {
+        Error::Failed(e.to_string())
     }
 }
 
