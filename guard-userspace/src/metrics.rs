@@ -353,17 +353,8 @@ impl Collector for KernelCollector {
             &scans,
         )?;
 
-        let entries = |name: &str| -> i64 {
-            match name {
-                "bans" => bans.len() as i64,
-                "allow_v4" => maps.net_counts(NetList::Allow).0 as i64,
-                "allow_v6" => maps.net_counts(NetList::Allow).1 as i64,
-                "deny_v4" => maps.net_counts(NetList::Deny).0 as i64,
-                "deny_v6" => maps.net_counts(NetList::Deny).1 as i64,
-                "rate_state" => self.rate_state_entries.load(Ordering::Relaxed) as i64,
-                _ => 0,
-            }
-        };
+        let rate_state = self.rate_state_entries.load(Ordering::Relaxed);
+        let entries = |name: &str| map_entries(maps, name, bans.len(), rate_state) as i64;
         let fill: Vec<_> = self
             .names
             .capacities
@@ -392,6 +383,26 @@ impl Collector for KernelCollector {
     }
 }
 
+/// Entries in a map as `sipguard_map_entries` reports them: active bans
+/// (given, as the caller walked them already), list entries, the rate
+/// state's background count.
+fn map_entries(maps: &KernelMaps, name: &str, bans: usize, rate_state: u64) -> u64 {
+    match name {
+        "bans" => bans as u64,
+        "allow_v4" => maps.net_counts(NetList::Allow).0 as u64,
+        "allow_v6" => maps.net_counts(NetList::Allow).1 as u64,
+        "deny_v4" => maps.net_counts(NetList::Deny).0 as u64,
+        "deny_v6" => maps.net_counts(NetList::Deny).1 as u64,
+        "rate_state" => rate_state,
+        _ => 0,
+    }
+}
+
+/// The maps whose filling the alerts tell: the ban map and the deny lists
+/// (which the fleet's block lists fill too). The rate state is an LRU map:
+/// full is its normal state.
+const WATCHED_MAPS: [&str; 3] = ["bans", "deny_v4", "deny_v6"];
+
 /// The registry with every sipguard series.
 pub struct Metrics {
     pub registry: Registry,
@@ -399,6 +410,7 @@ pub struct Metrics {
     rate_state_entries: Arc<AtomicU64>,
     /// The metrics' own handles on the kernel's maps (see [`KernelCollector`]).
     maps: Arc<KernelMaps>,
+    capacities: Vec<(&'static str, u64)>,
 }
 
 impl Metrics {
@@ -471,6 +483,7 @@ impl Metrics {
             )]),
         );
         let rate_state_entries = Arc::new(AtomicU64::new(0));
+        let capacities = names.capacities.clone();
         registry.register_collector(Box::new(KernelCollector {
             maps: Arc::clone(&maps),
             names,
@@ -481,7 +494,28 @@ impl Metrics {
             counters,
             rate_state_entries,
             maps,
+            capacities,
         }
+    }
+
+    /// How full the watched maps are, from the numbers the metrics serve
+    /// (`sipguard_map_entries` over `sipguard_map_capacity`). Walks the maps:
+    /// call it from a blocking thread.
+    pub fn fills(&self) -> Vec<crate::alerts::Fill> {
+        let bans = self
+            .maps
+            .active_bans(clock::monotonic_ns())
+            .map(|b| b.len())
+            .unwrap_or_default();
+        self.capacities
+            .iter()
+            .filter(|(name, _)| WATCHED_MAPS.contains(name))
+            .map(|(name, capacity)| crate::alerts::Fill {
+                map: name.to_string(),
+                entries: map_entries(&self.maps, name, bans, 0),
+                capacity: *capacity,
+            })
+            .collect()
     }
 
     /// Walks the rate state (its own handle: no lock anyone else waits for)

@@ -2,8 +2,14 @@
 //! an "attack started" message at once; the bans after it are counted and
 //! summed up at most once per period while the attack goes on. A flood of
 //! 10,000 bans is one message plus one summary per period.
+//!
+//! The guard's own health is limited too: a map over its threshold is told
+//! once per crossing and at most once per period; interface changes at
+//! most [`INTERFACE_BUDGET`] times per period, the latest state told when
+//! the budget allows again (a flapping link cannot flood a sink, and the
+//! last word about it is never lost).
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -25,6 +31,31 @@ pub struct BanNotice {
 pub enum Message {
     AttackStarted(BanNotice),
     Summary(Summary),
+    /// A map is at or over the configured fill level.
+    MapNearlyFull(Fill),
+    /// The guard left its interface (it vanished) or is back on it.
+    Interface {
+        iface: String,
+        attached: bool,
+    },
+    /// The controller stops on an error (sent once, best-effort).
+    Failed {
+        error: String,
+    },
+}
+
+/// How full a kernel map is (as `sipguard_map_entries` and `_capacity` say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fill {
+    pub map: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+impl Fill {
+    pub fn percent(&self) -> u64 {
+        (self.entries * 100).checked_div(self.capacity).unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +75,22 @@ pub const TOP: usize = 5;
 /// Distinct sources or users remembered per period: a spoofed flood must
 /// not grow the maps without bound (the counts stay exact).
 const MAX_DISTINCT: usize = 10_000;
+/// Interface messages per summary period.
+pub const INTERFACE_BUDGET: usize = 4;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub burst_gap: Duration,
     pub summary_every: Duration,
+    pub map_full_percent: u8,
+}
+
+/// Per map: whether it may be told again, and when it last was.
+#[derive(Debug, Default)]
+struct FullMap {
+    /// Told since it last was below the threshold.
+    told: bool,
+    told_at: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +123,13 @@ pub struct Limiter {
     /// When the current summary period began (None: no attack).
     period_start: Option<Instant>,
     period: Period,
+    full_maps: HashMap<String, FullMap>,
+    /// When the recent interface messages were sent.
+    interface_sent: VecDeque<Instant>,
+    /// The interface state last told (None: nothing told yet).
+    interface_told: Option<bool>,
+    /// The newest interface state, not told yet.
+    interface_pending: Option<(String, bool)>,
 }
 
 impl Limiter {
@@ -90,7 +139,61 @@ impl Limiter {
             last_ban: None,
             period_start: None,
             period: Period::default(),
+            full_maps: HashMap::new(),
+            interface_sent: VecDeque::new(),
+            interface_told: None,
+            interface_pending: None,
         }
+    }
+
+    /// A map's fill level: a message when it crossed the threshold since
+    /// it was last told, and not within a period of the last message.
+    pub fn on_fill(&mut self, now: Instant, fill: &Fill) -> Option<Message> {
+        let over = fill.capacity > 0
+            && fill.entries * 100 >= fill.capacity * u64::from(self.settings.map_full_percent);
+        let state = self.full_maps.entry(fill.map.clone()).or_default();
+        if !over {
+            state.told = false;
+            return None;
+        }
+        let recently = state
+            .told_at
+            .is_some_and(|at| now.saturating_duration_since(at) < self.settings.summary_every);
+        if state.told || recently {
+            return None;
+        }
+        state.told = true;
+        state.told_at = Some(now);
+        Some(Message::MapNearlyFull(fill.clone()))
+    }
+
+    /// The interface left or came back: told now if the budget allows,
+    /// else when it does (see [`Limiter::flush_interface`]).
+    pub fn on_interface(&mut self, now: Instant, iface: &str, attached: bool) -> Option<Message> {
+        self.interface_pending = Some((iface.to_string(), attached));
+        self.flush_interface(now)
+    }
+
+    /// The pending interface state, if the budget allows and it differs
+    /// from the one last told.
+    pub fn flush_interface(&mut self, now: Instant) -> Option<Message> {
+        self.interface_pending.as_ref()?;
+        while let Some(&sent) = self.interface_sent.front() {
+            if now.saturating_duration_since(sent) < self.settings.summary_every {
+                break;
+            }
+            self.interface_sent.pop_front();
+        }
+        if self.interface_sent.len() >= INTERFACE_BUDGET {
+            return None;
+        }
+        let (iface, attached) = self.interface_pending.take()?;
+        if self.interface_told == Some(attached) {
+            return None;
+        }
+        self.interface_sent.push_back(now);
+        self.interface_told = Some(attached);
+        Some(Message::Interface { iface, attached })
     }
 
     /// A ban at `now`: the message to send at once, if any.
@@ -162,7 +265,86 @@ mod tests {
         Limiter::new(Settings {
             burst_gap: Duration::from_secs(600),
             summary_every: Duration::from_secs(300),
+            map_full_percent: 90,
         })
+    }
+
+    fn fill(entries: u64) -> Fill {
+        Fill {
+            map: "bans".to_string(),
+            entries,
+            capacity: 1000,
+        }
+    }
+
+    #[test]
+    fn a_full_map_is_told_once_per_crossing_and_at_most_once_per_period() {
+        let mut limiter = limiter();
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(limiter.on_fill(at(0), &fill(899)), None);
+        let Some(Message::MapNearlyFull(told)) = limiter.on_fill(at(1), &fill(900)) else {
+            panic!("90% is told");
+        };
+        assert_eq!((told.map.as_str(), told.percent()), ("bans", 90));
+        // Still full: nothing more, however often it is checked.
+        for s in 2..1000 {
+            assert_eq!(limiter.on_fill(at(s), &fill(950)), None);
+        }
+        // Below and over again within a period: held back until the period
+        // is over, then told once.
+        let mut limiter = self::limiter();
+        assert!(limiter.on_fill(at(0), &fill(1000)).is_some());
+        assert_eq!(limiter.on_fill(at(10), &fill(10)), None);
+        assert_eq!(limiter.on_fill(at(20), &fill(990)), None);
+        assert_eq!(limiter.on_fill(at(299), &fill(990)), None);
+        assert!(limiter.on_fill(at(300), &fill(990)).is_some());
+        assert_eq!(limiter.on_fill(at(301), &fill(990)), None);
+        // An empty map of no capacity is never full.
+        let empty = Fill {
+            map: "deny_v4".to_string(),
+            entries: 0,
+            capacity: 0,
+        };
+        assert_eq!(limiter.on_fill(at(400), &empty), None);
+    }
+
+    #[test]
+    fn a_flapping_interface_is_a_few_messages_and_its_last_state_is_told() {
+        let mut limiter = limiter();
+        let start = Instant::now();
+        let mut told = Vec::new();
+        // 100 deletions and re-creations within a minute.
+        for i in 0..200u64 {
+            let now = start + Duration::from_millis(i * 300);
+            told.extend(limiter.on_interface(now, "eth0", i % 2 == 1));
+            told.extend(limiter.flush_interface(now));
+        }
+        assert_eq!(told.len(), INTERFACE_BUDGET, "{told:?}");
+        assert_eq!(
+            told[0],
+            Message::Interface {
+                iface: "eth0".to_string(),
+                attached: false
+            }
+        );
+        // It ended detached, last told attached: told once the period allows.
+        limiter.on_interface(start + Duration::from_secs(61), "eth0", false);
+        assert_eq!(
+            limiter.flush_interface(start + Duration::from_secs(100)),
+            None
+        );
+        assert_eq!(
+            limiter.flush_interface(start + Duration::from_secs(301)),
+            Some(Message::Interface {
+                iface: "eth0".to_string(),
+                attached: false
+            })
+        );
+        assert_eq!(
+            limiter.flush_interface(start + Duration::from_secs(900)),
+            None
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::limiter::{BanNotice, Message, Summary};
+use super::{
+    limiter::{BanNotice, Message, Summary},
+    text,
+};
 
 /// How long one POST may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,26 +82,39 @@ impl Webhook {
     }
 }
 
-fn duration(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-}
-
-fn list(items: &[(String, u64)]) -> String {
+fn pairs(items: &[(String, u64)], key: &str) -> Vec<Value> {
     items
         .iter()
-        .map(|(name, n)| format!("{name} ({n})"))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|(name, n)| json!({ key: name, "bans": n }))
+        .collect()
 }
 
-fn attack_started(host: &str, ban: &BanNotice) -> Value {
+/// The structured fields of a message, beside its `text`.
+fn fields(message: &Message) -> Value {
+    match message {
+        Message::AttackStarted(ban) => attack_started(ban),
+        Message::Summary(s) => summary(s),
+        Message::MapNearlyFull(fill) => json!({
+            "event": "map_nearly_full",
+            "map": fill.map,
+            "entries": fill.entries,
+            "capacity": fill.capacity,
+            "percent": fill.percent(),
+        }),
+        Message::Interface { iface, attached } => json!({
+            "event": if *attached { "reattached" } else { "detached" },
+            "iface": iface,
+        }),
+        Message::Failed { error } => json!({
+            "event": "controller_failed",
+            "error": error,
+        }),
+    }
+}
+
+fn attack_started(ban: &BanNotice) -> Value {
     json!({
-        "text": format!(
-            "sipguard on {host}: attack started. Banned {} for {} ({}): {}",
-            ban.source, duration(ban.duration), ban.reason, ban.evidence
-        ),
         "event": "attack_started",
-        "host": host,
         "source": ban.source,
         "reason": ban.reason,
         "evidence": ban.evidence,
@@ -107,40 +123,9 @@ fn attack_started(host: &str, ban: &BanNotice) -> Value {
     })
 }
 
-fn summary(host: &str, s: &Summary) -> Value {
-    let reasons: Vec<_> = s
-        .by_reason
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    let mut text = format!(
-        "sipguard on {host}: {} more bans in the last {} ({}).",
-        s.bans,
-        duration(s.period),
-        reasons.join(", ")
-    );
-    if !s.top_sources.is_empty() {
-        text.push_str(&format!(" Top sources: {}.", list(&s.top_sources)));
-    }
-    if !s.top_users.is_empty() {
-        text.push_str(&format!(" Top targeted users: {}.", list(&s.top_users)));
-    }
-    if s.lost > 0 {
-        text.push_str(&format!(
-            " {} bans were not told here (alert queue full).",
-            s.lost
-        ));
-    }
-    let pairs = |items: &[(String, u64)], key: &str| -> Vec<Value> {
-        items
-            .iter()
-            .map(|(name, n)| json!({ key: name, "bans": n }))
-            .collect()
-    };
+fn summary(s: &Summary) -> Value {
     json!({
-        "text": text,
         "event": "summary",
-        "host": host,
         "period_seconds": s.period.as_secs(),
         "bans": s.bans,
         "by_reason": s.by_reason,
@@ -152,8 +137,8 @@ fn summary(host: &str, s: &Summary) -> Value {
 
 /// The JSON body of a message.
 pub fn body(host: &str, message: &Message) -> Value {
-    match message {
-        Message::AttackStarted(ban) => attack_started(host, ban),
-        Message::Summary(s) => summary(host, s),
-    }
+    let mut body = fields(message);
+    body["text"] = Value::String(text::text(host, message));
+    body["host"] = Value::String(host.to_string());
+    body
 }

@@ -3,7 +3,7 @@
 //! endpoints, load and attach the program ([`start`]), hand the maps to the
 //! runtime, start its tasks, wait for a signal, and stop in order.
 use crate::alerts::Alerts;
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -158,15 +158,42 @@ fn prepare_pins(
     Ok((Some(pins), warning))
 }
 
+/// How long a failing controller waits for its last alert.
+const LAST_WORD: Duration = Duration::from_secs(5);
+
 pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
+    // First of all: a SIGTERM during start-up must still end in the orderly
+    // stop below (bans saved), not in the default action.
+    let signals = Signals::install()?;
+    // Then the alert sinks, so that a failure from here on (attaching, a
+    // lost ring) reaches the admin before the process exits.
+    let alerts = start_alerts(&prepared.config)?;
+    let result = guard(options, prepared, signals, alerts.clone()).await;
+    if let (Err(e), Some(alerts)) = (&result, &alerts) {
+        alerts.last_word(&format!("{e:#}"), LAST_WORD).await;
+    }
+    result
+}
+
+fn start_alerts(config: &Config) -> Result<Option<Arc<Alerts>>> {
+    if config.alerts.is_empty() {
+        return Ok(None);
+    }
+    let alerts = Alerts::start(&config.alerts).context("starting the [[alerts]] sinks")?;
+    Ok(Some(Arc::new(alerts)))
+}
+
+async fn guard(
+    options: RunOptions,
+    prepared: Prepared,
+    mut signals: Signals,
+    alerts: Option<Arc<Alerts>>,
+) -> Result<()> {
     let Prepared {
         config,
         source,
         iface,
     } = prepared;
-    // First of all: a SIGTERM during start-up must still end in the orderly
-    // stop below (bans saved), not in the default action.
-    let mut signals = Signals::install()?;
     let ifindex = preflight::interface_index(&iface)?;
     preflight::privileges()?;
     preflight::kernel()?;
@@ -183,6 +210,7 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
     let endpoints = bind_endpoints(&options, &live.config).await?;
     // Subscribed before attaching, so that no change of the interface is missed.
     let mut iface_watch = InterfaceWatch::open(&iface, ifindex, options.xdp_mode);
+    iface_watch.alert_to(alerts.clone());
 
     let started = start::load_and_attach(
         &live,
@@ -217,13 +245,6 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
         level: live.config.sip_auth.level,
         hep: live.config.hep.clone(),
     });
-    let alerts = if live.config.alerts.is_empty() {
-        None
-    } else {
-        Some(Arc::new(
-            Alerts::start(&live.config.alerts).context("starting the [[alerts]] sinks")?,
-        ))
-    };
     let runtime = Arc::new(Runtime::new(Parts {
         maps: Box::new(maps),
         live,
@@ -241,29 +262,61 @@ pub async fn run(options: RunOptions, prepared: Prepared) -> Result<()> {
             pins_warning,
         },
         state,
-        alerts,
+        alerts: alerts.clone(),
     }));
 
     let mut events = tokio::spawn(Arc::clone(&runtime).log_ban_events(BanEvents::new(ban_ring)?));
     let hep_sockets = endpoints.hep;
     let mut tasks = spawn_tasks(&runtime, endpoints.control, endpoints.metrics, &metrics);
     tasks.extend(fleet.spawn(&runtime)?);
+    if let Some(alerts) = &alerts {
+        tasks.push(watch_fill(&metrics, alerts));
+    }
     if let Some(sip) = sip_auth {
         guard.attach_egress(&iface)?;
         iface_watch.with_egress();
         tasks.extend(watch_sip(&runtime, sip_ring, sip, hep_sockets));
     }
 
-    let why = loop {
+    // (why it stops, the failure if it is one)
+    let (why, failure) = loop {
         tokio::select! {
-            _ = signals.term.recv() => break "SIGTERM",
-            _ = signals.int.recv() => break "SIGINT",
+            _ = signals.term.recv() => break ("SIGTERM", None),
+            _ = signals.int.recv() => break ("SIGINT", None),
             _ = signals.hup.recv() => server::reload_on_signal(&runtime).await,
             wake = iface_watch.next() => iface_watch.handle(wake, &mut guard),
-            ended = &mut events => break format!("ban event reader stopped: {ended:?}").leak(),
+            ended = &mut events => {
+                let failure = format!("the ban event reader stopped: {ended:?}");
+                break ("ban event reader stopped", Some(failure));
+            }
         }
     };
-    stop(why, tasks, &options, &runtime, guard, &iface).await
+    stop(why, tasks, &options, &runtime, guard, &iface).await?;
+    // Without the ring the controller hears no bans: a failure, so that
+    // the service manager restarts it (and the alert sinks hear of it).
+    failure.map_or(Ok(()), |failure| Err(anyhow::anyhow!(failure)))
+}
+
+/// Reads the watched maps' fill levels now and then and hands them to the
+/// alert sinks, which tell what crosses their level.
+fn watch_fill(metrics: &Arc<Metrics>, alerts: &Arc<Alerts>) -> JoinHandle<()> {
+    let (metrics, alerts) = (Arc::clone(metrics), Arc::clone(alerts));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(alerts.map_check_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let metrics = Arc::clone(&metrics);
+            // Walking the ban map is many system calls: off the async threads.
+            match tokio::task::spawn_blocking(move || metrics.fills()).await {
+                Ok(fills) => alerts.fills(fills),
+                Err(e) => {
+                    warn!("alerts: reading the maps' fill levels failed: {e}");
+                    return;
+                }
+            }
+        }
+    })
 }
 
 /// What the SIP watcher needs from the config.

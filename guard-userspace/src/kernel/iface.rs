@@ -4,12 +4,13 @@
 //! again in this namespace (a re-created veth, VLAN or bond), attaches the
 //! same program with the same maps to it. Link down and up needs nothing:
 //! the attachment stays.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::alerts::Alerts;
 use crate::kernel::{
     loader::{Attachment, Guard, XdpModeChoice},
     netlink::{self, LinkEvent, LinkWatch},
@@ -51,6 +52,8 @@ pub struct InterfaceWatch {
     egress: bool,
     pub attached: AttachedFlag,
     retry_at: Option<Instant>,
+    /// Told when the guard leaves the interface and when it is back.
+    alerts: Option<Arc<Alerts>>,
 }
 
 /// What the daemon's loop should wait for next.
@@ -76,6 +79,23 @@ impl InterfaceWatch {
             egress: false,
             attached: AttachedFlag::default(),
             retry_at: None,
+            alerts: None,
+        }
+    }
+
+    /// Tells `alerts` of every departure and return from now on.
+    pub fn alert_to(&mut self, alerts: Option<Arc<Alerts>>) {
+        self.alerts = alerts;
+    }
+
+    /// Sets the flag; tells the alert sinks when it changes.
+    fn set_attached(&mut self, attached: bool) {
+        let was = self.attached.get();
+        self.attached.set(attached);
+        if was != attached {
+            if let Some(alerts) = &self.alerts {
+                alerts.interface(&self.iface, attached);
+            }
         }
     }
 
@@ -161,7 +181,7 @@ impl InterfaceWatch {
     }
 
     fn gone(&mut self) {
-        self.attached.set(false);
+        self.set_attached(false);
         warn!(
             "{} is gone: the guard is off the interface. Its maps (bans, rate state, policy) \
              are kept; it attaches again when an interface named {} appears in this namespace",
@@ -178,7 +198,7 @@ impl InterfaceWatch {
         });
         match attached {
             Ok(how) => {
-                self.attached.set(true);
+                self.set_attached(true);
                 let how = match how {
                     Attachment::New(mode) => format!("attached anew in {mode} mode"),
                     Attachment::Replaced => "the pinned link still holds it".to_string(),
@@ -189,7 +209,7 @@ impl InterfaceWatch {
                 );
             }
             Err(e) => {
-                self.attached.set(false);
+                self.set_attached(false);
                 warn!(
                     "cannot attach to the new {} yet ({e:#}); trying again",
                     self.iface

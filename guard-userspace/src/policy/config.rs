@@ -638,6 +638,11 @@ impl Config {
         self.validate_sip_auth(&services)?;
         self.sip_scanners.validate()?;
         self.validate_hep()?;
+        for (i, alert) in self.alerts.iter().enumerate() {
+            alert
+                .validate()
+                .map_err(|(field, reason)| (format!("alerts[{i}].{field}"), reason))?;
+        }
         self.crowdsec.as_ref().map_or(Ok(()), |c| c.validate())
     }
 
