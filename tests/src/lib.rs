@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod frames;
 pub mod kamailio;
 pub mod netns;
+pub mod smtp;
 pub mod traffic;
 pub mod verdict_check;
 

@@ -31,7 +31,9 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// ipset), read veth statistics with (ethtool) or pin programs with (bpftool);
 /// Prometheus and its promtool for the alerting rules in dist/; lintian and
 /// dpkg-dev (dpkg-shlibdeps) for the Debian package; util-linux's prlimit
-/// and setpriv for the tests that run clients as another user under limits.
+/// and setpriv for the tests that run clients as another user under limits;
+/// an SMTP sink for the e-mail alerts (python3-aiosmtpd) and openssl for its
+/// test certificate.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -47,6 +49,8 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "lintian",
     "dpkg-dev",
+    "python3-aiosmtpd",
+    "openssl",
 ];
 
 pub enum BpfToolchain {
