@@ -19,8 +19,12 @@ pub use crate::policy::live::ListChanges;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sipguard";
 const BANS_FILE: &str = "bans.json";
+/// Bans made since `bans.json` was last written, one JSON line each.
+const JOURNAL_FILE: &str = "bans.journal";
 const LISTS_FILE: &str = "lists.json";
 const MODE_FILE: &str = "xdp_mode.json";
+/// The config file last put in force by a confirmed `sipguard apply`.
+const APPLIED_FILE: &str = "applied.json";
 /// Bumped when a file's meaning changes; an unknown version is refused.
 const FORMAT_VERSION: u32 = 1;
 
@@ -39,6 +43,15 @@ pub struct SavedBan {
     /// None: until removed.
     pub expires_unix: Option<u64>,
     pub dropped: u64,
+}
+
+/// `applied.json`: the file a confirmed `apply` put in force, over the
+/// `--config` the daemon then ran with.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct AppliedFile {
+    version: u32,
+    path: PathBuf,
+    over: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -263,6 +276,42 @@ impl StateDir {
         self.write(&self.dir.join(BANS_FILE), &file)
     }
 
+    /// Appends bans to the journal before they are answered, so that a
+    /// daemon killed within the save interval loses none of them, nor their
+    /// details. One append, no fsync: the page cache outlives the process
+    /// (a power cut still loses at most the last save interval). Cleared by
+    /// [`StateDir::clear_journal`] once `bans.json` holds them; the caller
+    /// keeps appends and that clearing apart (see `Runtime::save_bans`).
+    pub fn journal_bans(&self, bans: &[SavedBan]) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut text = Vec::new();
+        for ban in bans {
+            serde_json::to_writer(&mut text, ban)?;
+            text.push(b'\n');
+        }
+        let path = self.dir.join(JOURNAL_FILE);
+        let written = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(&text));
+        if written.is_err() {
+            self.save_failures.inc();
+        }
+        written.with_context(|| format!("appending to {}", path.display()))
+    }
+
+    /// Empties the journal: `bans.json` was just written with all it held.
+    pub fn clear_journal(&self) {
+        let path = self.dir.join(JOURNAL_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot clear {}: {e}", path.display()),
+        }
+    }
+
     /// Keeps bans that could not be restored (more than the ban map holds)
     /// in a file of their own, in the format of `bans.json`.
     pub fn set_aside_bans(&self, bans: Vec<SavedBan>) -> Result<PathBuf> {
@@ -280,7 +329,44 @@ impl StateDir {
     /// deleted) and reported.
     pub fn load_bans(&self, max_bans: u32) -> Result<Vec<SavedBan>> {
         let file: Option<BansFile> = self.read(BANS_FILE, size_limit(max_bans))?;
-        Ok(file.map(|f| f.bans).unwrap_or_default())
+        let mut bans = file.map(|f| f.bans).unwrap_or_default();
+        self.replay_journal(max_bans, &mut bans);
+        Ok(bans)
+    }
+
+    /// Adds the journal's bans to those of `bans.json`, a later line
+    /// replacing an earlier ban of the same key. A line that cannot be read
+    /// is skipped and reported; the journal stays until the next save.
+    fn replay_journal(&self, max_bans: u32, bans: &mut Vec<SavedBan>) {
+        let path = self.dir.join(JOURNAL_FILE);
+        let bytes = match read_regular_file(&path, size_limit(max_bans)) {
+            Ok(bytes) => bytes,
+            Err(FileInputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => return warn!("{} cannot be used: {e}", path.display()),
+        };
+        let (journaled, bad) = parse_journal(&bytes);
+        if bad > 0 {
+            warn!("{}: skipped {bad} unreadable lines", path.display());
+        }
+        if journaled.is_empty() {
+            return;
+        }
+        info!(
+            "{} bans made since the last save, from {}",
+            journaled.len(),
+            path.display()
+        );
+        let mut at: std::collections::HashMap<Ipv6Addr, usize> =
+            bans.iter().enumerate().map(|(i, b)| (b.key, i)).collect();
+        for ban in journaled {
+            match at.get(&ban.key) {
+                Some(&i) => bans[i] = ban,
+                None => {
+                    at.insert(ban.key, bans.len());
+                    bans.push(ban);
+                }
+            }
+        }
     }
 
     pub fn save_lists(&self, changes: &ListChanges) -> Result<()> {
@@ -297,6 +383,38 @@ impl StateDir {
         let entries = max_cidrs.saturating_mul(4);
         let changes: Option<ListChanges> = self.read(LISTS_FILE, size_limit(entries))?;
         Ok(changes.map(ListChanges::canonical).unwrap_or_default())
+    }
+
+    /// Remembers the config file a confirmed `apply` put in force in place
+    /// of `over` (the daemon's `--config`), for the next start. Applying
+    /// `over` itself again forgets it.
+    pub fn save_applied(&self, path: &Path, over: Option<&Path>) -> Result<()> {
+        let file = self.dir.join(APPLIED_FILE);
+        if over == Some(path) {
+            return match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    self.save_failures.inc();
+                    Err(e).with_context(|| format!("removing {}", file.display()))
+                }
+                _ => Ok(()),
+            };
+        }
+        let applied = AppliedFile {
+            version: FORMAT_VERSION,
+            path: path.to_path_buf(),
+            over: over.map(Path::to_path_buf),
+        };
+        self.write(&file, &applied)
+    }
+
+    /// The config file to start with instead of `config` (the `--config`
+    /// given now), if a confirmed `apply` put one in force over that same
+    /// `--config`. A different `--config` wins: the operator changed it.
+    pub fn load_applied(&self, config: Option<&Path>) -> Result<Option<PathBuf>> {
+        let applied: Option<AppliedFile> = self.read(APPLIED_FILE, 1 << 16)?;
+        Ok(applied
+            .filter(|a| a.over.as_deref() == config)
+            .map(|a| a.path))
     }
 
     /// Remembers the XDP mode, for a later run that adopts the pinned link.
@@ -360,6 +478,20 @@ pub fn parse_bans(bytes: &[u8]) -> Result<Vec<SavedBan>> {
     decode::<BansFile>(bytes).map(|f| f.bans)
 }
 
+/// The bans in a journal's bytes, and how many lines could not be read
+/// (a line cut short by a full disk, say).
+pub fn parse_journal(bytes: &[u8]) -> (Vec<SavedBan>, usize) {
+    let mut bans = Vec::new();
+    let mut bad = 0;
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice(line) {
+            Ok(ban) => bans.push(ban),
+            Err(_) => bad += 1,
+        }
+    }
+    (bans, bad)
+}
+
 /// The list changes in a `lists.json`'s bytes, in canonical form (what
 /// [`StateDir::load_lists`] reads), without touching the file system.
 pub fn parse_lists(bytes: &[u8]) -> Result<ListChanges> {
@@ -396,6 +528,12 @@ fn set_aside(path: &Path, why: &StateError) {
 
 trait Versioned {
     fn version(&self) -> u32;
+}
+
+impl Versioned for AppliedFile {
+    fn version(&self) -> u32 {
+        self.version
+    }
 }
 
 impl Versioned for BansFile {
@@ -563,6 +701,67 @@ mod tests {
             unix: 1_800_003_600,
         };
         assert!(loaded[0].to_entry(&new_rules, late, 64).is_none());
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+
+    fn manual_ban(last: u8, detail: &str, expires_unix: u64) -> SavedBan {
+        SavedBan {
+            key: Ipv6Addr::from(SourceKey::from_ipv4([198, 51, 100, last]).addr),
+            reason: "manual".into(),
+            rule: None,
+            detail: detail.into(),
+            created_unix: 1_800_000_000,
+            expires_unix: Some(expires_unix),
+            dropped: 0,
+        }
+    }
+
+    #[test]
+    fn bans_journaled_since_the_last_save_are_loaded_with_it() {
+        let dir = StateDir::open(&temp_dir("journal")).unwrap();
+        dir.save_bans(vec![manual_ban(1, "saved", 1_800_003_600)])
+            .unwrap();
+        // Made after that save, then the daemon was killed: only journaled.
+        dir.journal_bans(&[manual_ban(2, "fraud", 1_800_007_200)])
+            .unwrap();
+        dir.journal_bans(&[manual_ban(1, "again", 1_800_010_800)])
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL_FILE))
+            .unwrap()
+            .write_all(b"{\"key\": \"::ffff:198.51.1")
+            .unwrap();
+        let loaded = dir.load_bans(1000).unwrap();
+        assert_eq!(
+            loaded,
+            vec![
+                manual_ban(1, "again", 1_800_010_800),
+                manual_ban(2, "fraud", 1_800_007_200)
+            ],
+            "a later line replaces a ban of the same key; a cut line is skipped"
+        );
+        // A save holds them all: the journal goes.
+        dir.save_bans(loaded.clone()).unwrap();
+        dir.clear_journal();
+        assert!(!dir.path().join(JOURNAL_FILE).exists());
+        assert_eq!(dir.load_bans(1000).unwrap(), loaded);
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+
+    #[test]
+    fn a_confirmed_apply_is_started_with_only_over_the_same_config() {
+        let dir = StateDir::open(&temp_dir("applied")).unwrap();
+        let (a, b) = (Path::new("/etc/a.toml"), Path::new("/etc/b.toml"));
+        assert_eq!(dir.load_applied(Some(a)).unwrap(), None);
+        dir.save_applied(b, Some(a)).unwrap();
+        assert_eq!(dir.load_applied(Some(a)).unwrap(), Some(b.to_path_buf()));
+        // The operator started it with another --config: that one wins.
+        assert_eq!(dir.load_applied(Some(b)).unwrap(), None);
+        assert_eq!(dir.load_applied(None).unwrap(), None);
+        // Applying --config's own file again forgets the other.
+        dir.save_applied(a, Some(a)).unwrap();
+        assert_eq!(dir.load_applied(Some(a)).unwrap(), None);
         let _ = std::fs::remove_dir_all(dir.path());
     }
 

@@ -586,3 +586,46 @@ fn sip_bans_go_through_the_runtime_with_their_evidence() {
         assert_eq!(rt.sip_bans(&[], window).await, 0);
     });
 }
+
+/// A ban is written to the state directory before it is answered (no
+/// saver runs here): a daemon killed right after loses neither the ban nor
+/// its words. A save then holds them and clears the journal.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn bans_reach_the_state_directory_before_they_are_answered() {
+    let s = site("journal", POLICY);
+    let rt = &s.runtime;
+    let state = StateDir::open(&s.dir.join("state")).unwrap();
+    block_on(async {
+        let ban = BanRequest {
+            ip: ip("192.0.2.8"),
+            duration: Some(Duration::from_secs(3600)),
+            reason: Some("fraud".into()),
+        };
+        rt.ban_add(ban, &NO_SESSION).await.unwrap();
+        let sip = sip_decision("192.0.2.42", Duration::from_secs(3600));
+        assert_eq!(rt.sip_bans(&[sip], Duration::from_secs(60)).await, 1);
+    });
+    let details = |state: &StateDir| {
+        let mut found: Vec<(String, String)> = state
+            .load_bans(1000)
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.key.to_canonical().to_string(), b.detail))
+            .collect();
+        found.sort();
+        found
+    };
+    let expected = vec![
+        (
+            "192.0.2.42".to_string(),
+            "3 failures in 1m (proven), last user:status 7:401".to_string(),
+        ),
+        ("192.0.2.8".to_string(), "fraud".to_string()),
+    ];
+    assert_eq!(details(&state), expected);
+    assert!(state.path().join("bans.journal").exists());
+    block_on(rt.save_bans());
+    assert!(!state.path().join("bans.journal").exists());
+    assert_eq!(details(&state), expected);
+}

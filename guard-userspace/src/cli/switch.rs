@@ -25,7 +25,11 @@ pub fn confirm(client: &Client, out: &mut Output) -> Result<(), CliError> {
     out.line(format_args!(
         "confirmed: the policy from {} stays",
         confirmed.confirmed
-    ))
+    ))?;
+    if let Some(why) = &confirmed.not_saved {
+        out.line(format_args!("warning: {why}"))?;
+    }
+    Ok(())
 }
 
 fn print_switch(switch: &PolicySwitch, out: &mut Output) -> Result<(), CliError> {
@@ -49,6 +53,9 @@ fn print_switch(switch: &PolicySwitch, out: &mut Output) -> Result<(), CliError>
         out.line(format_args!(
             "run `sipguard confirm` within {seconds} s, or it reverts"
         ))?;
+    }
+    if let Some(why) = &switch.not_saved {
+        out.line(format_args!("warning: {why}"))?;
     }
     Ok(())
 }

@@ -57,6 +57,7 @@ impl RunOptions {
     pub fn config_source(&self) -> ConfigSource {
         ConfigSource {
             path: self.config.clone(),
+            started_with: self.config.clone(),
             monitor: self.monitor,
             level: self.level,
             metrics_addr: self.metrics_addr,
@@ -87,6 +88,38 @@ pub fn prepare(options: &RunOptions) -> Result<Prepared> {
         source,
         iface,
     })
+}
+
+/// The policy to start with: the file a confirmed `sipguard apply` put in
+/// force over this same `--config`, if it still reads; else `--config`'s.
+fn applied_policy(
+    options: &RunOptions,
+    state: &StateDir,
+    config: Config,
+    source: String,
+) -> (Config, String, ConfigSource) {
+    let given = options.config_source();
+    let path = match state.load_applied(options.config.as_deref()) {
+        Ok(Some(path)) => path,
+        Ok(None) => return (config, source, given),
+        Err(e) => {
+            warn!("cannot read which config was last applied ({e:#}): starting with {source}");
+            return (config, source, given);
+        }
+    };
+    let applied = given.with_path(path);
+    match applied.load() {
+        Ok((config, name)) => {
+            warn!(
+                "policy from {name}, as last applied and confirmed (`sipguard apply`), not from                  {source}; `sipguard apply {source}` goes back to it"
+            );
+            (config, name, applied)
+        }
+        Err(e) => {
+            warn!("the config last applied cannot be used ({e}): starting with {source}");
+            (config, source, given)
+        }
+    }
 }
 
 /// The signals `run` stops (or reloads) on.
@@ -203,6 +236,7 @@ async fn guard(
     // One directory per (network namespace, interface), as with the pins:
     // guards on two interfaces, or on two namespaces' `eth0`, keep apart.
     let mut state = StateDir::open(&state::guard_dir(&options.state_dir, &iface, &netns))?;
+    let (config, source, config_source) = applied_policy(&options, &state, config, source);
     let (max_cidrs, max_bans) = (config.guard.max_cidrs, config.guard.max_bans);
     let live = LivePolicy::build(config, source, state.load_lists(max_cidrs)?);
     let fleet = fleet::prepare(&live.config)?;
@@ -248,7 +282,7 @@ async fn guard(
     let runtime = Arc::new(Runtime::new(Parts {
         maps: Box::new(maps),
         live,
-        source: options.config_source(),
+        source: config_source,
         ban_details,
         counters: metrics.counters.clone(),
         attached: Attached {
@@ -265,6 +299,9 @@ async fn guard(
         alerts: alerts.clone(),
     }));
 
+    // bans.json at once, with the journal of a killed run folded in: the
+    // state directory is whole before the first answer.
+    runtime.save_bans().await;
     let mut events = tokio::spawn(Arc::clone(&runtime).log_ban_events(BanEvents::new(ban_ring)?));
     let hep_sockets = endpoints.hep;
     let mut tasks = spawn_tasks(&runtime, endpoints.control, endpoints.metrics, &metrics);

@@ -26,6 +26,9 @@ use crate::{
 pub struct ConfigSource {
     /// None: the built-in policy.
     pub path: Option<PathBuf>,
+    /// The `--config` the daemon was started with (`apply` changes `path`
+    /// only): an applied file outlives a restart only over this one.
+    pub started_with: Option<PathBuf>,
     pub monitor: bool,
     pub level: Option<LevelName>,
     pub metrics_addr: Option<SocketAddr>,

@@ -147,6 +147,7 @@ fn command_line_overrides_hold_across_loads() {
         monitor: true,
         level: Some(crate::sip::tracker::LevelName::Paranoid),
         metrics_addr: None,
+        started_with: None,
     };
     let (config, name) = source.load().unwrap();
     assert_eq!(name, file.display().to_string());

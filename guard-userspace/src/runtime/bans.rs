@@ -149,6 +149,7 @@ impl Runtime {
         }
         let why = ban.reason.unwrap_or_default();
         self.ban_details.lock().await.insert(key, why.clone());
+        self.journal(&[(key, entry, why.clone())]).await;
         self.bans_changed.notify_one();
         self.counters.ban_created(BanReason::Manual);
         let source = self.source_name(&key);
@@ -234,8 +235,30 @@ impl Runtime {
         }
     }
 
+    /// Writes bans just made to the journal, before they are answered.
+    async fn journal(&self, made: &[(SourceKey, BanEntry, String)]) {
+        if made.is_empty() {
+            return;
+        }
+        let rule_names = self.rule_names().await;
+        let clocks = Clocks::now();
+        let saved: Vec<SavedBan> = made
+            .iter()
+            .map(|(key, entry, detail)| {
+                SavedBan::from_entry(key, entry, &rule_names, detail.clone(), clocks)
+            })
+            .collect();
+        let _appending = self.journal_lock.lock().await;
+        if let Err(e) = self.state.journal_bans(&saved) {
+            warn!("journaling the bans failed (they are in force, saved at the next save): {e:#}");
+        }
+    }
+
     /// Writes the bans in force, with their details, to the state directory.
     pub async fn save_bans(&self) {
+        // Held from before the map is read until the journal is cleared: a
+        // ban journaled meanwhile waits, and goes into the next journal.
+        let _journal = self.journal_lock.lock().await;
         let rule_names = self.rule_names().await;
         let clocks = Clocks::now();
         let bans = match self.maps().await.active_bans(clocks.monotonic_ns) {
@@ -251,8 +274,9 @@ impl Runtime {
             })
             .collect();
         drop(details);
-        if let Err(e) = self.state.save_bans(saved) {
-            warn!("saving the bans failed: {e:#}");
+        match self.state.save_bans(saved) {
+            Ok(()) => self.state.clear_journal(),
+            Err(e) => warn!("saving the bans failed: {e:#}"),
         }
     }
 
@@ -274,16 +298,17 @@ impl Runtime {
         if decisions.is_empty() {
             return 0;
         }
-        let mut made = 0;
+        let mut made = Vec::new();
         {
             let mut maps = self.maps().await;
             let mut details = self.ban_details.lock().await;
             for decision in decisions {
                 match self.put_sip_ban(&mut **maps, decision, window) {
-                    Ok(Some(key)) => {
-                        made += 1;
+                    Ok(Some((key, entry))) => {
                         self.counters.ban_created(decision.reason);
-                        details.insert(key, sip_ban::evidence(decision, window));
+                        let evidence = sip_ban::evidence(decision, window);
+                        details.insert(key, evidence.clone());
+                        made.push((key, entry, evidence));
                         self.alert(sip_ban::notice(decision, window));
                     }
                     Ok(None) => {}
@@ -291,18 +316,19 @@ impl Runtime {
                 }
             }
         }
+        self.journal(&made).await;
         self.bans_changed.notify_one();
-        made
+        made.len()
     }
 
     /// Writes one SIP ban into the ban map (unless a longer one is in
-    /// place); returns its key when it did.
+    /// place); returns its key and entry when it did.
     fn put_sip_ban(
         &self,
         maps: &mut dyn MapStore,
         decision: &BanDecision,
         window: Duration,
-    ) -> std::result::Result<Option<SourceKey>, MapsError> {
+    ) -> std::result::Result<Option<(SourceKey, BanEntry)>, MapsError> {
         let key = self.source_key(decision.source);
         let source = self.source_name(&key);
         let now = clock::monotonic_ns();
@@ -323,7 +349,7 @@ impl Runtime {
         };
         maps.insert_ban(key, entry)?;
         warn!(target: "sipguard::ban", "{}", sip_ban::describe_ban(decision, &source, window));
-        Ok(Some(key))
+        Ok(Some((key, entry)))
     }
 }
 

@@ -104,7 +104,8 @@ pub(crate) struct PolicyState {
 
 /// The one owner of the running guard's state.
 ///
-/// Lock order: `policy` before `maps` before `ban_details`.
+/// Lock order: `journal_lock` before `policy` before `maps` before `ban_details`
+/// (an append takes `journal_lock` alone).
 pub struct Runtime {
     policy: Mutex<PolicyState>,
     /// The kernel's maps (in unit tests, maps kept in memory).
@@ -119,6 +120,8 @@ pub struct Runtime {
     state: StateDir,
     /// Wakes the task that saves bans to the state directory.
     bans_changed: Arc<Notify>,
+    /// Keeps journal appends apart from the save that clears the journal.
+    journal_lock: Mutex<()>,
     /// The `[[alerts]]` sinks, told of every ban the guard makes.
     alerts: Option<Arc<Alerts>>,
 }
@@ -166,6 +169,7 @@ impl Runtime {
             started: Instant::now(),
             state,
             bans_changed: Arc::new(Notify::new()),
+            journal_lock: Mutex::new(()),
             alerts,
         }
     }

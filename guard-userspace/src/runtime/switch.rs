@@ -40,6 +40,9 @@ pub struct PolicySwitch {
     /// Run `sipguard confirm` within this many seconds, or it reverts.
     pub confirm_within_seconds: Option<u64>,
     pub monitor: MonitorOutcome,
+    /// Why an `apply` in force will not outlive a restart (a failed save).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_saved: Option<String>,
 }
 
 /// Monitor mode after a switch, and why.
@@ -54,6 +57,9 @@ pub struct MonitorOutcome {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Confirmed {
     pub confirmed: String,
+    /// Why it will not outlive a restart (a failed save).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_saved: Option<String>,
 }
 
 /// What the runtime owns and a config file does not change: the monitor
@@ -91,6 +97,22 @@ impl Runtime {
     ) -> Result<PolicySwitch> {
         let source = self.policy().await.source.with_path(path);
         self.switch_policy(source, confirm, lockout).await
+    }
+
+    /// Remembers a confirmed `apply` in the state directory, so that a
+    /// restart puts the same policy in force; returns why not, if it failed.
+    fn remember_applied(&self, source: &ConfigSource) -> Option<String> {
+        let path = source.path.as_deref()?;
+        let saved = self
+            .state
+            .save_applied(path, source.started_with.as_deref());
+        saved.err().map(|e| {
+            let why = format!(
+                "in force, but not saved ({e:#}): a restart goes back to the --config file"
+            );
+            warn!("the policy from {}: {why}", path.display());
+            why
+        })
     }
 
     /// Replaces the policy with the config from `source`. A broken config,
@@ -139,6 +161,12 @@ impl Runtime {
         let previous = std::mem::replace(&mut state.live, candidate);
         let previous_source = std::mem::replace(&mut state.source, source);
         state.monitor = monitor;
+        // A switch that needs no confirmation is the one a restart keeps
+        // (a reload of the same file saves nothing new).
+        let not_saved = match confirm {
+            None => self.remember_applied(&state.source),
+            Some(_) => None,
+        };
         for what in &restart {
             warn!("{what} changed: that takes effect at the next restart");
         }
@@ -179,6 +207,7 @@ impl Runtime {
                 on: monitor.on,
                 kept,
             },
+            not_saved,
         })
     }
 
@@ -217,8 +246,11 @@ impl Runtime {
             ));
         }
         info!("the policy from {} is confirmed", state.live.source);
+        // Saved while the policy lock is held: no other switch comes between.
+        let not_saved = self.remember_applied(&state.source);
         Ok(Confirmed {
             confirmed: state.live.source.clone(),
+            not_saved,
         })
     }
 }
