@@ -558,3 +558,49 @@ fn a_nearly_full_ban_map_and_a_vanished_interface_are_told() {
     }
     assert!(guard.stop().unwrap().success(), "{}", guard.log());
 }
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_failing_controller_sends_a_last_alert_before_it_exits() {
+    let link = Link::new("fail", &CLIENT_ADDRS, &PBX_ADDRS).expect("namespaces and veth");
+    let dir = TempDir::new("alerts-fail");
+    let bodies = receiver(&link);
+    let config = TempFile::new(
+        "alerts-fail.toml",
+        &format!("[[alerts]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{HOOK_PORT}/hook\"\n"),
+    );
+    // The config is fine; the interface is not there: `run` fails after
+    // the alert sinks started.
+    let socket = format!("{}/control.sock", dir.path());
+    let bin = sipguard_tests::daemon::sipguard_bin();
+    let out = link
+        .right
+        .command(bin.to_str().unwrap())
+        .args([
+            "run",
+            "--iface",
+            "sgnosuchif0",
+            "--no-pin",
+            "--config",
+            config.path(),
+        ])
+        .args(["--control-socket", &socket, "--state-dir", dir.path()])
+        .output()
+        .expect("running sipguard");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    // The alert went out before the process ended: it is already here.
+    let body = bodies
+        .recv_timeout(Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("no last alert ({e}):\n{stderr}"));
+    assert_eq!(body["event"], "controller_failed", "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("sgnosuchif0"), "{body}");
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap()
+            .contains("the controller failed and is stopping"),
+        "{body}"
+    );
+}
