@@ -427,28 +427,39 @@ fn forever_is_asked_for_explicitly_and_hours_are_seconds() {
 fn networks_with_host_bits_are_refused_unless_normalized() {
     use guard_userspace::control::protocol::{ListChange, Reply};
     for list in ["allow", "deny"] {
-        let out = sipguard(&[
-            "--control-socket",
-            "/nonexistent/sipguard.sock",
-            list,
-            "add",
-            "10.98.0.77/24",
-        ]);
-        assert_eq!(out.status.code(), Some(2), "{list}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("10.98.0.77/24 has host bits set; the network is 10.98.0.0/24"),
-            "{list}: {}",
-            stderr(&out)
-        );
+        for action in ["add", "remove"] {
+            let out = sipguard(&[
+                "--control-socket",
+                "/nonexistent/sipguard.sock",
+                list,
+                action,
+                "10.98.0.77/24",
+            ]);
+            assert_eq!(out.status.code(), Some(2), "{list}: {}", stderr(&out));
+            assert!(
+                stderr(&out)
+                    .contains("10.98.0.77/24 has host bits set; the network is 10.98.0.0/24"),
+                "{list} {action}: {}",
+                stderr(&out)
+            );
+        }
         let changed = Ok(Reply::ListChanged(ListChange {
             list: list.into(),
             cidr: "10.98.0.0/24".into(),
             added: true,
             not_saved: None,
         }));
-        let request = request_of(&[list, "add", "10.98.0.77/24", "--normalize"], changed);
+        let request = request_of(
+            &[list, "add", "10.98.0.77/24", "--normalize"],
+            changed.clone(),
+        );
         assert!(
             request.contains("\"cidr\":\"10.98.0.0/24\""),
+            "{list}: {request}"
+        );
+        let request = request_of(&[list, "remove", "10.98.0.77/24", "--normalize"], changed);
+        assert!(
+            request.contains("\"cidr\":\"10.98.0.0/24\"") && request.contains("_remove"),
             "{list}: {request}"
         );
     }

@@ -10,7 +10,7 @@ use std::{
 use sipguard_tests::{
     daemon::{sipguard_bin, start_guard, TempFile},
     netns::Link,
-    traffic::{cli, CLIENT_ADDRS, PBX_ADDRS},
+    traffic::{cli, delivered, CLIENT_ADDRS, PBX_ADDRS},
 };
 
 fn sipguard(args: &[&str]) -> Output {
@@ -276,4 +276,46 @@ fn a_read_only_state_directory_allows_the_start_and_failed_saves_are_counted() {
     assert!(text.contains("WARNING: in force, but not saved"), "{text}");
     drop(guard);
     drop(ro);
+}
+
+/// An IPv6 ban key with host bits in `bans.json` (a hand-edited file, or
+/// one of an earlier version) is restored masked to the configured
+/// `ipv6_ban_prefix`, listed so, and enforced: the XDP program looks
+/// sources up by that prefix.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn restored_ipv6_ban_keys_with_host_bits_are_masked_and_enforced() {
+    let link = Link::new("v6ban", &CLIENT_ADDRS, &PBX_ADDRS).unwrap();
+    let config = TempFile::new("v6ban.toml", "[guard]\nipv6_ban_prefix = 56\n");
+    let state = sipguard_tests::daemon::TempDir::new("v6ban-state");
+    let dir = state
+        .0
+        .join(&link.right_if)
+        .join(format!("netns-{}", link.right.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    // fd77:0:0:ab::/64 is not the client's /64 (fd77::5); its /56 is.
+    let ban = r#"{"key":"fd77:0:0:ab:1:2:3:4","reason":"manual","rule":null,"detail":"",
+        "created_unix":1,"expires_unix":null,"dropped":0}"#;
+    std::fs::write(
+        dir.join("bans.json"),
+        format!(r#"{{"version":1,"bans":[{ban}]}}"#),
+    )
+    .unwrap();
+    let socket = std::env::temp_dir()
+        .join(format!("sipguard-v6ban-{}.sock", std::process::id()))
+        .display()
+        .to_string();
+    let (_guard, _) = start_guard(
+        &link.right,
+        &link.right_if,
+        &config,
+        &["--control-socket", &socket, "--state-dir", state.path()],
+    )
+    .expect("sipguard attached");
+    let out = cli(&socket, &["bans", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let sources: Vec<&str> = rows.iter().filter_map(|r| r["source"].as_str()).collect();
+    assert_eq!(sources, ["fd77::/56"], "{rows:?}");
+    assert_eq!(delivered(&link, "fd77::5", 5), 0, "the restored ban holds");
+    assert_eq!(delivered(&link, "10.77.0.3", 5), 5);
 }

@@ -5,7 +5,10 @@ use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::{
-    control::{self, protocol::Request},
+    control::{
+        self,
+        protocol::{exact_network, Request},
+    },
     kernel::loader::XdpModeChoice,
     kernel::pins,
     sip::tracker::LevelName,
@@ -67,6 +70,9 @@ pub enum AllowAction {
     Remove {
         #[arg(value_parser = parse_net)]
         cidr: IpNet,
+        /// Take a network with host bits set as its masked network.
+        #[arg(long)]
+        normalize: bool,
     },
     /// Show the allow list.
     List {
@@ -91,6 +97,9 @@ pub enum DenyAction {
     Remove {
         #[arg(value_parser = parse_net)]
         cidr: IpNet,
+        /// Take a network with host bits set as its masked network.
+        #[arg(long)]
+        normalize: bool,
     },
     /// Show the deny list.
     List {
@@ -109,13 +118,20 @@ impl AllowAction {
                 comment,
             } => (
                 Request::AllowAdd {
-                    cidr: network_to_add(cidr, normalize)?,
+                    cidr: network(cidr, normalize)?,
                     services,
                     comment,
+                    normalize,
                 },
                 None,
             ),
-            AllowAction::Remove { cidr } => (Request::AllowRemove { cidr }, None),
+            AllowAction::Remove { cidr, normalize } => (
+                Request::AllowRemove {
+                    cidr: network(cidr, normalize)?,
+                    normalize,
+                },
+                None,
+            ),
             AllowAction::List { json } => (Request::AllowList, Some(json)),
         })
     }
@@ -129,25 +145,30 @@ impl DenyAction {
                 normalize,
                 comment,
             } => {
-                let cidr = network_to_add(cidr, normalize)?;
-                (Request::DenyAdd { cidr, comment }, None)
+                let cidr = network(cidr, normalize)?;
+                let request = Request::DenyAdd {
+                    cidr,
+                    comment,
+                    normalize,
+                };
+                (request, None)
             }
-            DenyAction::Remove { cidr } => (Request::DenyRemove { cidr }, None),
+            DenyAction::Remove { cidr, normalize } => (
+                Request::DenyRemove {
+                    cidr: network(cidr, normalize)?,
+                    normalize,
+                },
+                None,
+            ),
             DenyAction::List { json } => (Request::DenyList, Some(json)),
         })
     }
 }
 
-/// A network to add: one with host bits set is refused, naming the masked
-/// network (as iproute2 does), unless `--normalize` asks for that network.
-pub fn network_to_add(cidr: IpNet, normalize: bool) -> Result<IpNet, String> {
-    let masked = cidr.trunc();
-    if masked == cidr || normalize {
-        return Ok(masked);
-    }
-    Err(format!(
-        "{cidr} has host bits set; the network is {masked} (give that, or add --normalize)"
-    ))
+/// A network to add or remove, checked before the daemon is asked (it
+/// checks again): host bits refused unless `--normalize`.
+fn network(cidr: IpNet, normalize: bool) -> Result<IpNet, String> {
+    exact_network(cidr, normalize).map_err(|e| e.to_string())
 }
 
 /// How long a manual ban lasts.

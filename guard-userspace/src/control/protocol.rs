@@ -38,17 +38,27 @@ pub enum Request {
         /// Service names, "all" or "other"; empty means "all".
         services: Vec<String>,
         comment: Option<String>,
+        /// Take a network with host bits set as its masked network
+        /// (without it, such a network is refused: see [`exact_network`]).
+        #[serde(default)]
+        normalize: bool,
     },
     AllowRemove {
         cidr: IpNet,
+        #[serde(default)]
+        normalize: bool,
     },
     AllowList,
     DenyAdd {
         cidr: IpNet,
         comment: Option<String>,
+        #[serde(default)]
+        normalize: bool,
     },
     DenyRemove {
         cidr: IpNet,
+        #[serde(default)]
+        normalize: bool,
     },
     DenyList,
     Explain {
@@ -67,6 +77,27 @@ pub enum Request {
     },
     /// Keep the change that `apply --confirm` made.
     Confirm,
+}
+
+/// A network given with host bits set (10.98.0.77/24): refused, naming the
+/// masked network, as iproute2 does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{given} has host bits set; the network is {masked} (give that, or add --normalize)")]
+pub struct HostBits {
+    pub given: IpNet,
+    pub masked: IpNet,
+}
+
+/// The network a list request names, in its one canonical form (host bits
+/// clear): as given, or masked when `normalize` asks for that; a network
+/// with host bits is otherwise refused. The CLI and the daemon both check.
+pub fn exact_network(given: IpNet, normalize: bool) -> Result<IpNet, HostBits> {
+    let masked = given.trunc();
+    if masked == given || normalize {
+        Ok(masked)
+    } else {
+        Err(HostBits { given, masked })
+    }
 }
 
 /// A request with what the safety check needs from the CLI.

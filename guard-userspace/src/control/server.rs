@@ -9,7 +9,9 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::protocol::{ControlError, Envelope, ErrorKind, Reply, Request, Response, MAX_REQUEST};
+use super::protocol::{
+    exact_network, ControlError, Envelope, ErrorKind, Reply, Request, Response, MAX_REQUEST,
+};
 use crate::{
     kernel::maps::NetList,
     listen::{self, CONTROL_CONNECTIONS},
@@ -137,6 +139,13 @@ pub async fn reload_on_signal(runtime: &Arc<Runtime>) {
     }
 }
 
+/// A list request's network, refused (nothing changes) if it has host bits
+/// and the request did not ask for the masked network.
+fn exact(cidr: ipnet::IpNet, normalize: bool) -> Result<ipnet::IpNet, ControlError> {
+    exact_network(cidr, normalize)
+        .map_err(|e| ControlError::new(ErrorKind::BadRequest, e.to_string()))
+}
+
 /// Runs one request against the runtime.
 pub async fn dispatch(runtime: &Arc<Runtime>, envelope: Envelope) -> Response {
     let Envelope {
@@ -165,27 +174,34 @@ pub async fn dispatch(runtime: &Arc<Runtime>, envelope: Envelope) -> Response {
             cidr,
             services,
             comment,
+            normalize,
         } => {
             let entry = NewEntry {
-                cidr,
+                cidr: exact(cidr, normalize)?,
                 services,
                 comment,
             };
             Reply::ListChanged(runtime.list_add(NetList::Allow, entry, &lockout).await?)
         }
-        Request::AllowRemove { cidr } => {
+        Request::AllowRemove { cidr, normalize } => {
+            let cidr = exact(cidr, normalize)?;
             Reply::ListChanged(runtime.list_remove(NetList::Allow, cidr, &lockout).await?)
         }
         Request::AllowList => Reply::List(runtime.list(NetList::Allow).await),
-        Request::DenyAdd { cidr, comment } => {
+        Request::DenyAdd {
+            cidr,
+            comment,
+            normalize,
+        } => {
             let entry = NewEntry {
-                cidr,
+                cidr: exact(cidr, normalize)?,
                 services: Vec::new(),
                 comment,
             };
             Reply::ListChanged(runtime.list_add(NetList::Deny, entry, &lockout).await?)
         }
-        Request::DenyRemove { cidr } => {
+        Request::DenyRemove { cidr, normalize } => {
+            let cidr = exact(cidr, normalize)?;
             Reply::ListChanged(runtime.list_remove(NetList::Deny, cidr, &lockout).await?)
         }
         Request::DenyList => Reply::List(runtime.list(NetList::Deny).await),

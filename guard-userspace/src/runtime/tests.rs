@@ -628,3 +628,86 @@ async fn fleet_bans_spare_allowed_networks_and_local_bans() {
         (BanReason::Manual as u16, NO_RULE, BAN_FOREVER)
     );
 }
+
+/// Over the control protocol, a network with host bits is refused naming
+/// the masked network, unless the request asks for `normalize`; what is
+/// stored and removed is the one canonical form.
+#[tokio::test]
+async fn control_requests_with_host_bits_are_refused_unless_normalized() {
+    use crate::control::{
+        protocol::{Envelope, ErrorKind, Reply, Request},
+        server::dispatch,
+    };
+    let s = Site::new("hostbits", POLICY);
+    let call = |request: Request| {
+        let envelope = Envelope {
+            request,
+            force: false,
+            session: None,
+        };
+        dispatch(&s.runtime, envelope)
+    };
+    let given = || "10.98.0.77/24".parse().unwrap();
+    let add = |normalize| Request::DenyAdd {
+        cidr: given(),
+        comment: None,
+        normalize,
+    };
+    let remove = |normalize| Request::DenyRemove {
+        cidr: given(),
+        normalize,
+    };
+    for request in [
+        add(false),
+        remove(false),
+        Request::AllowAdd {
+            cidr: given(),
+            services: Vec::new(),
+            comment: None,
+            normalize: false,
+        },
+        Request::AllowRemove {
+            cidr: given(),
+            normalize: false,
+        },
+    ] {
+        let refused = call(request.clone()).await.unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::BadRequest, "{request:?}");
+        assert_eq!(
+            refused.message,
+            "10.98.0.77/24 has host bits set; the network is 10.98.0.0/24 \
+             (give that, or add --normalize)"
+        );
+    }
+    assert_eq!(
+        s.kernel_nets(NetList::Deny),
+        ["203.0.113.0/24"],
+        "nothing changed"
+    );
+
+    let Reply::ListChanged(added) = call(add(true)).await.unwrap() else {
+        panic!("not a list change");
+    };
+    assert_eq!(added.cidr, "10.98.0.0/24");
+    let stored: Vec<String> = s
+        .runtime
+        .list(NetList::Deny)
+        .await
+        .into_iter()
+        .map(|e| e.cidr)
+        .collect();
+    assert!(stored.contains(&"10.98.0.0/24".to_string()), "{stored:?}");
+    assert!(s
+        .kernel_nets(NetList::Deny)
+        .contains(&"10.98.0.0/24".to_string()));
+    // The canonical form, given exactly, removes it.
+    let exact = Request::DenyRemove {
+        cidr: "10.98.0.0/24".parse().unwrap(),
+        normalize: false,
+    };
+    assert!(call(exact).await.is_ok());
+    assert_eq!(s.kernel_nets(NetList::Deny), ["203.0.113.0/24"]);
+    assert!(call(add(true)).await.is_ok());
+    assert!(call(remove(true)).await.is_ok(), "normalized removal");
+    assert_eq!(s.kernel_nets(NetList::Deny), ["203.0.113.0/24"]);
+}
