@@ -593,10 +593,29 @@ fn verdict_table_in_the_kernel() {
 
 // ---- The property test: random policies and packets, host against kernel.
 
-/// Worlds (random policies) and packets per world: 100,000 comparisons.
-/// A world costs one policy switch; a packet a handful of syscalls.
-const WORLDS: u32 = 25;
+/// Packets per world (random policy); CI's run is [`CI_PACKETS`] packets,
+/// 25 worlds. A world costs one policy switch; a packet a handful of syscalls.
 const PACKETS_PER_WORLD: usize = 4000;
+const CI_PACKETS: u64 = 100_000;
+/// The packets to compare, for a long run: `SIPGUARD_VERDICT_PACKETS=1000000
+/// cargo xtask test --test verdict_table host_and_kernel` (250 worlds).
+const PACKETS_VAR: &str = "SIPGUARD_VERDICT_PACKETS";
+
+/// The packets asked for (at least CI's), and the worlds that take them.
+fn reach() -> (u64, u32) {
+    let packets = match std::env::var(PACKETS_VAR) {
+        Ok(text) => text
+            .trim()
+            .replace('_', "")
+            .parse::<u64>()
+            .unwrap_or_else(|e| panic!("{PACKETS_VAR}={text:?}: {e}")),
+        Err(_) => CI_PACKETS,
+    }
+    .max(CI_PACKETS);
+    let worlds = packets.div_ceil(PACKETS_PER_WORLD as u64);
+    let worlds = u32::try_from(worlds).unwrap_or_else(|_| panic!("{PACKETS_VAR}: too many"));
+    (packets, worlds)
+}
 
 /// Few ports, sources and networks, so that lists, services and rules
 /// overlap often and rate limits (1..=5 packets) are reached.
@@ -862,10 +881,12 @@ fn compare(
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn host_and_kernel_agree_on_random_policies() {
+    let (packets, worlds) = reach();
+    let started = std::time::Instant::now();
     let harness = RefCell::new(Harness::new(""));
     let tally = RefCell::new([0u64; Reason::COUNT]);
     let mut runner = TestRunner::new(RunnerConfig {
-        cases: WORLDS,
+        cases: worlds,
         failure_persistence: None,
         // Shrinking re-runs worlds; a few steps make the failure readable.
         max_shrink_iters: 64,
@@ -883,13 +904,16 @@ fn host_and_kernel_agree_on_random_policies() {
         .iter()
         .map(|r| format!("{} {}", r.name(), tally[*r as usize]))
         .collect();
+    // The time is for the record (FUZZING.md), not asserted.
     eprintln!(
-        "host and kernel agree on {compared} packets in {WORLDS} random policies: {}",
+        "host and kernel agree on {compared} packets in {worlds} random policies \
+         ({:.0} s): {}",
+        started.elapsed().as_secs_f64(),
         by_reason.join(", ")
     );
     assert!(
-        compared >= 100_000,
-        "only {compared} packets compared: the test lost its reach"
+        compared >= packets,
+        "only {compared} of {packets} packets compared: the test lost its reach"
     );
     // Every reason a policy decides must come up, or the test lost its reach.
     // (Scanner needs a SIP request read in the kernel, which the host judge
