@@ -299,7 +299,11 @@ impl StateDir {
         if written.is_err() {
             self.save_failures.inc();
         }
-        written.with_context(|| format!("appending to {}", path.display()))
+        written.map_err(|cause| StateError::Io {
+            what: "appending to",
+            path,
+            cause,
+        })
     }
 
     /// Empties the journal: `bans.json` was just written with all it held.
@@ -394,7 +398,11 @@ impl StateDir {
             return match std::fs::remove_file(&file) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     self.save_failures.inc();
-                    Err(e).with_context(|| format!("removing {}", file.display()))
+                    Err(StateError::Io {
+                        what: "removing",
+                        path: file,
+                        cause: e,
+                    })
                 }
                 _ => Ok(()),
             };
