@@ -3,16 +3,12 @@
 use std::net::IpAddr;
 
 use guard_common::{
-    port_index, rate::slot_width_ns, service_bit, AccessMode, L4Proto, PortClass, RateRule,
-    ServicePolicy, Settings, ALLOW_ALL, MAX_RATE_RULES, PORT_SIP_WATCH, RULE_SYN_ONLY,
-    SERVICE_SLOTS, UNCLASSIFIED_BIT,
+    port_index, rate::slot_width_ns, AccessMode, L4Proto, PortClass, RateRule, ServicePolicy,
+    Settings, MAX_RATE_RULES, PORT_SIP_WATCH, RULE_SYN_ONLY, SERVICE_SLOTS,
 };
 use ipnet::IpNet;
 
-use crate::policy::{
-    config::{Config, ALL, OTHER},
-    scanners::SipScannersSection,
-};
+use crate::policy::{config::Config, scanners::SipScannersSection};
 
 /// Everything the kernel needs to enforce a configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,16 +71,11 @@ impl CompiledPolicy {
         }
 
         let service_names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+        // Masks resolved when the config was read.
         let allow = config
             .allow
             .iter()
-            // Validation has refused unknown service names already.
-            .map(|entry| {
-                (
-                    entry.cidr.trunc(),
-                    allow_mask(&service_names, &entry.services).unwrap_or(0),
-                )
-            })
+            .map(|entry| (entry.cidr.trunc(), entry.mask))
             .collect();
 
         CompiledPolicy {
@@ -167,22 +158,6 @@ impl CompiledPolicy {
     }
 }
 
-/// The allow-list mask of `names` ("all", "other" or service names; service
-/// ids follow `service_names`). An unknown name is the error.
-pub fn allow_mask(service_names: &[String], names: &[String]) -> Result<u32, String> {
-    names.iter().try_fold(0u32, |mask, name| {
-        let bits = match name.as_str() {
-            ALL => ALLOW_ALL,
-            OTHER => UNCLASSIFIED_BIT,
-            service => match service_names.iter().position(|n| n == service) {
-                Some(i) => service_bit(i as u8 + 1),
-                None => return Err(name.clone()),
-            },
-        };
-        Ok(mask | bits)
-    })
-}
-
 /// Address bytes in network order, as the LPM tries and `SourceKey` hold them.
 pub fn ip_octets(ip: IpAddr) -> Vec<u8> {
     match ip {
@@ -193,7 +168,9 @@ pub fn ip_octets(ip: IpAddr) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use guard_common::{DefaultPolicy, L4Proto, NO_SERVICE};
+    use guard_common::{
+        service_bit, DefaultPolicy, L4Proto, ALLOW_ALL, NO_SERVICE, UNCLASSIFIED_BIT,
+    };
 
     use super::*;
 

@@ -3,7 +3,8 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use guard_common::{
-    rate::MAX_RATE_LIMIT, AccessMode, MAX_RATE_RULES, MAX_RULES_PER_PORT, MAX_SERVICES,
+    rate::MAX_RATE_LIMIT, service_bit, AccessMode, ALLOW_ALL, MAX_RATE_RULES, MAX_RULES_PER_PORT,
+    MAX_SERVICES, UNCLASSIFIED_BIT,
 };
 
 use crate::sip::tracker::{AuthPolicy, LevelName};
@@ -273,6 +274,10 @@ pub struct AllowEntry {
     pub services: Vec<String>,
     #[serde(default)]
     pub comment: String,
+    /// `services` resolved against the service table when the config is
+    /// read (see [`AllowedService`]): what the kernel's allow trie holds.
+    #[serde(skip)]
+    pub mask: u32,
 }
 
 fn all_services() -> Vec<String> {
@@ -283,6 +288,53 @@ fn all_services() -> Vec<String> {
 pub const ALL: &str = "all";
 /// Allow-list keyword for traffic that matches no service.
 pub const OTHER: &str = "other";
+
+/// One word of an allow entry's `services`, resolved against a service
+/// table once, when the config or a runtime change is read. Names are the
+/// entries' identity (a reload may renumber services); ids are what the
+/// kernel holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowedService {
+    /// `all`: every service and traffic that matches none.
+    All,
+    /// `other`: traffic that matches no service.
+    Other,
+    /// A service by its id (from 1, as the kernel numbers them).
+    Id(u8),
+}
+
+impl AllowedService {
+    /// `word` against the service names in id order; None if unknown.
+    pub fn parse(word: &str, service_names: &[String]) -> Option<AllowedService> {
+        match word {
+            ALL => Some(AllowedService::All),
+            OTHER => Some(AllowedService::Other),
+            name => service_names
+                .iter()
+                .position(|n| n == name)
+                .map(|i| AllowedService::Id(i as u8 + 1)),
+        }
+    }
+
+    /// Its bits in an allow entry's mask.
+    pub fn bits(self) -> u32 {
+        match self {
+            AllowedService::All => ALLOW_ALL,
+            AllowedService::Other => UNCLASSIFIED_BIT,
+            AllowedService::Id(id) => service_bit(id),
+        }
+    }
+}
+
+/// The allow mask of `words` against the service names in id order; the
+/// first unknown word is the error.
+pub fn allow_mask(service_names: &[String], words: &[String]) -> Result<u32, String> {
+    words.iter().try_fold(0u32, |mask, word| {
+        AllowedService::parse(word, service_names)
+            .map(|service| mask | service.bits())
+            .ok_or_else(|| word.clone())
+    })
+}
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -488,7 +540,17 @@ impl Config {
             key,
             reason,
         })?;
-        Ok(config)
+        Ok(config.with_allow_masks())
+    }
+
+    /// Resolves each allow entry's services into its mask, once; validation
+    /// has refused unknown names already.
+    fn with_allow_masks(mut self) -> Config {
+        let names: Vec<String> = self.services().into_iter().map(|s| s.name).collect();
+        for entry in &mut self.allow {
+            entry.mask = allow_mask(&names, &entry.services).unwrap_or(0);
+        }
+        self
     }
 
     /// The merged service table: built-ins with overrides, then new services,
@@ -576,12 +638,12 @@ impl Config {
             }
         }
 
-        let known = |s: &str| s == ALL || s == OTHER || services.iter().any(|sv| sv.name == s);
+        let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
         for (i, entry) in self.allow.iter().enumerate() {
             if entry.services.is_empty() {
                 return Err((format!("allow[{i}].services"), "empty list".into()));
             }
-            if let Some(bad) = entry.services.iter().find(|s| !known(s)) {
+            if let Err(bad) = allow_mask(&names, &entry.services) {
                 return Err((
                     format!("allow[{i}].services"),
                     format!("unknown service {bad:?}"),
@@ -867,6 +929,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml")
+    }
+
+    #[test]
+    fn allow_services_are_resolved_once_when_the_config_is_read() {
+        let c = parse(
+            "[[allow]]\ncidr = \"10.0.0.0/8\"\nservices = [\"sip\", \"other\"]\n\
+             [[allow]]\ncidr = \"10.1.0.0/16\"\n",
+        )
+        .unwrap();
+        let names: Vec<String> = c.services().into_iter().map(|s| s.name).collect();
+        let sip = AllowedService::parse("sip", &names).unwrap();
+        assert_eq!(sip, AllowedService::Id(1));
+        assert_eq!(c.allow[0].mask, sip.bits() | UNCLASSIFIED_BIT);
+        assert_eq!(c.allow[1].mask, ALLOW_ALL, "all by default");
+        assert_eq!(AllowedService::parse("fax", &names), None);
+        assert_eq!(
+            allow_mask(&names, &["web".into(), "fax".into()]),
+            Err("fax".to_string())
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use tracing::warn;
 
 use crate::{
     kernel::maps::NetList,
-    policy::compile::{allow_mask, CompiledPolicy},
     policy::config::{AllowEntry, Config, ConfigError, DefaultPolicy, DenyEntry, BUILTIN_SOURCE},
+    policy::{compile::CompiledPolicy, config::allow_mask},
     sip::tracker::LevelName,
 };
 
@@ -359,6 +359,9 @@ impl LivePolicy {
                 cidr: *net,
                 services: entry.services.clone(),
                 comment: entry.comment.clone(),
+                // Names resolved against this config's services (a reload
+                // may renumber them); unknown ones were dropped above.
+                mask: allow_mask(&names, &entry.services).unwrap_or(0),
             })
             .collect();
         effective.deny = lists

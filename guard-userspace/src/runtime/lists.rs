@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     kernel::{maps::NetList, store::MapStore},
-    policy::compile::allow_mask,
+    policy::config::allow_mask,
     policy::config::ALL,
     policy::live::{ListEntry, LivePolicy},
     state::ListChanges,
