@@ -12,7 +12,7 @@ fn every_benchmark_produces_its_rows() {
         std::env::var_os("SIPGUARD_BASELINE_OBJECT")
             .expect("SIPGUARD_BASELINE_OBJECT (set by cargo xtask test)"),
     );
-    let mut results = bench::run_all(&baseline, None, Effort::SMOKE).unwrap();
+    let mut results = bench::run_all(&baseline, None, None, Effort::SMOKE).unwrap();
     assert_eq!(results.paths.len(), paths::paths().len());
     assert!(
         results.xdp_filter.is_ok(),
@@ -53,7 +53,33 @@ fn every_benchmark_produces_its_rows() {
         "At the default sizes",
         "Failure-to-ban latency",
         "Ban events",
+        "## 1b. Against a previous build\n\nNot measured in this run",
     ] {
         assert!(text.contains(row), "no {row:?} in the report:\n{text}");
     }
+}
+
+/// `--previous`: an earlier build's object timed path by path beside this
+/// one. Here the earlier build is this build's own object, loaded apart:
+/// every path must give the same verdict on it, and the report its rows.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_previous_build_is_timed_path_by_path() {
+    let baseline = PathBuf::from(
+        std::env::var_os("SIPGUARD_BASELINE_OBJECT")
+            .expect("SIPGUARD_BASELINE_OBJECT (set by cargo xtask test)"),
+    );
+    let object = PathBuf::from(
+        std::env::var_os("SIPGUARD_EBPF_OBJECT")
+            .expect("SIPGUARD_EBPF_OBJECT (set by cargo xtask test)"),
+    );
+    let baseline = bench::load_baseline(&baseline, 0).unwrap();
+    let measured = paths::per_path(&baseline, Some(&object), Effort::SMOKE).unwrap();
+    let versus = measured.versus.expect("the previous build's rows");
+    // All but the SIP reader's path, which runs on a harness of its own.
+    assert_eq!(versus.len(), paths::paths().len() - 1);
+    assert!(versus
+        .iter()
+        .all(|v| v.theirs.median > 0.0 && v.ratio.median > 0.0));
+    assert!(!versus.iter().any(|v| v.name == paths::SIP_REGISTER_READ));
 }

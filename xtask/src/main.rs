@@ -37,6 +37,13 @@ enum Task {
         /// CI's short version: tiny repeat counts, output to target/.
         #[arg(long)]
         smoke: bool,
+        /// An earlier build's XDP object: every verdict path is timed on it
+        /// too, in the same rounds, and compared (BENCHMARKS.md section 1b).
+        #[arg(long)]
+        previous: Option<PathBuf>,
+        /// What the report calls the earlier build (a commit, say).
+        #[arg(long, requires = "previous")]
+        previous_name: Option<String>,
     },
     /// Build the Debian package (target/debian/sipguard_VERSION_ARCH.deb).
     Deb,
@@ -54,7 +61,11 @@ fn main() {
         Task::Build => build_all(Profile::Release).map(|_| ()),
         Task::Test { args } => test(&args),
         Task::Run { args } => run(&args),
-        Task::Bench { smoke } => bench(smoke),
+        Task::Bench {
+            smoke,
+            previous,
+            previous_name,
+        } => bench(smoke, previous.as_deref(), previous_name.as_deref()),
         Task::Deb => deb::deb().map(|_| ()),
     };
     if let Err(e) = result {
@@ -237,7 +248,7 @@ fn test(extra: &[String]) -> Result<()> {
     check(&mut command).context("tests failed")
 }
 
-fn bench(smoke: bool) -> Result<()> {
+fn bench(smoke: bool, previous: Option<&Path>, previous_name: Option<&str>) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load XDP programs and create namespaces: run as root");
     }
@@ -290,6 +301,15 @@ fn bench(smoke: bool) -> Result<()> {
         .env("SIPGUARD_BIN", &sipguard);
     if smoke {
         runner.arg("--smoke");
+    }
+    if let Some(previous) = previous {
+        // The runner is started from the workspace root.
+        let previous = std::fs::canonicalize(previous)
+            .with_context(|| format!("the previous build {}", previous.display()))?;
+        runner.arg("--previous").arg(previous);
+    }
+    if let Some(name) = previous_name {
+        runner.arg("--previous-name").arg(name);
     }
     check(&mut runner).context("the benchmarks")?;
     println!("xtask: wrote {}", output.display());

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod live;
 pub mod memory;
 pub mod paths;
+pub mod previous;
 pub mod report;
 
 use std::time::Instant;
@@ -137,15 +138,23 @@ pub fn xdp<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a Xdp> {
 }
 
 /// Runs every benchmark at `effort` and gathers the report's inputs.
-/// `criterion` is where `cargo bench` left the parser figures (if it ran).
+/// `criterion` is where `cargo bench` left the parser figures (if it ran);
+/// `previous`, an earlier build's XDP object timed path by path beside this one.
 pub fn run_all(
     baseline_path: &std::path::Path,
     criterion: Option<&std::path::Path>,
+    previous: Option<&report::Previous>,
     effort: Effort,
 ) -> Result<report::Results> {
     let baseline = load_baseline(baseline_path, 0)?;
     eprintln!("bench: per-path costs");
-    let (paths, bare_drop, bare_pass) = paths::per_path(&baseline, effort)?;
+    let paths::PerPath {
+        paths,
+        bare_drop,
+        bare_pass,
+        versus,
+    } = paths::per_path(&baseline, previous.map(|p| p.object.as_path()), effort)?;
+    let versus = previous.cloned().zip(versus);
     let crossing = paths::crossing(&baseline, effort)?;
     let xdp_filter = paths::xdp_filter_reference(&baseline, effort).map_err(|e| format!("{e:#}"));
     eprintln!("bench: scaling to {} entries", effort.scale_sizes[2]);
@@ -163,6 +172,7 @@ pub fn run_all(
         bare_drop,
         bare_pass,
         paths,
+        versus,
         crossing,
         xdp_filter,
         scaling,

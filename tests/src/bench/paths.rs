@@ -179,12 +179,18 @@ fn key(text: &str) -> SourceKey {
     }
 }
 
+/// The bench's two bans: one in force, one expired.
+fn bench_bans() -> [(SourceKey, BanEntry); 2] {
+    [(key(BANNED), ban(BAN_FOREVER)), (key(EXPIRED), ban(1))]
+}
+
 /// A harness with the bench policy, the banned and expired-ban sources in place.
 pub fn bench_harness(max_bans: u32, max_cidrs: u32, max_tracked: u32) -> Result<Harness> {
     let mut h = Harness::try_new(&policy(max_bans, max_cidrs, max_tracked))?;
     let maps = h.guard.maps_mut();
-    maps.insert_ban(key(BANNED), ban(BAN_FOREVER))?;
-    maps.insert_ban(key(EXPIRED), ban(1))?;
+    for (key, entry) in bench_bans() {
+        maps.insert_ban(key, entry)?;
+    }
     Ok(h)
 }
 
@@ -197,9 +203,39 @@ pub struct PathResult {
     pub ratio: Stats,
 }
 
-/// Measures every path and both baselines round-robin, `effort.runs` times.
-pub fn per_path(baseline: &aya::Ebpf, effort: Effort) -> Result<(Vec<PathResult>, Stats, Stats)> {
+/// One path timed in this build and in an earlier one (`--previous`), in
+/// the same rounds: each measurement of ours is followed by one of theirs.
+pub struct VersusResult {
+    pub name: &'static str,
+    pub ours: Stats,
+    pub theirs: Stats,
+    /// Ours over theirs, per round: above 1, this build is slower.
+    pub ratio: Stats,
+}
+
+/// The per-path table, and the earlier build's paths when one was given.
+pub struct PerPath {
+    pub paths: Vec<PathResult>,
+    pub bare_drop: Stats,
+    pub bare_pass: Stats,
+    pub versus: Option<Vec<VersusResult>>,
+}
+
+/// Measures every path and both baselines round-robin, `effort.runs` times;
+/// with `previous` (an earlier build's object), each path of it right
+/// after ours, with the same policy and bans. The SIP reader's path is
+/// left out of the comparison when the earlier build has no reader.
+pub fn per_path(
+    baseline: &aya::Ebpf,
+    previous: Option<&std::path::Path>,
+    effort: Effort,
+) -> Result<PerPath> {
     let mut h = bench_harness(65_536, 65_536, 100_000)?;
+    let previous = previous
+        .map(|object| {
+            super::previous::Previous::load(object, &h.policy, &bench_bans(), 65_536, 100_000)
+        })
+        .transpose()?;
     // The SIP reader is off by default; its path runs with it on.
     let reader_policy = format!(
         "{}\n[sip_scanners]\nenabled = true\n",
@@ -214,6 +250,8 @@ pub fn per_path(baseline: &aya::Ebpf, effort: Effort) -> Result<(Vec<PathResult>
     let mut pass_ns = Vec::new();
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut versus: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     let mut measurement = 0;
     for _ in 0..effort.runs {
         let (d, _) = ns_per_packet(bare_drop, &frame, effort.repeat)?;
@@ -236,8 +274,33 @@ pub fn per_path(baseline: &aya::Ebpf, effort: Effort) -> Result<(Vec<PathResult>
             );
             samples[i].push(ns);
             ratios[i].push(ns / if path.action == XDP_DROP { d } else { p });
+            if let Some(previous) = previous.as_ref().filter(|_| path.name != SIP_REGISTER_READ) {
+                let frame = frame_for(path, &mut measurement);
+                let (old, action) = ns_per_packet(previous.program()?, &frame, effort.repeat)?;
+                ensure!(
+                    action == path.action,
+                    "{} in the previous build: action {action}, expected {}",
+                    path.name,
+                    path.action
+                );
+                theirs[i].push(old);
+                versus[i].push(ns / old);
+            }
         }
     }
+    let versus = previous.map(|_| {
+        paths
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !theirs[*i].is_empty())
+            .map(|(i, path)| VersusResult {
+                name: path.name,
+                ours: Stats::of(&samples[i]),
+                theirs: Stats::of(&theirs[i]),
+                ratio: Stats::of(&versus[i]),
+            })
+            .collect()
+    });
     let results = paths
         .iter()
         .enumerate()
@@ -248,7 +311,12 @@ pub fn per_path(baseline: &aya::Ebpf, effort: Effort) -> Result<(Vec<PathResult>
             ratio: Stats::of(&ratios[i]),
         })
         .collect();
-    Ok((results, Stats::of(&drop_ns), Stats::of(&pass_ns)))
+    Ok(PerPath {
+        paths: results,
+        bare_drop: Stats::of(&drop_ns),
+        bare_pass: Stats::of(&pass_ns),
+        versus,
+    })
 }
 
 /// The packet that crosses a rate limit: it inserts the ban and sends the

@@ -4,8 +4,19 @@ use std::{fmt::Write as _, fs};
 use super::paths::{SIP_REGISTER, SIP_REGISTER_READ, SIP_UNDER_LIMIT};
 use super::{
     controller::EventRates, live::LiveResult, paths::PathResult, paths::ScaleMemory,
-    paths::ScaleResult, Effort, Stats,
+    paths::ScaleResult, paths::VersusResult, Effort, Stats,
 };
+
+/// An earlier build of the XDP program to time beside this one.
+#[derive(Clone, Debug)]
+pub struct Previous {
+    pub object: std::path::PathBuf,
+    /// What the report calls it (a commit, say).
+    pub name: String,
+}
+
+/// The most this build may be slower than the previous one on any path.
+pub const MAX_SLOWDOWN: f64 = 1.05;
 use crate::XDP_DROP;
 
 /// Criterion's median for the corpus benchmark, as messages per second.
@@ -42,6 +53,8 @@ pub struct Results {
     pub bare_drop: Stats,
     pub bare_pass: Stats,
     pub paths: Vec<PathResult>,
+    /// Each path against the previous build's, when one was given.
+    pub versus: Option<(Previous, Vec<VersusResult>)>,
     pub crossing: (Stats, Stats),
     /// xdp-filter's deny hit in the same framing: (ns, ratio to bare XDP_DROP).
     pub xdp_filter: Result<(Stats, Stats), String>,
@@ -247,10 +260,11 @@ pub fn render(r: &Results) -> String {
     let p99 = Stats::quantile(&r.latency_us, 0.99);
     let _ = writeln!(
         out,
-        "| failure-to-ban p99 < 5 ms | {} us | {} |\n",
+        "| failure-to-ban p99 < 5 ms | {} us | {} |",
         f(p99),
         verdict(p99 < 5000.0)
     );
+    let _ = writeln!(out, "{}", slowdown_target(r));
 
     let _ = writeln!(out, "{}", missed_targets(r));
     let _ = writeln!(
@@ -307,6 +321,7 @@ pub fn render(r: &Results) -> String {
         range(&r.crossing.1)
     );
 
+    let _ = writeln!(out, "{}", versus_section(r));
     let _ = writeln!(
         out,
         "## 2. Scaling\n\nThe same paths with the ban map, the IPv4 deny trie and the rate state \
@@ -550,4 +565,79 @@ fn missed_targets(r: &Results) -> String {
 
 fn pct(ratio: f64) -> String {
     format!("{:.0}%", ratio * 100.0)
+}
+
+/// The worst path against the previous build: (name, median ratio).
+fn worst_versus(rows: &[VersusResult]) -> Option<(&'static str, f64)> {
+    rows.iter()
+        .map(|v| (v.name, v.ratio.median))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// The targets table's row for "no path slower than the previous build".
+fn slowdown_target(r: &Results) -> String {
+    let target = format!(
+        "no verdict path more than {:.0}% slower than the previous build",
+        (MAX_SLOWDOWN - 1.0) * 100.0
+    );
+    match &r.versus {
+        Some((previous, rows)) => match worst_versus(rows) {
+            Some((name, worst)) => format!(
+                "| {target} ({}), same rounds | worst {}x ({name}) | {} |\n",
+                previous.name,
+                f(worst),
+                verdict(worst <= MAX_SLOWDOWN)
+            ),
+            None => format!("| {target} | no path measured | **not met** |\n"),
+        },
+        None => format!(
+            "| {target} | not measured in this run (`cargo xtask bench --previous OBJECT`) | (not measured) |\n"
+        ),
+    }
+}
+
+/// Section 1b: every path of this build against the previous one's.
+fn versus_section(r: &Results) -> String {
+    let mut out = String::new();
+    let Some((previous, rows)) = &r.versus else {
+        let _ = writeln!(
+            out,
+            "## 1b. Against a previous build\n\nNot measured in this run: `cargo xtask bench \
+             --previous OBJECT --previous-name NAME` times an earlier build's XDP object path by \
+             path in the same rounds.\n"
+        );
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "## 1b. Against the previous build ({})\n\nThe previous build's XDP object ({}) loaded \
+         beside this one with the same policy and bans, and each path timed on it right after \
+         this build's, in the same rounds, {} times; the ratio is this build over the previous, \
+         per round (above 1: this build is slower). Both objects were built with the same \
+         toolchain on this machine. Paths the previous build does not have are left out.\n",
+        previous.name,
+        previous.object.display(),
+        r.effort.runs
+    );
+    let _ = writeln!(
+        out,
+        "| path | this build, ns | previous build, ns | this / previous | within {:.0}% |\n| --- | --- | --- | --- | --- |",
+        (MAX_SLOWDOWN - 1.0) * 100.0
+    );
+    for v in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            v.name,
+            range(&v.ours),
+            range(&v.theirs),
+            range(&v.ratio),
+            if v.ratio.median <= MAX_SLOWDOWN {
+                "yes"
+            } else {
+                "**no**"
+            }
+        );
+    }
+    out
 }

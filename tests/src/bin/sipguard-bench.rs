@@ -1,6 +1,10 @@
 //! The benchmark runner behind `cargo xtask bench` (root). Writes BENCHMARKS.md.
 //!
 //! sipguard-bench --baseline OBJECT --output FILE [--criterion DIR] [--smoke]
+//!                [--previous OBJECT [--previous-name NAME]]
+//!
+//! `--previous` times an earlier build's XDP object path by path in the
+//! same rounds as this build's (section 1b and a target row).
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +17,7 @@ struct Args {
     baseline: PathBuf,
     output: PathBuf,
     criterion: Option<PathBuf>,
+    previous: Option<report::Previous>,
     smoke: bool,
 }
 
@@ -21,6 +26,8 @@ fn args() -> Result<Args> {
     let mut output = None;
     let mut criterion = None;
     let mut smoke = false;
+    let mut previous = None;
+    let mut previous_name = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -28,6 +35,8 @@ fn args() -> Result<Args> {
             "--output" => output = it.next().map(PathBuf::from),
             "--criterion" => criterion = it.next().map(PathBuf::from),
             "--smoke" => smoke = true,
+            "--previous" => previous = it.next().map(PathBuf::from),
+            "--previous-name" => previous_name = it.next(),
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -35,6 +44,10 @@ fn args() -> Result<Args> {
         baseline: baseline.context("--baseline OBJECT is required")?,
         output: output.context("--output FILE is required")?,
         criterion,
+        previous: previous.map(|object| report::Previous {
+            name: previous_name.unwrap_or_else(|| object.display().to_string()),
+            object,
+        }),
         smoke,
     })
 }
@@ -49,7 +62,12 @@ fn main() -> Result<()> {
     } else {
         Effort::FULL
     };
-    let results = bench::run_all(&args.baseline, args.criterion.as_deref(), effort)?;
+    let results = bench::run_all(
+        &args.baseline,
+        args.criterion.as_deref(),
+        args.previous.as_ref(),
+        effort,
+    )?;
     let text = report::render(&results);
     std::fs::write(&args.output, &text)
         .with_context(|| format!("writing {}", args.output.display()))?;
