@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up the toolchain, build the XDP program and the
 //! controller, run the tests, run the guard.
 mod deb;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -245,7 +246,12 @@ fn test(extra: &[String]) -> Result<()> {
              run `sudo cargo xtask test` to include them"
         );
     }
-    check(&mut command).context("tests failed")
+    check(&mut command).context("tests failed")?;
+    // A full run as root or in CI also fuzzes each target briefly.
+    if extra.is_empty() && (root || std::env::var_os("CI").is_some()) {
+        fuzz::smoke()?;
+    }
+    Ok(())
 }
 
 fn bench(smoke: bool, previous: Option<&Path>, previous_name: Option<&str>) -> Result<()> {

@@ -264,6 +264,49 @@ fn stop_crowdsec_service() {
     }
 }
 
+/// Runs the fuzz targets (`cargo xtask test`'s fuzz step); pinned like cargo-deb.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Whether rustup has a nightly toolchain (cargo-fuzz's libFuzzer build
+/// needs nightly's sanitizer-coverage flags; rust-src is not needed).
+pub fn have_nightly() -> bool {
+    output("rustup", &["run", "nightly", "rustc", "--version"]).is_some()
+}
+
+fn cargo_fuzz_ok() -> bool {
+    output("cargo", &["fuzz", "--version"])
+        .map(|v| v.contains(CARGO_FUZZ_VERSION))
+        .unwrap_or(false)
+}
+
+/// Installs cargo-fuzz from crates.io unless this version is there.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if cargo_fuzz_ok() {
+        println!("setup: ok: cargo-fuzz {CARGO_FUZZ_VERSION}");
+        return Ok(());
+    }
+    println!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTFLAGS")
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("building cargo-fuzz {CARGO_FUZZ_VERSION} failed");
+    }
+    if !cargo_fuzz_ok() {
+        bail!("cargo-fuzz was installed but `cargo fuzz` does not run (add ~/.cargo/bin to PATH)");
+    }
+    Ok(())
+}
+
 /// Whether everything is in place, without installing anything.
 fn ready() -> Option<BpfToolchain> {
     if !bpf_linker_ok()
