@@ -9,8 +9,20 @@ use crate::{check, clean_cargo, setup, workspace_root};
 
 /// The targets in fuzz/Cargo.toml, each with a seed corpus in fuzz/corpus/.
 pub const TARGETS: &[&str] = &["sip_parse", "config", "control_request", "state_files"];
-/// Per target: four targets and the build stay within about three minutes.
-const SECONDS_PER_TARGET: u32 = 20;
+/// Per target (issue 15 asks for about 30 s each in CI).
+const SECONDS_PER_TARGET: u32 = 30;
+/// The options of every build and run: no sanitizer (the code under test
+/// is safe Rust, and ASan would instrument every dependency for little
+/// gain), debug assertions on (arithmetic overflow is a crash), and 16
+/// codegen units instead of cargo-fuzz's 1, which makes the build from
+/// nothing several times cheaper for somewhat slower runs (FUZZING.md).
+pub const BUILD_FLAGS: &[&str] = &[
+    "--sanitizer",
+    "none",
+    "--debug-assertions",
+    "--codegen-units",
+    "16",
+];
 
 /// Builds and runs every target. Skips, saying so, only when rustup has no
 /// nightly toolchain; any other failure (a crash above all) fails the tests.
@@ -24,11 +36,12 @@ pub fn smoke() -> Result<()> {
     }
     setup::ensure_cargo_fuzz()?;
     let started = Instant::now();
-    // No sanitizer: the code under test is safe Rust, and ASan would
-    // instrument every dependency for little gain; debug assertions catch
-    // arithmetic overflow.
-    check(fuzz_command().args(["build", "--sanitizer", "none", "--debug-assertions"]))
-        .context("building the fuzz targets")?;
+    // One cargo invocation builds the four targets over shared dependencies.
+    check(fuzz_command().arg("build").args(BUILD_FLAGS)).context("building the fuzz targets")?;
+    println!(
+        "xtask: fuzz: targets built in {} s",
+        started.elapsed().as_secs()
+    );
     for target in TARGETS {
         // New finds go to a scratch corpus; the committed seeds are read only.
         let scratch = workspace_root().join("target/fuzz-corpus").join(target);
@@ -37,7 +50,9 @@ pub fn smoke() -> Result<()> {
         let seeds: PathBuf = workspace_root().join("fuzz/corpus").join(target);
         check(
             fuzz_command()
-                .args(["run", "--sanitizer", "none", "--debug-assertions", target])
+                .arg("run")
+                .args(BUILD_FLAGS)
+                .arg(target)
                 .arg(&scratch)
                 .arg(&seeds)
                 .arg("--")

@@ -313,6 +313,7 @@ fn ready() -> Option<BpfToolchain> {
         || !cargo_deb_ok()
         || !missing_packages(TEST_PACKAGES).is_empty()
         || !crowdsec_ready()
+        || (have_nightly() && !cargo_fuzz_ok())
     {
         return None;
     }
@@ -415,6 +416,12 @@ pub fn setup() -> Result<BpfToolchain> {
         }
     }
     ensure_cargo_deb()?;
+    // The fuzz targets (run briefly by `cargo xtask test`) need nightly.
+    if have_nightly() {
+        ensure_cargo_fuzz()?;
+    } else {
+        println!("setup: skipped: cargo-fuzz (no rustup nightly toolchain)");
+    }
     println!("setup: ready");
     Ok(toolchain)
 }
