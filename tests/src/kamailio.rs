@@ -13,7 +13,7 @@ use guard_userspace::{kernel::maps::KernelMaps, sip::parser};
 use md5::{Digest, Md5};
 
 use crate::{
-    daemon::{start_guard, Daemon, TempFile},
+    daemon::{start_guard, Daemon, TempDir, TempFile},
     netns::Link,
 };
 
@@ -33,33 +33,45 @@ pub struct Pbx {
     program_id: u32,
     _config: TempFile,
     pub socket: String,
+    /// Kamailio's runtime directory, removed after it has stopped.
+    _run_dir: TempDir,
+}
+
+/// How Kamailio is started: its config file and the sockets it listens on.
+pub struct KamailioSetup {
+    pub cfg: PathBuf,
+    pub listen: Vec<String>,
+}
+
+impl Default for KamailioSetup {
+    fn default() -> KamailioSetup {
+        KamailioSetup {
+            cfg: peers().join("kamailio.cfg"),
+            listen: vec![format!("udp:{PBX}:5060")],
+        }
+    }
 }
 
 impl Pbx {
     pub fn start(tag: &str, config: &str) -> Pbx {
+        Pbx::start_with(tag, config, KamailioSetup::default())
+    }
+
+    /// Like [`Pbx::start`], with Kamailio's config and sockets given.
+    pub fn start_with(tag: &str, config: &str, setup: KamailioSetup) -> Pbx {
         let link = Link::new(tag, &["10.78.0.2/24", "10.78.0.4/24"], &["10.78.0.1/24"])
             .expect("namespaces and veth");
-        let run_dir =
-            std::env::temp_dir().join(format!("sipguard-kamailio-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&run_dir).unwrap();
-        let kamailio_cfg = peers().join("kamailio.cfg");
+        let run_dir = TempDir::new(&format!("kamailio-{tag}"));
+        let mut args = vec!["-f".to_string(), setup.cfg.display().to_string()];
+        for listen in &setup.listen {
+            args.extend(["-l".to_string(), listen.clone()]);
+        }
+        args.extend(["-DD", "-E", "-n", "1", "-Y"].map(String::from));
+        args.push(run_dir.path().to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = link
             .right
-            .spawn(
-                "kamailio",
-                &[
-                    "-f",
-                    kamailio_cfg.to_str().unwrap(),
-                    "-l",
-                    &format!("udp:{PBX}:5060"),
-                    "-DD",
-                    "-E",
-                    "-n",
-                    "1",
-                    "-Y",
-                    run_dir.to_str().unwrap(),
-                ],
-            )
+            .spawn("kamailio", &args)
             .expect("starting kamailio (apt-get install kamailio)");
         let mut kamailio = Daemon::watch(child);
         kamailio
@@ -88,6 +100,7 @@ impl Pbx {
             program_id,
             _config: config,
             socket,
+            _run_dir: run_dir,
         }
     }
 

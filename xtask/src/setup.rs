@@ -26,7 +26,8 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 /// Packages the tests use: `ip` for namespaces and veth pairs, a real SIP
-/// registrar (Kamailio) and real SIP clients (sipp, sipsak); and what the
+/// registrar (Kamailio, with its TLS module and openssl for a test
+/// certificate) and real SIP clients (sipp, sipsak); and what the
 /// benchmarks compare sipguard with (xdp-filter, nftables, iptables with
 /// ipset), read veth statistics with (ethtool) or pin programs with (bpftool);
 /// Prometheus and its promtool for the alerting rules in dist/; lintian and
@@ -40,6 +41,8 @@ const TEST_PACKAGES: &[&str] = &[
     "kamailio",
     "sip-tester",
     "sipsak",
+    "kamailio-tls-modules",
+    "openssl",
     "xdp-tools",
     "nftables",
     "iptables",
