@@ -305,7 +305,7 @@ fn restored_ipv6_ban_keys_with_host_bits_are_masked_and_enforced() {
         .join(format!("sipguard-v6ban-{}.sock", std::process::id()))
         .display()
         .to_string();
-    let (_guard, _) = start_guard(
+    let (mut guard, _) = start_guard(
         &link.right,
         &link.right_if,
         &config,
@@ -318,4 +318,6 @@ fn restored_ipv6_ban_keys_with_host_bits_are_masked_and_enforced() {
     assert_eq!(sources, ["fd77::/56"], "{rows:?}");
     assert_eq!(delivered(&link, "fd77::5", 5), 0, "the restored ban holds");
     assert_eq!(delivered(&link, "10.77.0.3", 5), 5);
+    // A clean stop removes the control socket.
+    assert!(guard.stop().unwrap().success(), "{}", guard.log());
 }
