@@ -238,6 +238,11 @@ pub enum DefaultPolicy {
     Drop = 1,
 }
 
+/// Default [`Settings::peer_factor`].
+pub const DEFAULT_PEER_FACTOR: u16 = 2;
+/// Default [`Settings::peer_max_multiplier`].
+pub const DEFAULT_PEER_MAX_MULTIPLIER: u16 = 200;
+
 /// Global knobs, in a one-slot array so they change at run time without reloading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,7 +255,11 @@ pub struct Settings {
     pub ipv6_ban_prefix: u8,
     /// Which of the [`POLICY_SLOTS`] policies is in force (0 or 1).
     pub policy_slot: u8,
-    pub _pad: [u8; 4],
+    /// A learned peer's rate budget per live user, as a multiple of each
+    /// rule's limit (see [`rate::peer_multiplier`]).
+    pub peer_factor: u16,
+    /// The largest multiple of a rule's limit any peer's budget reaches.
+    pub peer_max_multiplier: u16,
 }
 map_type!(Settings, 8);
 
@@ -272,7 +281,8 @@ impl Default for Settings {
             monitor: 0,
             ipv6_ban_prefix: 64,
             policy_slot: 0,
-            _pad: [0; 4],
+            peer_factor: DEFAULT_PEER_FACTOR,
+            peer_max_multiplier: DEFAULT_PEER_MAX_MULTIPLIER,
         }
     }
 }
@@ -468,14 +478,99 @@ pub struct SipCapture {
     pub data: [u8; SIP_CAPTURE_BYTES],
 }
 
-/// Key of the rate state map: one window per (source, rule).
+/// Key of the rate state map: one entry per (source, rule group), holding
+/// the windows of the group's rules ([`RateState`]). Rules 0-3 are group 0,
+/// so under a policy of up to four rules (the built-in one has two) a
+/// source has one entry and a packet costs one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RateKey {
     pub source: SourceKey,
-    pub rule: u32,
+    /// [`rate_group`] of the rules whose windows the entry holds.
+    pub group: u32,
 }
 map_type!(RateKey, 20);
+
+/// Windows per rate-state entry: the most rules one port can have, so a
+/// port whose rules sit in one group costs one lookup. Sixteen (one per
+/// possible rule) would cost 1 KiB per source, four times the memory for
+/// windows no policy of four rules or fewer ever uses.
+pub const RATE_LANES: usize = MAX_RULES_PER_PORT;
+
+/// The rate-state group of rule `rule` (its index in the policy).
+#[inline(always)]
+pub const fn rate_group(rule: u32) -> u32 {
+    rule / RATE_LANES as u32
+}
+
+/// The window of rule `rule` within its group's [`RateState`].
+#[inline(always)]
+pub const fn rate_lane(rule: u32) -> usize {
+    rule as usize % RATE_LANES
+}
+
+/// Value of the rate state map: the windows of one source's rules of one
+/// group, window [`rate_lane`] for each.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub windows: [RateWindow; RATE_LANES],
+}
+map_type!(RateState, 256);
+
+/// Value of the `PEERS` map (key: [`SourceKey`]): a source the controller
+/// saw authenticate. Its rate budget is each rule's limit times
+/// [`rate::peer_multiplier`] of its live users.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// CLOCK_MONOTONIC_COARSE ns at which the peer lapses.
+    pub expires_ns: u64,
+    /// Registrations live from this source (0 counts as 1).
+    pub live_users: u32,
+    /// A [`PeerKind`] as u16.
+    pub kind: u16,
+    pub _pad: u16,
+}
+map_type!(PeerEntry, 16);
+
+impl PeerEntry {
+    #[inline(always)]
+    pub const fn is_active(&self, now_ns: u64) -> bool {
+        now_ns < self.expires_ns
+    }
+}
+
+/// How a source became a peer.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerKind {
+    /// Its users registered with the PBX.
+    Registered = 1,
+    /// The PBX registered with it (a provider).
+    Provider = 2,
+    /// It placed an authenticated call or subscription (an idle timeout).
+    Call = 3,
+}
+
+impl PeerKind {
+    /// From its number in a [`PeerEntry`] (unknown: `Registered`).
+    pub const fn from_u16(value: u16) -> PeerKind {
+        match value {
+            2 => PeerKind::Provider,
+            3 => PeerKind::Call,
+            _ => PeerKind::Registered,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            PeerKind::Registered => "registered",
+            PeerKind::Provider => "provider",
+            PeerKind::Call => "call",
+        }
+    }
+}
 
 /// Slots of the per-CPU `VERDICTS` array: one per (reason, service id).
 pub const VERDICT_SLOTS: u32 = Reason::COUNT as u32 * SERVICE_SLOTS;
@@ -626,9 +721,10 @@ pub mod map_names {
     pub const SIP_PATTERNS: &str = "SIP_PATTERNS";
     pub const SIP_SCANS: &str = "SIP_SCANS";
     pub const SIP_SCRATCH: &str = "SIP_SCRATCH";
+    pub const PEERS: &str = "PEERS";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         BANS,
         DENY_V4,
         DENY_V6,
@@ -648,6 +744,7 @@ pub mod map_names {
         SIP_PATTERNS,
         SIP_SCANS,
         SIP_SCRATCH,
+        PEERS,
     ];
 }
 

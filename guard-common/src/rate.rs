@@ -124,6 +124,43 @@ const fn is_previous_slot(epoch: u64, slot_epoch: u64) -> u64 {
     1 ^ ((beyond | beyond.wrapping_neg()) >> 63)
 }
 
+/// The multiple of its limit a rule's count `count` needs to stay inside:
+/// `ceil(count / limit)`, so a count within `limit * m` passes under
+/// multiplier `m` and the count `limit * m + 1` does not. Only called for a
+/// count over the limit (the packet under the limit never divides).
+#[inline(always)]
+pub const fn needed_multiplier(count: u64, limit: u32) -> u64 {
+    // checked_div: no panic path, which the BPF verifier refuses (a zero
+    // limit, never configured, counts as 1).
+    match (count + (limit as u64).saturating_sub(1)).checked_div(limit as u64) {
+        Some(needed) => needed,
+        None => count,
+    }
+}
+
+/// A source's rate budget, as a multiple of each rule's limit: 1 for a
+/// source that is not a learned peer (`live_users` None); for a peer,
+/// `max(live_users, 1) * factor`, at most `max_multiplier`, at least 1.
+/// A peer's budget for a rule is then `limit * multiplier` packets per window.
+#[inline(always)]
+pub const fn peer_multiplier(live_users: Option<u32>, factor: u16, max_multiplier: u16) -> u64 {
+    let Some(users) = live_users else {
+        return 1;
+    };
+    let users = if users == 0 { 1 } else { users as u64 };
+    let m = users * factor as u64;
+    let m = if m > max_multiplier as u64 {
+        max_multiplier as u64
+    } else {
+        m
+    };
+    if m == 0 {
+        1
+    } else {
+        m
+    }
+}
+
 /// Packets that a window holds as seen at `now_ns`, without counting one
 /// (for inspection from user space).
 pub fn window_total(window: &RateWindow, now_ns: u64, slot_ns: u64) -> u64 {
@@ -200,6 +237,29 @@ mod tests {
         }
         assert!(peak <= 40 * 8 / 7 + 1, "peak {peak}");
         assert!(peak >= 40, "peak {peak}");
+    }
+
+    #[test]
+    fn needed_multiplier_edges() {
+        assert_eq!(needed_multiplier(40, 40), 1);
+        assert_eq!(needed_multiplier(41, 40), 2);
+        assert_eq!(needed_multiplier(80, 40), 2);
+        assert_eq!(needed_multiplier(81, 40), 3);
+        assert_eq!(needed_multiplier(5, 0), 5);
+    }
+
+    #[test]
+    fn peer_multiplier_edges() {
+        assert_eq!(peer_multiplier(None, 2, 200), 1);
+        // No live user counts as one.
+        assert_eq!(peer_multiplier(Some(0), 2, 200), 2);
+        assert_eq!(peer_multiplier(Some(12), 2, 200), 24);
+        assert_eq!(peer_multiplier(Some(100), 2, 200), 200);
+        assert_eq!(peer_multiplier(Some(101), 2, 200), 200);
+        assert_eq!(peer_multiplier(Some(u32::MAX), u16::MAX, u16::MAX), 65535);
+        // A factor or cap of zero never makes a budget below the limit.
+        assert_eq!(peer_multiplier(Some(5), 0, 200), 1);
+        assert_eq!(peer_multiplier(Some(5), 2, 0), 1);
     }
 
     #[test]

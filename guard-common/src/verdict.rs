@@ -10,16 +10,20 @@
 //! 3. non-first fragments carry no ports: they pass ([`Step::Fragment`]);
 //! 4. service access ([`Step::Access`]): `closed` drops; `trusted` drops
 //!    sources its allow list does not grant;
-//! 5. allow list ([`Step::Allow`]): an allow-listed source passes without
-//!    rate counting. It is only searched where its answer can change the
-//!    verdict (trusted services, rate-limited ports, unclassified traffic
-//!    under "drop"), so `passed_allowlisted` counts the packets that passed
-//!    *because* of it;
+//! 5. allow list ([`Step::Allow`]): a trusted service passes allow-listed
+//!    sources, and "drop" passes allow-listed unclassified traffic. It is
+//!    only searched where its answer can change the verdict, so
+//!    `passed_allowlisted` counts the packets that passed *because* of it;
 //!    Then, on ports watched for SIP, SIP inspection ([`Step::Sip`]): a
 //!    request carrying a scanner fingerprint drops and bans its source
 //!    (reason `scanner`), unless the source is allow-listed for the service;
-//! 6. rate rules ([`Step::Rate`]): the packet that exceeds a rule drops (the
-//!    kernel bans its source there);
+//! 6. rate rules ([`Step::Rate`], [`rate_step`]): the packet is counted
+//!    against its port's rules. Only a packet over a rule's limit asks
+//!    more: an allow-listed source is never rate-limited (it passes,
+//!    [`Step::Allow`]), and a learned peer ([`Lookup::peer_users`]) has a
+//!    budget of each limit times [`peer_multiplier`]. The packet over that
+//!    drops (the kernel bans its source there). A packet under every limit
+//!    costs no allow or peer search;
 //! 7. the service passes ([`Step::Service`]), or traffic matching no service
 //!    gets the default policy ([`Step::Default`]).
 //!
@@ -28,12 +32,10 @@
 //!
 //! # Extending it
 //! New kernel rules are added here, once, and both sides follow:
-//! - learned peers (a per-source peer budget in the rate check) extend
-//!   [`Lookup::exceeds_rate_rules`]'s contract or add a lookup next to it,
-//!   consulted in step 6;
 //! - SIP inspection (step 5b) reads the request through
 //!   [`Lookup::scanner_fingerprint`]; further SIP rules (a denied extension
 //!   or dialled number) read the same [`crate::sip_scan::SipSummary`] there.
+pub use crate::rate::peer_multiplier;
 use crate::{
     service_bit, AccessMode, DefaultPolicy, L4Proto, PortClass, Reason, Settings, SourceKey,
     CAPTURE_INBOUND, NO_SERVICE, UNCLASSIFIED_BIT,
@@ -106,17 +108,32 @@ pub trait Lookup {
     fn port_class(&mut self, proto: L4Proto, port: u16, slot: u8) -> PortClass;
     /// The access mode of `service` under policy `slot` (closed if unknown).
     fn access_mode(&mut self, service: u8, slot: u8) -> AccessMode;
-    /// True if the packet exceeds one of `class`'s rate rules. The kernel
-    /// counts the packet against each rule and bans the source on the one
-    /// exceeded; the controller only peeks ("would the next packet
-    /// exceed?") and changes nothing.
-    fn exceeds_rate_rules(
+    /// Counts the packet against each of `class`'s rate rules (under policy
+    /// `slot`) and returns the rule that needs the largest multiple of its
+    /// limit. The controller only peeks ("what would the next packet
+    /// count?") and changes nothing.
+    fn count_rate(
         &mut self,
         source: &SourceKey,
         class: &PortClass,
         is_syn: bool,
         slot: u8,
-    ) -> bool;
+    ) -> RateExcess;
+    /// The live users of `source` if it is an unexpired learned peer.
+    fn peer_users(&mut self, source: &SourceKey) -> Option<u32>;
+    /// The packet exceeded its budget on `excess.rule`: the kernel bans the
+    /// source for the rule's ban time (and counts the rule's limited
+    /// packet); the controller notes it.
+    fn rate_ban(&mut self, source: &SourceKey, excess: &RateExcess, slot: u8);
+    /// [`over_budget_step`], which this default runs over this lookup; the
+    /// XDP program runs it inside a global BPF function of its own, which
+    /// the verifier checks once instead of once per path into it.
+    fn over_budget(&mut self, source: &SourceKey, excess: &RateExcess, ask: &RateAsk) -> bool
+    where
+        Self: Sized,
+    {
+        over_budget_step(self, source, excess, ask)
+    }
     /// The scanner fingerprint (its 1-based number) the packet's SIP
     /// request carries, 0 if none or if the request cannot be read. Asked
     /// only of packets to a port watched for SIP that no earlier step
@@ -129,6 +146,142 @@ pub trait Lookup {
     /// Bans `source` for carrying fingerprint `pattern` (the kernel, for
     /// the ban time of policy `slot`); the controller's default changes nothing.
     fn ban_scanner(&mut self, _source: &SourceKey, _pattern: u16, _slot: u8) {}
+}
+
+/// What counting a packet against its port's rules found: the rule whose
+/// count needs the largest multiple of its limit ([`needed_multiplier`]).
+///
+/// [`needed_multiplier`]: crate::rate::needed_multiplier
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateExcess {
+    /// The rule's index in the policy (meaningless under every limit).
+    pub rule: u32,
+    /// Packets in the rule's window, this one included.
+    pub count: u64,
+    /// `ceil(count / limit)`: 1 or less within the limit.
+    pub needed: u64,
+}
+
+impl RateExcess {
+    /// Within every limit.
+    pub const UNDER: RateExcess = RateExcess {
+        rule: 0,
+        count: 0,
+        needed: 0,
+    };
+
+    /// Over a rule's own limit (a peer's budget may still hold it).
+    #[inline(always)]
+    pub const fn is_over(&self) -> bool {
+        self.needed > 1
+    }
+
+    /// As one word, for the XDP program's global BPF functions (which take
+    /// and return scalars): count in bits 0-31, needed in 32-59, rule in
+    /// 60-63. Counts never pass 8 x 2^24 (`rate::RATE_SLOTS` slots of
+    /// 24-bit counts), nor rules 15.
+    #[inline(always)]
+    pub const fn to_word(&self) -> u64 {
+        (self.count & 0xffff_ffff)
+            | (self.needed & 0x0fff_ffff) << 32
+            | ((self.rule & 0xf) as u64) << 60
+    }
+
+    #[inline(always)]
+    pub const fn from_word(word: u64) -> RateExcess {
+        RateExcess {
+            rule: (word >> 60) as u32,
+            count: word & 0xffff_ffff,
+            needed: word >> 32 & 0x0fff_ffff,
+        }
+    }
+}
+
+/// What the rate step ([`rate_step`]) needs of a packet: who sent it, where
+/// to, and the settings in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateAsk {
+    /// The full source address (the allow list is searched with it).
+    pub address: Address,
+    pub class: PortClass,
+    pub is_syn: bool,
+    /// The policy slot in force.
+    pub slot: u8,
+    /// The [`Settings`] in force that the step reads. Not the whole
+    /// struct: copied whole, LLVM spilled an uninitialised register at the
+    /// XDP program's start, which the verifier refuses ("R4 !read_ok").
+    pub ipv6_ban_prefix: u8,
+    pub peer_factor: u16,
+    pub peer_max_multiplier: u16,
+}
+
+impl RateAsk {
+    /// The source's ban and rate key.
+    #[inline(always)]
+    pub fn source(&self) -> SourceKey {
+        self.address.source_key(self.ipv6_ban_prefix)
+    }
+}
+
+/// The rate step's outcome.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateOutcome {
+    /// Within every limit, or within the peer's budget: go on.
+    Under = 0,
+    /// Over a limit, but the source is allow-listed for the service.
+    Allowlisted = 1,
+    /// Over its budget: drops (the kernel has banned the source).
+    Limited = 2,
+}
+
+/// Step 6: counts the packet against its port's rules; only a packet over
+/// a limit searches the allow list (allow-listed sources are never
+/// rate-limited) and the peers. A learned peer's budget per rule is
+/// `limit x min(max(live users, 1) x factor, max_multiplier)`
+/// ([`peer_multiplier`]); any other source's is the rule's limit.
+#[inline(always)]
+pub fn rate_step<L: Lookup>(lookup: &mut L, ask: &RateAsk) -> RateOutcome {
+    let source = ask.source();
+    let excess = lookup.count_rate(&source, &ask.class, ask.is_syn, ask.slot);
+    if !excess.is_over() {
+        return RateOutcome::Under;
+    }
+    let bit = if ask.class.service != NO_SERVICE {
+        service_bit(ask.class.service)
+    } else {
+        UNCLASSIFIED_BIT
+    };
+    if lookup.allow_mask(&ask.address) & bit != 0 {
+        return RateOutcome::Allowlisted;
+    }
+    if lookup.over_budget(&source, &excess, ask) {
+        RateOutcome::Limited
+    } else {
+        RateOutcome::Under
+    }
+}
+
+/// Whether a packet over a rule's own limit is over its source's budget
+/// too: a learned peer's is the limit x [`peer_multiplier`], anyone
+/// else's the limit. Over it, the source is banned ([`Lookup::rate_ban`]).
+#[inline(always)]
+pub fn over_budget_step<L: Lookup>(
+    lookup: &mut L,
+    source: &SourceKey,
+    excess: &RateExcess,
+    ask: &RateAsk,
+) -> bool {
+    let multiplier = peer_multiplier(
+        lookup.peer_users(source),
+        ask.peer_factor,
+        ask.peer_max_multiplier,
+    );
+    if excess.needed <= multiplier {
+        return false;
+    }
+    lookup.rate_ban(source, excess, ask.slot);
+    true
 }
 
 /// The step that decided a verdict (see the module docs).
@@ -241,16 +394,13 @@ pub fn judge_parts<L: Lookup, P>(
         if access == AccessMode::Closed {
             return verdict(Reason::Closed, class, Step::Access);
         }
-        if access == AccessMode::Trusted || class.has_rules() {
-            let allowed = lookup.allow_mask(address) & service_bit(class.service) != 0;
-            if allowed {
+        if access == AccessMode::Trusted {
+            if lookup.allow_mask(address) & service_bit(class.service) != 0 {
                 return verdict(Reason::PassedAllowlisted, class, Step::Allow);
             }
-            if access == AccessMode::Trusted {
-                return verdict(Reason::NotTrusted, class, Step::Access);
-            }
+            return verdict(Reason::NotTrusted, class, Step::Access);
         }
-    } else if (settings.default_policy() == DefaultPolicy::Drop || class.has_rules())
+    } else if settings.default_policy() == DefaultPolicy::Drop
         && lookup.allow_mask(address) & UNCLASSIFIED_BIT != 0
     {
         return verdict(Reason::PassedAllowlisted, class, Step::Allow);
@@ -258,7 +408,7 @@ pub fn judge_parts<L: Lookup, P>(
 
     // SIP inspection, before the rate rules so that a scanner's first
     // request drops. An allow-listed source is never banned for it; the
-    // allow list is searched again only on a match, which is rare.
+    // allow list is searched only on a match, which is rare.
     if class.watches_sip() {
         let pattern = lookup.scanner_fingerprint(slot);
         if pattern != 0 {
@@ -270,8 +420,23 @@ pub fn judge_parts<L: Lookup, P>(
         }
     }
 
-    if class.has_rules() && lookup.exceeds_rate_rules(&source, &class, is_syn, slot) {
-        return verdict(Reason::RateLimited, class, Step::Rate);
+    if class.has_rules() {
+        let ask = RateAsk {
+            address: *address,
+            class,
+            is_syn,
+            slot,
+            ipv6_ban_prefix: settings.ipv6_ban_prefix,
+            peer_factor: settings.peer_factor,
+            peer_max_multiplier: settings.peer_max_multiplier,
+        };
+        match rate_step(lookup, &ask) {
+            RateOutcome::Under => {}
+            RateOutcome::Allowlisted => {
+                return verdict(Reason::PassedAllowlisted, class, Step::Allow)
+            }
+            RateOutcome::Limited => return verdict(Reason::RateLimited, class, Step::Rate),
+        }
     }
 
     if class.service == NO_SERVICE && settings.default_policy() == DefaultPolicy::Drop {
@@ -310,5 +475,29 @@ pub fn classify<L: Lookup, P>(
             false,
         ),
         Transport::LaterFragment | Transport::Other => (PortClass::UNCLASSIFIED, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_excess_word_round_trip() {
+        for excess in [
+            RateExcess::UNDER,
+            RateExcess {
+                rule: 15,
+                count: 8 << 24,
+                needed: 8 << 24,
+            },
+            RateExcess {
+                rule: 3,
+                count: 481,
+                needed: 13,
+            },
+        ] {
+            assert_eq!(RateExcess::from_word(excess.to_word()), excess);
+        }
     }
 }

@@ -15,15 +15,18 @@ pub fn count_verdict(reason: Reason, service: u8, bytes: u64) {
 }
 
 #[inline(always)]
-pub fn count_rule(rule: u32, limited: bool) {
+pub fn count_rule(rule: u32) {
     if let Some(counter) = RULE_HITS.get_ptr_mut(rule) {
         // SAFETY: as above.
-        unsafe {
-            (*counter).counted += 1;
-            if limited {
-                (*counter).limited += 1;
-            }
-        }
+        unsafe { (*counter).counted += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_rule_limited(rule: u32) {
+    if let Some(counter) = RULE_HITS.get_ptr_mut(rule) {
+        // SAFETY: as above.
+        unsafe { (*counter).limited += 1 };
     }
 }
 

@@ -1,7 +1,13 @@
 //! sipguard's XDP program. One packet's path, top to bottom:
 //!
 //! parse -> ban -> deny -> fragment -> service access (closed, trusted)
-//!       -> allow list -> rate rules -> verdict
+//!       -> allow list (trusted services, "drop") -> SIP inspection
+//!       -> rate rules (count; over a limit: allow list, peer budget, ban)
+//!       -> verdict
+//!
+//! The rate step's counting and its over-budget step run in global BPF
+//! functions (`sipguard_count`, `sipguard_over_budget`, `sipguard_rate_ban`;
+//! see `rate_limit`), which the verifier checks once each.
 //!
 //! The steps after parsing are the shared verdict, `guard_common::verdict::
 //! judge` (the controller's `explain` runs the same function); this program
@@ -31,7 +37,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     policy_port_index, policy_service_index,
-    verdict::{classify, judge_parts, Lookup, Verdict},
+    verdict::{classify, judge_parts, over_budget_step, Lookup, RateAsk, RateExcess, Verdict},
     AccessMode, L4Proto, PortClass, Reason, Settings, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND,
 };
 
@@ -63,11 +69,25 @@ impl KernelLookup {
 
 impl Lookup for KernelLookup {
     /// One read per packet: the policy slot in it keeps every later lookup
-    /// in one policy, even while a reload switches slots.
+    /// in one policy, even while a reload switches slots. Copied field by
+    /// field: copied whole (`*settings`), LLVM spilled an uninitialised
+    /// register at the program's start, which the verifier refuses.
     #[inline(always)]
     fn settings(&mut self) -> Settings {
-        match SETTINGS.get(0) {
-            Some(settings) => *settings,
+        match SETTINGS.get_ptr(0) {
+            // SAFETY: a live map value; each field read once, volatile so
+            // that LLVM keeps them apart (see above).
+            Some(s) => unsafe {
+                use core::ptr::{addr_of, read_volatile};
+                Settings {
+                    default_policy: read_volatile(addr_of!((*s).default_policy)),
+                    monitor: read_volatile(addr_of!((*s).monitor)),
+                    ipv6_ban_prefix: read_volatile(addr_of!((*s).ipv6_ban_prefix)),
+                    policy_slot: read_volatile(addr_of!((*s).policy_slot)),
+                    peer_factor: read_volatile(addr_of!((*s).peer_factor)),
+                    peer_max_multiplier: read_volatile(addr_of!((*s).peer_max_multiplier)),
+                }
+            },
             None => Settings::default(),
         }
     }
@@ -113,14 +133,34 @@ impl Lookup for KernelLookup {
     }
 
     #[inline(always)]
-    fn exceeds_rate_rules(
+    fn count_rate(
         &mut self,
         source: &SourceKey,
         class: &PortClass,
         is_syn: bool,
         slot: u8,
-    ) -> bool {
-        rate_limit::exceeds_rate_rules(source, class, is_syn, slot)
+    ) -> RateExcess {
+        rate_limit::count_rate(source, class, is_syn, slot)
+    }
+
+    #[inline(always)]
+    fn peer_users(&mut self, source: &SourceKey) -> Option<u32> {
+        rate_limit::peer_users(source)
+    }
+
+    #[inline(always)]
+    fn rate_ban(&mut self, source: &SourceKey, excess: &RateExcess, slot: u8) {
+        rate_limit::ban(source, excess, slot)
+    }
+
+    /// In the global function `sipguard_over_budget`.
+    #[inline(always)]
+    fn over_budget(&mut self, source: &SourceKey, excess: &RateExcess, ask: &RateAsk) -> bool {
+        let (hi, lo) = rate_limit::key_words(source);
+        let packed = ((ask.slot & 1) as u64)
+            | (ask.peer_factor as u64) << 16
+            | (ask.peer_max_multiplier as u64) << 32;
+        sipguard_over_budget(hi, lo, excess.to_word(), packed) != 0
     }
 
     #[inline(always)]
@@ -149,6 +189,30 @@ impl Lookup for KernelLookup {
     }
 }
 
+/// The shared verdict's over-budget step (peer budget, ban) for source
+/// (`hi`, `lo`), the [`RateExcess`] word `excess`, and `packed`: bit 0 the
+/// policy slot, 16-31 the peer factor, 32-47 its cap. 1: banned. A global
+/// BPF function (see `rate_limit`'s docs); scalars in and out, and no
+/// address rebuilt here: LLVM keeps a rebuilt address byte by byte, and
+/// that function's stack and the packet path's must fit in 512 bytes.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn sipguard_over_budget(hi: u64, lo: u64, excess: u64, packed: u64) -> u32 {
+    let source = rate_limit::key_of(hi, lo);
+    let excess = RateExcess::from_word(excess);
+    // Only the fields the step reads; the address is not one of them.
+    let ask = RateAsk {
+        address: Address::V4([0; 4]),
+        class: PortClass::UNCLASSIFIED,
+        is_syn: false,
+        slot: (packed & 1) as u8,
+        ipv6_ban_prefix: 0,
+        peer_factor: (packed >> 16) as u16,
+        peer_max_multiplier: (packed >> 32) as u16,
+    };
+    over_budget_step(&mut KernelLookup::without_packet(), &source, &excess, &ask) as u32
+}
+
 /// Where a TCP or UDP packet's payload starts and its length (0: none).
 #[inline(always)]
 fn payload_of(transport: &Transport) -> (u32, u32) {
@@ -164,12 +228,12 @@ fn payload_of(transport: &Transport) -> (u32, u32) {
 
 #[xdp]
 pub fn sipguard(ctx: XdpContext) -> u32 {
-    let frame = parse::parse(&ctx);
-    // Read after parsing. Read before, the value lived through the inlined
-    // parser and LLVM spilled an uninitialised register there, which the
-    // verifier refuses ("R5 !read_ok"). The egress program reads it first
-    // for the same reason: there the other order is the one that fails.
+    // Read before parsing. Read after it (as this program did before the
+    // rate step's global functions), LLVM spilled an uninitialised
+    // register at the start ("R4 !read_ok"); which order works depends on
+    // register allocation, so `cargo xtask test` loads the program first.
     let settings = KernelLookup::without_packet().settings();
+    let frame = parse::parse(&ctx);
     let verdict = match frame {
         Frame::AlwaysPass => parse_verdict(Reason::Passed, &settings),
         Frame::Malformed => parse_verdict(Reason::Malformed, &settings),

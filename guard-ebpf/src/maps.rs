@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     sip_scan::{PatternTable, ScanStatus},
-    BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow, RuleCounter,
+    BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, RuleCounter,
     ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, POLICY_SLOTS, PORT_SLOTS, SERVICE_SLOTS,
     VERDICT_SLOTS,
 };
@@ -44,10 +44,21 @@ pub static RULES: Array<RateRule> =
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// Sliding windows per (source, rule). LRU, so a spoofed-source flood
-/// recycles the coldest entries instead of exhausting memory.
+/// Sliding windows per (source, rule group): one entry holds the windows
+/// of up to four rules. LRU, so a spoofed-source flood recycles the
+/// coldest entries instead of exhausting memory.
 #[map]
-pub static RATE_STATE: LruHashMap<RateKey, RateWindow> = LruHashMap::with_max_entries(1_000_000, 0);
+pub static RATE_STATE: LruHashMap<RateKey, RateState> = LruHashMap::with_max_entries(1_000_000, 0);
+
+/// One zeroed `RateState`, never written: the value a new rate-state
+/// entry is inserted from (too large for the BPF stack).
+#[map]
+pub static RATE_ZERO: Array<RateState> = Array::with_max_entries(1, 0);
+
+/// Learned peers, written by the controller: their rate budget is a
+/// multiple of each rule's limit. A plain hash: a flood cannot evict a peer.
+#[map]
+pub static PEERS: HashMap<SourceKey, PeerEntry> = HashMap::with_max_entries(65_536, 0);
 
 /// Packets and bytes per (verdict reason, destination service).
 #[map]

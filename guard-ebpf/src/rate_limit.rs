@@ -1,31 +1,94 @@
 //! Auto-blacklist: count the packet against every rate rule on its port and
-//! report whether one of them is exceeded (it then bans the source).
+//! report the rule that needs the largest multiple of its limit; the shared
+//! verdict decides from that (allow list, peer budget) and calls [`ban`].
 //! The counting algorithm and its error bound are in `guard_common::rate`.
+//!
+//! Counting and banning are global BPF functions (`sipguard_count`,
+//! `sipguard_rate_ban`), which the verifier checks once each, on their
+//! own, with unknown arguments. Inlined, or as static subprograms (walked
+//! per call site), the counting loop's states multiplied with those of
+//! the over-limit path (allow list, peer, ban) and of every path into the
+//! verdict, and the program passed the one-million-instruction limit; so
+//! did the whole rate step as one global function. Their arguments and
+//! results are scalars: a [`SourceKey`] as two words, a [`RateExcess`] as
+//! one ([`RateExcess::to_word`]).
 use aya_ebpf::bindings::BPF_NOEXIST;
 use guard_common::{
     policy_rule_index,
-    rate::{first_packet, record_packet},
-    Health, PortClass, RateKey, RateRule, SourceKey, MAX_RULES_PER_PORT, NO_RULE_INDEX,
-    RULE_SYN_ONLY,
+    rate::{needed_multiplier, record_packet},
+    rate_group, rate_lane,
+    verdict::RateExcess,
+    Health, PortClass, RateKey, RateState, SourceKey, MAX_RULES_PER_PORT, NO_RULE_INDEX,
+    RATE_LANES, RULE_SYN_ONLY,
 };
 
 use crate::{
     bans::{ban_for_rule, now_ns},
-    counters::{count_health, count_rule},
-    maps::{RATE_STATE, RULES},
+    counters::{count_health, count_rule, count_rule_limited},
+    maps::{PEERS, RATE_STATE, RATE_ZERO, RULES},
 };
 
-/// True if the packet exceeds one of the port's rules (the source is then banned).
+/// A source key as two words, and back.
 #[inline(always)]
-pub fn exceeds_rate_rules(
+pub fn key_words(source: &SourceKey) -> (u64, u64) {
+    let a = &source.addr;
+    (
+        u64::from_le_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_le_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    )
+}
+
+#[inline(always)]
+pub fn key_of(hi: u64, lo: u64) -> SourceKey {
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&hi.to_le_bytes());
+    addr[8..].copy_from_slice(&lo.to_le_bytes());
+    SourceKey { addr }
+}
+
+/// Counts the packet against each of the port's rules (see [`sipguard_count`]).
+#[inline(always)]
+pub fn count_rate(
     source: &SourceKey,
     class: &PortClass,
     is_syn: bool,
     policy_slot: u8,
-) -> bool {
+) -> RateExcess {
+    let (hi, lo) = key_words(source);
+    let rules = u32::from_le_bytes(class.rules) as u64;
+    let ask = rules | (is_syn as u64) << 32 | ((policy_slot & 1) as u64) << 33;
+    RateExcess::from_word(sipguard_count(hi, lo, ask))
+}
+
+/// Counts the packet of source (`hi`, `lo`) against the rules in `ask`
+/// (bits 0-31: the port's rule slots; 32: a SYN; 33: the policy slot):
+/// one rate-state lookup per rule group (one for any policy of up to four
+/// rules). Returns the [`RateExcess`] word.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn sipguard_count(hi: u64, lo: u64, ask: u64) -> u64 {
+    // One key on the stack, its group changed in place: this function's
+    // stack adds to the packet path's, and the two must fit in 512 bytes.
+    let mut key = RateKey {
+        source: key_of(hi, lo),
+        group: u32::MAX,
+    };
+    let rules = (ask as u32).to_le_bytes();
+    count_windows(&mut key, &rules, ask >> 32 & 1 != 0, (ask >> 33 & 1) as u8).to_word()
+}
+
+#[inline(always)]
+fn count_windows(
+    key: &mut RateKey,
+    rules: &[u8; MAX_RULES_PER_PORT],
+    is_syn: bool,
+    policy_slot: u8,
+) -> RateExcess {
     let now_ns = now_ns();
+    let mut excess = RateExcess::UNDER;
+    let mut state: *mut RateState = core::ptr::null_mut();
     for slot in 0..MAX_RULES_PER_PORT {
-        let entry = class.rules[slot];
+        let entry = rules[slot];
         if entry == NO_RULE_INDEX {
             break;
         }
@@ -36,39 +99,88 @@ pub fn exceeds_rate_rules(
         if rule.flags & RULE_SYN_ONLY != 0 && !is_syn {
             continue;
         }
-        let count = count_packet(source, index, rule, now_ns);
-        let over = count > rule.limit as u64;
-        count_rule(index, over);
-        if over {
-            ban_for_rule(source, index, rule, count, now_ns);
-            return true;
+        if rate_group(index) != key.group {
+            key.group = rate_group(index);
+            state = state_of(key);
+        }
+        if state.is_null() {
+            continue;
+        }
+        // The mask keeps the index provably in bounds for the verifier.
+        let lane = rate_lane(index) & (RATE_LANES - 1);
+        // SAFETY: a live map value, its windows changed only through record_packet.
+        let count = unsafe {
+            let window = core::ptr::addr_of_mut!((*state).windows[lane]);
+            record_packet(window, now_ns, rule.slot_ns)
+        };
+        count_rule(index);
+        if count > rule.limit as u64 {
+            let needed = needed_multiplier(count, rule.limit);
+            if needed > excess.needed {
+                excess = RateExcess {
+                    rule: index,
+                    count,
+                    needed,
+                };
+            }
         }
     }
-    false
+    excess
 }
 
-/// Adds the packet to the (source, rule) window; returns the window's count.
+/// The rate-state entry of (source, group), created empty if missing; null
+/// only if the map refuses an entry (which an LRU map should not).
 #[inline(always)]
-fn count_packet(source: &SourceKey, rule_index: u32, rule: &RateRule, now_ns: u64) -> u64 {
-    let key = RateKey {
-        source: *source,
-        rule: rule_index,
-    };
-    if let Some(window) = RATE_STATE.get_ptr_mut(key) {
-        // SAFETY: a live map value, changed only through record_packet.
-        return unsafe { record_packet(window, now_ns, rule.slot_ns) };
+fn state_of(key: &RateKey) -> *mut RateState {
+    if let Some(state) = RATE_STATE.get_ptr_mut(key) {
+        return state;
     }
-    let fresh = first_packet(now_ns, rule.slot_ns);
-    if RATE_STATE.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
-        return 1;
+    // Inserted from a map value: a 256-byte value on the stack would crowd
+    // the program's 512 bytes. A race with another CPU inserting the same
+    // key loses nothing: BPF_NOEXIST keeps theirs, and both count into it.
+    if let Some(zero) = RATE_ZERO.get(0) {
+        let _ = RATE_STATE.insert(key, zero, BPF_NOEXIST as u64);
     }
-    // Another CPU created the window in between: count into theirs.
     match RATE_STATE.get_ptr_mut(key) {
-        // SAFETY: as above.
-        Some(window) => unsafe { record_packet(window, now_ns, rule.slot_ns) },
+        Some(state) => state,
         None => {
             count_health(Health::RateStateFailed);
-            1
+            core::ptr::null_mut()
         }
     }
+}
+
+/// The live users of `source` if the controller marked it as a peer that
+/// has not expired. Read only for a packet over a limit.
+#[inline(always)]
+pub fn peer_users(source: &SourceKey) -> Option<u32> {
+    // SAFETY: a plain read of a map value the controller writes whole.
+    let peer = unsafe { PEERS.get(source) }?;
+    if peer.is_active(now_ns()) {
+        Some(peer.live_users)
+    } else {
+        None
+    }
+}
+
+/// Bans the source for the rule it exceeded its budget on (see
+/// [`sipguard_rate_ban`]).
+#[inline(always)]
+pub fn ban(source: &SourceKey, excess: &RateExcess, policy_slot: u8) {
+    let (hi, lo) = key_words(source);
+    sipguard_rate_ban(hi, lo, excess.to_word(), policy_slot as u64);
+}
+
+/// Bans source (`hi`, `lo`) for the rule of the [`RateExcess`] word
+/// `excess` under policy `slot`, and counts the rule's limited packet.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn sipguard_rate_ban(hi: u64, lo: u64, excess: u64, slot: u64) -> u32 {
+    let source = key_of(hi, lo);
+    let excess = RateExcess::from_word(excess);
+    count_rule_limited(excess.rule);
+    if let Some(rule) = RULES.get(policy_rule_index(slot as u8, excess.rule)) {
+        ban_for_rule(&source, excess.rule, rule, excess.count, now_ns());
+    }
+    0
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use guard_common::{
-    verdict::Packet, BanEntry, Counter, RateKey, RateWindow, Reason, Settings, SourceKey,
+    verdict::Packet, BanEntry, Counter, PeerEntry, RateKey, RateState, Reason, Settings, SourceKey,
 };
 use guard_userspace::policy::{
     compile::CompiledPolicy,
@@ -13,12 +13,13 @@ use guard_userspace::policy::{
 
 use crate::{frames::frame_of, Harness, XDP_DROP, XDP_PASS};
 
-/// Bans and rate windows held in memory: the kernel state of a verdict
-/// judged without a kernel.
+/// Bans, rate windows and peers held in memory: the kernel state of a
+/// verdict judged without a kernel.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryState {
     pub bans: HashMap<SourceKey, BanEntry>,
-    pub windows: HashMap<RateKey, RateWindow>,
+    pub windows: HashMap<RateKey, RateState>,
+    pub peers: HashMap<SourceKey, PeerEntry>,
 }
 
 impl KernelState for MemoryState {
@@ -28,8 +29,12 @@ impl KernelState for MemoryState {
         Ok(self.bans.get(source).copied())
     }
 
-    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
+    fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>, Self::Error> {
         Ok(self.windows.get(key).copied())
+    }
+
+    fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
+        Ok(self.peers.get(source).copied())
     }
 }
 
@@ -101,24 +106,30 @@ pub fn last_counted(h: &Harness, before: &[(Reason, u8, Counter)]) -> Option<(Re
     })
 }
 
-/// Empties the ban map and the rate state (between cases).
+/// Empties the ban map, the rate state and the peers (between cases).
 pub fn clear_kernel_state(h: &mut Harness) {
     let maps = h.guard.maps_mut();
     for (key, _) in maps.bans().expect("reading BANS") {
         let _ = maps.remove_ban(&key);
     }
     maps.clear_rate_state().expect("clearing RATE_STATE");
+    for (key, _) in maps.peers().expect("reading PEERS") {
+        let _ = maps.remove_peer(&key);
+    }
     h.drain_ban_events();
 }
 
-/// Writes `state` into the kernel's ban map and rate state.
+/// Writes `state` into the kernel's ban map, rate state and peers.
 pub fn load_kernel_state(h: &mut Harness, state: &MemoryState) {
     let maps = h.guard.maps_mut();
     for (key, ban) in &state.bans {
         maps.insert_ban(*key, *ban).expect("writing BANS");
     }
     for (key, window) in &state.windows {
-        maps.insert_rate_window(*key, *window)
+        maps.insert_rate_state(*key, *window)
             .expect("writing RATE_STATE");
+    }
+    for (key, peer) in &state.peers {
+        maps.insert_peer(*key, *peer).expect("writing PEERS");
     }
 }

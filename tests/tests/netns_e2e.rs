@@ -82,7 +82,10 @@ fn guard_drops_denied_passes_allowed_and_bans_a_flood() {
     // The kernel's own counters agree.
     let maps = KernelMaps::from_program_id(program_id).unwrap();
     let count = |r: Reason| maps.verdict(r).unwrap().packets;
-    assert!(count(Reason::PassedAllowlisted) >= 60);
+    // The allow list is searched only over a limit: the first 40 of the
+    // allowed source's 60 pass as any packet would, the other 20 because
+    // the source is allow-listed.
+    assert!(count(Reason::PassedAllowlisted) >= 20);
     assert!(count(Reason::Denied) >= 5);
     assert_eq!(count(Reason::RateLimited), 1);
     assert!(count(Reason::Banned) >= 5);

@@ -4,7 +4,7 @@
 //! independence from the runtime's lock.
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use guard_common::{RateKey, RateWindow, SourceKey};
+use guard_common::{RateKey, RateState, SourceKey};
 use guard_userspace::{
     kernel::maps::{KernelMaps, NetList},
     metrics::{ControllerCounters, Metrics, Names},
@@ -451,16 +451,19 @@ fn metrics_never_take_the_runtime_lock() {
     };
     // The metrics' own handles, as the daemon makes them.
     let metrics = Arc::new(Metrics::new(s.kernel().reopen().unwrap(), names));
-    let entries = 1_000_000u32;
+    // Half the map: one rate-state entry per source now (a policy of up to
+    // four rules), so the map holds max_tracked_sources entries, and an LRU
+    // map starts evicting before it is quite full.
+    let entries = 500_000u32;
     {
         let mut maps = s.kernel();
-        let window = RateWindow::default();
+        let window = RateState::default();
         for i in 0..entries {
             let key = RateKey {
                 source: SourceKey::from_ipv4((0x0a00_0000 + i).to_be_bytes()),
-                rule: 0,
+                group: 0,
             };
-            maps.insert_rate_window(key, window).unwrap();
+            maps.insert_rate_state(key, window).unwrap();
         }
     }
     let config = Config::parse(POLICY, "x").unwrap();
@@ -481,7 +484,9 @@ fn metrics_never_take_the_runtime_lock() {
     drop(held);
     assert_eq!(counted, entries as u64);
     assert!(
-        text.contains("sipguard_map_entries{map=\"rate_state\"} 1000000"),
+        text.contains(&format!(
+            "sipguard_map_entries{{map=\"rate_state\"}} {entries}"
+        )),
         "{text}"
     );
 

@@ -7,10 +7,11 @@ use std::{cell::RefCell, net::IpAddr};
 
 use guard_common::{
     rate::{first_packet, slot_width_ns},
-    service_bit,
+    rate_group, rate_lane, service_bit,
     verdict::{Address, Packet, Transport},
-    AccessMode, BanEntry, BanReason, DefaultPolicy, L4Proto, PortClass, RateKey, RateRule, Reason,
-    ServicePolicy, Settings, SourceKey, ALLOW_ALL, NO_RULE, RULE_SYN_ONLY, UNCLASSIFIED_BIT,
+    AccessMode, BanEntry, BanReason, DefaultPolicy, L4Proto, PeerEntry, PeerKind, PortClass,
+    RateKey, RateRule, Reason, ServicePolicy, Settings, SourceKey, ALLOW_ALL, NO_RULE,
+    RULE_SYN_ONLY, UNCLASSIFIED_BIT,
 };
 use guard_userspace::{
     clock::monotonic_ns,
@@ -71,6 +72,16 @@ window = "1m"
 ban = "1h"
 "#;
 
+/// Learned peers get 3x each rule's limit per live user, at most 30x.
+const PEERS: &str = r#"
+[peers]
+factor = 3
+max_multiplier = 30
+[[allow]]
+cidr = "10.1.0.0/16"
+services = ["sip"]
+"#;
+
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address")
 }
@@ -120,6 +131,9 @@ enum Before {
     Ban(&'static str, bool),
     /// `count` packets from the source already in rule `rule`'s window.
     Counted(&'static str, u32, u64),
+    /// As `Counted`, the source being a learned peer with this many live
+    /// users, unexpired or expired.
+    Peer(&'static str, u32, u64, u32, bool),
 }
 
 struct Case {
@@ -294,13 +308,14 @@ fn table() -> Vec<Case> {
             udp("10.2.0.5", 9999),
             DefaultDrop,
         ),
-        // The allow list counts only where it decides.
+        // The allow list counts only where it decides: under its limits
+        // an allow-listed source passes without it.
         case(
-            "allow skips rate rules",
+            "allow-listed under the limits",
             BASE,
             Nothing,
             udp("10.1.2.3", 5060),
-            PassedAllowlisted,
+            Passed,
         ),
         case(
             "allow-listed on open port without rules is passed",
@@ -379,6 +394,77 @@ fn table() -> Vec<Case> {
             Counted("198.51.100.1", 0, 9),
             udp("198.51.100.1", 5060),
             Passed,
+        ),
+        // Learned peers: budget = limit x min(max(users, 1) x 3, 30).
+        case(
+            "peer: packet 480 of 40 x 4 users x 3",
+            PEERS,
+            Peer("198.51.100.1", 1, 479, 4, true),
+            udp("198.51.100.1", 5060),
+            Passed,
+        ),
+        case(
+            "peer: packet 481 of 40 x 4 users x 3",
+            PEERS,
+            Peer("198.51.100.1", 1, 480, 4, true),
+            udp("198.51.100.1", 5060),
+            RateLimited,
+        ),
+        case(
+            "peer: packet 1200 at the cap (40 x 30)",
+            PEERS,
+            Peer("198.51.100.1", 1, 1199, 20, true),
+            udp("198.51.100.1", 5060),
+            Passed,
+        ),
+        case(
+            "peer: packet 1201 over the cap",
+            PEERS,
+            Peer("198.51.100.1", 1, 1200, 20, true),
+            udp("198.51.100.1", 5060),
+            RateLimited,
+        ),
+        case(
+            "peer: 0 users count as 1 (packet 120 of 40 x 3)",
+            PEERS,
+            Peer("198.51.100.1", 1, 119, 0, true),
+            udp("198.51.100.1", 5060),
+            Passed,
+        ),
+        case(
+            "peer: 0 users, packet 121",
+            PEERS,
+            Peer("198.51.100.1", 1, 120, 0, true),
+            udp("198.51.100.1", 5060),
+            RateLimited,
+        ),
+        case(
+            "peer: expired, packet 41 of 40",
+            PEERS,
+            Peer("198.51.100.1", 1, 40, 4, false),
+            udp("198.51.100.1", 5060),
+            RateLimited,
+        ),
+        case(
+            "peer: v6 peer per /64",
+            PEERS,
+            Peer("2001:db8:c::1", 1, 100, 4, true),
+            udp("2001:db8:c::2", 5060),
+            Passed,
+        ),
+        case(
+            "peer: the 120-per-60s rule too (packet 361 of 120 x 3)",
+            PEERS,
+            Peer("198.51.100.1", 0, 360, 1, true),
+            udp("198.51.100.1", 5060),
+            RateLimited,
+        ),
+        case(
+            "allow-listed far past any budget",
+            PEERS,
+            Peer("10.1.2.3", 1, 5000, 1, true),
+            udp("10.1.2.3", 5060),
+            PassedAllowlisted,
         ),
         // Default policy.
         case(
@@ -497,22 +583,45 @@ fn state_of(before: Before, policy: &CompiledPolicy, now: u64) -> MemoryState {
             state.bans.insert(key_of(source, prefix), ban);
         }
         Before::Counted(source, rule, count) => {
-            let slot_ns = policy.rules[rule as usize].slot_ns;
-            let mut window = first_packet(now, slot_ns);
-            // All in the current slot: `count` packets, the window's total.
-            for slot in window.slots.iter_mut() {
-                if *slot != 0 {
-                    *slot += count - 1;
-                }
-            }
-            let key = RateKey {
-                source: key_of(source, prefix),
-                rule,
+            count_into(&mut state, policy, key_of(source, prefix), rule, count, now);
+        }
+        Before::Peer(source, rule, count, users, active) => {
+            let key = key_of(source, prefix);
+            count_into(&mut state, policy, key, rule, count, now);
+            let peer = PeerEntry {
+                expires_ns: if active { now + HOUR } else { now - SEC },
+                live_users: users,
+                kind: PeerKind::Registered as u16,
+                _pad: 0,
             };
-            state.windows.insert(key, window);
+            state.peers.insert(key, peer);
         }
     }
     state
+}
+
+/// `count` packets of `source` in rule `rule`'s window, all in the current slot.
+fn count_into(
+    state: &mut MemoryState,
+    policy: &CompiledPolicy,
+    source: SourceKey,
+    rule: u32,
+    count: u64,
+    now: u64,
+) {
+    let slot_ns = policy.rules[rule as usize].slot_ns;
+    let mut window = first_packet(now, slot_ns);
+    for slot in window.slots.iter_mut() {
+        if *slot != 0 {
+            *slot += count - 1;
+        }
+    }
+    let key = RateKey {
+        source,
+        group: rate_group(rule),
+    };
+    let entry = state.windows.entry(key).or_default();
+    entry.windows[rate_lane(rule)] = window;
 }
 
 fn expected_action(case: &Case, policy: &CompiledPolicy) -> u32 {
@@ -651,6 +760,8 @@ struct World {
     policy: CompiledPolicy,
     /// Sources banned before the first packet: (index into SOURCES, in force).
     bans: Vec<(usize, bool)>,
+    /// Learned peers: (index into SOURCES, live users, unexpired).
+    peers: Vec<(usize, u32, bool)>,
     packets: Vec<Packet>,
 }
 
@@ -696,6 +807,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
         any::<bool>(),
         any::<bool>(),
         prop_oneof![Just(64u8), Just(128u8), 1u8..=128],
+        (0u16..=3, 0u16..=8),
     );
     let services = prop::collection::vec(0u8..3, 1..=4);
     let rules = prop::collection::vec((1u32..=5, any::<bool>()), 0..=4);
@@ -707,16 +819,42 @@ fn world_strategy() -> impl Strategy<Value = World> {
     let allow = prop::collection::vec((0..NETS.len(), mask_strategy()), 0..=4);
     let deny = prop::collection::vec(0..NETS.len(), 0..=2);
     let bans = prop::collection::vec((0..SOURCES.len(), any::<bool>()), 0..=2);
+    let peers = prop::collection::vec((0..SOURCES.len(), 0u32..=3, any::<bool>()), 0..=3);
     let packets = prop::collection::vec(packet_strategy(), PACKETS_PER_WORLD);
-    (settings, services, rules, ports, allow, deny, bans, packets).prop_map(
-        |((drop, monitor, prefix), services, rules, ports, allow, deny, bans, packets)| World {
-            policy: build_policy(
-                drop, monitor, prefix, &services, &rules, &ports, &allow, &deny,
-            ),
-            bans,
-            packets,
-        },
+    (
+        settings,
+        services,
+        rules,
+        ports,
+        allow,
+        deny,
+        (bans, peers),
+        packets,
     )
+        .prop_map(
+            |(
+                (drop, monitor, prefix, (factor, cap)),
+                services,
+                rules,
+                ports,
+                allow,
+                deny,
+                (bans, peers),
+                packets,
+            )| {
+                let mut policy = build_policy(
+                    drop, monitor, prefix, &services, &rules, &ports, &allow, &deny,
+                );
+                policy.settings.peer_factor = factor;
+                policy.settings.peer_max_multiplier = cap;
+                World {
+                    policy,
+                    bans,
+                    peers,
+                    packets,
+                }
+            },
+        )
 }
 
 /// A compiled policy as the kernel maps hold it. Port plans may name
@@ -831,6 +969,16 @@ fn enter(h: &mut Harness, world: &World) {
         };
         let key = key_of(SOURCES[*source], world.policy.settings.ipv6_ban_prefix);
         state.bans.insert(key, ban);
+    }
+    for (source, users, active) in &world.peers {
+        let peer = PeerEntry {
+            expires_ns: if *active { now + HOUR } else { now - SEC },
+            live_users: *users,
+            kind: PeerKind::Registered as u16,
+            _pad: 0,
+        };
+        let key = key_of(SOURCES[*source], world.policy.settings.ipv6_ban_prefix);
+        state.peers.insert(key, peer);
     }
     load_kernel_state(h, &state);
 }

@@ -76,8 +76,13 @@ fn allow_listed_sources_skip_rate_rules_and_are_never_banned() {
     let mut h = Harness::new(BASE_POLICY);
     let frame = udp("10.1.2.3", PBX4, 5060, b"OPTIONS");
     assert_eq!(passes(&mut h, &frame, 200), 200);
-    assert_eq!(h.packets(Reason::PassedAllowlisted), 200);
-    assert_eq!(h.rule_hits(0).counted, 0);
+    // The allow list is searched only over a limit: the first 40 (the
+    // 40-in-2-s rule) pass as any packet would, the other 160 because the
+    // source is allow-listed. Every packet is counted.
+    assert_eq!(h.packets(Reason::Passed), 40);
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 160);
+    assert_eq!(h.rule_hits(0).counted, 200);
+    assert_eq!(h.rule_hits(0).limited + h.rule_hits(1).limited, 0);
     assert!(!h.is_banned(&v4_key("10.1.2.3")));
     assert!(h.drain_ban_events().is_empty());
 }
@@ -180,7 +185,8 @@ fn vlan_and_qinq_are_looked_through() {
     assert_eq!(h.packets(Reason::NotTrusted), 1);
     let v6 = udp("2001:db8:a::1", PBX6, 5060, b"x");
     assert_eq!(h.run(&with_vlan_tags(&v6, &qinq)), XDP_PASS);
-    assert_eq!(h.packets(Reason::PassedAllowlisted), 1);
+    // Allow-listed and under every limit: it passes as any packet would.
+    assert_eq!(h.packets(Reason::Passed), 1);
     // A third tag hides what the frame carries: malformed.
     let three = [(TPID_8021AD, 10), (TPID_8021Q, 100), (TPID_8021Q, 200)];
     assert_eq!(h.run(&with_vlan_tags(&v6, &three)), XDP_DROP);
@@ -630,6 +636,12 @@ ports = ["5060/udp"]
 packets = 10000000
 window = "1h"
 ban = "1h"
+[[rate_rules]]
+name = "huge-2"
+ports = ["5060/udp"]
+packets = 10000000
+window = "10m"
+ban = "1h"
 "#,
     );
     const PER_CPU: u32 = 200_000;
@@ -655,15 +667,19 @@ ban = "1h"
     });
     let total = 2 * PER_CPU as u64;
     assert_eq!(h.packets(Reason::Passed), total);
-    assert_eq!(h.rule_hits(0).counted, total);
+    // Both rules' windows sit in the source's one entry, each exact.
     let key = guard_common::RateKey {
         source: v4_key("198.51.100.1"),
-        rule: 0,
+        group: 0,
     };
-    let window = h.guard.maps().rate_window(&key).unwrap().expect("a window");
-    let slot_ns = h.policy.rules[0].slot_ns;
-    let counted = guard_common::rate::window_total(&window, monotonic_ns(), slot_ns);
-    assert_eq!(counted, total, "packets lost between CPUs");
+    let state = h.guard.maps().rate_state(&key).unwrap().expect("a window");
+    for rule in 0..2u32 {
+        assert_eq!(h.rule_hits(rule as usize).counted, total, "rule {rule}");
+        let slot_ns = h.policy.rules[rule as usize].slot_ns;
+        let window = &state.windows[guard_common::rate_lane(rule)];
+        let counted = guard_common::rate::window_total(window, monotonic_ns(), slot_ns);
+        assert_eq!(counted, total, "rule {rule}: packets lost between CPUs");
+    }
 }
 
 fn pin_to_cpu(cpu: usize) {

@@ -134,9 +134,10 @@ fn warn_on_resized_maps(pins: &Pins, config: &Config, policy: &CompiledPolicy) {
 fn map_capacities(
     config: &Config,
     policy: &CompiledPolicy,
-) -> [(&'static str, &'static str, u64); 6] {
+) -> [(&'static str, &'static str, u64); 7] {
     let g = &config.guard;
-    let rate_entries = g.max_tracked_sources as u64 * policy.max_rules_per_port().max(1) as u64;
+    let rate_entries =
+        g.max_tracked_sources as u64 * policy.max_rate_groups_per_port().max(1) as u64;
     [
         (names::BANS, "bans", g.max_bans as u64),
         (names::ALLOW_V4, "allow_v4", g.max_cidrs as u64),
@@ -144,6 +145,7 @@ fn map_capacities(
         (names::DENY_V4, "deny_v4", g.max_cidrs as u64),
         (names::DENY_V6, "deny_v6", g.max_cidrs as u64),
         (names::RATE_STATE, "rate_state", rate_entries),
+        (names::PEERS, "peers", config.peers.max_peers as u64),
     ]
 }
 

@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use guard_common::{BanEntry, Counter, RateKey, RateWindow, Reason, Settings, SourceKey};
+use guard_common::{BanEntry, Counter, PeerEntry, RateKey, RateState, Reason, Settings, SourceKey};
 use ipnet::IpNet;
 
 use super::store::{MapStore, MapsError, NetList, Result};
@@ -30,7 +30,8 @@ pub struct FakeMaps(Arc<Mutex<FakeState>>);
 pub struct FakeState {
     pub settings: Settings,
     pub bans: HashMap<SourceKey, BanEntry>,
-    pub windows: HashMap<RateKey, RateWindow>,
+    pub windows: HashMap<RateKey, RateState>,
+    pub peers: HashMap<SourceKey, PeerEntry>,
     pub lists: HashMap<NetList, BTreeMap<IpNet, u32>>,
     pub slots: [SlotTables; 2],
     pub verdicts: [Counter; Reason::COUNT],
@@ -84,8 +85,21 @@ impl MapStore for FakeMaps {
         Ok(self.state().bans.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>> {
+    fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>> {
         Ok(self.state().windows.get(key).copied())
+    }
+
+    fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>> {
+        Ok(self.state().peers.get(source).copied())
+    }
+
+    fn insert_peer(&mut self, source: SourceKey, entry: PeerEntry) -> Result<()> {
+        self.state().peers.insert(source, entry);
+        Ok(())
+    }
+
+    fn remove_peer(&mut self, source: &SourceKey) -> Result<bool> {
+        Ok(self.state().peers.remove(source).is_some())
     }
 
     fn nets(&self, list: NetList) -> Result<Vec<IpNet>> {

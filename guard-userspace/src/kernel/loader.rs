@@ -104,10 +104,12 @@ impl Guard {
     pub fn load(config: &Config, policy: &CompiledPolicy, pins: Option<&Pins>) -> Result<Guard> {
         let object = ebpf_object()?;
         raise_memlock_limit();
+        // One entry per tracked source and rule group (one group for any
+        // policy of up to four rules).
         let rate_entries = config
             .guard
             .max_tracked_sources
-            .saturating_mul(policy.max_rules_per_port().max(1));
+            .saturating_mul(policy.max_rate_groups_per_port().max(1));
         let adopted_maps = pins.is_some_and(Pins::has_maps);
         let mut loader = EbpfLoader::new();
         if let Some(pins) = pins {
@@ -118,6 +120,7 @@ impl Guard {
         let mut ebpf = loader
             .map_max_entries(names::BANS, config.guard.max_bans)
             .map_max_entries(names::RATE_STATE, rate_entries)
+            .map_max_entries(names::PEERS, config.peers.max_peers)
             .map_max_entries(names::DENY_V4, config.guard.max_cidrs)
             .map_max_entries(names::DENY_V6, config.guard.max_cidrs)
             .map_max_entries(names::ALLOW_V4, config.guard.max_cidrs)

@@ -10,8 +10,8 @@ use aya::maps::{
 use guard_common::{
     map_names as names, policy_rule_index, policy_service_index,
     sip_scan::{PatternTable, ScanStatus},
-    BanEntry, Counter, Health, PortClass, RateKey, RateRule, RateWindow, Reason, RuleCounter,
-    ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS,
+    BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, Reason,
+    RuleCounter, ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS,
 };
 use ipnet::IpNet;
 
@@ -47,7 +47,9 @@ pub struct KernelMaps {
     services: Array<MapData, ServicePolicy>,
     rules: Array<MapData, RateRule>,
     settings: Array<MapData, Settings>,
-    rate_state: HashMap<MapData, RateKey, RateWindow>,
+    rate_state: HashMap<MapData, RateKey, RateState>,
+    /// Learned peers (written by the controller, read by the rate step).
+    peers: HashMap<MapData, SourceKey, PeerEntry>,
     verdicts: PerCpuArray<MapData, Counter>,
     rule_hits: PerCpuArray<MapData, RuleCounter>,
     health: PerCpuArray<MapData, u64>,
@@ -104,6 +106,7 @@ impl KernelMaps {
             rules: typed(t, names::RULES)?,
             settings: typed(t, names::SETTINGS)?,
             rate_state: typed(t, names::RATE_STATE)?,
+            peers: typed(t, names::PEERS)?,
             verdicts: typed(t, names::VERDICTS)?,
             rule_hits: typed(t, names::RULE_HITS)?,
             health: typed(t, names::HEALTH)?,
@@ -180,6 +183,7 @@ impl KernelMaps {
         add(names::RULES, self.rules.map())?;
         add(names::SETTINGS, self.settings.map())?;
         add(names::RATE_STATE, self.rate_state.map())?;
+        add(names::PEERS, self.peers.map())?;
         add(names::VERDICTS, self.verdicts.map())?;
         add(names::RULE_HITS, self.rule_hits.map())?;
         add(names::HEALTH, self.health.map())?;
@@ -483,17 +487,46 @@ impl KernelMaps {
         Ok(keys.len())
     }
 
-    /// The rate window of `(source, rule)`, if the kernel keeps one.
-    pub fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>> {
+    /// The rate windows of `(source, rule group)`, if the kernel keeps them.
+    pub fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>> {
         absent_as_none(self.rate_state.get(key, 0), "reading the rate state")
     }
 
-    /// Puts a rate window in place, as the kernel would (for tests and the
+    /// Puts rate windows in place, as the kernel would (for tests and the
     /// bench, which fill the rate state without sending packets).
-    pub fn insert_rate_window(&mut self, key: RateKey, window: RateWindow) -> Result<()> {
+    pub fn insert_rate_state(&mut self, key: RateKey, state: RateState) -> Result<()> {
         self.rate_state
-            .insert(key, window, 0)
+            .insert(key, state, 0)
             .map_err(MapsError::map("writing the rate state"))
+    }
+
+    /// The peer-map entry of `source` (expired or not).
+    pub fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>> {
+        absent_as_none(self.peers.get(source, 0), "reading the peer map")
+    }
+
+    /// Marks `source` a learned peer (or updates it).
+    pub fn insert_peer(&mut self, source: SourceKey, entry: PeerEntry) -> Result<()> {
+        self.peers
+            .insert(source, entry, 0)
+            .map_err(MapsError::map("writing the peer map"))
+    }
+
+    /// Every entry of the peer map, expired ones included.
+    pub fn peers(&self) -> Result<Vec<(SourceKey, PeerEntry)>> {
+        self.peers
+            .iter()
+            .map(|entry| entry.map_err(MapsError::map("reading the peer map")))
+            .collect()
+    }
+
+    /// Whether there was a peer to remove.
+    pub fn remove_peer(&mut self, source: &SourceKey) -> Result<bool> {
+        match self.peers.remove(source) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(MapsError::map("removing from the peer map")(e)),
+        }
     }
 
     /// Entries in the rate state: a walk of the whole map, so only for a
@@ -551,8 +584,20 @@ impl MapStore for KernelMaps {
         KernelMaps::bans(self)
     }
 
-    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>> {
-        KernelMaps::rate_window(self, key)
+    fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>> {
+        KernelMaps::rate_state(self, key)
+    }
+
+    fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>> {
+        KernelMaps::peer(self, source)
+    }
+
+    fn insert_peer(&mut self, source: SourceKey, entry: PeerEntry) -> Result<()> {
+        KernelMaps::insert_peer(self, source, entry)
+    }
+
+    fn remove_peer(&mut self, source: &SourceKey) -> Result<bool> {
+        KernelMaps::remove_peer(self, source)
     }
 
     fn nets(&self, list: NetList) -> Result<Vec<IpNet>> {

@@ -5,7 +5,7 @@
 //! one settings write) is written once, here, for both.
 use std::net::IpAddr;
 
-use guard_common::{BanEntry, Counter, RateKey, RateWindow, Reason, Settings, SourceKey};
+use guard_common::{BanEntry, Counter, PeerEntry, RateKey, RateState, Reason, Settings, SourceKey};
 use ipnet::IpNet;
 
 use crate::policy::compile::CompiledPolicy;
@@ -86,8 +86,14 @@ pub trait MapStore: Send {
     /// Every entry of the ban map, expired ones included.
     fn bans(&self) -> Result<Vec<(SourceKey, BanEntry)>>;
 
-    /// The rate window of `(source, rule)`, if the kernel keeps one.
-    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>>;
+    /// The rate windows of `(source, rule group)`, if the kernel keeps them.
+    fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>>;
+
+    /// The peer-map entry of `source` (expired or not).
+    fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>>;
+    fn insert_peer(&mut self, source: SourceKey, entry: PeerEntry) -> Result<()>;
+    /// Whether there was a peer to remove.
+    fn remove_peer(&mut self, source: &SourceKey) -> Result<bool>;
 
     /// The prefixes a list holds.
     fn nets(&self, list: NetList) -> Result<Vec<IpNet>>;

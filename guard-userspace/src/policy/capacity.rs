@@ -2,7 +2,7 @@
 //! can give before anything is loaded: `check-config` and `reload` refuse a
 //! capacity the kernel would refuse at start (with the file and line), and
 //! report the memory the maps would take.
-use guard_common::{rate::RateWindow, BanEntry, RateKey, SourceKey, MAX_RULES_PER_PORT};
+use guard_common::{BanEntry, RateKey, RateState, SourceKey, MAX_RULES_PER_PORT, RATE_LANES};
 
 use crate::policy::config::{Config, PortRange};
 
@@ -44,9 +44,12 @@ fn round8(size: usize) -> u64 {
     (size as u64).div_ceil(8) * 8
 }
 
-/// The entries of the rate-state map: one per (source, rule watching a port).
+/// The entries of the rate-state map, at most: one per (source, rule
+/// group) a port's rules span (`guard_common::rate_group`: rules 0-3 are
+/// one group), so one per source under a policy of up to four rules.
 pub fn rate_entries(config: &Config) -> u64 {
-    u64::from(config.guard.max_tracked_sources) * rules_per_port(config).max(1)
+    let groups = (config.rate_rules().len() as u64).div_ceil(RATE_LANES as u64);
+    u64::from(config.guard.max_tracked_sources) * rules_per_port(config).min(groups).max(1)
 }
 
 pub fn footprint(config: &Config) -> Footprint {
@@ -61,7 +64,7 @@ pub fn footprint(config: &Config) -> Footprint {
         rate_state: hash_bytes(
             rate_entries(config),
             size_of::<RateKey>(),
-            size_of::<RateWindow>(),
+            size_of::<RateState>(),
         ),
         // Allow and deny, IPv4 and IPv6.
         lists: 2 * (trie_bytes(cidrs, 4) + trie_bytes(cidrs, 16)),

@@ -84,7 +84,8 @@ impl CompiledPolicy {
                 monitor: config.guard.monitor.unwrap_or(false) as u8,
                 ipv6_ban_prefix: config.guard.ipv6_ban_prefix,
                 policy_slot: 0,
-                _pad: [0; 4],
+                peer_factor: config.peers.factor,
+                peer_max_multiplier: config.peers.max_multiplier,
             },
             service_names,
             services: services
@@ -147,12 +148,20 @@ impl CompiledPolicy {
         Some(self.rules.get(index as usize).copied().unwrap_or_default())
     }
 
-    /// The largest number of rules that can watch one port: each needs its
-    /// own rate-state entry per source.
-    pub fn max_rules_per_port(&self) -> u32 {
+    /// The largest number of rate-state groups one port's rules span
+    /// (`guard_common::rate_group`): each needs its own rate-state entry
+    /// per source. 1 for any policy of up to four rules.
+    pub fn max_rate_groups_per_port(&self) -> u32 {
         self.ports
             .iter()
-            .map(|(_, class)| class.rule_count() as u32)
+            .map(|(_, class)| {
+                let mut groups: Vec<u32> = class
+                    .rule_indexes()
+                    .map(|rule| guard_common::rate_group(rule as u32))
+                    .collect();
+                groups.dedup();
+                groups.len() as u32
+            })
             .max()
             .unwrap_or(0)
     }
@@ -202,7 +211,7 @@ mod tests {
         assert_eq!(p.rules[1].limit, 40);
         assert_eq!(p.rules[1].ban_ns, 3_600_000_000_000);
         assert_eq!(p.rules[1].slot_ns, 2_000_000_000 / 7);
-        assert_eq!(p.max_rules_per_port(), 2);
+        assert_eq!(p.max_rate_groups_per_port(), 1);
         assert!(sip.watches_sip());
         assert!(class(&p, L4Proto::Tcp, 5060).watches_sip());
         assert!(!class(&p, L4Proto::Udp, 15000).watches_sip());

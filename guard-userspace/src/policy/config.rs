@@ -44,6 +44,8 @@ pub struct Config {
     /// HEPv3 input: the signalling a PBX mirrors (read at start-up).
     #[serde(default)]
     pub hep: HepSection,
+    #[serde(default)]
+    pub peers: PeersSection,
 }
 
 /// Where the PBX's mirrored signalling (HEPv3) comes in, and from whom.
@@ -61,6 +63,30 @@ pub struct HepSection {
     /// The PBX's own addresses, when it is not this host (this host's
     /// addresses always count): what it sends as a client is not judged.
     pub pbx_addresses: Vec<std::net::IpAddr>,
+}
+
+/// Learned peers: sources that authenticated with the PBX get a larger rate
+/// budget. A peer's budget per rule is the rule's packets x
+/// min(max(live users, 1) x `factor`, `max_multiplier`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersSection {
+    /// Multiple of each rule's limit per live registered user.
+    pub factor: u16,
+    /// The largest multiple of a rule's limit a peer's budget reaches.
+    pub max_multiplier: u16,
+    /// Capacity of the peer map (a restart applies a change).
+    pub max_peers: u32,
+}
+
+impl Default for PeersSection {
+    fn default() -> Self {
+        PeersSection {
+            factor: guard_common::DEFAULT_PEER_FACTOR,
+            max_multiplier: guard_common::DEFAULT_PEER_MAX_MULTIPLIER,
+            max_peers: 65_536,
+        }
+    }
 }
 
 /// The Prometheus endpoint.
@@ -600,6 +626,9 @@ impl Config {
             ("guard.max_bans", g.max_bans),
             ("guard.max_tracked_sources", g.max_tracked_sources),
             ("guard.max_cidrs", g.max_cidrs),
+            ("peers.factor", self.peers.factor as u32),
+            ("peers.max_multiplier", self.peers.max_multiplier as u32),
+            ("peers.max_peers", self.peers.max_peers),
         ] {
             if value == 0 {
                 return Err((key.into(), "must be at least 1".into()));

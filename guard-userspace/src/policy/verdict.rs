@@ -6,10 +6,11 @@
 use std::net::IpAddr;
 
 use guard_common::{
-    rate::window_total,
-    verdict::{judge, Address, Lookup, Packet, Step, Transport, Verdict},
-    AccessMode, BanEntry, L4Proto, PortClass, RateKey, RateWindow, Reason, Settings, SourceKey,
-    MAX_RATE_RULES, NO_SERVICE, RULE_SYN_ONLY,
+    rate::{needed_multiplier, window_total},
+    rate_group, rate_lane, service_bit,
+    verdict::{judge, Address, Lookup, Packet, RateExcess, Step, Transport, Verdict},
+    AccessMode, BanEntry, L4Proto, PeerEntry, PortClass, RateKey, RateState, Reason, Settings,
+    SourceKey, MAX_RATE_RULES, NO_SERVICE, RULE_SYN_ONLY,
 };
 use ipnet::IpNet;
 
@@ -23,14 +24,17 @@ use crate::{
     },
 };
 
-/// The kernel state a verdict reads besides the policy: bans and rate
-/// windows. Read only: judging never counts a packet or changes a ban.
+/// The kernel state a verdict reads besides the policy: bans, rate
+/// windows and learned peers. Read only: judging never counts a packet or
+/// changes a ban.
 pub trait KernelState {
     type Error;
     /// The ban-map entry of `source` (expired or not).
     fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>, Self::Error>;
-    /// The rate window of `(source, rule)`.
-    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error>;
+    /// The rate windows of `(source, rule group)`.
+    fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>, Self::Error>;
+    /// The peer-map entry of `source` (expired or not).
+    fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error>;
 }
 
 impl KernelState for KernelMaps {
@@ -40,8 +44,12 @@ impl KernelState for KernelMaps {
         KernelMaps::ban(self, source)
     }
 
-    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
-        KernelMaps::rate_window(self, key)
+    fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>, Self::Error> {
+        KernelMaps::rate_state(self, key)
+    }
+
+    fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
+        KernelMaps::peer(self, source)
     }
 }
 
@@ -53,8 +61,12 @@ impl KernelState for dyn MapStore + '_ {
         MapStore::ban(self, source)
     }
 
-    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
-        MapStore::rate_window(self, key)
+    fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>, Self::Error> {
+        MapStore::rate_state(self, key)
+    }
+
+    fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
+        MapStore::peer(self, source)
     }
 }
 
@@ -68,7 +80,11 @@ impl KernelState for NoKernelState {
         Ok(None)
     }
 
-    fn rate_window(&self, _: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
+    fn rate_state(&self, _: &RateKey) -> Result<Option<RateState>, Self::Error> {
+        Ok(None)
+    }
+
+    fn peer(&self, _: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
         Ok(None)
     }
 }
@@ -92,6 +108,9 @@ pub struct Found {
     /// The source's allow entry and its service mask (when it was searched).
     pub allow: Option<(IpNet, u32)>,
     pub rate: Option<RateHit>,
+    /// The source's unexpired peer entry (searched only for a packet over
+    /// a rule's limit).
+    pub peer: Option<PeerEntry>,
 }
 
 /// A verdict with what decided it.
@@ -109,6 +128,9 @@ pub struct HostLookup<'a, K: KernelState + ?Sized> {
     now_ns: u64,
     found: Found,
     error: Option<K::Error>,
+    /// The packet's source, for the words of an allow-listed source under
+    /// its limits (which the kernel passes without searching the list).
+    address: Option<Address>,
 }
 
 impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
@@ -123,12 +145,14 @@ impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
             now_ns,
             found: Found::default(),
             error: None,
+            address: None,
         }
     }
 
     /// Judges `packet`: the verdict and the entries behind it.
     pub fn judge(mut self, packet: &Packet) -> Result<Judgement, K::Error> {
         let settings = self.settings();
+        self.address = Some(packet.source);
         let verdict = judge(&mut self, packet, &settings);
         match self.error {
             Some(error) => Err(error),
@@ -149,12 +173,14 @@ impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
         }
     }
 
-    /// The kernel's rate check, without counting: the packet's count in
+    /// The kernel's rate count, without counting: the packet's count in
     /// each rule's window is what is there plus this packet (plus one for
     /// each earlier listing of the same rule on the port, which the kernel
     /// counted a moment before).
-    fn rate_hit(&mut self, source: &SourceKey, class: &PortClass, is_syn: bool) -> Option<RateHit> {
+    fn rate_peek(&mut self, source: &SourceKey, class: &PortClass, is_syn: bool) -> RateExcess {
         let mut counted_here = [0u64; MAX_RATE_RULES];
+        let mut excess = RateExcess::UNDER;
+        let mut group: Option<(u32, Option<RateState>)> = None;
         for index in class.rule_indexes() {
             let Some(rule) = self.policy.rule(index) else {
                 continue;
@@ -162,21 +188,41 @@ impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
             if rule.flags & RULE_SYN_ONLY != 0 && !is_syn {
                 continue;
             }
-            let key = RateKey {
-                source: *source,
-                rule: index as u32,
+            let wanted = rate_group(index as u32);
+            let state = match group {
+                Some((g, state)) if g == wanted => state,
+                _ => {
+                    let key = RateKey {
+                        source: *source,
+                        group: wanted,
+                    };
+                    let found = self.state.rate_state(&key);
+                    let state = self.keep_error(found);
+                    group = Some((wanted, state));
+                    state
+                }
             };
-            let window = self.state.rate_window(&key);
-            let seen = self
-                .keep_error(window)
-                .map_or(0, |w| window_total(&w, self.now_ns, rule.slot_ns));
+            let seen = state.map_or(0, |s| {
+                window_total(
+                    &s.windows[rate_lane(index as u32)],
+                    self.now_ns,
+                    rule.slot_ns,
+                )
+            });
             counted_here[index as usize] += 1;
             let count = seen + counted_here[index as usize];
             if count > rule.limit as u64 {
-                return Some(RateHit { rule: index, count });
+                let needed = needed_multiplier(count, rule.limit);
+                if needed > excess.needed {
+                    excess = RateExcess {
+                        rule: index as u32,
+                        count,
+                        needed,
+                    };
+                }
             }
         }
-        None
+        excess
     }
 }
 
@@ -239,15 +285,33 @@ impl<K: KernelState + ?Sized> Lookup for HostLookup<'_, K> {
         self.policy.access_mode(service)
     }
 
-    fn exceeds_rate_rules(
+    fn count_rate(
         &mut self,
         source: &SourceKey,
         class: &PortClass,
         is_syn: bool,
         _slot: u8,
-    ) -> bool {
-        self.found.rate = self.rate_hit(source, class, is_syn);
-        self.found.rate.is_some()
+    ) -> RateExcess {
+        // Not a lookup the kernel makes under the limits: only `explain`'s
+        // words use it ("allow-listed, never rate-limited").
+        if let Some(address) = self.address {
+            self.found.allow = longest_match(self.policy.allow.iter().copied(), &address);
+        }
+        self.rate_peek(source, class, is_syn)
+    }
+
+    fn peer_users(&mut self, source: &SourceKey) -> Option<u32> {
+        let peer = self.state.peer(source);
+        let now = self.now_ns;
+        self.found.peer = self.keep_error(peer).filter(|peer| peer.is_active(now));
+        self.found.peer.map(|peer| peer.live_users)
+    }
+
+    fn rate_ban(&mut self, _source: &SourceKey, excess: &RateExcess, _slot: u8) {
+        self.found.rate = Some(RateHit {
+            rule: excess.rule as u8,
+            count: excess.count,
+        });
     }
 }
 
@@ -297,8 +361,12 @@ impl<K: KernelState + ?Sized> KernelState for WithBan<'_, K> {
         }
     }
 
-    fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
-        self.state.rate_window(key)
+    fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>, Self::Error> {
+        self.state.rate_state(key)
+    }
+
+    fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
+        self.state.peer(source)
     }
 }
 
@@ -452,7 +520,13 @@ impl LivePolicy {
             Reason::Scanner => "a SIP request carrying a scanner fingerprint".to_string(),
             Reason::Passed if verdict.step() == Step::Service => {
                 let rules = self.rule_names(&verdict.class);
-                if rules.is_empty() {
+                let allowed = found
+                    .allow
+                    .filter(|(_, mask)| mask & service_bit(verdict.class.service) != 0);
+                if let (false, Some((net, _))) = (rules.is_empty(), allowed) {
+                    let entry = self.entry_text("allow-listed by", NetList::Allow, Some(net));
+                    format!("open service; {entry}: never rate-limited")
+                } else if rules.is_empty() {
                     "open service".to_string()
                 } else {
                     format!("open service, subject to rate rules {}", rules.join(", "))
@@ -551,7 +625,8 @@ comment = "scanner"
     #[derive(Default)]
     struct State {
         bans: HashMap<SourceKey, BanEntry>,
-        windows: HashMap<RateKey, RateWindow>,
+        windows: HashMap<RateKey, RateState>,
+        peers: HashMap<SourceKey, PeerEntry>,
     }
 
     impl KernelState for State {
@@ -559,8 +634,11 @@ comment = "scanner"
         fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>, Self::Error> {
             Ok(self.bans.get(source).copied())
         }
-        fn rate_window(&self, key: &RateKey) -> Result<Option<RateWindow>, Self::Error> {
+        fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>, Self::Error> {
             Ok(self.windows.get(key).copied())
+        }
+        fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
+            Ok(self.peers.get(source).copied())
         }
     }
 
@@ -618,13 +696,14 @@ comment = "scanner"
         // The kernel never searches the allow list here and counts `passed`.
         assert_eq!(judged.verdict.reason, Reason::Passed);
         assert_eq!(judged.found.allow, None);
-        // On UDP 5060 the rate rules make the allow entry decide.
+        // On UDP 5060 it is counted, and the allow entry keeps it from
+        // ever being rate-limited.
         let sip = row(&policy, "10.1.2.3", "sip", &inputs);
         assert_eq!(sip.verdict, "pass");
         assert_eq!(
             sip.because,
             "tcp 5060: open service; \
-             udp 5060: allow-listed by 10.1.0.0/16 (office); rate rules skipped"
+             udp 5060: open service; allow-listed by 10.1.0.0/16 (office): never rate-limited"
         );
         let web = row(&policy, "10.1.2.3", "web", &inputs);
         assert_eq!(web.because, "allow-listed by 10.1.0.0/16 (office)");
@@ -648,12 +727,14 @@ comment = "scanner"
         for slot in window.slots.iter_mut().filter(|s| **s != 0) {
             *slot += 39;
         }
+        let mut windows = RateState::default();
+        windows.windows[rate_lane(rule as u32)] = window;
         state.windows.insert(
             RateKey {
                 source: key,
-                rule: rule as u32,
+                group: rate_group(rule as u32),
             },
-            window,
+            windows,
         );
         let inputs = Inputs {
             settings: policy.compiled.settings,

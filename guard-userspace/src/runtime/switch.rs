@@ -289,6 +289,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             c.guard.ipv6_ban_prefix,
         )
     };
+    if old.peers.max_peers != new.peers.max_peers {
+        out.push("peers.max_peers".to_string());
+    }
     if capacity(old) != capacity(new) {
         out.push("guard capacities or ipv6_ban_prefix".to_string());
     }

@@ -1,7 +1,7 @@
 //! Per-packet cost of every verdict path, and how it scales with map sizes,
 //! through BPF_PROG_TEST_RUN, against the bare XDP_DROP/XDP_PASS programs.
 use anyhow::{bail, ensure, Context, Result};
-use guard_common::{BanEntry, BanReason, RateKey, RateWindow, SourceKey, BAN_FOREVER, NO_RULE};
+use guard_common::{BanEntry, BanReason, RateKey, RateState, SourceKey, BAN_FOREVER, NO_RULE};
 use guard_userspace::{clock::monotonic_ns, kernel::maps::NetList};
 
 use super::{memory, ns_per_packet, xdp, Effort, Stats};
@@ -382,9 +382,9 @@ fn fill(h: &mut Harness, entries: u32) -> Result<()> {
         maps.insert_net(NetList::Deny, ipnet::IpNet::V4(net), 0)?;
         let tracked = RateKey {
             source: SourceKey::from_ipv4((0x6480_0000u32 + i).to_be_bytes()),
-            rule: 0,
+            group: 0,
         };
-        maps.insert_rate_window(tracked, RateWindow::default())?;
+        maps.insert_rate_state(tracked, RateState::default())?;
     }
     Ok(())
 }
