@@ -34,7 +34,8 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 /// dpkg-dev (dpkg-shlibdeps) for the Debian package; util-linux's prlimit
 /// and setpriv for the tests that run clients as another user under limits;
 /// an SMTP sink for the e-mail alerts (python3-aiosmtpd) and openssl for its
-/// test certificate.
+/// test certificate; SIPVicious (svmap, svwar) as the real scanner the
+/// scanner fingerprints are tested against.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -54,6 +55,7 @@ const TEST_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "python3-aiosmtpd",
     "openssl",
+    "sipvicious",
 ];
 
 pub enum BpfToolchain {
