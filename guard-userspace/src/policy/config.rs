@@ -77,6 +77,10 @@ pub struct PeersSection {
     pub max_multiplier: u16,
     /// Capacity of the peer map (a restart applies a change).
     pub max_peers: u32,
+    /// How long an authenticated call or subscription keeps its source a
+    /// peer after the PBX's last 2xx to one.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for PeersSection {
@@ -85,6 +89,7 @@ impl Default for PeersSection {
             factor: guard_common::DEFAULT_PEER_FACTOR,
             max_multiplier: guard_common::DEFAULT_PEER_MAX_MULTIPLIER,
             max_peers: 65_536,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -817,6 +822,8 @@ impl Config {
             ipv6_prefix: self.guard.ipv6_ban_prefix,
             // Half the ban map: forged failures can never fill it.
             unproven_ban_budget: (self.guard.max_bans / 2) as usize,
+            peer_idle: self.peers.idle_timeout,
+            max_peers: self.peers.max_peers as usize,
         }
     }
 

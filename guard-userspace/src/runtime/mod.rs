@@ -24,6 +24,7 @@ pub mod bans;
 pub mod explain;
 pub mod fleet;
 pub mod lists;
+pub mod peers;
 pub mod safety;
 pub mod status;
 pub mod switch;

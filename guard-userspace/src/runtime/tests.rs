@@ -711,3 +711,45 @@ async fn control_requests_with_host_bits_are_refused_unless_normalized() {
     assert!(call(remove(true)).await.is_ok(), "normalized removal");
     assert_eq!(s.kernel_nets(NetList::Deny), ["203.0.113.0/24"]);
 }
+
+#[tokio::test]
+async fn learned_peers_reach_the_peer_map_on_the_kernels_clock() {
+    use crate::sip::peers::{PeerChange, PeerFacts};
+    use guard_common::PeerKind;
+    let s = Site::new("peers", POLICY);
+    let office = ip("198.51.100.20");
+    let before_ns = crate::clock::monotonic_ns();
+    let facts = PeerFacts {
+        kind: PeerKind::Registered,
+        live_users: 12,
+        until: std::time::Instant::now() + Duration::from_secs(120),
+    };
+    s.runtime
+        .apply_peers(&[PeerChange {
+            source: office,
+            entry: Some(facts),
+        }])
+        .await;
+    let key = s.runtime.source_key(office);
+    let entry = s
+        .maps
+        .state()
+        .peers
+        .get(&key)
+        .copied()
+        .expect("a peer entry");
+    assert_eq!(entry.live_users, 12);
+    assert_eq!(entry.kind, PeerKind::Registered as u16);
+    let left = entry.expires_ns - before_ns;
+    assert!((119_000_000_000..=121_000_000_000).contains(&left), "{left}");
+    // Gone from the book: gone from the map (twice changes nothing).
+    for _ in 0..2 {
+        s.runtime
+            .apply_peers(&[PeerChange {
+                source: office,
+                entry: None,
+            }])
+            .await;
+        assert!(s.maps.state().peers.is_empty());
+    }
+}

@@ -6,5 +6,6 @@ pub mod dedup;
 pub mod hep;
 pub mod hep_input;
 pub mod parser;
+pub mod peers;
 pub mod tracker;
 pub mod watcher;

@@ -91,7 +91,10 @@ use guard_common::BanReason;
 use ipnet::IpNet;
 use lru::LruCache;
 
-use crate::sip::parser::{display, uri_user, Message};
+use crate::sip::{
+    parser::{display, uri_user, Message},
+    peers::PeerBook,
+};
 
 /// The four fail2ban-style levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -148,6 +151,10 @@ pub struct AuthPolicy {
     /// forged failures can ban forged addresses, and must not fill the
     /// kernel's ban map, which would leave no room to ban a real attacker.
     pub unproven_ban_budget: usize,
+    /// How long an authenticated call keeps its source a learned peer.
+    pub peer_idle: Duration,
+    /// Learned peers kept at most (the kernel's peer map's size).
+    pub max_peers: usize,
 }
 
 /// How long an unanswered request is remembered (64 x T1, RFC 3261).
@@ -201,6 +208,7 @@ type NonceKey = (IpAddr, u64);
 enum Method {
     Register,
     Invite,
+    Subscribe,
     Other,
 }
 
@@ -210,6 +218,8 @@ impl Method {
             Method::Register
         } else if name.eq_ignore_ascii_case(b"INVITE") {
             Method::Invite
+        } else if name.eq_ignore_ascii_case(b"SUBSCRIBE") {
+            Method::Subscribe
         } else {
             Method::Other
         }
@@ -318,6 +328,10 @@ pub struct Tracker {
     offences: LruCache<IpAddr, u32>,
     /// When each unproven ban of the last ban time was made, oldest first.
     unproven_bans: VecDeque<Instant>,
+    /// REGISTERs the PBX sent (to a provider), by (address, transaction).
+    outbound: LruCache<TxKey, Instant>,
+    /// Sources that authenticated (see `sip::peers`).
+    pub peers: PeerBook,
     pub stats: TrackerStats,
 }
 
@@ -353,6 +367,7 @@ impl Tracker {
 
     pub fn with_capacities(policy: AuthPolicy, capacities: Capacities) -> Tracker {
         let c = capacities;
+        let peers = PeerBook::new(policy.max_peers, policy.peer_idle);
         Tracker {
             policy,
             capacities,
@@ -366,6 +381,8 @@ impl Tracker {
             sources: LruCache::new(capacity(c.sources)),
             offences: LruCache::new(capacity(c.offences)),
             unproven_bans: VecDeque::new(),
+            outbound: LruCache::new(capacity(c.pending)),
+            peers,
             stats: TrackerStats::default(),
         }
     }
@@ -546,8 +563,11 @@ impl Tracker {
                     || request.credentials != Credentials::None
             }
             404 => request.method == Method::Register,
-            200..=299 if request.method == Method::Register => {
-                self.on_registered(now, source, &request.username, message);
+            200..=299 => {
+                if request.method == Method::Register {
+                    self.on_registered(now, source, &request.username, message);
+                }
+                self.learn_peer(now, source, &request, message);
                 return None;
             }
             _ => false,
@@ -561,6 +581,68 @@ impl Tracker {
                 .iter()
                 .any(|n| self.nonce_valid(now, source, *n));
         self.record_failure(now, peer, source, request.username, status, proven)
+    }
+
+    /// A 2xx the PBX sent: a learned peer if the request's credentials
+    /// echoed a nonce issued to this same address (see `sip::peers`).
+    fn learn_peer(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        request: &PendingRequest,
+        message: &Message<'_>,
+    ) {
+        let proven = request.credentials == Credentials::Some
+            && request
+                .nonces
+                .iter()
+                .any(|n| self.nonce_valid(now, source, *n));
+        if !proven {
+            return;
+        }
+        match request.method {
+            Method::Register => {
+                let expiry = message.registration_expiry().unwrap_or(3600);
+                self.peers
+                    .registered(now, source, &request.username, expiry);
+            }
+            Method::Invite | Method::Subscribe => self.peers.active(now, source),
+            Method::Other => {}
+        }
+    }
+
+    /// A request the PBX itself sent to `peer` (acting as a client): its
+    /// REGISTERs are remembered, so that the answer makes a provider peer.
+    pub fn on_pbx_request(&mut self, now: Instant, peer: IpAddr, message: &Message<'_>) {
+        if !message.is_method("REGISTER") {
+            return;
+        }
+        let source = self.source_of(peer);
+        for key in self.transaction_keys(message) {
+            self.outbound.put((source, key), now);
+        }
+    }
+
+    /// An answer `peer` sent to the PBX: a 2xx to a REGISTER the PBX sent
+    /// there makes `peer` a provider peer.
+    pub fn on_answer_to_pbx(&mut self, now: Instant, peer: IpAddr, message: &Message<'_>) {
+        let Some(status) = message.status() else {
+            return;
+        };
+        if !(200..300).contains(&status) {
+            return;
+        }
+        let source = self.source_of(peer);
+        let mut matched = false;
+        for key in self.transaction_keys(message) {
+            if let Some(sent) = self.outbound.pop(&(source, key)) {
+                matched |= now.duration_since(sent) <= TRANSACTION_TIMEOUT;
+            }
+        }
+        if matched {
+            let expiry = message.registration_expiry().unwrap_or(3600);
+            self.peers.provider(now, source, expiry);
+        }
     }
 
     fn on_registered(
@@ -793,6 +875,14 @@ impl Tracker {
         {
             self.live.pop_lru();
         }
+        while self
+            .outbound
+            .peek_lru()
+            .is_some_and(|(_, sent)| now.duration_since(*sent) > TRANSACTION_TIMEOUT)
+        {
+            self.outbound.pop_lru();
+        }
+        self.peers.prune(now);
         let window = self.policy.level.window;
         for table in [&mut self.suspects, &mut self.sources] {
             while table.peek_lru().is_some_and(|(_, s)| {

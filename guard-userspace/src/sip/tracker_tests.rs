@@ -2,6 +2,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::sip::parser::parse;
+use guard_common::PeerKind;
 
 fn policy(level: LevelName) -> AuthPolicy {
     AuthPolicy {
@@ -13,6 +14,8 @@ fn policy(level: LevelName) -> AuthPolicy {
         max_ban: Duration::from_secs(30 * 86_400),
         ipv6_prefix: 64,
         unproven_ban_budget: 32_768,
+        peer_idle: Duration::from_secs(600),
+        max_peers: 1024,
     }
 }
 
@@ -825,4 +828,187 @@ fn unproven_bans_are_capped_proven_ones_are_not() {
         again = again.or(unproven_failure(&mut t, later, peer, "u", n));
     }
     assert!(again.is_some());
+}
+
+/// A REGISTER challenged, then retried with the PBX's nonce from `peer`
+/// and answered `code` (with `extra` headers).
+fn register_with_nonce(
+    t: &mut Tracker,
+    now: Instant,
+    peer: IpAddr,
+    user: &str,
+    code: u16,
+    extra: &str,
+) {
+    let call = format!("reg-{user}");
+    let nonce = format!("nonce-{user}");
+    exchange(
+        t,
+        now,
+        peer,
+        &request("REGISTER", &call, 1, user, None),
+        &response(401, &call, 1, "REGISTER", &challenge(&nonce, false)),
+    );
+    exchange(
+        t,
+        now,
+        peer,
+        &request("REGISTER", &call, 2, user, Some(&nonce)),
+        &response(code, &call, 2, "REGISTER", extra),
+    );
+}
+
+fn peer_facts(t: &mut Tracker, now: Instant, peer: IpAddr) -> Option<crate::sip::peers::PeerFacts> {
+    t.peers
+        .list(now)
+        .into_iter()
+        .find(|(source, _)| *source == peer)
+        .map(|(_, facts)| facts)
+}
+
+#[test]
+fn an_authenticated_registration_makes_a_peer_per_live_user() {
+    let mut t = Tracker::new(policy(LevelName::Normal));
+    let now = Instant::now();
+    let office = ip("198.51.100.20");
+    for user in ["101", "102", "103"] {
+        register_with_nonce(&mut t, now, office, user, 200, "Expires: 120\r\n");
+    }
+    let facts = peer_facts(&mut t, now, office).expect("a peer");
+    assert_eq!(facts.kind, PeerKind::Registered);
+    assert_eq!(facts.live_users, 3);
+    assert_eq!(facts.until, now + Duration::from_secs(120));
+    let changes = t.peers.take_changes(now);
+    assert_eq!(changes.len(), 1, "one source: {changes:?}");
+    assert_eq!(changes[0].entry, Some(facts));
+    // Expires: 0 unregisters that user only; the last one ends the peer.
+    register_with_nonce(&mut t, now, office, "101", 200, "Expires: 0\r\n");
+    assert_eq!(peer_facts(&mut t, now, office).unwrap().live_users, 2);
+    register_with_nonce(&mut t, now, office, "102", 200, "Expires: 0\r\n");
+    register_with_nonce(&mut t, now, office, "103", 200, "Expires: 0\r\n");
+    assert_eq!(peer_facts(&mut t, now, office), None);
+    let changes = t.peers.take_changes(now);
+    assert_eq!(changes.last().map(|c| c.entry), Some(None), "{changes:?}");
+    // Registrations lapse on their own too.
+    register_with_nonce(&mut t, now, office, "104", 200, "Expires: 60\r\n");
+    t.prune(now + Duration::from_secs(61));
+    assert_eq!(
+        peer_facts(&mut t, now + Duration::from_secs(61), office),
+        None
+    );
+}
+
+#[test]
+fn no_free_peers() {
+    let mut t = Tracker::new(policy(LevelName::Normal));
+    let now = Instant::now();
+    let attacker = ip("203.0.113.66");
+    // A 2xx to a request without credentials.
+    exchange(
+        &mut t,
+        now,
+        attacker,
+        &request("REGISTER", "c1", 1, "101", None),
+        &response(200, "c1", 1, "REGISTER", "Expires: 3600\r\n"),
+    );
+    // Failures and provisional answers.
+    register_with_nonce(&mut t, now, attacker, "102", 401, &challenge("n2", false));
+    register_with_nonce(&mut t, now, attacker, "103", 403, "");
+    register_with_nonce(&mut t, now, attacker, "104", 100, "");
+    // Credentials replayed from another address: the nonce was issued to
+    // the phone, not to the attacker.
+    let phone = ip("198.51.100.21");
+    exchange(
+        &mut t,
+        now,
+        phone,
+        &request("REGISTER", "p1", 1, "105", None),
+        &response(401, "p1", 1, "REGISTER", &challenge("phone-nonce", false)),
+    );
+    exchange(
+        &mut t,
+        now,
+        attacker,
+        &request("REGISTER", "p1", 2, "105", Some("phone-nonce")),
+        &response(200, "p1", 2, "REGISTER", "Expires: 3600\r\n"),
+    );
+    // A 2xx that matches no request of the source (forged or unread).
+    let text = response(200, "nothing", 9, "REGISTER", "Expires: 3600\r\n");
+    let (answer, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_response(now, attacker, &answer);
+    // An authenticated OPTIONS is not a call.
+    exchange(
+        &mut t,
+        now,
+        attacker,
+        &request("OPTIONS", "o1", 1, "106", None),
+        &response(401, "o1", 1, "OPTIONS", &challenge("n6", false)),
+    );
+    exchange(
+        &mut t,
+        now,
+        attacker,
+        &request("OPTIONS", "o1", 2, "106", Some("n6")),
+        &response(200, "o1", 2, "OPTIONS", ""),
+    );
+    assert!(t.peers.is_empty(), "{:?}", t.peers.list(now));
+    assert!(t.peers.take_changes(now).is_empty());
+}
+
+#[test]
+fn an_authenticated_call_keeps_a_peer_for_the_idle_time() {
+    let mut p = policy(LevelName::Normal);
+    p.peer_idle = Duration::from_secs(300);
+    let mut t = Tracker::new(p);
+    let now = Instant::now();
+    let trunk = ip("198.51.100.22");
+    exchange(
+        &mut t,
+        now,
+        trunk,
+        &request("INVITE", "i1", 1, "200", None),
+        &response(
+            407,
+            "i1",
+            1,
+            "INVITE",
+            &challenge("inv", false).replace("WWW", "Proxy"),
+        ),
+    );
+    exchange(
+        &mut t,
+        now,
+        trunk,
+        &request("INVITE", "i1", 2, "200", Some("inv")),
+        &response(200, "i1", 2, "INVITE", ""),
+    );
+    let facts = peer_facts(&mut t, now, trunk).expect("a call peer");
+    assert_eq!(facts.kind, PeerKind::Call);
+    assert_eq!(facts.live_users, 0);
+    assert_eq!(facts.until, now + Duration::from_secs(300));
+    let later = now + Duration::from_secs(301);
+    t.prune(later);
+    assert_eq!(peer_facts(&mut t, later, trunk), None);
+}
+
+#[test]
+fn the_pbx_registering_to_a_provider_makes_it_a_peer() {
+    let mut t = Tracker::new(policy(LevelName::Normal));
+    let now = Instant::now();
+    let provider = ip("203.0.113.10");
+    let ours_text = request("REGISTER", "up", 1, "trunk", None);
+    let (ours, _) = parse(ours_text.as_bytes(), true).unwrap();
+    // A 2xx before the PBX asked, or from another address, makes nothing.
+    let answer_text = response(200, "up", 1, "REGISTER", "Expires: 600\r\n");
+    let (answer, _) = parse(answer_text.as_bytes(), true).unwrap();
+    t.on_answer_to_pbx(now, provider, &answer);
+    assert!(t.peers.is_empty());
+    t.on_pbx_request(now, provider, &ours);
+    t.on_answer_to_pbx(now, ip("203.0.113.11"), &answer);
+    assert!(t.peers.is_empty());
+    // The provider's 2xx to the PBX's REGISTER.
+    t.on_answer_to_pbx(now, provider, &answer);
+    let facts = peer_facts(&mut t, now, provider).expect("a provider peer");
+    assert_eq!(facts.kind, PeerKind::Provider);
+    assert_eq!(facts.until, now + Duration::from_secs(600));
 }

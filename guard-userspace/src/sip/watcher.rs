@@ -199,7 +199,10 @@ impl Watch {
                     self.counters.auth_failure(status);
                 }
             }
-            // The PBX acting as a client (trunks): not our business.
+            // The PBX acting as a client: its REGISTERs to a provider, and
+            // the provider's answers, make the provider a peer.
+            (false, Some(_), _) => self.tracker.on_pbx_request(now, peer, &message),
+            (true, None, Some(_)) => self.tracker.on_answer_to_pbx(now, peer, &message),
             _ => {}
         }
     }
@@ -244,6 +247,7 @@ pub async fn watch(
                     ready.clear_ready();
                 }
                 runtime.sip_bans(&decisions, window).await;
+                runtime.apply_peers(&watch.tracker.peers.take_changes(Instant::now())).await;
                 if !drained {
                     // A flood keeps the ring full: let the control socket
                     // and the other tasks have their turn.
@@ -259,9 +263,11 @@ pub async fn watch(
                     }
                 }
                 runtime.sip_bans(&decisions, window).await;
+                runtime.apply_peers(&watch.tracker.peers.take_changes(Instant::now())).await;
             }
             _ = prune.tick() => {
                 watch.prune(Instant::now());
+                runtime.apply_peers(&watch.tracker.peers.take_changes(Instant::now())).await;
                 let (stats, tracker) = (&watch.stats, &watch.tracker);
                 debug!(
                     "SIP watch: {} captures, {} HEP, {} messages, {} duplicates, {} malformed, \
@@ -323,6 +329,8 @@ mod tests {
             max_ban: Duration::from_secs(30 * 86_400),
             ipv6_prefix: 64,
             unproven_ban_budget: 32_768,
+            peer_idle: Duration::from_secs(600),
+            max_peers: 1024,
         })
     }
 
