@@ -602,10 +602,12 @@ pub enum Reason {
     Passed = 9,
     /// A SIP request carrying a scanner fingerprint (`sip_scan`).
     Scanner = 10,
+    /// The source is in the fleet deny set (CrowdSec range decisions, feeds).
+    Fleet = 11,
 }
 
 impl Reason {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Banned,
         Reason::Denied,
@@ -618,6 +620,7 @@ impl Reason {
         Reason::PassedAllowlisted,
         Reason::Passed,
         Reason::Scanner,
+        Reason::Fleet,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -633,6 +636,7 @@ impl Reason {
             Reason::PassedAllowlisted => "passed_allowlisted",
             Reason::Passed => "passed",
             Reason::Scanner => "scanner",
+            Reason::Fleet => "fleet",
         }
     }
 
@@ -696,9 +700,14 @@ impl Health {
     }
 }
 
+/// The value of a fleet deny set entry (`FLEET_V4`, `FLEET_V6`): the
+/// entry's own prefix length, so that a lookup, which answers with the
+/// value only, also tells which network held the address.
+pub type FleetEntry = u32;
+
 /// The layout of every map's keys and values. A controller adopts pinned
 /// maps only under the same version; bump it when any map type changes.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Map names, shared so a rename cannot split the two sides.
 pub mod map_names {
@@ -722,9 +731,11 @@ pub mod map_names {
     pub const SIP_SCANS: &str = "SIP_SCANS";
     pub const SIP_SCRATCH: &str = "SIP_SCRATCH";
     pub const PEERS: &str = "PEERS";
+    pub const FLEET_V4: &str = "FLEET_V4";
+    pub const FLEET_V6: &str = "FLEET_V6";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 22] = [
         BANS,
         DENY_V4,
         DENY_V6,
@@ -745,6 +756,8 @@ pub mod map_names {
         SIP_SCANS,
         SIP_SCRATCH,
         PEERS,
+        FLEET_V4,
+        FLEET_V6,
     ];
 }
 

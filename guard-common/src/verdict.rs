@@ -7,6 +7,12 @@
 //! The steps, in order (each may end the verdict):
 //! 1. ban ([`Step::Ban`]): an unexpired ban on the source drops;
 //! 2. deny list ([`Step::Deny`]): drops;
+//!
+//!    then the fleet deny set ([`Step::Fleet`]): networks other machines
+//!    decided on (CrowdSec range decisions, blocklist feeds), kept apart
+//!    from the operator's deny list. It drops, except allow-listed sources:
+//!    a fleet decision never drops a network the operator trusts (the
+//!    allow list is searched only on a match, which is rare);
 //! 3. non-first fragments carry no ports: they pass ([`Step::Fragment`]);
 //! 4. service access ([`Step::Access`]): `closed` drops; `trusted` drops
 //!    sources its allow list does not grant;
@@ -102,6 +108,8 @@ pub trait Lookup {
     fn is_banned(&mut self, source: &SourceKey) -> bool;
     /// True if the deny list holds `source`.
     fn is_denied(&mut self, source: &Address) -> bool;
+    /// True if the fleet deny set holds `source`.
+    fn is_fleet_denied(&mut self, source: &Address) -> bool;
     /// The service mask of `source`'s (longest-prefix) allow entry; 0 if none.
     fn allow_mask(&mut self, source: &Address) -> u32;
     /// The class of `(proto, port)` under policy `slot`.
@@ -291,6 +299,8 @@ pub enum Step {
     Parse,
     Ban,
     Deny,
+    /// The fleet deny set (CrowdSec ranges, feeds).
+    Fleet,
     Fragment,
     Access,
     Allow,
@@ -332,6 +342,7 @@ impl Verdict {
             Reason::Malformed => Step::Parse,
             Reason::Banned => Step::Ban,
             Reason::Denied => Step::Deny,
+            Reason::Fleet => Step::Fleet,
             Reason::Fragment => Step::Fragment,
             Reason::Closed | Reason::NotTrusted => Step::Access,
             Reason::PassedAllowlisted => Step::Allow,
@@ -379,6 +390,10 @@ pub fn judge_parts<L: Lookup, P>(
     if lookup.is_denied(address) {
         let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
         return verdict(Reason::Denied, class, Step::Deny);
+    }
+    if lookup.is_fleet_denied(address) && lookup.allow_mask(address) == 0 {
+        let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
+        return verdict(Reason::Fleet, class, Step::Fleet);
     }
     if let Transport::LaterFragment = transport {
         return verdict(Reason::Fragment, PortClass::UNCLASSIFIED, Step::Fragment);

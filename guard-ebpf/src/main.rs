@@ -1,6 +1,6 @@
 //! sipguard's XDP program. One packet's path, top to bottom:
 //!
-//! parse -> ban -> deny -> fragment -> service access (closed, trusted)
+//! parse -> ban -> deny -> fleet -> fragment -> service access (closed, trusted)
 //!       -> allow list (trusted services, "drop") -> SIP inspection
 //!       -> rate rules (count; over a limit: allow list, peer budget, ban)
 //!       -> verdict
@@ -42,7 +42,10 @@ use guard_common::{
 };
 
 use crate::{
-    maps::{ALLOW_V4, ALLOW_V6, CAPTURE_PROG, DENY_V4, DENY_V6, PORTS, SERVICES, SETTINGS},
+    maps::{
+        ALLOW_V4, ALLOW_V6, CAPTURE_PROG, DENY_V4, DENY_V6, FLEET_V4, FLEET_V6, PORTS, SERVICES,
+        SETTINGS,
+    },
     parse::{Address, Frame, Transport},
 };
 
@@ -102,6 +105,14 @@ impl Lookup for KernelLookup {
         match source {
             Address::V4(addr) => DENY_V4.get(Key::new(32, *addr)).is_some(),
             Address::V6(addr) => DENY_V6.get(Key::new(128, *addr)).is_some(),
+        }
+    }
+
+    #[inline(always)]
+    fn is_fleet_denied(&mut self, source: &Address) -> bool {
+        match source {
+            Address::V4(addr) => FLEET_V4.get(Key::new(32, *addr)).is_some(),
+            Address::V6(addr) => FLEET_V6.get(Key::new(128, *addr)).is_some(),
         }
     }
 

@@ -22,6 +22,14 @@ pub static DENY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0)
 #[map]
 pub static DENY_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0);
 
+/// The fleet deny set: networks CrowdSec decisions and blocklist feeds
+/// drop, apart from the operator's deny lists so that they never push
+/// those out. The value is the entry's prefix length (`FleetEntry`).
+#[map]
+pub static FLEET_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0);
+#[map]
+pub static FLEET_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0);
+
 /// Allow lists; the value is the mask of services the network may use.
 #[map]
 pub static ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0);

@@ -25,6 +25,7 @@ const LISTS_FILE: &str = "lists.json";
 const MODE_FILE: &str = "xdp_mode.json";
 /// The config file last put in force by a confirmed `sipguard apply`.
 const APPLIED_FILE: &str = "applied.json";
+const FLEET_FILE: &str = "fleet.json";
 /// Bumped when a file's meaning changes; an unknown version is refused.
 const FORMAT_VERSION: u32 = 1;
 
@@ -58,6 +59,21 @@ struct AppliedFile {
 struct BansFile {
     version: u32,
     bans: Vec<SavedBan>,
+}
+
+/// One entry of the fleet deny set as saved: a network and who holds it
+/// (`crowdsec`, or `feed:NAME`), with its words for `explain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedFleetEntry {
+    pub net: ipnet::IpNet,
+    pub holder: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct FleetFile {
+    version: u32,
+    entries: Vec<SavedFleetEntry>,
 }
 
 pub fn unix_now() -> u64 {
@@ -425,6 +441,22 @@ impl StateDir {
             .map(|a| a.path))
     }
 
+    pub fn save_fleet(&self, entries: Vec<SavedFleetEntry>) -> Result<()> {
+        let file = FleetFile {
+            version: FORMAT_VERSION,
+            entries,
+        };
+        self.write(&self.dir.join(FLEET_FILE), &file)
+    }
+
+    /// The saved fleet deny set, from a file no larger than `max_entries`
+    /// entries of each address family (and their holders) can make.
+    pub fn load_fleet(&self, max_entries: u32) -> Result<Vec<SavedFleetEntry>> {
+        let entries = max_entries.saturating_mul(4);
+        let file: Option<FleetFile> = self.read(FLEET_FILE, size_limit(entries))?;
+        Ok(file.map(|f| f.entries).unwrap_or_default())
+    }
+
     /// Remembers the XDP mode, for a later run that adopts the pinned link.
     pub fn save_xdp_mode(&self, mode: &str) {
         if let Err(e) = self.write(&self.dir.join(MODE_FILE), &mode) {
@@ -545,6 +577,12 @@ impl Versioned for AppliedFile {
 }
 
 impl Versioned for BansFile {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl Versioned for FleetFile {
     fn version(&self) -> u32 {
         self.version
     }

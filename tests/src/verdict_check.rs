@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 
 use guard_common::{
-    verdict::Packet, BanEntry, Counter, PeerEntry, RateKey, RateState, Reason, Settings, SourceKey,
+    verdict::{Address, Packet},
+    BanEntry, Counter, PeerEntry, RateKey, RateState, Reason, Settings, SourceKey,
 };
 use guard_userspace::policy::{
     compile::CompiledPolicy,
-    verdict::{HostLookup, Judgement, KernelState},
+    verdict::{address_ip, HostLookup, Judgement, KernelState},
 };
+use ipnet::IpNet;
 
 use crate::{frames::frame_of, Harness, XDP_DROP, XDP_PASS};
 
@@ -20,6 +22,8 @@ pub struct MemoryState {
     pub bans: HashMap<SourceKey, BanEntry>,
     pub windows: HashMap<RateKey, RateState>,
     pub peers: HashMap<SourceKey, PeerEntry>,
+    /// The fleet deny set.
+    pub fleet: Vec<IpNet>,
 }
 
 impl KernelState for MemoryState {
@@ -35,6 +39,17 @@ impl KernelState for MemoryState {
 
     fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
         Ok(self.peers.get(source).copied())
+    }
+
+    /// The longest network holding the address, as an LPM trie finds it.
+    fn fleet(&self, address: &Address) -> Result<Option<IpNet>, Self::Error> {
+        let ip = address_ip(address);
+        Ok(self
+            .fleet
+            .iter()
+            .filter(|net| net.contains(&ip))
+            .max_by_key(|net| net.prefix_len())
+            .copied())
     }
 }
 
@@ -106,7 +121,7 @@ pub fn last_counted(h: &Harness, before: &[(Reason, u8, Counter)]) -> Option<(Re
     })
 }
 
-/// Empties the ban map, the rate state and the peers (between cases).
+/// Empties the ban map, the rate state, the peers and the fleet deny set (between cases).
 pub fn clear_kernel_state(h: &mut Harness) {
     let maps = h.guard.maps_mut();
     for (key, _) in maps.bans().expect("reading BANS") {
@@ -116,10 +131,13 @@ pub fn clear_kernel_state(h: &mut Harness) {
     for (key, _) in maps.peers().expect("reading PEERS") {
         let _ = maps.remove_peer(&key);
     }
+    for net in maps.fleet_nets().expect("reading FLEET_V4/V6") {
+        maps.remove_fleet(net).expect("clearing the fleet deny set");
+    }
     h.drain_ban_events();
 }
 
-/// Writes `state` into the kernel's ban map, rate state and peers.
+/// Writes `state` into the kernel's ban map, rate state, peers and fleet deny set.
 pub fn load_kernel_state(h: &mut Harness, state: &MemoryState) {
     let maps = h.guard.maps_mut();
     for (key, ban) in &state.bans {
@@ -131,5 +149,8 @@ pub fn load_kernel_state(h: &mut Harness, state: &MemoryState) {
     }
     for (key, peer) in &state.peers {
         maps.insert_peer(*key, *peer).expect("writing PEERS");
+    }
+    for net in &state.fleet {
+        maps.insert_fleet(*net).expect("writing FLEET_V4/V6");
     }
 }

@@ -103,6 +103,12 @@ impl Site {
         delivered(&self.link, source, 3) == 0
     }
 
+    fn explain(&self, ip: &str) -> String {
+        let out = cli(&self.socket, &["explain", ip]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     fn bans(&self) -> Vec<BanRow> {
         let out = cli(&self.socket, &["bans", "--json"]);
         assert!(out.status.success(), "{out:?}");
@@ -181,6 +187,81 @@ fn cscli_decisions_are_dropped_within_a_poll_and_lifted_on_delete() {
     assert!(took.is_some(), "not lifted in time:\n{}", daemon.log());
     assert!(site.dropped(SCANNER_V6), "the other decision stays");
     assert!(site.bans().iter().all(|b| b.source != SCANNER));
+    daemon.stop().expect("stopped");
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and crowdsec: run with `cargo xtask test`"]
+fn range_decisions_drop_the_whole_range_but_the_allow_list() {
+    const RANGE: &str = "10.77.0.0/24";
+    let site = Site::new("csr");
+    let mut daemon = site.start();
+    assert!(site.passes(SCANNER) && site.passes(FRAUDSTER));
+
+    site.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        RANGE,
+        "--duration",
+        "1h",
+        "--reason",
+        "sipguard-test/range",
+    ]);
+    let took = time_until(WITHIN_A_POLL, || {
+        site.dropped(SCANNER) && site.dropped(FRAUDSTER)
+    });
+    assert!(took.is_some(), "the range did not drop:\n{}", daemon.log());
+    // The office inside the range is allow-listed: spared, and said so.
+    assert!(site.passes(OFFICE));
+    daemon
+        .wait_for("except the allow-listed 10.77.0.2/32", WITHIN_A_POLL)
+        .expect("the spared part is logged");
+    assert!(site.passes(SCANNER_V6), "another family, another range");
+    // A range is no ban: it is in the fleet deny set, and explain names it.
+    assert!(site.bans().iter().all(|b| b.source != SCANNER));
+    let why = site.explain(SCANNER);
+    assert!(
+        why.contains("fleet deny set: 10.77.0.0/24 (crowdsec sipguard-test/range (origin cscli))"),
+        "{why}"
+    );
+
+    // A restart without the LAPI still enforces the range (saved state).
+    daemon.stop().expect("stopped");
+    let mut site = site;
+    site.lapi.halt();
+    let (mut daemon, _) = start_guard(
+        &site.link.right,
+        &site.link.right_if,
+        &site.config,
+        &[
+            "--control-socket",
+            &site.socket,
+            "--state-dir",
+            site.state.path(),
+        ],
+    )
+    .expect("sipguard attached");
+    daemon
+        .wait_for("fleet deny set restored: 1 networks", WITHIN_A_POLL)
+        .expect("the range is restored");
+    assert!(site.dropped(SCANNER), "{}", daemon.log());
+    assert!(site.passes(OFFICE));
+    site.lapi.resume().expect("the LAPI restarts");
+    daemon
+        .wait_for("crowdsec full sync", Duration::from_secs(20))
+        .expect("the sync after the LAPI is back");
+
+    site.cscli(&["decisions", "delete", "--range", RANGE]);
+    let took = time_until(WITHIN_A_POLL, || {
+        site.passes(SCANNER) && site.passes(FRAUDSTER)
+    });
+    assert!(
+        took.is_some(),
+        "the range was not lifted:\n{}",
+        daemon.log()
+    );
+    assert!(!site.explain(SCANNER).contains("fleet"));
     daemon.stop().expect("stopped");
 }
 

@@ -134,6 +134,8 @@ enum Before {
     /// As `Counted`, the source being a learned peer with this many live
     /// users, unexpired or expired.
     Peer(&'static str, u32, u64, u32, bool),
+    /// A network in the fleet deny set (a CrowdSec range, a feed's entry).
+    InFleet(&'static str),
 }
 
 struct Case {
@@ -221,6 +223,91 @@ fn table() -> Vec<Case> {
             Nothing,
             tcp("203.0.113.5", 5038, true),
             Denied,
+        ),
+        // The fleet deny set: after ban and deny, sparing the allow list.
+        case(
+            "fleet range v4",
+            BASE,
+            InFleet("198.51.100.0/24"),
+            udp("198.51.100.7", 5060),
+            Fleet,
+        ),
+        case(
+            "fleet range v6",
+            BASE,
+            InFleet("2001:db8:f::/48"),
+            tcp("2001:db8:f:1::1", 443, true),
+            Fleet,
+        ),
+        case(
+            "fleet single address",
+            BASE,
+            InFleet("198.51.100.7/32"),
+            icmp("198.51.100.7"),
+            Fleet,
+        ),
+        case(
+            "just outside a fleet range",
+            BASE,
+            InFleet("198.51.100.0/24"),
+            udp("198.51.101.1", 5060),
+            Passed,
+        ),
+        case(
+            "fleet drops later fragments",
+            BASE,
+            InFleet("198.51.100.0/24"),
+            fragment("198.51.100.9"),
+            Fleet,
+        ),
+        case(
+            "fleet spares the allow list",
+            BASE,
+            InFleet("10.0.0.0/8"),
+            udp("10.1.2.3", 5060),
+            PassedAllowlisted,
+        ),
+        case(
+            "fleet spares the allow list on ports without rules",
+            BASE,
+            InFleet("10.0.0.0/8"),
+            tcp("10.1.2.3", 5060, true),
+            Passed,
+        ),
+        case(
+            "fleet-spared source still meets a closed service",
+            BASE,
+            InFleet("10.0.0.0/8"),
+            tcp("10.1.2.3", 5038, true),
+            Closed,
+        ),
+        case(
+            "fleet spares an allow entry for other services",
+            BASE,
+            InFleet("2001:db8::/32"),
+            udp("2001:db8:a::9", 9999),
+            Passed,
+        ),
+        case(
+            "fleet outside the allow entry drops",
+            BASE,
+            InFleet("10.0.0.0/8"),
+            udp("10.2.0.1", 5060),
+            Fleet,
+        ),
+        case(
+            "deny beats fleet",
+            BASE,
+            InFleet("203.0.0.0/8"),
+            udp("203.0.113.9", 5060),
+            Denied,
+        ),
+        case(
+            "monitor: fleet",
+            MONITOR,
+            InFleet("198.51.100.0/24"),
+            udp("198.51.100.7", 5060),
+            Fleet,
         ),
         // Fragments: judged by source alone.
         case(
@@ -596,6 +683,7 @@ fn state_of(before: Before, policy: &CompiledPolicy, now: u64) -> MemoryState {
             };
             state.peers.insert(key, peer);
         }
+        Before::InFleet(net) => state.fleet.push(net.parse().expect("test network")),
     }
     state
 }
@@ -762,6 +850,8 @@ struct World {
     bans: Vec<(usize, bool)>,
     /// Learned peers: (index into SOURCES, live users, unexpired).
     peers: Vec<(usize, u32, bool)>,
+    /// The fleet deny set (indexes into NETS).
+    fleet: Vec<usize>,
     packets: Vec<Packet>,
 }
 
@@ -820,6 +910,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
     let deny = prop::collection::vec(0..NETS.len(), 0..=2);
     let bans = prop::collection::vec((0..SOURCES.len(), any::<bool>()), 0..=2);
     let peers = prop::collection::vec((0..SOURCES.len(), 0u32..=3, any::<bool>()), 0..=3);
+    let fleet = prop::collection::vec(0..NETS.len(), 0..=2);
     let packets = prop::collection::vec(packet_strategy(), PACKETS_PER_WORLD);
     (
         settings,
@@ -827,7 +918,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
         rules,
         ports,
         allow,
-        deny,
+        (deny, fleet),
         (bans, peers),
         packets,
     )
@@ -838,7 +929,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
                 rules,
                 ports,
                 allow,
-                deny,
+                (deny, fleet),
                 (bans, peers),
                 packets,
             )| {
@@ -851,6 +942,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
                     policy,
                     bans,
                     peers,
+                    fleet,
                     packets,
                 }
             },
@@ -979,6 +1071,12 @@ fn enter(h: &mut Harness, world: &World) {
         };
         let key = key_of(SOURCES[*source], world.policy.settings.ipv6_ban_prefix);
         state.peers.insert(key, peer);
+    }
+    for net in &world.fleet {
+        let net: IpNet = NETS[*net].parse().expect("pool network");
+        if !state.fleet.contains(&net) {
+            state.fleet.push(net);
+        }
     }
     load_kernel_state(h, &state);
 }

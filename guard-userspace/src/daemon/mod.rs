@@ -241,6 +241,7 @@ async fn guard(
     let live = LivePolicy::build(config, source, state.load_lists(max_cidrs)?);
     let fleet = fleet::prepare(&live.config)?;
     let saved_bans = state.load_bans(max_bans)?;
+    let saved_fleet = state.load_fleet(live.config.guard.max_fleet_cidrs)?;
     let endpoints = bind_endpoints(&options, &live.config).await?;
     // Subscribed before attaching, so that no change of the interface is missed.
     let mut iface_watch = InterfaceWatch::open(&iface, ifindex, options.xdp_mode);
@@ -302,6 +303,10 @@ async fn guard(
     // bans.json at once, with the journal of a killed run folded in: the
     // state directory is whole before the first answer.
     runtime.save_bans().await;
+    runtime
+        .restore_fleet(saved_fleet, |holder| fleet.holds(holder))
+        .await
+        .context("restoring the fleet deny set")?;
     let mut events = tokio::spawn(Arc::clone(&runtime).log_ban_events(BanEvents::new(ban_ring)?));
     let hep_sockets = endpoints.hep;
     let mut tasks = spawn_tasks(&runtime, endpoints.control, endpoints.metrics, &metrics);

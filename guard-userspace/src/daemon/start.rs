@@ -134,7 +134,7 @@ fn warn_on_resized_maps(pins: &Pins, config: &Config, policy: &CompiledPolicy) {
 fn map_capacities(
     config: &Config,
     policy: &CompiledPolicy,
-) -> [(&'static str, &'static str, u64); 7] {
+) -> [(&'static str, &'static str, u64); 9] {
     let g = &config.guard;
     let rate_entries =
         g.max_tracked_sources as u64 * policy.max_rate_groups_per_port().max(1) as u64;
@@ -144,6 +144,8 @@ fn map_capacities(
         (names::ALLOW_V6, "allow_v6", g.max_cidrs as u64),
         (names::DENY_V4, "deny_v4", g.max_cidrs as u64),
         (names::DENY_V6, "deny_v6", g.max_cidrs as u64),
+        (names::FLEET_V4, "fleet_v4", g.max_fleet_cidrs as u64),
+        (names::FLEET_V6, "fleet_v6", g.max_fleet_cidrs as u64),
         (names::RATE_STATE, "rate_state", rate_entries),
         (names::PEERS, "peers", config.peers.max_peers as u64),
     ]

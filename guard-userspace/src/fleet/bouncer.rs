@@ -11,6 +11,9 @@
 //!   LAPI's per-bouncer cursor past a delta).
 //! - The runtime applies the changes (`Runtime::fleet_bans`): allow-listed
 //!   networks are never dropped, local bans are left as they are.
+//! - Range decisions go to the fleet deny set (`Runtime::fleet_ranges`),
+//!   which the XDP program checks after the deny list; a full sync makes it
+//!   hold exactly the LAPI's ranges.
 use std::{
     collections::HashSet,
     sync::Arc,
@@ -30,6 +33,7 @@ use crate::{
     clock,
     runtime::{
         fleet::{FleetApplied, FleetBan, FleetChange},
+        fleet_set::{Holder, RangeChange},
         Runtime,
     },
 };
@@ -155,7 +159,7 @@ impl Bouncer {
         if startup {
             changes.extend(self.stale_bans().await);
         }
-        let applied = self.enforce(&changes).await;
+        let applied = self.enforce(&changes, startup).await;
         if startup || changes.len() > LOG_EACH || skipped(&tally) > 0 {
             info!(
                 "crowdsec {}: {} new, {} deleted; {} enforced, {} lifted, {} allow-listed \
@@ -209,17 +213,44 @@ impl Bouncer {
             .collect()
     }
 
-    /// Hands the changes to the runtime, the one owner of bans.
-    async fn enforce(&self, changes: &[Change]) -> FleetApplied {
-        let changes: Vec<FleetChange> = changes.iter().filter_map(fleet_change).collect();
-        let log_each = changes.len() <= LOG_EACH;
-        self.runtime.fleet_bans(&changes, log_each).await
+    /// Hands the changes to the runtime, the one owner of bans and of the
+    /// fleet deny set (which holds exactly the book's ranges after a full sync).
+    async fn enforce(&self, changes: &[Change], startup: bool) -> FleetApplied {
+        let bans: Vec<FleetChange> = changes.iter().filter_map(fleet_change).collect();
+        let ranges: Vec<RangeChange> = changes.iter().filter_map(range_change).collect();
+        let mut applied = self.runtime.fleet_bans(&bans, bans.len() <= LOG_EACH).await;
+        let log_each = ranges.len() <= LOG_EACH;
+        let done = self
+            .runtime
+            .fleet_ranges(&Holder::Crowdsec, &ranges, startup, log_each)
+            .await;
+        applied.enforced += done.enforced;
+        applied.lifted += done.lifted;
+        applied.allowlisted += done.allowlisted;
+        applied
     }
 }
 
-/// A book change as the runtime takes it. The config refuses the range
-/// scope until the kernel has a fleet deny set, so the book never holds a
-/// range.
+/// A range decision as the runtime takes it.
+fn range_change(change: &Change) -> Option<RangeChange> {
+    match change {
+        Change::Enforce {
+            target: Target::Range(net),
+            scenario,
+            origin,
+            ..
+        } => Some(RangeChange::Hold {
+            net: *net,
+            detail: format!("{scenario} (origin {origin})"),
+        }),
+        Change::Lift {
+            target: Target::Range(net),
+        } => Some(RangeChange::Lift(*net)),
+        _ => None,
+    }
+}
+
+/// An IP decision as the runtime takes it (ranges: [`range_change`]).
 fn fleet_change(change: &Change) -> Option<FleetChange> {
     match change {
         Change::Enforce {

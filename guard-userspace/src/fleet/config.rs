@@ -59,7 +59,7 @@ fn default_poll() -> Duration {
 }
 
 fn default_scopes() -> Vec<Scope> {
-    vec![Scope::Ip]
+    vec![Scope::Ip, Scope::Range]
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -99,14 +99,7 @@ impl CrowdsecSection {
             return Err((key("poll_interval"), "must be between 1s and 1h".into()));
         }
         if self.scopes.is_empty() {
-            return Err((key("scopes"), "needs ip".into()));
-        }
-        if self.scopes.contains(&Scope::Range) {
-            return Err((
-                key("scopes"),
-                "range decisions need the fleet deny set, which this build lacks: use [\"ip\"]"
-                    .into(),
-            ));
+            return Err((key("scopes"), "needs ip, range or both".into()));
         }
         for (name, list) in [
             ("origins", &self.origins),
@@ -181,7 +174,7 @@ mod tests {
     fn defaults_poll_every_10s_for_ips_and_ranges() {
         let s = section("bouncer_api_key = \"abc\"").unwrap();
         assert_eq!(s.poll_interval, Duration::from_secs(10));
-        assert_eq!(s.scopes, vec![Scope::Ip]);
+        assert_eq!(s.scopes, vec![Scope::Ip, Scope::Range]);
         assert_eq!(s.api_key().unwrap(), "abc");
     }
 
@@ -238,6 +231,24 @@ mod tests {
         let text = "[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\nbouncer_key = \"k\"\n";
         let e = Config::parse(text, "site.toml").unwrap_err().to_string();
         assert!(e.contains("site.toml:3"), "{e}");
+    }
+
+    #[test]
+    fn the_example_section_is_valid_uncommented() {
+        use crate::policy::config::Config;
+        let example = include_str!("../../../sipguard.example.toml");
+        let start = example.find("# [crowdsec]").expect("a [crowdsec] example");
+        let section: String = example[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter(|l| !l.starts_with("# #") && !l.starts_with("# # "))
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(&section, "example").unwrap();
+        let s = c.crowdsec.unwrap();
+        assert_eq!(s.scopes, vec![Scope::Ip, Scope::Range]);
+        assert_eq!(s.api_key().unwrap(), "...");
     }
 
     #[test]

@@ -311,7 +311,7 @@ mod tests {
         let lapi = Lapi::new(Http::new().unwrap(), &section, "k").unwrap();
         assert_eq!(
             lapi.stream_url.as_str(),
-            "http://127.0.0.1:8080/v1/decisions/stream?scopes=ip&origins=cscli%2Ccrowdsec\
+            "http://127.0.0.1:8080/v1/decisions/stream?scopes=ip%2Crange&origins=cscli%2Ccrowdsec\
              &scenarios_not_containing=http"
         );
     }

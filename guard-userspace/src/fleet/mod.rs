@@ -33,6 +33,19 @@ pub fn prepare(config: &Config) -> Result<Prepared> {
 }
 
 impl Prepared {
+    /// Whether a holder of the fleet deny set is still configured (saved
+    /// entries of others are not restored).
+    pub fn holds(&self, holder: &crate::runtime::fleet_set::Holder) -> bool {
+        use crate::runtime::fleet_set::Holder;
+        match holder {
+            Holder::Crowdsec => self
+                .crowdsec
+                .as_ref()
+                .is_some_and(|(s, _)| s.scopes.contains(&config::Scope::Range)),
+            Holder::Feed(_) => false,
+        }
+    }
+
     /// Starts the bouncer (if configured) on the daemon's runtime.
     pub fn spawn(
         self,

@@ -33,6 +33,10 @@ pub struct FakeState {
     pub windows: HashMap<RateKey, RateState>,
     pub peers: HashMap<SourceKey, PeerEntry>,
     pub lists: HashMap<NetList, BTreeMap<IpNet, u32>>,
+    /// The fleet deny set.
+    pub fleet: BTreeMap<IpNet, ()>,
+    /// Entries the fleet deny set takes before it is full (None: no limit).
+    pub fleet_capacity: Option<usize>,
     pub slots: [SlotTables; 2],
     pub verdicts: [Counter; Reason::COUNT],
     /// Entries a list takes before it is full (None: no limit).
@@ -126,6 +130,37 @@ impl MapStore for FakeMaps {
     fn remove_net(&mut self, list: NetList, net: IpNet) -> Result<()> {
         self.state().lists.entry(list).or_default().remove(&net);
         Ok(())
+    }
+
+    fn fleet_nets(&self) -> Result<Vec<IpNet>> {
+        Ok(self.state().fleet.keys().copied().collect())
+    }
+
+    fn insert_fleet(&mut self, net: IpNet) -> Result<()> {
+        let mut state = self.state();
+        let full = state
+            .fleet_capacity
+            .is_some_and(|cap| state.fleet.len() >= cap && !state.fleet.contains_key(&net));
+        if full {
+            return Err(MapsError::Full("fleet deny set"));
+        }
+        state.fleet.insert(net, ());
+        Ok(())
+    }
+
+    fn remove_fleet(&mut self, net: IpNet) -> Result<bool> {
+        Ok(self.state().fleet.remove(&net).is_some())
+    }
+
+    fn fleet_match(&self, ip: std::net::IpAddr) -> Result<Option<IpNet>> {
+        let ip = ip.to_canonical();
+        Ok(self
+            .state()
+            .fleet
+            .keys()
+            .filter(|net| net.contains(&ip))
+            .max_by_key(|net| net.prefix_len())
+            .copied())
     }
 
     fn write_policy_slot(&mut self, slot: u8, policy: &CompiledPolicy) -> Result<()> {

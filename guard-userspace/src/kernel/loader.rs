@@ -125,6 +125,8 @@ impl Guard {
             .map_max_entries(names::DENY_V6, config.guard.max_cidrs)
             .map_max_entries(names::ALLOW_V4, config.guard.max_cidrs)
             .map_max_entries(names::ALLOW_V6, config.guard.max_cidrs)
+            .map_max_entries(names::FLEET_V4, config.guard.max_fleet_cidrs)
+            .map_max_entries(names::FLEET_V6, config.guard.max_fleet_cidrs)
             .load(object)
             .map_err(kernel("cannot create the XDP program's maps"))?;
         xdp_program(&mut ebpf, PROGRAM_NAME)?

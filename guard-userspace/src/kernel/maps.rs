@@ -43,6 +43,9 @@ pub struct KernelMaps {
     deny_v6: Trie6,
     allow_v4: Trie4,
     allow_v6: Trie6,
+    /// The fleet deny set (CrowdSec ranges, feeds); see `runtime::fleet_set`.
+    fleet_v4: Trie4,
+    fleet_v6: Trie6,
     ports: Array<MapData, PortClass>,
     services: Array<MapData, ServicePolicy>,
     rules: Array<MapData, RateRule>,
@@ -101,6 +104,8 @@ impl KernelMaps {
             deny_v6: typed(t, names::DENY_V6)?,
             allow_v4: typed(t, names::ALLOW_V4)?,
             allow_v6: typed(t, names::ALLOW_V6)?,
+            fleet_v4: typed(t, names::FLEET_V4)?,
+            fleet_v6: typed(t, names::FLEET_V6)?,
             ports: typed(t, names::PORTS)?,
             services: typed(t, names::SERVICES)?,
             rules: typed(t, names::RULES)?,
@@ -178,6 +183,8 @@ impl KernelMaps {
         add(names::DENY_V6, self.deny_v6.map())?;
         add(names::ALLOW_V4, self.allow_v4.map())?;
         add(names::ALLOW_V6, self.allow_v6.map())?;
+        add(names::FLEET_V4, self.fleet_v4.map())?;
+        add(names::FLEET_V6, self.fleet_v6.map())?;
         add(names::PORTS, self.ports.map())?;
         add(names::SERVICES, self.services.map())?;
         add(names::RULES, self.rules.map())?;
@@ -319,6 +326,78 @@ impl KernelMaps {
             IpNet::V6(n) => v6.remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets())),
         }
         .map_err(MapsError::map(what))
+    }
+
+    /// Adds `net` to the fleet deny set (its value: the prefix length,
+    /// see `guard_common::FleetEntry`).
+    pub fn insert_fleet(&mut self, net: IpNet) -> Result<()> {
+        let len = net.prefix_len() as u32;
+        let inserted = match net {
+            IpNet::V4(n) => self
+                .fleet_v4
+                .insert(&LpmKey::new(len, n.network().octets()), len, 0),
+            IpNet::V6(n) => self
+                .fleet_v6
+                .insert(&LpmKey::new(len, n.network().octets()), len, 0),
+        };
+        match inserted {
+            Ok(()) => Ok(()),
+            // An LPM trie at max_entries refuses with ENOSPC.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOSPC) => {
+                Err(MapsError::Full("fleet deny set"))
+            }
+            Err(cause) => Err(MapsError::Map {
+                what: format!("adding {net} to the fleet deny set"),
+                cause,
+            }),
+        }
+    }
+
+    /// Removes `net` from the fleet deny set; false if it was not there.
+    pub fn remove_fleet(&mut self, net: IpNet) -> Result<bool> {
+        let len = net.prefix_len() as u32;
+        let removed = match net {
+            IpNet::V4(n) => self
+                .fleet_v4
+                .remove(&LpmKey::new(len, n.network().octets())),
+            IpNet::V6(n) => self
+                .fleet_v6
+                .remove(&LpmKey::new(len, n.network().octets())),
+        };
+        absent_as_none(removed, "removing from the fleet deny set").map(|r| r.is_some())
+    }
+
+    /// The networks the fleet deny set holds in the kernel.
+    pub fn fleet_nets(&self) -> Result<Vec<IpNet>> {
+        let what = || "reading the fleet deny set".to_string();
+        let bad = |_| MapsError::BadKey("fleet");
+        let mut nets = Vec::new();
+        for key in self.fleet_v4.keys() {
+            let key = key.map_err(MapsError::map(what()))?;
+            let net =
+                ipnet::Ipv4Net::new(key.data().into(), key.prefix_len() as u8).map_err(bad)?;
+            nets.push(IpNet::V4(net));
+        }
+        for key in self.fleet_v6.keys() {
+            let key = key.map_err(MapsError::map(what()))?;
+            let net =
+                ipnet::Ipv6Net::new(key.data().into(), key.prefix_len() as u8).map_err(bad)?;
+            nets.push(IpNet::V6(net));
+        }
+        Ok(nets)
+    }
+
+    /// The fleet deny set's (longest) network holding `ip`, as the XDP
+    /// program finds it.
+    pub fn fleet_match(&self, ip: IpAddr) -> Result<Option<IpNet>> {
+        let ip = ip.to_canonical();
+        let found = match ip {
+            IpAddr::V4(v4) => self.fleet_v4.get(&LpmKey::new(32, v4.octets()), 0),
+            IpAddr::V6(v6) => self.fleet_v6.get(&LpmKey::new(128, v6.octets()), 0),
+        };
+        let len = absent_as_none(found, "reading the fleet deny set")?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        Ok(len.and_then(|len| IpNet::new(ip, len.min(max) as u8).ok().map(|n| n.trunc())))
     }
 
     pub fn settings(&self) -> Result<Settings> {
@@ -614,6 +693,22 @@ impl MapStore for KernelMaps {
 
     fn write_policy_slot(&mut self, slot: u8, policy: &CompiledPolicy) -> Result<()> {
         KernelMaps::write_policy_slot(self, slot, policy)
+    }
+
+    fn fleet_nets(&self) -> Result<Vec<IpNet>> {
+        KernelMaps::fleet_nets(self)
+    }
+
+    fn insert_fleet(&mut self, net: IpNet) -> Result<()> {
+        KernelMaps::insert_fleet(self, net)
+    }
+
+    fn remove_fleet(&mut self, net: IpNet) -> Result<bool> {
+        KernelMaps::remove_fleet(self, net)
+    }
+
+    fn fleet_match(&self, ip: IpAddr) -> Result<Option<IpNet>> {
+        KernelMaps::fleet_match(self, ip)
     }
 
     fn verdicts(&self) -> Result<[Counter; Reason::COUNT]> {

@@ -102,6 +102,15 @@ pub trait MapStore: Send {
     fn insert_net(&mut self, list: NetList, net: IpNet, value: u32) -> Result<()>;
     fn remove_net(&mut self, list: NetList, net: IpNet) -> Result<()>;
 
+    /// The networks the fleet deny set holds.
+    fn fleet_nets(&self) -> Result<Vec<IpNet>>;
+    /// Adds `net` to the fleet deny set ([`MapsError::Full`] when full).
+    fn insert_fleet(&mut self, net: IpNet) -> Result<()>;
+    /// Whether there was such an entry to remove.
+    fn remove_fleet(&mut self, net: IpNet) -> Result<bool>;
+    /// The fleet deny set's longest network holding `ip`.
+    fn fleet_match(&self, ip: IpAddr) -> Result<Option<IpNet>>;
+
     /// Writes `policy`'s port, service, rule and scanner tables into policy
     /// slot `slot` (the one not in force).
     fn write_policy_slot(&mut self, slot: u8, policy: &CompiledPolicy) -> Result<()>;

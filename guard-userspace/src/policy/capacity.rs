@@ -55,6 +55,7 @@ pub fn rate_entries(config: &Config) -> u64 {
 pub fn footprint(config: &Config) -> Footprint {
     let g = &config.guard;
     let cidrs = u64::from(g.max_cidrs);
+    let fleet = u64::from(g.max_fleet_cidrs);
     Footprint {
         bans: hash_bytes(
             u64::from(g.max_bans),
@@ -66,8 +67,10 @@ pub fn footprint(config: &Config) -> Footprint {
             size_of::<RateKey>(),
             size_of::<RateState>(),
         ),
-        // Allow and deny, IPv4 and IPv6.
-        lists: 2 * (trie_bytes(cidrs, 4) + trie_bytes(cidrs, 16)),
+        // Allow and deny, IPv4 and IPv6; then the fleet deny set.
+        lists: 2 * (trie_bytes(cidrs, 4) + trie_bytes(cidrs, 16))
+            + trie_bytes(fleet, 4)
+            + trie_bytes(fleet, 16),
     }
 }
 

@@ -178,6 +178,9 @@ pub struct GuardSection {
     pub max_bans: u32,
     pub max_tracked_sources: u32,
     pub max_cidrs: u32,
+    /// Entries of the fleet deny set, per address family: CrowdSec range
+    /// decisions and blocklist feeds, apart from the operator's lists.
+    pub max_fleet_cidrs: u32,
 }
 
 impl Default for GuardSection {
@@ -189,6 +192,7 @@ impl Default for GuardSection {
             max_bans: 65_536,
             max_tracked_sources: 1_000_000,
             max_cidrs: 65_536,
+            max_fleet_cidrs: 131_072,
         }
     }
 }
@@ -631,6 +635,7 @@ impl Config {
             ("guard.max_bans", g.max_bans),
             ("guard.max_tracked_sources", g.max_tracked_sources),
             ("guard.max_cidrs", g.max_cidrs),
+            ("guard.max_fleet_cidrs", g.max_fleet_cidrs),
             ("peers.factor", self.peers.factor as u32),
             ("peers.max_multiplier", self.peers.max_multiplier as u32),
             ("peers.max_peers", self.peers.max_peers),

@@ -35,6 +35,13 @@ pub trait KernelState {
     fn rate_state(&self, key: &RateKey) -> Result<Option<RateState>, Self::Error>;
     /// The peer-map entry of `source` (expired or not).
     fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error>;
+    /// The fleet deny set's (longest) network holding `address`.
+    fn fleet(&self, address: &Address) -> Result<Option<IpNet>, Self::Error>;
+    /// Who put `net` in the fleet deny set (a CrowdSec scenario, a feed),
+    /// for `explain`; None when unknown.
+    fn fleet_holder(&self, _net: &IpNet) -> Option<String> {
+        None
+    }
 }
 
 impl KernelState for KernelMaps {
@@ -50,6 +57,10 @@ impl KernelState for KernelMaps {
 
     fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
         KernelMaps::peer(self, source)
+    }
+
+    fn fleet(&self, address: &Address) -> Result<Option<IpNet>, Self::Error> {
+        KernelMaps::fleet_match(self, address_ip(address))
     }
 }
 
@@ -67,6 +78,10 @@ impl KernelState for dyn MapStore + '_ {
 
     fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
         MapStore::peer(self, source)
+    }
+
+    fn fleet(&self, address: &Address) -> Result<Option<IpNet>, Self::Error> {
+        MapStore::fleet_match(self, address_ip(address))
     }
 }
 
@@ -87,6 +102,10 @@ impl KernelState for NoKernelState {
     fn peer(&self, _: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
         Ok(None)
     }
+
+    fn fleet(&self, _: &Address) -> Result<Option<IpNet>, Self::Error> {
+        Ok(None)
+    }
 }
 
 /// A rate rule the packet would exceed.
@@ -105,6 +124,8 @@ pub struct Found {
     pub ban: Option<BanEntry>,
     /// The deny entry holding the source.
     pub deny: Option<IpNet>,
+    /// The fleet deny set's entry holding the source, and who put it there.
+    pub fleet: Option<(IpNet, Option<String>)>,
     /// The source's allow entry and its service mask (when it was searched).
     pub allow: Option<(IpNet, u32)>,
     pub rate: Option<RateHit>,
@@ -272,6 +293,13 @@ impl<K: KernelState + ?Sized> Lookup for HostLookup<'_, K> {
         self.found.deny.is_some()
     }
 
+    fn is_fleet_denied(&mut self, source: &Address) -> bool {
+        let found = self.state.fleet(source);
+        let net = self.keep_error(found);
+        self.found.fleet = net.map(|net| (net, self.state.fleet_holder(&net)));
+        self.found.fleet.is_some()
+    }
+
     fn allow_mask(&mut self, source: &Address) -> u32 {
         self.found.allow = longest_match(self.policy.allow.iter().copied(), source);
         self.found.allow.map_or(0, |(_, mask)| mask)
@@ -367,6 +395,14 @@ impl<K: KernelState + ?Sized> KernelState for WithBan<'_, K> {
 
     fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
         self.state.peer(source)
+    }
+
+    fn fleet(&self, address: &Address) -> Result<Option<IpNet>, Self::Error> {
+        self.state.fleet(address)
+    }
+
+    fn fleet_holder(&self, net: &IpNet) -> Option<String> {
+        self.state.fleet_holder(net)
     }
 }
 
@@ -495,6 +531,11 @@ impl LivePolicy {
                 None => "banned".to_string(),
             },
             Reason::Denied => self.entry_text("denied by", NetList::Deny, found.deny),
+            Reason::Fleet => match &found.fleet {
+                Some((net, Some(holder))) => format!("fleet deny set: {net} ({holder})"),
+                Some((net, None)) => format!("fleet deny set: {net}"),
+                None => "fleet deny set".to_string(),
+            },
             Reason::Fragment => "a later fragment: judged by its source alone".to_string(),
             Reason::Closed => "service closed to everyone".to_string(),
             Reason::NotTrusted => "not trusted: allow-listed sources only".to_string(),
@@ -627,6 +668,7 @@ comment = "scanner"
         bans: HashMap<SourceKey, BanEntry>,
         windows: HashMap<RateKey, RateState>,
         peers: HashMap<SourceKey, PeerEntry>,
+        fleet: Vec<(IpNet, String)>,
     }
 
     impl KernelState for State {
@@ -640,6 +682,49 @@ comment = "scanner"
         fn peer(&self, source: &SourceKey) -> Result<Option<PeerEntry>, Self::Error> {
             Ok(self.peers.get(source).copied())
         }
+        fn fleet(&self, address: &Address) -> Result<Option<IpNet>, Self::Error> {
+            let nets = self.fleet.iter().map(|(net, _)| (*net, ()));
+            Ok(longest_match(nets, address).map(|(net, _)| net))
+        }
+        fn fleet_holder(&self, net: &IpNet) -> Option<String> {
+            self.fleet
+                .iter()
+                .find(|(n, _)| n == net)
+                .map(|(_, h)| h.clone())
+        }
+    }
+
+    #[test]
+    fn the_fleet_deny_set_drops_and_names_its_holder_but_spares_the_allow_list() {
+        let policy = live(POLICY);
+        let state = State {
+            fleet: vec![
+                ("10.0.0.0/8".parse().unwrap(), "crowdsec test/range".into()),
+                ("198.51.100.0/24".parse().unwrap(), "feed voipbl".into()),
+            ],
+            ..State::default()
+        };
+        let inputs = inputs(&policy, &state, false);
+        let dropped = row(&policy, "198.51.100.9", "sip", &inputs);
+        assert_eq!(dropped.verdict, "drop");
+        assert_eq!(
+            dropped.because,
+            "fleet deny set: 198.51.100.0/24 (feed voipbl)"
+        );
+        let stranger = row(&policy, "10.9.0.1", "sip", &inputs);
+        assert_eq!(stranger.verdict, "drop");
+        assert!(stranger
+            .because
+            .contains("10.0.0.0/8 (crowdsec test/range)"));
+        // 10.1.0.0/16 is allow-listed (for sip and web): spared for every service.
+        let office = row(&policy, "10.1.2.3", "sip", &inputs);
+        assert_eq!(office.verdict, "pass", "{}", office.because);
+        let denied = row(&policy, "203.0.113.5", "sip", &inputs);
+        assert!(
+            denied.because.starts_with("denied by"),
+            "{}",
+            denied.because
+        );
     }
 
     fn inputs<'a>(policy: &LivePolicy, state: &'a State, monitor: bool) -> Inputs<'a, State> {

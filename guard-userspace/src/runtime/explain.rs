@@ -2,14 +2,17 @@
 //! decides it.
 use std::net::IpAddr;
 
+use guard_common::{verdict::Address, BanEntry, PeerEntry, RateKey, RateState, SourceKey};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Result, Runtime};
+use super::{fleet_set::FleetSet, Error, Result, Runtime};
 use crate::{
     clock,
+    kernel::store::{MapStore, MapsError},
     policy::{
         live::{Verdict, NO_SERVICE_NAME},
-        verdict::Inputs,
+        verdict::{Inputs, KernelState},
     },
 };
 
@@ -28,9 +31,14 @@ impl Runtime {
         let key = self.source_key(ip);
         let policy = self.policy().await;
         let maps = self.maps().await;
+        let fleet = self.fleet.lock().await;
+        let state = Named {
+            maps: &**maps,
+            fleet: &fleet,
+        };
         let inputs = Inputs {
             settings: maps.settings()?,
-            state: &**maps,
+            state: &state,
             now_ns: clock::monotonic_ns(),
         };
         let live = &policy.live;
@@ -45,5 +53,35 @@ impl Runtime {
             source: self.source_name(&key),
             verdicts,
         })
+    }
+}
+
+/// The kernel's state, with the holders of the fleet deny set's networks.
+struct Named<'a> {
+    maps: &'a dyn MapStore,
+    fleet: &'a FleetSet,
+}
+
+impl KernelState for Named<'_> {
+    type Error = MapsError;
+
+    fn ban(&self, source: &SourceKey) -> std::result::Result<Option<BanEntry>, Self::Error> {
+        KernelState::ban(self.maps, source)
+    }
+
+    fn rate_state(&self, key: &RateKey) -> std::result::Result<Option<RateState>, Self::Error> {
+        KernelState::rate_state(self.maps, key)
+    }
+
+    fn peer(&self, source: &SourceKey) -> std::result::Result<Option<PeerEntry>, Self::Error> {
+        KernelState::peer(self.maps, source)
+    }
+
+    fn fleet(&self, address: &Address) -> std::result::Result<Option<IpNet>, Self::Error> {
+        KernelState::fleet(self.maps, address)
+    }
+
+    fn fleet_holder(&self, net: &IpNet) -> Option<String> {
+        self.fleet.describe(net)
     }
 }

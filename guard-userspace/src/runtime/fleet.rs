@@ -194,7 +194,7 @@ impl Runtime {
     }
 
     /// The networks a fleet decision must never drop.
-    async fn allowed_networks(&self) -> AllowedNets {
+    pub(super) async fn allowed_networks(&self) -> AllowedNets {
         let policy = self.policy().await;
         let live = &policy.live;
         let nets = live
@@ -202,6 +202,21 @@ impl Runtime {
             .list(NetList::Allow)
             .keys()
             .chain(live.config.sip_auth.whitelist.iter())
+            .map(IpNet::trunc)
+            .collect();
+        AllowedNets { nets }
+    }
+
+    /// `sip_auth.whitelist` alone: unlike the allow list, the XDP program
+    /// does not know it, so a fleet range must not cover any of it.
+    pub(super) async fn sip_whitelist(&self) -> AllowedNets {
+        let policy = self.policy().await;
+        let nets = policy
+            .live
+            .config
+            .sip_auth
+            .whitelist
+            .iter()
             .map(IpNet::trunc)
             .collect();
         AllowedNets { nets }
@@ -219,14 +234,14 @@ fn key_net(key: &SourceKey, ipv6_prefix: u8) -> IpNet {
 }
 
 /// The allow list and SIP whitelist, for overlap checks.
-struct AllowedNets {
+pub(super) struct AllowedNets {
     nets: HashSet<IpNet>,
 }
 
 impl AllowedNets {
     /// An allowed network that `net` overlaps: one holding it (checked by
     /// each shorter prefix) or one inside it.
-    fn overlap(&self, net: &IpNet) -> Option<IpNet> {
+    pub(super) fn overlap(&self, net: &IpNet) -> Option<IpNet> {
         if self.nets.is_empty() {
             return None;
         }

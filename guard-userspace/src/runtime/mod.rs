@@ -5,6 +5,8 @@
 //!
 //! - `bans`: the ban lifecycle (details, add, remove, list, sweep, save, restore)
 //! - `lists`: allow and deny list changes
+//! - `fleet`: CrowdSec IP decisions as bans
+//! - `fleet_set`: the fleet deny set (CrowdSec ranges, feeds) and its holders
 //! - `switch`: reload, apply, confirm and the revert of an unconfirmed apply
 //! - `explain`, `status`: what an address gets, what is in force
 //! - `safety`: the SSH-lockout check
@@ -23,6 +25,7 @@ use crate::{
 pub mod bans;
 pub mod explain;
 pub mod fleet;
+pub mod fleet_set;
 pub mod lists;
 pub mod peers;
 pub mod safety;
@@ -106,13 +109,15 @@ pub(crate) struct PolicyState {
 /// The one owner of the running guard's state.
 ///
 /// Lock order: `journal_lock` before `policy` before `maps` before `ban_details`
-/// (an append takes `journal_lock` alone).
+/// and `fleet` (an append takes `journal_lock` alone).
 pub struct Runtime {
     policy: Mutex<PolicyState>,
     /// The kernel's maps (in unit tests, maps kept in memory).
     maps: Mutex<Box<dyn MapStore>>,
     /// The operator's words (or saved evidence) for each ban.
     ban_details: bans::BanDetails,
+    /// Who holds each network of the fleet deny set.
+    fleet: Mutex<fleet_set::FleetSet>,
     /// Fixed for the life of the maps (their keys are made with it).
     ipv6_ban_prefix: u8,
     counters: ControllerCounters,
@@ -165,6 +170,7 @@ impl Runtime {
             }),
             maps: Mutex::new(maps),
             ban_details: Arc::new(Mutex::new(ban_details)),
+            fleet: Mutex::new(fleet_set::FleetSet::default()),
             counters,
             attached,
             started: Instant::now(),

@@ -286,6 +286,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             c.guard.max_bans,
             c.guard.max_tracked_sources,
             c.guard.max_cidrs,
+            c.guard.max_fleet_cidrs,
             c.guard.ipv6_ban_prefix,
         )
     };

@@ -709,6 +709,104 @@ async fn control_requests_with_host_bits_are_refused_unless_normalized() {
     assert_eq!(s.kernel_nets(NetList::Deny), ["203.0.113.0/24"]);
     assert!(call(add(true)).await.is_ok());
     assert!(call(remove(true)).await.is_ok(), "normalized removal");
+}
+
+#[tokio::test]
+async fn fleet_ranges_are_held_saved_restored_and_spare_what_is_trusted() {
+    use super::fleet_set::{Holder, RangeChange};
+    let toml = format!("{POLICY}\n[sip_auth]\nwhitelist = [\"198.51.100.64/26\"]\n");
+    let s = Site::new("fleet-set", &toml);
+    let rt = &s.runtime;
+    let hold = |net: &str| RangeChange::Hold {
+        net: net.parse().unwrap(),
+        detail: "test/range (origin cscli)".into(),
+    };
+    let crowdsec = Holder::Crowdsec;
+    let applied = rt
+        .fleet_ranges(
+            &crowdsec,
+            &[
+                hold("192.0.2.0/24"),
+                hold("10.0.0.0/8"),
+                hold("198.51.100.0/24"),
+            ],
+            false,
+            true,
+        )
+        .await;
+    // 10.0.0.0/8 holds the allow-listed 10.1.0.0/16: in force, counted;
+    // 198.51.100.0/24 holds whitelisted sources the kernel cannot spare.
+    assert_eq!((applied.enforced, applied.allowlisted), (2, 2));
+    let nets =
+        |s: &Site| -> Vec<String> { s.maps.state().fleet.keys().map(|n| n.to_string()).collect() };
+    assert_eq!(nets(&s), ["10.0.0.0/8", "192.0.2.0/24"]);
+    assert_eq!(verdict(rt, "192.0.2.9", "sip").await, "drop");
+    assert_eq!(verdict(rt, "10.9.9.9", "sip").await, "drop");
+    assert_eq!(verdict(rt, "10.1.2.3", "sip").await, "pass");
+    let why = rt.explain(ip("192.0.2.9")).await.unwrap();
+    assert!(
+        why.verdicts[0]
+            .because
+            .contains("192.0.2.0/24 (crowdsec test/range (origin cscli))"),
+        "{why:?}"
+    );
+
+    // A feed holds one of them too: it stays until both let go.
+    let feed = Holder::Feed("voipbl".into());
+    rt.fleet_ranges(&feed, &[hold("192.0.2.0/24")], true, true)
+        .await;
+    let applied = rt
+        .fleet_ranges(&crowdsec, &[hold("10.0.0.0/8")], true, true)
+        .await;
+    assert_eq!(applied.lifted, 0, "the feed still holds 192.0.2.0/24");
+    assert_eq!(nets(&s), ["10.0.0.0/8", "192.0.2.0/24"]);
+    rt.fleet_ranges(&feed, &[], true, true).await;
+    assert_eq!(nets(&s), ["10.0.0.0/8"]);
+
+    // Saved on every change: a new start puts it back, without holders
+    // no longer configured, and clears what the kernel held besides.
+    rt.fleet_ranges(&feed, &[hold("192.0.2.0/24")], true, true)
+        .await;
+    let saved = StateDir::open(&s.dir.join("state"))
+        .unwrap()
+        .load_fleet(1000)
+        .unwrap();
+    assert_eq!(saved.len(), 2);
+    let again = Site::new("fleet-set-2", &toml);
+    again
+        .maps
+        .state()
+        .fleet
+        .insert("203.0.113.0/24".parse().unwrap(), ());
+    again
+        .runtime
+        .restore_fleet(saved, |h| *h == Holder::Crowdsec)
+        .await
+        .unwrap();
+    assert_eq!(nets(&again), ["10.0.0.0/8"]);
+}
+
+#[tokio::test]
+async fn a_full_fleet_deny_set_refuses_and_says_so() {
+    use super::fleet_set::{Holder, RangeChange};
+    let s = Site::new("fleet-full", POLICY);
+    s.maps.state().fleet_capacity = Some(1);
+    let hold = |net: &str| RangeChange::Hold {
+        net: net.parse().unwrap(),
+        detail: String::new(),
+    };
+    let applied = s
+        .runtime
+        .fleet_ranges(
+            &Holder::Crowdsec,
+            &[hold("192.0.2.0/24"), hold("198.51.100.0/24")],
+            true,
+            true,
+        )
+        .await;
+    assert_eq!(applied.enforced, 1);
+    assert_eq!(s.runtime.fleet_len().await, 1);
+    // The operator's deny list is another map: untouched.
     assert_eq!(s.kernel_nets(NetList::Deny), ["203.0.113.0/24"]);
 }
 
