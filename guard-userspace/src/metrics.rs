@@ -393,15 +393,17 @@ fn map_entries(maps: &KernelMaps, name: &str, bans: usize, rate_state: u64) -> u
         "allow_v6" => maps.net_counts(NetList::Allow).1 as u64,
         "deny_v4" => maps.net_counts(NetList::Deny).0 as u64,
         "deny_v6" => maps.net_counts(NetList::Deny).1 as u64,
+        "fleet_v4" => maps.fleet_counts().0 as u64,
+        "fleet_v6" => maps.fleet_counts().1 as u64,
         "rate_state" => rate_state,
         _ => 0,
     }
 }
 
-/// The maps whose filling the alerts tell: the ban map and the deny lists
-/// (which the fleet's block lists fill too). The rate state is an LRU map:
-/// full is its normal state.
-const WATCHED_MAPS: [&str; 3] = ["bans", "deny_v4", "deny_v6"];
+/// The maps whose filling the alerts tell: the ban map, the deny lists and
+/// the fleet deny set (which CrowdSec ranges and feeds fill). The rate
+/// state is an LRU map: full is its normal state.
+const WATCHED_MAPS: [&str; 5] = ["bans", "deny_v4", "deny_v6", "fleet_v4", "fleet_v6"];
 
 /// The registry with every sipguard series.
 pub struct Metrics {

@@ -622,6 +622,11 @@ impl KernelMaps {
         }
     }
 
+    /// Entries in the fleet deny set's IPv4 and IPv6 tries.
+    pub fn fleet_counts(&self) -> (usize, usize) {
+        (self.fleet_v4.keys().count(), self.fleet_v6.keys().count())
+    }
+
     /// SIP requests the kernel read, summed over CPUs, by outcome.
     pub fn sip_scans(&self) -> Result<[(ScanStatus, u64); ScanStatus::COUNT as usize]> {
         let mut out = ScanStatus::ALL.map(|status| (status, 0));
