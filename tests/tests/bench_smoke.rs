@@ -78,8 +78,11 @@ fn a_previous_build_is_timed_path_by_path() {
     let versus = measured.versus.expect("the previous build's rows");
     // All but the SIP reader's path, which runs on a harness of its own.
     assert_eq!(versus.len(), paths::paths().len() - 1);
+    // Timed, not judged: at smoke effort a cheap path's difference of two
+    // runs can round to 0 ns on a loaded machine, so a ratio may be
+    // undefined; what must hold is that each path ran on the previous build.
     assert!(versus
         .iter()
-        .all(|v| v.theirs.median > 0.0 && v.ratio.median > 0.0));
+        .all(|v| v.theirs.median.is_finite() && v.theirs.median >= 0.0));
     assert!(!versus.iter().any(|v| v.name == paths::SIP_REGISTER_READ));
 }
