@@ -839,7 +839,10 @@ async fn learned_peers_reach_the_peer_map_on_the_kernels_clock() {
     assert_eq!(entry.live_users, 12);
     assert_eq!(entry.kind, PeerKind::Registered as u16);
     let left = entry.expires_ns - before_ns;
-    assert!((119_000_000_000..=121_000_000_000).contains(&left), "{left}");
+    assert!(
+        (119_000_000_000..=121_000_000_000).contains(&left),
+        "{left}"
+    );
     // Gone from the book: gone from the map (twice changes nothing).
     for _ in 0..2 {
         s.runtime
