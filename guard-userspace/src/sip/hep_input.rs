@@ -5,6 +5,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -12,10 +13,11 @@ use prometheus_client::{
     encoding::EncodeLabelSet, metrics::counter::Counter, metrics::family::Family,
 };
 use tokio::{
-    io::AsyncReadExt,
-    net::{TcpListener, TcpStream, UdpSocket},
+    io::{AsyncRead, AsyncReadExt},
+    net::{TcpListener, UdpSocket},
     sync::{mpsc, Semaphore},
     task::JoinHandle,
+    time::timeout,
 };
 use tracing::{debug, info, warn};
 
@@ -329,38 +331,69 @@ async fn accept_tcp(listener: TcpListener, sink: Sink) {
 
 /// Back-to-back HEP messages, framed by their total length. A frame that
 /// is not HEPv3 leaves no way to find the next one: the connection is closed.
-async fn read_tcp(mut stream: TcpStream, from: IpAddr, sink: &Sink) {
+/// How long a HEP connection may stay silent between frames. A PBX that
+/// traces nothing for this long reconnects when it next sends.
+const TCP_IDLE: Duration = Duration::from_secs(600);
+/// How long the rest of a frame may take once its header has begun: a
+/// sender that trickles bytes cannot hold one of the few slots for ever.
+const TCP_FRAME: Duration = Duration::from_secs(10);
+
+async fn read_tcp(mut stream: impl AsyncRead + Unpin, from: IpAddr, sink: &Sink) {
     let mut buf = vec![0u8; MAX_HEP];
     loop {
-        if stream
-            .read_exact(&mut buf[..hep::HEADER_LEN])
-            .await
-            .is_err()
-        {
-            return;
+        let mut first = [0u8; 1];
+        match timeout(TCP_IDLE, stream.read_exact(&mut first)).await {
+            Ok(Ok(_)) => buf[0] = first[0],
+            Ok(Err(_)) => return,
+            Err(_) => {
+                debug!("closing the HEP connection from {from}: idle for {TCP_IDLE:?}");
+                return;
+            }
         }
+        let Some(len) = read_frame(&mut stream, &mut buf, from, sink).await else {
+            return;
+        };
+        sink.take(from, &buf[..len]);
+    }
+}
+
+/// Reads the rest of a frame whose first byte is in `buf[0]`; its length,
+/// or None when the connection must close.
+async fn read_frame(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut [u8],
+    from: IpAddr,
+    sink: &Sink,
+) -> Option<usize> {
+    let frame = async {
+        stream.read_exact(&mut buf[1..hep::HEADER_LEN]).await.ok()?;
         let len = match hep::frame_len(&buf[..hep::HEADER_LEN]) {
             Ok(len) => len,
             Err(e) => {
                 sink.counters.count(Verdict::Malformed(e));
                 debug!("closing the HEP connection from {from}: {e}");
-                return;
+                return None;
             }
         };
-        if stream
+        stream
             .read_exact(&mut buf[hep::HEADER_LEN..len])
             .await
-            .is_err()
-        {
-            return;
+            .ok()?;
+        Some(len)
+    };
+    match timeout(TCP_FRAME, frame).await {
+        Ok(len) => len,
+        Err(_) => {
+            debug!("closing the HEP connection from {from}: a frame took over {TCP_FRAME:?}");
+            None
         }
-        sink.take(from, &buf[..len]);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     fn hep(src: [u8; 4], proto_type: u8, key: Option<&[u8]>) -> Vec<u8> {
         let chunk = |kind: u16, data: &[u8]| {
@@ -444,6 +477,53 @@ mod tests {
         assert!(pbx.contains("127.0.0.1".parse().unwrap()), "{pbx:?}");
         assert!(pbx.contains("192.0.2.80".parse().unwrap()));
         assert!(!pbx.contains("198.51.100.200".parse().unwrap()));
+    }
+
+    fn test_sink() -> (Sink, mpsc::Receiver<HepSip>) {
+        let config =
+            crate::policy::config::Config::parse("[hep]\nlisten = \"127.0.0.1:0\"\n", "t.toml")
+                .unwrap();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let sink = Sink {
+            gate: Arc::new(Gate::new(&config.hep)),
+            queue: tx,
+            counters: HepCounters::default(),
+        };
+        (sink, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tcp_sender_that_trickles_a_frame_or_stays_silent_is_dropped() {
+        use tokio::io::AsyncWriteExt;
+        let from: IpAddr = "127.0.0.1".parse().unwrap();
+        let (sink, mut rx) = test_sink();
+        // Half a frame, then nothing: closed after the frame deadline.
+        let (mut client, server) = tokio::io::duplex(4096);
+        let frame = hep([198, 51, 100, 7], 1, None);
+        client.write_all(&frame[..frame.len() / 2]).await.unwrap();
+        let reader = tokio::spawn({
+            let sink = sink.clone();
+            async move { read_tcp(server, from, &sink).await }
+        });
+        tokio::time::sleep(TCP_FRAME + Duration::from_secs(1)).await;
+        assert!(reader.is_finished(), "a trickled frame holds the slot");
+        // Whole frames, then silence: the frames count, and the idle
+        // connection closes after TCP_IDLE, not before.
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(&frame).await.unwrap();
+        let reader = tokio::spawn({
+            let sink = sink.clone();
+            async move { read_tcp(server, from, &sink).await }
+        });
+        assert_eq!(
+            rx.recv().await.unwrap().src.ip().to_string(),
+            "198.51.100.7"
+        );
+        tokio::time::sleep(TCP_IDLE - Duration::from_secs(1)).await;
+        assert!(!reader.is_finished(), "closed before the idle deadline");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(reader.is_finished(), "an idle connection holds the slot");
+        drop(client);
     }
 
     #[tokio::test]
