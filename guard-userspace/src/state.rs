@@ -1,6 +1,7 @@
-//! The state directory (default /var/lib/sipguard): bans and the operator's
-//! runtime list changes, so that they outlive a reboot (when the pinned maps
-//! are gone). Every write is atomic: temporary file, fsync, rename, fsync of
+//! The state directory (default /var/lib/sipguard): bans, the operator's
+//! runtime list changes and the learned peers, so that they outlive a
+//! reboot (when the pinned maps are gone) and a restart (the controller's
+//! own memory of peers). Every write is atomic: temporary file, fsync, rename, fsync of
 //! the directory. A reader sees the old file or the new one, never a mix.
 use std::{
     io::Write,
@@ -26,6 +27,7 @@ const MODE_FILE: &str = "xdp_mode.json";
 /// The config file last put in force by a confirmed `sipguard apply`.
 const APPLIED_FILE: &str = "applied.json";
 const FLEET_FILE: &str = "fleet.json";
+const PEERS_FILE: &str = "peers.json";
 /// Bumped when a file's meaning changes; an unknown version is refused.
 const FORMAT_VERSION: u32 = 1;
 
@@ -74,6 +76,27 @@ pub struct SavedFleetEntry {
 struct FleetFile {
     version: u32,
     entries: Vec<SavedFleetEntry>,
+}
+
+/// One learned peer as saved: its end in wall-clock time, so that a peer
+/// comes back after a reboot with the time it had left.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedPeer {
+    /// The source as the SIP tracker keys it (an IPv6 source: its prefix).
+    pub source: std::net::IpAddr,
+    /// `registered`, `provider` or `call`.
+    pub kind: String,
+    pub live_users: u32,
+    /// Usernames of its live registrations (capped).
+    #[serde(default)]
+    pub users: Vec<String>,
+    pub expires_unix: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct PeersFile {
+    version: u32,
+    peers: Vec<SavedPeer>,
 }
 
 pub fn unix_now() -> u64 {
@@ -457,6 +480,21 @@ impl StateDir {
         Ok(file.map(|f| f.entries).unwrap_or_default())
     }
 
+    pub fn save_peers(&self, peers: Vec<SavedPeer>) -> Result<()> {
+        let file = PeersFile {
+            version: FORMAT_VERSION,
+            peers,
+        };
+        self.write(&self.dir.join(PEERS_FILE), &file)
+    }
+
+    /// The saved learned peers, from a file no larger than `max_peers`
+    /// peers can make; an absent file is none.
+    pub fn load_peers(&self, max_peers: u32) -> Result<Vec<SavedPeer>> {
+        let file: Option<PeersFile> = self.read(PEERS_FILE, size_limit(max_peers))?;
+        Ok(file.map(|f| f.peers).unwrap_or_default())
+    }
+
     /// Remembers the XDP mode, for a later run that adopts the pinned link.
     pub fn save_xdp_mode(&self, mode: &str) {
         if let Err(e) = self.write(&self.dir.join(MODE_FILE), &mode) {
@@ -583,6 +621,12 @@ impl Versioned for BansFile {
 }
 
 impl Versioned for FleetFile {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl Versioned for PeersFile {
     fn version(&self) -> u32 {
         self.version
     }

@@ -242,6 +242,7 @@ async fn guard(
     let fleet = fleet::prepare(&live.config)?;
     let saved_bans = state.load_bans(max_bans)?;
     let saved_fleet = state.load_fleet(live.config.guard.max_fleet_cidrs)?;
+    let saved_peers = state.load_peers(live.config.peers.max_peers)?;
     let endpoints = bind_endpoints(&options, &live.config).await?;
     // Subscribed before attaching, so that no change of the interface is missed.
     let mut iface_watch = InterfaceWatch::open(&iface, ifindex, options.xdp_mode);
@@ -279,7 +280,9 @@ async fn guard(
         service: live.config.sip_auth.service.clone(),
         level: live.config.sip_auth.level,
         hep: live.config.hep.clone(),
+        saved_peers,
     });
+    let watching_sip = sip_auth.is_some();
     let runtime = Arc::new(Runtime::new(Parts {
         maps: Box::new(maps),
         live,
@@ -333,7 +336,7 @@ async fn guard(
             }
         }
     };
-    stop(why, tasks, &options, &runtime, guard, &iface).await?;
+    stop(why, tasks, &options, &runtime, guard, &iface, watching_sip).await?;
     // Without the ring the controller hears no bans: a failure, so that
     // the service manager restarts it (and the alert sinks hear of it).
     failure.map_or(Ok(()), |failure| Err(anyhow::anyhow!(failure)))
@@ -367,6 +370,8 @@ struct SipWatch {
     service: String,
     level: LevelName,
     hep: crate::policy::config::HepSection,
+    /// Learned peers from the state directory.
+    saved_peers: Vec<state::SavedPeer>,
 }
 
 /// The control socket, the metrics endpoint and rate-state counter, the
@@ -403,6 +408,7 @@ fn watch_sip(
         service,
         level,
         hep,
+        saved_peers,
     } = sip;
     let mut tasks = Vec::new();
     let feed = hep_sockets.map(|sockets| {
@@ -426,7 +432,10 @@ fn watch_sip(
         auth.level.failures * auth.unproven_multiplier,
         clock::human(auth.level.ban)
     );
-    let watch = watcher::watch(ring, Tracker::new(auth), Arc::clone(runtime), feed);
+    let mut tracker = Tracker::new(auth);
+    // Written to the kernel with the book's first changes, when the watch starts.
+    crate::runtime::peers::restore_peers(&mut tracker.peers, &saved_peers);
+    let watch = watcher::watch(ring, tracker, Arc::clone(runtime), feed);
     tasks.push(tokio::spawn(async move {
         if let Err(e) = watch.await {
             warn!("SIP watcher stopped: {e:#}");
@@ -444,12 +453,17 @@ async fn stop(
     runtime: &Runtime,
     mut guard: Guard,
     iface: &str,
+    watching_sip: bool,
 ) -> Result<()> {
     for task in &tasks {
         task.abort();
     }
     let _ = std::fs::remove_file(&options.control_socket);
     runtime.save_bans().await;
+    // Only a run that learned (or restored) peers knows them all.
+    if watching_sip {
+        runtime.save_peers(true);
+    }
     if guard.is_pinned() {
         info!(
             "{why}: stopped; the kernel keeps enforcing the pinned policy and bans on {iface} \

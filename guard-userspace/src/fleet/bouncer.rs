@@ -54,6 +54,8 @@ pub struct BouncerStatus {
     pub applied: u64,
     pub lifted: u64,
     pub allowlisted: u64,
+    /// Decisions on learned peers, not dropped.
+    pub peers_spared: u64,
     pub kept_local: u64,
     pub decisions: Tally,
 }
@@ -163,14 +165,15 @@ impl Bouncer {
         if startup || changes.len() > LOG_EACH || skipped(&tally) > 0 {
             info!(
                 "crowdsec {}: {} new, {} deleted; {} enforced, {} lifted, {} allow-listed \
-                 (not dropped), {} already banned here; ignored {} other types, {} other \
-                 scopes, {} filtered, {} malformed; {} targets held",
+                 and {} learned peers (not dropped), {} already banned here; ignored {} other \
+                 types, {} other scopes, {} filtered, {} malformed; {} targets held",
                 if startup { "full sync" } else { "delta" },
                 tally.new,
                 tally.deleted,
                 applied.enforced,
                 applied.lifted,
                 applied.allowlisted,
+                applied.peers_spared,
                 applied.kept_local,
                 tally.other_types,
                 tally.other_scopes,
@@ -189,6 +192,7 @@ impl Bouncer {
             s.applied += applied.enforced;
             s.lifted += applied.lifted;
             s.allowlisted += applied.allowlisted;
+            s.peers_spared += applied.peers_spared;
             s.kept_local += applied.kept_local;
             s.decisions = totals;
         });
@@ -227,6 +231,7 @@ impl Bouncer {
         applied.enforced += done.enforced;
         applied.lifted += done.lifted;
         applied.allowlisted += done.allowlisted;
+        applied.peers_spared += done.peers_spared;
         applied
     }
 }

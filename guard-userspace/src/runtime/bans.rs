@@ -159,7 +159,8 @@ impl Runtime {
         } else {
             format!(" ({why})")
         };
-        warn!(target: "sipguard::ban", "banned {source} for {duration}: manual{because}");
+        let cut = self.cut_registrations(&key);
+        warn!(target: "sipguard::ban", "banned {source} for {duration}: manual{because}{cut}");
         Ok(Banned { source, duration })
     }
 
@@ -348,7 +349,12 @@ impl Runtime {
             ..BanEntry::default()
         };
         maps.insert_ban(key, entry)?;
-        warn!(target: "sipguard::ban", "{}", sip_ban::describe_ban(decision, &source, window));
+        warn!(
+            target: "sipguard::ban",
+            "{}{}",
+            sip_ban::describe_ban(decision, &source, window),
+            self.cut_registrations(&key)
+        );
         Ok(Some((key, entry)))
     }
 }
@@ -377,8 +383,9 @@ impl Runtime {
                 }
                 warn!(
                     target: "sipguard::ban",
-                    "{}",
-                    describe_event(event, &rule_names, &scanner_names, self.ipv6_ban_prefix)
+                    "{}{}",
+                    describe_event(event, &rule_names, &scanner_names, self.ipv6_ban_prefix),
+                    self.cut_registrations(&event.source)
                 );
                 self.alert(crate::kernel::bans::notice(
                     event,

@@ -2,8 +2,9 @@
 //! holds, the runtime puts it in force beside its own bans, with the same
 //! details, counters and saving as every other ban.
 //!
-//! - Allow-listed networks (and `sip_auth.whitelist`) are never dropped by a
-//!   fleet decision: such decisions are counted and logged.
+//! - Allow-listed networks (and `sip_auth.whitelist`) and learned peers
+//!   (the PBX's own users: offices, trunks) are never dropped by a fleet
+//!   decision: such decisions are counted and logged.
 //! - A local ban (manual, rate-limit, SIP) on the same source is left as it
 //!   is; a fleet decision never lifts a ban it did not make.
 use std::{collections::HashSet, net::IpAddr};
@@ -49,6 +50,9 @@ pub struct FleetApplied {
     pub enforced: u64,
     pub lifted: u64,
     pub allowlisted: u64,
+    /// Decisions on learned peers (IP decisions not applied, ranges
+    /// applied around them).
+    pub peers_spared: u64,
     pub kept_local: u64,
 }
 
@@ -58,6 +62,7 @@ enum Outcome {
     Banned(SourceKey, String, bool),
     Lifted(SourceKey),
     Allowlisted,
+    PeerSpared,
     KeptLocal,
     Nothing,
 }
@@ -95,6 +100,7 @@ impl Runtime {
                     details.push((key, None));
                 }
                 Ok(Outcome::Allowlisted) => applied.allowlisted += 1,
+                Ok(Outcome::PeerSpared) => applied.peers_spared += 1,
                 Ok(Outcome::KeptLocal) => applied.kept_local += 1,
                 Ok(Outcome::Nothing) => {}
                 Err(e) => warn!("applying a crowdsec decision failed: {e}"),
@@ -142,6 +148,16 @@ impl Runtime {
         if let Some(allow) = allowed.overlap(&key_net(key, self.ipv6_ban_prefix)) {
             info!("crowdsec decision on {shown} ({scenario}) not applied: {allow} is allow-listed");
             return Ok(Outcome::Allowlisted);
+        }
+        // The kernel's peer map is the truth the XDP program sees.
+        if let Some(peer) = maps.peer(key)?.filter(|p| p.is_active(now)) {
+            info!(
+                "crowdsec decision on {shown} ({scenario}) not applied: a learned peer \
+                 ({}, {} live registrations)",
+                guard_common::PeerKind::from_u16(peer.kind).name(),
+                peer.live_users
+            );
+            return Ok(Outcome::PeerSpared);
         }
         let existing = maps.ban(key)?.filter(|b| b.is_active(now));
         if existing.is_some_and(|b| b.reason != BanReason::Crowdsec as u16) {

@@ -167,6 +167,16 @@ impl Runtime {
                         remove.push(*net);
                         continue;
                     }
+                    let peers = self.peers_in(net);
+                    if !peers.is_empty() {
+                        info!(
+                            "{holder} range {net} ({detail}): applied, except {} learned peer(s) \
+                             in it ({}), which it never drops",
+                            peers.len(),
+                            peers.join(", ")
+                        );
+                        applied.peers_spared += peers.len() as u64;
+                    }
                     if let Some(allow) = allowed.overlap(net) {
                         info!(
                             "{holder} range {net} ({detail}): applied, except the allow-listed \

@@ -7,6 +7,7 @@
 //! - `lists`: allow and deny list changes
 //! - `fleet`: CrowdSec IP decisions as bans
 //! - `fleet_set`: the fleet deny set (CrowdSec ranges, feeds) and its holders
+//! - `peers`: the learned peers in the kernel, their saving and restoring
 //! - `switch`: reload, apply, confirm and the revert of an unconfirmed apply
 //! - `explain`, `status`: what an address gets, what is in force
 //! - `safety`: the SSH-lockout check
@@ -130,6 +131,9 @@ pub struct Runtime {
     journal_lock: Mutex<()>,
     /// The `[[alerts]]` sinks, told of every ban the guard makes.
     alerts: Option<Arc<Alerts>>,
+    /// The learned peers as last written to the kernel (a plain lock:
+    /// held for a lookup or a copy, never across an await).
+    peers: std::sync::Mutex<peers::PeerMirror>,
 }
 
 /// What the daemon hands over to the runtime after start-up.
@@ -178,6 +182,7 @@ impl Runtime {
             bans_changed: Arc::new(Notify::new()),
             journal_lock: Mutex::new(()),
             alerts,
+            peers: std::sync::Mutex::default(),
         }
     }
 

@@ -826,6 +826,7 @@ async fn learned_peers_reach_the_peer_map_on_the_kernels_clock() {
         .apply_peers(&[PeerChange {
             source: office,
             entry: Some(facts),
+            users: vec!["101".into()],
         }])
         .await;
     let key = s.runtime.source_key(office);
@@ -849,8 +850,135 @@ async fn learned_peers_reach_the_peer_map_on_the_kernels_clock() {
             .apply_peers(&[PeerChange {
                 source: office,
                 entry: None,
+                users: Vec::new(),
             }])
             .await;
         assert!(s.maps.state().peers.is_empty());
     }
+}
+
+fn office_peer(users: u32, left: Duration) -> crate::sip::peers::PeerChange {
+    use crate::sip::peers::{PeerChange, PeerFacts};
+    PeerChange {
+        source: ip("198.51.100.20"),
+        entry: Some(PeerFacts {
+            kind: guard_common::PeerKind::Registered,
+            live_users: users,
+            until: std::time::Instant::now() + left,
+        }),
+        users: (0..users.min(3)).map(|n| format!("{}", 101 + n)).collect(),
+    }
+}
+
+/// A restart (or a reboot) cannot ban an office: its peers are saved in
+/// the state directory and come back with the time they had left, into a
+/// new tracker and so into the kernel's peer map.
+#[tokio::test]
+async fn learned_peers_are_saved_and_restored_with_their_remaining_time() {
+    use crate::sip::peers::PeerBook;
+    let s = Site::new("peers-saved", POLICY);
+    s.runtime
+        .apply_peers(&[office_peer(12, Duration::from_secs(600))])
+        .await;
+    s.runtime.save_peers(false);
+    let state = StateDir::open(&s.dir.join("state")).unwrap();
+    let saved = state.load_peers(1000).unwrap();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert_eq!(
+        (saved[0].kind.as_str(), saved[0].live_users),
+        ("registered", 12)
+    );
+    assert_eq!(saved[0].users, ["101", "102", "103"]);
+    let left = saved[0].expires_unix - crate::state::unix_now();
+    assert!((599..=601).contains(&left), "{left}");
+
+    // The next run: a new book, a new runtime over empty maps.
+    let mut book = PeerBook::new(100, Duration::from_secs(600));
+    assert_eq!(super::peers::restore_peers(&mut book, &saved), 1);
+    let next = Site::new("peers-restored", POLICY);
+    let before_ns = clock::monotonic_ns();
+    next.runtime
+        .apply_peers(&book.take_changes(std::time::Instant::now()))
+        .await;
+    let key = next.runtime.source_key(ip("198.51.100.20"));
+    let entry = *next.maps.state().peers.get(&key).expect("restored");
+    assert_eq!(entry.live_users, 12);
+    let left_ns = entry.expires_ns - before_ns;
+    assert!(
+        (598_000_000_000..=602_000_000_000).contains(&left_ns),
+        "{left_ns}"
+    );
+    // A named user re-registering replaces its restored registration.
+    book.registered(std::time::Instant::now(), ip("198.51.100.20"), b"101", 600);
+    let changes = book.take_changes(std::time::Instant::now());
+    assert_eq!(changes[0].entry.unwrap().live_users, 12);
+
+    // Lapsed peers are not restored; nor is an unknown kind.
+    let mut lapsed = saved.clone();
+    lapsed[0].expires_unix = crate::state::unix_now();
+    let mut odd = saved.clone();
+    odd[0].kind = "friend".into();
+    let mut book = PeerBook::new(10, Duration::from_secs(600));
+    assert_eq!(super::peers::restore_peers(&mut book, &lapsed), 0);
+    assert_eq!(super::peers::restore_peers(&mut book, &odd), 0);
+}
+
+/// Issue 13: a CrowdSec IP decision on a learned peer is not applied
+/// (counted and logged); a range decision is applied around it (the XDP
+/// program spares the peer, see the verdict table).
+#[tokio::test]
+async fn fleet_decisions_spare_learned_peers() {
+    use crate::runtime::fleet_set::{Holder, RangeChange};
+    let s = Site::new("fleet-peers", POLICY);
+    let rt = &s.runtime;
+    rt.apply_peers(&[office_peer(3, Duration::from_secs(600))])
+        .await;
+    let decision = |source: &str| {
+        FleetChange::Ban(FleetBan {
+            key: rt.source_key(ip(source)),
+            expires_ns: clock::monotonic_ns() + 3_600_000_000_000,
+            scenario: "crowdsecurity/sip-bf".into(),
+            origin: "CAPI".into(),
+        })
+    };
+    let applied = rt
+        .fleet_bans(
+            &[decision("198.51.100.20"), decision("198.51.100.21")],
+            true,
+        )
+        .await;
+    assert_eq!((applied.enforced, applied.peers_spared), (1, 1));
+    let office = rt.source_key(ip("198.51.100.20"));
+    assert!(!s.maps.state().bans.contains_key(&office));
+    let applied = rt
+        .fleet_ranges(
+            &Holder::Crowdsec,
+            &[RangeChange::Hold {
+                net: "198.51.100.0/24".parse().unwrap(),
+                detail: "crowdsecurity/sip-bf".into(),
+            }],
+            true,
+            true,
+        )
+        .await;
+    assert_eq!(applied.peers_spared, 1);
+    assert_eq!(rt.fleet_len().await, 1, "the range is applied");
+}
+
+/// A ban's log line names the live registrations it cut.
+#[tokio::test]
+async fn a_ban_names_the_registrations_it_cuts() {
+    let s = Site::new("peers-cut", POLICY);
+    let rt = &s.runtime;
+    let key = rt.source_key(ip("198.51.100.20"));
+    assert_eq!(rt.cut_registrations(&key), "");
+    rt.apply_peers(&[office_peer(5, Duration::from_secs(600))])
+        .await;
+    assert_eq!(
+        rt.cut_registrations(&key),
+        "; cut 5 live registrations: 101, 102, 103 and 2 more"
+    );
+    rt.apply_peers(&[office_peer(1, Duration::from_secs(600))])
+        .await;
+    assert_eq!(rt.cut_registrations(&key), "; cut 1 live registration: 101");
 }

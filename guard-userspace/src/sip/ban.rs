@@ -38,7 +38,11 @@ pub fn evidence(decision: &BanDecision, window: Duration) -> String {
     let evidence: Vec<String> = decision
         .evidence
         .iter()
-        .map(|f| format!("{}:{}", f.display_username(), f.status))
+        .map(|f| match f.status {
+            // A probe the PBX never answered.
+            0 => format!("{}:none", f.display_username()),
+            status => format!("{}:{status}", f.display_username()),
+        })
         .collect();
     format!(
         "{} failures in {} ({}{}), last user:status {}",

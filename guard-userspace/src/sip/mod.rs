@@ -7,5 +7,6 @@ pub mod hep;
 pub mod hep_input;
 pub mod parser;
 pub mod peers;
+pub mod probes;
 pub mod tracker;
 pub mod watcher;

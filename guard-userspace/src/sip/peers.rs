@@ -12,7 +12,29 @@
 //! - A 2xx from an address to a REGISTER the PBX itself sent there: that
 //!   address is a provider, a peer as long as the PBX's registration.
 //!
-//! Nothing else does: unauthenticated requests, failures, 1xx, answers the
+//! # Boot storms: the challenge credit
+//! Up to 100 phones behind one address may register within a second, as
+//! after a power cut, before any of them is learned. Each costs two
+//! requests (the challenged one and its answer), so the address passes the
+//! built-in 40-in-2-s rule long before a slow PBX (a database lookup per
+//! REGISTER) has sent its 2xx. So a request whose credentials echo a nonce
+//! the PBX issued to that same address (a *challenge answered*: the
+//! address is real, the password not yet judged) credits the address at
+//! once with a *pending* registration for its username: the kernel's
+//! budget grows by one user (`factor` x each limit) per phone answering its
+//! challenge, one round trip before the 2xx. The PBX's answer settles it:
+//! a 2xx makes the registration, anything else (401, 403, even a 1xx)
+//! withdraws the credit, and an unanswered one lapses after
+//! [`CREDIT_LIFETIME`]. At most [`MAX_PENDING`] per source.
+//!
+//! What it cannot do: an unknown address sending more requests than a
+//! rule's limit before the first of its challenges is answered is cut at
+//! the normal limits, which is what must happen to a flood of
+//! unauthenticated REGISTERs (a flood never answers a challenge). An
+//! attacker on a real address who answers challenges with wrong passwords
+//! holds a credit only until the PBX's 401, and collects proven failures.
+//!
+//! Nothing else makes a peer: unauthenticated requests, failures, 1xx, answers the
 //! PBX did not send (a forged 2xx arrives inbound, and the tracker reads
 //! only the PBX's own answers), credentials echoing a nonce issued to
 //! another address (a replay), or a 2xx that matches no request of the
@@ -39,6 +61,9 @@ pub struct Peer {
     active_until: Option<Instant>,
     /// The PBX's registration with this provider lasts until then.
     provider_until: Option<Instant>,
+    /// Challenges answered, awaiting the PBX's answer (the boot-storm
+    /// credit): username -> credited until.
+    pending: HashMap<Vec<u8>, Instant>,
 }
 
 impl Peer {
@@ -46,6 +71,7 @@ impl Peer {
     pub fn until(&self, now: Instant) -> Option<Instant> {
         self.registrations
             .values()
+            .chain(self.pending.values())
             .copied()
             .chain(self.active_until)
             .chain(self.provider_until)
@@ -53,10 +79,37 @@ impl Peer {
             .max()
     }
 
-    /// Registrations live at `now`.
+    /// Registrations live at `now`, with the challenges answered that
+    /// await the PBX's answer.
     pub fn live_users(&self, now: Instant) -> u32 {
-        let live = self.registrations.values().filter(|u| **u > now).count();
-        u32::try_from(live).unwrap_or(u32::MAX)
+        let registered = self.registrations.values().filter(|u| **u > now).count();
+        let pending = self
+            .pending
+            .iter()
+            .filter(|(name, until)| **until > now && !self.registrations.contains_key(*name))
+            .count();
+        u32::try_from(registered + pending).unwrap_or(u32::MAX)
+    }
+
+    /// Learned: a registration, a provider's or an authenticated call,
+    /// not a credit alone.
+    fn is_learned(&self, now: Instant) -> bool {
+        self.registrations.values().any(|u| *u > now)
+            || self.active_until.is_some_and(|u| u > now)
+            || self.provider_until.is_some_and(|u| u > now)
+    }
+
+    /// The usernames registered live, for logs (at most `max`).
+    fn users(&self, now: Instant, max: usize) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .registrations
+            .iter()
+            .filter(|(name, until)| **until > now && !name.starts_with(RESTORED))
+            .map(|(name, _)| crate::sip::parser::display(name))
+            .collect();
+        users.sort();
+        users.truncate(max);
+        users
     }
 
     /// Registered (its users registered) before provider before call.
@@ -72,18 +125,31 @@ impl Peer {
 
     fn forget_lapsed(&mut self, now: Instant) {
         self.registrations.retain(|_, until| *until > now);
+        self.pending.retain(|_, until| *until > now);
         self.active_until = self.active_until.filter(|u| *u > now);
         self.provider_until = self.provider_until.filter(|u| *u > now);
     }
 }
 
+/// How long a challenge answered credits its address without the PBX's
+/// answer (a SIP transaction's life, 64 x T1).
+pub const CREDIT_LIFETIME: Duration = Duration::from_secs(32);
+/// Challenges answered a source may have pending at once.
+pub const MAX_PENDING: usize = 128;
+/// Usernames a peer's log lines and saved state name at most.
+pub const MAX_NAMED_USERS: usize = 32;
+/// Registrations restored without their username start with this.
+const RESTORED: &[u8] = b"\0restored-";
+
 /// What the kernel's peer map must now hold for one source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerChange {
     /// The source as the tracker keys it (IPv6: its ban prefix).
     pub source: IpAddr,
     /// None: no longer a peer (remove the entry).
     pub entry: Option<PeerFacts>,
+    /// Its live registrations' usernames (at most [`MAX_NAMED_USERS`]).
+    pub users: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,10 +197,48 @@ impl PeerBook {
         self.changed.push(source);
     }
 
+    /// A REGISTER for `username` echoed a nonce the PBX issued to its
+    /// address: the boot-storm credit (see the module docs).
+    pub fn challenge_answered(&mut self, now: Instant, source: IpAddr, username: &[u8]) {
+        let credited = self.peers.peek(&source).is_some_and(|peer| {
+            peer.pending.len() >= MAX_PENDING
+                || peer.registrations.get(username).is_some_and(|u| *u > now)
+        });
+        if credited {
+            return;
+        }
+        let until = now + CREDIT_LIFETIME;
+        self.update(now, source, |peer| {
+            peer.pending.insert(username.to_vec(), until);
+        });
+    }
+
+    /// The PBX answered that REGISTER with anything but a 2xx: the credit
+    /// goes.
+    pub fn challenge_refused(&mut self, now: Instant, source: IpAddr, username: &[u8]) {
+        let pending = self
+            .peers
+            .peek(&source)
+            .is_some_and(|peer| peer.pending.contains_key(username));
+        if pending {
+            self.update(now, source, |peer| {
+                peer.pending.remove(username);
+            });
+        }
+    }
+
+    /// Whether `source` is a learned peer at `now` (a credit alone is not).
+    pub fn is_learned(&self, source: IpAddr, now: Instant) -> bool {
+        self.peers
+            .peek(&source)
+            .is_some_and(|peer| peer.is_learned(now))
+    }
+
     /// A 2xx to an authenticated REGISTER for `username`: `expiry` seconds
     /// (0 unregisters it).
     pub fn registered(&mut self, now: Instant, source: IpAddr, username: &[u8], expiry: u32) {
         self.update(now, source, |peer| {
+            peer.pending.remove(username);
             if expiry == 0 {
                 peer.registrations.remove(username);
             } else {
@@ -176,14 +280,21 @@ impl PeerBook {
     }
 
     /// Adds a peer restored from the state directory. Its registrations
-    /// come back as `live_users` anonymous ones until their users
-    /// re-register (each re-registration replaces one).
-    pub fn restore(&mut self, now: Instant, source: IpAddr, facts: &PeerFacts) {
+    /// come back under the saved `users`, and as anonymous ones for the
+    /// rest of `live_users` (the names saved are capped) until their users
+    /// re-register.
+    pub fn restore(&mut self, now: Instant, source: IpAddr, facts: &PeerFacts, users: &[String]) {
         self.update(now, source, |peer| match facts.kind {
             PeerKind::Registered => {
-                for n in 0..facts.live_users.max(1) {
+                let users = &users[..users.len().min(facts.live_users as usize)];
+                for user in users {
                     peer.registrations
-                        .insert(format!("\0restored-{n}").into_bytes(), facts.until);
+                        .insert(user.as_bytes().to_vec(), facts.until);
+                }
+                for n in users.len() as u32..facts.live_users.max(1) {
+                    let mut name = RESTORED.to_vec();
+                    name.extend_from_slice(n.to_string().as_bytes());
+                    peer.registrations.insert(name, facts.until);
                 }
             }
             PeerKind::Provider => peer.provider_until = Some(facts.until),
@@ -202,16 +313,22 @@ impl PeerBook {
             if !seen.insert(*source) {
                 continue;
             }
-            let entry = self.peers.peek(source).and_then(|peer| {
+            let peer = self.peers.peek(source);
+            let entry = peer.and_then(|peer| {
                 Some(PeerFacts {
                     kind: peer.kind(now),
                     live_users: peer.live_users(now),
                     until: peer.until(now)?,
                 })
             });
+            let users = match (peer, entry) {
+                (Some(peer), Some(_)) => peer.users(now, MAX_NAMED_USERS),
+                _ => Vec::new(),
+            };
             out.push(PeerChange {
                 source: *source,
                 entry,
+                users,
             });
         }
         out

@@ -49,7 +49,11 @@
 //! # Thresholds
 //! A source is banned when, within the level's window, its proven failures
 //! reach the limit, or all its failures reach limit x multiplier; or when its
-//! failures name too many distinct usernames (enumeration, same two tiers).
+//! failures name too many distinct usernames (enumeration, same two tiers);
+//! or when it has probed `enumeration_usernames` distinct usernames without
+//! the PBX ever accepting it (an extension scan: `sip::probes`, which also
+//! counts the challenges a scanner never answers and the requests the PBX
+//! leaves unanswered).
 //! A source holding a live registration (an office behind one NAT address)
 //! is judged per username instead, so a colleague's typos do not take the
 //! office offline while brute force on any one username is still stopped.
@@ -94,6 +98,7 @@ use lru::LruCache;
 use crate::sip::{
     parser::{display, uri_user, Message},
     peers::PeerBook,
+    probes::{Probes, Scan},
 };
 
 /// The four fail2ban-style levels.
@@ -209,6 +214,7 @@ enum Method {
     Register,
     Invite,
     Subscribe,
+    Options,
     Other,
 }
 
@@ -220,8 +226,25 @@ impl Method {
             Method::Invite
         } else if name.eq_ignore_ascii_case(b"SUBSCRIBE") {
             Method::Subscribe
+        } else if name.eq_ignore_ascii_case(b"OPTIONS") {
+            Method::Options
         } else {
             Method::Other
+        }
+    }
+
+    /// The methods an extension scan probes with.
+    fn probes(self) -> bool {
+        self != Method::Other
+    }
+
+    /// Whether a `status` answer to this method accepts its source: a
+    /// registration, a subscription, or a call that rings or is answered.
+    fn accepted_by(self, status: u16) -> bool {
+        match self {
+            Method::Register | Method::Subscribe => (200..300).contains(&status),
+            Method::Invite => (180..300).contains(&status),
+            Method::Options | Method::Other => false,
         }
     }
 }
@@ -245,6 +268,10 @@ struct PendingRequest {
     nonces: Vec<u64>,
     /// Every key it is filed under (see `Message::transaction_ids`).
     keys: Vec<u64>,
+    /// The username it asks about (the To user, else the From user).
+    target: Vec<u8>,
+    /// Its credentials echoed a nonce issued to its address.
+    echoed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,11 +359,30 @@ pub struct Tracker {
     outbound: LruCache<TxKey, Instant>,
     /// Sources that authenticated (see `sip::peers`).
     pub peers: PeerBook,
+    /// Usernames each source asked about (extension scans: `sip::probes`).
+    pub probes: Probes,
     pub stats: TrackerStats,
 }
 
 fn capacity(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Whether `ip` is in one of `nets` (IPv4-mapped IPv6 as IPv4).
+fn listed(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|net| net.contains(&ip))
+}
+
+/// The username an extension scan asks about: the To user (the extension
+/// a REGISTER, INVITE, OPTIONS or SUBSCRIBE names), else the From user.
+fn target(message: &Message<'_>) -> Vec<u8> {
+    [message.to, message.from]
+        .into_iter()
+        .flatten()
+        .find_map(uri_user)
+        .map(|u| u.into_owned())
+        .unwrap_or_default()
 }
 
 /// The username a request or answer is about: the digest username, else
@@ -368,6 +414,11 @@ impl Tracker {
     pub fn with_capacities(policy: AuthPolicy, capacities: Capacities) -> Tracker {
         let c = capacities;
         let peers = PeerBook::new(policy.max_peers, policy.peer_idle);
+        let probes = Probes::new(
+            c.suspects,
+            policy.level.window,
+            policy.enumeration_usernames,
+        );
         Tracker {
             policy,
             capacities,
@@ -383,6 +434,7 @@ impl Tracker {
             unproven_bans: VecDeque::new(),
             outbound: LruCache::new(capacity(c.pending)),
             peers,
+            probes,
             stats: TrackerStats::default(),
         }
     }
@@ -415,17 +467,32 @@ impl Tracker {
         self.hasher.hash_one(nonce)
     }
 
-    /// A request that reached the PBX from `peer`.
-    pub fn on_request(&mut self, now: Instant, peer: IpAddr, message: &Message<'_>) {
-        let Some(method_name) = message.method() else {
-            return;
-        };
+    /// A request that reached the PBX from `peer` (source port unknown).
+    pub fn on_request(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        message: &Message<'_>,
+    ) -> Option<BanDecision> {
+        self.on_request_from(now, peer, 0, message)
+    }
+
+    /// A request that reached the PBX from `peer`, port `port`. Returns a
+    /// ban when the source's probes ripened into an extension scan.
+    pub fn on_request_from(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        port: u16,
+        message: &Message<'_>,
+    ) -> Option<BanDecision> {
+        let method_name = message.method()?;
         if message.is_method("ACK") || message.is_method("CANCEL") {
-            return;
+            return None;
         }
         let keys = self.transaction_keys(message);
         if keys.is_empty() {
-            return;
+            return None;
         }
         let source = self.source_of(peer);
         let nonces: Vec<u64> = message
@@ -435,7 +502,8 @@ impl Tracker {
             .map(|n| self.nonce_key(n))
             .collect();
         // Echoing a nonce issued to this address makes it live.
-        if nonces.iter().any(|n| self.nonce_valid(now, source, *n)) {
+        let echoed = nonces.iter().any(|n| self.nonce_valid(now, source, *n));
+        if echoed {
             self.live.put(source, now);
         }
         let method = Method::of(method_name);
@@ -453,10 +521,21 @@ impl Tracker {
             credentials,
             nonces,
             keys: keys.clone(),
+            target: target(message),
+            echoed,
         };
+        if echoed && method == Method::Register {
+            self.peers
+                .challenge_answered(now, source, &request.username);
+        }
+        if method.probes() {
+            self.probes
+                .request(now, source, port, &request.target, echoed);
+        }
         for key in keys {
             self.file_pending(source, key, request.clone());
         }
+        self.judge_probes(now, peer, source)
     }
 
     /// Files one key of a request, within the source's quota and the table's.
@@ -529,10 +608,11 @@ impl Tracker {
         message: &Message<'_>,
     ) -> Option<BanDecision> {
         let status = message.status()?;
+        let source = self.source_of(peer);
         if status < 200 {
+            self.on_provisional(now, source, status, message);
             return None;
         }
-        let source = self.source_of(peer);
         if matches!(status, 401 | 407) {
             for nonce in message.challenges.iter().filter_map(|c| c.nonce.as_deref()) {
                 let key = self.nonce_key(nonce);
@@ -553,9 +633,12 @@ impl Tracker {
                     credentials: Credentials::Unknown,
                     nonces: Vec::new(),
                     keys: Vec::new(),
+                    target: Vec::new(),
+                    echoed: false,
                 }
             }
         };
+        self.answer_probe(now, source, &request, status);
         let is_failure = match status {
             401 | 407 => request.credentials != Credentials::None && !message.stale(),
             403 => {
@@ -568,19 +651,130 @@ impl Tracker {
                     self.on_registered(now, source, &request.username, message);
                 }
                 self.learn_peer(now, source, &request, message);
-                return None;
+                return self.judge_probes(now, peer, source);
             }
             _ => false,
         };
         if !is_failure {
-            return None;
+            return self.judge_probes(now, peer, source);
         }
         let proven = request.credentials == Credentials::Some
             && request
                 .nonces
                 .iter()
                 .any(|n| self.nonce_valid(now, source, *n));
-        self.record_failure(now, peer, source, request.username, status, proven)
+        match self.record_failure(now, peer, source, request.username, status, proven) {
+            Some(ban) => Some(ban),
+            None => self.judge_probes(now, peer, source),
+        }
+    }
+
+    /// A 1xx: a REGISTER's challenge credit goes (only a 2xx settles it),
+    /// and a call that rings accepts its source.
+    fn on_provisional(&mut self, now: Instant, source: IpAddr, status: u16, message: &Message<'_>) {
+        let keys = self.transaction_keys(message);
+        let Some(request) = keys
+            .iter()
+            .find_map(|key| self.pending.peek(&(source, *key)))
+            .cloned()
+        else {
+            return;
+        };
+        if request.echoed && request.method == Method::Register {
+            self.peers.challenge_refused(now, source, &request.username);
+        }
+        let accepts = request.method.accepted_by(status);
+        self.probes.answer(
+            now,
+            source,
+            &request.target,
+            status,
+            request.echoed,
+            accepts,
+        );
+    }
+
+    /// A final answer to a request: the challenge credit is settled, and
+    /// the probe of its username answered.
+    fn answer_probe(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        request: &PendingRequest,
+        status: u16,
+    ) {
+        if request.echoed && request.method == Method::Register && !(200..300).contains(&status) {
+            self.peers.challenge_refused(now, source, &request.username);
+        }
+        if !request.method.probes() || request.keys.is_empty() {
+            return;
+        }
+        let accepts = request.method.accepted_by(status);
+        self.probes.answer(
+            now,
+            source,
+            &request.target,
+            status,
+            request.echoed,
+            accepts,
+        );
+    }
+
+    /// Whether `source`'s probes make an extension scan (learned peers and
+    /// whitelisted sources are never judged so).
+    fn judge_probes(&mut self, now: Instant, peer: IpAddr, source: IpAddr) -> Option<BanDecision> {
+        let (peers, whitelist) = (&self.peers, &self.policy.whitelist);
+        let exempt = || listed(whitelist, peer) || peers.is_learned(source, now);
+        let scan = self.probes.judge(now, source, exempt)?;
+        self.scan_ban(now, peer, source, scan)
+    }
+
+    /// Sources whose unanswered probes ripened with time alone; call
+    /// periodically. Returns their bans.
+    pub fn judge_waiting(&mut self, now: Instant) -> Vec<BanDecision> {
+        let waiting = self.probes.waiting(4096);
+        waiting
+            .into_iter()
+            .filter_map(|source| self.judge_probes(now, source, source))
+            .collect()
+    }
+
+    /// The ban for an extension scan: unproven evidence (a forged address
+    /// makes probes too), so it spends the unproven-ban budget.
+    fn scan_ban(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        source: IpAddr,
+        scan: Scan,
+    ) -> Option<BanDecision> {
+        if !self.spend_unproven_ban(now) {
+            self.stats.unproven_bans_refused += 1;
+            return None;
+        }
+        let probed = scan.probes.len();
+        let evidence: Vec<Failure> = scan
+            .probes
+            .into_iter()
+            .skip(probed.saturating_sub(EVIDENCE))
+            .map(|probe| Failure {
+                at: probe.at,
+                status: probe.answer.status(),
+                username: probe.username,
+                proven: false,
+            })
+            .collect();
+        let offence = self.offences.get(&source).copied().unwrap_or(0) + 1;
+        self.offences.put(source, offence);
+        Some(BanDecision {
+            source: peer,
+            reason: BanReason::Enumeration,
+            duration: self.ban_duration(offence),
+            evidence,
+            failures_in_window: probed,
+            proven: false,
+            offence,
+        })
     }
 
     /// A 2xx the PBX sent: a learned peer if the request's credentials
@@ -607,7 +801,7 @@ impl Tracker {
                     .registered(now, source, &request.username, expiry);
             }
             Method::Invite | Method::Subscribe => self.peers.active(now, source),
-            Method::Other => {}
+            Method::Options | Method::Other => {}
         }
     }
 
@@ -687,8 +881,7 @@ impl Tracker {
     }
 
     pub fn is_whitelisted(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.policy.whitelist.iter().any(|net| net.contains(&ip))
+        listed(&self.policy.whitelist, ip)
     }
 
     fn record_failure(
@@ -883,6 +1076,7 @@ impl Tracker {
             self.outbound.pop_lru();
         }
         self.peers.prune(now);
+        self.probes.prune(now);
         let window = self.policy.level.window;
         for table in [&mut self.suspects, &mut self.sources] {
             while table.peek_lru().is_some_and(|(_, s)| {

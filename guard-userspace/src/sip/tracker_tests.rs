@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::sip::parser::parse;
+use crate::sip::{parser::parse, probes::ANSWER_GRACE};
 use guard_common::PeerKind;
 
 fn policy(level: LevelName) -> AuthPolicy {
@@ -481,19 +481,154 @@ fn many_usernames_from_one_source_is_enumeration() {
     assert_eq!(ban.failures_in_window, 5);
 }
 
+/// Issue 11: an extension scan is banned within 5 usernames, whatever the
+/// PBX answers (404, a challenge to every name alike, 403, or nothing),
+/// before it can learn a sixth.
 #[test]
-fn unproven_enumeration_needs_three_times_the_usernames() {
+fn an_extension_scan_is_banned_within_five_usernames() {
+    for (case, code) in [("404", 404), ("alike", 401), ("403", 403), ("silent", 0)] {
+        let mut t = Tracker::new(policy(LevelName::Normal));
+        let start = Instant::now();
+        let scanner = ip("203.0.113.50");
+        let mut bans = Vec::new();
+        for (n, method) in ["REGISTER", "OPTIONS", "INVITE", "SUBSCRIBE", "REGISTER"]
+            .into_iter()
+            .enumerate()
+        {
+            assert!(bans.is_empty(), "{case}: banned after {n} names");
+            let now = start + Duration::from_secs(3 * n as u64);
+            let call = format!("scan-{n}");
+            let text = request(method, &call, 1, &format!("{}", 100 + n), None);
+            let (req, _) = parse(text.as_bytes(), true).unwrap();
+            bans.extend(t.on_request(now, scanner, &req));
+            if code != 0 {
+                let text = response(code, &call, 1, method, &challenge(&call, false));
+                let (resp, _) = parse(text.as_bytes(), true).unwrap();
+                bans.extend(t.on_response(now, scanner, &resp));
+            }
+        }
+        if code == 0 {
+            // Nothing answered: the fifth ripens with time.
+            assert!(bans.is_empty(), "{case}");
+            bans = t.judge_waiting(start + Duration::from_secs(12) + ANSWER_GRACE);
+        }
+        assert_eq!(bans.len(), 1, "{case}");
+        let ban = &bans[0];
+        assert_eq!(ban.reason, BanReason::Enumeration, "{case}");
+        assert!(!ban.proven);
+        assert_eq!(ban.failures_in_window, 5, "{case}");
+        let statuses: Vec<u16> = ban.evidence.iter().map(|f| f.status).collect();
+        assert_eq!(statuses, vec![code; 5], "{case}");
+        assert_eq!(ban.evidence[4].display_username(), "104");
+    }
+}
+
+/// 30 phones behind one address reboot at once: 30 names from 30 ports,
+/// all challenged before the first answers its challenge; each then
+/// completes its registration. Not banned.
+#[test]
+fn an_office_rebooting_thirty_phones_is_not_banned() {
     let mut t = Tracker::new(policy(LevelName::Normal));
     let now = Instant::now();
-    let peer = ip("203.0.113.50");
+    let office = ip("198.51.100.30");
+    let mut bans = Vec::new();
+    for n in 0..30u16 {
+        let (call, user) = (format!("boot-{n}"), format!("{}", 200 + n));
+        let text = request("REGISTER", &call, 1, &user, None);
+        let (req, _) = parse(text.as_bytes(), true).unwrap();
+        bans.extend(t.on_request_from(now, office, 20_000 + n, &req));
+        let text = response(401, &call, 1, "REGISTER", &challenge(&call, false));
+        let (resp, _) = parse(text.as_bytes(), true).unwrap();
+        bans.extend(t.on_response(now, office, &resp));
+    }
+    let soon = now + Duration::from_millis(500);
+    for n in 0..30u16 {
+        let (call, user) = (format!("boot-{n}"), format!("{}", 200 + n));
+        let text = request("REGISTER", &call, 2, &user, Some(&call));
+        let (req, _) = parse(text.as_bytes(), true).unwrap();
+        bans.extend(t.on_request_from(soon, office, 20_000 + n, &req));
+        // Every phone that answered its challenge is credited at once.
+        let facts = peer_facts(&mut t, soon, office).expect("credited");
+        assert_eq!(facts.live_users, u32::from(n) + 1);
+        let text = response(200, &call, 2, "REGISTER", "Expires: 300\r\n");
+        let (resp, _) = parse(text.as_bytes(), true).unwrap();
+        bans.extend(t.on_response(soon, office, &resp));
+    }
+    bans.extend(t.judge_waiting(now + Duration::from_secs(60)));
+    assert!(bans.is_empty(), "{bans:?}");
+    let facts = peer_facts(&mut t, soon, office).expect("a peer");
+    assert_eq!(facts.live_users, 30);
+}
+
+/// A learned peer is never judged as a scan: its failures keep the old
+/// proven/unproven tiers (15 unproven names at the normal level).
+#[test]
+fn a_learned_peer_keeps_the_failure_rules() {
+    let mut t = Tracker::new(policy(LevelName::Normal));
+    let now = Instant::now();
+    let office = ip("198.51.100.31");
+    register_with_nonce(&mut t, now, office, "alice", 200, "Expires: 3600\r\n");
     for n in 0..14 {
         assert_eq!(
-            unproven_failure(&mut t, now, peer, &format!("{}", 200 + n), n),
-            None
+            unproven_failure(&mut t, now, office, &format!("{}", 200 + n), n),
+            None,
+            "name {n}"
         );
     }
-    let ban = unproven_failure(&mut t, now, peer, "214", 14).expect("15 usernames");
+    let ban = unproven_failure(&mut t, now, office, "214", 14).expect("15 names");
     assert_eq!(ban.reason, BanReason::Enumeration);
+}
+
+/// The challenge credit: a phone answering its challenge credits its
+/// address at once; any answer but a 2xx withdraws it.
+#[test]
+fn a_challenge_answered_credits_until_the_pbx_answers() {
+    let mut t = Tracker::new(policy(LevelName::Normal));
+    let now = Instant::now();
+    let phone = ip("198.51.100.32");
+    exchange(
+        &mut t,
+        now,
+        phone,
+        &request("REGISTER", "c", 1, "101", None),
+        &response(401, "c", 1, "REGISTER", &challenge("n1", false)),
+    );
+    assert_eq!(
+        peer_facts(&mut t, now, phone),
+        None,
+        "a challenge is no credit"
+    );
+    let text = request("REGISTER", "c", 2, "101", Some("n1"));
+    let (req, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_request(now, phone, &req);
+    let facts = peer_facts(&mut t, now, phone).expect("credited");
+    assert_eq!((facts.live_users, facts.kind), (1, PeerKind::Registered));
+    assert_eq!(facts.until, now + crate::sip::peers::CREDIT_LIFETIME);
+    assert!(!t.peers.is_learned(phone, now), "not learned yet");
+    let text = response(401, "c", 2, "REGISTER", &challenge("n2", false));
+    let (resp, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_response(now, phone, &resp);
+    assert_eq!(peer_facts(&mut t, now, phone), None, "a wrong password");
+    // Unanswered, it lapses.
+    let text = request("REGISTER", "c", 3, "101", Some("n2"));
+    let (req, _) = parse(text.as_bytes(), true).unwrap();
+    t.on_request(now, phone, &req);
+    let later = now + crate::sip::peers::CREDIT_LIFETIME;
+    t.prune(later);
+    assert_eq!(peer_facts(&mut t, later, phone), None);
+    // A flood that never answers a challenge is never credited.
+    let flood = ip("203.0.113.77");
+    for n in 0..100 {
+        let call = format!("f{n}");
+        exchange(
+            &mut t,
+            now,
+            flood,
+            &request("REGISTER", &call, 1, "101", None),
+            &response(401, &call, 1, "REGISTER", &challenge(&call, false)),
+        );
+    }
+    assert_eq!(peer_facts(&mut t, now, flood), None);
 }
 
 #[test]
@@ -952,7 +1087,9 @@ fn no_free_peers() {
         &response(200, "o1", 2, "OPTIONS", ""),
     );
     assert!(t.peers.is_empty(), "{:?}", t.peers.list(now));
-    assert!(t.peers.take_changes(now).is_empty());
+    // Challenges answered were credited, until the PBX's answer.
+    let changes = t.peers.take_changes(now);
+    assert!(changes.iter().all(|c| c.entry.is_none()), "{changes:?}");
 }
 
 #[test]

@@ -152,11 +152,15 @@ impl Watch {
     }
 
     /// Looks the host's addresses up again and forgets what is too old.
-    pub fn prune(&mut self, now: Instant) {
+    /// Returns the bans of sources whose unanswered probes ripened since
+    /// their last request.
+    pub fn prune(&mut self, now: Instant) -> Vec<BanDecision> {
+        let bans = self.tracker.judge_waiting(now);
         self.tracker.prune(now);
         if self.dedup.is_some() {
             self.pbx.refresh();
         }
+        bans
     }
 
     fn message(
@@ -189,7 +193,10 @@ impl Watch {
             (true, Some(method), _) => {
                 self.counters
                     .sip_request(std::str::from_utf8(method).unwrap_or("other"));
-                self.tracker.on_request(now, peer, &message)
+                bans.extend(
+                    self.tracker
+                        .on_request_from(now, peer, endpoints.peer_port, &message),
+                );
             }
             (false, None, Some(status)) => {
                 self.counters.sip_response(status);
@@ -229,6 +236,10 @@ pub async fn watch(
     let window = tracker.policy().level.window;
     let pbx = hep.as_mut().map(|feed| std::mem::take(&mut feed.pbx));
     let mut watch = Watch::new(tracker, counters, pbx);
+    // Peers restored from the state directory go to the kernel first.
+    runtime
+        .apply_peers(&watch.tracker.peers.take_changes(Instant::now()))
+        .await;
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     loop {
         tokio::select! {
@@ -266,8 +277,11 @@ pub async fn watch(
                 runtime.apply_peers(&watch.tracker.peers.take_changes(Instant::now())).await;
             }
             _ = prune.tick() => {
-                watch.prune(Instant::now());
+                let decisions = watch.prune(Instant::now());
+                runtime.sip_bans(&decisions, window).await;
                 runtime.apply_peers(&watch.tracker.peers.take_changes(Instant::now())).await;
+                // At most a prune interval of peer changes is lost to a SIGKILL.
+                runtime.save_peers(false);
                 let (stats, tracker) = (&watch.stats, &watch.tracker);
                 debug!(
                     "SIP watch: {} captures, {} HEP, {} messages, {} duplicates, {} malformed, \
