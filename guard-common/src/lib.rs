@@ -707,7 +707,7 @@ pub type FleetEntry = u32;
 
 /// The layout of every map's keys and values. A controller adopts pinned
 /// maps only under the same version; bump it when any map type changes.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Map names, shared so a rename cannot split the two sides.
 pub mod map_names {
@@ -733,9 +733,10 @@ pub mod map_names {
     pub const PEERS: &str = "PEERS";
     pub const FLEET_V4: &str = "FLEET_V4";
     pub const FLEET_V6: &str = "FLEET_V6";
+    pub const FLEET_IN_USE: &str = "FLEET_IN_USE";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         BANS,
         DENY_V4,
         DENY_V6,
@@ -758,6 +759,7 @@ pub mod map_names {
         PEERS,
         FLEET_V4,
         FLEET_V6,
+        FLEET_IN_USE,
     ];
 }
 

@@ -43,8 +43,8 @@ use guard_common::{
 
 use crate::{
     maps::{
-        ALLOW_V4, ALLOW_V6, CAPTURE_PROG, DENY_V4, DENY_V6, FLEET_V4, FLEET_V6, PORTS, SERVICES,
-        SETTINGS,
+        ALLOW_V4, ALLOW_V6, CAPTURE_PROG, DENY_V4, DENY_V6, FLEET_IN_USE, FLEET_V4, FLEET_V6,
+        PORTS, SERVICES, SETTINGS,
     },
     parse::{Address, Frame, Transport},
 };
@@ -110,6 +110,13 @@ impl Lookup for KernelLookup {
 
     #[inline(always)]
     fn is_fleet_denied(&mut self, source: &Address) -> bool {
+        let family = match source {
+            Address::V4(_) => 0,
+            Address::V6(_) => 1,
+        };
+        if FLEET_IN_USE.get(family).copied().unwrap_or(0) == 0 {
+            return false;
+        }
         match source {
             Address::V4(addr) => FLEET_V4.get(Key::new(32, *addr)).is_some(),
             Address::V6(addr) => FLEET_V6.get(Key::new(128, *addr)).is_some(),

@@ -29,6 +29,11 @@ pub static DENY_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0
 pub static FLEET_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0);
 #[map]
 pub static FLEET_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0);
+/// Non-zero while FLEET_V4 (index 0) or FLEET_V6 (index 1) may hold an
+/// entry. Most guards run without a fleet: an array read, which the
+/// verifier inlines, then spares every packet the trie search (~6 ns).
+#[map]
+pub static FLEET_IN_USE: Array<u32> = Array::with_max_entries(2, 0);
 
 /// Allow lists; the value is the mask of services the network may use.
 #[map]

@@ -46,6 +46,9 @@ pub struct KernelMaps {
     /// The fleet deny set (CrowdSec ranges, feeds); see `runtime::fleet_set`.
     fleet_v4: Trie4,
     fleet_v6: Trie6,
+    /// Per family (0: IPv4, 1: IPv6), non-zero while its fleet trie may
+    /// hold an entry: the XDP program searches the trie only then.
+    fleet_in_use: Array<MapData, u32>,
     ports: Array<MapData, PortClass>,
     services: Array<MapData, ServicePolicy>,
     rules: Array<MapData, RateRule>,
@@ -106,6 +109,7 @@ impl KernelMaps {
             allow_v6: typed(t, names::ALLOW_V6)?,
             fleet_v4: typed(t, names::FLEET_V4)?,
             fleet_v6: typed(t, names::FLEET_V6)?,
+            fleet_in_use: typed(t, names::FLEET_IN_USE)?,
             ports: typed(t, names::PORTS)?,
             services: typed(t, names::SERVICES)?,
             rules: typed(t, names::RULES)?,
@@ -185,6 +189,7 @@ impl KernelMaps {
         add(names::ALLOW_V6, self.allow_v6.map())?;
         add(names::FLEET_V4, self.fleet_v4.map())?;
         add(names::FLEET_V6, self.fleet_v6.map())?;
+        add(names::FLEET_IN_USE, self.fleet_in_use.map())?;
         add(names::PORTS, self.ports.map())?;
         add(names::SERVICES, self.services.map())?;
         add(names::RULES, self.rules.map())?;
@@ -332,6 +337,9 @@ impl KernelMaps {
     /// see `guard_common::FleetEntry`).
     pub fn insert_fleet(&mut self, net: IpNet) -> Result<()> {
         let len = net.prefix_len() as u32;
+        // Marked in use first, so that the entry is searched from the
+        // moment it is in the trie.
+        self.mark_fleet_in_use(&net, true)?;
         let inserted = match net {
             IpNet::V4(n) => self
                 .fleet_v4
@@ -364,7 +372,30 @@ impl KernelMaps {
                 .fleet_v6
                 .remove(&LpmKey::new(len, n.network().octets())),
         };
-        absent_as_none(removed, "removing from the fleet deny set").map(|r| r.is_some())
+        let removed =
+            absent_as_none(removed, "removing from the fleet deny set").map(|r| r.is_some())?;
+        let now_empty = match net {
+            IpNet::V4(_) => self.fleet_v4.keys().next().is_none(),
+            IpNet::V6(_) => self.fleet_v6.keys().next().is_none(),
+        };
+        if now_empty {
+            self.mark_fleet_in_use(&net, false)?;
+        }
+        Ok(removed)
+    }
+
+    /// Sets the in-use flag of `net`'s family (see `fleet_in_use`).
+    fn mark_fleet_in_use(&mut self, net: &IpNet, in_use: bool) -> Result<()> {
+        let family = match net {
+            IpNet::V4(_) => 0,
+            IpNet::V6(_) => 1,
+        };
+        self.fleet_in_use
+            .set(family, u32::from(in_use), 0)
+            .map_err(MapsError::map(format!(
+                "marking the fleet deny set's {} entries in use",
+                if family == 0 { "IPv4" } else { "IPv6" }
+            )))
     }
 
     /// The networks the fleet deny set holds in the kernel.
