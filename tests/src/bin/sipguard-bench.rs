@@ -68,7 +68,15 @@ fn main() -> Result<()> {
         args.previous.as_ref(),
         effort,
     )?;
-    let text = report::render(&results);
+    let mut text = report::render(&results);
+    // Sections written by hand (one-off measurements) follow a marker and
+    // survive a new run.
+    if let Ok(old) = std::fs::read_to_string(&args.output) {
+        if let Some(at) = old.find(report::HAND_WRITTEN_MARKER) {
+            text.push('\n');
+            text.push_str(&old[at..]);
+        }
+    }
     std::fs::write(&args.output, &text)
         .with_context(|| format!("writing {}", args.output.display()))?;
     eprintln!("bench: wrote {}", args.output.display());
