@@ -20,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -70,7 +69,11 @@ pub struct Bouncer {
 
 impl Bouncer {
     /// Builds the client; talks to nobody yet.
-    pub fn new(section: CrowdsecSection, key: &str, runtime: Arc<Runtime>) -> Result<Bouncer> {
+    pub fn new(
+        section: CrowdsecSection,
+        key: &str,
+        runtime: Arc<Runtime>,
+    ) -> Result<Bouncer, LapiError> {
         let http = Http::new()?;
         let lapi = Lapi::new(http, &section, key)?;
         let status = BouncerStatus {

@@ -10,9 +10,17 @@ pub mod decisions;
 pub mod http;
 pub mod lapi;
 
-use anyhow::Result;
-
 use crate::policy::config::Config;
+
+/// Why the fleet tasks cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The bouncer key cannot be had (its file is unreadable or empty).
+    #[error("{0}")]
+    Key(String),
+    #[error(transparent)]
+    Lapi(#[from] lapi::LapiError),
+}
 
 /// The fleet tasks a config asks for, checked before the guard attaches:
 /// an unreadable key file stops the start with a clear error; an
@@ -21,10 +29,10 @@ pub struct Prepared {
     crowdsec: Option<(config::CrowdsecSection, String)>,
 }
 
-pub fn prepare(config: &Config) -> Result<Prepared> {
+pub fn prepare(config: &Config) -> Result<Prepared, FleetError> {
     let crowdsec = match &config.crowdsec {
         Some(section) => {
-            let key = section.api_key().map_err(anyhow::Error::msg)?;
+            let key = section.api_key().map_err(FleetError::Key)?;
             Some((section.clone(), key))
         }
         None => None,
@@ -50,7 +58,7 @@ impl Prepared {
     pub fn spawn(
         self,
         runtime: &std::sync::Arc<crate::runtime::Runtime>,
-    ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, FleetError> {
         let mut tasks = Vec::new();
         if let Some((section, key)) = self.crowdsec {
             let bouncer = bouncer::Bouncer::new(section, &key, std::sync::Arc::clone(runtime))?;
