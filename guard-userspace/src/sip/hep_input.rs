@@ -217,20 +217,30 @@ pub struct HepSockets {
     tcp: Option<TcpListener>,
 }
 
-pub async fn bind(section: &HepSection) -> anyhow::Result<Option<HepSockets>> {
-    use anyhow::Context;
+/// A HEP socket that cannot be bound (the port is taken, the address is not ours).
+#[derive(Debug, thiserror::Error)]
+#[error("binding the HEP input to {transport} {listen}: {source}")]
+pub struct BindError {
+    transport: &'static str,
+    listen: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+pub async fn bind(section: &HepSection) -> Result<Option<HepSockets>, BindError> {
     let Some(listen) = section.listen else {
         return Ok(None);
     };
-    let udp = UdpSocket::bind(listen)
-        .await
-        .with_context(|| format!("binding the HEP input to udp {listen}"))?;
+    let failed = |transport| {
+        move |source| BindError {
+            transport,
+            listen,
+            source,
+        }
+    };
+    let udp = UdpSocket::bind(listen).await.map_err(failed("udp"))?;
     let tcp = match section.tcp {
-        true => Some(
-            TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding the HEP input to tcp {listen}"))?,
-        ),
+        true => Some(TcpListener::bind(listen).await.map_err(failed("tcp"))?),
         false => None,
     };
     Ok(Some(HepSockets { udp, tcp }))

@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, Result};
 use aya::maps::{MapData, RingBuf};
 use guard_common::{SipCaptureHeader, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
@@ -22,6 +21,15 @@ use crate::{
     sip::parser::{self, Message, ParseError},
     sip::tracker::{BanDecision, Tracker},
 };
+
+/// Why the watcher stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch the SIP capture ring: {0}")]
+    Register(#[source] std::io::Error),
+    #[error("reading the SIP capture ring: {0}")]
+    Read(#[source] std::io::Error),
+}
 
 /// Records read before the watcher lets other tasks run.
 const RECORDS_PER_TURN: usize = 4096;
@@ -229,10 +237,11 @@ pub async fn watch(
     tracker: Tracker,
     runtime: Arc<Runtime>,
     mut hep: Option<HepFeed>,
-) -> Result<()> {
+) -> Result<(), WatchError> {
     let counters = runtime.counters().clone();
     // SAFETY: the ring buffer owns its fd, which stays open while the AsyncFd lives.
-    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("{e}"))?;
+    let mut ring =
+        unsafe { AsyncFd::register(ring) }.map_err(|e| WatchError::Register(e.into()))?;
     let window = tracker.policy().level.window;
     let pbx = hep.as_mut().map(|feed| std::mem::take(&mut feed.pbx));
     let mut watch = Watch::new(tracker, counters, pbx);
@@ -244,7 +253,7 @@ pub async fn watch(
     loop {
         tokio::select! {
             ready = ring.readable_mut() => {
-                let mut ready = ready?;
+                let mut ready = ready.map_err(WatchError::Read)?;
                 let mut decisions = Vec::new();
                 let mut drained = false;
                 for _ in 0..RECORDS_PER_TURN {
