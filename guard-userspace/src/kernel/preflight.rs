@@ -1,7 +1,31 @@
 //! Checks made before touching the kernel, each failing with one clear line.
 use std::{ffi::CString, fs, path::Path};
 
-use anyhow::{bail, Result};
+/// Why the machine cannot run the guard, in one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("interface name {0:?} contains a NUL byte")]
+    NulInName(String),
+    #[error("interface {0:?} does not exist (see `ip link`)")]
+    NoInterface(String),
+    #[error("cannot read this process's capabilities from /proc/self/status")]
+    UnreadableCapabilities,
+    #[error("needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing: {0})")]
+    MissingCapabilities(String),
+    #[error(
+        "Linux {major}.{minor} is too old: sipguard needs 5.18 or later \
+         (BPF ring buffers, atomics, bpf_xdp_load_bytes)"
+    )]
+    OldKernel { major: u32, minor: u32 },
+    #[error(
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing; needs CONFIG_DEBUG_INFO_BTF=y)"
+    )]
+    NoBtf,
+    #[error("no default route found: name the interface with --iface")]
+    NoDefaultRoute,
+}
+
+type Result<T, E = PreflightError> = std::result::Result<T, E>;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -10,12 +34,12 @@ const CAP_BPF: u32 = 39;
 
 pub fn interface_index(name: &str) -> Result<u32> {
     let Ok(c_name) = CString::new(name) else {
-        bail!("interface name {name:?} contains a NUL byte");
+        return Err(PreflightError::NulInName(name.to_string()));
     };
     // SAFETY: a valid C string.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
     if index == 0 {
-        bail!("interface {name:?} does not exist (see `ip link`)");
+        return Err(PreflightError::NoInterface(name.to_string()));
     }
     Ok(index)
 }
@@ -29,7 +53,7 @@ fn effective_capabilities() -> Option<u64> {
 
 pub fn privileges() -> Result<()> {
     let Some(caps) = effective_capabilities() else {
-        bail!("cannot read this process's capabilities from /proc/self/status");
+        return Err(PreflightError::UnreadableCapabilities);
     };
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     let mut missing = Vec::new();
@@ -44,10 +68,7 @@ pub fn privileges() -> Result<()> {
         missing.push("CAP_NET_ADMIN");
     }
     if !missing.is_empty() {
-        bail!(
-            "needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing: {})",
-            missing.join(", ")
-        );
+        return Err(PreflightError::MissingCapabilities(missing.join(", ")));
     }
     Ok(())
 }
@@ -64,14 +85,11 @@ fn kernel_version() -> Option<(u32, u32)> {
 pub fn kernel() -> Result<()> {
     if let Some((major, minor)) = kernel_version() {
         if (major, minor) < (5, 18) {
-            bail!(
-                "Linux {major}.{minor} is too old: sipguard needs 5.18 or later \
-                 (BPF ring buffers, atomics, bpf_xdp_load_bytes)"
-            );
+            return Err(PreflightError::OldKernel { major, minor });
         }
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing; needs CONFIG_DEBUG_INFO_BTF=y)");
+        return Err(PreflightError::NoBtf);
     }
     Ok(())
 }
@@ -100,5 +118,5 @@ pub fn default_route_interface() -> Result<String> {
             }
         }
     }
-    bail!("no default route found: name the interface with --iface")
+    Err(PreflightError::NoDefaultRoute)
 }
