@@ -175,7 +175,9 @@ fn prepare_pins(
     };
     let pins = match Pins::prepare(root, iface, ifindex, netns) {
         Ok(pins) => pins,
-        Err(e) if options.require_pins => return Err(e.context("--require-pins")),
+        Err(e) if options.require_pins => {
+            return Err(anyhow::Error::new(e).context("--require-pins"))
+        }
         Err(e) => {
             warn!("{e:#}: running unpinned, so the guard stops when this process does");
             return Ok((None, None));

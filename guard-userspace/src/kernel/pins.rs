@@ -22,12 +22,63 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context, Result};
 use aya::programs::links::{FdLink, PinnedLink};
 use guard_common::MAP_LAYOUT_VERSION;
 use tracing::{info, warn};
 
-use crate::kernel::{netlink, netns::Netns};
+use crate::kernel::{
+    netlink,
+    netns::{Netns, NetnsError},
+};
+
+/// Why the pins cannot be made, or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum PinsError {
+    #[error("cannot create the pin directory {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("removing {}: {source}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the pin directory's path has a NUL byte")]
+    NulInPath,
+    #[error(
+        "no bpffs at {} and mounting one failed: {source} (mount it, or point --pin-dir at one)",
+        path.display()
+    )]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} holds a guard that does not run on {iface} in this {netns}: it belongs to \
+         another namespace (or its interface is gone); not touching it",
+        path.display()
+    )]
+    NotOurs {
+        path: PathBuf,
+        iface: String,
+        netns: String,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+type Result<T, E = PinsError> = std::result::Result<T, E>;
+
+fn remove_tree(path: &Path) -> Result<()> {
+    std::fs::remove_dir_all(path).map_err(|source| PinsError::Remove {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/sipguard";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -107,8 +158,7 @@ impl Pins {
         if !self.iface_dir.exists() {
             return Ok(false);
         }
-        std::fs::remove_dir_all(&self.iface_dir)
-            .with_context(|| format!("removing {}", self.iface_dir.display()))?;
+        remove_tree(&self.iface_dir)?;
         // The interface's directory goes too once no namespace uses it.
         if let Some(parent) = self.iface_dir.parent() {
             let _ = std::fs::remove_dir(parent);
@@ -246,18 +296,17 @@ pub fn unload(root: &Path, iface: &str) -> Result<Unloaded> {
     }
     let ifindex = crate::kernel::preflight::interface_index(iface).ok();
     if !ifindex.is_some_and(|index| runs_on(&link, index)) {
-        bail!(
-            "{} holds a guard that does not run on {iface} in this {}: it belongs to \
-             another namespace (or its interface is gone); not touching it",
-            legacy.display(),
-            netns.describe()
-        );
+        return Err(PinsError::NotOurs {
+            path: legacy,
+            iface: iface.to_string(),
+            netns: netns.describe(),
+        });
     }
     for name in LEGACY_ENTRIES {
         let _ = std::fs::remove_file(legacy.join(name));
     }
     for dir in pins_dirs(&legacy, "maps-v") {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        remove_tree(&dir)?;
     }
     let _ = std::fs::remove_dir(&legacy);
     Ok(Unloaded::Removed(legacy))
@@ -294,7 +343,10 @@ fn create_dir(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create the pin directory {}", dir.display()))
+        .map_err(|source| PinsError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -310,7 +362,7 @@ fn is_bpffs(path: &Path) -> bool {
 fn mount_bpffs(mount_point: &Path) -> Result<()> {
     create_dir(mount_point)?;
     let target = std::ffi::CString::new(mount_point.as_os_str().as_encoded_bytes())
-        .context("the pin directory's path has a NUL byte")?;
+        .map_err(|_| PinsError::NulInPath)?;
     let fstype = c"bpf";
     let options = c"mode=0700";
     // SAFETY: valid C strings; mount(2) copies them.
@@ -324,11 +376,10 @@ fn mount_bpffs(mount_point: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
-        bail!(
-            "no bpffs at {} and mounting one failed: {} (mount it, or point --pin-dir at one)",
-            mount_point.display(),
-            std::io::Error::last_os_error()
-        );
+        return Err(PinsError::Mount {
+            path: mount_point.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     info!("mounted a bpffs at {}", mount_point.display());
     Ok(())
