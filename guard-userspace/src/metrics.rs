@@ -89,6 +89,8 @@ pub struct ControllerCounters {
     pub state_save_failures: Counter,
     /// 1 while the guard is on its interface, 0 while the interface is gone.
     pub attached: crate::kernel::iface::AttachedFlag,
+    /// The health of the CrowdSec bouncer and of each feed.
+    pub fleet_health: crate::fleet::health::Health,
 }
 
 impl ControllerCounters {
@@ -483,6 +485,7 @@ impl Metrics {
                 env!("CARGO_PKG_VERSION").to_string(),
             )]),
         );
+        registry.register_collector(Box::new(counters.fleet_health.collector()));
         let rate_state_entries = Arc::new(AtomicU64::new(0));
         let capacities = names.capacities.clone();
         registry.register_collector(Box::new(KernelCollector {

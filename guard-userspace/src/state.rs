@@ -28,6 +28,8 @@ const MODE_FILE: &str = "xdp_mode.json";
 const APPLIED_FILE: &str = "applied.json";
 const FLEET_FILE: &str = "fleet.json";
 const PEERS_FILE: &str = "peers.json";
+/// Each feed's cursor and, for APIBan, when each address was last listed.
+const FEEDS_FILE: &str = "feeds.json";
 /// Bumped when a file's meaning changes; an unknown version is refused.
 const FORMAT_VERSION: u32 = 1;
 
@@ -70,6 +72,9 @@ pub struct SavedFleetEntry {
     pub net: ipnet::IpNet,
     pub holder: String,
     pub detail: String,
+    /// When the network entered the set (UNIX seconds; 0: unknown).
+    #[serde(default)]
+    pub since_unix: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -97,6 +102,36 @@ pub struct SavedPeer {
 struct PeersFile {
     version: u32,
     peers: Vec<SavedPeer>,
+}
+
+/// A feed's state as saved, beside its entries in `fleet.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SavedFeed {
+    /// `apiban` or `list`: a feed whose kind changed starts afresh.
+    pub kind: String,
+    /// The feed's source (without keys): a feed pointed elsewhere starts afresh.
+    #[serde(default)]
+    pub from: String,
+    /// When the list in force was fetched (UNIX seconds).
+    #[serde(default)]
+    pub last_success_unix: Option<u64>,
+    /// APIBan: the ID to ask with next.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// A list's validators, for a conditional GET (304: unchanged).
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub last_modified: Option<String>,
+    /// APIBan: each network and when APIBan last listed it (UNIX seconds).
+    #[serde(default)]
+    pub seen: Vec<(ipnet::IpNet, u64)>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct FeedsFile {
+    version: u32,
+    feeds: std::collections::BTreeMap<String, SavedFeed>,
 }
 
 pub fn unix_now() -> u64 {
@@ -495,6 +530,24 @@ impl StateDir {
         Ok(file.map(|f| f.peers).unwrap_or_default())
     }
 
+    pub fn save_feeds(&self, feeds: &std::collections::BTreeMap<String, SavedFeed>) -> Result<()> {
+        let file = FeedsFile {
+            version: FORMAT_VERSION,
+            feeds: feeds.clone(),
+        };
+        self.write(&self.dir.join(FEEDS_FILE), &file)
+    }
+
+    /// Each feed's saved state, from a file no larger than `max_entries`
+    /// APIBan entries (all feeds together) can make.
+    pub fn load_feeds(
+        &self,
+        max_entries: u32,
+    ) -> Result<std::collections::BTreeMap<String, SavedFeed>> {
+        let file: Option<FeedsFile> = self.read(FEEDS_FILE, size_limit(max_entries))?;
+        Ok(file.map(|f| f.feeds).unwrap_or_default())
+    }
+
     /// Remembers the XDP mode, for a later run that adopts the pinned link.
     pub fn save_xdp_mode(&self, mode: &str) {
         if let Err(e) = self.write(&self.dir.join(MODE_FILE), &mode) {
@@ -627,6 +680,12 @@ impl Versioned for FleetFile {
 }
 
 impl Versioned for PeersFile {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl Versioned for FeedsFile {
     fn version(&self) -> u32 {
         self.version
     }

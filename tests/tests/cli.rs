@@ -295,6 +295,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
         bans_active: 0,
         awaiting_confirmation_seconds: None,
         packets: Default::default(),
+        fleet: Vec::new(),
     };
     let (out, request) = run_into_closed_pipe(&["status"], Ok(Reply::Status(status)));
     assert!(request.contains("\"cmd\":\"status\""), "{request}");
@@ -309,6 +310,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
             since_seconds: 1,
             remaining_seconds: None,
             dropped: 0,
+            listed: false,
         })
         .collect();
     for args in [&["bans"][..], &["bans", "--json"][..]] {

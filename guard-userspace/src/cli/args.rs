@@ -224,6 +224,28 @@ pub enum OnOff {
     Off,
 }
 
+/// Where a ban came from, for `bans --origin`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OriginArg {
+    /// CrowdSec decisions (IP bans and ranges).
+    Crowdsec,
+    /// Blocklist feeds' entries.
+    Feed,
+    /// The guard's own bans (rate limits, SIP rules, manual).
+    Local,
+}
+
+impl From<OriginArg> for crate::control::protocol::BanOrigin {
+    fn from(arg: OriginArg) -> Self {
+        use crate::control::protocol::BanOrigin;
+        match arg {
+            OriginArg::Crowdsec => BanOrigin::Crowdsec,
+            OriginArg::Feed => BanOrigin::Feed,
+            OriginArg::Local => BanOrigin::Local,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -310,6 +332,10 @@ pub enum Command {
     Bans {
         #[arg(long)]
         json: bool,
+        /// Only these: `crowdsec` and `feed` include their networks in the
+        /// fleet deny set, `local` the guard's own bans.
+        #[arg(long, value_enum)]
+        origin: Option<OriginArg>,
     },
     /// Monitor mode at run time: on counts every verdict but drops nothing.
     Monitor {

@@ -1,9 +1,17 @@
 //! `sipguard bans`.
 use super::{human_seconds, output::Output, CliError};
-use crate::control::{client::Client, protocol::BanRow};
+use crate::control::{
+    client::Client,
+    protocol::{BanOrigin, BanRow},
+};
 
-pub fn bans(client: &Client, json: bool, out: &mut Output) -> Result<(), CliError> {
-    let rows = client.bans()?;
+pub fn bans(
+    client: &Client,
+    json: bool,
+    origin: Option<BanOrigin>,
+    out: &mut Output,
+) -> Result<(), CliError> {
+    let rows = client.bans_by(origin)?;
     if json {
         return out.json(&rows);
     }
@@ -29,8 +37,14 @@ fn row(ban: &BanRow) -> Vec<String> {
         ban.reason.clone(),
         ban.detail.clone(),
         format!("{} ago", human_seconds(ban.since_seconds)),
-        ban.remaining_seconds
-            .map_or("until removed".into(), human_seconds),
-        ban.dropped.to_string(),
+        match (ban.listed, ban.remaining_seconds) {
+            (true, _) => "while listed".into(),
+            (false, None) => "until removed".into(),
+            (false, Some(s)) => human_seconds(s),
+        },
+        match ban.listed {
+            true => "-".into(),
+            false => ban.dropped.to_string(),
+        },
     ]
 }

@@ -105,7 +105,7 @@ fn dispatch(cli: Cli, out: &mut Output) -> Result<(), CliError> {
         }),
         Command::Status { json } => status::status(&client, json, out),
         Command::Ban { action } => ban::ban(&client, action, out),
-        Command::Bans { json } => bans::bans(&client, json, out),
+        Command::Bans { json, origin } => bans::bans(&client, json, origin.map(Into::into), out),
         Command::Monitor { state } => monitor::monitor(&client, state, out),
         Command::Explain { ip, json } => explain::explain(&client, ip, json, out),
         Command::Allow { action } => {

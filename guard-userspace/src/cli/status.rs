@@ -1,6 +1,9 @@
 //! `sipguard status`.
 use super::{human_seconds, output::Output, CliError};
-use crate::control::{client::Client, protocol::Status};
+use crate::{
+    control::{client::Client, protocol::Status},
+    fleet::health::{Origin, SourceHealth},
+};
 
 pub fn status(client: &Client, json: bool, out: &mut Output) -> Result<(), CliError> {
     let status = client.status()?;
@@ -63,6 +66,11 @@ pub fn status_lines(s: &Status) -> Vec<String> {
             "confirm:    an applied change reverts in {seconds} s unless `sipguard confirm`"
         ));
     }
+    lines.extend(
+        s.fleet
+            .iter()
+            .map(|h| fleet_line(h, crate::state::unix_now())),
+    );
     let packets: Vec<String> = s
         .packets
         .iter()
@@ -78,4 +86,66 @@ pub fn status_lines(s: &Status) -> Vec<String> {
         }
     ));
     lines
+}
+
+/// One fleet source in a line: healthy or failing, since when, how much.
+pub fn fleet_line(h: &SourceHealth, now: u64) -> String {
+    let label = match h.origin {
+        Origin::Crowdsec => "crowdsec:".to_string(),
+        Origin::Feed => format!("feed {}:", h.name),
+    };
+    let ago = |t: u64| format!("{} ago", human_seconds(now.saturating_sub(t)));
+    let synced = h.last_success_unix.map_or("never synced".to_string(), |t| {
+        format!("last sync {}", ago(t))
+    });
+    let list = match (h.origin, h.list_unix) {
+        (Origin::Feed, Some(t)) => format!(" (list from {})", ago(t)),
+        _ => String::new(),
+    };
+    let state = match (&h.last_error, h.failing) {
+        (Some(error), n) if n > 0 => format!(
+            "FAILING ({n} in a row, {} since start: {error}); keeping what is in force",
+            h.errors_total
+        ),
+        _ => "ok".to_string(),
+    };
+    let skipped = match h.skipped {
+        0 => String::new(),
+        n => format!(", {n} skipped"),
+    };
+    format!(
+        "{label:<11} {state}; {synced}; {} entries in force{list}{skipped} [{}]",
+        h.entries, h.from
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_lines_say_healthy_or_failing() {
+        let now = 1_000_000;
+        let mut feed =
+            SourceHealth::new("voipbl", Origin::Feed, "list", "https://voipbl.org/update/");
+        feed.last_success_unix = Some(now - 120);
+        feed.list_unix = Some(now - 120);
+        feed.entries = 41_234;
+        feed.skipped = 3;
+        assert_eq!(
+            fleet_line(&feed, now),
+            "feed voipbl: ok; last sync 2m ago; 41234 entries in force (list from 2m ago), \
+             3 skipped [https://voipbl.org/update/]"
+        );
+        feed.failed("https://voipbl.org/update/: answered 503 Service Unavailable".into());
+        assert!(fleet_line(&feed, now).starts_with(
+            "feed voipbl: FAILING (1 in a row, 1 since start: https://voipbl.org/update/: \
+             answered 503 Service Unavailable); keeping what is in force; last sync 2m ago"
+        ));
+        let lapi = SourceHealth::new("crowdsec", Origin::Crowdsec, "crowdsec", "http://l/");
+        assert_eq!(
+            fleet_line(&lapi, now),
+            "crowdsec:   ok; never synced; 0 entries in force [http://l/]"
+        );
+    }
 }

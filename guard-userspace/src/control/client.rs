@@ -7,8 +7,9 @@ use std::{
 };
 
 use super::protocol::{
-    BanRow, Banned, Confirmed, ControlError, Envelope, ErrorKind, Explanation, ListChange,
-    ListEntry, MonitorSwitch, PolicySwitch, Reply, Request, Response, Session, Status, Unbanned,
+    BanOrigin, BanRow, Banned, Confirmed, ControlError, Envelope, ErrorKind, Explanation,
+    ListChange, ListEntry, MonitorSwitch, PolicySwitch, Reply, Request, Response, Session, Status,
+    Unbanned,
 };
 
 /// A reload rewrites ~131k port slots; give it time.
@@ -114,7 +115,12 @@ impl Client {
     }
 
     pub fn bans(&self) -> Result<Vec<BanRow>> {
-        expect!(self, Request::Bans, Bans)
+        self.bans_by(None)
+    }
+
+    /// The bans of one origin (None: the ban map's).
+    pub fn bans_by(&self, origin: Option<BanOrigin>) -> Result<Vec<BanRow>> {
+        expect!(self, Request::Bans { origin }, Bans)
     }
 
     /// `AllowAdd`, `AllowRemove`, `DenyAdd` or `DenyRemove`.

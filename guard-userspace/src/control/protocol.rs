@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use crate::runtime::{
-    bans::{BanRow, Banned, Unbanned},
+    bans::{BanOrigin, BanRow, Banned, Unbanned},
     explain::Explanation,
     lists::ListChange,
     status::{MonitorSwitch, Status},
@@ -32,7 +32,12 @@ pub enum Request {
     BanRemove {
         ip: IpAddr,
     },
-    Bans,
+    Bans {
+        /// Only this origin's (CrowdSec's and the feeds' include their
+        /// networks in the fleet deny set).
+        #[serde(default)]
+        origin: Option<BanOrigin>,
+    },
     AllowAdd {
         cidr: IpNet,
         /// Service names, "all" or "other"; empty means "all".

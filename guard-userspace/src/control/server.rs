@@ -169,7 +169,7 @@ pub async fn dispatch(runtime: &Arc<Runtime>, envelope: Envelope) -> Response {
             Reply::Banned(runtime.ban_add(ban, &lockout).await?)
         }
         Request::BanRemove { ip } => Reply::Unbanned(runtime.ban_remove(ip).await?),
-        Request::Bans => Reply::Bans(runtime.bans().await?),
+        Request::Bans { origin } => Reply::Bans(runtime.bans_by(origin).await?),
         Request::AllowAdd {
             cidr,
             services,

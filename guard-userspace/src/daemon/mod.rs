@@ -241,10 +241,11 @@ async fn guard(
     let (config, source, config_source) = applied_policy(&options, &state, config, source);
     let (max_cidrs, max_bans) = (config.guard.max_cidrs, config.guard.max_bans);
     let live = LivePolicy::build(config, source, state.load_lists(max_cidrs)?);
-    let fleet = fleet::prepare(&live.config)?;
+    let mut fleet = fleet::prepare(&live.config)?;
     let saved_bans = state.load_bans(max_bans)?;
     let saved_fleet = state.load_fleet(live.config.guard.max_fleet_cidrs)?;
     let saved_peers = state.load_peers(live.config.peers.max_peers)?;
+    fleet.load_feed_state(&state, live.config.guard.max_fleet_cidrs)?;
     let endpoints = bind_endpoints(&options, &live.config).await?;
     // Subscribed before attaching, so that no change of the interface is missed.
     let mut iface_watch = InterfaceWatch::open(&iface, ifindex, options.xdp_mode);

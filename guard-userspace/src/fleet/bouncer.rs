@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use super::{
     config::CrowdsecSection,
     decisions::{Book, Change, Tally, Target},
+    health::{Origin, SourceHealth},
     http::Http,
     lapi::{Lapi, LapiError},
 };
@@ -80,6 +81,12 @@ impl Bouncer {
             url: lapi.url(),
             ..BouncerStatus::default()
         };
+        runtime.counters().fleet_health.register(SourceHealth::new(
+            "crowdsec",
+            Origin::Crowdsec,
+            "crowdsec",
+            &lapi.url(),
+        ));
         Ok(Bouncer {
             section,
             lapi,
@@ -137,11 +144,19 @@ impl Bouncer {
                         s.failures = failures;
                         s.last_error = Some(e.to_string());
                     });
+                    self.health(|h| h.failed(e.to_string()));
                     wait
                 }
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    fn health(&self, f: impl FnOnce(&mut SourceHealth)) {
+        self.runtime
+            .counters()
+            .fleet_health
+            .update(Origin::Crowdsec, "crowdsec", f);
     }
 
     fn record(&self, f: impl FnOnce(&mut BouncerStatus)) {
@@ -198,6 +213,13 @@ impl Bouncer {
             s.peers_spared += applied.peers_spared;
             s.kept_local += applied.kept_local;
             s.decisions = totals;
+        });
+        self.health(|h| {
+            h.succeeded();
+            h.entries = held as u64;
+            h.applied_total += applied.enforced;
+            h.lifted_total += applied.lifted;
+            h.skipped = skipped(&tally);
         });
         Ok(())
     }

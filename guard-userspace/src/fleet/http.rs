@@ -10,7 +10,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", chain(.source))]
     Request {
         url: String,
         #[source]
@@ -85,31 +85,86 @@ impl Http {
         limit: usize,
     ) -> Result<Vec<u8>, HttpError> {
         let shown = redact(url);
-        let failed = |source| HttpError::Request {
-            url: shown.clone(),
-            source,
-        };
-        let mut response = request.send().await.map_err(failed)?;
-        let status = response.status();
-        if response.content_length().is_some_and(|n| n > limit as u64) {
-            return Err(HttpError::TooLarge { url: shown, limit });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(failed)? {
-            if body.len() + chunk.len() > limit {
-                return Err(HttpError::TooLarge { url: shown, limit });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        if !status.is_success() {
+        let answer = read_answer(request, shown.clone(), limit).await?;
+        if !answer.status.is_success() {
             return Err(HttpError::Status {
                 url: shown,
-                status,
-                body: excerpt(&body),
+                status: answer.status,
+                body: excerpt(&answer.body),
             });
         }
-        Ok(body)
+        Ok(answer.body)
     }
+
+    /// GET `url` whatever the status (a feed reads its errors' bodies too),
+    /// the body bounded as for [`Http::get`]. `shown` names the URL in
+    /// errors: a URL with a key in its path must not reach the log.
+    pub async fn fetch(
+        &self,
+        url: Url,
+        shown: String,
+        headers: HeaderMap,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Answer, HttpError> {
+        let request = self.client.get(url).headers(headers).timeout(timeout);
+        read_answer(request, shown, limit).await
+    }
+}
+
+/// An HTTP answer of any status.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Sends `request` and reads at most `limit` bytes of its answer.
+async fn read_answer(
+    request: reqwest::RequestBuilder,
+    shown: String,
+    limit: usize,
+) -> Result<Answer, HttpError> {
+    // reqwest's errors name the full URL: the caller's `shown` replaces it.
+    let failed = |source: reqwest::Error| HttpError::Request {
+        url: shown.clone(),
+        source: source.without_url(),
+    };
+    let mut response = request.send().await.map_err(failed)?;
+    let status = response.status();
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(HttpError::TooLarge { url: shown, limit });
+    }
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > limit {
+            return Err(HttpError::TooLarge { url: shown, limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// An error and its causes ("error sending request: connection refused"):
+/// reqwest's own message leaves out why.
+fn chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// The start of a body, printable, for error messages.

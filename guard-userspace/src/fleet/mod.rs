@@ -4,9 +4,13 @@
 //! - `lapi`: the decision stream's wire format and client
 //! - `decisions`: the decisions in force and the kernel changes they make
 //! - `bouncer`: the pull loop that applies them
+//! - `feeds`: blocklist feeds (APIBan, lists) into the fleet deny set
+//! - `health`: each source's health, for `status` and the metrics
 pub mod bouncer;
 pub mod config;
 pub mod decisions;
+pub mod feeds;
+pub mod health;
 pub mod http;
 pub mod lapi;
 
@@ -27,6 +31,10 @@ pub enum FleetError {
 /// unreachable LAPI does not (the bouncer warns and retries).
 pub struct Prepared {
     crowdsec: Option<(config::CrowdsecSection, String)>,
+    /// Each feed with its key (APIBan's, read at start).
+    feeds: Vec<(feeds::config::FeedSection, Option<String>)>,
+    /// The feeds' saved cursors and times.
+    saved_feeds: std::collections::BTreeMap<String, crate::state::SavedFeed>,
 }
 
 pub fn prepare(config: &Config) -> Result<Prepared, FleetError> {
@@ -37,7 +45,16 @@ pub fn prepare(config: &Config) -> Result<Prepared, FleetError> {
         }
         None => None,
     };
-    Ok(Prepared { crowdsec })
+    let feeds = config
+        .feeds
+        .iter()
+        .map(|feed| Ok((feed.clone(), feed.api_key().map_err(anyhow::Error::msg)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Prepared {
+        crowdsec,
+        feeds,
+        saved_feeds: Default::default(),
+    })
 }
 
 impl Prepared {
@@ -50,8 +67,20 @@ impl Prepared {
                 .crowdsec
                 .as_ref()
                 .is_some_and(|(s, _)| s.scopes.contains(&config::Scope::Range)),
-            Holder::Feed(_) => false,
+            Holder::Feed(name) => self.feeds.iter().any(|(f, _)| f.name == *name),
         }
+    }
+
+    /// Takes up the feeds' saved state (those still configured).
+    pub fn load_feed_state(
+        &mut self,
+        state: &crate::state::StateDir,
+        max_entries: u32,
+    ) -> Result<()> {
+        let mut saved = state.load_feeds(max_entries)?;
+        saved.retain(|name, _| self.feeds.iter().any(|(f, _)| f.name == *name));
+        self.saved_feeds = saved;
+        Ok(())
     }
 
     /// Starts the bouncer (if configured) on the daemon's runtime.
@@ -63,6 +92,22 @@ impl Prepared {
         if let Some((section, key)) = self.crowdsec {
             let bouncer = bouncer::Bouncer::new(section, &key, std::sync::Arc::clone(runtime))?;
             tasks.push(tokio::spawn(bouncer.run()));
+        }
+        if !self.feeds.is_empty() {
+            let http = http::Http::new()?;
+            let store = feeds::Store::new(self.saved_feeds);
+            for (section, key) in self.feeds {
+                let name = section.name.clone();
+                let feed = feeds::Feed::new(
+                    section,
+                    key,
+                    http.clone(),
+                    std::sync::Arc::clone(runtime),
+                    store.clone(),
+                )
+                .ok_or_else(|| anyhow::anyhow!("feed {name}: no source"))?;
+                tasks.push(tokio::spawn(feed.run()));
+            }
         }
         Ok(tasks)
     }

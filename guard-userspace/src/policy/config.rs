@@ -39,6 +39,9 @@ pub struct Config {
     /// The CrowdSec bouncer (off unless present).
     #[serde(default)]
     pub crowdsec: Option<crate::fleet::config::CrowdsecSection>,
+    /// Blocklist feeds (APIBan, VoIPBL, FireHOL...) into the fleet deny set.
+    #[serde(default)]
+    pub feeds: Vec<crate::fleet::feeds::config::FeedSection>,
     #[serde(default)]
     pub sip_scanners: crate::policy::scanners::SipScannersSection,
     /// HEPv3 input: the signalling a PBX mirrors (read at start-up).
@@ -744,7 +747,8 @@ impl Config {
                 .validate()
                 .map_err(|(field, reason)| (format!("alerts[{i}].{field}"), reason))?;
         }
-        self.crowdsec.as_ref().map_or(Ok(()), |c| c.validate())
+        self.crowdsec.as_ref().map_or(Ok(()), |c| c.validate())?;
+        crate::fleet::feeds::config::validate_all(&self.feeds)
     }
 
     fn validate_hep(&self) -> Result<(), (String, String)> {

@@ -59,6 +59,22 @@ pub struct BanRow {
     /// None: until removed.
     pub remaining_seconds: Option<u64>,
     pub dropped: u64,
+    /// A network of the fleet deny set (a CrowdSec range, a feed's entry):
+    /// in force while its holder lists it; it keeps no drop count.
+    #[serde(default)]
+    pub listed: bool,
+}
+
+/// Which bans `sipguard bans --origin` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BanOrigin {
+    /// CrowdSec decisions: IP bans and the ranges of the fleet deny set.
+    Crowdsec,
+    /// The feeds' entries in the fleet deny set.
+    Feed,
+    /// The guard's own bans: rate limits, SIP rules, manual.
+    Local,
 }
 
 /// The longest timed ban: the kernel keeps a ban's end in u64 monotonic
@@ -195,8 +211,50 @@ impl Runtime {
                 remaining_seconds: (ban.expires_ns != BAN_FOREVER)
                     .then(|| ban.expires_ns.saturating_sub(now) / 1_000_000_000),
                 dropped: ban.dropped,
+                listed: false,
             })
             .collect();
+        rows.sort_by(|a, b| a.source.cmp(&b.source));
+        Ok(rows)
+    }
+
+    /// The bans of one origin (None: the ban map's, as [`Runtime::bans`]);
+    /// CrowdSec's and the feeds' networks in the fleet deny set are listed
+    /// for their origin only (a feed may hold 100,000).
+    pub async fn bans_by(&self, origin: Option<BanOrigin>) -> Result<Vec<BanRow>> {
+        use super::fleet_set::Holder;
+        let crowdsec = reason_name(BanReason::Crowdsec as u16);
+        let mut rows: Vec<BanRow> = self
+            .bans()
+            .await?
+            .into_iter()
+            .filter(|row| match origin {
+                None => true,
+                Some(BanOrigin::Crowdsec) => row.reason == crowdsec,
+                Some(BanOrigin::Local) => row.reason != crowdsec,
+                Some(BanOrigin::Feed) => false,
+            })
+            .collect();
+        let (reason, wanted): (&str, fn(&Holder) -> bool) = match origin {
+            Some(BanOrigin::Crowdsec) => (crowdsec, |h| *h == Holder::Crowdsec),
+            Some(BanOrigin::Feed) => ("feed", |h| matches!(h, Holder::Feed(_))),
+            None | Some(BanOrigin::Local) => return Ok(rows),
+        };
+        let now = crate::state::unix_now();
+        let entries = self.fleet.lock().await.entries(wanted);
+        rows.extend(entries.into_iter().map(|(net, words, since)| BanRow {
+            source: net.to_string(),
+            reason: reason.to_string(),
+            detail: words,
+            since_seconds: if since > 0 {
+                now.saturating_sub(since)
+            } else {
+                0
+            },
+            remaining_seconds: None,
+            dropped: 0,
+            listed: true,
+        }));
         rows.sort_by(|a, b| a.source.cmp(&b.source));
         Ok(rows)
     }

@@ -8,7 +8,7 @@
 //! without network still enforces it. Allow-listed sources are never
 //! dropped by it: the shared verdict spares them.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
 };
 
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::{fleet::FleetApplied, Runtime};
 use crate::{
     kernel::store::{MapStore, MapsError},
-    state::SavedFleetEntry,
+    state::{unix_now, SavedFleetEntry},
 };
 
 /// Entries written per hold of the map lock, so that a large feed never
@@ -68,6 +68,8 @@ impl fmt::Display for Holder {
 #[derive(Debug, Default)]
 pub struct FleetSet {
     nets: BTreeMap<IpNet, BTreeMap<Holder, String>>,
+    /// When each network entered the set (UNIX seconds).
+    since: HashMap<IpNet, u64>,
 }
 
 impl FleetSet {
@@ -85,6 +87,27 @@ impl FleetSet {
             .iter()
             .filter(|(_, holders)| holders.contains_key(holder))
             .map(|(net, _)| *net)
+            .collect()
+    }
+
+    /// How many networks `holder` holds.
+    pub fn held_count(&self, holder: &Holder) -> usize {
+        self.nets
+            .values()
+            .filter(|holders| holders.contains_key(holder))
+            .count()
+    }
+
+    /// The networks some holder `wanted` holds, with their words and
+    /// since when (UNIX seconds).
+    pub fn entries(&self, wanted: impl Fn(&Holder) -> bool) -> Vec<(IpNet, String, u64)> {
+        self.nets
+            .iter()
+            .filter(|(_, holders)| holders.keys().any(&wanted))
+            .filter_map(|(net, _)| {
+                let words = self.describe(net)?;
+                Some((*net, words, self.since.get(net).copied().unwrap_or(0)))
+            })
             .collect()
     }
 
@@ -109,6 +132,7 @@ impl FleetSet {
                     net: *net,
                     holder: holder.saved_name(),
                     detail: detail.clone(),
+                    since_unix: self.since.get(net).copied().unwrap_or(0),
                 });
             }
         }
@@ -158,9 +182,10 @@ impl Runtime {
         for change in changes {
             match change {
                 RangeChange::Hold { net, detail } => {
+                    let about = about(detail);
                     if let Some(white) = whitelist.overlap(net) {
                         info!(
-                            "{holder} range {net} ({detail}) not applied: it overlaps {white} \
+                            "{holder} range {net}{about} not applied: it overlaps {white} \
                              of sip_auth.whitelist"
                         );
                         applied.allowlisted += 1;
@@ -179,7 +204,7 @@ impl Runtime {
                     }
                     if let Some(allow) = allowed.overlap(net) {
                         info!(
-                            "{holder} range {net} ({detail}): applied, except the allow-listed \
+                            "{holder} range {net}{about}: applied, except the allow-listed \
                              {allow}, which it never drops"
                         );
                         applied.allowlisted += 1;
@@ -273,6 +298,27 @@ impl Runtime {
         self.fleet.lock().await.len()
     }
 
+    /// How many networks `holder` holds.
+    pub async fn fleet_held_count(&self, holder: &Holder) -> usize {
+        self.fleet.lock().await.held_count(holder)
+    }
+
+    /// The networks `holder` holds.
+    pub async fn fleet_held(&self, holder: &Holder) -> Vec<IpNet> {
+        self.fleet.lock().await.held_by(holder)
+    }
+
+    /// Saves every feed's cursor and times (`feeds.json`); a failure is
+    /// logged and counted, the feeds go on.
+    pub fn save_feed_states(
+        &self,
+        feeds: &std::collections::BTreeMap<String, crate::state::SavedFeed>,
+    ) {
+        if let Err(e) = self.state.save_feeds(feeds) {
+            warn!("saving the feeds' state failed: {e:#}");
+        }
+    }
+
     async fn save_fleet(&self) {
         let saved = self.fleet.lock().await.saved();
         if let Err(e) = self.state.save_fleet(saved) {
@@ -295,14 +341,18 @@ impl Runtime {
         for entry in saved {
             match Holder::from_saved_name(&entry.holder).filter(|h| wanted(h)) {
                 Some(holder) => {
-                    hold(
+                    let net = entry.net.trunc();
+                    if hold(
                         &mut **maps,
                         &mut set,
                         &holder,
-                        entry.net.trunc(),
+                        net,
                         &entry.detail,
                         &mut applied,
-                    );
+                    ) && entry.since_unix > 0
+                    {
+                        set.since.insert(net, entry.since_unix);
+                    }
                 }
                 None => dropped += 1,
             }
@@ -330,6 +380,14 @@ impl Runtime {
     }
 }
 
+/// " (words)", or nothing for a holder without words (a feed).
+fn about(detail: &str) -> String {
+    match detail.is_empty() {
+        true => String::new(),
+        false => format!(" ({detail})"),
+    }
+}
+
 /// `holder` lets go of `net`; the kernel entry goes with its last holder.
 fn let_go(
     maps: &mut dyn MapStore,
@@ -346,6 +404,7 @@ fn let_go(
     }
     if holders.is_empty() {
         set.nets.remove(&net);
+        set.since.remove(&net);
         match maps.remove_fleet(net) {
             Ok(_) => applied.removed += 1,
             Err(e) => warn!("removing {net} from the fleet deny set failed: {e}"),
@@ -372,6 +431,7 @@ fn hold(
             applied.added += 1;
             let holders = BTreeMap::from([(holder.clone(), detail.to_string())]);
             set.nets.insert(net, holders);
+            set.since.insert(net, unix_now());
             true
         }
         Err(MapsError::Full(_)) => {

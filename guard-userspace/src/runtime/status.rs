@@ -44,6 +44,9 @@ pub struct Status {
     pub awaiting_confirmation_seconds: Option<u64>,
     /// Packets by verdict reason.
     pub packets: BTreeMap<String, u64>,
+    /// The CrowdSec LAPI and each feed: last sync, failures, entries.
+    #[serde(default)]
+    pub fleet: Vec<crate::fleet::health::SourceHealth>,
 }
 
 fn attached_by_default() -> bool {
@@ -89,6 +92,7 @@ impl Runtime {
             bans_active,
             awaiting_confirmation_seconds: awaiting,
             packets,
+            fleet: self.counters().fleet_health.rows(),
         })
     }
 

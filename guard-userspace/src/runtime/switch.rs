@@ -281,6 +281,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     if old.alerts != new.alerts {
         out.push("[[alerts]]".to_string());
     }
+    if old.feeds != new.feeds {
+        out.push("[[feeds]]".to_string());
+    }
     let capacity = |c: &Config| {
         (
             c.guard.max_bans,
