@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod crowdsec;
 pub mod daemon;
+pub mod feeds;
 pub mod frames;
 pub mod kamailio;
 pub mod netns;
