@@ -35,7 +35,10 @@ pub mod atomic;
 pub mod rate;
 #[cfg(feature = "user")]
 pub mod sip_patterns;
+pub mod sip_rules;
 pub mod sip_scan;
+#[cfg(feature = "user")]
+pub mod sip_users;
 pub mod verdict;
 
 pub use rate::{RateWindow, RATE_SLOTS};
@@ -358,6 +361,10 @@ pub enum BanReason {
     /// A SIP request carrying a scanner fingerprint; `BanEntry::rule` holds
     /// the fingerprint's number (1-based).
     Scanner = 6,
+    /// An INVITE to a dial rule's prefix from a source the rule does not
+    /// permit, under a rule with a ban time; the ban names no rate rule,
+    /// its event carries the dial rule's index.
+    DialDenied = 7,
 }
 
 impl BanReason {
@@ -369,17 +376,19 @@ impl BanReason {
             4 => Some(BanReason::Enumeration),
             5 => Some(BanReason::Crowdsec),
             6 => Some(BanReason::Scanner),
+            7 => Some(BanReason::DialDenied),
             _ => None,
         }
     }
 
-    pub const ALL: [BanReason; 6] = [
+    pub const ALL: [BanReason; 7] = [
         BanReason::Manual,
         BanReason::RateLimit,
         BanReason::AuthFailure,
         BanReason::Enumeration,
         BanReason::Crowdsec,
         BanReason::Scanner,
+        BanReason::DialDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -390,6 +399,7 @@ impl BanReason {
             BanReason::Enumeration => "enumeration",
             BanReason::Crowdsec => "crowdsec",
             BanReason::Scanner => "scanner",
+            BanReason::DialDenied => "dial-denied",
         }
     }
 }
@@ -462,7 +472,12 @@ pub struct SipCaptureHeader {
     pub direction: u8,
     /// An [`L4Proto`] as u8.
     pub transport: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero when a SIP rule dropped the request in the kernel (monitor
+    /// mode: would have dropped): the [`Reason`] (`ExtensionDenied` or
+    /// `DialDenied`) as u8.
+    pub denied: u8,
+    /// The denying rule's index (extension or dial rule).
+    pub denied_rule: u8,
     /// Bytes of payload copied into `data`.
     pub captured: u32,
     /// Bytes of payload the packet carried.
@@ -604,10 +619,16 @@ pub enum Reason {
     Scanner = 10,
     /// The source is in the fleet deny set (CrowdSec range decisions, feeds).
     Fleet = 11,
+    /// A REGISTER, INVITE or SUBSCRIBE naming an extension its extension
+    /// rule does not permit from this source (`sip_rules`).
+    ExtensionDenied = 12,
+    /// An INVITE dialling a dial rule's prefix from a source the rule does
+    /// not permit (`sip_rules`).
+    DialDenied = 13,
 }
 
 impl Reason {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Banned,
         Reason::Denied,
@@ -621,6 +642,8 @@ impl Reason {
         Reason::Passed,
         Reason::Scanner,
         Reason::Fleet,
+        Reason::ExtensionDenied,
+        Reason::DialDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -637,6 +660,8 @@ impl Reason {
             Reason::Passed => "passed",
             Reason::Scanner => "scanner",
             Reason::Fleet => "fleet",
+            Reason::ExtensionDenied => "extension_denied",
+            Reason::DialDenied => "dial_denied",
         }
     }
 
@@ -707,7 +732,7 @@ pub type FleetEntry = u32;
 
 /// The layout of every map's keys and values. A controller adopts pinned
 /// maps only under the same version; bump it when any map type changes.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Map names, shared so a rename cannot split the two sides.
 pub mod map_names {
@@ -734,9 +759,11 @@ pub mod map_names {
     pub const FLEET_V4: &str = "FLEET_V4";
     pub const FLEET_V6: &str = "FLEET_V6";
     pub const FLEET_IN_USE: &str = "FLEET_IN_USE";
+    pub const SIP_PERMIT: &str = "SIP_PERMIT";
+    pub const SIP_DIAL: &str = "SIP_DIAL";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 25] = [
         BANS,
         DENY_V4,
         DENY_V6,
@@ -760,6 +787,8 @@ pub mod map_names {
         FLEET_V4,
         FLEET_V6,
         FLEET_IN_USE,
+        SIP_PERMIT,
+        SIP_DIAL,
     ];
 }
 
@@ -767,6 +796,13 @@ pub mod map_names {
 pub const PROGRAM_NAME: &str = "sipguard";
 /// The XDP program tail-called to copy inbound SIP packets.
 pub const CAPTURE_PROGRAM_NAME: &str = "sipguard_capture";
+/// The XDP program tail-called for a SIP request a SIP rule denied: it
+/// copies the request to the controller (which logs it and counts the
+/// failure) and drops it, or passes it in monitor mode.
+pub const CAPTURE_DENIED_PROGRAM_NAME: &str = "sipguard_capture_denied";
+/// `CAPTURE_PROG` slots: the capture of passing SIP packets, and of denied ones.
+pub const CAPTURE_PASSED_SLOT: u32 = 0;
+pub const CAPTURE_DENIED_SLOT: u32 = 1;
 /// The tc egress program (the PBX's SIP answers) in the object file.
 pub const EGRESS_PROGRAM_NAME: &str = "sipguard_egress";
 

@@ -21,6 +21,8 @@
 //! are read. What it cannot read is [`ScanStatus::Unreadable`]: that is never
 //! a reason to drop a packet, only to leave it to the controller.
 
+use crate::sip_rules::{DialRule, UserTable, MAX_DIAL_RULES, USER_START};
+
 /// Bytes of a payload the reader looks at (the per-CPU copy's size).
 pub const SCAN_BYTES: usize = 2048;
 /// Bytes kept of each user name.
@@ -91,9 +93,17 @@ pub struct PatternTable {
     pub accept: [u16; PATTERN_STATES],
     /// `next[state * PATTERN_CLASSES + class]`.
     pub next: [u16; PATTERN_STATES * PATTERN_CLASSES],
+    /// The extension rules' user automaton (see [`crate::sip_rules`]).
+    pub users: UserTable,
+    /// The dial rules, by index.
+    pub dial: [DialRule; MAX_DIAL_RULES],
+    /// [`crate::sip_rules::RULES_EXTENSION`] | [`crate::sip_rules::RULES_DIAL`]:
+    /// which rules the policy has.
+    pub sip_rules: u32,
+    pub _pad3: u32,
 }
 
-map_type!(PatternTable, 66840);
+map_type!(PatternTable, 137760);
 
 impl PatternTable {
     /// No patterns: every field stays in the dead state 0.
@@ -105,6 +115,14 @@ impl PatternTable {
         start: [0; PATTERN_FIELDS],
         accept: [0; PATTERN_STATES],
         next: [0; PATTERN_STATES * PATTERN_CLASSES],
+        users: UserTable::EMPTY,
+        dial: [DialRule {
+            ban_ns: 0,
+            flags: 0,
+            _pad: 0,
+        }; MAX_DIAL_RULES],
+        sip_rules: 0,
+        _pad3: 0,
     };
 
     #[inline(always)]
@@ -264,6 +282,11 @@ pub struct SipSummary {
     pub to_user: SipField<USER_BYTES>,
     pub auth_user: SipField<USER_BYTES>,
     pub user_agent: SipField<AGENT_BYTES>,
+    /// The extension rules naming the To, From and Authorization users
+    /// (bit i: rule i; see [`crate::sip_rules`]), whatever the method.
+    pub to_rules: u64,
+    pub from_rules: u64,
+    pub auth_rules: u64,
 }
 
 impl SipSummary {
@@ -279,6 +302,9 @@ impl SipSummary {
         to_user: SipField::EMPTY,
         auth_user: SipField::EMPTY,
         user_agent: SipField::EMPTY,
+        to_rules: 0,
+        from_rules: 0,
+        auth_rules: 0,
     };
 }
 
@@ -309,6 +335,9 @@ const U_QUOTED: u8 = 1;
 const U_QUOTED_ESCAPE: u8 = 2;
 const U_USER: u8 = 3;
 const U_DONE: u8 = 4;
+/// After `sip:user:` - a password, until `@` (the user stands) or the end
+/// of the URI (there was no user: `sip:host:5060`).
+const U_PASSWORD: u8 = 5;
 
 // Authorization username extraction.
 const A_SCHEME: u8 = 0;
@@ -443,6 +472,12 @@ pub struct SipScan {
     scheme: u32,
     /// The automaton's state in the current value.
     dfa: u16,
+    /// The user automaton's state in the user being copied.
+    user_dfa: u16,
+    /// A `%` escape in a URI user: 0 none, 1 after `%`, 2 after its first
+    /// hex digit (kept in `esc_first`).
+    esc: u8,
+    esc_first: u8,
 }
 
 impl Default for SipScan {
@@ -468,6 +503,9 @@ impl SipScan {
             auth_index: 0,
             scheme: 0,
             dfa: 0,
+            user_dfa: 0,
+            esc: 0,
+            esc_first: 0,
         }
     }
 
@@ -490,6 +528,9 @@ impl SipScan {
         out.auth_user.flags = 0;
         out.user_agent.len = 0;
         out.user_agent.flags = 0;
+        out.to_rules = 0;
+        out.from_rules = 0;
+        out.auth_rules = 0;
         self.phase = P_METHOD;
         self.header = H_OTHER;
         self.name_len = 0;
@@ -579,7 +620,7 @@ impl SipScan {
     pub fn step_classed(&mut self, byte: u8, class: u8, table: &PatternTable) -> bool {
         match self.phase {
             P_METHOD => self.method_byte(byte),
-            P_URI => self.request_uri_byte(byte),
+            P_URI => self.request_uri_byte(byte, table),
             P_VERSION => self.version_byte(byte),
             P_VERSION_END => match byte {
                 b'\r' => {}
@@ -602,7 +643,7 @@ impl SipScan {
                 _ => self.unreadable(),
             },
             P_VALUE => self.value_byte(byte, class, table),
-            P_SKIP if byte == b'\n' => self.end_line(),
+            P_SKIP if byte == b'\n' => self.end_line(table),
             _ => {}
         }
         self.phase != P_DONE
@@ -631,21 +672,21 @@ impl SipScan {
     }
 
     #[inline(always)]
-    fn request_uri_byte(&mut self, byte: u8) {
+    fn request_uri_byte(&mut self, byte: u8, table: &PatternTable) {
         match byte {
             b' ' => {
                 if self.value_len == 0 {
                     // RFC 3261 allows exactly one space; be lenient.
                     return;
                 }
-                self.end_uri_user(H_OTHER);
+                self.end_uri_user(H_OTHER, table);
                 self.phase = P_VERSION;
                 self.name_len = 0;
             }
             b'\r' | b'\n' | b'\t' => self.unreadable(),
             _ => {
                 self.value_len = self.value_len.saturating_add(1);
-                self.uri_byte(byte, H_OTHER);
+                self.uri_byte(byte, H_OTHER, table);
             }
         }
     }
@@ -799,7 +840,7 @@ impl SipScan {
     fn value_byte(&mut self, byte: u8, class: u8, table: &PatternTable) {
         match byte {
             b'\n' => {
-                self.end_line();
+                self.end_line(table);
                 return;
             }
             // Line ends are CRLF or LF; a CR elsewhere is dropped.
@@ -847,7 +888,7 @@ impl SipScan {
         let busy = match header {
             H_FROM | H_TO => {
                 if self.uri != U_DONE {
-                    self.uri_byte(byte, header);
+                    self.uri_byte(byte, header, table);
                 }
                 self.uri != U_DONE
             }
@@ -858,7 +899,7 @@ impl SipScan {
                 self.out.user_agent.flags & (FIELD_DUPLICATE | FIELD_TRUNCATED) == 0
             }
             H_AUTH => {
-                self.auth_byte(byte);
+                self.auth_byte(byte, table);
                 self.auth != A_DONE
             }
             _ => false,
@@ -872,10 +913,12 @@ impl SipScan {
     /// The end of a header line. A URI or a token cannot span a fold, so
     /// they end here; a quoted string or a display name may continue.
     #[inline(always)]
-    fn end_line(&mut self) {
+    fn end_line(&mut self, table: &PatternTable) {
         match self.header {
-            H_FROM | H_TO if self.uri == U_USER => self.end_uri_user(self.header),
-            H_AUTH if self.auth == A_TOKEN => self.auth_found(),
+            H_FROM | H_TO if self.uri == U_USER || self.uri == U_PASSWORD => {
+                self.end_uri_user(self.header, table)
+            }
+            H_AUTH if self.auth == A_TOKEN => self.auth_found(table),
             _ => {}
         }
         self.phase = P_LINE_START;
@@ -902,9 +945,11 @@ impl SipScan {
 
     /// Finds the first `sip:`, `sips:` or `tel:` URI outside quotes (after
     /// `<` in a name-addr) and copies its user part: up to `@` for SIP, the
-    /// number for tel. A SIP URI without `@` has no user.
+    /// number for tel. A SIP URI without `@` has no user. `%` escapes are
+    /// decoded (RFC 3261 19.1.2), as the PBX decodes them: `%36010` names
+    /// user 6010.
     #[inline(always)]
-    fn uri_byte(&mut self, byte: u8, header: u8) {
+    fn uri_byte(&mut self, byte: u8, header: u8, table: &PatternTable) {
         match self.uri {
             U_SEEK => match byte {
                 b'"' => self.uri = U_QUOTED,
@@ -919,6 +964,8 @@ impl SipScan {
                         && (scheme == SCHEME_SIP || scheme == SCHEME_SIPS || scheme == SCHEME_TEL);
                     if known {
                         self.uri = U_USER;
+                        self.user_dfa = USER_START;
+                        self.esc = 0;
                         let field = self.user_field(header);
                         field.len = 0;
                         field.flags &= FIELD_DUPLICATE;
@@ -945,18 +992,76 @@ impl SipScan {
             },
             U_QUOTED_ESCAPE => self.uri = U_QUOTED,
             U_USER => {
-                if byte == b'@' && self.scheme != SCHEME_TEL {
-                    let field = self.user_field(header);
-                    if field.len > 0 {
-                        field.flags |= FIELD_PRESENT;
+                if self.esc != 0 {
+                    match hex_value(byte) {
+                        Some(low) if self.esc == 2 => {
+                            let high = hex_value(self.esc_first).unwrap_or(0);
+                            self.esc = 0;
+                            self.user_byte(high << 4 | low, header, table);
+                            return;
+                        }
+                        Some(_) => {
+                            self.esc_first = byte;
+                            self.esc = 2;
+                            return;
+                        }
+                        None => {
+                            // Not an escape: the bytes as they came.
+                            self.user_byte(b'%', header, table);
+                            if self.esc == 2 {
+                                self.user_byte(self.esc_first, header, table);
+                            }
+                            self.esc = 0;
+                        }
                     }
+                }
+                if byte == b'@' && self.scheme != SCHEME_TEL {
+                    self.user_found(header, table);
                     self.uri = U_DONE;
+                } else if byte == b':' && self.scheme != SCHEME_TEL {
+                    // `sip:6010:secret@pbx` names user 6010, as the PBX reads it.
+                    self.uri = U_PASSWORD;
                 } else if self.ends_user(byte) {
-                    self.end_uri_user(header);
+                    self.end_uri_user(header, table);
+                } else if byte == b'%' {
+                    self.esc = 1;
                 } else {
-                    self.user_field(header).push(byte);
+                    self.user_byte(byte, header, table);
                 }
             }
+            U_PASSWORD => {
+                if byte == b'@' {
+                    self.user_found(header, table);
+                    self.uri = U_DONE;
+                } else if self.ends_user(byte) {
+                    self.user_field(header).clear();
+                    self.uri = U_DONE;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One byte of a URI user: copied, and stepped through the user automaton.
+    #[inline(always)]
+    fn user_byte(&mut self, byte: u8, header: u8, table: &PatternTable) {
+        self.user_dfa = table.users.step(self.user_dfa, byte);
+        self.user_field(header).push(byte);
+    }
+
+    /// A URI user was read whole: present if not empty, and the rules
+    /// naming it noted.
+    #[inline(always)]
+    fn user_found(&mut self, header: u8, table: &PatternTable) {
+        let rules = table.users.rules(self.user_dfa);
+        let field = self.user_field(header);
+        if field.len == 0 {
+            return;
+        }
+        field.flags |= FIELD_PRESENT;
+        match header {
+            H_FROM => self.out.from_rules = rules,
+            H_TO => self.out.to_rules = rules,
             _ => {}
         }
     }
@@ -974,14 +1079,12 @@ impl SipScan {
     /// The URI ended before an `@`: a tel URI's number is its user, a SIP
     /// URI has none.
     #[inline(always)]
-    fn end_uri_user(&mut self, header: u8) {
-        if self.uri == U_USER {
-            let tel = self.scheme == SCHEME_TEL;
-            let field = self.user_field(header);
-            if tel && field.len > 0 {
-                field.flags |= FIELD_PRESENT;
+    fn end_uri_user(&mut self, header: u8, table: &PatternTable) {
+        if self.uri == U_USER || self.uri == U_PASSWORD {
+            if self.scheme == SCHEME_TEL {
+                self.user_found(header, table);
             } else {
-                field.clear();
+                self.user_field(header).clear();
             }
         }
         self.uri = U_DONE;
@@ -989,7 +1092,7 @@ impl SipScan {
 
     /// The `username` parameter of `Digest username="1001", realm=...`.
     #[inline(always)]
-    fn auth_byte(&mut self, byte: u8) {
+    fn auth_byte(&mut self, byte: u8, table: &PatternTable) {
         match self.auth {
             A_SCHEME if is_space(byte) => self.auth = A_PARAM_START,
             A_PARAM_START if !is_space(byte) && byte != b',' => {
@@ -1007,28 +1110,30 @@ impl SipScan {
                 b' ' | b'\t' => {}
                 b'"' => {
                     self.out.auth_user.clear();
+                    self.user_dfa = USER_START;
                     self.auth = A_QUOTED;
                 }
                 _ => {
                     self.out.auth_user.clear();
+                    self.user_dfa = USER_START;
                     self.auth = A_TOKEN;
-                    self.auth_byte(byte);
+                    self.auth_byte(byte, table);
                 }
             },
             A_QUOTED => match byte {
                 b'\\' => self.auth = A_QUOTED_ESCAPE,
-                b'"' => self.auth_found(),
-                _ => self.out.auth_user.push(byte),
+                b'"' => self.auth_found(table),
+                _ => self.auth_user_byte(byte, table),
             },
             A_QUOTED_ESCAPE => {
-                self.out.auth_user.push(byte);
+                self.auth_user_byte(byte, table);
                 self.auth = A_QUOTED;
             }
             A_TOKEN => {
                 if is_space(byte) || byte == b',' {
-                    self.auth_found();
+                    self.auth_found(table);
                 } else {
-                    self.out.auth_user.push(byte);
+                    self.auth_user_byte(byte, table);
                 }
             }
             A_SKIP => self.auth_skip_byte(byte),
@@ -1069,9 +1174,16 @@ impl SipScan {
     }
 
     #[inline(always)]
-    fn auth_found(&mut self) {
+    fn auth_user_byte(&mut self, byte: u8, table: &PatternTable) {
+        self.user_dfa = table.users.step(self.user_dfa, byte);
+        self.out.auth_user.push(byte);
+    }
+
+    #[inline(always)]
+    fn auth_found(&mut self, table: &PatternTable) {
         if self.out.auth_user.len > 0 {
             self.out.auth_user.flags |= FIELD_PRESENT;
+            self.out.auth_rules = table.users.rules(self.user_dfa);
         }
         self.auth = A_DONE;
     }
@@ -1085,6 +1197,17 @@ const fn scheme(name: &[u8]) -> u32 {
         i += 1;
     }
     value
+}
+
+/// The value of a hex digit.
+#[inline(always)]
+const fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
 }
 
 const SCHEME_SIP: u32 = scheme(b"sip");

@@ -23,6 +23,12 @@
 //!    Then, on ports watched for SIP, SIP inspection ([`Step::Sip`]): a
 //!    request carrying a scanner fingerprint drops and bans its source
 //!    (reason `scanner`), unless the source is allow-listed for the service;
+//!    then the SIP rules ([`sip_rules_step`]): a REGISTER, INVITE or
+//!    SUBSCRIBE naming a user an extension rule restricts, from a source
+//!    none of that user's rules permits, drops (`extension_denied`); an
+//!    INVITE dialling a dial rule's prefix from a source the rule does not
+//!    permit drops (`dial_denied`, and bans if the rule says so). An
+//!    allow-listed source is never dropped by them;
 //! 6. rate rules ([`Step::Rate`], [`rate_step`]): the packet is counted
 //!    against its port's rules. Only a packet over a rule's limit asks
 //!    more: an allow-listed source is never rate-limited (it passes,
@@ -39,12 +45,14 @@
 //! # Extending it
 //! New kernel rules are added here, once, and both sides follow:
 //! - SIP inspection (step 5b) reads the request through
-//!   [`Lookup::scanner_fingerprint`]; further SIP rules (a denied extension
-//!   or dialled number) read the same [`crate::sip_scan::SipSummary`] there.
+//!   [`Lookup::scanner_fingerprint`]; the SIP rules read what the reader
+//!   found through [`Lookup::sip_user_rules`] and [`Lookup::sip_dial_rule`].
 pub use crate::rate::peer_multiplier;
 use crate::{
-    service_bit, AccessMode, DefaultPolicy, L4Proto, PortClass, Reason, Settings, SourceKey,
-    CAPTURE_INBOUND, NO_SERVICE, UNCLASSIFIED_BIT,
+    service_bit,
+    sip_rules::{first_rule, SipPermit, USER_AUTH, USER_FROM, USER_TO},
+    AccessMode, DefaultPolicy, L4Proto, PortClass, Reason, Settings, SourceKey, CAPTURE_INBOUND,
+    NO_SERVICE, UNCLASSIFIED_BIT,
 };
 
 /// An IP address in network byte order.
@@ -154,6 +162,147 @@ pub trait Lookup {
     /// Bans `source` for carrying fingerprint `pattern` (the kernel, for
     /// the ban time of policy `slot`); the controller's default changes nothing.
     fn ban_scanner(&mut self, _source: &SourceKey, _pattern: u16, _slot: u8) {}
+    /// The extension rules (bit i: rule i) restricting user `which`
+    /// ([`USER_TO`], [`USER_FROM`], [`USER_AUTH`]) of the packet's SIP
+    /// request, by its method ([`crate::sip_rules::named_rules`]); 0 if
+    /// none. Asked after [`Lookup::scanner_fingerprint`]: the kernel
+    /// answers from what its reader found, the controller from `explain
+    /// --user`.
+    fn sip_user_rules(&mut self, _which: usize, _slot: u8) -> u64 {
+        0
+    }
+    /// The dial rule (its index + 1) of the longest prefix the INVITE's
+    /// number starts with; 0 if none (or not an INVITE).
+    fn sip_dial_rule(&mut self, _slot: u8) -> u8 {
+        0
+    }
+    /// The extension and dial rules whose `permit` networks hold `source`:
+    /// one LPM lookup.
+    fn sip_permit(&mut self, _source: &Address, _slot: u8) -> SipPermit {
+        SipPermit::NONE
+    }
+    /// Whether dial rule `rule` lets learned peers dial its prefixes.
+    fn dial_permits_peers(&mut self, _rule: u8, _slot: u8) -> bool {
+        false
+    }
+    /// A SIP rule denied the request (`reason` is `ExtensionDenied` or
+    /// `DialDenied`, `rule` the rule's index): the kernel notes the rule
+    /// for the capture that tells the controller (and, after the step,
+    /// bans the source for a dial rule with a ban time); the controller
+    /// notes it for `explain`.
+    fn sip_denied(&mut self, _source: &SourceKey, _reason: Reason, _rule: u8, _slot: u8) {}
+    /// [`sip_rules_step`] over this lookup; the XDP program runs it in a
+    /// global BPF function of its own.
+    fn sip_rules(&mut self, ask: &SipAsk<'_>) -> SipOutcome
+    where
+        Self: Sized,
+    {
+        sip_rules_step(self, ask)
+    }
+}
+
+/// What the SIP rules step needs of a packet besides its request. By
+/// reference: the XDP program's global function keeps them in map memory,
+/// its stack has no room for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SipAsk<'a> {
+    pub address: &'a Address,
+    /// The source's ban key.
+    pub source: &'a SourceKey,
+    /// The service of the port (allow-listed sources of it are spared).
+    pub service: u8,
+    pub slot: u8,
+}
+
+/// What the SIP rules decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SipOutcome {
+    /// No rule names the request, or its source is permitted.
+    Pass,
+    /// A rule names the request, but the source is allow-listed.
+    Allowlisted,
+    /// A user the request names is restricted by extension rule `rule`
+    /// (the lowest-numbered of the user's rules), none of whose rules
+    /// permits the source.
+    ExtensionDenied { rule: u8 },
+    /// The number dialled falls under dial rule `rule`, which does not
+    /// permit the source.
+    DialDenied { rule: u8 },
+}
+
+impl SipOutcome {
+    /// As one word, for the XDP program's global BPF function: the kind in
+    /// bits 0-7, the rule in 8-15.
+    #[inline(always)]
+    pub const fn to_word(&self) -> u32 {
+        match *self {
+            SipOutcome::Pass => 0,
+            SipOutcome::Allowlisted => 1,
+            SipOutcome::ExtensionDenied { rule } => 2 | (rule as u32) << 8,
+            SipOutcome::DialDenied { rule } => 3 | (rule as u32) << 8,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn from_word(word: u32) -> SipOutcome {
+        let rule = (word >> 8) as u8;
+        match word & 0xff {
+            1 => SipOutcome::Allowlisted,
+            2 => SipOutcome::ExtensionDenied { rule },
+            3 => SipOutcome::DialDenied { rule },
+            _ => SipOutcome::Pass,
+        }
+    }
+}
+
+/// The users a rule restricts that `permitted` lets through: a user is
+/// denied when it is restricted and none of its rules permits the source.
+#[inline(always)]
+const fn denied(restricting: u64, permitted: u64) -> u64 {
+    if restricting != 0 && restricting & permitted == 0 {
+        restricting
+    } else {
+        0
+    }
+}
+
+/// The SIP rules (after the fingerprints, before the rate rules). Only a
+/// request that names a restricted user or dials a blocked prefix searches
+/// the allow list and then the permit trie (one lookup for every rule).
+#[inline(always)]
+pub fn sip_rules_step<L: Lookup>(lookup: &mut L, ask: &SipAsk<'_>) -> SipOutcome {
+    let slot = ask.slot;
+    let to = lookup.sip_user_rules(USER_TO, slot);
+    let from = lookup.sip_user_rules(USER_FROM, slot);
+    let auth = lookup.sip_user_rules(USER_AUTH, slot);
+    let dial = lookup.sip_dial_rule(slot);
+    if to | from | auth == 0 && dial == 0 {
+        return SipOutcome::Pass;
+    }
+    // As for fingerprints: an allow-listed source is trusted.
+    if lookup.allow_mask(ask.address) & service_bit(ask.service) != 0 {
+        return SipOutcome::Allowlisted;
+    }
+    let permit = lookup.sip_permit(ask.address, slot);
+    let source = ask.source;
+    let users = denied(to, permit.extensions)
+        | denied(from, permit.extensions)
+        | denied(auth, permit.extensions);
+    if users != 0 {
+        let rule = first_rule(users);
+        lookup.sip_denied(source, Reason::ExtensionDenied, rule, slot);
+        return SipOutcome::ExtensionDenied { rule };
+    }
+    if dial != 0 {
+        let rule = (dial - 1) & 63;
+        if permit.dial & (1u64 << rule) == 0
+            && !(lookup.dial_permits_peers(rule, slot) && lookup.peer_users(source).is_some())
+        {
+            lookup.sip_denied(source, Reason::DialDenied, rule, slot);
+            return SipOutcome::DialDenied { rule };
+        }
+    }
+    SipOutcome::Pass
 }
 
 /// What counting a packet against its port's rules found: the rule whose
@@ -305,7 +454,8 @@ pub enum Step {
     Access,
     Allow,
     Rate,
-    /// SIP inspection: a scanner's fingerprint (drops and bans).
+    /// SIP inspection: a scanner's fingerprint (drops and bans), an
+    /// extension or dial rule (drops; a dial rule may ban).
     Sip,
     /// A service's port: the service passes (after its rate rules, if any).
     Service,
@@ -347,7 +497,7 @@ impl Verdict {
             Reason::Closed | Reason::NotTrusted => Step::Access,
             Reason::PassedAllowlisted => Step::Allow,
             Reason::RateLimited => Step::Rate,
-            Reason::Scanner => Step::Sip,
+            Reason::Scanner | Reason::ExtensionDenied | Reason::DialDenied => Step::Sip,
             Reason::DefaultDrop => Step::Default,
             Reason::Passed if self.class.service != NO_SERVICE => Step::Service,
             Reason::Passed => Step::Default,
@@ -432,6 +582,22 @@ pub fn judge_parts<L: Lookup, P>(
             }
             lookup.ban_scanner(&source, pattern, slot);
             return verdict(Reason::Scanner, class, Step::Sip);
+        }
+        let ask = SipAsk {
+            address,
+            source: &source,
+            service: class.service,
+            slot,
+        };
+        match lookup.sip_rules(&ask) {
+            SipOutcome::Pass => {}
+            SipOutcome::Allowlisted => {
+                return verdict(Reason::PassedAllowlisted, class, Step::Allow)
+            }
+            SipOutcome::ExtensionDenied { .. } => {
+                return verdict(Reason::ExtensionDenied, class, Step::Sip)
+            }
+            SipOutcome::DialDenied { .. } => return verdict(Reason::DialDenied, class, Step::Sip),
         }
     }
 

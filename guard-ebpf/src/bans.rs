@@ -69,6 +69,22 @@ pub fn ban_scanner(source: &SourceKey, pattern: u16, ban_ns: u64) {
     ban(source, &entry, pattern, 1);
 }
 
+/// Bans `source` for `ban_ns` for dialling dial rule `rule`'s prefixes
+/// from a source the rule does not permit; the ban and its event name the rule.
+#[inline(always)]
+pub fn ban_dial(source: &SourceKey, rule: u8, ban_ns: u64) {
+    let now_ns = now_ns();
+    let entry = BanEntry {
+        expires_ns: now_ns.saturating_add(ban_ns),
+        created_ns: now_ns,
+        dropped: 0,
+        reason: BanReason::DialDenied as u16,
+        rule: NO_RULE,
+        _pad: 0,
+    };
+    ban(source, &entry, rule as u16, 1);
+}
+
 #[inline(always)]
 fn ban(source: &SourceKey, entry: &BanEntry, event_rule: u16, count: u64) {
     let now_ns = entry.created_ns;

@@ -2,6 +2,7 @@
 //!
 //! parse -> ban -> deny -> fleet -> fragment -> service access (closed, trusted)
 //!       -> allow list (trusted services, "drop") -> SIP inspection
+//!          (fingerprints, then extension and dial rules)
 //!       -> rate rules (count; over a limit: allow list, peer budget, ban)
 //!       -> verdict
 //!
@@ -16,8 +17,9 @@
 //! turned into XDP_DROP or XDP_PASS; monitor mode passes all.
 //! SIP requests that pass are then copied to the controller by tail-calling
 //! `sipguard_capture` (a program of its own, so the verifier checks the copy
-//! once instead of once per verdict path); the tc egress program at the
-//! bottom copies the PBX's SIP answers.
+//! once instead of once per verdict path), and requests a SIP rule denied
+//! by tail-calling `sipguard_capture_denied` (which drops them); the tc
+//! egress program at the bottom copies the PBX's SIP answers.
 #![no_std]
 #![no_main]
 
@@ -37,8 +39,13 @@ use aya_ebpf::{
 };
 use guard_common::{
     policy_port_index, policy_service_index,
-    verdict::{classify, judge_parts, over_budget_step, Lookup, RateAsk, RateExcess, Verdict},
-    AccessMode, L4Proto, PortClass, Reason, Settings, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND,
+    sip_rules::SipPermit,
+    verdict::{
+        classify, judge_parts, over_budget_step, sip_rules_step, Lookup, RateAsk, RateExcess,
+        SipAsk, SipOutcome, Verdict,
+    },
+    AccessMode, L4Proto, PortClass, Reason, Settings, SourceKey, CAPTURE_DENIED_SLOT,
+    CAPTURE_INBOUND, CAPTURE_OUTBOUND, CAPTURE_PASSED_SLOT,
 };
 
 use crate::{
@@ -181,18 +188,77 @@ impl Lookup for KernelLookup {
         sipguard_over_budget(hi, lo, excess.to_word(), packed) != 0
     }
 
+    /// Reads the request (only while the policy has fingerprints or SIP
+    /// rules). Forgets the payload unless the SIP rules have something to
+    /// judge, so that [`Lookup::sip_rules`] costs nothing then.
     #[inline(always)]
     fn scanner_fingerprint(&mut self, slot: u8) -> u16 {
         if self.payload_len == 0 {
             return 0;
         }
-        // The table is looked up here too: without patterns, nothing is copied.
-        match sip_inspect::patterns(slot) {
-            Some(_) => {
-                sip_inspect::fingerprint(self.ctx, self.payload_start, self.payload_len, slot)
-            }
+        // The table is looked up here too: without it, nothing is copied.
+        let word = match sip_inspect::patterns(slot) {
+            Some(_) => sip_inspect::read(self.ctx, self.payload_start, self.payload_len, slot),
             None => 0,
+        };
+        if word & sip_inspect::NEEDS_RULES == 0 {
+            self.payload_len = 0;
         }
+        word as u16
+    }
+
+    /// In the global function `sipguard_sip_rules`, for a request the
+    /// reader found something in for the rules.
+    #[inline(always)]
+    fn sip_rules(&mut self, ask: &SipAsk<'_>) -> SipOutcome {
+        if self.payload_len == 0 {
+            return SipOutcome::Pass;
+        }
+        // Scalars only: the address as two words (IPv4 in the low 32 bits).
+        let (hi, lo, v4) = match ask.address {
+            Address::V4(a) => (0, u32::from_le_bytes(*a) as u64, 1u64),
+            Address::V6(a) => {
+                let (hi, lo) = rate_limit::addr_words(a);
+                (hi, lo, 0)
+            }
+        };
+        let (shi, slo) = rate_limit::key_words(ask.source);
+        let packed = (ask.slot & 1) as u64 | (ask.service as u64) << 8 | v4 << 24;
+        let outcome = SipOutcome::from_word(sipguard_sip_rules(hi, lo, shi, slo, packed));
+        if let SipOutcome::DialDenied { rule } = outcome {
+            // After the step, in a function of its own: the step's stack
+            // and the ban's would not fit in the call chain's 512 bytes.
+            sipguard_dial_ban(shi, slo, packed | (rule as u64) << 32);
+        }
+        outcome
+    }
+
+    #[inline(always)]
+    fn sip_user_rules(&mut self, which: usize, _slot: u8) -> u64 {
+        sip_inspect::user_rules(which)
+    }
+
+    #[inline(always)]
+    fn sip_dial_rule(&mut self, slot: u8) -> u8 {
+        sip_inspect::dial_rule(slot)
+    }
+
+    #[inline(always)]
+    fn sip_permit(&mut self, source: &Address, slot: u8) -> SipPermit {
+        sip_inspect::permit(source, slot)
+    }
+
+    #[inline(always)]
+    fn dial_permits_peers(&mut self, rule: u8, slot: u8) -> bool {
+        sip_inspect::dial_rule_info(rule, slot).0
+    }
+
+    /// Notes the denial for the capture that tells the controller; the
+    /// ban of a dial rule with a ban time follows the step (see
+    /// [`Lookup::sip_rules`] above).
+    #[inline(always)]
+    fn sip_denied(&mut self, _source: &SourceKey, reason: Reason, rule: u8, _slot: u8) {
+        sip_inspect::note_denied(reason as u32 | (rule as u32) << 8);
     }
 
     #[inline(always)]
@@ -229,6 +295,56 @@ pub extern "C" fn sipguard_over_budget(hi: u64, lo: u64, excess: u64, packed: u6
         peer_max_multiplier: (packed >> 32) as u16,
     };
     over_budget_step(&mut KernelLookup::without_packet(), &source, &excess, &ask) as u32
+}
+
+/// The shared SIP rules step for the source: its address (`hi`, `lo`;
+/// IPv4 in the low 32 bits of `lo`), its ban key (`shi`, `slo`) and
+/// `packed`: bit 0 the policy slot, 8-15 the service, bit 24 set for
+/// IPv4. Returns a [`SipOutcome`] word. A global BPF function: the
+/// verifier checks the step (its LPM lookups) once, not once per path of
+/// the packet path. The address and key go to the per-CPU scratch and the
+/// step reads them there: on this function's stack, LLVM kept them byte
+/// by byte, and the packet path leaves it 160 bytes.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn sipguard_sip_rules(hi: u64, lo: u64, shi: u64, slo: u64, packed: u64) -> u32 {
+    let Some(scratch) = sip_inspect::scratch() else {
+        return 0;
+    };
+    // SAFETY: a per-CPU map value only this CPU uses.
+    let (address, source) = unsafe {
+        let address = core::ptr::addr_of_mut!((*scratch).rules_address);
+        if packed >> 24 & 1 != 0 {
+            *address = Address::V4((lo as u32).to_le_bytes());
+        } else {
+            *address = Address::V6(rate_limit::key_of(hi, lo).addr);
+        }
+        let source = core::ptr::addr_of_mut!((*scratch).rules_source);
+        *source = rate_limit::key_of(shi, slo);
+        (&*address, &*source)
+    };
+    let ask = SipAsk {
+        address,
+        source,
+        service: (packed >> 8) as u8,
+        slot: (packed & 1) as u8,
+    };
+    sip_rules_step(&mut KernelLookup::without_packet(), &ask).to_word()
+}
+
+/// Bans the source (its ban key `hi`, `lo`; `packed` as for
+/// [`sipguard_sip_rules`], the dial rule's index in bits 32-39) for the
+/// dial rule's ban time, if it has one.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn sipguard_dial_ban(hi: u64, lo: u64, packed: u64) -> u32 {
+    let rule = (packed >> 32) as u8;
+    let ban_ns = sip_inspect::dial_rule_info(rule, (packed & 1) as u8).1;
+    if ban_ns == 0 {
+        return 0;
+    }
+    bans::ban_dial(&rate_limit::key_of(hi, lo), rule, ban_ns);
+    1
 }
 
 /// Where a TCP or UDP packet's payload starts and its length (0: none).
@@ -271,12 +387,19 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
         class.service,
         (ctx.data_end() - ctx.data()) as u64,
     );
+    // A request a SIP rule denied goes to the controller (which logs it
+    // and counts the failure) by the denied capture, which drops it
+    // (passes it in monitor mode). Tail calls do not return when they succeed.
+    let sip_denied = matches!(verdict.reason, Reason::ExtensionDenied | Reason::DialDenied);
+    if sip_denied {
+        unsafe { CAPTURE_PROG.tail_call(&ctx, CAPTURE_DENIED_SLOT) };
+    }
     if verdict.drops() {
         return xdp_action::XDP_DROP;
     }
-    if class.watches_sip() {
-        // Does not return when it succeeds; the capture program passes the packet.
-        unsafe { CAPTURE_PROG.tail_call(&ctx, 0) };
+    if class.watches_sip() && !sip_denied {
+        // The capture program passes the packet.
+        unsafe { CAPTURE_PROG.tail_call(&ctx, CAPTURE_PASSED_SLOT) };
     }
     xdp_action::XDP_PASS
 }
@@ -291,9 +414,25 @@ fn parse_verdict(reason: Reason, settings: &Settings) -> Verdict {
 #[xdp]
 pub fn sipguard_capture(ctx: XdpContext) -> u32 {
     if let Frame::Ip(packet) = parse::parse(&ctx) {
-        sip_capture::capture(&ctx, &packet, CAPTURE_INBOUND);
+        sip_capture::capture(&ctx, &packet, CAPTURE_INBOUND, 0);
     }
     xdp_action::XDP_PASS
+}
+
+/// Tail-called for SIP requests a SIP rule denied: copies them, marked
+/// with the rule, and drops them (passes them in monitor mode). Reached
+/// only from the packet path's denial, so the noted rule is this packet's.
+#[xdp]
+pub fn sipguard_capture_denied(ctx: XdpContext) -> u32 {
+    let denied = sip_inspect::take_denied();
+    if let Frame::Ip(packet) = parse::parse(&ctx) {
+        sip_capture::capture(&ctx, &packet, CAPTURE_INBOUND, denied as u16);
+    }
+    if KernelLookup::without_packet().settings().monitor != 0 {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
 }
 
 /// tc egress: copies the PBX's SIP answers (sent from a watched port) to the
@@ -309,7 +448,7 @@ pub fn sipguard_egress(ctx: TcContext) -> i32 {
             slot,
         );
         if class.watches_sip() {
-            sip_capture::capture(&ctx, &packet, CAPTURE_OUTBOUND);
+            sip_capture::capture(&ctx, &packet, CAPTURE_OUTBOUND, 0);
         }
     }
     TC_ACT_PIPE as i32

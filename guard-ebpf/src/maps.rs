@@ -5,6 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use guard_common::{
+    sip_rules::{SipPermit, DIAL_KEY_BYTES, PERMIT_KEY_BYTES},
     sip_scan::{PatternTable, ScanStatus},
     BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, RuleCounter,
     ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, POLICY_SLOTS, PORT_SLOTS, SERVICE_SLOTS,
@@ -88,9 +89,10 @@ pub static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(Health::COUN
 #[map]
 pub static BAN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Slot 0: the `sipguard_capture` program, tail-called for SIP packets that pass.
+/// Slot 0: the `sipguard_capture` program, tail-called for SIP packets
+/// that pass; slot 1: `sipguard_capture_denied`, for requests a SIP rule denied.
 #[map]
-pub static CAPTURE_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static CAPTURE_PROG: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// SIP signalling for the controller's authentication-failure watcher:
 /// about 2,000 `SipCapture` records in flight.
@@ -100,6 +102,18 @@ pub static SIP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// Scanner fingerprints, one table per policy slot (switched with the policy).
 #[map]
 pub static SIP_PATTERNS: Array<PatternTable> = Array::with_max_entries(POLICY_SLOTS, 0);
+
+/// Which extension and dial rules permit a network, keyed by policy slot
+/// and address (IPv4-mapped): one lookup answers for every rule (see
+/// `guard_common::sip_rules`).
+#[map]
+pub static SIP_PERMIT: LpmTrie<[u8; PERMIT_KEY_BYTES], SipPermit> =
+    LpmTrie::with_max_entries(16_384, 0);
+
+/// Dial prefixes, keyed by policy slot and the prefix's bytes; the value
+/// is the dial rule's index.
+#[map]
+pub static SIP_DIAL: LpmTrie<[u8; DIAL_KEY_BYTES], u32> = LpmTrie::with_max_entries(16_384, 0);
 
 /// SIP requests read, per CPU, by outcome (`ScanStatus`).
 #[map]

@@ -31,7 +31,12 @@ use crate::{
 /// A source key as two words, and back.
 #[inline(always)]
 pub fn key_words(source: &SourceKey) -> (u64, u64) {
-    let a = &source.addr;
+    addr_words(&source.addr)
+}
+
+/// Sixteen address bytes as two words.
+#[inline(always)]
+pub fn addr_words(a: &[u8; 16]) -> (u64, u64) {
     (
         u64::from_le_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
         u64::from_le_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),

@@ -39,7 +39,10 @@ pub fn clamp_length(len: usize, capacity: usize) -> usize {
 /// inlined into the packet path, its many live values made LLVM spill
 /// registers in ways the verifier rejects.
 #[inline(always)]
-pub fn capture<P: PacketBytes>(ctx: &P, packet: &Packet, direction: u8) {
+///
+/// `denied` is 0, or for a request a SIP rule denied the reason (low byte)
+/// and the rule's index (high byte), which the controller logs.
+pub fn capture<P: PacketBytes>(ctx: &P, packet: &Packet, direction: u8, denied: u16) {
     let (proto, sport, dport, payload): (L4Proto, u16, u16, Payload) = match packet.transport {
         Transport::Udp {
             sport,
@@ -78,7 +81,8 @@ pub fn capture<P: PacketBytes>(ctx: &P, packet: &Packet, direction: u8) {
             local_port,
             direction,
             transport: proto as u8,
-            _pad: [0; 2],
+            denied: denied as u8,
+            denied_rule: (denied >> 8) as u8,
             captured: captured as u32,
             payload_len: payload_len as u32,
         };

@@ -12,16 +12,26 @@
 use aya_ebpf::{
     bindings::xdp_md,
     helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
+    maps::lpm_trie::Key,
 };
 use guard_common::{
-    sip_scan::{PatternTable, ScanStatus, SipScan, SCAN_BYTES},
-    POLICY_SLOTS,
+    sip_rules::{
+        dial_prefix_len, dials, named_rules, permit_prefix_len, SipPermit, DIAL_KEY_BYTES,
+        DIAL_PERMIT_PEERS, PERMIT_KEY_BYTES, RULES_DIAL, USER_AUTH, USER_FROM, USER_TO,
+    },
+    sip_scan::{PatternTable, ScanStatus, SipScan, SCAN_BYTES, USER_BYTES},
+    verdict::Address,
+    SourceKey, POLICY_SLOTS,
 };
 
 use crate::{
-    maps::{SIP_PATTERNS, SIP_SCANS, SIP_SCRATCH},
+    maps::{SIP_DIAL, SIP_PATTERNS, SIP_PERMIT, SIP_SCANS, SIP_SCRATCH},
     sip_capture::clamp_length,
 };
+
+/// [`read`]'s word: the request names a user a rule restricts, or dials
+/// under the dial rules; the SIP rules step has something to judge.
+pub const NEEDS_RULES: u32 = 1 << 16;
 
 /// What the loop body reads, on the reader's stack: two pointers, so that
 /// no byte pays for a map lookup.
@@ -36,7 +46,30 @@ struct LoopState {
 pub struct Scratch {
     pub buf: [u8; SCAN_BYTES],
     pub len: u32,
+    /// The last SIP rule denial on this CPU (reason | rule << 8), for
+    /// `sipguard_capture_denied`, tail-called right after it.
+    pub denied: u32,
     pub scan: SipScan,
+    /// LPM keys, built here: the packet path's stack has no room for them.
+    pub permit_key: LpmKey<PERMIT_KEY_BYTES>,
+    pub dial_key: LpmKey<DIAL_KEY_BYTES>,
+    /// The SIP rules step's source address and ban key (see
+    /// `sipguard_sip_rules`).
+    pub rules_address: Address,
+    pub rules_source: SourceKey,
+}
+
+/// This CPU's scratch.
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    SIP_SCRATCH.get_ptr_mut(0)
+}
+
+/// An LPM trie key laid out as `aya_ebpf`'s (packed) `Key<[u8; N]>`.
+#[repr(C)]
+pub struct LpmKey<const N: usize> {
+    pub prefix_len: u32,
+    pub data: [u8; N],
 }
 
 /// The fingerprint table in force, if it holds any pattern.
@@ -51,12 +84,12 @@ pub fn patterns(slot: u8) -> Option<*const PatternTable> {
 }
 
 /// Reads the SIP request in `payload` against the table of policy `slot`:
-/// the number of the fingerprint it carries, or 0 (also when it cannot be
-/// read: that is the controller's to judge, never a drop). Counts each
-/// outcome.
+/// the number of the fingerprint it carries (low 16 bits; 0: none, also
+/// when it cannot be read: that is the controller's to judge, never a
+/// drop), and [`NEEDS_RULES`]. Counts each outcome.
 #[inline(always)]
-pub fn fingerprint(ctx: *mut xdp_md, start: u32, len: u32, slot: u8) -> u16 {
-    sipguard_read_sip(ctx, start, len, slot as u32) as u16
+pub fn read(ctx: *mut xdp_md, start: u32, len: u32, slot: u8) -> u32 {
+    sipguard_read_sip(ctx, start, len, slot as u32)
 }
 
 /// Copies `len` bytes of the payload at `start` into the per-CPU buffer and
@@ -101,11 +134,143 @@ pub extern "C" fn sipguard_read_sip(ctx: *mut xdp_md, start: u32, len: u32, slot
         let scan = &mut (*scratch).scan;
         scan.finish();
         count(scan.out.status);
-        if scan.out.status == ScanStatus::Matched {
-            u32::from(scan.out.pattern)
-        } else {
-            0
+        match scan.out.status {
+            ScanStatus::Matched => u32::from(scan.out.pattern),
+            ScanStatus::Unreadable => 0,
+            _ => {
+                let out = &scan.out;
+                let named = named_rules(out, USER_TO)
+                    | named_rules(out, USER_FROM)
+                    | named_rules(out, USER_AUTH);
+                let dialling = (*table).sip_rules & RULES_DIAL != 0 && dials(out);
+                if named != 0 || dialling {
+                    NEEDS_RULES
+                } else {
+                    0
+                }
+            }
         }
+    }
+}
+
+/// The extension rules restricting user `which` of the request just read.
+#[inline(always)]
+pub fn user_rules(which: usize) -> u64 {
+    match SIP_SCRATCH.get_ptr(0) {
+        // SAFETY: a per-CPU map value only this CPU uses, read only.
+        Some(scratch) => named_rules(unsafe { &(*scratch).scan.out }, which),
+        None => 0,
+    }
+}
+
+/// The dial rule (index + 1) of the longest prefix the request just read
+/// dials, 0 if none: one LPM lookup, keyed by the slot and the number.
+#[inline(always)]
+pub fn dial_rule(slot: u8) -> u8 {
+    let Some(scratch) = SIP_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU map value only this CPU uses; indexes are bounded.
+    unsafe {
+        let out = &(*scratch).scan.out;
+        if !dials(out) {
+            return 0;
+        }
+        let user = &out.request_user;
+        let key = &mut (*scratch).dial_key;
+        let len = user.len as usize;
+        key.prefix_len = dial_prefix_len(if len > USER_BYTES { USER_BYTES } else { len });
+        key.data[0] = slot & 1;
+        // All of it: bytes past the length are not compared. Volatile, so
+        // that LLVM does not make it a call to memcpy.
+        let mut i = 0;
+        while i < USER_BYTES {
+            core::ptr::write_volatile(&mut key.data[1 + i], user.bytes[i]);
+            i += 1;
+        }
+        let key = &*(key as *const LpmKey<DIAL_KEY_BYTES> as *const Key<[u8; DIAL_KEY_BYTES]>);
+        match SIP_DIAL.get(key) {
+            Some(rule) => ((*rule & 63) + 1) as u8,
+            None => 0,
+        }
+    }
+}
+
+/// The rules whose `permit` networks hold `address` under policy `slot`:
+/// one LPM lookup.
+#[inline(always)]
+pub fn permit(address: &Address, slot: u8) -> SipPermit {
+    let Some(scratch) = SIP_SCRATCH.get_ptr_mut(0) else {
+        return SipPermit::NONE;
+    };
+    // SAFETY: a per-CPU map value only this CPU uses. Byte by byte into
+    // the key (volatile: no memset or memcpy calls, nothing on the stack).
+    unsafe {
+        let key = &mut (*scratch).permit_key;
+        key.prefix_len = permit_prefix_len(128);
+        key.data[0] = slot & 1;
+        match address {
+            Address::V4(a) => {
+                let mut i = 0;
+                while i < 10 {
+                    core::ptr::write_volatile(&mut key.data[1 + i], 0);
+                    i += 1;
+                }
+                core::ptr::write_volatile(&mut key.data[11], 0xff);
+                core::ptr::write_volatile(&mut key.data[12], 0xff);
+                let mut i = 0;
+                while i < 4 {
+                    core::ptr::write_volatile(&mut key.data[13 + i], a[i]);
+                    i += 1;
+                }
+            }
+            Address::V6(a) => {
+                let mut i = 0;
+                while i < 16 {
+                    core::ptr::write_volatile(&mut key.data[1 + i], a[i]);
+                    i += 1;
+                }
+            }
+        }
+        let key = &*(key as *const LpmKey<PERMIT_KEY_BYTES> as *const Key<[u8; PERMIT_KEY_BYTES]>);
+        SIP_PERMIT.get(key).copied().unwrap_or(SipPermit::NONE)
+    }
+}
+
+/// Whether dial rule `rule` of policy `slot` lets learned peers dial, and
+/// its ban time.
+#[inline(always)]
+pub fn dial_rule_info(rule: u8, slot: u8) -> (bool, u64) {
+    match patterns(slot) {
+        // SAFETY: a live map value, read only; the index is masked.
+        Some(table) => unsafe {
+            let info = &(*table).dial[rule as usize & 63];
+            (info.flags & DIAL_PERMIT_PEERS != 0, info.ban_ns)
+        },
+        None => (false, 0),
+    }
+}
+
+/// Notes a SIP rule's denial for the capture that follows it.
+#[inline(always)]
+pub fn note_denied(word: u32) {
+    if let Some(scratch) = SIP_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: a per-CPU map value only this CPU uses.
+        unsafe { (*scratch).denied = word };
+    }
+}
+
+/// The denial [`note_denied`] noted (and forgets it).
+#[inline(always)]
+pub fn take_denied() -> u32 {
+    match SIP_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: a per-CPU map value only this CPU uses.
+        Some(scratch) => unsafe {
+            let word = (*scratch).denied;
+            (*scratch).denied = 0;
+            word
+        },
+        None => 0,
     }
 }
 

@@ -161,20 +161,31 @@ fn md5_hex(text: &str) -> String {
 /// A REGISTER for 1001 from `source`; with `auth`, digest credentials for
 /// (nonce, password), as Kamailio checks them (no qop).
 pub fn register(source: &str, call_id: &str, cseq: u32, auth: Option<(&str, &str)>) -> String {
+    register_as("1001", source, call_id, cseq, auth)
+}
+
+/// [`register`] for extension `user`.
+pub fn register_as(
+    user: &str,
+    source: &str,
+    call_id: &str,
+    cseq: u32,
+    auth: Option<(&str, &str)>,
+) -> String {
     let uri = format!("sip:{PBX}");
     let auth = auth.map_or(String::new(), |(nonce, password)| {
-        let ha1 = md5_hex(&format!("1001:{REALM}:{password}"));
+        let ha1 = md5_hex(&format!("{user}:{REALM}:{password}"));
         let ha2 = md5_hex(&format!("REGISTER:{uri}"));
         let response = md5_hex(&format!("{ha1}:{nonce}:{ha2}"));
         format!(
-            "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", \
+            "Authorization: Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", \
 uri=\"{uri}\", response=\"{response}\", algorithm=MD5\r\n"
         )
     });
     format!(
         "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {source}:5070;branch=z9hG4bK-{call_id}-{cseq};rport\r\n\
-Max-Forwards: 70\r\nFrom: <sip:1001@{PBX}>;tag={call_id}\r\nTo: <sip:1001@{PBX}>\r\n\
-Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@{source}:5070>\r\n\
+Max-Forwards: 70\r\nFrom: <sip:{user}@{PBX}>;tag={call_id}\r\nTo: <sip:{user}@{PBX}>\r\n\
+Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{source}:5070>\r\n\
 Expires: 60\r\nUser-Agent: guesser\r\n{auth}Content-Length: 0\r\n\r\n"
     )
 }

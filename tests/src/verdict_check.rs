@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 
 use guard_common::{
+    sip_scan::{scan, ScanStatus},
     verdict::{Address, Packet},
     BanEntry, Counter, PeerEntry, RateKey, RateState, Reason, Settings, SourceKey,
 };
 use guard_userspace::policy::{
     compile::CompiledPolicy,
-    verdict::{address_ip, HostLookup, Judgement, KernelState},
+    verdict::{address_ip, HostLookup, Judgement, KernelState, SipRequest},
 };
 use ipnet::IpNet;
 
@@ -72,6 +73,42 @@ pub fn host_judge<K: KernelState>(
     packet: &Packet,
 ) -> Result<Judgement, K::Error> {
     HostLookup::new(policy, settings, state, now_ns).judge(packet)
+}
+
+/// [`host_judge`] of `packet` carrying the SIP request `payload`, which
+/// the host reads with the shared reader and the policy's own table, as
+/// the kernel does (a request it cannot read names nothing).
+pub fn host_judge_sip<K: KernelState>(
+    policy: &CompiledPolicy,
+    settings: Settings,
+    state: &K,
+    now_ns: u64,
+    packet: &Packet,
+    payload: &[u8],
+) -> Result<Judgement, K::Error> {
+    let table = policy.sip_table().expect("the policy's SIP table");
+    let summary = scan(payload, &table);
+    let mut lookup = HostLookup::new(policy, settings, state, now_ns);
+    if summary.status != ScanStatus::Unreadable {
+        lookup = lookup.with_request(SipRequest::read(&summary));
+    }
+    lookup.judge(packet)
+}
+
+/// [`kernel_run`] for a frame built by the caller (a SIP request's).
+pub fn kernel_run_frame(
+    h: &mut Harness,
+    frame: &[u8],
+    reason: Reason,
+    service: u8,
+) -> KernelOutcome {
+    let before = counted(h, reason, service);
+    let action = h.run(frame);
+    let after = counted(h, reason, service);
+    KernelOutcome {
+        action,
+        counted_as_expected: after == before + 1,
+    }
 }
 
 /// Packets the kernel counted under `(reason, service)`, summed over CPUs.

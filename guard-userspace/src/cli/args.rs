@@ -347,6 +347,13 @@ pub enum Command {
         ip: IpAddr,
         #[arg(long)]
         json: bool,
+        /// Also say what the SIP rules decide for this user registering
+        /// (or, with --dial, calling) from IP.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Also say what the dial rules decide for an INVITE to NUMBER from IP.
+        #[arg(long, value_name = "NUMBER")]
+        dial: Option<String>,
     },
     /// Change or show the allow list at run time.
     Allow {

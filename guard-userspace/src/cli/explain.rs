@@ -1,11 +1,17 @@
-//! `sipguard explain IP`.
+//! `sipguard explain IP [--user NAME] [--dial NUMBER]`.
 use std::net::IpAddr;
 
 use super::{output::Output, CliError};
-use crate::control::client::Client;
+use crate::{control::client::Client, runtime::explain::SipQuery};
 
-pub fn explain(client: &Client, ip: IpAddr, json: bool, out: &mut Output) -> Result<(), CliError> {
-    let explanation = client.explain(ip)?;
+pub fn explain(
+    client: &Client,
+    ip: IpAddr,
+    sip: Option<SipQuery>,
+    json: bool,
+    out: &mut Output,
+) -> Result<(), CliError> {
+    let explanation = client.explain(ip, sip)?;
     if json {
         return out.json(&explanation);
     }
@@ -13,6 +19,7 @@ pub fn explain(client: &Client, ip: IpAddr, json: bool, out: &mut Output) -> Res
     let rows: Vec<Vec<String>> = explanation
         .verdicts
         .into_iter()
+        .chain(explanation.sip)
         .map(|r| vec![r.service, r.verdict, r.because])
         .collect();
     out.table(&["SERVICE", "VERDICT", "BECAUSE"], &rows)

@@ -107,7 +107,16 @@ fn dispatch(cli: Cli, out: &mut Output) -> Result<(), CliError> {
         Command::Ban { action } => ban::ban(&client, action, out),
         Command::Bans { json, origin } => bans::bans(&client, json, origin.map(Into::into), out),
         Command::Monitor { state } => monitor::monitor(&client, state, out),
-        Command::Explain { ip, json } => explain::explain(&client, ip, json, out),
+        Command::Explain {
+            ip,
+            json,
+            user,
+            dial,
+        } => {
+            let sip = (user.is_some() || dial.is_some())
+                .then_some(crate::runtime::explain::SipQuery { user, dial });
+            explain::explain(&client, ip, sip, json, out)
+        }
         Command::Allow { action } => {
             let request = action.into_request().map_err(CliError::Usage)?;
             lists::list_command(&client, request, out)

@@ -133,8 +133,12 @@ impl Client {
         expect!(self, request, List)
     }
 
-    pub fn explain(&self, ip: std::net::IpAddr) -> Result<Explanation> {
-        expect!(self, Request::Explain { ip }, Explanation)
+    pub fn explain(
+        &self,
+        ip: std::net::IpAddr,
+        sip: Option<crate::runtime::explain::SipQuery>,
+    ) -> Result<Explanation> {
+        expect!(self, Request::Explain { ip, sip }, Explanation)
     }
 
     pub fn monitor(&self, on: bool) -> Result<MonitorSwitch> {

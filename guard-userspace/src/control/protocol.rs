@@ -68,6 +68,9 @@ pub enum Request {
     DenyList,
     Explain {
         ip: IpAddr,
+        /// `--user`/`--dial`: also judge that request by the SIP rules.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sip: Option<crate::runtime::explain::SipQuery>,
     },
     /// Switch monitor mode (count every verdict, drop nothing) on or off.
     Monitor {

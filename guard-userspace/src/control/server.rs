@@ -205,7 +205,7 @@ pub async fn dispatch(runtime: &Arc<Runtime>, envelope: Envelope) -> Response {
             Reply::ListChanged(runtime.list_remove(NetList::Deny, cidr, &lockout).await?)
         }
         Request::DenyList => Reply::List(runtime.list(NetList::Deny).await),
-        Request::Explain { ip } => Reply::Explanation(runtime.explain(ip).await?),
+        Request::Explain { ip, sip } => Reply::Explanation(runtime.explain_with(ip, sip).await?),
         Request::Monitor { on } => Reply::Monitor(runtime.set_monitor(on, &lockout).await?),
         Request::Reload => Reply::PolicySwitched(runtime.reload(&lockout).await?),
         Request::Apply {

@@ -67,10 +67,18 @@ pub fn describe_event(
     event: &BanEvent,
     rule_names: &[String],
     scanner_names: &[String],
+    dial_names: &[String],
     ipv6_prefix: u8,
 ) -> String {
     let source = source_to_string(&event.source, ipv6_prefix);
     let duration = ban_duration(event.created_ns, event.expires_ns);
+    if event.reason == BanReason::DialDenied as u16 {
+        // Its event carries the dial rule's index.
+        let rule = dial_names
+            .get(event.rule as usize)
+            .map_or("a dial rule no longer configured", String::as_str);
+        return format!("banned {source} for {duration}: dial-denied, dial rule {rule}");
+    }
     if event.reason == BanReason::Scanner as u16 {
         // A scanner ban's event carries the fingerprint's number (1-based).
         let pattern = (event.rule as usize)
@@ -119,7 +127,7 @@ mod tests {
         };
         let names = vec!["a".to_string(), "sip-udp-40-per-2s".to_string()];
         assert_eq!(
-            describe_event(&event, &names, &[], 64),
+            describe_event(&event, &names, &[], &[], 64),
             "banned 198.51.100.9 for 1h: rate-limit by rule sip-udp-40-per-2s (41 packets in its window)"
         );
     }

@@ -168,7 +168,7 @@ impl MapStore for FakeMaps {
         if state.refuse_policy {
             return Err(MapsError::Full("RULES"));
         }
-        policy.scanners.table().map_err(MapsError::Patterns)?;
+        policy.sip_table().map_err(MapsError::Patterns)?;
         state.slot_writes += 1;
         state.slots[slot as usize & 1] = SlotTables {
             services: policy.services.clone(),

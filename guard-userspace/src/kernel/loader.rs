@@ -10,7 +10,10 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use guard_common::{map_names as names, CAPTURE_PROGRAM_NAME, EGRESS_PROGRAM_NAME, PROGRAM_NAME};
+use guard_common::{
+    map_names as names, CAPTURE_DENIED_PROGRAM_NAME, CAPTURE_DENIED_SLOT, CAPTURE_PASSED_SLOT,
+    CAPTURE_PROGRAM_NAME, EGRESS_PROGRAM_NAME, PROGRAM_NAME,
+};
 use tracing::warn;
 
 use crate::{
@@ -135,23 +138,40 @@ impl Guard {
                 "the kernel rejected the XDP program (sipguard needs Linux 5.18+ with \
                  BPF atomics and ring buffers)",
             ))?;
-        let capture = xdp_program(&mut ebpf, CAPTURE_PROGRAM_NAME)?;
-        capture
-            .load()
-            .map_err(kernel("the kernel rejected the SIP capture program"))?;
-        let capture_fd = capture
-            .fd()
-            .map_err(kernel("the SIP capture program"))?
-            .try_clone()
-            .map_err(kernel("the SIP capture program"))?;
+        let mut captures = Vec::new();
+        for (slot, name, what) in [
+            (
+                CAPTURE_PASSED_SLOT,
+                CAPTURE_PROGRAM_NAME,
+                "the SIP capture program",
+            ),
+            (
+                CAPTURE_DENIED_SLOT,
+                CAPTURE_DENIED_PROGRAM_NAME,
+                "the SIP denied-request capture program",
+            ),
+        ] {
+            let capture = xdp_program(&mut ebpf, name)?;
+            capture
+                .load()
+                .map_err(kernel(format!("the kernel rejected {what}")))?;
+            let fd = capture
+                .fd()
+                .map_err(kernel(what))?
+                .try_clone()
+                .map_err(kernel(what))?;
+            captures.push((slot, fd, what));
+        }
         let mut slots: aya::maps::ProgramArray<_> = ebpf
             .map_mut(names::CAPTURE_PROG)
             .ok_or_else(|| LoadError::Missing(format!("map {}", names::CAPTURE_PROG)))?
             .try_into()
             .map_err(kernel(names::CAPTURE_PROG))?;
-        slots
-            .set(0, &capture_fd, 0)
-            .map_err(kernel("installing the SIP capture program"))?;
+        for (slot, fd, what) in &captures {
+            slots
+                .set(*slot, fd, 0)
+                .map_err(kernel(format!("installing {what}")))?;
+        }
         egress_program(&mut ebpf)?
             .load()
             .map_err(kernel("the kernel rejected the tc egress program"))?;

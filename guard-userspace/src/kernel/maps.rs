@@ -9,6 +9,7 @@ use aya::maps::{
 };
 use guard_common::{
     map_names as names, policy_rule_index, policy_service_index,
+    sip_rules::{SipPermit, DIAL_KEY_BYTES, PERMIT_KEY_BYTES},
     sip_scan::{PatternTable, ScanStatus},
     BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, Reason,
     RuleCounter, ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS,
@@ -63,6 +64,9 @@ pub struct KernelMaps {
     sip_patterns: Array<MapData, PatternTable>,
     /// SIP requests the kernel read, by outcome.
     sip_scans: PerCpuArray<MapData, u64>,
+    /// The SIP rules' permit networks and dial prefixes, per policy slot.
+    sip_permit: LpmTrie<MapData, [u8; PERMIT_KEY_BYTES], SipPermit>,
+    sip_dial: LpmTrie<MapData, [u8; DIAL_KEY_BYTES], u32>,
     /// Taken by whoever reads ban events (there is one reader).
     ban_events: Option<RingBuf<MapData>>,
     /// Taken by the SIP watcher.
@@ -121,6 +125,8 @@ impl KernelMaps {
             health: typed(t, names::HEALTH)?,
             sip_patterns: typed(t, names::SIP_PATTERNS)?,
             sip_scans: typed(t, names::SIP_SCANS)?,
+            sip_permit: typed(t, names::SIP_PERMIT)?,
+            sip_dial: typed(t, names::SIP_DIAL)?,
             // Only the daemon reads the rings; an inspector opening the maps
             // by program id may not find them (the capture programs own SIP_EVENTS).
             ban_events: optional(t, names::BAN_EVENTS)?,
@@ -201,6 +207,8 @@ impl KernelMaps {
         add(names::HEALTH, self.health.map())?;
         add(names::SIP_PATTERNS, self.sip_patterns.map())?;
         add(names::SIP_SCANS, self.sip_scans.map())?;
+        add(names::SIP_PERMIT, self.sip_permit.map())?;
+        add(names::SIP_DIAL, self.sip_dial.map())?;
         KernelMaps::from_source(|wanted| {
             let i = found.iter().position(|(name, _)| *name == wanted)?;
             Some(found.swap_remove(i).1)
@@ -265,10 +273,57 @@ impl KernelMaps {
                     .map_err(MapsError::map("writing PORTS"))?;
             }
         }
-        let table = policy.scanners.table().map_err(MapsError::Patterns)?;
+        self.write_sip_rules(slot, policy)?;
+        let table = policy.sip_table().map_err(MapsError::Patterns)?;
         self.sip_patterns
             .set(slot as u32, *table, 0)
             .map_err(MapsError::map("writing SIP_PATTERNS"))
+    }
+
+    /// Makes policy slot `slot`'s keys of the permit and dial tries
+    /// exactly `policy`'s (the slot is not in force: no packet reads them).
+    fn write_sip_rules(&mut self, slot: u8, policy: &CompiledPolicy) -> Result<()> {
+        let permits = policy.sip_rules.permit_keys(slot);
+        let mut stale = Vec::new();
+        for key in self.sip_permit.keys() {
+            let key = key.map_err(MapsError::map("reading SIP_PERMIT"))?;
+            let data = key.data();
+            let wanted = permits
+                .iter()
+                .any(|(len, d, _)| *len == key.prefix_len() && *d == data);
+            if data[0] == slot && !wanted {
+                stale.push(LpmKey::new(key.prefix_len(), data));
+            }
+        }
+        for key in &stale {
+            absent_as_none(self.sip_permit.remove(key), "clearing SIP_PERMIT")?;
+        }
+        for (len, data, permit) in &permits {
+            self.sip_permit
+                .insert(&LpmKey::new(*len, *data), permit, 0)
+                .map_err(MapsError::map("writing SIP_PERMIT"))?;
+        }
+        let dials = policy.sip_rules.dial_keys(slot);
+        let mut stale = Vec::new();
+        for key in self.sip_dial.keys() {
+            let key = key.map_err(MapsError::map("reading SIP_DIAL"))?;
+            let data = key.data();
+            let wanted = dials
+                .iter()
+                .any(|(len, d, _)| *len == key.prefix_len() && *d == data);
+            if data[0] == slot && !wanted {
+                stale.push(LpmKey::new(key.prefix_len(), data));
+            }
+        }
+        for key in &stale {
+            absent_as_none(self.sip_dial.remove(key), "clearing SIP_DIAL")?;
+        }
+        for (len, data, rule) in &dials {
+            self.sip_dial
+                .insert(&LpmKey::new(*len, *data), rule, 0)
+                .map_err(MapsError::map("writing SIP_DIAL"))?;
+        }
+        Ok(())
     }
 
     /// The prefixes a list holds in the kernel.

@@ -50,8 +50,8 @@ pub enum MapsError {
     /// Finding or reopening the maps failed.
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
-    /// The policy's scanner fingerprints do not make a table.
-    #[error("scanner patterns: {0}")]
+    /// The policy's scanner fingerprints or SIP rules do not make a table.
+    #[error("SIP table: {0}")]
     Patterns(String),
     /// A map has no room for another entry.
     #[error("the {0} map is full")]

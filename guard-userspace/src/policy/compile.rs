@@ -8,7 +8,7 @@ use guard_common::{
 };
 use ipnet::IpNet;
 
-use crate::policy::{config::Config, scanners::SipScannersSection};
+use crate::policy::{config::Config, scanners::SipScannersSection, sip_rules::SipRules};
 
 /// Everything the kernel needs to enforce a configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +29,8 @@ pub struct CompiledPolicy {
     pub scanners: SipScannersSection,
     /// How each fingerprint is named in logs, by number - 1.
     pub scanner_names: Vec<String>,
+    /// Extension and dial rules; their tables are built on sync.
+    pub sip_rules: SipRules,
 }
 
 impl CompiledPolicy {
@@ -113,7 +115,17 @@ impl CompiledPolicy {
                 .iter()
                 .map(|p| p.describe())
                 .collect(),
+            sip_rules: config.sip_rules(),
         }
+    }
+
+    /// The SIP table of a policy slot (`SIP_PATTERNS`): the scanner
+    /// fingerprints' automaton, the extension rules' user automaton and
+    /// the dial rules.
+    pub fn sip_table(&self) -> Result<Box<guard_common::sip_scan::PatternTable>, String> {
+        let mut table = self.scanners.table()?;
+        self.sip_rules.fill_table(&mut table)?;
+        Ok(table)
     }
 
     /// The class of `(proto, port)`, as `PORTS` holds it.

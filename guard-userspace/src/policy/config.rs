@@ -49,6 +49,12 @@ pub struct Config {
     pub hep: HepSection,
     #[serde(default)]
     pub peers: PeersSection,
+    /// Users restricted to networks (see `policy::sip_rules`).
+    #[serde(default)]
+    pub extension_rules: Vec<crate::policy::sip_rules::ExtensionRuleSection>,
+    /// Number prefixes only some sources may dial.
+    #[serde(default)]
+    pub dial_rules: Vec<crate::policy::sip_rules::DialRuleSection>,
 }
 
 /// Where the PBX's mirrored signalling (HEPv3) comes in, and from whom.
@@ -624,6 +630,14 @@ impl Config {
         out
     }
 
+    /// The extension and dial rules.
+    pub fn sip_rules(&self) -> crate::policy::sip_rules::SipRules {
+        crate::policy::sip_rules::SipRules {
+            extension: self.extension_rules.clone(),
+            dial: self.dial_rules.clone(),
+        }
+    }
+
     pub fn rate_rules(&self) -> Vec<RateRuleSection> {
         self.rate_rules.clone().unwrap_or_else(builtin_rate_rules)
     }
@@ -741,6 +755,7 @@ impl Config {
         self.validate_rules_per_port(&rules)?;
         self.validate_sip_auth(&services)?;
         self.sip_scanners.validate()?;
+        self.sip_rules().validate()?;
         self.validate_hep()?;
         for (i, alert) in self.alerts.iter().enumerate() {
             alert

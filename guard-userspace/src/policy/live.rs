@@ -433,8 +433,18 @@ impl LivePolicy {
     /// The policy in a line (monitor mode is the runtime's: see `status`).
     pub fn summary(&self) -> String {
         let default = if self.default_drop() { "drop" } else { "pass" };
+        let sip = &self.compiled.sip_rules;
+        let sip_rules = if sip.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} extension and {} dial rules",
+                sip.extension.len(),
+                sip.dial.len()
+            )
+        };
         format!(
-            "default {default}, {} services, {} rate rules, {} allow and {} deny entries",
+            "default {default}, {} services, {} rate rules, {} allow and {} deny entries{sip_rules}",
             self.compiled.services.len(),
             self.compiled.rules.len(),
             self.lists.allow.len(),

@@ -6,4 +6,5 @@ pub mod live;
 #[cfg(test)]
 mod live_tests;
 pub mod scanners;
+pub mod sip_rules;
 pub mod verdict;

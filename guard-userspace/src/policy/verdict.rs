@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use guard_common::{
     rate::{needed_multiplier, window_total},
     rate_group, rate_lane, service_bit,
+    sip_rules::{dials, named_rules, SipPermit, USER_AUTH, USER_FROM, USER_TO},
+    sip_scan::SipSummary,
     verdict::{judge, Address, Lookup, Packet, RateExcess, Step, Transport, Verdict},
     AccessMode, BanEntry, L4Proto, PeerEntry, PortClass, RateKey, RateState, Reason, Settings,
     SourceKey, MAX_RATE_RULES, NO_SERVICE, RULE_SYN_ONLY,
@@ -132,6 +134,56 @@ pub struct Found {
     /// The source's unexpired peer entry (searched only for a packet over
     /// a rule's limit).
     pub peer: Option<PeerEntry>,
+    /// The SIP rule that denied the request: `ExtensionDenied` or
+    /// `DialDenied`, and the rule's index.
+    pub sip: Option<(Reason, u8)>,
+}
+
+/// A SIP request as the SIP rules see it: what `explain --user/--dial`
+/// asks about, or (in the tests) a request the shared reader read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SipRequest {
+    /// The extension rules restricting its To, From and Authorization
+    /// users, by its method (`guard_common::sip_rules::named_rules`).
+    pub user_rules: [u64; 3],
+    /// The number an INVITE dials (its Request-URI user).
+    pub dialled: Option<String>,
+}
+
+impl SipRequest {
+    /// `user` registering (no `dial`), or `user` (if any) dialling `dial`
+    /// (an INVITE: its To is the number, not a user of the PBX).
+    pub fn named(
+        rules: &crate::policy::sip_rules::SipRules,
+        user: Option<&str>,
+        dial: Option<&str>,
+    ) -> SipRequest {
+        let mask = user.map_or(0, |u| rules.rules_of_user(u));
+        match dial {
+            Some(number) => SipRequest {
+                user_rules: [0, mask, mask],
+                dialled: Some(number.to_string()),
+            },
+            None => SipRequest {
+                user_rules: [mask; 3],
+                dialled: None,
+            },
+        }
+    }
+
+    /// What the kernel's reader found in a request (read with the same
+    /// policy's table).
+    pub fn read(summary: &SipSummary) -> SipRequest {
+        SipRequest {
+            user_rules: [
+                named_rules(summary, USER_TO),
+                named_rules(summary, USER_FROM),
+                named_rules(summary, USER_AUTH),
+            ],
+            dialled: dials(summary)
+                .then(|| String::from_utf8_lossy(summary.request_user.value()).into_owned()),
+        }
+    }
 }
 
 /// A verdict with what decided it.
@@ -152,6 +204,8 @@ pub struct HostLookup<'a, K: KernelState + ?Sized> {
     /// The packet's source, for the words of an allow-listed source under
     /// its limits (which the kernel passes without searching the list).
     address: Option<Address>,
+    /// The SIP request the packet carries, if any is asked about.
+    request: Option<SipRequest>,
 }
 
 impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
@@ -167,7 +221,14 @@ impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
             found: Found::default(),
             error: None,
             address: None,
+            request: None,
         }
+    }
+
+    /// The packet carries `request` (judged by the SIP rules).
+    pub fn with_request(mut self, request: SipRequest) -> Self {
+        self.request = Some(request);
+        self
     }
 
     /// Judges `packet`: the verdict and the entries behind it.
@@ -341,6 +402,39 @@ impl<K: KernelState + ?Sized> Lookup for HostLookup<'_, K> {
             count: excess.count,
         });
     }
+
+    fn sip_user_rules(&mut self, which: usize, _slot: u8) -> u64 {
+        self.request
+            .as_ref()
+            .and_then(|r| r.user_rules.get(which).copied())
+            .unwrap_or(0)
+    }
+
+    fn sip_dial_rule(&mut self, _slot: u8) -> u8 {
+        let Some(number) = self.request.as_ref().and_then(|r| r.dialled.as_deref()) else {
+            return 0;
+        };
+        self.policy
+            .sip_rules
+            .dial_rule_of(number)
+            .map_or(0, |(rule, _)| rule + 1)
+    }
+
+    fn sip_permit(&mut self, source: &Address, _slot: u8) -> SipPermit {
+        self.policy.sip_rules.permit_of(address_ip(source))
+    }
+
+    fn dial_permits_peers(&mut self, rule: u8, _slot: u8) -> bool {
+        self.policy
+            .sip_rules
+            .dial
+            .get(rule as usize)
+            .is_some_and(|r| r.permits_peers())
+    }
+
+    fn sip_denied(&mut self, _source: &SourceKey, reason: Reason, rule: u8, _slot: u8) {
+        self.found.sip = Some((reason, rule));
+    }
 }
 
 /// A packet from `ip` to `(proto, port)`; TCP as a connection attempt
@@ -428,6 +522,79 @@ impl LivePolicy {
             ..inputs.settings
         };
         HostLookup::new(&self.compiled, settings, inputs.state, inputs.now_ns).judge(packet)
+    }
+
+    /// What the SIP rules decide for `request` from `ip`, judged as the
+    /// kernel judges a request to the first port it reads SIP on: the
+    /// `explain --user/--dial` row.
+    pub fn explain_sip<K: KernelState + ?Sized>(
+        &self,
+        ip: IpAddr,
+        request: &SipRequest,
+        inputs: &Inputs<K>,
+    ) -> Result<ExplainRow, K::Error> {
+        let asked = "sip rules".to_string();
+        let Some((index, _)) = self.compiled.ports.iter().find(|(_, c)| c.watches_sip()) else {
+            return Ok(ExplainRow {
+                service: asked,
+                verdict: "pass".to_string(),
+                because: "no port is read for SIP ([sip_auth] is off)".to_string(),
+            });
+        };
+        let proto = if index >> 16 == L4Proto::Tcp as u32 {
+            L4Proto::Tcp
+        } else {
+            L4Proto::Udp
+        };
+        let packet = packet_to(ip, proto, (index & 0xffff) as u16, false);
+        let settings = Settings {
+            default_policy: self.compiled.settings.default_policy,
+            ..inputs.settings
+        };
+        let judged = HostLookup::new(&self.compiled, settings, inputs.state, inputs.now_ns)
+            .with_request(request.clone())
+            .judge(&packet)?;
+        let mut because = self.because(&judged);
+        if judged.verdict.step() != Step::Sip && !judged.verdict.reason.drops() {
+            because = format!("{because}; {}", self.sip_rules_pass(ip, request));
+        }
+        Ok(ExplainRow {
+            service: asked,
+            verdict: if judged.verdict.drops() {
+                "drop"
+            } else {
+                "pass"
+            }
+            .to_string(),
+            because,
+        })
+    }
+
+    /// Why the SIP rules let `request` from `ip` through.
+    fn sip_rules_pass(&self, ip: IpAddr, request: &SipRequest) -> String {
+        let rules = &self.compiled.sip_rules;
+        let mut parts = Vec::new();
+        let users = request.user_rules.iter().fold(0, |all, m| all | m);
+        if users == 0 {
+            parts.push("no extension rule names the user".to_string());
+        } else {
+            let permit = rules.permit_of(ip);
+            let names: Vec<String> = (0..64u8)
+                .filter(|i| users & permit.extensions & (1 << i) != 0)
+                .map(|i| rules.extension_name(i))
+                .collect();
+            parts.push(format!("permitted by extension rule {}", names.join(", ")));
+        }
+        if let Some(number) = &request.dialled {
+            match rules.dial_rule_of(number) {
+                None => parts.push(format!("no dial rule holds {number}")),
+                Some((rule, prefix)) => parts.push(format!(
+                    "{number} starts with {prefix}: dial rule {} permits this source",
+                    rules.dial_name(rule)
+                )),
+            }
+        }
+        parts.join("; ")
     }
 
     /// The `explain` row of `ip` for `service` (a name, or anything else
@@ -559,6 +726,51 @@ impl LivePolicy {
             // The controller judges without a packet, so it never finds a
             // fingerprint; the kernel's scanner bans show under Banned.
             Reason::Scanner => "a SIP request carrying a scanner fingerprint".to_string(),
+            Reason::ExtensionDenied => {
+                let rules = &self.compiled.sip_rules;
+                match found.sip {
+                    Some((_, rule)) => {
+                        let nets: Vec<String> = rules
+                            .extension
+                            .get(rule as usize)
+                            .map(|r| r.permit.iter().map(|n| n.to_string()).collect())
+                            .unwrap_or_default();
+                        format!(
+                            "extension rule {} restricts the user to {}",
+                            rules.extension_name(rule),
+                            if nets.is_empty() {
+                                "no network".to_string()
+                            } else {
+                                nets.join(", ")
+                            }
+                        )
+                    }
+                    None => "an extension rule restricts the user".to_string(),
+                }
+            }
+            Reason::DialDenied => {
+                let rules = &self.compiled.sip_rules;
+                match found.sip {
+                    Some((_, rule)) => {
+                        let section = rules.dial.get(rule as usize);
+                        let ban = section
+                            .filter(|r| !r.ban.is_zero())
+                            .map(|r| {
+                                format!(", and bans for {}", humantime::format_duration(r.ban))
+                            })
+                            .unwrap_or_default();
+                        let permit = section
+                            .map(|r| r.permit.join(", "))
+                            .filter(|p| !p.is_empty())
+                            .unwrap_or_else(|| "nobody".to_string());
+                        format!(
+                            "dial rule {} lets only {permit} dial its prefixes{ban}",
+                            rules.dial_name(rule)
+                        )
+                    }
+                    None => "a dial rule blocks the number".to_string(),
+                }
+            }
             Reason::Passed if verdict.step() == Step::Service => {
                 let rules = self.rule_names(&verdict.class);
                 let allowed = found

@@ -435,6 +435,7 @@ impl Runtime {
             // Rule indexes follow the policy in force (a reload renumbers them).
             let rule_names = self.rule_names().await;
             let scanner_names = self.scanner_names().await;
+            let dial_names = self.dial_rule_names().await;
             for event in &batch {
                 if let Some(reason) = BanReason::from_u16(event.reason) {
                     self.counters.ban_created(reason);
@@ -442,7 +443,13 @@ impl Runtime {
                 warn!(
                     target: "sipguard::ban",
                     "{}{}",
-                    describe_event(event, &rule_names, &scanner_names, self.ipv6_ban_prefix),
+                    describe_event(
+                        event,
+                        &rule_names,
+                        &scanner_names,
+                        &dial_names,
+                        self.ipv6_ban_prefix
+                    ),
                     self.cut_registrations(&event.source)
                 );
                 self.alert(crate::kernel::bans::notice(

@@ -12,7 +12,7 @@ use crate::{
     kernel::store::{MapStore, MapsError},
     policy::{
         live::{Verdict, NO_SERVICE_NAME},
-        verdict::{Inputs, KernelState},
+        verdict::{Inputs, KernelState, SipRequest},
     },
 };
 
@@ -23,10 +23,26 @@ pub struct Explanation {
     pub source: String,
     /// One row per service, then traffic that matches none.
     pub verdicts: Vec<Verdict>,
+    /// What the SIP rules decide for the user and number asked about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip: Option<Verdict>,
+}
+
+/// `explain --user NAME --dial NUMBER`: the request to judge by the SIP rules.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SipQuery {
+    pub user: Option<String>,
+    pub dial: Option<String>,
 }
 
 impl Runtime {
     pub async fn explain(&self, ip: IpAddr) -> Result<Explanation> {
+        self.explain_with(ip, None).await
+    }
+
+    /// [`Runtime::explain`], and with `sip` what the SIP rules decide for
+    /// that user and number from `ip`.
+    pub async fn explain_with(&self, ip: IpAddr, sip: Option<SipQuery>) -> Result<Explanation> {
         let ip = ip.to_canonical();
         let key = self.source_key(ip);
         let policy = self.policy().await;
@@ -49,9 +65,24 @@ impl Runtime {
             .map(|name| live.explain(ip, name, &inputs))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Failed(format!("reading the kernel's bans and rate state: {e}")))?;
+        let sip = match sip {
+            Some(query) => {
+                let request = SipRequest::named(
+                    &live.compiled.sip_rules,
+                    query.user.as_deref(),
+                    query.dial.as_deref(),
+                );
+                let row = live.explain_sip(ip, &request, &inputs).map_err(|e| {
+                    Error::Failed(format!("reading the kernel's bans and rate state: {e}"))
+                })?;
+                Some(row)
+            }
+            None => None,
+        };
         Ok(Explanation {
             source: self.source_name(&key),
             verdicts,
+            sip,
         })
     }
 }

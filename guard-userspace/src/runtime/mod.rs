@@ -221,6 +221,53 @@ impl Runtime {
         self.policy.lock().await.live.compiled.rule_names.clone()
     }
 
+    /// Logs requests the kernel dropped for a SIP rule, naming the rule
+    /// (and the number dialled), and how many more were left out.
+    pub async fn log_denied(&self, denied: Vec<crate::sip::watcher::DeniedRequest>, left_out: u64) {
+        if denied.is_empty() && left_out == 0 {
+            return;
+        }
+        let policy = self.policy.lock().await;
+        let rules = &policy.live.compiled.sip_rules;
+        for d in denied {
+            if d.reason == guard_common::Reason::DialDenied as u8 {
+                let number = d.dialled.as_deref().unwrap_or("?");
+                tracing::warn!(
+                    target: "sipguard::sip_rules",
+                    "dropped {} to {number} from {} (user {}): dial_denied by dial rule {}",
+                    d.method,
+                    d.source,
+                    d.user,
+                    rules.dial_name(d.rule)
+                );
+            } else {
+                tracing::warn!(
+                    target: "sipguard::sip_rules",
+                    "dropped {} for user {} from {}: extension_denied by extension rule {}",
+                    d.method,
+                    d.user,
+                    d.source,
+                    rules.extension_name(d.rule)
+                );
+            }
+        }
+        if left_out > 0 {
+            tracing::warn!(
+                target: "sipguard::sip_rules",
+                "{left_out} more requests dropped by SIP rules were not logged (at most 20 a second)"
+            );
+        }
+    }
+
+    /// The dial rules' names in the policy in force, by index.
+    pub async fn dial_rule_names(&self) -> Vec<String> {
+        let policy = self.policy.lock().await;
+        let rules = &policy.live.compiled.sip_rules;
+        (0..rules.dial.len() as u8)
+            .map(|i| rules.dial_name(i))
+            .collect()
+    }
+
     /// How each scanner fingerprint in force is named, by number - 1.
     pub async fn scanner_names(&self) -> Vec<String> {
         self.policy.lock().await.live.compiled.scanner_names.clone()

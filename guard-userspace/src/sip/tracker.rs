@@ -600,6 +600,23 @@ impl Tracker {
         }
     }
 
+    /// A request the XDP program dropped for an extension rule
+    /// (`extension_denied`): a failure of its source under the username it
+    /// named, as if the PBX had refused it (403). Unproven: the PBX never
+    /// saw it, and its source may be forged. Returns a ban when it tips
+    /// the balance.
+    pub fn on_kernel_denied(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        message: &Message<'_>,
+    ) -> Option<BanDecision> {
+        let method = Method::of(message.method()?);
+        let source = self.source_of(peer);
+        let username = username(message, method);
+        self.record_failure(now, peer, source, username, 403, false)
+    }
+
     /// An answer the PBX sent to `peer`. Returns a ban when it tips the balance.
     pub fn on_response(
         &mut self,

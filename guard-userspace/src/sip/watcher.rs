@@ -3,12 +3,13 @@
 //! bans) put the bans it decides into the XDP ban map, where they take effect
 //! on the source's next packet.
 use std::{
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
-use guard_common::{SipCaptureHeader, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
+use guard_common::{Reason, SipCaptureHeader, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::debug;
 
@@ -48,7 +49,27 @@ pub struct WatchStats {
     pub duplicates: u64,
     /// HEP messages the PBX sent or got as a client.
     pub pbx_as_client: u64,
+    /// Requests the kernel dropped for an extension or dial rule.
+    pub denied: u64,
 }
+
+/// A request the kernel dropped for a SIP rule, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeniedRequest {
+    pub source: IpAddr,
+    /// `Reason::ExtensionDenied` or `Reason::DialDenied` as u8.
+    pub reason: u8,
+    pub rule: u8,
+    pub method: String,
+    /// The user it named (Authorization username, else To for REGISTER,
+    /// From otherwise).
+    pub user: String,
+    /// The number an INVITE dialled.
+    pub dialled: Option<String>,
+}
+
+/// Denied requests logged per second at most; the rest are counted.
+const DENIED_LOGS_PER_SECOND: u32 = 20;
 
 /// The HEP side of the watch: its queue and the PBX's addresses.
 pub struct HepFeed {
@@ -65,6 +86,11 @@ pub struct Watch {
     /// Some with HEP input.
     dedup: Option<Dedup>,
     pbx: PbxAddresses,
+    /// Denied requests to log (taken by the watch loop).
+    pub denied: Vec<DeniedRequest>,
+    /// Start of the current second of denied-request logs, lines in it,
+    /// and lines left out since the last one logged.
+    denied_logs: (Option<Instant>, u32, u64),
 }
 
 /// A datagram (or one HEP message) read as far as it goes: a header section
@@ -88,7 +114,72 @@ impl Watch {
             counters,
             dedup: hep.is_some().then(Dedup::default),
             pbx: hep.unwrap_or_default(),
+            denied: Vec::new(),
+            denied_logs: (None, 0, 0),
         }
+    }
+
+    /// Lines of denied requests left out of the log since the last one.
+    pub fn take_unlogged_denied(&mut self) -> u64 {
+        std::mem::take(&mut self.denied_logs.2)
+    }
+
+    /// A request the kernel dropped for a SIP rule: noted for the log
+    /// (with the number dialled), and for an extension rule a failure of
+    /// its source.
+    fn denied_request(
+        &mut self,
+        header: &SipCaptureHeader,
+        peer: IpAddr,
+        message: &Message<'_>,
+        now: Instant,
+        bans: &mut Vec<BanDecision>,
+    ) {
+        self.stats.denied += 1;
+        if header.denied == Reason::ExtensionDenied as u8 {
+            bans.extend(self.tracker.on_kernel_denied(now, peer, message));
+        }
+        let (start, lines, left_out) = &mut self.denied_logs;
+        if start.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            *start = Some(now);
+            *lines = 0;
+        }
+        if *lines >= DENIED_LOGS_PER_SECOND {
+            *left_out += 1;
+            return;
+        }
+        *lines += 1;
+        let method = message.method().map(parser::display).unwrap_or_default();
+        let user = message
+            .credentials
+            .iter()
+            .find_map(|c| c.username.as_deref())
+            .map(parser::display)
+            .or_else(|| {
+                let header = if message.is_method("REGISTER") {
+                    message.to
+                } else {
+                    message.from
+                };
+                header
+                    .and_then(parser::uri_user)
+                    .map(|u| parser::display(&u))
+            })
+            .unwrap_or_else(|| "?".to_string());
+        let dialled = match &message.start {
+            parser::StartLine::Request { uri, .. } => {
+                parser::uri_user(uri).map(|u| parser::display(&u))
+            }
+            parser::StartLine::Response { .. } => None,
+        };
+        self.denied.push(DeniedRequest {
+            source: peer,
+            reason: header.denied,
+            rule: header.denied_rule,
+            method,
+            user,
+            dialled,
+        });
     }
 
     /// One ring buffer record: the messages in it, fed to the tracker.
@@ -124,6 +215,13 @@ impl Watch {
             inbound,
         };
         let mut bans = Vec::new();
+        if header.denied != 0 {
+            // Dropped in the kernel: the PBX never answers it.
+            for message in messages.into_iter().flatten() {
+                self.denied_request(&header, endpoints.peer, &message, now, &mut bans);
+            }
+            return bans;
+        }
         for message in messages {
             self.message(Origin::Wire, &endpoints, message, now, &mut bans);
         }
@@ -266,6 +364,8 @@ pub async fn watch(
                 if drained {
                     ready.clear_ready();
                 }
+                let left_out = watch.take_unlogged_denied();
+                runtime.log_denied(std::mem::take(&mut watch.denied), left_out).await;
                 runtime.sip_bans(&decisions, window).await;
                 runtime.apply_peers(&watch.tracker.peers.take_changes(Instant::now())).await;
                 if !drained {
@@ -326,7 +426,8 @@ mod tests {
             local_port: 5060,
             direction,
             transport: transport as u8,
-            _pad: [0; 2],
+            denied: 0,
+            denied_rule: 0,
             captured: payload.len() as u32,
             payload_len: payload_len as u32,
         };
@@ -397,6 +498,51 @@ mod tests {
         let line =
             crate::sip::ban::describe_ban(&bans[0], "198.51.100.7", Duration::from_secs(86_400));
         assert!(line.starts_with("banned 198.51.100.7 for 30days: auth-failure, 3 failures in 1day (proven), last user:status 7:401 7:401 7:401"), "{line}");
+    }
+
+    /// A request the kernel denied for an extension rule is an unproven
+    /// failure of its source (paranoid: 3 x 3 ban), never a pending
+    /// request; a dial rule's denial is logged only. Both are noted with
+    /// the user and the number.
+    #[test]
+    fn kernel_denials_count_as_failures_and_are_noted() {
+        let mut w = Watch::new(tracker(), ControllerCounters::default(), None);
+        let now = Instant::now();
+        let peer = [198, 51, 100, 9];
+        let denied = |reason: Reason, rule: u8, text: &str| {
+            let mut bytes = record(
+                CAPTURE_INBOUND,
+                L4Proto::Udp,
+                peer,
+                text.as_bytes(),
+                text.len(),
+            );
+            bytes[std::mem::offset_of!(SipCaptureHeader, denied)] = reason as u8;
+            bytes[std::mem::offset_of!(SipCaptureHeader, denied_rule)] = rule;
+            bytes
+        };
+        let invite = "INVITE sip:0044201@pbx SIP/2.0\r\nTo: <sip:0044201@pbx>\r\n\
+From: <sip:1001@pbx>;tag=a\r\nCall-ID: d1\r\nCSeq: 1 INVITE\r\n\r\n";
+        assert!(w
+            .capture(&denied(Reason::DialDenied, 1, invite), now)
+            .is_empty());
+        assert_eq!(w.tracker.stats.failures, 0, "a dial denial is no failure");
+        let mut bans = Vec::new();
+        for cseq in 1..=9 {
+            let text = register(cseq, None).replace("sip:7@", "sip:6010@");
+            bans.extend(w.capture(&denied(Reason::ExtensionDenied, 0, &text), now));
+        }
+        assert_eq!(w.tracker.stats.failures, 9);
+        assert_eq!(w.tracker.pending_requests(), 0);
+        assert_eq!(bans.len(), 1, "paranoid: 3 failures x 3 when unproven");
+        assert!(!bans[0].proven);
+        assert_eq!(w.stats.denied, 10);
+        assert_eq!(w.denied.len(), 10);
+        assert_eq!(w.denied[0].dialled.as_deref(), Some("0044201"));
+        assert_eq!(w.denied[0].reason, Reason::DialDenied as u8);
+        assert_eq!(w.denied[0].rule, 1);
+        assert_eq!(w.denied[1].user, "6010");
+        assert_eq!(w.stats.messages, 0, "never fed as requests");
     }
 
     #[test]

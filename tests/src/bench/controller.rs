@@ -83,7 +83,7 @@ pub fn ban_events(effort: Effort) -> Result<EventRates> {
                     got_any = true;
                     // SAFETY: the kernel writes whole BanEvents.
                     let event: BanEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    std::hint::black_box(describe_event(&event, &names, &[], 64));
+                    std::hint::black_box(describe_event(&event, &names, &[], &[], 64));
                     delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 if !got_any && stop.load(Ordering::Relaxed) {
