@@ -24,6 +24,10 @@ pub enum FleetError {
     Key(String),
     #[error(transparent)]
     Lapi(#[from] lapi::LapiError),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    #[error("{0}")]
+    Feed(String),
 }
 
 /// The fleet tasks a config asks for, checked before the guard attaches:
@@ -48,8 +52,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, FleetError> {
     let feeds = config
         .feeds
         .iter()
-        .map(|feed| Ok((feed.clone(), feed.api_key().map_err(anyhow::Error::msg)?)))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|feed| Ok((feed.clone(), feed.api_key().map_err(FleetError::Key)?)))
+        .collect::<Result<Vec<_>, FleetError>>()?;
     Ok(Prepared {
         crowdsec,
         feeds,
@@ -76,7 +80,7 @@ impl Prepared {
         &mut self,
         state: &crate::state::StateDir,
         max_entries: u32,
-    ) -> Result<()> {
+    ) -> anyhow::Result<()> {
         let mut saved = state.load_feeds(max_entries)?;
         saved.retain(|name, _| self.feeds.iter().any(|(f, _)| f.name == *name));
         self.saved_feeds = saved;
@@ -105,7 +109,7 @@ impl Prepared {
                     std::sync::Arc::clone(runtime),
                     store.clone(),
                 )
-                .ok_or_else(|| anyhow::anyhow!("feed {name}: no source"))?;
+                .ok_or_else(|| FleetError::Feed(format!("feed {name}: no source")))?;
                 tasks.push(tokio::spawn(feed.run()));
             }
         }
