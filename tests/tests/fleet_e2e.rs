@@ -110,9 +110,25 @@ impl Site {
     }
 
     fn bans(&self) -> Vec<BanRow> {
-        let out = cli(&self.socket, &["bans", "--json"]);
+        self.bans_of(&[])
+    }
+
+    /// `bans --json` with more arguments (`--origin ...`).
+    fn bans_of(&self, more: &[&str]) -> Vec<BanRow> {
+        let out = cli(&self.socket, &[&["bans", "--json"][..], more].concat());
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).expect("bans as JSON")
+    }
+
+    /// The LAPI's line in `sipguard status`.
+    fn lapi_status(&self) -> String {
+        let out = cli(&self.socket, &["status"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("crowdsec:"))
+            .expect("a crowdsec line in status")
+            .to_string()
     }
 }
 
@@ -163,6 +179,14 @@ fn cscli_decisions_are_dropped_within_a_poll_and_lifted_on_delete() {
     assert!(row.detail.contains("sipguard-test/sip-bf"), "{row:?}");
     assert!(row.remaining_seconds.is_some_and(|s| s > 3500 && s <= 3600));
     assert!(row.dropped >= 3, "{row:?}");
+    // The origin filter: CrowdSec's, not the guard's own.
+    assert!(site
+        .bans_of(&["--origin", "crowdsec"])
+        .iter()
+        .any(|b| b.source == SCANNER));
+    assert!(site.bans_of(&["--origin", "local"]).is_empty());
+    let lapi = site.lapi_status();
+    assert!(lapi.starts_with("crowdsec:   ok; last sync"), "{lapi}");
 
     // IPv6: the ban covers the source's prefix, as the guard's own do.
     site.ban(SCANNER_V6);
@@ -220,6 +244,16 @@ fn range_decisions_drop_the_whole_range_but_the_allow_list() {
     assert!(site.passes(SCANNER_V6), "another family, another range");
     // A range is no ban: it is in the fleet deny set, and explain names it.
     assert!(site.bans().iter().all(|b| b.source != SCANNER));
+    let ranges = site.bans_of(&["--origin", "crowdsec"]);
+    let range = ranges
+        .iter()
+        .find(|b| b.source == RANGE)
+        .expect("bans --origin crowdsec lists the range");
+    assert!(
+        range.listed && range.detail.contains("sipguard-test/range"),
+        "{range:?}"
+    );
+    assert!(site.bans_of(&["--origin", "feed"]).is_empty());
     let why = site.explain(SCANNER);
     assert!(
         why.contains("fleet deny set: 10.77.0.0/24 (crowdsec sipguard-test/range (origin cscli))"),
@@ -285,6 +319,11 @@ fn outages_lose_nothing_and_restarts_resync() {
     site.ban(FRAUDSTER);
     site.unban(SCANNER);
     assert!(site.dropped(SCANNER), "what was applied stays applied");
+    let lapi = site.lapi_status();
+    assert!(
+        lapi.contains("FAILING"),
+        "status says the LAPI is failing: {lapi}"
+    );
     assert!(site.passes(FRAUDSTER));
     site.lapi.set_link(true).expect("link up");
     // The backoff has grown by now: up to 8 poll intervals, plus the checks.
