@@ -102,7 +102,22 @@ pub struct DialRule {
     /// banned (0: its INVITE is dropped, the source is not banned).
     pub ban_ns: u64,
     pub flags: u32,
-    pub _pad: u32,
+    /// INVITEs to the rule's prefixes a permitted source may send in a
+    /// sliding minute ([`DIAL_WINDOW_NS`]); 0: no limit.
+    pub calls_per_minute: u32,
+}
+
+/// The window of [`DialRule::calls_per_minute`].
+pub const DIAL_WINDOW_NS: u64 = 60_000_000_000;
+/// Rate-state groups of the dial rules' windows (one per source and dial
+/// rule, window 0 of the entry): far above the rate rules' groups
+/// (`crate::rate_group`, 0..=3).
+pub const DIAL_RATE_GROUP: u32 = 0x8000_0000;
+
+/// The rate-state group of dial rule `rule`'s call counts.
+#[inline(always)]
+pub const fn dial_rate_group(rule: u8) -> u32 {
+    DIAL_RATE_GROUP | rule as u32
 }
 
 /// `PatternTable::sip_rules` bit: extension rules are set.

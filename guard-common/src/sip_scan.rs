@@ -119,7 +119,7 @@ impl PatternTable {
         dial: [DialRule {
             ban_ns: 0,
             flags: 0,
-            _pad: 0,
+            calls_per_minute: 0,
         }; MAX_DIAL_RULES],
         sip_rules: 0,
         _pad3: 0,

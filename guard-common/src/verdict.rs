@@ -185,19 +185,33 @@ pub trait Lookup {
     fn dial_permits_peers(&mut self, _rule: u8, _slot: u8) -> bool {
         false
     }
+    /// Whether dial rule `rule` limits its permitted sources' calls a minute.
+    fn dial_counts_calls(&mut self, _rule: u8, _slot: u8) -> bool {
+        false
+    }
+    /// Counts an INVITE of `source` under dial rule `rule`'s calls a
+    /// minute; true if it is over the limit. The controller only peeks
+    /// ("would the next one be over?") and changes nothing.
+    fn count_dial(&mut self, _source: &SourceKey, _rule: u8, _slot: u8) -> bool {
+        false
+    }
     /// A SIP rule denied the request (`reason` is `ExtensionDenied` or
     /// `DialDenied`, `rule` the rule's index): the kernel notes the rule
     /// for the capture that tells the controller (and, after the step,
     /// bans the source for a dial rule with a ban time); the controller
     /// notes it for `explain`.
     fn sip_denied(&mut self, _source: &SourceKey, _reason: Reason, _rule: u8, _slot: u8) {}
-    /// [`sip_rules_step`] over this lookup; the XDP program runs it in a
-    /// global BPF function of its own.
+    /// [`sip_rules_step`], then [`dial_rate_step`] for a permitted call
+    /// under a rule with a calls-a-minute limit. The XDP program runs the
+    /// first in a global BPF function of its own.
     fn sip_rules(&mut self, ask: &SipAsk<'_>) -> SipOutcome
     where
         Self: Sized,
     {
-        sip_rules_step(self, ask)
+        match sip_rules_step(self, ask) {
+            SipOutcome::DialCounted { rule } => dial_rate_step(self, ask, rule),
+            outcome => outcome,
+        }
     }
 }
 
@@ -226,8 +240,11 @@ pub enum SipOutcome {
     /// permits the source.
     ExtensionDenied { rule: u8 },
     /// The number dialled falls under dial rule `rule`, which does not
-    /// permit the source.
+    /// permit the source, or does and it is over the rule's calls a minute.
     DialDenied { rule: u8 },
+    /// The number dialled falls under dial rule `rule`, which permits the
+    /// source and limits its calls a minute: [`dial_rate_step`] decides.
+    DialCounted { rule: u8 },
 }
 
 impl SipOutcome {
@@ -240,6 +257,7 @@ impl SipOutcome {
             SipOutcome::Allowlisted => 1,
             SipOutcome::ExtensionDenied { rule } => 2 | (rule as u32) << 8,
             SipOutcome::DialDenied { rule } => 3 | (rule as u32) << 8,
+            SipOutcome::DialCounted { rule } => 4 | (rule as u32) << 8,
         }
     }
 
@@ -250,6 +268,7 @@ impl SipOutcome {
             1 => SipOutcome::Allowlisted,
             2 => SipOutcome::ExtensionDenied { rule },
             3 => SipOutcome::DialDenied { rule },
+            4 => SipOutcome::DialCounted { rule },
             _ => SipOutcome::Pass,
         }
     }
@@ -301,8 +320,25 @@ pub fn sip_rules_step<L: Lookup>(lookup: &mut L, ask: &SipAsk<'_>) -> SipOutcome
             lookup.sip_denied(source, Reason::DialDenied, rule, slot);
             return SipOutcome::DialDenied { rule };
         }
+        if lookup.dial_counts_calls(rule, slot) {
+            return SipOutcome::DialCounted { rule };
+        }
     }
     SipOutcome::Pass
+}
+
+/// A permitted call under a dial rule with calls a minute
+/// (`calls_per_minute`): counted per source, and the one over the limit is
+/// denied (and bans if the rule says so). The XDP program counts in a
+/// global BPF function of its own (`sipguard_dial_count`).
+#[inline(always)]
+pub fn dial_rate_step<L: Lookup>(lookup: &mut L, ask: &SipAsk<'_>, rule: u8) -> SipOutcome {
+    if lookup.count_dial(ask.source, rule, ask.slot) {
+        lookup.sip_denied(ask.source, Reason::DialDenied, rule, ask.slot);
+        SipOutcome::DialDenied { rule }
+    } else {
+        SipOutcome::Pass
+    }
 }
 
 /// What counting a packet against its port's rules found: the rule whose
@@ -590,7 +626,8 @@ pub fn judge_parts<L: Lookup, P>(
             slot,
         };
         match lookup.sip_rules(&ask) {
-            SipOutcome::Pass => {}
+            // Counted already ([`Lookup::sip_rules`] runs the rate step).
+            SipOutcome::Pass | SipOutcome::DialCounted { .. } => {}
             SipOutcome::Allowlisted => {
                 return verdict(Reason::PassedAllowlisted, class, Step::Allow)
             }

@@ -41,8 +41,8 @@ use guard_common::{
     policy_port_index, policy_service_index,
     sip_rules::SipPermit,
     verdict::{
-        classify, judge_parts, over_budget_step, sip_rules_step, Lookup, RateAsk, RateExcess,
-        SipAsk, SipOutcome, Verdict,
+        classify, dial_rate_step, judge_parts, over_budget_step, sip_rules_step, Lookup, RateAsk,
+        RateExcess, SipAsk, SipOutcome, Verdict,
     },
     AccessMode, L4Proto, PortClass, Reason, Settings, SourceKey, CAPTURE_DENIED_SLOT,
     CAPTURE_INBOUND, CAPTURE_OUTBOUND, CAPTURE_PASSED_SLOT,
@@ -224,7 +224,10 @@ impl Lookup for KernelLookup {
         };
         let (shi, slo) = rate_limit::key_words(ask.source);
         let packed = (ask.slot & 1) as u64 | (ask.service as u64) << 8 | v4 << 24;
-        let outcome = SipOutcome::from_word(sipguard_sip_rules(hi, lo, shi, slo, packed));
+        let mut outcome = SipOutcome::from_word(sipguard_sip_rules(hi, lo, shi, slo, packed));
+        if let SipOutcome::DialCounted { rule } = outcome {
+            outcome = dial_rate_step(self, ask, rule);
+        }
         if let SipOutcome::DialDenied { rule } = outcome {
             // After the step, in a function of its own: the step's stack
             // and the ban's would not fit in the call chain's 512 bytes.
@@ -251,6 +254,18 @@ impl Lookup for KernelLookup {
     #[inline(always)]
     fn dial_permits_peers(&mut self, rule: u8, slot: u8) -> bool {
         sip_inspect::dial_rule_info(rule, slot).0
+    }
+
+    #[inline(always)]
+    fn dial_counts_calls(&mut self, rule: u8, slot: u8) -> bool {
+        sip_inspect::dial_rule_info(rule, slot).2 != 0
+    }
+
+    /// In the global function `sipguard_dial_count`.
+    #[inline(always)]
+    fn count_dial(&mut self, source: &SourceKey, rule: u8, slot: u8) -> bool {
+        let (hi, lo) = rate_limit::key_words(source);
+        rate_limit::sipguard_dial_count(hi, lo, rule as u64 | ((slot & 1) as u64) << 8) != 0
     }
 
     /// Notes the denial for the capture that tells the controller; the

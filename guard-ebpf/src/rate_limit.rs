@@ -15,8 +15,9 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use guard_common::{
     policy_rule_index,
-    rate::{needed_multiplier, record_packet},
+    rate::{needed_multiplier, record_packet, slot_width_ns},
     rate_group, rate_lane,
+    sip_rules::{dial_rate_group, DIAL_WINDOW_NS},
     verdict::RateExcess,
     Health, PortClass, RateKey, RateState, SourceKey, MAX_RULES_PER_PORT, NO_RULE_INDEX,
     RATE_LANES, RULE_SYN_ONLY,
@@ -131,6 +132,33 @@ fn count_windows(
         }
     }
     excess
+}
+
+/// Counts an INVITE of source (`hi`, `lo`) under dial rule `packed & 0xff`
+/// of policy slot `packed >> 8 & 1` (its calls a minute: window 0 of the
+/// source's entry of group `dial_rate_group(rule)`). 1: over the limit.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn sipguard_dial_count(hi: u64, lo: u64, packed: u64) -> u32 {
+    let rule = packed as u8;
+    let limit = crate::sip_inspect::dial_rule_info(rule, (packed >> 8 & 1) as u8).2;
+    if limit == 0 {
+        return 0;
+    }
+    let key = RateKey {
+        source: key_of(hi, lo),
+        group: dial_rate_group(rule),
+    };
+    let state = state_of(&key);
+    if state.is_null() {
+        return 0;
+    }
+    // SAFETY: a live map value, its windows changed only through record_packet.
+    let count = unsafe {
+        let window = core::ptr::addr_of_mut!((*state).windows[0]);
+        record_packet(window, now_ns(), slot_width_ns(DIAL_WINDOW_NS))
+    };
+    (count > limit as u64) as u32
 }
 
 /// The rate-state entry of (source, group), created empty if missing; null

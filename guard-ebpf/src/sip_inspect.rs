@@ -237,17 +237,21 @@ pub fn permit(address: &Address, slot: u8) -> SipPermit {
     }
 }
 
-/// Whether dial rule `rule` of policy `slot` lets learned peers dial, and
-/// its ban time.
+/// Dial rule `rule` of policy `slot`: whether it lets learned peers dial,
+/// its ban time, and its calls a minute (0: no limit).
 #[inline(always)]
-pub fn dial_rule_info(rule: u8, slot: u8) -> (bool, u64) {
+pub fn dial_rule_info(rule: u8, slot: u8) -> (bool, u64, u32) {
     match patterns(slot) {
         // SAFETY: a live map value, read only; the index is masked.
         Some(table) => unsafe {
             let info = &(*table).dial[rule as usize & 63];
-            (info.flags & DIAL_PERMIT_PEERS != 0, info.ban_ns)
+            (
+                info.flags & DIAL_PERMIT_PEERS != 0,
+                info.ban_ns,
+                info.calls_per_minute,
+            )
         },
-        None => (false, 0),
+        None => (false, 0, 0),
     }
 }
 

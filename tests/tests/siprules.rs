@@ -20,7 +20,7 @@ use guard_userspace::{
         verdict::{ip_address, HostLookup, NoKernelState, SipRequest},
     },
 };
-use sipguard_tests::{frames::*, Harness, XDP_DROP, XDP_PASS};
+use sipguard_tests::{frames::*, verdict_check::host_judge_sip, Harness, XDP_DROP, XDP_PASS};
 
 const PBX4: &str = "192.0.2.1";
 const PBX6: &str = "2001:db8:ffff::1";
@@ -592,4 +592,84 @@ fn rules_change_at_run_time() {
     assert_eq!(h.run(&dial), XDP_PASS);
     assert_eq!(h.packets(Reason::ExtensionDenied), 1);
     assert_eq!(h.packets(Reason::DialDenied), 0);
+}
+
+/// `calls_per_minute`: each permitted source's calls to the rule's prefixes
+/// are counted in a sliding minute; the one over the limit is dropped and,
+/// with `ban`, bans. The host, reading the kernel's windows, says the same
+/// before each call.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn calls_per_minute_limits_each_permitted_source() {
+    let policy = r#"
+rate_rules = []
+[[dial_rules]]
+name = "international"
+prefixes = ["00"]
+permit = ["172.16.5.0/24"]
+calls_per_minute = 3
+ban = "10m"
+"#;
+    let mut h = Harness::new(policy);
+    let call = invite("0044201234", "1001");
+    let judged = |h: &mut Harness, source: &str, payload: &str| {
+        let settings = h.guard.maps().settings().expect("SETTINGS");
+        let packet = Packet {
+            source: ip_address(ip(source)),
+            transport: Transport::Udp {
+                sport: 5060,
+                dport: 5060,
+                payload: (),
+            },
+        };
+        let host = host_judge_sip(
+            &h.policy,
+            settings,
+            h.guard.maps(),
+            clock::monotonic_ns(),
+            &packet,
+            payload.as_bytes(),
+        )
+        .expect("reading the kernel's windows");
+        let action = h.run(&udp(source, PBX4, 5060, payload.as_bytes()));
+        (host.verdict.reason, action)
+    };
+    for n in 1..=3 {
+        assert_eq!(
+            judged(&mut h, "172.16.5.7", &call),
+            (Reason::Passed, XDP_PASS),
+            "call {n}"
+        );
+    }
+    assert_eq!(
+        judged(&mut h, "172.16.5.7", &call),
+        (Reason::DialDenied, XDP_DROP),
+        "call 4"
+    );
+    let ban = h
+        .guard
+        .maps()
+        .ban(&key("172.16.5.7"))
+        .expect("BANS")
+        .expect("banned");
+    assert_eq!(ban.reason, BanReason::DialDenied as u16);
+    assert_eq!(ban.expires_ns - ban.created_ns, 600_000_000_000);
+    // Each source has its own count; local calls are not counted.
+    for _ in 0..5 {
+        let local = invite("1002", "1001");
+        assert_eq!(
+            judged(&mut h, "172.16.5.8", &local),
+            (Reason::Passed, XDP_PASS)
+        );
+    }
+    assert_eq!(
+        judged(&mut h, "172.16.5.8", &call),
+        (Reason::Passed, XDP_PASS)
+    );
+    // Sources the rule does not permit are dropped at their first call.
+    assert_eq!(
+        judged(&mut h, "198.51.100.80", &call),
+        (Reason::DialDenied, XDP_DROP)
+    );
+    assert_eq!(h.packets(Reason::DialDenied), 2);
 }

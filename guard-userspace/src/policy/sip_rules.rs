@@ -59,10 +59,14 @@ pub struct DialRuleSection {
     /// Networks that may dial them, and `"peers"` for learned peers.
     #[serde(default)]
     pub permit: Vec<String>,
-    /// Ban a source that dials them from elsewhere for this long (0s or
-    /// absent: drop the INVITE only).
+    /// Ban a source that dials them from elsewhere (or over
+    /// `calls_per_minute`) for this long (0s or absent: drop the INVITE only).
     #[serde(default, with = "super::config::humantime_serde_compat")]
     pub ban: Duration,
+    /// INVITEs to the prefixes each permitted source may send in a sliding
+    /// minute; the one over it is dropped (and bans with `ban`).
+    #[serde(default)]
+    pub calls_per_minute: Option<u32>,
 }
 
 impl DialRuleSection {
@@ -168,6 +172,17 @@ impl SipRules {
                     return Err((at, format!("{prefix:?} is in dial_rules[{other}] already")));
                 }
             }
+            if let Some(calls) = rule.calls_per_minute {
+                if calls == 0 || calls > guard_common::rate::MAX_RATE_LIMIT {
+                    return Err((
+                        key("calls_per_minute"),
+                        format!(
+                            "must be 1..={} (leave it out for no limit)",
+                            guard_common::rate::MAX_RATE_LIMIT
+                        ),
+                    ));
+                }
+            }
             for (j, entry) in rule.permit.iter().enumerate() {
                 if entry != PEERS && entry.parse::<IpNet>().is_err() {
                     return Err((
@@ -241,7 +256,7 @@ impl SipRules {
                 } else {
                     0
                 },
-                _pad: 0,
+                calls_per_minute: rule.calls_per_minute.unwrap_or(0),
             };
         }
         table.sip_rules = flags;
@@ -463,9 +478,16 @@ permit = ["198.51.100.0/24"]
             .filter(|line| {
                 *line == "[[extension_rules]]"
                     || *line == "[[dial_rules]]"
-                    || ["name =", "users =", "permit =", "prefixes =", "ban ="]
-                        .iter()
-                        .any(|key| line.starts_with(key))
+                    || [
+                        "name =",
+                        "users =",
+                        "permit =",
+                        "prefixes =",
+                        "ban =",
+                        "calls_per_minute =",
+                    ]
+                    .iter()
+                    .any(|key| line.starts_with(key))
             })
             .collect::<Vec<_>>()
             .join("\n");
@@ -491,6 +513,9 @@ permit = ["198.51.100.0/24"]
             err("[[extension_rules]]\nusers = [\"6010\", \"a*b\"]\npermit = [\"10.0.0.0/8\"]\n");
         assert!(e.starts_with("t.toml:2:"), "{e}");
         assert!(e.contains("extension_rules[0].users[1]"), "{e}");
+        let e = err("[[dial_rules]]\nprefixes = [\"00\"]\ncalls_per_minute = 0\n");
+        assert!(e.starts_with("t.toml:3:"), "{e}");
+        assert!(e.contains("calls_per_minute"), "{e}");
         let e = err("[[extension_rules]]\nusers = []\n");
         assert!(e.contains("empty list"), "{e}");
     }

@@ -6,9 +6,12 @@
 use std::net::IpAddr;
 
 use guard_common::{
-    rate::{needed_multiplier, window_total},
+    rate::{needed_multiplier, slot_width_ns, window_total},
     rate_group, rate_lane, service_bit,
-    sip_rules::{dials, named_rules, SipPermit, USER_AUTH, USER_FROM, USER_TO},
+    sip_rules::{
+        dial_rate_group, dials, named_rules, SipPermit, DIAL_WINDOW_NS, USER_AUTH, USER_FROM,
+        USER_TO,
+    },
     sip_scan::SipSummary,
     verdict::{judge, Address, Lookup, Packet, RateExcess, Step, Transport, Verdict},
     AccessMode, BanEntry, L4Proto, PeerEntry, PortClass, RateKey, RateState, Reason, Settings,
@@ -137,6 +140,9 @@ pub struct Found {
     /// The SIP rule that denied the request: `ExtensionDenied` or
     /// `DialDenied`, and the rule's index.
     pub sip: Option<(Reason, u8)>,
+    /// A permitted call over its dial rule's calls a minute: this one's
+    /// number in the window.
+    pub dial_calls: Option<u64>,
 }
 
 /// A SIP request as the SIP rules see it: what `explain --user/--dial`
@@ -223,6 +229,16 @@ impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
             address: None,
             request: None,
         }
+    }
+
+    /// Dial rule `rule`'s calls a minute (0: no limit).
+    fn dial_limit(&self, rule: u8) -> u32 {
+        self.policy
+            .sip_rules
+            .dial
+            .get(rule as usize)
+            .and_then(|r| r.calls_per_minute)
+            .unwrap_or(0)
     }
 
     /// The packet carries `request` (judged by the SIP rules).
@@ -430,6 +446,32 @@ impl<K: KernelState + ?Sized> Lookup for HostLookup<'_, K> {
             .dial
             .get(rule as usize)
             .is_some_and(|r| r.permits_peers())
+    }
+
+    fn dial_counts_calls(&mut self, rule: u8, _slot: u8) -> bool {
+        self.dial_limit(rule) != 0
+    }
+
+    /// Peeks: would this call be over the limit, the kernel's window as it is?
+    fn count_dial(&mut self, source: &SourceKey, rule: u8, _slot: u8) -> bool {
+        let limit = self.dial_limit(rule);
+        let key = RateKey {
+            source: *source,
+            group: dial_rate_group(rule),
+        };
+        let found = self.state.rate_state(&key);
+        let seen = self.keep_error(found).map_or(0, |state| {
+            window_total(
+                &state.windows[0],
+                self.now_ns,
+                slot_width_ns(DIAL_WINDOW_NS),
+            )
+        });
+        let over = seen + 1 > limit as u64;
+        if over {
+            self.found.dial_calls = Some(seen + 1);
+        }
+        over
     }
 
     fn sip_denied(&mut self, _source: &SourceKey, reason: Reason, rule: u8, _slot: u8) {
@@ -751,6 +793,18 @@ impl LivePolicy {
             Reason::DialDenied => {
                 let rules = &self.compiled.sip_rules;
                 match found.sip {
+                    Some((_, rule)) if found.dial_calls.is_some() => {
+                        let limit = rules
+                            .dial
+                            .get(rule as usize)
+                            .and_then(|r| r.calls_per_minute)
+                            .unwrap_or(0);
+                        format!(
+                            "dial rule {} allows {limit} calls a minute from one source; this is call {}",
+                            rules.dial_name(rule),
+                            found.dial_calls.unwrap_or(0)
+                        )
+                    }
                     Some((_, rule)) => {
                         let section = rules.dial.get(rule as usize);
                         let ban = section
