@@ -10,9 +10,10 @@
 //!
 //!    then the fleet deny set ([`Step::Fleet`]): networks other machines
 //!    decided on (CrowdSec range decisions, blocklist feeds), kept apart
-//!    from the operator's deny list. It drops, except allow-listed sources:
-//!    a fleet decision never drops a network the operator trusts (the
-//!    allow list is searched only on a match, which is rare);
+//!    from the operator's deny list. It drops, except allow-listed sources
+//!    and learned peers ([`Lookup::peer_users`]): a fleet decision never
+//!    drops a network the operator trusts nor the PBX's own users (both
+//!    are searched only on a match, which is rare);
 //! 3. non-first fragments carry no ports: they pass ([`Step::Fragment`]);
 //! 4. service access ([`Step::Access`]): `closed` drops; `trusted` drops
 //!    sources its allow list does not grant;
@@ -577,7 +578,13 @@ pub fn judge_parts<L: Lookup, P>(
         let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
         return verdict(Reason::Denied, class, Step::Deny);
     }
-    if lookup.is_fleet_denied(address) && lookup.allow_mask(address) == 0 {
+    // A fleet decision never drops a network the operator trusts, nor a
+    // learned peer (the PBX's own users): both are searched only on a
+    // match, which is rare.
+    if lookup.is_fleet_denied(address)
+        && lookup.allow_mask(address) == 0
+        && lookup.peer_users(&source).is_none()
+    {
         let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
         return verdict(Reason::Fleet, class, Step::Fleet);
     }

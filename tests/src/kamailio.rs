@@ -35,12 +35,16 @@ pub struct Pbx {
     pub socket: String,
     /// Kamailio's runtime directory, removed after it has stopped.
     _run_dir: TempDir,
+    /// The guard's state directory, kept across [`Pbx::restart_guard`].
+    state: TempDir,
 }
 
-/// How Kamailio is started: its config file and the sockets it listens on.
+/// How Kamailio is started: its config file, the sockets it listens on,
+/// and the names its config's `#!ifdef`s see (`-A NAME`).
 pub struct KamailioSetup {
     pub cfg: PathBuf,
     pub listen: Vec<String>,
+    pub defines: Vec<String>,
 }
 
 impl Default for KamailioSetup {
@@ -48,6 +52,7 @@ impl Default for KamailioSetup {
         KamailioSetup {
             cfg: peers().join("kamailio.cfg"),
             listen: vec![format!("udp:{PBX}:5060")],
+            defines: Vec::new(),
         }
     }
 }
@@ -66,6 +71,9 @@ impl Pbx {
         for listen in &setup.listen {
             args.extend(["-l".to_string(), listen.clone()]);
         }
+        for name in &setup.defines {
+            args.extend(["-A".to_string(), name.clone()]);
+        }
         args.extend(["-DD", "-E", "-n", "1", "-Y"].map(String::from));
         args.push(run_dir.path().to_string());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -83,16 +91,8 @@ impl Pbx {
             .join(format!("sipguard-{tag}-{}.sock", std::process::id()))
             .display()
             .to_string();
-        let (mut guard, program_id) = start_guard(
-            &link.right,
-            &link.right_if,
-            &config,
-            &["--control-socket", &socket],
-        )
-        .expect("sipguard attached");
-        guard
-            .wait_for("watching SIP authentication", Duration::from_secs(10))
-            .unwrap();
+        let state = TempDir::new(&format!("state-{tag}"));
+        let (guard, program_id) = guard_in(&link, &config, &socket, &state);
         Pbx {
             link,
             guard,
@@ -101,7 +101,17 @@ impl Pbx {
             _config: config,
             socket,
             _run_dir: run_dir,
+            state,
         }
+    }
+
+    /// Stops the guard (SIGTERM) and starts another with the same config
+    /// and state directory, unpinned: new maps, as after a reboot.
+    pub fn restart_guard(&mut self) {
+        assert!(self.guard.stop().expect("stopping the guard").success());
+        let (guard, program_id) = guard_in(&self.link, &self._config, &self.socket, &self.state);
+        self.guard = guard;
+        self.program_id = program_id;
     }
 
     pub fn maps(&self) -> KernelMaps {
@@ -143,6 +153,21 @@ impl Pbx {
     pub fn ban(&self, ip: [u8; 4]) -> Option<guard_common::BanEntry> {
         self.maps().ban(&SourceKey::from_ipv4(ip)).unwrap()
     }
+}
+
+/// `sipguard run` in the PBX's namespace, watching SIP.
+fn guard_in(link: &Link, config: &TempFile, socket: &str, state: &TempDir) -> (Daemon, u32) {
+    let (mut guard, program_id) = start_guard(
+        &link.right,
+        &link.right_if,
+        config,
+        &["--control-socket", socket, "--state-dir", state.path()],
+    )
+    .expect("sipguard attached");
+    guard
+        .wait_for("watching SIP authentication", Duration::from_secs(10))
+        .unwrap();
+    (guard, program_id)
 }
 
 pub const REALM: &str = "pbx.test";

@@ -167,6 +167,7 @@ fn password_guessing_over_tls_is_banned_through_hep() {
         KamailioSetup {
             cfg,
             listen: vec![format!("udp:{PBX}:5060"), format!("tls:{PBX}:5061")],
+            ..KamailioSetup::default()
         },
     );
     pbx.guard

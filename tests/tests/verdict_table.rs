@@ -136,6 +136,9 @@ enum Before {
     Peer(&'static str, u32, u64, u32, bool),
     /// A network in the fleet deny set (a CrowdSec range, a feed's entry).
     InFleet(&'static str),
+    /// As `InFleet`, with a learned peer (1 live user) in it, unexpired or
+    /// expired.
+    PeerInFleet(&'static str, &'static str, bool),
 }
 
 struct Case {
@@ -293,6 +296,56 @@ fn table() -> Vec<Case> {
             BASE,
             InFleet("10.0.0.0/8"),
             udp("10.2.0.1", 5060),
+            Fleet,
+        ),
+        // ...and sparing learned peers (issue 13: the PBX's own users).
+        case(
+            "fleet spares a learned peer",
+            BASE,
+            PeerInFleet("198.51.100.0/24", "198.51.100.7", true),
+            udp("198.51.100.7", 5060),
+            Passed,
+        ),
+        case(
+            "fleet spares a learned peer's other traffic",
+            BASE,
+            PeerInFleet("198.51.100.0/24", "198.51.100.7", true),
+            icmp("198.51.100.7"),
+            Passed,
+        ),
+        case(
+            "fleet-spared peer still meets a trusted service",
+            BASE,
+            PeerInFleet("198.51.100.0/24", "198.51.100.7", true),
+            tcp("198.51.100.7", 443, true),
+            NotTrusted,
+        ),
+        case(
+            "fleet drops a lapsed peer",
+            BASE,
+            PeerInFleet("198.51.100.0/24", "198.51.100.7", false),
+            udp("198.51.100.7", 5060),
+            Fleet,
+        ),
+        case(
+            "fleet drops the peer's neighbour",
+            BASE,
+            PeerInFleet("198.51.100.0/24", "198.51.100.7", true),
+            udp("198.51.100.8", 5060),
+            Fleet,
+        ),
+        case(
+            "fleet spares a v6 peer by its /64",
+            BASE,
+            PeerInFleet("2001:db8:f::/48", "2001:db8:f:1::1", true),
+            udp("2001:db8:f:1::99", 5060),
+            Passed,
+        ),
+        case(
+            "fleet drops a neighbour's fragments",
+            BASE,
+            PeerInFleet("198.51.100.0/24", "198.51.100.7", true),
+            fragment("198.51.100.9"),
             Fleet,
         ),
         case(
@@ -684,6 +737,16 @@ fn state_of(before: Before, policy: &CompiledPolicy, now: u64) -> MemoryState {
             state.peers.insert(key, peer);
         }
         Before::InFleet(net) => state.fleet.push(net.parse().expect("test network")),
+        Before::PeerInFleet(net, source, active) => {
+            state.fleet.push(net.parse().expect("test network"));
+            let peer = PeerEntry {
+                expires_ns: if active { now + HOUR } else { now - SEC },
+                live_users: 1,
+                kind: PeerKind::Registered as u16,
+                _pad: 0,
+            };
+            state.peers.insert(key_of(source, prefix), peer);
+        }
     }
     state
 }
