@@ -28,6 +28,8 @@ pub enum FleetError {
     Http(#[from] http::HttpError),
     #[error("{0}")]
     Feed(String),
+    #[error("reading the feeds' saved state: {0}")]
+    State(#[from] crate::state::StateError),
 }
 
 /// The fleet tasks a config asks for, checked before the guard attaches:
@@ -80,7 +82,7 @@ impl Prepared {
         &mut self,
         state: &crate::state::StateDir,
         max_entries: u32,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), FleetError> {
         let mut saved = state.load_feeds(max_entries)?;
         saved.retain(|name, _| self.feeds.iter().any(|(f, _)| f.name == *name));
         self.saved_feeds = saved;
