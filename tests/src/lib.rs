@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod feeds;
 pub mod frames;
 pub mod kamailio;
+pub mod metrics;
 pub mod netns;
 pub mod smtp;
 pub mod traffic;

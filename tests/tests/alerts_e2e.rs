@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 use sipguard_tests::{
     daemon::{start_guard, Daemon, TempDir, TempFile},
-    frames,
+    frames, metrics,
     netns::Link,
     smtp::{SmtpSink, PASSWORD, USER},
     traffic::{cli, delivered, send_udp, UdpSink, CLIENT_ADDRS, PBX_ADDRS, PBX_V4},
@@ -244,24 +244,9 @@ fn flood_sources(link: &Link, count: u32) {
 /// metrics endpoint (127.0.0.1:9477 in the PBX's namespace): the kernel
 /// bans the controller heard of, each one told to the alert sinks.
 fn rate_bans_heard(link: &Link) -> u64 {
-    let text = link
-        .right
-        .run_in(|| {
-            let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").ok()?;
-            stream
-                .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .ok()?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text).ok()?;
-            Some(text)
-        })
-        .join()
-        .expect("the scrape thread")
-        .expect("in the PBX namespace")
+    let text = metrics::scrape(&link.right, metrics::DEFAULT_ADDRESS)
         .expect("the metrics endpoint answers");
-    text.lines()
-        .find_map(|l| l.strip_prefix("sipguard_bans_created_total{reason=\"rate-limit\"} "))
-        .and_then(|n| n.trim().parse().ok())
+    metrics::value(&text, "sipguard_bans_created_total{reason=\"rate-limit\"}")
         .unwrap_or_else(|| panic!("no rate-limit ban counter in:\n{text}"))
 }
 

@@ -6,17 +6,13 @@
 //! is banned in the kernel after the level's failures, while a correct TLS
 //! registration from another address still works. Needs root (`cargo xtask
 //! test`); namespaces, Kamailio and sipguard are stopped on drop.
-use std::{
-    io::{Read, Write},
-    path::Path,
-    process::Output,
-    time::Duration,
-};
+use std::{path::Path, process::Output, time::Duration};
 
 use guard_common::{BanReason, Reason};
 use sipguard_tests::{
     daemon::TempDir,
     kamailio::{peers, KamailioSetup, Pbx, ATTACKER, PBX, PHONE},
+    metrics,
 };
 
 /// Where siptrace sends HEP, inside the PBX's namespace.
@@ -125,31 +121,8 @@ fn source_for_pbx(pbx: &Pbx, source: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
-fn scrape_metrics(pbx: &Pbx) -> String {
-    pbx.link
-        .right
-        .run_in(|| {
-            let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").ok()?;
-            stream
-                .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .ok()?;
-            let mut body = String::new();
-            stream.read_to_string(&mut body).ok()?;
-            Some(body)
-        })
-        .join()
-        .expect("metrics thread")
-        .expect("client namespace")
-        .unwrap_or_default()
-}
-
-fn metric(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+fn metric(text: &str, series: &str) -> u64 {
+    metrics::value(text, series).unwrap_or(0)
 }
 
 #[test]
@@ -226,11 +199,12 @@ fn password_guessing_over_tls_is_banned_through_hep() {
     assert!(pbx.ban([10, 78, 0, 2]).is_none());
 
     // Every HEP message was SIP from an allowed sender, none malformed.
-    let metrics = scrape_metrics(&pbx);
-    let accepted = metric(&metrics, "sipguard_hep_packets_total{result=\"accepted\"}");
-    assert!(accepted >= 24, "{metrics}");
+    let text = metrics::scrape(&pbx.link.right, metrics::DEFAULT_ADDRESS)
+        .expect("the metrics endpoint answers");
+    let accepted = metric(&text, "sipguard_hep_packets_total{result=\"accepted\"}");
+    assert!(accepted >= 24, "{text}");
     assert_eq!(
-        metric(&metrics, "sipguard_hep_packets_total{result=\"malformed\"}"),
+        metric(&text, "sipguard_hep_packets_total{result=\"malformed\"}"),
         0
     );
     assert!(pbx.guard.stop().unwrap().success());

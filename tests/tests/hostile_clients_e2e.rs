@@ -3,8 +3,7 @@
 //! open files. Control commands and ban writes go on working during the
 //! flood, and the metrics endpoint serves again once it ends.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::{BufRead, BufReader},
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -12,6 +11,7 @@ use std::{
 
 use sipguard_tests::{
     daemon::{start_guard, TempDir, TempFile},
+    metrics,
     netns::{Link, NetNs},
     traffic::{cli, delivered, CLIENT_ADDRS, PBX_ADDRS},
 };
@@ -96,24 +96,9 @@ impl Drop for Flood {
 
 /// One GET /metrics from inside `ns`: the status line, or why none came.
 fn scrape(ns: &NetNs) -> Result<String, String> {
-    ns.run_in(|| {
-        let mut stream =
-            TcpStream::connect(("127.0.0.1", METRICS_PORT)).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut answer = String::new();
-        stream
-            .read_to_string(&mut answer)
-            .map_err(|e| e.to_string())?;
-        Ok(answer.lines().next().unwrap_or("").to_string())
-    })
-    .join()
-    .unwrap()
-    .unwrap()
+    metrics::scrape(ns, &format!("127.0.0.1:{METRICS_PORT}"))
+        .map(|answer| answer.lines().next().unwrap_or("").to_string())
+        .map_err(|e| format!("{e:#}"))
 }
 
 #[test]

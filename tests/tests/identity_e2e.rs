@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use guard_userspace::control::protocol::BanRow;
 use sipguard_tests::{
     daemon::{start_guard, Daemon, PinRoot, TempDir, TempFile},
+    metrics,
     netns::Link,
     traffic::{cli, cli_in, delivered, xdp_attached, CLIENT_ADDRS, PBX_ADDRS},
 };
@@ -343,24 +344,9 @@ impl Stream {
 
 /// The `sipguard_attached` gauge from the daemon's metrics endpoint (in
 /// the PBX's namespace).
-fn attached_gauge(pbx: &Pbx) -> Option<String> {
-    use std::io::{Read, Write};
-    pbx.link
-        .right
-        .run_in(|| {
-            let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").ok()?;
-            stream
-                .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .ok()?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text).ok()?;
-            text.lines()
-                .find(|l| l.starts_with("sipguard_attached "))
-                .map(str::to_string)
-        })
-        .join()
-        .ok()?
-        .ok()?
+fn attached_gauge(pbx: &Pbx) -> Option<u64> {
+    let text = metrics::scrape(&pbx.link.right, metrics::DEFAULT_ADDRESS).ok()?;
+    metrics::value(&text, "sipguard_attached")
 }
 
 /// Polls `status` until `attached` is `want`; the time it took.
@@ -385,7 +371,7 @@ fn a_re_created_interface_gets_the_guard_back_with_its_bans() {
     let (mut guard, program) = pbx.start(&config, &pins, &state);
     pbx.ban(FRAUDSTER);
     assert_eq!(pbx.delivered(FRAUDSTER), 0);
-    assert_eq!(attached_gauge(&pbx).as_deref(), Some("sipguard_attached 1"));
+    assert_eq!(attached_gauge(&pbx), Some(1));
 
     // Link down and up: nothing to do, the attachment stays.
     pbx.link
@@ -410,7 +396,7 @@ fn a_re_created_interface_gets_the_guard_back_with_its_bans() {
     guard
         .wait_for("is gone", std::time::Duration::from_secs(2))
         .unwrap();
-    assert_eq!(attached_gauge(&pbx).as_deref(), Some("sipguard_attached 0"));
+    assert_eq!(attached_gauge(&pbx), Some(0));
     let out = cli(&pbx.socket, &["status"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("ATTACHED:   NO"),
