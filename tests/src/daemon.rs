@@ -152,6 +152,63 @@ pub fn start_guard(
     Ok((daemon, program_id))
 }
 
+/// Where one guard lives across its restarts: its config file, control
+/// socket, state directory and, for tests of pinning, a bpffs of its own.
+/// Every start passes them all, so a daemon started after a kill, a stop
+/// or an upgrade finds what the last one left.
+pub struct GuardHome {
+    pub config: TempFile,
+    pub socket: String,
+    pub state: TempDir,
+    pub pins: Option<PinRoot>,
+}
+
+impl GuardHome {
+    /// Unpinned (`--no-pin`): the guard stops with its daemon. `tag` names
+    /// the files.
+    pub fn new(tag: &str, config: &str) -> GuardHome {
+        GuardHome {
+            config: TempFile::new(&format!("{tag}.toml"), config),
+            socket: utf8(&unique_temp_path(&format!("{tag}.sock"))).to_string(),
+            state: TempDir::new(&format!("{tag}-state")),
+            pins: None,
+        }
+    }
+
+    /// Pinned in a bpffs of its own: the guard outlives its daemon.
+    pub fn pinned(tag: &str, config: &str) -> Result<GuardHome> {
+        Ok(GuardHome {
+            pins: Some(PinRoot::new()?),
+            ..GuardHome::new(tag, config)
+        })
+    }
+
+    /// The pin root; panics for an unpinned home (a test's own mistake).
+    pub fn pin_root(&self) -> &PinRoot {
+        self.pins.as_ref().expect("a pinned GuardHome")
+    }
+
+    /// `--control-socket`, `--state-dir` and, when pinned, `--pin-dir`.
+    pub fn args(&self) -> Vec<&str> {
+        let mut args = vec![
+            "--control-socket",
+            self.socket.as_str(),
+            "--state-dir",
+            self.state.path(),
+        ];
+        if let Some(pins) = &self.pins {
+            args.extend(["--pin-dir", pins.path()]);
+        }
+        args
+    }
+
+    /// Starts a daemon here, on `iface` in `ns`, and waits until it has
+    /// attached: (the daemon, its program id).
+    pub fn start(&self, ns: &NetNs, iface: &str) -> Result<(Daemon, u32)> {
+        start_guard(ns, iface, &self.config, &self.args())
+    }
+}
+
 pub struct Daemon {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
@@ -220,12 +277,12 @@ impl Daemon {
         Ok(id.trim().parse()?)
     }
 
-    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon.
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon.
     pub fn signal(&self, signal: i32) -> Result<()> {
         let child = self.child.as_ref().context("already stopped")?;
         // SAFETY: signalling our own child.
@@ -233,6 +290,11 @@ impl Daemon {
             bail!("kill: {}", std::io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// The exit status, once the process has ended by itself.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// SIGKILL, as a crash would: nothing of the daemon's runs.

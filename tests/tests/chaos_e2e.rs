@@ -34,7 +34,7 @@ use guard_userspace::{
     kernel::{bans::source_ip, maps::KernelMaps},
 };
 use sipguard_tests::{
-    daemon::{start_guard, Daemon, PinRoot, TempDir, TempFile},
+    daemon::{Daemon, GuardHome, TempFile},
     frames::{self, ETH_LEN},
     netns::Link,
     traffic::{CLIENT_ADDRS, PBX_ADDRS, PBX_V4},
@@ -92,57 +92,36 @@ fn nth_address(net: [u8; 2], n: u32) -> Ipv4Addr {
     Ipv4Addr::new(net[0], net[1], (n / 250) as u8, (n % 250 + 1) as u8)
 }
 
-/// The namespaces, the two policy files, and the daemon's socket, state
-/// and pins (all the test's own).
+/// The namespaces, the daemon's home (policy A, socket, state, pins) and
+/// the other policy file (all the test's own).
 struct Site {
     link: Link,
-    config: TempFile,
+    home: GuardHome,
     other: TempFile,
-    socket: String,
-    state: TempDir,
-    pins: PinRoot,
 }
 
 impl Site {
     fn new() -> Site {
         let link = Link::new("chaos", &CLIENT_ADDRS, &PBX_ADDRS).expect("namespaces and veth");
-        let socket = std::env::temp_dir()
-            .join(format!("sipguard-chaos-{}.sock", std::process::id()))
-            .display()
-            .to_string();
         let site = Site {
             link,
-            config: TempFile::new("chaos-a.toml", POLICY_A),
+            home: GuardHome::pinned("chaos", POLICY_A).expect("a bpffs for the test"),
             other: TempFile::new("chaos-b.toml", POLICY_B),
-            socket,
-            state: TempDir::new("chaos-state"),
-            pins: PinRoot::new().expect("a bpffs for the test"),
         };
         site.count_on_the_far_side();
         site
     }
 
     fn start(&self) -> Daemon {
-        start_guard(
-            &self.link.right,
-            &self.link.right_if,
-            &self.config,
-            &[
-                "--control-socket",
-                &self.socket,
-                "--state-dir",
-                self.state.path(),
-                "--pin-dir",
-                self.pins.path(),
-            ],
-        )
-        .expect("sipguard attached")
-        .0
+        self.home
+            .start(&self.link.right, &self.link.right_if)
+            .expect("sipguard attached")
+            .0
     }
 
     fn client(&self) -> Client {
         Client {
-            socket: PathBuf::from(&self.socket),
+            socket: PathBuf::from(&self.home.socket),
             force: false,
             session: None,
         }
@@ -499,7 +478,7 @@ fn sigkill_at_random_points_loses_no_ban_lets_no_banned_packet_through_and_keeps
         let other = if confirmed == 'A' {
             &site.other
         } else {
-            &site.config
+            &site.home.config
         };
         let switch = match kill % 3 {
             0 => None,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use guard_userspace::control::protocol::BanRow;
 use sipguard_tests::{
     crowdsec::Lapi,
-    daemon::{start_guard, Daemon, TempDir, TempFile},
+    daemon::{Daemon, GuardHome},
     netns::Link,
     traffic::{cli, delivered, CLIENT_ADDRS, PBX_ADDRS},
 };
@@ -25,9 +25,7 @@ const WITHIN_A_POLL: Duration = Duration::from_millis(3000);
 struct Site {
     link: Link,
     lapi: Lapi,
-    config: TempFile,
-    socket: String,
-    state: TempDir,
+    home: GuardHome,
 }
 
 impl Site {
@@ -40,32 +38,18 @@ impl Site {
             lapi.url(),
             lapi.bouncer_key
         );
-        let socket = std::env::temp_dir()
-            .join(format!("sipguard-{tag}-{}.sock", std::process::id()))
-            .display()
-            .to_string();
         Site {
             link,
             lapi,
-            config: TempFile::new(&format!("{tag}.toml"), &config),
-            socket,
-            state: TempDir::new(&format!("{tag}-state")),
+            home: GuardHome::new(tag, &config),
         }
     }
 
     fn start(&self) -> Daemon {
-        let (mut daemon, _) = start_guard(
-            &self.link.right,
-            &self.link.right_if,
-            &self.config,
-            &[
-                "--control-socket",
-                &self.socket,
-                "--state-dir",
-                self.state.path(),
-            ],
-        )
-        .expect("sipguard attached");
+        let (mut daemon, _) = self
+            .home
+            .start(&self.link.right, &self.link.right_if)
+            .expect("sipguard attached");
         daemon
             .wait_for("crowdsec full sync", Duration::from_secs(20))
             .expect("the first sync");
@@ -104,7 +88,7 @@ impl Site {
     }
 
     fn explain(&self, ip: &str) -> String {
-        let out = cli(&self.socket, &["explain", ip]);
+        let out = cli(&self.home.socket, &["explain", ip]);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).to_string()
     }
@@ -115,14 +99,14 @@ impl Site {
 
     /// `bans --json` with more arguments (`--origin ...`).
     fn bans_of(&self, more: &[&str]) -> Vec<BanRow> {
-        let out = cli(&self.socket, &[&["bans", "--json"][..], more].concat());
+        let out = cli(&self.home.socket, &[&["bans", "--json"][..], more].concat());
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).expect("bans as JSON")
     }
 
     /// The LAPI's line in `sipguard status`.
     fn lapi_status(&self) -> String {
-        let out = cli(&self.socket, &["status"]);
+        let out = cli(&self.home.socket, &["status"]);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -264,18 +248,10 @@ fn range_decisions_drop_the_whole_range_but_the_allow_list() {
     daemon.stop().expect("stopped");
     let mut site = site;
     site.lapi.halt();
-    let (mut daemon, _) = start_guard(
-        &site.link.right,
-        &site.link.right_if,
-        &site.config,
-        &[
-            "--control-socket",
-            &site.socket,
-            "--state-dir",
-            site.state.path(),
-        ],
-    )
-    .expect("sipguard attached");
+    let (mut daemon, _) = site
+        .home
+        .start(&site.link.right, &site.link.right_if)
+        .expect("sipguard attached");
     daemon
         .wait_for("fleet deny set restored: 1 networks", WITHIN_A_POLL)
         .expect("the range is restored");

@@ -18,7 +18,7 @@ use guard_userspace::{
     kernel::maps::{KernelMaps, NetList},
 };
 use sipguard_tests::{
-    daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile},
+    daemon::{sipguard_bin, Daemon, GuardHome, TempFile},
     netns::Link,
     traffic::{
         cli, cli_in, connect_from, delivered, received_from, xdp_attached, UdpSink, CLIENT_ADDRS,
@@ -34,43 +34,22 @@ const FRAUDSTER: &str = "10.77.0.4";
 /// state and pins (all the test's own).
 struct Site {
     link: Link,
-    config: TempFile,
-    socket: String,
-    state: TempDir,
-    pins: PinRoot,
+    home: GuardHome,
 }
 
 impl Site {
     fn new(tag: &str, config: &str) -> Site {
         let link = Link::new(tag, &CLIENT_ADDRS, &PBX_ADDRS).expect("namespaces and veth");
-        let socket = std::env::temp_dir()
-            .join(format!("sipguard-{tag}-{}.sock", std::process::id()))
-            .display()
-            .to_string();
         Site {
             link,
-            config: TempFile::new(&format!("{tag}.toml"), config),
-            socket,
-            state: TempDir::new(&format!("{tag}-state")),
-            pins: PinRoot::new().expect("a bpffs for the test"),
+            home: GuardHome::pinned(tag, config).expect("a bpffs for the test"),
         }
     }
 
     fn start(&self) -> (Daemon, u32) {
-        start_guard(
-            &self.link.right,
-            &self.link.right_if,
-            &self.config,
-            &[
-                "--control-socket",
-                &self.socket,
-                "--state-dir",
-                self.state.path(),
-                "--pin-dir",
-                self.pins.path(),
-            ],
-        )
-        .expect("sipguard attached")
+        self.home
+            .start(&self.link.right, &self.link.right_if)
+            .expect("sipguard attached")
     }
 
     /// Starts the daemon while the banned `source` keeps sending; asserts
@@ -92,7 +71,7 @@ impl Site {
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        cli(&self.socket, args)
+        cli(&self.home.socket, args)
     }
 
     /// `sipguard unload` in the guard's namespace: detach and unpin, as a
@@ -100,13 +79,13 @@ impl Site {
     fn unload(&self) {
         let out = cli_in(
             &self.link.right,
-            &self.socket,
+            &self.home.socket,
             &[
                 "unload",
                 "--iface",
                 &self.link.right_if,
                 "--pin-dir",
-                self.pins.path(),
+                self.home.pin_root().path(),
             ],
         );
         assert!(out.status.success(), "{}", stderr(&out));
@@ -138,7 +117,7 @@ impl Site {
 
 /// The one guard's pin directory under the site's interface.
 fn guard_pin_dir(site: &Site) -> std::path::PathBuf {
-    let iface = site.pins.0.join(&site.link.right_if);
+    let iface = site.home.pin_root().0.join(&site.link.right_if);
     let mut dirs: Vec<_> = std::fs::read_dir(&iface)
         .expect("the interface's pin directory")
         .map(|e| e.expect("a directory entry").path())
@@ -234,13 +213,14 @@ fn after_kill_9_the_kernel_keeps_enforcing_and_a_restart_adopts_the_guard() {
     );
     // Pins and state are this namespace's, under the interface's name.
     let pinned_at = status["pinned_at"].as_str().expect("pinned");
-    let iface_pins = site.pins.0.join(&site.link.right_if);
+    let iface_pins = site.home.pin_root().0.join(&site.link.right_if);
     assert!(
         pinned_at.starts_with(&format!("{}/netns-", iface_pins.display())),
         "{pinned_at}"
     );
     assert_eq!(status["pins_warning"], serde_json::Value::Null);
     let state_dir = site
+        .home
         .state
         .0
         .join(&site.link.right_if)
@@ -363,7 +343,7 @@ fn a_reload_of_a_broken_config_keeps_the_old_policy_and_a_good_one_applies() {
     let (daemon, _) = site.start();
     assert_eq!(site.delivered(SCANNER, 5), 0);
 
-    std::fs::write(&site.config.0, "[[deny]]\ncidr = \"10.77.0.300/32\"\n").unwrap();
+    std::fs::write(&site.home.config.0, "[[deny]]\ncidr = \"10.77.0.300/32\"\n").unwrap();
     let out = site.cli(&["reload"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let message = stderr(&out);
@@ -374,7 +354,7 @@ fn a_reload_of_a_broken_config_keeps_the_old_policy_and_a_good_one_applies() {
     assert_eq!(site.delivered(SCANNER, 5), 0, "the old deny must hold");
 
     // A good config takes effect at once.
-    std::fs::write(&site.config.0, "[[deny]]\ncidr = \"10.77.0.4/32\"\n").unwrap();
+    std::fs::write(&site.home.config.0, "[[deny]]\ncidr = \"10.77.0.4/32\"\n").unwrap();
     let out = site.cli(&["reload"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(site.delivered(SCANNER, 5), 5);
@@ -382,7 +362,7 @@ fn a_reload_of_a_broken_config_keeps_the_old_policy_and_a_good_one_applies() {
     assert!(daemon.log().contains("policy reloaded from"));
 
     // SIGHUP reloads too (systemd's ExecReload uses the CLI instead).
-    std::fs::write(&site.config.0, DENY_SCANNER).unwrap();
+    std::fs::write(&site.home.config.0, DENY_SCANNER).unwrap();
     daemon.signal(libc::SIGHUP).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon.log().matches("policy reloaded from").count() < 2 {
@@ -433,7 +413,7 @@ fn changes_that_would_cut_the_operators_ssh_session_are_refused() {
     let as_operator = |args: &[&str]| {
         Command::new(sipguard_bin())
             .env("SSH_CLIENT", format!("{OFFICE} 50022 22"))
-            .args(["--control-socket", &site.socket])
+            .args(["--control-socket", &site.home.socket])
             .args(args)
             .output()
             .expect("running sipguard")
