@@ -3,33 +3,23 @@
 //! HEP input does: no panic, no read past a length, whatever the chunks say.
 #![no_main]
 
-use std::{sync::OnceLock, time::Instant};
+use std::time::Instant;
 
 use guard_userspace::{
     metrics::ControllerCounters,
-    policy::config::Config,
     sip::{
         hep,
         hep_input::{HepSip, PbxAddresses},
-        tracker::{AuthPolicy, Tracker},
+        tracker::Tracker,
         watcher::Watch,
     },
 };
 use libfuzzer_sys::fuzz_target;
-
-/// The default policy, as an empty config file gives it.
-fn policy() -> &'static AuthPolicy {
-    static POLICY: OnceLock<AuthPolicy> = OnceLock::new();
-    POLICY.get_or_init(|| {
-        Config::parse("", "empty.toml")
-            .expect("the empty config is valid")
-            .auth_policy()
-    })
-}
+use sipguard_fuzz::default_auth_policy;
 
 fuzz_target!(|data: &[u8]| {
     let mut watch = Watch::new(
-        Tracker::new(policy().clone()),
+        Tracker::new(default_auth_policy().clone()),
         ControllerCounters::default(),
         Some(PbxAddresses::default()),
     );

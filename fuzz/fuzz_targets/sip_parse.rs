@@ -7,18 +7,15 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use guard_userspace::{
-    policy::config::Config,
-    sip::{
-        parser::{self, Message},
-        tracker::{AuthPolicy, Capacities, Tracker},
-    },
+use guard_userspace::sip::{
+    parser::{self, Message},
+    tracker::{Capacities, Tracker},
 };
 use libfuzzer_sys::fuzz_target;
+use sipguard_fuzz::default_auth_policy;
 
 fn touch(message: &Message<'_>) {
     let _ = message.method();
@@ -54,16 +51,6 @@ const SMALL: Capacities = Capacities {
     offences: 4,
 };
 
-/// The default policy, as an empty config file gives it.
-fn policy() -> &'static AuthPolicy {
-    static POLICY: OnceLock<AuthPolicy> = OnceLock::new();
-    POLICY.get_or_init(|| {
-        Config::parse("", "empty.toml")
-            .expect("the empty config is valid")
-            .auth_policy()
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, payload)) = data.split_first() else {
         return;
@@ -81,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
     // Small tables: the default ones (65,536 entries each, allocated up
     // front) cost more than the parsing, and a few entries make every
     // input run through eviction too.
-    let mut tracker = Tracker::with_capacities(policy().clone(), SMALL);
+    let mut tracker = Tracker::with_capacities(default_auth_policy().clone(), SMALL);
     let start = Instant::now();
     let peer = if flags & 4 == 0 {
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, flags >> 3))
