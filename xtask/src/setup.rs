@@ -229,6 +229,7 @@ fn ensure_crowdsec() -> Result<()> {
             )
             .with_context(|| format!("writing {CROWDSEC_CAPI_CREDENTIALS}"))?;
         }
+        let _no_start = NoServiceStarts::install()?;
         let half_done = dpkg_status(CROWDSEC_PACKAGE)
             .is_some_and(|s| s == "install ok half-configured" || s == "install ok unpacked");
         if half_done {
@@ -249,22 +250,86 @@ fn ensure_crowdsec() -> Result<()> {
             bail!("{CROWDSEC_PACKAGE} was installed but crowdsec or cscli is missing");
         }
     }
-    stop_crowdsec_service();
+    stop_service("crowdsec");
     Ok(())
 }
 
-/// Where systemd runs, the packaged service would hold 127.0.0.1:8080 and
-/// the shared database: stop and disable it (the tests never need it).
-fn stop_crowdsec_service() {
+/// Debian's nftables bouncer for CrowdSec, which the bench compares
+/// sipguard with: it runs its own copy in the bench's namespace. Its
+/// service, started on the host, would put CrowdSec's drop rules into the
+/// host's own firewall.
+const CROWDSEC_BOUNCER_PACKAGE: &str = "crowdsec-firewall-bouncer";
+
+fn crowdsec_bouncer_ready() -> bool {
+    dpkg_status(CROWDSEC_BOUNCER_PACKAGE).is_some_and(|s| s.contains("install ok installed"))
+        && Path::new("/usr/bin/crowdsec-firewall-bouncer").exists()
+}
+
+/// Installs the bouncer (after crowdsec, whose cscli its postinst uses)
+/// with its service neither started by the install nor enabled.
+fn ensure_crowdsec_bouncer() -> Result<()> {
+    if crowdsec_bouncer_ready() {
+        println!("setup: ok: Debian package {CROWDSEC_BOUNCER_PACKAGE}");
+    } else {
+        if !is_root() {
+            bail!("{CROWDSEC_BOUNCER_PACKAGE} is not installed: run `sudo cargo xtask setup`");
+        }
+        let _no_start = NoServiceStarts::install()?;
+        apt_install(&[CROWDSEC_BOUNCER_PACKAGE.to_string()])?;
+        if !crowdsec_bouncer_ready() {
+            bail!("{CROWDSEC_BOUNCER_PACKAGE} was installed but its binary is missing");
+        }
+    }
+    stop_service(CROWDSEC_BOUNCER_PACKAGE);
+    Ok(())
+}
+
+/// Debian's policy-rc.d answer "not now" (101) for the length of an install,
+/// so that maintainer scripts start no service (deb-systemd-invoke and
+/// invoke-rc.d ask it). An existing policy-rc.d is left as it is.
+struct NoServiceStarts(Option<&'static Path>);
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl NoServiceStarts {
+    fn install() -> Result<NoServiceStarts> {
+        let path = Path::new(POLICY_RC_D);
+        if path.exists() {
+            return Ok(NoServiceStarts(None));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# sipguard's setup: no service starts\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(NoServiceStarts(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Where systemd runs, stops and disables a packaged service the tests and
+/// the bench never need (crowdsec's would hold 127.0.0.1:8080 and the shared
+/// database; the bouncer's, the host's firewall): they run their own copies.
+fn stop_service(unit: &str) {
     if !Path::new("/run/systemd/system").is_dir() {
         return;
     }
-    let active = output("systemctl", &["is-active", "crowdsec"]).is_some_and(|s| s == "active");
-    let enabled = output("systemctl", &["is-enabled", "crowdsec"]).is_some_and(|s| s == "enabled");
+    let active = output("systemctl", &["is-active", unit]).is_some_and(|s| s == "active");
+    let enabled = output("systemctl", &["is-enabled", unit]).is_some_and(|s| s == "enabled");
     if active || enabled {
-        println!("setup: stopping and disabling the crowdsec service (tests run their own)");
+        println!("setup: stopping and disabling the {unit} service (tests run their own)");
         let _ = Command::new("systemctl")
-            .args(["disable", "--now", "crowdsec"])
+            .args(["disable", "--now", unit])
             .status();
     }
 }
@@ -318,6 +383,7 @@ fn ready() -> Option<BpfToolchain> {
         || !cargo_deb_ok()
         || !missing_packages(TEST_PACKAGES).is_empty()
         || !crowdsec_ready()
+        || !crowdsec_bouncer_ready()
         || (have_nightly() && !cargo_fuzz_ok())
     {
         return None;
@@ -363,6 +429,7 @@ pub fn setup() -> Result<BpfToolchain> {
         apt_install(&missing)?;
     }
     ensure_crowdsec()?;
+    ensure_crowdsec_bouncer()?;
 
     let toolchain = if uses_nightly {
         BpfToolchain::NightlyRustSrc
