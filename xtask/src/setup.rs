@@ -317,19 +317,23 @@ impl Drop for NoServiceStarts {
     }
 }
 
-/// Where systemd runs, stops and disables a packaged service the tests and
-/// the bench never need (crowdsec's would hold 127.0.0.1:8080 and the shared
-/// database; the bouncer's, the host's firewall): they run their own copies.
+/// Stops and disables a packaged service the tests and the bench never need
+/// (crowdsec's would hold 127.0.0.1:8080 and the shared database; the
+/// bouncer's, the host's firewall): they run their own copies. Without a
+/// running systemd (a container, a CI image) the install still enabled it
+/// for the next boot: `systemctl disable` removes that link offline too.
 fn stop_service(unit: &str) {
-    if !Path::new("/run/systemd/system").is_dir() {
-        return;
-    }
-    let active = output("systemctl", &["is-active", unit]).is_some_and(|s| s == "active");
+    let running = Path::new("/run/systemd/system").is_dir();
+    let active =
+        running && output("systemctl", &["is-active", unit]).is_some_and(|s| s == "active");
     let enabled = output("systemctl", &["is-enabled", unit]).is_some_and(|s| s == "enabled");
     if active || enabled {
         println!("setup: stopping and disabling the {unit} service (tests run their own)");
+        let now: &[&str] = if running { &["--now"] } else { &[] };
         let _ = Command::new("systemctl")
-            .args(["disable", "--now", unit])
+            .arg("disable")
+            .args(now)
+            .arg(unit)
             .status();
     }
 }
