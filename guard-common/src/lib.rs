@@ -535,7 +535,7 @@ map_type!(RateState, 256);
 
 /// Value of the `PEERS` map (key: [`SourceKey`]): a source the controller
 /// saw authenticate. Its rate budget is each rule's limit times
-/// [`rate::peer_multiplier`] of its live users.
+/// [`rate::peer_multiplier`] of its [`PeerEntry::budget_users`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerEntry {
@@ -553,6 +553,26 @@ impl PeerEntry {
     #[inline(always)]
     pub const fn is_active(&self, now_ns: u64) -> bool {
         now_ns < self.expires_ns
+    }
+
+    /// The users its budget counts: its live registrations, except for a
+    /// provider, whose budget is the cap (`u32::MAX` users). The PBX chose
+    /// that address itself, its trunk carries the calls of every user, and
+    /// banning it would cut them all.
+    #[inline(always)]
+    pub const fn budget_users(&self) -> u32 {
+        if self.kind == PeerKind::Provider as u16 {
+            u32::MAX
+        } else {
+            self.live_users
+        }
+    }
+
+    /// Its budget as a multiple of each rule's limit, under `factor` and
+    /// `max_multiplier` ([`rate::peer_multiplier`]).
+    #[inline(always)]
+    pub const fn multiplier(&self, factor: u16, max_multiplier: u16) -> u64 {
+        rate::peer_multiplier(Some(self.budget_users()), factor, max_multiplier)
     }
 }
 
@@ -837,5 +857,21 @@ mod tests {
         }
         assert!(!class.add_rule(4), "a fifth rule does not fit");
         assert!(class.add_rule(3), "one already there still does");
+    }
+
+    #[test]
+    fn a_providers_budget_is_the_cap_and_other_peers_count_their_users() {
+        let peer = |kind: PeerKind, live_users| PeerEntry {
+            expires_ns: 1,
+            live_users,
+            kind: kind as u16,
+            _pad: 0,
+        };
+        assert_eq!(peer(PeerKind::Registered, 12).multiplier(2, 200), 24);
+        assert_eq!(peer(PeerKind::Registered, 0).multiplier(2, 200), 2);
+        assert_eq!(peer(PeerKind::Call, 0).multiplier(2, 200), 2);
+        assert_eq!(peer(PeerKind::Provider, 0).budget_users(), u32::MAX);
+        assert_eq!(peer(PeerKind::Provider, 0).multiplier(2, 200), 200);
+        assert_eq!(peer(PeerKind::Provider, 3).multiplier(2, 30), 30);
     }
 }

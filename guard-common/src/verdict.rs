@@ -136,7 +136,9 @@ pub trait Lookup {
         is_syn: bool,
         slot: u8,
     ) -> RateExcess;
-    /// The live users of `source` if it is an unexpired learned peer.
+    /// The users the budget of `source` counts if it is an unexpired
+    /// learned peer ([`crate::PeerEntry::budget_users`]: its live
+    /// registrations; for a provider, the cap).
     fn peer_users(&mut self, source: &SourceKey) -> Option<u32>;
     /// The packet exceeded its budget on `excess.rule`: the kernel bans the
     /// source for the rule's ban time (and counts the rule's limited
@@ -433,7 +435,8 @@ pub enum RateOutcome {
 /// a limit searches the allow list (allow-listed sources are never
 /// rate-limited) and the peers. A learned peer's budget per rule is
 /// `limit x min(max(live users, 1) x factor, max_multiplier)`
-/// ([`peer_multiplier`]); any other source's is the rule's limit.
+/// ([`peer_multiplier`]; a provider's is `limit x max_multiplier`); any
+/// other source's is the rule's limit.
 #[inline(always)]
 pub fn rate_step<L: Lookup>(lookup: &mut L, ask: &RateAsk) -> RateOutcome {
     let source = ask.source();

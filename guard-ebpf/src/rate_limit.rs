@@ -183,14 +183,15 @@ fn state_of(key: &RateKey) -> *mut RateState {
     }
 }
 
-/// The live users of `source` if the controller marked it as a peer that
-/// has not expired. Read only for a packet over a limit.
+/// The users the budget of `source` counts (`PeerEntry::budget_users`) if
+/// the controller marked it as a peer that has not expired. Read only for
+/// a packet over a limit.
 #[inline(always)]
 pub fn peer_users(source: &SourceKey) -> Option<u32> {
     // SAFETY: a plain read of a map value the controller writes whole.
     let peer = unsafe { PEERS.get(source) }?;
     if peer.is_active(now_ns()) {
-        Some(peer.live_users)
+        Some(peer.budget_users())
     } else {
         None
     }

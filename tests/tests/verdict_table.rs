@@ -134,6 +134,9 @@ enum Before {
     /// As `Counted`, the source being a learned peer with this many live
     /// users, unexpired or expired.
     Peer(&'static str, u32, u64, u32, bool),
+    /// As `Counted`, the source being the PBX's provider (a learned peer
+    /// of kind provider, no registrations of its own).
+    Provider(&'static str, u32, u64),
     /// A network in the fleet deny set (a CrowdSec range, a feed's entry).
     InFleet(&'static str),
     /// As `InFleet`, with a learned peer (1 live user) in it, unexpired or
@@ -599,6 +602,21 @@ fn table() -> Vec<Case> {
             udp("198.51.100.1", 5060),
             RateLimited,
         ),
+        // A provider's budget is the cap, whatever its users.
+        case(
+            "provider: packet 1200 at the cap (40 x 30)",
+            PEERS,
+            Provider("198.51.100.7", 1, 1199),
+            udp("198.51.100.7", 5060),
+            Passed,
+        ),
+        case(
+            "provider: packet 1201 over the cap",
+            PEERS,
+            Provider("198.51.100.7", 1, 1200),
+            udp("198.51.100.7", 5060),
+            RateLimited,
+        ),
         case(
             "allow-listed far past any budget",
             PEERS,
@@ -732,6 +750,17 @@ fn state_of(before: Before, policy: &CompiledPolicy, now: u64) -> MemoryState {
                 expires_ns: if active { now + HOUR } else { now - SEC },
                 live_users: users,
                 kind: PeerKind::Registered as u16,
+                _pad: 0,
+            };
+            state.peers.insert(key, peer);
+        }
+        Before::Provider(source, rule, count) => {
+            let key = key_of(source, prefix);
+            count_into(&mut state, policy, key, rule, count, now);
+            let peer = PeerEntry {
+                expires_ns: now + HOUR,
+                live_users: 0,
+                kind: PeerKind::Provider as u16,
                 _pad: 0,
             };
             state.peers.insert(key, peer);

@@ -409,7 +409,7 @@ impl<K: KernelState + ?Sized> Lookup for HostLookup<'_, K> {
         let peer = self.state.peer(source);
         let now = self.now_ns;
         self.found.peer = self.keep_error(peer).filter(|peer| peer.is_active(now));
-        self.found.peer.map(|peer| peer.live_users)
+        self.found.peer.map(|peer| peer.budget_users())
     }
 
     fn rate_ban(&mut self, _source: &SourceKey, excess: &RateExcess, _slot: u8) {
@@ -835,6 +835,13 @@ impl LivePolicy {
                     format!("open service; {entry}: never rate-limited")
                 } else if rules.is_empty() {
                     "open service".to_string()
+                } else if found.peer.is_some() {
+                    // The peer is searched only for a packet over a limit.
+                    format!(
+                        "open service, subject to rate rules {}: over a limit, within its \
+                         learned-peer budget",
+                        rules.join(", ")
+                    )
                 } else {
                     format!("open service, subject to rate rules {}", rules.join(", "))
                 }
