@@ -146,13 +146,15 @@ fn completions_and_man_page_come_from_the_cli_definitions() {
 
 #[test]
 fn runtime_commands_need_a_daemon_and_valid_addresses() {
-    let out = sipguard(&["--control-socket", "/nonexistent/sipguard.sock", "bans"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("cannot reach the daemon at /nonexistent/sipguard.sock"),
-        "{}",
-        stderr(&out)
-    );
+    for command in ["bans", "peers"] {
+        let out = sipguard(&["--control-socket", "/nonexistent/sipguard.sock", command]);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        assert!(
+            stderr(&out).contains("cannot reach the daemon at /nonexistent/sipguard.sock"),
+            "{}",
+            stderr(&out)
+        );
+    }
     let out = sipguard(&["ban", "add", "not-an-address"]);
     assert_eq!(out.status.code(), Some(2));
     let out = sipguard(&["ban", "add", "192.0.2.1", "--for", "a while"]);

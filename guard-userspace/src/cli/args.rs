@@ -342,6 +342,13 @@ pub enum Command {
         #[arg(value_enum)]
         state: OnOff,
     },
+    /// The learned peers (sources that authenticated with the PBX, and its
+    /// providers): kind, live registrations, expiry, rate budget, packets
+    /// counted.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
     /// For each service, the verdict IP gets now and what decides it.
     Explain {
         ip: IpAddr,

@@ -16,6 +16,13 @@ pub fn explain(
         return out.json(&explanation);
     }
     out.line(format_args!("{}:", explanation.source))?;
+    if let Some(peer) = &explanation.peer {
+        out.line(format_args!("  {}", peer.summary()))?;
+        out.line(format_args!(
+            "  packets in the rate windows: {}",
+            super::peers::packets(peer)
+        ))?;
+    }
     let rows: Vec<Vec<String>> = explanation
         .verdicts
         .into_iter()

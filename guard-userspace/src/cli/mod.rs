@@ -19,6 +19,7 @@ mod generate;
 mod lists;
 mod monitor;
 pub mod output;
+mod peers;
 mod run;
 mod status;
 mod switch;
@@ -117,6 +118,7 @@ fn dispatch(cli: Cli, out: &mut Output) -> Result<(), CliError> {
                 .then_some(crate::runtime::explain::SipQuery { user, dial });
             explain::explain(&client, ip, sip, json, out)
         }
+        Command::Peers { json } => peers::peers(&client, json, out),
         Command::Allow { action } => {
             let request = action.into_request().map_err(CliError::Usage)?;
             lists::list_command(&client, request, out)

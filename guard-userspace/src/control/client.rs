@@ -8,8 +8,8 @@ use std::{
 
 use super::protocol::{
     BanOrigin, BanRow, Banned, Confirmed, ControlError, Envelope, ErrorKind, Explanation,
-    ListChange, ListEntry, MonitorSwitch, PolicySwitch, Reply, Request, Response, Session, Status,
-    Unbanned,
+    ListChange, ListEntry, MonitorSwitch, PeerRow, PolicySwitch, Reply, Request, Response, Session,
+    Status, Unbanned,
 };
 
 /// A reload rewrites ~131k port slots; give it time.
@@ -139,6 +139,10 @@ impl Client {
         sip: Option<crate::runtime::explain::SipQuery>,
     ) -> Result<Explanation> {
         expect!(self, Request::Explain { ip, sip }, Explanation)
+    }
+
+    pub fn peers(&self) -> Result<Vec<PeerRow>> {
+        expect!(self, Request::Peers, Peers)
     }
 
     pub fn monitor(&self, on: bool) -> Result<MonitorSwitch> {

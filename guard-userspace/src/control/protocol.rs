@@ -9,6 +9,7 @@ pub use crate::runtime::{
     bans::{BanOrigin, BanRow, Banned, Unbanned},
     explain::Explanation,
     lists::ListChange,
+    peer_rows::{PeerRow, RuleCount},
     status::{MonitorSwitch, Status},
     switch::{Confirmed, MonitorOutcome, PolicySwitch},
     MonitorOrigin,
@@ -72,6 +73,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sip: Option<crate::runtime::explain::SipQuery>,
     },
+    /// The learned peers in the kernel's peer map.
+    Peers,
     /// Switch monitor mode (count every verdict, drop nothing) on or off.
     Monitor {
         on: bool,
@@ -132,6 +135,7 @@ pub enum Reply {
     ListChanged(ListChange),
     List(Vec<ListEntry>),
     Explanation(Explanation),
+    Peers(Vec<PeerRow>),
     Monitor(MonitorSwitch),
     PolicySwitched(PolicySwitch),
     Confirmed(Confirmed),

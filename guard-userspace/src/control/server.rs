@@ -206,6 +206,7 @@ pub async fn dispatch(runtime: &Arc<Runtime>, envelope: Envelope) -> Response {
         }
         Request::DenyList => Reply::List(runtime.list(NetList::Deny).await),
         Request::Explain { ip, sip } => Reply::Explanation(runtime.explain_with(ip, sip).await?),
+        Request::Peers => Reply::Peers(runtime.peer_rows().await?),
         Request::Monitor { on } => Reply::Monitor(runtime.set_monitor(on, &lockout).await?),
         Request::Reload => Reply::PolicySwitched(runtime.reload(&lockout).await?),
         Request::Apply {

@@ -106,6 +106,10 @@ impl MapStore for FakeMaps {
         Ok(self.state().peers.remove(source).is_some())
     }
 
+    fn peers(&self) -> Result<Vec<(SourceKey, PeerEntry)>> {
+        Ok(self.state().peers.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
     fn nets(&self, list: NetList) -> Result<Vec<IpNet>> {
         Ok(self
             .state()

@@ -770,6 +770,10 @@ impl MapStore for KernelMaps {
         KernelMaps::remove_peer(self, source)
     }
 
+    fn peers(&self) -> Result<Vec<(SourceKey, PeerEntry)>> {
+        KernelMaps::peers(self)
+    }
+
     fn nets(&self, list: NetList) -> Result<Vec<IpNet>> {
         KernelMaps::nets(self, list)
     }

@@ -94,6 +94,8 @@ pub trait MapStore: Send {
     fn insert_peer(&mut self, source: SourceKey, entry: PeerEntry) -> Result<()>;
     /// Whether there was a peer to remove.
     fn remove_peer(&mut self, source: &SourceKey) -> Result<bool>;
+    /// Every entry of the peer map, expired ones included.
+    fn peers(&self) -> Result<Vec<(SourceKey, PeerEntry)>>;
 
     /// The prefixes a list holds.
     fn nets(&self, list: NetList) -> Result<Vec<IpNet>>;

@@ -6,7 +6,11 @@ use guard_common::{verdict::Address, BanEntry, PeerEntry, RateKey, RateState, So
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{fleet_set::FleetSet, Error, Result, Runtime};
+use super::{
+    fleet_set::FleetSet,
+    peer_rows::{peer_row, PeerRow},
+    Error, Result, Runtime,
+};
 use crate::{
     clock,
     kernel::store::{MapStore, MapsError},
@@ -26,6 +30,10 @@ pub struct Explanation {
     /// What the SIP rules decide for the user and number asked about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sip: Option<Verdict>,
+    /// The source's unexpired entry in the kernel's peer map: the budget
+    /// the rate rules give it.
+    #[serde(default)]
+    pub peer: Option<PeerRow>,
 }
 
 /// `explain --user NAME --dial NUMBER`: the request to judge by the SIP rules.
@@ -52,10 +60,12 @@ impl Runtime {
             maps: &**maps,
             fleet: &fleet,
         };
+        let settings = maps.settings()?;
+        let now_ns = clock::monotonic_ns();
         let inputs = Inputs {
-            settings: maps.settings()?,
+            settings,
             state: &state,
-            now_ns: clock::monotonic_ns(),
+            now_ns,
         };
         let live = &policy.live;
         let mut names = live.service_names();
@@ -79,10 +89,23 @@ impl Runtime {
             }
             None => None,
         };
+        let source = self.source_name(&key);
+        let peer = match MapStore::peer(&**maps, &key)? {
+            Some(entry) if entry.is_active(now_ns) => Some(peer_row(
+                &**maps,
+                &live.compiled,
+                &settings,
+                (key, entry),
+                source.clone(),
+                now_ns,
+            )?),
+            _ => None,
+        };
         Ok(Explanation {
-            source: self.source_name(&key),
+            source,
             verdicts,
             sip,
+            peer,
         })
     }
 }

@@ -10,6 +10,8 @@
 //! - `peers`: the learned peers in the kernel, their saving and restoring
 //! - `switch`: reload, apply, confirm and the revert of an unconfirmed apply
 //! - `explain`, `status`: what an address gets, what is in force
+//! - `peers`: the kernel's peer map, written from the SIP watcher's peers;
+//!   `peer_rows`: read back for `sipguard peers` and `explain`
 //! - `safety`: the SSH-lockout check
 use crate::alerts::{Alerts, BanNotice};
 use std::{path::PathBuf, sync::Arc, time::Instant};
@@ -28,6 +30,7 @@ pub mod explain;
 pub mod fleet;
 pub mod fleet_set;
 pub mod lists;
+pub mod peer_rows;
 pub mod peers;
 pub mod safety;
 pub mod status;

@@ -982,3 +982,106 @@ async fn a_ban_names_the_registrations_it_cuts() {
         .await;
     assert_eq!(rt.cut_registrations(&key), "; cut 1 live registration: 101");
 }
+
+#[tokio::test]
+async fn peers_and_explain_read_the_peer_map_and_the_rate_windows() {
+    use guard_common::{rate::first_packet, PeerEntry, PeerKind, RateKey, RateState};
+    let s = Site::new("peer-rows", POLICY);
+    let rt = &s.runtime;
+    let now = clock::monotonic_ns();
+    let office = rt.source_key(ip("198.51.100.20"));
+    let provider = rt.source_key(ip("192.0.2.9"));
+    let lapsed = rt.source_key(ip("192.0.2.10"));
+    let entry = |kind: PeerKind, live_users, expires_ns| PeerEntry {
+        expires_ns,
+        live_users,
+        kind: kind as u16,
+        _pad: 0,
+    };
+    let slot_ns = rt.policy().await.live.compiled.rules[1].slot_ns;
+    {
+        let mut state = s.maps.state();
+        let peers = &mut state.peers;
+        peers.insert(
+            office,
+            entry(PeerKind::Registered, 12, now + 300_000_000_000),
+        );
+        peers.insert(
+            provider,
+            entry(PeerKind::Provider, 0, now + 3_600_000_000_000),
+        );
+        peers.insert(lapsed, entry(PeerKind::Registered, 3, now - 1));
+        // 61 packets in the 40-per-2s rule's window (rule 1, lane 1).
+        let mut window = first_packet(now, slot_ns);
+        for slot in window.slots.iter_mut().filter(|s| **s != 0) {
+            *slot += 60;
+        }
+        let mut windows = RateState::default();
+        windows.windows[1] = window;
+        let key = RateKey {
+            source: office,
+            group: 0,
+        };
+        state.windows.insert(key, windows);
+    }
+
+    let rows = rt.peer_rows().await.unwrap();
+    let sources: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
+    assert_eq!(
+        sources,
+        ["192.0.2.9", "198.51.100.20"],
+        "the lapsed one is left out"
+    );
+    let (provider, office) = (&rows[0], &rows[1]);
+    assert_eq!((provider.kind.as_str(), provider.users), ("provider", 0));
+    assert_eq!(
+        provider.budget_factor, 200,
+        "a provider's budget is the cap"
+    );
+    assert_eq!(provider.packets[1].budget, 40 * 200);
+    assert!(provider.packets.iter().all(|r| r.counted == 0));
+    assert_eq!((office.kind.as_str(), office.users), ("registered", 12));
+    assert_eq!(office.budget_factor, 24, "12 users x factor 2");
+    assert!((299..=300).contains(&office.expires_seconds), "{office:?}");
+    assert_eq!(office.packets[1].rule, "sip-udp-40-per-2s");
+    assert_eq!(
+        (office.packets[1].counted, office.packets[1].budget),
+        (61, 960)
+    );
+
+    let explained = rt.explain(ip("198.51.100.20")).await.unwrap();
+    let peer = explained.peer.as_ref().expect("a learned peer");
+    // The same entry and counts as `peers` (a second may have gone by).
+    assert_eq!(
+        (&peer.source, peer.users, peer.budget_factor, &peer.packets),
+        (&office.source, 12, 24, &office.packets)
+    );
+    assert!(
+        peer.summary()
+            .starts_with("learned peer: 12 live registrations, rate budget x24"),
+        "{}",
+        peer.summary()
+    );
+    let sip = explained
+        .verdicts
+        .iter()
+        .find(|v| v.service == "sip")
+        .unwrap();
+    assert_eq!(sip.verdict, "pass");
+    assert!(
+        sip.because.contains("within its learned-peer budget"),
+        "{sip:?}"
+    );
+    assert!(rt.explain(ip("192.0.2.10")).await.unwrap().peer.is_none());
+    let provider_words = rt
+        .explain(ip("192.0.2.9"))
+        .await
+        .unwrap()
+        .peer
+        .unwrap()
+        .summary();
+    assert!(
+        provider_words.starts_with("learned peer: the PBX's provider"),
+        "{provider_words}"
+    );
+}
