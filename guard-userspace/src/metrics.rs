@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use guard_common::{BanReason, Health, Reason, MAX_RATE_RULES};
+use guard_common::{BanReason, Health, PeerEntry, PeerKind, Reason, MAX_RATE_RULES};
 use http_body_util::Full;
 use hyper::{
     body::{Bytes, Incoming},
@@ -202,6 +202,44 @@ fn gauge_family<L: EncodeLabelSet>(
     Ok(())
 }
 
+fn plain_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> std::fmt::Result {
+    let metric =
+        encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    ConstGauge::new(value).encode(metric)
+}
+
+/// `sipguard_peers` by kind (every kind, from zero) and the live
+/// registrations of the unexpired peer-map entries at `now_ns`.
+fn peer_gauges(
+    peers: &[(guard_common::SourceKey, PeerEntry)],
+    now_ns: u64,
+) -> (Vec<(KindLabel, i64)>, i64) {
+    const KINDS: [PeerKind; 3] = [PeerKind::Registered, PeerKind::Provider, PeerKind::Call];
+    let mut by_kind = [0i64; KINDS.len()];
+    let mut registrations = 0i64;
+    for (_, peer) in peers.iter().filter(|(_, p)| p.is_active(now_ns)) {
+        let kind = PeerKind::from_u16(peer.kind);
+        if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+            by_kind[i] += 1;
+        }
+        registrations += i64::from(peer.live_users);
+    }
+    let rows = KINDS
+        .iter()
+        .zip(by_kind)
+        .map(|(kind, n)| {
+            let kind = kind.name().to_string();
+            (KindLabel { kind }, n)
+        })
+        .collect();
+    (rows, registrations)
+}
+
 impl KernelCollector {
     fn service_name(&self, id: u8) -> String {
         if id == 0 {
@@ -354,8 +392,29 @@ impl Collector for KernelCollector {
             &scans,
         )?;
 
+        let peers = maps.peers().unwrap_or_default();
+        let (by_kind, registrations) = peer_gauges(&peers, clock::monotonic_ns());
+        gauge_family(
+            &mut encoder,
+            "sipguard_peers",
+            "Learned peers in force, by kind: registered (its users registered with the PBX), \
+             provider (the PBX registers with it), call (authenticated calls or subscriptions).",
+            &by_kind,
+        )?;
+        plain_gauge(
+            &mut encoder,
+            "sipguard_peer_registrations",
+            "Live registrations from learned peers (what their rate budgets count).",
+            registrations,
+        )?;
+
         let rate_state = self.rate_state_entries.load(Ordering::Relaxed);
-        let entries = |name: &str| map_entries(maps, name, bans.len(), rate_state) as i64;
+        let walked = Walked {
+            bans: bans.len(),
+            peers: peers.len(),
+            rate_state,
+        };
+        let entries = |name: &str| map_entries(maps, name, &walked) as i64;
         let fill: Vec<_> = self
             .names
             .capacities
@@ -384,27 +443,38 @@ impl Collector for KernelCollector {
     }
 }
 
-/// Entries in a map as `sipguard_map_entries` reports them: active bans
-/// (given, as the caller walked them already), list entries, the rate
-/// state's background count.
-fn map_entries(maps: &KernelMaps, name: &str, bans: usize, rate_state: u64) -> u64 {
+/// Entries the caller counted already: active bans, peer-map entries
+/// (expired ones too, as they hold their slot until the controller removes
+/// them), and the rate state's background count.
+struct Walked {
+    bans: usize,
+    peers: usize,
+    rate_state: u64,
+}
+
+/// Entries in a map as `sipguard_map_entries` reports them.
+fn map_entries(maps: &KernelMaps, name: &str, walked: &Walked) -> u64 {
     match name {
-        "bans" => bans as u64,
+        "bans" => walked.bans as u64,
+        "peers" => walked.peers as u64,
         "allow_v4" => maps.net_counts(NetList::Allow).0 as u64,
         "allow_v6" => maps.net_counts(NetList::Allow).1 as u64,
         "deny_v4" => maps.net_counts(NetList::Deny).0 as u64,
         "deny_v6" => maps.net_counts(NetList::Deny).1 as u64,
         "fleet_v4" => maps.fleet_counts().0 as u64,
         "fleet_v6" => maps.fleet_counts().1 as u64,
-        "rate_state" => rate_state,
+        "rate_state" => walked.rate_state,
         _ => 0,
     }
 }
 
-/// The maps whose filling the alerts tell: the ban map, the deny lists and
-/// the fleet deny set (which CrowdSec ranges and feeds fill). The rate
-/// state is an LRU map: full is its normal state.
-const WATCHED_MAPS: [&str; 5] = ["bans", "deny_v4", "deny_v6", "fleet_v4", "fleet_v6"];
+/// The maps whose filling the alerts tell: the ban map, the deny lists,
+/// the fleet deny set (which CrowdSec ranges and feeds fill) and the peer
+/// map (full, new offices are no longer learned). The rate state is an
+/// LRU map: full is its normal state.
+const WATCHED_MAPS: [&str; 6] = [
+    "bans", "deny_v4", "deny_v6", "fleet_v4", "fleet_v6", "peers",
+];
 
 /// The registry with every sipguard series.
 pub struct Metrics {
@@ -506,17 +576,21 @@ impl Metrics {
     /// (`sipguard_map_entries` over `sipguard_map_capacity`). Walks the maps:
     /// call it from a blocking thread.
     pub fn fills(&self) -> Vec<crate::alerts::Fill> {
-        let bans = self
-            .maps
-            .active_bans(clock::monotonic_ns())
-            .map(|b| b.len())
-            .unwrap_or_default();
+        let walked = Walked {
+            bans: self
+                .maps
+                .active_bans(clock::monotonic_ns())
+                .map(|b| b.len())
+                .unwrap_or_default(),
+            peers: self.maps.peers().map(|p| p.len()).unwrap_or_default(),
+            rate_state: 0,
+        };
         self.capacities
             .iter()
             .filter(|(name, _)| WATCHED_MAPS.contains(name))
             .map(|(name, capacity)| crate::alerts::Fill {
                 map: name.to_string(),
-                entries: map_entries(&self.maps, name, bans, 0),
+                entries: map_entries(&self.maps, name, &walked),
                 capacity: *capacity,
             })
             .collect()
@@ -767,5 +841,38 @@ mod http_tests {
         assert!(!answer.contains("200 OK"), "{answer}");
         let answer = exchange(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use guard_common::SourceKey;
+
+    use super::*;
+
+    #[test]
+    fn peers_are_gauged_by_kind_with_their_live_registrations() {
+        let now = 1_000_000;
+        let peer = |n: u8, kind: PeerKind, live_users, expires_ns| {
+            let entry = PeerEntry {
+                expires_ns,
+                live_users,
+                kind: kind as u16,
+                _pad: 0,
+            };
+            (SourceKey::from_ipv4([192, 0, 2, n]), entry)
+        };
+        let peers = [
+            peer(1, PeerKind::Registered, 30, now + 1),
+            peer(2, PeerKind::Registered, 2, now + 1),
+            peer(3, PeerKind::Provider, 0, now + 1),
+            // Lapsed: the kernel ignores it, and so do the gauges.
+            peer(4, PeerKind::Registered, 9, now),
+        ];
+        let (by_kind, registrations) = peer_gauges(&peers, now);
+        let by_kind: Vec<(&str, i64)> =
+            by_kind.iter().map(|(k, n)| (k.kind.as_str(), *n)).collect();
+        assert_eq!(by_kind, [("registered", 2), ("provider", 1), ("call", 0)]);
+        assert_eq!(registrations, 32);
     }
 }

@@ -107,6 +107,9 @@ fn nearly_full(host: &str, fill: &Fill) -> String {
         "When it is full, new attackers are dropped packet by packet but no longer banned: \
          raise max_bans in [guard], or deny the attacking networks as a whole \
          (`sipguard deny add CIDR`)."
+    } else if fill.map == "peers" {
+        "When it is full, new offices and providers are no longer learned and get the plain \
+         rate limits: raise max_peers in [peers] (it takes effect at the next start)."
     } else {
         "When it is full, no more entries fit: raise max_cidrs in [guard], or merge entries \
          into wider networks."
