@@ -296,6 +296,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     if old.peers.max_peers != new.peers.max_peers {
         out.push("peers.max_peers".to_string());
     }
+    // The SIP watcher is given it at start, like [sip_auth].
+    if old.peers.idle_timeout != new.peers.idle_timeout {
+        out.push("peers.idle_timeout".to_string());
+    }
     if capacity(old) != capacity(new) {
         out.push("guard capacities or ipv6_ban_prefix".to_string());
     }
