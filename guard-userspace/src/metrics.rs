@@ -26,7 +26,7 @@ use prometheus_client::{
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         info::Info,
     },
     registry::Registry,
@@ -48,6 +48,11 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,6 +96,10 @@ pub struct ControllerCounters {
     pub attached: crate::kernel::iface::AttachedFlag,
     /// The health of the CrowdSec bouncer and of each feed.
     pub fleet_health: crate::fleet::health::Health,
+    /// Bans reported to the CrowdSec LAPI, by what became of them.
+    pub fleet_reports: Family<ResultLabel, Counter>,
+    /// Reports waiting for the LAPI.
+    pub fleet_reports_queued: Gauge,
 }
 
 impl ControllerCounters {
@@ -100,6 +109,23 @@ impl ControllerCounters {
                 reason: reason.name().to_string(),
             })
             .inc();
+    }
+
+    pub fn fleet_reports(&self, result: crate::fleet::report::ReportResult, n: u64) {
+        self.fleet_reports
+            .get_or_create(&ResultLabel {
+                result: result.name().to_string(),
+            })
+            .inc_by(n);
+    }
+
+    /// How many reports ended so (for tests and logs).
+    pub fn fleet_reports_count(&self, result: crate::fleet::report::ReportResult) -> u64 {
+        self.fleet_reports
+            .get_or_create(&ResultLabel {
+                result: result.name().to_string(),
+            })
+            .get()
     }
 
     pub fn sip_request(&self, method: &str) {
@@ -540,6 +566,20 @@ impl Metrics {
             "sipguard_state_save_failures",
             "Saves to the state directory that failed (the change holds until a restart).",
             counters.state_save_failures.clone(),
+        );
+        for result in crate::fleet::report::ReportResult::ALL {
+            counters.fleet_reports(result, 0);
+        }
+        registry.register(
+            "sipguard_fleet_reports",
+            "Bans reported to the CrowdSec LAPI, by result: sent, rejected (refused by the \
+             LAPI), expired (the ban ran out before the LAPI was reached), dropped (a full queue).",
+            counters.fleet_reports.clone(),
+        );
+        registry.register(
+            "sipguard_fleet_reports_queued",
+            "Ban reports waiting for the CrowdSec LAPI.",
+            counters.fleet_reports_queued.clone(),
         );
         registry.register(
             "sipguard_attached",

@@ -1,8 +1,11 @@
 //! The `[crowdsec]` section: where the LAPI is, the bouncer's key, how often
-//! to ask for decisions, and which decisions to take.
+//! to ask for decisions, and which decisions to take; and the machine
+//! (watcher) sipguard reports its own bans as.
 use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
+
+use crate::alerts::Secret;
 
 /// The shortest and longest poll intervals accepted.
 const MIN_POLL: Duration = Duration::from_secs(1);
@@ -32,6 +35,23 @@ pub struct CrowdsecSection {
     /// No decision whose scenario contains one of these.
     #[serde(default)]
     pub scenarios_not_containing: Vec<String>,
+    /// The machine `cscli machines add NAME --password ...` made: with it,
+    /// sipguard reports its own bans to the LAPI (as a watcher).
+    #[serde(default)]
+    pub machine_login: Option<String>,
+    /// Its password (never printed)...
+    #[serde(default)]
+    pub machine_password: Option<Secret>,
+    /// ...or a file whose first line is the password (read at start).
+    #[serde(default)]
+    pub machine_password_file: Option<PathBuf>,
+}
+
+/// The watcher's credentials, read at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub login: String,
+    pub password: Secret,
 }
 
 /// A decision scope sipguard can enforce.
@@ -81,7 +101,15 @@ impl CrowdsecSection {
             ));
         }
         match (&self.bouncer_api_key, &self.bouncer_api_key_file) {
-            (None, None) | (Some(_), Some(_)) => {
+            (None, None) if self.machine_login.is_none() => {
+                return Err((
+                    key("bouncer_api_key"),
+                    "give bouncer_api_key or bouncer_api_key_file (to pull decisions), \
+                     machine_login (to report bans), or both"
+                        .into(),
+                ))
+            }
+            (Some(_), Some(_)) => {
                 return Err((
                     key("bouncer_api_key"),
                     "give exactly one of bouncer_api_key or bouncer_api_key_file".into(),
@@ -95,6 +123,7 @@ impl CrowdsecSection {
             }
             _ => {}
         }
+        self.validate_machine()?;
         if !(MIN_POLL..=MAX_POLL).contains(&self.poll_interval) {
             return Err((key("poll_interval"), "must be between 1s and 1h".into()));
         }
@@ -116,8 +145,45 @@ impl CrowdsecSection {
         Ok(())
     }
 
-    /// The bouncer key: given, or read from its file.
-    pub fn api_key(&self) -> Result<String, String> {
+    fn validate_machine(&self) -> Result<(), (String, String)> {
+        let key = |field: &str| format!("crowdsec.{field}");
+        let password = (&self.machine_password, &self.machine_password_file);
+        let Some(login) = &self.machine_login else {
+            if password.0.is_some() || password.1.is_some() {
+                let field = if password.0.is_some() {
+                    "machine_password"
+                } else {
+                    "machine_password_file"
+                };
+                return Err((key(field), "needs machine_login".into()));
+            }
+            return Ok(());
+        };
+        if login.trim().is_empty() || login.len() > 255 || login.chars().any(char::is_control) {
+            return Err((
+                key("machine_login"),
+                "must be the machine name `cscli machines add` was given".into(),
+            ));
+        }
+        match password {
+            (None, None) => Err((
+                key("machine_login"),
+                "needs machine_password or machine_password_file".into(),
+            )),
+            (Some(_), Some(_)) => Err((
+                key("machine_password"),
+                "give machine_password or machine_password_file, not both".into(),
+            )),
+            (Some(p), None) if p.0.is_empty() => {
+                Err((key("machine_password"), "must not be empty".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The bouncer key: given, or read from its file; None without one
+    /// (a watcher only).
+    pub fn api_key(&self) -> Result<Option<String>, String> {
         let key = match (&self.bouncer_api_key, &self.bouncer_api_key_file) {
             (Some(key), _) => key.clone(),
             (None, Some(path)) => std::fs::read_to_string(path)
@@ -129,12 +195,39 @@ impl CrowdsecSection {
                 })?
                 .trim()
                 .to_string(),
-            (None, None) => return Err("crowdsec: no bouncer key".into()),
+            (None, None) => return Ok(None),
         };
         if !valid_key(&key) {
             return Err("crowdsec: the bouncer key must be one printable word".into());
         }
-        Ok(key)
+        Ok(Some(key))
+    }
+
+    /// The watcher's login and password (read from its file), if set.
+    pub fn machine(&self) -> Result<Option<Machine>, String> {
+        let Some(login) = &self.machine_login else {
+            return Ok(None);
+        };
+        let password = match (&self.machine_password, &self.machine_password_file) {
+            (Some(password), _) => password.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "crowdsec.machine_password_file: cannot read {}: {e}",
+                        path.display()
+                    )
+                })?;
+                Secret(text.lines().next().unwrap_or_default().trim().to_string())
+            }
+            (None, None) => return Err("crowdsec.machine_login: no password".into()),
+        };
+        if password.0.is_empty() {
+            return Err("crowdsec.machine_password_file: the first line is empty".into());
+        }
+        Ok(Some(Machine {
+            login: login.clone(),
+            password,
+        }))
     }
 
     /// Whether a decision of this origin and scenario is taken.
@@ -175,7 +268,8 @@ mod tests {
         let s = section("bouncer_api_key = \"abc\"").unwrap();
         assert_eq!(s.poll_interval, Duration::from_secs(10));
         assert_eq!(s.scopes, vec![Scope::Ip, Scope::Range]);
-        assert_eq!(s.api_key().unwrap(), "abc");
+        assert_eq!(s.api_key().unwrap().as_deref(), Some("abc"));
+        assert_eq!(s.machine().unwrap(), None);
     }
 
     #[test]
@@ -248,7 +342,87 @@ mod tests {
         let c = Config::parse(&section, "example").unwrap();
         let s = c.crowdsec.unwrap();
         assert_eq!(s.scopes, vec![Scope::Ip, Scope::Range]);
-        assert_eq!(s.api_key().unwrap(), "...");
+        assert_eq!(s.api_key().unwrap().as_deref(), Some("..."));
+        // The watcher's keys, uncommented.
+        let machine: Vec<&str> = example[start..]
+            .lines()
+            .filter(|l| {
+                l.starts_with("# # machine_login =") || l.starts_with("# # machine_password_file =")
+            })
+            .map(|l| l.trim_start_matches("# # "))
+            .collect();
+        assert_eq!(machine.len(), 2, "{machine:?}");
+        let c = Config::parse(&format!("{section}\n{}", machine.join("\n")), "example").unwrap();
+        let s = c.crowdsec.unwrap();
+        assert_eq!(s.machine_login.as_deref(), Some("sipguard-pbx1"));
+        assert!(s.machine_password_file.is_some());
+    }
+
+    #[test]
+    fn a_machine_needs_exactly_one_password_source() {
+        let s = section("machine_login = \"pbx1\"\nmachine_password = \"s3cret\"").unwrap();
+        // A watcher alone needs no bouncer key.
+        assert_eq!(s.api_key().unwrap(), None);
+        let machine = s.machine().unwrap().unwrap();
+        assert_eq!(machine.login, "pbx1");
+        assert_eq!(machine.password.0, "s3cret");
+        let k = "bouncer_api_key = \"k\"\n";
+        for (extra, field) in [
+            ("machine_login = \"pbx1\"", "crowdsec.machine_login: needs machine_password"),
+            (
+                "machine_login = \"pbx1\"\nmachine_password = \"a\"\nmachine_password_file = \"/p\"",
+                "crowdsec.machine_password: give",
+            ),
+            ("machine_password = \"a\"", "crowdsec.machine_password: needs machine_login"),
+            (
+                "machine_password_file = \"/p\"",
+                "crowdsec.machine_password_file: needs machine_login",
+            ),
+            ("machine_login = \" \"\nmachine_password = \"a\"", "crowdsec.machine_login:"),
+            ("machine_login = \"pbx1\"\nmachine_password = \"\"", "crowdsec.machine_password:"),
+        ] {
+            let e = section(&format!("{k}{extra}")).unwrap_err();
+            assert!(e.starts_with(field), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_password_is_read_from_its_file_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("sipguard-machine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "from-the-file\nsecond line\n").unwrap();
+        let s = section(&format!(
+            "machine_login = \"pbx1\"\nmachine_password_file = \"{}\"",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(s.machine().unwrap().unwrap().password.0, "from-the-file");
+        assert!(!format!("{s:?}").contains("from-the-file"));
+        let given = section("machine_login = \"pbx1\"\nmachine_password = \"hunter2\"").unwrap();
+        assert!(!format!("{given:?}").contains("hunter2"), "{given:?}");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(s.machine().unwrap_err().contains("first line is empty"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let missing = section(
+            "machine_login = \"pbx1\"\nmachine_password_file = \"/nonexistent/sipguard-pw\"",
+        )
+        .unwrap();
+        let e = missing.machine().unwrap_err();
+        assert!(e.contains("cannot read /nonexistent/sipguard-pw"), "{e}");
+    }
+
+    #[test]
+    fn machine_errors_name_file_and_line() {
+        use crate::policy::config::Config;
+        let text = "[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\nbouncer_api_key = \"k\"\n\
+                    machine_password = \"hunter2\"\n";
+        let e = Config::parse(text, "site.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("site.toml:4: key `crowdsec.machine_password`: needs machine_login"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -68,12 +68,14 @@ impl Http {
         headers: HeaderMap,
         body: Vec<u8>,
         limit: usize,
+        timeout: Duration,
     ) -> Result<Vec<u8>, HttpError> {
         let request = self
             .client
             .post(url.clone())
             .headers(headers)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(timeout)
             .body(body);
         self.send(request, &url, limit).await
     }

@@ -62,6 +62,22 @@ pub fn notice(
     }
 }
 
+/// The evidence of a ban the kernel made (what the fleet's alerts carry):
+/// the rate rule and its count, or the scanner fingerprint.
+pub fn evidence(event: &BanEvent, rule_names: &[String], scanner_names: &[String]) -> String {
+    if event.reason == BanReason::Scanner as u16 {
+        let pattern = (event.rule as usize)
+            .checked_sub(1)
+            .and_then(|i| scanner_names.get(i))
+            .map_or("a fingerprint no longer configured", String::as_str);
+        return format!("SIP scanner fingerprint {pattern}");
+    }
+    match rule_name(event.rule, rule_names) {
+        Some(rule) => format!("rule {rule} ({} packets in its window)", event.count),
+        None => reason_name(event.reason).to_string(),
+    }
+}
+
 /// The log line for a ban the kernel made.
 pub fn describe_event(
     event: &BanEvent,
@@ -129,6 +145,20 @@ mod tests {
         assert_eq!(
             describe_event(&event, &names, &[], &[], 64),
             "banned 198.51.100.9 for 1h: rate-limit by rule sip-udp-40-per-2s (41 packets in its window)"
+        );
+        assert_eq!(
+            evidence(&event, &names, &[]),
+            "rule sip-udp-40-per-2s (41 packets in its window)"
+        );
+        let scanner = BanEvent {
+            reason: BanReason::Scanner as u16,
+            rule: 2,
+            ..event
+        };
+        let patterns = vec!["sipvicious".to_string(), "friendly-scanner".to_string()];
+        assert_eq!(
+            evidence(&scanner, &names, &patterns),
+            "SIP scanner fingerprint friendly-scanner"
         );
     }
 }

@@ -367,6 +367,13 @@ impl Runtime {
                         self.counters.ban_created(decision.reason);
                         let evidence = sip_ban::evidence(decision, window);
                         details.insert(key, evidence.clone());
+                        self.report(
+                            &key,
+                            decision.reason,
+                            evidence.clone(),
+                            u32::try_from(decision.failures_in_window).unwrap_or(u32::MAX),
+                            entry.expires_ns,
+                        );
                         made.push((key, entry, evidence));
                         self.alert(sip_ban::notice(decision, window));
                     }
@@ -439,6 +446,13 @@ impl Runtime {
             for event in &batch {
                 if let Some(reason) = BanReason::from_u16(event.reason) {
                     self.counters.ban_created(reason);
+                    self.report(
+                        &event.source,
+                        reason,
+                        crate::kernel::bans::evidence(event, &rule_names, &scanner_names),
+                        event.count,
+                        event.expires_ns,
+                    );
                 }
                 warn!(
                     target: "sipguard::ban",

@@ -137,6 +137,9 @@ pub struct Runtime {
     /// The learned peers as last written to the kernel (a plain lock:
     /// held for a lookup or a copy, never across an await).
     peers: std::sync::Mutex<peers::PeerMirror>,
+    /// The CrowdSec watcher, told of every ban the guard makes (set once
+    /// it starts, after the runtime).
+    reports: std::sync::OnceLock<crate::fleet::report::Reports>,
 }
 
 /// What the daemon hands over to the runtime after start-up.
@@ -186,6 +189,36 @@ impl Runtime {
             journal_lock: Mutex::new(()),
             alerts,
             peers: std::sync::Mutex::default(),
+            reports: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From now on, every ban the guard makes is reported to the LAPI too.
+    pub fn report_to(&self, reports: crate::fleet::report::Reports) {
+        if self.reports.set(reports).is_err() {
+            tracing::warn!("a second crowdsec watcher was not started");
+        }
+    }
+
+    /// Tells the CrowdSec watcher (if any) of a ban on `key` (never waits;
+    /// only the guard's own findings are reported).
+    pub(crate) fn report(
+        &self,
+        key: &guard_common::SourceKey,
+        reason: guard_common::BanReason,
+        evidence: String,
+        events: u32,
+        expires_ns: u64,
+    ) {
+        if let Some(reports) = self.reports.get() {
+            reports.ban(crate::fleet::report::Report::new(
+                key,
+                self.ipv6_ban_prefix,
+                reason,
+                evidence,
+                events,
+                expires_ns,
+            ));
         }
     }
 
