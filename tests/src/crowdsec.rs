@@ -1,8 +1,9 @@
 //! A real CrowdSec Local API (Debian's `crowdsec -no-cs`) for the fleet
 //! tests, in a network namespace of its own joined to the PBX's by a veth
 //! pair, so a test can cut the PBX off the LAPI (`set_link`) while `cscli`
-//! still reaches it. Each LAPI has its own config copy, SQLite database,
-//! port and credentials in a temporary directory; it is stopped on drop.
+//! still reaches it; more PBXs join with [`Lapi::connect`]. Each LAPI has
+//! its own config copy, SQLite database, port and credentials in a
+//! temporary directory; it is stopped on drop.
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -52,7 +53,8 @@ api:
     credentials_path: {dir}/local_api_credentials.yaml
   server:
     log_level: info
-    listen_uri: {LAPI_ADDR}:{LAPI_PORT}
+    # Every veth of its own namespace: one per PBX.
+    listen_uri: 0.0.0.0:{LAPI_PORT}
     profiles_path: /etc/crowdsec/profiles.yaml
     trusted_ips:
       - 127.0.0.1
@@ -75,11 +77,15 @@ pub struct Lapi {
     child: Option<Child>,
 }
 
+/// Numbers the veth pairs of this process's LAPIs.
+static NEXT: AtomicU32 = AtomicU32::new(0);
+/// Numbers the PBXs joined to a LAPI after the first (10.99.N.0/30).
+static NEXT_PBX: AtomicU32 = AtomicU32::new(1);
+
 impl Lapi {
     /// Starts a LAPI reachable from `pbx` at [`Lapi::url`], with a machine
     /// (for cscli) and a bouncer registered.
     pub fn start(pbx: &NetNs) -> Result<Lapi> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let ns = NetNs::new("lapi")?;
         let lapi_if = format!("sgcs{}x{n}", std::process::id() % 100_000);
@@ -134,6 +140,60 @@ impl Lapi {
     /// The URL the PBX namespace reaches the LAPI at.
     pub fn url(&self) -> String {
         format!("http://{LAPI_ADDR}:{LAPI_PORT}/")
+    }
+
+    /// Joins another PBX namespace to the LAPI by a veth pair of its own
+    /// (10.99.N.0/30); returns the URL that PBX reaches the LAPI at.
+    pub fn connect(&self, pbx: &NetNs) -> Result<String> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let net = NEXT_PBX.fetch_add(1, Ordering::Relaxed) % 250 + 1;
+        let lapi_if = format!("sgcs{}x{n}", std::process::id() % 100_000);
+        let pbx_if = format!("sgcp{}x{n}", std::process::id() % 100_000);
+        self.ns.ip(&[
+            "link", "add", &lapi_if, "type", "veth", "peer", "name", &pbx_if, "netns", &pbx.name,
+        ])?;
+        self.ns
+            .ip(&["addr", "add", &format!("10.99.{net}.1/30"), "dev", &lapi_if])?;
+        self.ns.ip(&["link", "set", &lapi_if, "up"])?;
+        pbx.ip(&["addr", "add", &format!("10.99.{net}.2/30"), "dev", &pbx_if])?;
+        pbx.ip(&["link", "set", &pbx_if, "up"])?;
+        Ok(format!("http://10.99.{net}.1:{LAPI_PORT}/"))
+    }
+
+    /// `cscli machines add NAME --password PASSWORD`, its credentials file
+    /// in the LAPI's directory (never over the LAPI's own).
+    pub fn add_machine(&self, name: &str, password: &str) -> Result<()> {
+        let file = format!("{}/machine-{name}.yaml", self.dir.path());
+        self.cscli(&[
+            "machines",
+            "add",
+            name,
+            "--password",
+            password,
+            "-f",
+            &file,
+            "--force",
+        ])?;
+        Ok(())
+    }
+
+    /// `cscli bouncers add NAME -o raw`: the new bouncer's key.
+    pub fn add_bouncer(&self, name: &str) -> Result<String> {
+        let out = self.cscli(&["bouncers", "add", name, "-o", "raw"])?;
+        let key = out.trim().lines().last().unwrap_or_default().to_string();
+        if key.is_empty() {
+            bail!("cscli bouncers add {name} printed no key");
+        }
+        Ok(key)
+    }
+
+    /// `cscli alerts list -o json`: the alerts, newest first.
+    pub fn alerts(&self) -> Result<Vec<serde_json::Value>> {
+        let out = self.cscli(&["alerts", "list", "-o", "json"])?;
+        // No alert prints `null`.
+        let alerts: Option<Vec<serde_json::Value>> =
+            serde_json::from_str(out.trim()).with_context(|| format!("alerts as JSON: {out}"))?;
+        Ok(alerts.unwrap_or_default())
     }
 
     /// `cscli -c CONFIG args...` in the LAPI's namespace; its stdout.

@@ -64,8 +64,18 @@ impl Pbx {
 
     /// Like [`Pbx::start`], with Kamailio's config and sockets given.
     pub fn start_with(tag: &str, config: &str, setup: KamailioSetup) -> Pbx {
-        let link = Link::new(tag, &["10.78.0.2/24", "10.78.0.4/24"], &["10.78.0.1/24"])
-            .expect("namespaces and veth");
+        Pbx::start_on(Pbx::link(tag), tag, config, setup)
+    }
+
+    /// The client and PBX namespaces and their veth, with nothing running
+    /// yet (to join the PBX to other namespaces first).
+    pub fn link(tag: &str) -> Link {
+        Link::new(tag, &["10.78.0.2/24", "10.78.0.4/24"], &["10.78.0.1/24"])
+            .expect("namespaces and veth")
+    }
+
+    /// Like [`Pbx::start_with`], on a link made by [`Pbx::link`].
+    pub fn start_on(link: Link, tag: &str, config: &str, setup: KamailioSetup) -> Pbx {
         let run_dir = TempDir::new(&format!("kamailio-{tag}"));
         let mut args = vec!["-f".to_string(), setup.cfg.display().to_string()];
         for listen in &setup.listen {
