@@ -196,7 +196,8 @@ fn a_crack_on_one_pbx_is_dropped_at_the_other_through_the_lapi() {
     eprintln!("banned at PBX 2 {:?} after PBX 1 banned", banned.elapsed());
     // Real packets: the attacker's guesses no longer reach Kamailio.
     assert_eq!(
-        pbx2.sipp(ATTACKER, "register-wrong-password.xml", "1001", "guess", 1).0,
+        pbx2.sipp(ATTACKER, "register-wrong-password.xml", "1001", "guess", 1)
+            .0,
         0
     );
     let out = cli(&pbx2.socket, &["bans", "--json"]);

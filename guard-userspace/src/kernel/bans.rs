@@ -63,8 +63,20 @@ pub fn notice(
 }
 
 /// The evidence of a ban the kernel made (what the fleet's alerts carry):
-/// the rate rule and its count, or the scanner fingerprint.
-pub fn evidence(event: &BanEvent, rule_names: &[String], scanner_names: &[String]) -> String {
+/// the rate rule and its count, the scanner fingerprint, or the dial rule.
+pub fn evidence(
+    event: &BanEvent,
+    rule_names: &[String],
+    scanner_names: &[String],
+    dial_names: &[String],
+) -> String {
+    if event.reason == BanReason::DialDenied as u16 {
+        // Its event carries the dial rule's index.
+        let rule = dial_names
+            .get(event.rule as usize)
+            .map_or("a dial rule no longer configured", String::as_str);
+        return format!("call to a blocked prefix, dial rule {rule}");
+    }
     if event.reason == BanReason::Scanner as u16 {
         let pattern = (event.rule as usize)
             .checked_sub(1)
@@ -147,7 +159,7 @@ mod tests {
             "banned 198.51.100.9 for 1h: rate-limit by rule sip-udp-40-per-2s (41 packets in its window)"
         );
         assert_eq!(
-            evidence(&event, &names, &[]),
+            evidence(&event, &names, &[], &[]),
             "rule sip-udp-40-per-2s (41 packets in its window)"
         );
         let scanner = BanEvent {
@@ -157,8 +169,17 @@ mod tests {
         };
         let patterns = vec!["sipvicious".to_string(), "friendly-scanner".to_string()];
         assert_eq!(
-            evidence(&scanner, &names, &patterns),
+            evidence(&scanner, &names, &patterns, &[]),
             "SIP scanner fingerprint friendly-scanner"
+        );
+        let dial = BanEvent {
+            reason: BanReason::DialDenied as u16,
+            rule: 0,
+            ..event
+        };
+        assert_eq!(
+            evidence(&dial, &names, &[], &["international".to_string()]),
+            "call to a blocked prefix, dial rule international"
         );
     }
 }

@@ -449,7 +449,12 @@ impl Runtime {
                     self.report(
                         &event.source,
                         reason,
-                        crate::kernel::bans::evidence(event, &rule_names, &scanner_names),
+                        crate::kernel::bans::evidence(
+                            event,
+                            &rule_names,
+                            &scanner_names,
+                            &dial_names,
+                        ),
                         event.count,
                         event.expires_ns,
                     );
