@@ -509,6 +509,9 @@ fn an_office_behind_one_address_is_never_banned_and_its_calls_keep_their_media()
         0.0,
         "{metrics}"
     );
+    // A clean stop takes its control socket away with it.
+    let mut pbx = pbx;
+    assert!(pbx.guard.stop().unwrap().success());
 }
 
 /// The uac_reg table (db_text) with the PBX's one trunk registration.
@@ -639,4 +642,6 @@ fn the_pbxs_provider_is_learned_from_its_registration_and_its_calls_are_never_ba
         "{metrics}"
     );
     drop(provider);
+    let mut pbx = pbx;
+    assert!(pbx.guard.stop().unwrap().success());
 }
