@@ -170,3 +170,16 @@ lists = {"version": 1,
          "deny_added": {"2001:db8::1/32": {"cidr": "2001:db8::1/32", "services": [], "comment": "", "origin": "runtime"}},
          "allow_removed": ["10.0.0.0/8"], "deny_removed": ["192.0.2.0/24", "2001:db8::/32"]}
 write("state_files", "lists.json", bytes([1]) + json.dumps(lists).encode())
+
+# --- feeds: flags byte (bit 0: APIBan page; bit 1: include_private;
+# bits 2..: max_entries - 1 for a list, the HTTP status's index for a page)
+voipbl = "# VoIPBL blacklist\n198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n10.0.0.1\nnot an ip\n"
+write("feeds", "voipbl.txt", bytes([63 << 2]) + voipbl.encode())
+firehol = "#\n# firehol_level1\n#\n0.0.0.0/8\n10.0.0.0/8\n224.0.0.0/3\n185.0.0.0/16\n192.0.2.77/24\n"
+write("feeds", "firehol.netset", bytes([(3 << 2) | 2]) + firehol.encode())
+write("feeds", "drop.txt", bytes([8 << 2]) + b"; Spamhaus DROP\r\n1.10.16.0/20 ; SBL256894\r\n::ffff:192.0.2.9\r\n")
+write("feeds", "html.txt", bytes([0]) + b"<!DOCTYPE html><html><body>502</body></html>")
+write("feeds", "page.json", bytes([1]) + b'{"ipaddress":["198.51.100.7","203.0.113.9"],"ID":"1764460001"}')
+write("feeds", "none.json", bytes([1 | (1 << 2)]) + b'{"ipaddress":["no new bans"],"ID":"none"}')
+write("feeds", "unauthorized.json", bytes([1 | (1 << 2)]) + b'{"ipaddress":["unauthorized"],"ID":"unauthorized"}')
+write("feeds", "limit.json", bytes([1 | (5 << 2)]) + b'{"ipaddress":"rate limit exceeded","ID":"100"}')
