@@ -365,6 +365,11 @@ pub enum BanReason {
     /// permit, under a rule with a ban time; the ban names no rate rule,
     /// its event carries the dial rule's index.
     DialDenied = 7,
+    /// A request naming an extension its extension rule does not permit
+    /// from the source, which the kernel could not read (TCP split across
+    /// segments, past 2 KiB, TLS seen through HEP): the controller bans on
+    /// the first offence.
+    ExtensionDenied = 8,
 }
 
 impl BanReason {
@@ -377,11 +382,12 @@ impl BanReason {
             5 => Some(BanReason::Crowdsec),
             6 => Some(BanReason::Scanner),
             7 => Some(BanReason::DialDenied),
+            8 => Some(BanReason::ExtensionDenied),
             _ => None,
         }
     }
 
-    pub const ALL: [BanReason; 7] = [
+    pub const ALL: [BanReason; 8] = [
         BanReason::Manual,
         BanReason::RateLimit,
         BanReason::AuthFailure,
@@ -389,6 +395,7 @@ impl BanReason {
         BanReason::Crowdsec,
         BanReason::Scanner,
         BanReason::DialDenied,
+        BanReason::ExtensionDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -400,6 +407,7 @@ impl BanReason {
             BanReason::Crowdsec => "crowdsec",
             BanReason::Scanner => "scanner",
             BanReason::DialDenied => "dial-denied",
+            BanReason::ExtensionDenied => "extension-denied",
         }
     }
 }

@@ -328,6 +328,8 @@ pub struct LivePolicy {
     /// The config with the runtime changes: what the maps hold.
     pub compiled: CompiledPolicy,
     pub services: Vec<ServiceInfo>,
+    /// The SIP rules as the controller applies them (see `RuleView`).
+    pub sip_view: std::sync::Arc<crate::policy::sip_rules::RuleView>,
 }
 
 impl LivePolicy {
@@ -374,6 +376,10 @@ impl LivePolicy {
             .collect();
         let compiled = CompiledPolicy::compile(&effective);
         let services = ServiceInfo::from_policy(&compiled);
+        let sip_view = std::sync::Arc::new(crate::policy::sip_rules::RuleView::new(
+            &compiled,
+            &config.sip_auth.service,
+        ));
         LivePolicy {
             config,
             source,
@@ -381,6 +387,7 @@ impl LivePolicy {
             lists,
             compiled,
             services,
+            sip_view,
         }
     }
 

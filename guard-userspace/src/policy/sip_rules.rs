@@ -18,9 +18,9 @@ use std::{net::IpAddr, time::Duration};
 
 use guard_common::{
     sip_rules::{
-        dial_prefix_len, permit_prefix_len, DialRule, SipPermit, DIAL_KEY_BYTES, DIAL_PERMIT_PEERS,
-        MAX_DIAL_PREFIX, MAX_DIAL_RULES, MAX_EXTENSION_RULES, PERMIT_KEY_BYTES, RULES_DIAL,
-        RULES_EXTENSION,
+        dial_prefix_len, permit_prefix_len, DialRule, SipPermit, UserTable, DIAL_KEY_BYTES,
+        DIAL_PERMIT_PEERS, MAX_DIAL_PREFIX, MAX_DIAL_RULES, MAX_EXTENSION_RULES, PERMIT_KEY_BYTES,
+        RULES_DIAL, RULES_EXTENSION,
     },
     sip_scan::PatternTable,
     sip_users,
@@ -229,7 +229,7 @@ impl SipRules {
         }
     }
 
-    fn user_table(&self) -> Result<guard_common::sip_rules::UserTable, String> {
+    fn user_table(&self) -> Result<UserTable, String> {
         let mut parsed = Vec::new();
         for rule in &self.extension {
             let users: Result<Vec<_>, _> = rule.users.iter().map(|u| sip_users::parse(u)).collect();
@@ -371,6 +371,209 @@ impl SipRules {
         self.user_table()
             .map(|table| table.rules_of(user.as_bytes()))
             .unwrap_or(0)
+    }
+}
+
+/// The SIP rules as the controller applies them itself, to the requests
+/// the kernel could not read (split across TCP segments, headers past
+/// 2 KiB) and to those it never sees (TLS and WebSocket, mirrored over
+/// HEP): the same shared step (`guard_common::verdict::sip_rules_step`)
+/// over the policy in force, with the user automaton built once.
+pub struct RuleView {
+    rules: SipRules,
+    users: Box<UserTable>,
+    /// The allow list as the kernel holds it (network, services mask).
+    allow: Vec<(IpNet, u32)>,
+    /// The `sip_auth.service`'s id (its allow-listed sources are spared).
+    sip_service: u8,
+}
+
+impl std::fmt::Debug for RuleView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleView")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request names, as the SIP rules read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedRequest<'a> {
+    /// The method (any case).
+    pub method: &'a [u8],
+    /// To, From and the Authorization username, %-escapes decoded.
+    pub users: [Option<&'a [u8]>; 3],
+    /// The Request-URI user (the number an INVITE dials), decoded.
+    pub dialled: Option<&'a [u8]>,
+}
+
+impl RuleView {
+    pub fn new(compiled: &crate::policy::compile::CompiledPolicy, sip_service: &str) -> RuleView {
+        let rules = compiled.sip_rules.clone();
+        let users = Box::new(rules.user_table().unwrap_or(UserTable::EMPTY));
+        let sip_service = compiled
+            .service_names
+            .iter()
+            .position(|name| name == sip_service)
+            .map_or(guard_common::NO_SERVICE, |i| i as u8 + 1);
+        RuleView {
+            rules,
+            users,
+            allow: compiled.allow.clone(),
+            sip_service,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> &SipRules {
+        &self.rules
+    }
+
+    /// What the rules decide for `request` from `peer` (`is_peer`: a
+    /// learned peer): the reason and rule that deny it, if any. Calls a
+    /// minute are the kernel's to count.
+    pub fn judge(
+        &self,
+        peer: IpAddr,
+        request: &NamedRequest<'_>,
+        is_peer: bool,
+    ) -> Option<(guard_common::Reason, u8)> {
+        use guard_common::{
+            sip_rules::{USER_AUTH, USER_FROM, USER_TO},
+            verdict::{sip_rules_step, SipAsk, SipOutcome},
+        };
+        let method = request.method;
+        let restricts = |which: usize| {
+            method.eq_ignore_ascii_case(b"REGISTER")
+                || ((method.eq_ignore_ascii_case(b"INVITE")
+                    || method.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                    && which != USER_TO)
+        };
+        let mut user_rules = [0u64; 3];
+        for which in [USER_TO, USER_FROM, USER_AUTH] {
+            if let (true, Some(user)) = (restricts(which), request.users[which]) {
+                user_rules[which] = self.users.rules_of(user);
+            }
+        }
+        let dial = match request.dialled {
+            Some(number) if method.eq_ignore_ascii_case(b"INVITE") => self
+                .rules
+                .dial_rule_of(&String::from_utf8_lossy(number))
+                .map_or(0, |(rule, _)| rule + 1),
+            _ => 0,
+        };
+        let address = crate::policy::verdict::ip_address(peer);
+        let source = address.source_key(128);
+        let mut lookup = ViewLookup {
+            view: self,
+            user_rules,
+            dial,
+            is_peer,
+            denied: None,
+        };
+        let ask = SipAsk {
+            address: &address,
+            source: &source,
+            service: self.sip_service,
+            slot: 0,
+        };
+        match sip_rules_step(&mut lookup, &ask) {
+            SipOutcome::ExtensionDenied { rule } => {
+                Some((guard_common::Reason::ExtensionDenied, rule))
+            }
+            SipOutcome::DialDenied { rule } => Some((guard_common::Reason::DialDenied, rule)),
+            _ => None,
+        }
+    }
+}
+
+/// The shared step's lookups over a [`RuleView`] and one request. Only the
+/// SIP rules' questions are asked of it; the rest answer "nothing".
+struct ViewLookup<'a> {
+    view: &'a RuleView,
+    user_rules: [u64; 3],
+    dial: u8,
+    is_peer: bool,
+    denied: Option<(guard_common::Reason, u8)>,
+}
+
+impl guard_common::verdict::Lookup for ViewLookup<'_> {
+    fn settings(&mut self) -> guard_common::Settings {
+        guard_common::Settings::default()
+    }
+    fn is_banned(&mut self, _: &guard_common::SourceKey) -> bool {
+        false
+    }
+    fn is_denied(&mut self, _: &guard_common::verdict::Address) -> bool {
+        false
+    }
+    fn is_fleet_denied(&mut self, _: &guard_common::verdict::Address) -> bool {
+        false
+    }
+    /// The services mask of the source's longest allow entry.
+    fn allow_mask(&mut self, source: &guard_common::verdict::Address) -> u32 {
+        let ip = crate::policy::verdict::address_ip(source);
+        self.view
+            .allow
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map_or(0, |(_, mask)| *mask)
+    }
+    fn port_class(&mut self, _: guard_common::L4Proto, _: u16, _: u8) -> guard_common::PortClass {
+        guard_common::PortClass::UNCLASSIFIED
+    }
+    fn access_mode(&mut self, _: u8, _: u8) -> guard_common::AccessMode {
+        guard_common::AccessMode::Open
+    }
+    fn count_rate(
+        &mut self,
+        _: &guard_common::SourceKey,
+        _: &guard_common::PortClass,
+        _: bool,
+        _: u8,
+    ) -> guard_common::verdict::RateExcess {
+        guard_common::verdict::RateExcess::UNDER
+    }
+    fn peer_users(&mut self, _: &guard_common::SourceKey) -> Option<u32> {
+        self.is_peer.then_some(1)
+    }
+    fn rate_ban(
+        &mut self,
+        _: &guard_common::SourceKey,
+        _: &guard_common::verdict::RateExcess,
+        _: u8,
+    ) {
+    }
+    fn sip_user_rules(&mut self, which: usize, _: u8) -> u64 {
+        self.user_rules.get(which).copied().unwrap_or(0)
+    }
+    fn sip_dial_rule(&mut self, _: u8) -> u8 {
+        self.dial
+    }
+    fn sip_permit(&mut self, source: &guard_common::verdict::Address, _: u8) -> SipPermit {
+        self.view
+            .rules
+            .permit_of(crate::policy::verdict::address_ip(source))
+    }
+    fn dial_permits_peers(&mut self, rule: u8, _: u8) -> bool {
+        self.view
+            .rules
+            .dial
+            .get(rule as usize)
+            .is_some_and(|r| r.permits_peers())
+    }
+    fn sip_denied(
+        &mut self,
+        _: &guard_common::SourceKey,
+        reason: guard_common::Reason,
+        rule: u8,
+        _: u8,
+    ) {
+        self.denied = Some((reason, rule));
     }
 }
 

@@ -295,6 +295,11 @@ impl Runtime {
         }
     }
 
+    /// The SIP rules in force, as the controller applies them.
+    pub async fn rule_view(&self) -> std::sync::Arc<crate::policy::sip_rules::RuleView> {
+        std::sync::Arc::clone(&self.policy.lock().await.live.sip_view)
+    }
+
     /// The dial rules' names in the policy in force, by index.
     pub async fn dial_rule_names(&self) -> Vec<String> {
         let policy = self.policy.lock().await;

@@ -15,13 +15,15 @@ use tracing::debug;
 
 use crate::{
     metrics::ControllerCounters,
+    policy::sip_rules::{NamedRequest, RuleView},
     runtime::{bans, Runtime},
     sip::dedup::{Dedup, Endpoints, Origin},
     sip::hep::Transport,
     sip::hep_input::{HepSip, PbxAddresses},
     sip::parser::{self, Message, ParseError},
-    sip::tracker::{BanDecision, Tracker},
+    sip::tracker::{BanDecision, Failure, Tracker},
 };
+use guard_common::BanReason;
 
 /// Why the watcher stopped.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,9 @@ pub struct Watch {
     pbx: PbxAddresses,
     /// Denied requests to log (taken by the watch loop).
     pub denied: Vec<DeniedRequest>,
+    /// The SIP rules in force, which the controller applies to what the
+    /// kernel could not read (set by the watch loop before each batch).
+    pub rules: Option<Arc<RuleView>>,
     /// Start of the current second of denied-request logs, lines in it,
     /// and lines left out since the last one logged.
     denied_logs: (Option<Instant>, u32, u64),
@@ -116,7 +121,88 @@ impl Watch {
             pbx: hep.unwrap_or_default(),
             denied: Vec::new(),
             denied_logs: (None, 0, 0),
+            rules: None,
         }
+    }
+
+    /// The SIP rules applied to a request the kernel passed or never saw:
+    /// one it could read was judged there already (and passed, so it
+    /// passes here too); one it could not (split across TCP segments,
+    /// headers past 2 KiB, TLS through HEP) reached the PBX, and a rule
+    /// that denies it bans its source at once (issue 12 item 5).
+    fn judge_rules(
+        &mut self,
+        peer: IpAddr,
+        message: &Message<'_>,
+        now: Instant,
+    ) -> Option<BanDecision> {
+        let view = self.rules.as_ref().filter(|view| !view.is_empty())?;
+        // A request, or the PBX's answer to one (which names its To and
+        // From, and the number an INVITE called in its To): the answer is
+        // what shows a request the kernel could not read, cut at 2 KiB or
+        // split across TCP segments, reached the PBX.
+        let (method, dialled) = match message.start {
+            parser::StartLine::Request { method, uri } => (method, parser::uri_user(uri)),
+            parser::StartLine::Response { .. } => {
+                let method = message.cseq?.method;
+                (method, message.to.and_then(parser::uri_user))
+            }
+        };
+        if self.tracker.is_whitelisted(peer) {
+            return None;
+        }
+        let to = message.to.and_then(parser::uri_user);
+        let from = message.from.and_then(parser::uri_user);
+        let auth = message
+            .credentials
+            .iter()
+            .find_map(|c| c.username.as_deref());
+        let request = NamedRequest {
+            method,
+            users: [to.as_deref(), from.as_deref(), auth],
+            dialled: dialled.as_deref(),
+        };
+        let is_peer = self.tracker.peers.is_learned(peer, now);
+        let (reason, rule) = view.judge(peer, &request, is_peer)?;
+        let rules = view.rules();
+        let (reason, duration, what) = if reason == Reason::DialDenied {
+            let ban = rules
+                .dial
+                .get(rule as usize)
+                .map(|r| r.ban)
+                .filter(|ban| !ban.is_zero())
+                .unwrap_or(self.tracker.policy().level.ban);
+            (BanReason::DialDenied, ban, rules.dial_name(rule))
+        } else {
+            let ban = self.tracker.policy().level.ban;
+            (BanReason::ExtensionDenied, ban, rules.extension_name(rule))
+        };
+        let username = auth
+            .map(<[u8]>::to_vec)
+            .or_else(|| from.as_deref().map(<[u8]>::to_vec))
+            .unwrap_or_default();
+        tracing::warn!(
+            target: "sipguard::sip_rules",
+            "{} from {peer} (user {}) reached the PBX unjudged by the kernel: {} by rule {what}",
+            parser::display(method),
+            parser::display(&username),
+            reason.name()
+        );
+        self.stats.denied += 1;
+        Some(BanDecision {
+            source: peer,
+            reason,
+            duration,
+            evidence: vec![Failure {
+                at: now,
+                username,
+                status: 403,
+                proven: false,
+            }],
+            failures_in_window: 1,
+            proven: false,
+            offence: 1,
+        })
     }
 
     /// Lines of denied requests left out of the log since the last one.
@@ -295,6 +381,11 @@ impl Watch {
             }
         }
         self.stats.messages += 1;
+        // Requests to the PBX, and its answers (the requester is their
+        // destination); not what the PBX asks as a client.
+        if endpoints.inbound == message.method().is_some() {
+            bans.extend(self.judge_rules(peer, &message, now));
+        }
         match (endpoints.inbound, message.method(), message.status()) {
             (true, Some(method), _) => {
                 self.counters
@@ -352,6 +443,7 @@ pub async fn watch(
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut ready = ready.map_err(WatchError::Read)?;
+                watch.rules = Some(runtime.rule_view().await);
                 let mut decisions = Vec::new();
                 let mut drained = false;
                 for _ in 0..RECORDS_PER_TURN {
@@ -375,6 +467,7 @@ pub async fn watch(
                 }
             }
             Some(first) = next_hep(&mut hep) => {
+                watch.rules = Some(runtime.rule_view().await);
                 let mut decisions = watch.hep(&first, Instant::now());
                 if let Some(feed) = &mut hep {
                     for _ in 1..RECORDS_PER_TURN {
@@ -543,6 +636,89 @@ From: <sip:1001@pbx>;tag=a\r\nCall-ID: d1\r\nCSeq: 1 INVITE\r\n\r\n";
         assert_eq!(w.denied[0].rule, 1);
         assert_eq!(w.denied[1].user, "6010");
         assert_eq!(w.stats.messages, 0, "never fed as requests");
+    }
+
+    /// What the kernel could not read (here: a TCP segment whose request
+    /// goes on in the next one) is judged by the same rules, and a denial
+    /// bans on the first offence; allow-listed and whitelisted sources,
+    /// permitted sources and other users are not.
+    #[test]
+    fn unread_requests_are_judged_by_the_sip_rules_and_ban_at_once() {
+        let config = crate::policy::config::Config::parse(
+            r#"
+[[allow]]
+cidr = "10.1.0.0/16"
+services = ["sip"]
+[[extension_rules]]
+users = ["6010"]
+permit = ["172.16.5.0/24"]
+[[dial_rules]]
+name = "international"
+prefixes = ["00"]
+permit = ["172.16.5.0/24"]
+ban = "2h"
+"#,
+            "t.toml",
+        )
+        .expect("valid");
+        let compiled = crate::policy::compile::CompiledPolicy::compile(&config);
+        let view = Arc::new(RuleView::new(&compiled, "sip"));
+        let mut w = Watch::new(tracker(), ControllerCounters::default(), None);
+        w.rules = Some(view);
+        let now = Instant::now();
+        let cut = |text: &str| text.as_bytes()[..text.len() - 2].to_vec();
+        let mut feed = |peer: [u8; 4], text: &str| {
+            let data = cut(text);
+            w.capture(
+                &record(CAPTURE_INBOUND, L4Proto::Tcp, peer, &data, text.len() + 100),
+                now,
+            )
+        };
+        let restricted = register(1, None).replace("sip:7@", "sip:6010@");
+        let bans = feed([198, 51, 100, 20], &restricted);
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].reason, BanReason::ExtensionDenied);
+        assert_eq!(
+            bans[0].duration,
+            Duration::from_secs(30 * 86_400),
+            "paranoid level ban"
+        );
+        assert!(feed([172, 16, 5, 1], &restricted).is_empty(), "permitted");
+        assert!(feed([10, 1, 2, 3], &restricted).is_empty(), "allow-listed");
+        assert!(
+            feed([198, 51, 100, 21], &register(2, None)).is_empty(),
+            "another user"
+        );
+        let invite = "INVITE sip:0044201@pbx SIP/2.0\r\nTo: <sip:0044201@pbx>\r\n\
+From: <sip:1001@pbx>;tag=a\r\nCall-ID: i1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let bans = feed([198, 51, 100, 22], invite);
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].reason, BanReason::DialDenied);
+        assert_eq!(
+            bans[0].duration,
+            Duration::from_secs(7200),
+            "the rule's ban"
+        );
+        let local = invite.replace("0044201", "1002");
+        assert!(feed([198, 51, 100, 23], &local).is_empty());
+        // The PBX's answer to a REGISTER the kernel never read whole (its
+        // request cut before To): the answer's To names the user.
+        let answer = "SIP/2.0 401 Unauthorized\r\nTo: <sip:6010@pbx>\r\n\
+From: <sip:6010@pbx>;tag=a\r\nCall-ID: r9\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+        let bans = w.capture(
+            &record(
+                CAPTURE_OUTBOUND,
+                L4Proto::Udp,
+                [198, 51, 100, 24],
+                answer.as_bytes(),
+                answer.len(),
+            ),
+            now,
+        );
+        assert!(
+            bans.iter().any(|b| b.reason == BanReason::ExtensionDenied),
+            "{bans:?}"
+        );
     }
 
     #[test]
