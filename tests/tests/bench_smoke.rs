@@ -28,6 +28,23 @@ fn every_benchmark_produces_its_rows() {
         live.iter().all(|l| l.pps.median > 0.0),
         "a live contender saw nothing"
     );
+    let crowdsec = results.crowdsec.as_ref().expect("the CrowdSec bench");
+    assert_eq!(crowdsec.decisions, Effort::SMOKE.crowdsec_decisions);
+    // sipguard had every decision in its ban map, the firewall bouncer at
+    // least the source the live frames come from; both dropped them.
+    assert!(crowdsec.sipguard.applied.seconds.is_some(), "{crowdsec:?}");
+    assert_eq!(
+        crowdsec.sipguard.applied.held,
+        u64::from(crowdsec.decisions),
+        "{crowdsec:?}"
+    );
+    assert!(crowdsec.firewall.applied.held > 0, "{crowdsec:?}");
+    for bouncer in [&crowdsec.sipguard, &crowdsec.firewall] {
+        assert!(
+            bouncer.pps.as_ref().is_ok_and(|pps| pps.median > 0.0),
+            "{bouncer:?}"
+        );
+    }
     assert!(results.events.burst_capacity > 0 && results.events.delivered > 0);
     assert_eq!(
         results.latency_us.len(),
@@ -54,6 +71,11 @@ fn every_benchmark_produces_its_rows() {
         "Failure-to-ban latency",
         "Ban events",
         "## 1b. Against a previous build\n\nNot measured in this run",
+        "## 6. CrowdSec",
+        "| sipguard (XDP, ban map) | 1000 of 1000 |",
+        "| crowdsec-firewall-bouncer ",
+        "| CrowdSec: 1000 IP decisions from the LAPI into the kernel >= 100x faster",
+        "| CrowdSec: with 1000 entries in force, live drop pps >= 3x",
     ] {
         assert!(text.contains(row), "no {row:?} in the report:\n{text}");
     }

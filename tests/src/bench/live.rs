@@ -21,7 +21,8 @@ use crate::{
     netns::{Link, NetNs},
 };
 
-const ATTACKER: &str = "198.51.100.66";
+/// The source of every generated frame.
+pub(crate) const ATTACKER: &str = "198.51.100.66";
 const BATCH: u32 = 64;
 
 pub struct LiveResult {
@@ -105,13 +106,46 @@ fn mac(ns: &NetNs, iface: &str) -> Result<[u8; 6]> {
 }
 
 /// How a contender counts the frames it dropped.
-enum Counter {
+pub(crate) enum Counter {
     /// rx_queue_0_xdp_packets on the receiving veth (any XDP program).
     XdpPackets,
     /// The packets of an nft rule counter.
     Nft,
     /// The packets of iptables raw PREROUTING rules.
     Iptables,
+    /// For a contender that drops in the input hook and counts nothing
+    /// itself: the frames the receiving veth handed to the stack (its
+    /// rx_packets) less those that got past the contender, which the
+    /// bench's own chain after it counts (see [`watch_survivors`]).
+    StackDrops,
+}
+
+/// The bench's table that counts what gets past the input hook's other
+/// chains (a later priority: a dropped frame never reaches it).
+const SURVIVORS_TABLE: &str = "sipbench_survivors";
+
+pub(crate) fn watch_survivors(link: &Link) -> Result<()> {
+    let rules = format!(
+        "table ip {SURVIVORS_TABLE} {{ chain after {{ type filter hook input priority 100; \
+         ip saddr {ATTACKER} counter; }}; }}"
+    );
+    ns_run(&link.right, "nft", &[&rules]).map(|_| ())
+}
+
+pub(crate) fn unwatch_survivors(link: &Link) -> Result<()> {
+    ns_run(
+        &link.right,
+        "nft",
+        &["delete", "table", "ip", SURVIVORS_TABLE],
+    )
+    .map(|_| ())
+}
+
+fn counter_packets(text: &str) -> u64 {
+    text.split("counter packets ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Whatever keeps an installed contender alive (dropped to uninstall it).
@@ -126,17 +160,19 @@ struct Contender {
     remove: Remove,
 }
 
-fn count(link: &Link, counter: &Counter) -> Result<u64> {
+pub(crate) fn count(link: &Link, counter: &Counter) -> Result<u64> {
     let ns = &link.right;
     match counter {
         Counter::XdpPackets => ethtool_stat(ns, &link.right_if, "rx_queue_0_xdp_packets"),
-        Counter::Nft => {
-            let text = ns_run(ns, "nft", &["list", "ruleset"])?;
-            Ok(text
-                .split("counter packets ")
-                .skip(1)
-                .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-                .sum())
+        Counter::Nft => Ok(counter_packets(&ns_run(ns, "nft", &["list", "ruleset"])?)),
+        Counter::StackDrops => {
+            let statistic = format!("/sys/class/net/{}/statistics/rx_packets", link.right_if);
+            let received: u64 = ns_run(ns, "cat", &[&statistic])?
+                .trim()
+                .parse()
+                .context("rx_packets")?;
+            let table = ns_run(ns, "nft", &["list", "table", "ip", SURVIVORS_TABLE])?;
+            Ok(received.saturating_sub(counter_packets(&table)))
         }
         Counter::Iptables => {
             let text = ns_run(
@@ -154,7 +190,7 @@ fn count(link: &Link, counter: &Counter) -> Result<u64> {
     }
 }
 
-fn set_gro(link: &Link, on: bool) -> Result<()> {
+pub(crate) fn set_gro(link: &Link, on: bool) -> Result<()> {
     ns_run(
         &link.right,
         "ethtool",
@@ -362,29 +398,48 @@ fn tools_present() -> bool {
         })
 }
 
-pub fn live(baseline_path: &std::path::Path, effort: Effort) -> Result<Vec<LiveResult>> {
-    ensure!(
-        tools_present(),
-        "the live bench needs ethtool, nftables, iptables, ipset and xdp-tools"
-    );
-    let link = Link::new("live", &["10.80.0.2/24"], &["10.80.0.1/24"])?;
-    let target = ifindex(&link.left, &link.left_if)?;
-    let mut generator = Some(load_baseline(baseline_path, target)?);
-    let mut frame = udp(
-        ATTACKER,
-        "10.80.0.1",
-        5060,
-        b"REGISTER sip:10.80.0.1 SIP/2.0\r\n\r\n",
-    );
-    frame[..6].copy_from_slice(&mac(&link.right, &link.right_if)?);
-    let frames_per_run = ((effort.live_seconds * 1_000_000.0) as u32).max(10_000);
+/// The live harness: two namespaces joined by a veth pair, and the
+/// generator that sends frames from [`ATTACKER`] out of the left end into
+/// the right one, where a contender drops them.
+pub(crate) struct Veth {
+    pub link: Link,
+    generator: Option<aya::Ebpf>,
+    frame: Vec<u8>,
+    pub frames_per_run: u32,
+}
 
-    // Runs `frames` live frames through the generator, from a thread in the
-    // sending namespace (the redirect's interface is looked up there).
-    let mut generate = |frames: u32| -> Result<f64> {
-        let ebpf = generator.take().context("generator in use")?;
-        let frame = frame.clone();
-        let (ebpf, seconds) = link
+impl Veth {
+    pub(crate) fn new(tag: &str, baseline_path: &std::path::Path, effort: Effort) -> Result<Veth> {
+        ensure!(
+            tools_present(),
+            "the live bench needs ethtool, nftables, iptables, ipset and xdp-tools"
+        );
+        let link = Link::new(tag, &["10.80.0.2/24"], &["10.80.0.1/24"])?;
+        let target = ifindex(&link.left, &link.left_if)?;
+        let generator = Some(load_baseline(baseline_path, target)?);
+        let mut frame = udp(
+            ATTACKER,
+            "10.80.0.1",
+            5060,
+            b"REGISTER sip:10.80.0.1 SIP/2.0\r\n\r\n",
+        );
+        frame[..6].copy_from_slice(&mac(&link.right, &link.right_if)?);
+        Ok(Veth {
+            link,
+            generator,
+            frame,
+            frames_per_run: ((effort.live_seconds * 1_000_000.0) as u32).max(10_000),
+        })
+    }
+
+    /// Runs one batch of live frames through the generator, from a thread
+    /// in the sending namespace (the redirect's interface is looked up
+    /// there); the seconds it took.
+    fn generate(&mut self) -> Result<f64> {
+        let ebpf = self.generator.take().context("generator in use")?;
+        let (frame, frames) = (self.frame.clone(), self.frames_per_run);
+        let (ebpf, seconds) = self
+            .link
             .left
             .run_in(move || -> Result<(aya::Ebpf, f64)> {
                 let program: &Xdp = ebpf.program("generate").context("generate")?.try_into()?;
@@ -402,10 +457,24 @@ pub fn live(baseline_path: &std::path::Path, effort: Effort) -> Result<Vec<LiveR
             })
             .join()
             .map_err(|_| anyhow::anyhow!("generator thread panicked"))???;
-        generator = Some(ebpf);
+        self.generator = Some(ebpf);
         Ok(seconds)
-    };
+    }
 
+    /// One run: the frames `counter` counted per second of generator time,
+    /// and how many it counted.
+    pub(crate) fn drop_rate(&mut self, counter: &Counter) -> Result<(f64, u64)> {
+        let before = count(&self.link, counter)?;
+        let seconds = self.generate()?;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let after = count(&self.link, counter)?;
+        let received = after.saturating_sub(before);
+        Ok((received as f64 / seconds, received))
+    }
+}
+
+pub fn live(baseline_path: &std::path::Path, effort: Effort) -> Result<Vec<LiveResult>> {
+    let mut veth = Veth::new("live", baseline_path, effort)?;
     let mut results: Vec<(String, Vec<f64>, u64, u64)> = Vec::new();
     let all = contenders(baseline_path.to_path_buf());
     for contender in &all {
@@ -413,17 +482,13 @@ pub fn live(baseline_path: &std::path::Path, effort: Effort) -> Result<Vec<LiveR
     }
     for _ in 0..effort.runs {
         for (i, contender) in all.iter().enumerate() {
-            let installed = (contender.install)(&link)?;
-            let before = count(&link, &contender.counter)?;
-            let seconds = generate(frames_per_run)?;
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            let after = count(&link, &contender.counter)?;
+            let installed = (contender.install)(&veth.link)?;
+            let (pps, received) = veth.drop_rate(&contender.counter)?;
             drop(installed);
-            (contender.remove)(&link)?;
-            let received = after.saturating_sub(before);
-            results[i].1.push(received as f64 / seconds);
+            (contender.remove)(&veth.link)?;
+            results[i].1.push(pps);
             results[i].2 += received;
-            results[i].3 += frames_per_run as u64;
+            results[i].3 += veth.frames_per_run as u64;
         }
     }
     let bare = results[0].1.clone();

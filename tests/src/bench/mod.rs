@@ -3,6 +3,7 @@
 //! the controller. Ratios measured side by side in one run, never absolute
 //! times alone: these machines are shared and noisy.
 pub mod controller;
+pub mod crowdsec;
 pub mod live;
 pub mod memory;
 pub mod paths;
@@ -30,6 +31,10 @@ pub struct Effort {
     pub latency_bans: u32,
     /// Seconds of live traffic per measurement.
     pub live_seconds: f64,
+    /// IP decisions in the LAPI for the CrowdSec bouncers, and how long
+    /// one may take to put them in the kernel.
+    pub crowdsec_decisions: u32,
+    pub crowdsec_cap: std::time::Duration,
     pub smoke: bool,
 }
 
@@ -42,6 +47,8 @@ impl Effort {
         distinct_sources: 2_000,
         latency_bans: 120,
         live_seconds: 2.0,
+        crowdsec_decisions: 100_000,
+        crowdsec_cap: std::time::Duration::from_secs(600),
         smoke: false,
     };
     pub const SMOKE: Effort = Effort {
@@ -51,6 +58,8 @@ impl Effort {
         distinct_sources: 50,
         latency_bans: 5,
         live_seconds: 0.2,
+        crowdsec_decisions: 1_000,
+        crowdsec_cap: std::time::Duration::from_secs(180),
         smoke: true,
     };
 }
@@ -163,6 +172,8 @@ pub fn run_all(
     eprintln!("bench: live packets on veth");
     let live = live::live(baseline_path, effort).map_err(|e| format!("{e:#}"));
     live::release_bpffs();
+    eprintln!("bench: CrowdSec, {} decisions", effort.crowdsec_decisions);
+    let crowdsec = crowdsec::crowdsec(baseline_path, effort).map_err(|e| format!("{e:#}"));
     eprintln!("bench: controller");
     let events = controller::ban_events(effort)?;
     let latency_us = controller::failure_to_ban_latency(effort)?;
@@ -179,6 +190,7 @@ pub fn run_all(
         memory,
         default_memory,
         live,
+        crowdsec,
         parser,
         events,
         latency_us,

@@ -3,8 +3,8 @@ use std::{fmt::Write as _, fs};
 
 use super::paths::{SIP_REGISTER, SIP_REGISTER_READ, SIP_UNDER_LIMIT};
 use super::{
-    controller::EventRates, live::LiveResult, paths::PathResult, paths::ScaleMemory,
-    paths::ScaleResult, paths::VersusResult, Effort, Stats,
+    controller::EventRates, crowdsec::CrowdsecResult, live::LiveResult, paths::PathResult,
+    paths::ScaleMemory, paths::ScaleResult, paths::VersusResult, Effort, Stats,
 };
 
 /// An earlier build of the XDP program to time beside this one.
@@ -67,6 +67,8 @@ pub struct Results {
     pub memory: Vec<ScaleMemory>,
     pub default_memory: (Vec<(String, u64)>, u64),
     pub live: Result<Vec<LiveResult>, String>,
+    /// sipguard against Debian's crowdsec-firewall-bouncer.
+    pub crowdsec: Result<CrowdsecResult, String>,
     pub parser: Option<Parser>,
     pub events: EventRates,
     pub latency_us: Vec<f64>,
@@ -249,6 +251,7 @@ pub fn render(r: &Results) -> String {
             );
         }
     }
+    let _ = write!(out, "{}", crowdsec_targets(r));
     if let Some(p) = &r.parser {
         let _ = writeln!(
             out,
@@ -452,6 +455,112 @@ pub fn render(r: &Results) -> String {
         ev.delivered,
         ev.lost
     );
+    let _ = write!(out, "{}", crowdsec_section(r));
+    out
+}
+
+/// The targets table's CrowdSec rows.
+fn crowdsec_targets(r: &Results) -> String {
+    let c = match &r.crowdsec {
+        Ok(c) => c,
+        Err(e) => {
+            return format!(
+                "| CrowdSec: sipguard applies LAPI decisions >= 100x and drops >= 3x faster than \
+                 crowdsec-firewall-bouncer | not measured: {e} | **not met** |\n"
+            )
+        }
+    };
+    let mut out = String::new();
+    let (apply, apply_met) = match c.apply_ratio() {
+        Some((ratio, true)) => (
+            format!(
+                "more than {}x (the firewall bouncer held {} at the {} cap)",
+                f(ratio),
+                c.firewall.applied.held,
+                guard_userspace::clock::human(c.cap)
+            ),
+            ratio >= 100.0,
+        ),
+        Some((ratio, false)) => (format!("{}x", f(ratio)), ratio >= 100.0),
+        None => (
+            format!(
+                "sipguard did not apply them all (held {})",
+                c.sipguard.applied.held
+            ),
+            false,
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "| CrowdSec: {} IP decisions from the LAPI into the kernel >= 100x faster than \
+         crowdsec-firewall-bouncer (nftables) | {apply} | {} |",
+        c.decisions,
+        verdict(apply_met)
+    );
+    let drops = c.drop_ratio();
+    let _ = writeln!(
+        out,
+        "| CrowdSec: with {} entries in force, live drop pps >= 3x crowdsec-firewall-bouncer \
+         (nftables) | {} | {} |",
+        c.decisions,
+        drops.map_or_else(|| "not measured".to_string(), |d| format!("{}x", f(d))),
+        verdict(drops.is_some_and(|d| d >= 3.0))
+    );
+    out
+}
+
+/// Section 6: sipguard and Debian's firewall bouncer on the same LAPI.
+fn crowdsec_section(r: &Results) -> String {
+    let mut out = String::from("\n## 6. CrowdSec\n\n");
+    let c = match &r.crowdsec {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(out, "Not measured: {e}");
+            return out;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "A real LAPI (Debian's `crowdsec -no-cs`, in a namespace of its own joined to the \
+         receiving side of the live veth) holds {} IP ban decisions, put there by `cscli \
+         decisions import` in {:.1} s. Each bouncer is then started afresh in the receiving \
+         namespace with its own bouncer key and a 1 s poll: first sipguard (its crowdsec \
+         bouncer, `poll_interval = \"1s\"`), then Debian's crowdsec-firewall-bouncer in \
+         nftables mode (`update_frequency: 1s`, its default table and set). Time to the kernel: \
+         from the bouncer's process start (sipguard's includes loading and attaching its XDP \
+         program) until the kernel holds every decision: for sipguard its \"crowdsec full \
+         sync\" log line, written once the bans are in the ban map, then the map walked to count \
+         them; for the firewall bouncer its nft set listed until it holds them all (no more \
+         than a fifth of the time, so the listing takes little from it), or the {} cap. \
+         Then, with every entry in force, live frames from one of the banned sources on the \
+         veth as in section 3: for sipguard frames its XDP program saw (all dropped), for the \
+         firewall bouncer frames the veth handed to the stack less those that got past its \
+         input chain (counted by a chain of the bench's own after it).\n",
+        c.decisions,
+        c.import_seconds,
+        guard_userspace::clock::human(c.cap)
+    );
+    let _ = writeln!(
+        out,
+        "| bouncer | decisions in the kernel | start to all in the kernel | drops/s with all in force |\n| --- | --- | --- | --- |"
+    );
+    for b in [&c.sipguard, &c.firewall] {
+        let _ = writeln!(
+            out,
+            "| {} | {} of {} | {} | {} |",
+            b.name,
+            b.applied.held,
+            c.decisions,
+            b.applied.seconds.map_or_else(
+                || format!("not within {}", guard_userspace::clock::human(c.cap)),
+                |s| format!("{} s", f(s))
+            ),
+            match &b.pps {
+                Ok(pps) => format!("{} ({} to {})", si(pps.median), si(pps.min), si(pps.max)),
+                Err(e) => format!("not measured: {e}"),
+            }
+        );
+    }
     out
 }
 
