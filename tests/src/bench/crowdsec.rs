@@ -248,20 +248,15 @@ fn nft_set_len(veth: &Veth) -> u64 {
         .unwrap_or(0)
 }
 
+/// The Debian package's version (the binary's own `-V` says "-").
 fn bouncer_version() -> String {
-    std::process::Command::new(BOUNCER_BIN)
-        .arg("-V")
+    std::process::Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", BOUNCER_BIN])
         .output()
         .ok()
-        .map(|out| String::from_utf8_lossy(&out.stdout).to_string())
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix("version:")
-                    .map(|v| v.trim().to_string())
-            })
-        })
-        .unwrap_or_else(|| "version unknown".into())
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_else(|| "(version unknown)".into())
 }
 
 fn firewall_bouncer(
