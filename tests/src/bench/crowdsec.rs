@@ -40,9 +40,12 @@ const BOUNCER_BIN: &str = "crowdsec-firewall-bouncer";
 /// How far one bouncer got with the decisions.
 #[derive(Debug, Clone)]
 pub struct Applied {
-    /// Seconds from the bouncer's start until the kernel held every
-    /// decision; None when it did not within the cap.
+    /// Seconds from the bouncer's first request to the LAPI until the
+    /// kernel held every decision; None when it did not within the cap.
     pub seconds: Option<f64>,
+    /// The same from the start of its process (sipguard's includes loading
+    /// and attaching its XDP program).
+    pub from_start: Option<f64>,
     /// Decisions in the kernel when it was done (or at the cap).
     pub held: u64,
 }
@@ -155,15 +158,25 @@ fn sipguard(
     let link = &veth.link;
     let started = Instant::now();
     let (mut daemon, program_id) = start_guard(&link.right, &link.right_if, &config, &[])?;
+    let pulling = daemon.wait_for("crowdsec bouncer: pulling decisions", cap);
     let synced = daemon.wait_for("crowdsec full sync", cap);
     let elapsed = started.elapsed().as_secs_f64();
+    // The bouncer task logs just before its first request, and once the
+    // bans are in the map: the daemon's own time stamps, not this poll's.
+    let lapi_to_kernel = match (&pulling, &synced) {
+        (Ok(first), Ok(last)) => stamp(last)
+            .zip(stamp(first))
+            .and_then(|(last, first)| last.duration_since(first).ok())
+            .map(|d| d.as_secs_f64()),
+        _ => None,
+    };
     let maps = KernelMaps::from_program_id(program_id)?;
     let held = maps
         .active_bans(clock::monotonic_ns())?
         .iter()
         .filter(|(_, ban)| ban.reason == BanReason::Crowdsec as u16)
         .count() as u64;
-    let done = synced.is_ok() && held >= u64::from(count);
+    let done = lapi_to_kernel.is_some() && held >= u64::from(count);
     eprintln!("bench: crowdsec: sipguard held {held} of {count} after {elapsed:.2} s");
     let pps = if done {
         drop_rates(veth, &Counter::XdpPackets, effort.runs).map_err(|e| format!("{e:#}"))
@@ -177,11 +190,28 @@ fn sipguard(
     Ok(BouncerResult {
         name: "sipguard (XDP, ban map)".into(),
         applied: Applied {
-            seconds: done.then_some(elapsed),
+            seconds: lapi_to_kernel.filter(|_| done),
+            from_start: done.then_some(elapsed),
             held,
         },
         pps,
     })
+}
+
+/// When a line of the daemon's log was written: tracing's RFC 3339 stamp
+/// at its start (after any colour codes).
+fn stamp(line: &str) -> Option<std::time::SystemTime> {
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, then one final letter.
+            chars.find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    humantime::parse_rfc3339_weak(plain.split_whitespace().next()?).ok()
 }
 
 /// The firewall bouncer's config: nftables mode, IPv4 only (the decisions
@@ -322,7 +352,11 @@ fn firewall_bouncer(
     live::set_gro(&veth.link, false)?;
     Ok(BouncerResult {
         name,
-        applied: Applied { seconds, held },
+        applied: Applied {
+            seconds,
+            from_start: seconds,
+            held,
+        },
         pps,
     })
 }
@@ -364,5 +398,18 @@ mod tests {
         assert_eq!(values.len(), 1_000);
         assert!(values.contains("100.64.7.204"));
         assert!(!values.contains("100.64.0.1"));
+    }
+
+    #[test]
+    fn log_lines_are_timed_by_their_own_stamps() {
+        let plain =
+            "2026-11-30T06:31:18.250000Z  INFO guard_userspace::fleet::bouncer: crowdsec full sync";
+        let coloured = "\x1b[2m2026-11-30T06:31:17.000000Z\x1b[0m \x1b[32m INFO\x1b[0m pulling";
+        let (last, first) = (stamp(plain).unwrap(), stamp(coloured).unwrap());
+        assert_eq!(
+            last.duration_since(first).unwrap(),
+            Duration::from_millis(1250)
+        );
+        assert_eq!(stamp("no stamp here"), None);
     }
 }

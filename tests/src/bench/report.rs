@@ -526,12 +526,14 @@ fn crowdsec_section(r: &Results) -> String {
          decisions import` in {:.1} s. Each bouncer is then started afresh in the receiving \
          namespace with its own bouncer key and a 1 s poll: first sipguard (its crowdsec \
          bouncer, `poll_interval = \"1s\"`), then Debian's crowdsec-firewall-bouncer in \
-         nftables mode (`update_frequency: 1s`, its default table and set). Time to the kernel: \
-         from the bouncer's process start (sipguard's includes loading and attaching its XDP \
-         program) until the kernel holds every decision: for sipguard its \"crowdsec full \
-         sync\" log line, written once the bans are in the ban map, then the map walked to count \
-         them; for the firewall bouncer its nft set listed until it holds them all (no more \
-         than a fifth of the time, so the listing takes little from it), or the {} cap. \
+         nftables mode (`update_frequency: 1s`, its default table and set). Time to the kernel, \
+         until the kernel holds every decision: for sipguard from its bouncer's first request \
+         to the LAPI to its \"crowdsec full sync\" log line, written once the bans are in the \
+         ban map (the daemon's own log time stamps; the map is then walked to count them), and \
+         also from its process start, which includes loading and attaching the XDP program; \
+         for the firewall bouncer from its process start (a Go binary that asks the LAPI at \
+         once), its nft set listed until it holds them all (no more than a fifth of the time, \
+         so the listing takes little from it), or the {} cap. \
          Then, with every entry in force, live frames from one of the banned sources on the \
          veth as in section 3: for sipguard frames its XDP program saw (all dropped), for the \
          firewall bouncer frames the veth handed to the stack less those that got past its \
@@ -542,19 +544,23 @@ fn crowdsec_section(r: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "| bouncer | decisions in the kernel | start to all in the kernel | drops/s with all in force |\n| --- | --- | --- | --- |"
+        "| bouncer | decisions in the kernel | LAPI to all in the kernel | process start to all in the kernel | drops/s with all in force |\n| --- | --- | --- | --- | --- |"
     );
+    let seconds = |s: Option<f64>| {
+        s.map_or_else(
+            || format!("not within {}", guard_userspace::clock::human(c.cap)),
+            |s| format!("{} s", f(s)),
+        )
+    };
     for b in [&c.sipguard, &c.firewall] {
         let _ = writeln!(
             out,
-            "| {} | {} of {} | {} | {} |",
+            "| {} | {} of {} | {} | {} | {} |",
             b.name,
             b.applied.held,
             c.decisions,
-            b.applied.seconds.map_or_else(
-                || format!("not within {}", guard_userspace::clock::human(c.cap)),
-                |s| format!("{} s", f(s))
-            ),
+            seconds(b.applied.seconds),
+            seconds(b.applied.from_start),
             match &b.pps {
                 Ok(pps) => format!("{} ({} to {})", si(pps.median), si(pps.min), si(pps.max)),
                 Err(e) => format!("not measured: {e}"),
