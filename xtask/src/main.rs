@@ -45,6 +45,11 @@ enum Task {
         /// What the report calls the earlier build (a commit, say).
         #[arg(long, requires = "previous")]
         previous_name: Option<String>,
+        /// Only the per-path table and its comparison with `--previous`,
+        /// written to target/BENCHMARKS.paths.md (a few minutes, for a
+        /// quiet moment on a shared machine).
+        #[arg(long, requires = "previous", conflicts_with = "smoke")]
+        paths_only: bool,
     },
     /// Build the Debian package (target/debian/sipguard_VERSION_ARCH.deb).
     Deb,
@@ -66,7 +71,12 @@ fn main() {
             smoke,
             previous,
             previous_name,
-        } => bench(smoke, previous.as_deref(), previous_name.as_deref()),
+            paths_only,
+        } => bench(
+            BenchRun { smoke, paths_only },
+            previous.as_deref(),
+            previous_name.as_deref(),
+        ),
         Task::Deb => deb::deb().map(|_| ()),
     };
     if let Err(e) = result {
@@ -254,7 +264,16 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn bench(smoke: bool, previous: Option<&Path>, previous_name: Option<&str>) -> Result<()> {
+/// Which benchmark run: CI's smoke run, the per-path comparison only, or
+/// the full run.
+#[derive(Clone, Copy)]
+struct BenchRun {
+    smoke: bool,
+    paths_only: bool,
+}
+
+fn bench(run: BenchRun, previous: Option<&Path>, previous_name: Option<&str>) -> Result<()> {
+    let BenchRun { smoke, paths_only } = run;
     if !is_root() {
         bail!("the benchmarks load XDP programs and create namespaces: run as root");
     }
@@ -273,25 +292,29 @@ fn bench(smoke: bool, previous: Option<&Path>, previous_name: Option<&str>) -> R
     check(&mut command).context("building the bench runner")?;
 
     let mut criterion = clean_cargo(None);
-    criterion
-        .args([
-            "bench",
-            "-p",
-            "guard-userspace",
-            "--bench",
-            "sip_parse",
-            "--",
-        ])
-        .env("SIPGUARD_EBPF_OBJECT", ebpf_object_path());
-    if smoke {
-        criterion.args(["--warm-up-time", "0.2", "--measurement-time", "0.5"]);
-    } else {
-        criterion.args(["--warm-up-time", "2", "--measurement-time", "10"]);
+    if !paths_only {
+        criterion
+            .args([
+                "bench",
+                "-p",
+                "guard-userspace",
+                "--bench",
+                "sip_parse",
+                "--",
+            ])
+            .env("SIPGUARD_EBPF_OBJECT", ebpf_object_path());
+        if smoke {
+            criterion.args(["--warm-up-time", "0.2", "--measurement-time", "0.5"]);
+        } else {
+            criterion.args(["--warm-up-time", "2", "--measurement-time", "10"]);
+        }
+        check(&mut criterion).context("the SIP parser benchmark")?;
     }
-    check(&mut criterion).context("the SIP parser benchmark")?;
 
     let root = workspace_root();
-    let output = if smoke {
+    let output = if paths_only {
+        root.join("target").join("BENCHMARKS.paths.md")
+    } else if smoke {
         root.join("target").join("BENCHMARKS.smoke.md")
     } else {
         root.join("BENCHMARKS.md")
@@ -307,6 +330,9 @@ fn bench(smoke: bool, previous: Option<&Path>, previous_name: Option<&str>) -> R
         .env("SIPGUARD_BIN", &sipguard);
     if smoke {
         runner.arg("--smoke");
+    }
+    if paths_only {
+        runner.arg("--paths-only");
     }
     if let Some(previous) = previous {
         // The runner is started from the workspace root.

@@ -146,6 +146,20 @@ pub fn xdp<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a Xdp> {
         .try_into()?)
 }
 
+/// Only the per-path table against `previous`, as markdown: a short run
+/// for a quiet moment.
+pub fn paths_only(
+    baseline_path: &std::path::Path,
+    previous: &report::Previous,
+    effort: Effort,
+) -> Result<String> {
+    let baseline = load_baseline(baseline_path, 0)?;
+    eprintln!("bench: per-path costs, against {}", previous.name);
+    let per_path = paths::per_path(&baseline, Some(previous.object.as_path()), effort)?;
+    let versus = per_path.versus.map(|rows| (previous.clone(), rows));
+    Ok(report::render_paths_only(effort, &per_path.paths, &versus))
+}
+
 /// Runs every benchmark at `effort` and gathers the report's inputs.
 /// `criterion` is where `cargo bench` left the parser figures (if it ran);
 /// `previous`, an earlier build's XDP object timed path by path beside this one.

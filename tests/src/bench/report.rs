@@ -59,7 +59,7 @@ pub struct Results {
     pub bare_pass: Stats,
     pub paths: Vec<PathResult>,
     /// Each path against the previous build's, when one was given.
-    pub versus: Option<(Previous, Vec<VersusResult>)>,
+    pub versus: Versus,
     pub crossing: (Stats, Stats),
     /// xdp-filter's deny hit in the same framing: (ns, ratio to bare XDP_DROP).
     pub xdp_filter: Result<(Stats, Stats), String>,
@@ -130,6 +130,51 @@ fn si(v: f64) -> String {
     } else {
         format!("{v:.0}")
     }
+}
+
+/// Table 1's rows, one per path.
+fn path_rows(paths: &[PathResult]) -> String {
+    let mut out = String::new();
+    for p in paths {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            p.name,
+            if p.action == XDP_DROP { "drop" } else { "pass" },
+            range(&p.ns),
+            range(&p.ratio)
+        );
+    }
+    out
+}
+
+/// Each path against an earlier build's, when one was given.
+pub type Versus = Option<(Previous, Vec<VersusResult>)>;
+
+/// `cargo xtask bench --paths-only`: the machine, table 1's paths and
+/// section 1b, with the slowdown target's row.
+pub fn render_paths_only(effort: Effort, paths: &[PathResult], versus: &Versus) -> String {
+    let mut out = String::from("# sipguard benchmarks: per-path costs only\n\n");
+    let _ = writeln!(
+        out,
+        "Written by `cargo xtask bench --paths-only` (as root). Every figure is the median of \
+         {} runs, with min and max in brackets.\n",
+        effort.runs
+    );
+    let _ = writeln!(out, "## Machine\n\n{}", machine());
+    let _ = writeln!(
+        out,
+        "## Target\n\n| target | measured | verdict |\n| --- | --- | --- |\n{}",
+        slowdown_target(versus)
+    );
+    let _ = writeln!(
+        out,
+        "## 1. Per-packet cost by path\n\n| path | verdict | ns/packet | ratio to bare |\n| --- | --- | --- | --- |"
+    );
+    out.push_str(&path_rows(paths));
+    out.push('\n');
+    out.push_str(&versus_section(effort, versus));
+    out
 }
 
 pub fn render(r: &Results) -> String {
@@ -272,7 +317,7 @@ pub fn render(r: &Results) -> String {
         f(p99),
         verdict(p99 < 5000.0)
     );
-    let _ = writeln!(out, "{}", slowdown_target(r));
+    let _ = writeln!(out, "{}", slowdown_target(&r.versus));
 
     let _ = writeln!(out, "{}", missed_targets(r));
     let _ = writeln!(
@@ -301,16 +346,7 @@ pub fn render(r: &Results) -> String {
         "| bare XDP_PASS | pass | {} | 1 |",
         range(&r.bare_pass)
     );
-    for p in &r.paths {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            p.name,
-            if p.action == XDP_DROP { "drop" } else { "pass" },
-            range(&p.ns),
-            range(&p.ratio)
-        );
-    }
+    out.push_str(&path_rows(&r.paths));
     let _ = writeln!(
         out,
         "{}| SIP crossing the limit (ban insert + event), {} distinct sources, kernel-timed single runs | drop | {} | {} |\n\
@@ -329,7 +365,7 @@ pub fn render(r: &Results) -> String {
         range(&r.crossing.1)
     );
 
-    let _ = writeln!(out, "{}", versus_section(r));
+    let _ = writeln!(out, "{}", versus_section(r.effort, &r.versus));
     let _ = writeln!(
         out,
         "## 2. Scaling\n\nThe same paths with the ban map, the IPv4 deny trie and the rate state \
@@ -699,12 +735,12 @@ fn worst_versus(rows: &[VersusResult]) -> Option<(&'static str, f64)> {
 }
 
 /// The targets table's row for "no path slower than the previous build".
-fn slowdown_target(r: &Results) -> String {
+fn slowdown_target(versus: &Versus) -> String {
     let target = format!(
         "no verdict path more than {:.0}% slower than the previous build",
         (MAX_SLOWDOWN - 1.0) * 100.0
     );
-    match &r.versus {
+    match versus {
         Some((previous, rows)) => match worst_versus(rows) {
             Some((name, worst)) => format!(
                 "| {target} ({}), same rounds | worst {}x ({name}) | {} |\n",
@@ -721,9 +757,9 @@ fn slowdown_target(r: &Results) -> String {
 }
 
 /// Section 1b: every path of this build against the previous one's.
-fn versus_section(r: &Results) -> String {
+fn versus_section(effort: Effort, versus: &Versus) -> String {
     let mut out = String::new();
-    let Some((previous, rows)) = &r.versus else {
+    let Some((previous, rows)) = versus else {
         let _ = writeln!(
             out,
             "## 1b. Against a previous build\n\nNot measured in this run: `cargo xtask bench \
@@ -741,7 +777,7 @@ fn versus_section(r: &Results) -> String {
          toolchain on this machine. Paths the previous build does not have are left out.\n",
         previous.name,
         previous.object.display(),
-        r.effort.runs
+        effort.runs
     );
     let _ = writeln!(
         out,

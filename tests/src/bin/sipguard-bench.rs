@@ -19,6 +19,8 @@ struct Args {
     criterion: Option<PathBuf>,
     previous: Option<report::Previous>,
     smoke: bool,
+    /// Only table 1 and its comparison with `previous`.
+    paths_only: bool,
 }
 
 fn args() -> Result<Args> {
@@ -26,6 +28,7 @@ fn args() -> Result<Args> {
     let mut output = None;
     let mut criterion = None;
     let mut smoke = false;
+    let mut paths_only = false;
     let mut previous = None;
     let mut previous_name = None;
     let mut it = std::env::args().skip(1);
@@ -35,6 +38,7 @@ fn args() -> Result<Args> {
             "--output" => output = it.next().map(PathBuf::from),
             "--criterion" => criterion = it.next().map(PathBuf::from),
             "--smoke" => smoke = true,
+            "--paths-only" => paths_only = true,
             "--previous" => previous = it.next().map(PathBuf::from),
             "--previous-name" => previous_name = it.next(),
             other => bail!("unknown argument {other:?}"),
@@ -49,6 +53,7 @@ fn args() -> Result<Args> {
             object,
         }),
         smoke,
+        paths_only,
     })
 }
 
@@ -62,6 +67,16 @@ fn main() -> Result<()> {
     } else {
         Effort::FULL
     };
+    if args.paths_only {
+        let previous = args
+            .previous
+            .context("--paths-only compares with a previous build: give --previous OBJECT")?;
+        let text = bench::paths_only(&args.baseline, &previous, effort)?;
+        std::fs::write(&args.output, &text)
+            .with_context(|| format!("writing {}", args.output.display()))?;
+        eprintln!("bench: wrote {}", args.output.display());
+        return Ok(());
+    }
     let results = bench::run_all(
         &args.baseline,
         args.criterion.as_deref(),
