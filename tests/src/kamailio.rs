@@ -149,15 +149,7 @@ impl Pbx {
             .args(["-timeout", "10s", "-recv_timeout", "3000"])
             .output()
             .expect("running sipp (apt-get install sip-tester)");
-        let text = String::from_utf8_lossy(&output.stdout);
-        let count = |label: &str| {
-            text.lines()
-                .rfind(|l| l.contains(label))
-                .and_then(|l| l.split('|').nth(2))
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        (count("Successful call"), count("Failed call"))
+        sipp_totals(&String::from_utf8_lossy(&output.stdout))
     }
 
     pub fn ban(&self, ip: [u8; 4]) -> Option<guard_common::BanEntry> {
@@ -278,4 +270,18 @@ pub fn guess(
         .join()
         .expect("client thread")
         .expect("client namespace")
+}
+
+/// (successful, failed) calls from sipp's final statistics screen on its
+/// stdout (0 where a line is missing).
+pub fn sipp_totals(stdout: &str) -> (u32, u32) {
+    let count = |label: &str| {
+        stdout
+            .lines()
+            .rfind(|l| l.contains(label))
+            .and_then(|l| l.split('|').nth(2))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (count("Successful call"), count("Failed call"))
 }

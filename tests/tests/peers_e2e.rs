@@ -11,7 +11,9 @@ use guard_common::{BanReason, PeerKind, Reason, SourceKey};
 use guard_userspace::{clock::monotonic_ns, sip::parser};
 use sipguard_tests::{
     daemon::TempFile,
-    kamailio::{peers, register, send, KamailioSetup, Pbx, ATTACKER, PASSWORD, PBX, PHONE},
+    kamailio::{
+        peers, register, send, sipp_totals, KamailioSetup, Pbx, ATTACKER, PASSWORD, PBX, PHONE,
+    },
 };
 
 const PHONE_IP: [u8; 4] = [10, 78, 0, 2];
@@ -117,15 +119,7 @@ fn boot_storm(pbx: &Pbx, first: u32, users: u32) -> (u32, u32) {
         .args(["-timeout", "30s", "-recv_timeout", "5000"])
         .output()
         .expect("running sipp (apt-get install sip-tester)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let count = |label: &str| {
-        text.lines()
-            .rfind(|l| l.contains(label))
-            .and_then(|l| l.split('|').nth(2))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (count("Successful call"), count("Failed call"))
+    sipp_totals(&String::from_utf8_lossy(&output.stdout))
 }
 
 /// Issue 11 item 3: 100 phones behind one address register within one

@@ -24,7 +24,7 @@ use guard_userspace::control::protocol::{BanRow, PeerRow};
 use md5::{Digest, Md5};
 use sipguard_tests::{
     daemon::{Daemon, TempDir, TempFile},
-    kamailio::{peers, KamailioSetup, Pbx, PBX, PHONE},
+    kamailio::{peers, sipp_totals, KamailioSetup, Pbx, PBX, PHONE},
     netns::NetNs,
     traffic::cli,
 };
@@ -131,16 +131,10 @@ fn sipp(ns: &NetNs, scenario: &str, args: &[String]) -> JoinHandle<SippRun> {
             .output()
             .expect("running sipp (apt-get install sip-tester)");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let count = |label: &str| {
-            text.lines()
-                .rfind(|l| l.contains(label))
-                .and_then(|l| l.split('|').nth(2))
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap_or(0)
-        };
+        let (successful, failed) = sipp_totals(&text);
         SippRun {
-            successful: count("Successful call"),
-            failed: count("Failed call"),
+            successful,
+            failed,
             output: format!("{text}{}", String::from_utf8_lossy(&output.stderr)),
         }
     })
