@@ -51,6 +51,14 @@ impl Effort {
         crowdsec_cap: std::time::Duration::from_secs(600),
         smoke: false,
     };
+    /// `--paths-only --quick`: a minute or two for trying a change to the
+    /// packet path; the full run's figures are the ones to report.
+    pub const QUICK: Effort = Effort {
+        repeat: 1_000_000,
+        runs: 3,
+        smoke: false,
+        ..Effort::SMOKE
+    };
     pub const SMOKE: Effort = Effort {
         repeat: 100_000,
         runs: 1,
@@ -147,15 +155,17 @@ pub fn xdp<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a Xdp> {
 }
 
 /// Only the per-path table against `previous`, as markdown: a short run
-/// for a quiet moment.
+/// for a quiet moment. `only`: the paths whose names contain one of these
+/// (all when empty).
 pub fn paths_only(
     baseline_path: &std::path::Path,
     previous: &report::Previous,
     effort: Effort,
+    only: &[String],
 ) -> Result<String> {
     let baseline = load_baseline(baseline_path, 0)?;
     eprintln!("bench: per-path costs, against {}", previous.name);
-    let per_path = paths::per_path(&baseline, Some(previous.object.as_path()), effort)?;
+    let per_path = paths::per_path(&baseline, Some(previous.object.as_path()), effort, only)?;
     let versus = per_path.versus.map(|rows| (previous.clone(), rows));
     Ok(report::render_paths_only(effort, &per_path.paths, &versus))
 }
@@ -176,7 +186,7 @@ pub fn run_all(
         bare_drop,
         bare_pass,
         versus,
-    } = paths::per_path(&baseline, previous.map(|p| p.object.as_path()), effort)?;
+    } = paths::per_path(&baseline, previous.map(|p| p.object.as_path()), effort, &[])?;
     let versus = previous.cloned().zip(versus);
     let crossing = paths::crossing(&baseline, effort)?;
     let xdp_filter = paths::xdp_filter_reference(&baseline, effort).map_err(|e| format!("{e:#}"));

@@ -225,10 +225,12 @@ pub struct PerPath {
 /// with `previous` (an earlier build's object), each path of it right
 /// after ours, with the same policy and bans. The SIP reader's path is
 /// left out of the comparison when the earlier build has no reader.
+/// `only`: the paths whose names contain one of these (all when empty).
 pub fn per_path(
     baseline: &aya::Ebpf,
     previous: Option<&std::path::Path>,
     effort: Effort,
+    only: &[String],
 ) -> Result<PerPath> {
     let mut h = bench_harness(65_536, 65_536, 100_000)?;
     let previous = previous
@@ -242,7 +244,11 @@ pub fn per_path(
         policy(65_536, 65_536, 100_000)
     );
     let mut reader = Harness::try_new(&reader_policy)?;
-    let paths = paths();
+    let paths: Vec<Path> = paths()
+        .into_iter()
+        .filter(|path| only.is_empty() || only.iter().any(|name| path.name.contains(name.as_str())))
+        .collect();
+    ensure!(!paths.is_empty(), "no path's name contains any of {only:?}");
     let bare_drop = xdp(baseline, "bare_drop")?;
     let bare_pass = xdp(baseline, "bare_pass")?;
     let frame = udp("198.51.100.1", PBX4, 9999, b"x");

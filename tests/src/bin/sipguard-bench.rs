@@ -2,6 +2,7 @@
 //!
 //! sipguard-bench --baseline OBJECT --output FILE [--criterion DIR] [--smoke]
 //!                [--previous OBJECT [--previous-name NAME]]
+//!                [--paths-only [--quick] [--only NAME]...]
 //!
 //! `--previous` times an earlier build's XDP object path by path in the
 //! same rounds as this build's (section 1b and a target row).
@@ -21,6 +22,10 @@ struct Args {
     smoke: bool,
     /// Only table 1 and its comparison with `previous`.
     paths_only: bool,
+    /// With `paths_only`: fewer, shorter runs ([`Effort::QUICK`]).
+    quick: bool,
+    /// With `paths_only`: the paths whose names contain one of these.
+    only: Vec<String>,
 }
 
 fn args() -> Result<Args> {
@@ -29,6 +34,8 @@ fn args() -> Result<Args> {
     let mut criterion = None;
     let mut smoke = false;
     let mut paths_only = false;
+    let mut quick = false;
+    let mut only = Vec::new();
     let mut previous = None;
     let mut previous_name = None;
     let mut it = std::env::args().skip(1);
@@ -39,6 +46,8 @@ fn args() -> Result<Args> {
             "--criterion" => criterion = it.next().map(PathBuf::from),
             "--smoke" => smoke = true,
             "--paths-only" => paths_only = true,
+            "--quick" => quick = true,
+            "--only" => only.push(it.next().context("--only NAME")?),
             "--previous" => previous = it.next().map(PathBuf::from),
             "--previous-name" => previous_name = it.next(),
             other => bail!("unknown argument {other:?}"),
@@ -54,6 +63,8 @@ fn args() -> Result<Args> {
         }),
         smoke,
         paths_only,
+        quick,
+        only,
     })
 }
 
@@ -62,8 +73,13 @@ fn main() -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load XDP programs and create namespaces: run as root");
     }
+    if (args.quick || !args.only.is_empty()) && !args.paths_only {
+        bail!("--quick and --only go with --paths-only");
+    }
     let effort = if args.smoke {
         Effort::SMOKE
+    } else if args.quick {
+        Effort::QUICK
     } else {
         Effort::FULL
     };
@@ -71,7 +87,7 @@ fn main() -> Result<()> {
         let previous = args
             .previous
             .context("--paths-only compares with a previous build: give --previous OBJECT")?;
-        let text = bench::paths_only(&args.baseline, &previous, effort)?;
+        let text = bench::paths_only(&args.baseline, &previous, effort, &args.only)?;
         std::fs::write(&args.output, &text)
             .with_context(|| format!("writing {}", args.output.display()))?;
         eprintln!("bench: wrote {}", args.output.display());
