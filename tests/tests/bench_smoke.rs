@@ -96,7 +96,7 @@ fn a_previous_build_is_timed_path_by_path() {
             .expect("SIPGUARD_EBPF_OBJECT (set by cargo xtask test)"),
     );
     let baseline = bench::load_baseline(&baseline, 0).unwrap();
-    let measured = paths::per_path(&baseline, Some(&object), Effort::SMOKE).unwrap();
+    let measured = paths::per_path(&baseline, Some(&object), Effort::SMOKE, &[]).unwrap();
     let versus = measured.versus.expect("the previous build's rows");
     // All but the SIP reader's path, which runs on a harness of its own.
     assert_eq!(versus.len(), paths::paths().len() - 1);
