@@ -317,9 +317,10 @@ fn a_restart_keeps_the_learned_peers() {
 }
 
 /// svwar (Debian's sipvicious 0.3.3) as a phone (its User-Agent
-/// rewritten) over 100-199 from ATTACKER, 10 requests a second. Returns
-/// its output.
-fn svwar_as_phone(pbx: &Pbx) -> String {
+/// svwar (Debian's sipvicious 0.3.3) as a phone (its User-Agent
+/// rewritten) probing 100-199 with `method` from ATTACKER, 10 requests a
+/// second. Returns its output.
+fn svwar_as_phone(pbx: &Pbx, method: &str) -> String {
     let prefer = |address: &str| {
         pbx.link
             .left
@@ -343,7 +344,7 @@ fn svwar_as_phone(pbx: &Pbx) -> String {
         .args(["40", "python3"])
         .arg(peers().join("svwar-as-phone.py"))
         .args([
-            "-b", ATTACKER, "-x", ATTACKER, "-p", "5060", "-e", "100-199",
+            "-b", ATTACKER, "-x", ATTACKER, "-p", "5060", "-e", "100-199", "-m", method,
         ])
         .args(["--force", "--maximumtime", "15", "-t", "0.1", PBX])
         .output()
@@ -356,24 +357,50 @@ fn svwar_as_phone(pbx: &Pbx) -> String {
     )
 }
 
-/// The usernames Kamailio saw requests for from `source`.
-fn names_seen(pbx: &Pbx, source: &str) -> BTreeSet<String> {
+/// The usernames Kamailio saw `method` requests for from `source`.
+fn names_seen(pbx: &Pbx, method: &str, source: &str) -> BTreeSet<String> {
     pbx.kamailio
         .log()
         .lines()
-        .filter(|l| l.contains("sipguard-test:") && l.contains(&format!("from {source}:")))
+        .filter(|l| l.contains(&format!("sipguard-test: {method} for [")))
+        .filter(|l| l.contains(&format!("from {source}:")))
         .filter_map(|l| l.split('[').nth(1)?.split(']').next().map(str::to_string))
         .collect()
 }
 
-/// A scan that goes on whatever it hears: REGISTERs for `first`, `first` + 1, ...
-/// from one socket of `source` with a phone's User-Agent, each sent 20 ms
-/// after the last was answered (or 300 ms passed without an answer), as a
-/// scanner a round trip away on the Internet sends them; it stops after
-/// `give_up` unanswered ones in a row. Returns how many were answered. (A
-/// scanner on the PBX's own LAN, firing at once, can learn a name or two
-/// more while the controller writes the ban; the rate rules still cap it.)
-fn persistent_scan(pbx: &Pbx, source: &'static str, first: u32, give_up: u32) -> u32 {
+/// A probe of extension `ext` by `method` from `source`:5090, with a
+/// phone's User-Agent (From and To name it, as svwar's probes do).
+fn probe(method: &str, source: &str, ext: u32) -> String {
+    let uri = match method {
+        "REGISTER" => format!("sip:{PBX}"),
+        _ => format!("sip:{ext}@{PBX}"),
+    };
+    let event = match method {
+        "SUBSCRIBE" => "Event: presence\r\n",
+        _ => "",
+    };
+    format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {source}:5090;branch=z9hG4bK-s{ext};rport\r\n\
+Max-Forwards: 70\r\nFrom: \"{ext}\"<sip:{ext}@{PBX}>;tag=s{ext}\r\nTo: \"{ext}\"<sip:{ext}@{PBX}>\r\n\
+Call-ID: scan-{ext}\r\nCSeq: 1 {method}\r\nContact: <sip:{ext}@{source}:5090>\r\n{event}\
+User-Agent: Yealink SIP-T46S 66.86.0.15\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A scan that goes on whatever it hears: `method` probes for `first`,
+/// `first` + 1, ... from one socket of `source`, each sent 20 ms after the
+/// last was answered (or 300 ms passed without an answer), as a scanner a
+/// round trip away on the Internet sends them; it stops after `give_up`
+/// unanswered ones in a row. Returns how many were answered. (A scanner on
+/// the PBX's own LAN, firing at once, can learn a name or two more while
+/// the controller writes the ban; the rate rules still cap it.)
+fn persistent_scan(
+    pbx: &Pbx,
+    method: &'static str,
+    source: &'static str,
+    first: u32,
+    give_up: u32,
+) -> u32 {
     pbx.link
         .left
         .run_in(move || {
@@ -383,14 +410,8 @@ fn persistent_scan(pbx: &Pbx, source: &'static str, first: u32, give_up: u32) ->
                 .unwrap();
             let (mut answered, mut silent) = (0, 0);
             for ext in first..first + 100 {
-                let text = format!(
-                    "REGISTER sip:{PBX} SIP/2.0\r\nVia: SIP/2.0/UDP {source}:5090;branch=z9hG4bK-s{ext};rport\r\n\
-Max-Forwards: 70\r\nFrom: \"{ext}\"<sip:{ext}@{PBX}>;tag=s{ext}\r\nTo: \"{ext}\"<sip:{ext}@{PBX}>\r\n\
-Call-ID: scan-{ext}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{ext}@{source}:5090>\r\n\
-User-Agent: Yealink SIP-T46S 66.86.0.15\r\nContent-Length: 0\r\n\r\n"
-                );
                 std::thread::sleep(Duration::from_millis(20));
-                match send(&socket, text.as_bytes()) {
+                match send(&socket, probe(method, source, ext).as_bytes()) {
                     Some(_) => (answered, silent) = (answered + 1, 0),
                     None => silent += 1,
                 }
@@ -405,50 +426,67 @@ User-Agent: Yealink SIP-T46S 66.86.0.15\r\nContent-Length: 0\r\n\r\n"
         .expect("client namespace")
 }
 
-fn scan_is_banned_within_five_usernames(tag: &str, defines: &[&str]) {
-    let mut pbx = Pbx::start_with(
+/// How Kamailio (`peers/kamailio.cfg`) answers the probes of a scan.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answers {
+    /// 404 for an unknown username, a challenge for a known one.
+    NotFound,
+    /// A challenge for every username alike.
+    Alike,
+}
+
+/// Kamailio for a scan by `method`: every method answered as REGISTER is
+/// (`PROBE_METHODS`), unknown users as `answers` says.
+fn scanned_pbx(tag: &str, method: &str, answers: Answers) -> Pbx {
+    let mut defines = Vec::new();
+    if method != "REGISTER" {
+        defines.push("PROBE_METHODS".to_string());
+    }
+    if answers == Answers::Alike {
+        defines.push("CHALLENGE_ALL".to_string());
+    }
+    Pbx::start_with(
         tag,
         CONFIG,
         KamailioSetup {
-            defines: defines.iter().map(|d| d.to_string()).collect(),
+            defines,
             ..KamailioSetup::default()
         },
-    );
-    let output = svwar_as_phone(&pbx);
-    let alike = !defines.is_empty();
-    if alike {
-        // svwar gives up when every name is answered alike (its first
-        // probe and 100, two names): it learned nothing. A scan that goes
-        // on regardless is banned at its fifth name.
-        assert!(output.contains("found nothing"), "{output}");
-        let answered = persistent_scan(&pbx, ATTACKER, 100, 3);
-        assert!(answered <= 4, "{answered} more names answered");
+    )
+}
+
+/// The challenge Kamailio answers a known user's `method` with.
+fn challenge(method: &str) -> u16 {
+    if method == "REGISTER" {
+        401
+    } else {
+        407
     }
+}
+
+/// The attacker is banned as `enumeration` on the unproven evidence of its
+/// five probes, whose last user:status pairs end with `evidence`; Kamailio
+/// saw five names from it, the kernel dropped the rest, and the phone on
+/// the same network still registers. Stops the guard.
+fn assert_scan_banned(mut pbx: Pbx, method: &str, evidence: &str, output: &str) {
     let line = pbx
         .guard
         .wait_for("banned 10.78.0.4", Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("{e}\nsvwar:\n{output}"));
+        .unwrap_or_else(|e| panic!("{e}\nscanner:\n{output}"));
     assert!(line.contains("enumeration, 5 failures"), "{line}");
     assert!(line.contains("(unproven)"), "{line}");
+    assert!(line.contains(evidence), "{line}\nexpected ...{evidence}");
     assert_eq!(
         ban_reason(&pbx, ATTACKER_IP),
         Some(BanReason::Enumeration as u16)
     );
-    let seen = names_seen(&pbx, ATTACKER);
+    let seen = names_seen(&pbx, method, ATTACKER);
     assert_eq!(
         seen.len(),
         5,
         "Kamailio answered {} usernames: {seen:?}\n{output}",
         seen.len()
     );
-    if !alike {
-        // svwar's own probe (a random number), then 100-103: it learned
-        // four extensions exist, and never got an answer for a sixth name.
-        assert!(!seen.contains("104"), "{seen:?}");
-        for ext in 100..104 {
-            assert!(output.contains(&format!("{ext}")), "{ext}: {output}");
-        }
-    }
     let maps = pbx.maps();
     assert!(
         maps.verdict(Reason::Banned).unwrap().packets > 0,
@@ -465,19 +503,120 @@ fn scan_is_banned_within_five_usernames(tag: &str, defines: &[&str]) {
     assert!(pbx.guard.stop().unwrap().success());
 }
 
+/// svwar's scan by `method` (REGISTER, INVITE or OPTIONS: the three it
+/// knows) is banned within five usernames.
+fn svwar_scan_is_banned_within_five_usernames(tag: &str, method: &'static str, answers: Answers) {
+    let pbx = scanned_pbx(tag, method, answers);
+    let output = svwar_as_phone(&pbx, method);
+    if answers == Answers::Alike {
+        // svwar gives up when every name is answered alike (its first
+        // probe and 100, two names): it learned nothing. A scan that goes
+        // on regardless is banned at its fifth name.
+        assert!(output.contains("found nothing"), "{output}");
+        let answered = persistent_scan(&pbx, method, ATTACKER, 100, 3);
+        assert!(answered <= 4, "{answered} more names answered");
+    } else {
+        // svwar's own probe (a random number, 404), then 100-103: it
+        // learned four extensions exist, and never got an answer for a
+        // sixth name.
+        for ext in 100..104 {
+            assert!(output.contains(&format!("{ext}")), "{ext}: {output}");
+        }
+        assert!(!names_seen(&pbx, method, ATTACKER).contains("104"));
+    }
+    let c = challenge(method);
+    let evidence = format!("100:{c} 101:{c} 102:{c} 103:{c}");
+    assert_scan_banned(pbx, method, &evidence, &output);
+}
+
 /// Issue 11 item 4, against a PBX that answers 404 for unknown users (svwar
 /// learns 100-103 exist from their 401s, then the ban drops its sixth name).
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn an_extension_scan_is_banned_within_five_usernames_404() {
-    scan_is_banned_within_five_usernames("pe404", &[]);
+    svwar_scan_is_banned_within_five_usernames("pe404", "REGISTER", Answers::NotFound);
 }
 
 /// ... and against one that challenges every username alike.
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn an_extension_scan_is_banned_within_five_usernames_alike() {
-    scan_is_banned_within_five_usernames("pealike", &["CHALLENGE_ALL"]);
+    svwar_scan_is_banned_within_five_usernames("pealike", "REGISTER", Answers::Alike);
+}
+
+/// The probes may be INVITEs (`svwar -m INVITE`: 407 for 100-103)...
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn an_invite_scan_is_banned_within_five_usernames_404() {
+    svwar_scan_is_banned_within_five_usernames("peinv404", "INVITE", Answers::NotFound);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn an_invite_scan_is_banned_within_five_usernames_alike() {
+    svwar_scan_is_banned_within_five_usernames("peinvalk", "INVITE", Answers::Alike);
+}
+
+/// ... or OPTIONS (`svwar -m OPTIONS`)...
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn an_options_scan_is_banned_within_five_usernames_404() {
+    svwar_scan_is_banned_within_five_usernames("peopt404", "OPTIONS", Answers::NotFound);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn an_options_scan_is_banned_within_five_usernames_alike() {
+    svwar_scan_is_banned_within_five_usernames("peoptalk", "OPTIONS", Answers::Alike);
+}
+
+/// sipp scanning `names` by SUBSCRIBE (`peers/subscribe-scan.xml`) from
+/// ATTACKER:5090, 10 names a second, one at a time. Returns (answered,
+/// unanswered) and its output.
+fn sipp_subscribe_scan(pbx: &Pbx, names: std::ops::Range<u32>) -> ((u32, u32), String) {
+    let csv: String = std::iter::once("SEQUENTIAL\n".to_string())
+        .chain(names.clone().map(|n| format!("{n}\n")))
+        .collect();
+    let inf = TempFile::new("subscribe-scan.csv", &csv);
+    let calls = names.len().to_string();
+    let output = pbx
+        .link
+        .left
+        .command("timeout")
+        .args(["60", "sipp", &format!("{PBX}:5060"), "-sf"])
+        .arg(peers().join("subscribe-scan.xml"))
+        .args(["-inf", inf.path(), "-i", ATTACKER, "-p", "5090", "-t", "u1"])
+        .args(["-m", &calls, "-l", "1", "-r", "10", "-nostdin", "-nr"])
+        .args(["-timeout", "30s", "-recv_timeout", "1000"])
+        .output()
+        .expect("running sipp (apt-get install sip-tester)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (sipp_totals(&stdout), stdout)
+}
+
+/// ... or SUBSCRIBEs (sipp, one socket, a phone's User-Agent) for
+/// 197-206: 197-199 exist (407), 200-206 do not (404). Banned at the
+/// answer for 201, the fifth name.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_subscribe_scan_is_banned_within_five_usernames_404() {
+    let pbx = scanned_pbx("pesub404", "SUBSCRIBE", Answers::NotFound);
+    let (totals, output) = sipp_subscribe_scan(&pbx, 197..207);
+    assert_eq!(totals, (5, 5), "answered, unanswered\n{output}");
+    let evidence = "197:407 198:407 199:407 200:404 201:404";
+    assert_scan_banned(pbx, "SUBSCRIBE", evidence, &output);
+}
+
+/// ... with a PBX that challenges every username alike (407 for 300-309,
+/// which do not exist).
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_subscribe_scan_is_banned_within_five_usernames_alike() {
+    let pbx = scanned_pbx("pesubalk", "SUBSCRIBE", Answers::Alike);
+    let (totals, output) = sipp_subscribe_scan(&pbx, 300..310);
+    assert_eq!(totals, (5, 5), "answered, unanswered\n{output}");
+    let evidence = "300:407 301:407 302:407 303:407 304:407";
+    assert_scan_banned(pbx, "SUBSCRIBE", evidence, &output);
 }
 
 /// ... and against one that answers nothing for unknown usernames: the
@@ -496,7 +635,7 @@ fn an_extension_scan_of_a_silent_pbx_is_banned() {
         },
     );
     // 300-319 do not exist: about 6 s of probes, 20 at most.
-    assert_eq!(persistent_scan(&pbx, ATTACKER, 300, 20), 0);
+    assert_eq!(persistent_scan(&pbx, "REGISTER", ATTACKER, 300, 20), 0);
     let line = pbx
         .guard
         .wait_for("banned 10.78.0.4", Duration::from_secs(5))
