@@ -5,7 +5,6 @@
 use crate::alerts::Alerts;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::{Context, Result};
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{signal, Signal, SignalKind},
@@ -33,7 +32,11 @@ use crate::{
     state::{self, StateDir},
 };
 
+mod error;
 mod start;
+
+pub use error::DaemonError;
+use error::Result;
 
 pub struct RunOptions {
     pub control_socket: PathBuf,
@@ -131,10 +134,11 @@ struct Signals {
 
 impl Signals {
     fn install() -> Result<Signals> {
+        let install = |kind| signal(kind).map_err(DaemonError::Signals);
         Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
         })
     }
 }
@@ -175,9 +179,7 @@ fn prepare_pins(
     };
     let pins = match Pins::prepare(root, iface, ifindex, netns) {
         Ok(pins) => pins,
-        Err(e) if options.require_pins => {
-            return Err(anyhow::Error::new(e).context("--require-pins"))
-        }
+        Err(e) if options.require_pins => return Err(DaemonError::PinsRequired(e)),
         Err(e) => {
             warn!("{e:#}: running unpinned, so the guard stops when this process does");
             return Ok((None, None));
@@ -186,7 +188,7 @@ fn prepare_pins(
     let warning = pins.private_mount_warning();
     if let Some(warning) = &warning {
         if options.require_pins {
-            anyhow::bail!("--require-pins: {warning}");
+            return Err(DaemonError::PinsPrivate(warning.clone()));
         }
         warn!("{warning}");
     }
@@ -214,7 +216,7 @@ fn start_alerts(config: &Config) -> Result<Option<Arc<Alerts>>> {
     if config.alerts.is_empty() {
         return Ok(None);
     }
-    let alerts = Alerts::start(&config.alerts).context("starting the [[alerts]] sinks")?;
+    let alerts = Alerts::start(&config.alerts).map_err(DaemonError::Alerts)?;
     Ok(Some(Arc::new(alerts)))
 }
 
@@ -266,14 +268,19 @@ async fn guard(
         ban_details,
     } = started;
 
-    let mut maps = guard.take_maps().context("maps handed over twice")?;
+    let mut maps = guard
+        .take_maps()
+        .ok_or(DaemonError::TakenTwice("the maps"))?;
     let ban_ring = maps
         .take_ban_events()
-        .context("ban event ring taken twice")?;
-    let sip_ring = maps.take_sip_events().context("SIP ring taken twice")?;
+        .ok_or(DaemonError::TakenTwice("the ban event ring"))?;
+    let sip_ring = maps
+        .take_sip_events()
+        .ok_or(DaemonError::TakenTwice("the SIP ring"))?;
     // The metrics read the maps through handles of their own.
     let metrics = Arc::new(Metrics::new(
-        maps.reopen().context("opening the maps for the metrics")?,
+        maps.reopen()
+            .map_err(DaemonError::maps("opening the maps for the metrics"))?,
         start::metric_names(&live.config, &live.compiled),
     ));
     iface_watch.attached(metrics.counters.attached.clone());
@@ -312,8 +319,9 @@ async fn guard(
     runtime
         .restore_fleet(saved_fleet, |holder| fleet.holds(holder))
         .await
-        .context("restoring the fleet deny set")?;
-    let mut events = tokio::spawn(Arc::clone(&runtime).log_ban_events(BanEvents::new(ban_ring)?));
+        .map_err(DaemonError::maps("restoring the fleet deny set"))?;
+    let ban_events = BanEvents::new(ban_ring).map_err(DaemonError::BanEvents)?;
+    let mut events = tokio::spawn(Arc::clone(&runtime).log_ban_events(ban_events));
     let hep_sockets = endpoints.hep;
     let mut tasks = spawn_tasks(&runtime, endpoints.control, endpoints.metrics, &metrics);
     tasks.extend(fleet.spawn(&runtime)?);
@@ -334,7 +342,7 @@ async fn guard(
             _ = signals.hup.recv() => server::reload_on_signal(&runtime).await,
             wake = iface_watch.next() => iface_watch.handle(wake, &mut guard),
             ended = &mut events => {
-                let failure = format!("the ban event reader stopped: {ended:?}");
+                let failure = DaemonError::EventReaderStopped(format!("{ended:?}"));
                 break ("ban event reader stopped", Some(failure));
             }
         }
@@ -342,7 +350,7 @@ async fn guard(
     stop(why, tasks, &options, &runtime, guard, &iface, watching_sip).await?;
     // Without the ring the controller hears no bans: a failure, so that
     // the service manager restarts it (and the alert sinks hear of it).
-    failure.map_or(Ok(()), |failure| Err(anyhow::anyhow!(failure)))
+    failure.map_or(Ok(()), Err)
 }
 
 /// Reads the watched maps' fill levels now and then and hands them to the

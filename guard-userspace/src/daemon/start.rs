@@ -1,10 +1,10 @@
 //! Start-up's kernel steps: load the program, fill its maps, attach it.
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
 use guard_common::{map_names as names, SourceKey};
 use tracing::{info, warn};
 
+use super::error::{DaemonError, Result};
 use crate::{
     kernel::loader::{Attachment, Guard, XdpModeChoice},
     kernel::pins::{self, Pins},
@@ -97,7 +97,7 @@ fn fill_and_attach(
     guard
         .maps_mut()
         .sync_policy(&live.compiled)
-        .context("filling the policy maps")?;
+        .map_err(DaemonError::maps("filling the policy maps"))?;
     let adopted = guard.adopted_maps;
     let ban_details = bans::restore(
         guard.maps_mut(),
@@ -109,7 +109,8 @@ fn fill_and_attach(
             ipv6_prefix: live.config.guard.ipv6_ban_prefix,
             state,
         },
-    )?;
+    )
+    .map_err(DaemonError::maps("restoring the saved bans"))?;
     let attachment = guard.attach(iface, mode)?;
     Ok((guard, attachment, ban_details))
 }
