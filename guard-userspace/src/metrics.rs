@@ -60,6 +60,15 @@ pub struct MethodLabel {
     pub method: String,
 }
 
+/// A fleet source, labelled as the `sipguard_fleet_*` series are.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FleetSourceLabels {
+    /// crowdsec or feed.
+    pub origin: String,
+    /// crowdsec, or the feed's name.
+    pub source: String,
+}
+
 /// SIP methods counted by name; anything else is "other" (bounded labels).
 const KNOWN_METHODS: &[&str] = &[
     "REGISTER",
@@ -100,6 +109,13 @@ pub struct ControllerCounters {
     pub fleet_reports: Family<ResultLabel, Counter>,
     /// Reports waiting for the LAPI.
     pub fleet_reports_queued: Gauge,
+    /// Learned peers a CrowdSec decision or a feed entry named or covered,
+    /// not dropped, by fleet source.
+    pub fleet_peers_spared: Family<FleetSourceLabels, Counter>,
+    /// Usernames probed (extension scans: `sip::probes`).
+    pub sip_probes: Counter,
+    /// Sources with open probes, as of the watcher's last prune.
+    pub sip_probing_sources: Gauge,
 }
 
 impl ControllerCounters {
@@ -126,6 +142,17 @@ impl ControllerCounters {
                 result: result.name().to_string(),
             })
             .get()
+    }
+
+    /// `n` learned peers spared by `origin`'s `source` (see
+    /// [`FleetSourceLabels`]).
+    pub fn fleet_peers_spared(&self, origin: &str, source: &str, n: u64) {
+        self.fleet_peers_spared
+            .get_or_create(&FleetSourceLabels {
+                origin: origin.to_string(),
+                source: source.to_string(),
+            })
+            .inc_by(n);
     }
 
     pub fn sip_request(&self, method: &str) {
@@ -580,6 +607,26 @@ impl Metrics {
             "sipguard_fleet_reports_queued",
             "Ban reports waiting for the CrowdSec LAPI.",
             counters.fleet_reports_queued.clone(),
+        );
+        registry.register(
+            "sipguard_fleet_peers_spared",
+            "Learned peers a CrowdSec decision or feed entry named or covered, and which \
+             were not dropped, by origin (crowdsec, feed) and source; counted each time the \
+             decision or the feed's list is applied.",
+            counters.fleet_peers_spared.clone(),
+        );
+        registry.register(
+            "sipguard_sip_probes",
+            "Usernames probed by REGISTER, INVITE, OPTIONS or SUBSCRIBE: a source asked about \
+             a username it had no open probe for, before the PBX accepted it (a source with \
+             enumeration_usernames open probes is banned as enumeration).",
+            counters.sip_probes.clone(),
+        );
+        registry.register(
+            "sipguard_sip_probing_sources",
+            "Sources with open probes, not yet accepted by the PBX (as of the last prune, \
+             every 30 s).",
+            counters.sip_probing_sources.clone(),
         );
         registry.register(
             "sipguard_attached",

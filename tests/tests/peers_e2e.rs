@@ -14,6 +14,7 @@ use sipguard_tests::{
     kamailio::{
         peers, register, send, sipp_totals, KamailioSetup, Pbx, ATTACKER, PASSWORD, PBX, PHONE,
     },
+    metrics,
 };
 
 const PHONE_IP: [u8; 4] = [10, 78, 0, 2];
@@ -496,6 +497,15 @@ fn assert_scan_banned(mut pbx: Pbx, method: &str, evidence: &str, output: &str) 
         maps.verdict(Reason::Scanner).unwrap().packets,
         0,
         "a phone's User-Agent gets past the fingerprints"
+    );
+    // The metrics count the probes and the ban.
+    let text = metrics::scrape(&pbx.link.right, metrics::DEFAULT_ADDRESS).unwrap();
+    let probes = metrics::value(&text, "sipguard_sip_probes_total");
+    assert!(probes >= Some(5), "{probes:?} probes\n{text}");
+    assert_eq!(
+        metrics::value(&text, "sipguard_bans_created_total{reason=\"enumeration\"}"),
+        Some(1),
+        "{text}"
     );
     // The phone on the same network still registers.
     assert_eq!(pbx.sipp(PHONE, "register.xml", "1001", PASSWORD, 1), (1, 0));

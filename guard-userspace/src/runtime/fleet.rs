@@ -100,7 +100,11 @@ impl Runtime {
                     details.push((key, None));
                 }
                 Ok(Outcome::Allowlisted) => applied.allowlisted += 1,
-                Ok(Outcome::PeerSpared) => applied.peers_spared += 1,
+                Ok(Outcome::PeerSpared) => {
+                    applied.peers_spared += 1;
+                    let (origin, source) = super::fleet_set::Holder::Crowdsec.labels();
+                    self.counters.fleet_peers_spared(origin, source, 1);
+                }
                 Ok(Outcome::KeptLocal) => applied.kept_local += 1,
                 Ok(Outcome::Nothing) => {}
                 Err(e) => warn!("applying a crowdsec decision failed: {e}"),

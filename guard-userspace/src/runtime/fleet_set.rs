@@ -43,6 +43,14 @@ impl Holder {
         }
     }
 
+    /// Its `origin` and `source` labels in the metrics.
+    pub fn labels(&self) -> (&str, &str) {
+        match self {
+            Holder::Crowdsec => ("crowdsec", "crowdsec"),
+            Holder::Feed(name) => ("feed", name),
+        }
+    }
+
     pub fn from_saved_name(text: &str) -> Option<Holder> {
         match text {
             "crowdsec" => Some(Holder::Crowdsec),
@@ -201,6 +209,9 @@ impl Runtime {
                             peers.join(", ")
                         );
                         applied.peers_spared += peers.len() as u64;
+                        let (origin, source) = holder.labels();
+                        self.counters
+                            .fleet_peers_spared(origin, source, peers.len() as u64);
                     }
                     if let Some(allow) = allowed.overlap(net) {
                         info!(

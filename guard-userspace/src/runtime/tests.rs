@@ -963,6 +963,31 @@ async fn fleet_decisions_spare_learned_peers() {
         .await;
     assert_eq!(applied.peers_spared, 1);
     assert_eq!(rt.fleet_len().await, 1, "the range is applied");
+    // Both reach the metrics, under the source that named the peer.
+    let spared = |origin: &str, source: &str| {
+        rt.counters()
+            .fleet_peers_spared
+            .get_or_create(&crate::metrics::FleetSourceLabels {
+                origin: origin.into(),
+                source: source.into(),
+            })
+            .get()
+    };
+    assert_eq!(spared("crowdsec", "crowdsec"), 2);
+    let feed = Holder::Feed("voipbl".into());
+    let applied = rt
+        .fleet_ranges(
+            &feed,
+            &[RangeChange::Hold {
+                net: "198.51.100.16/28".parse().unwrap(),
+                detail: "voipbl".into(),
+            }],
+            true,
+            true,
+        )
+        .await;
+    assert_eq!(applied.peers_spared, 1);
+    assert_eq!(spared("feed", "voipbl"), 1);
 }
 
 /// A ban's log line names the live registrations it cut.

@@ -173,6 +173,7 @@ impl Probes {
 
     /// A request for `username` arrived from `source` (port `port`).
     /// `answers_challenge`: it echoed a nonce the PBX issued to the address.
+    /// Returns whether it opened a probe (a name not open for the source).
     pub fn request(
         &mut self,
         now: Instant,
@@ -180,29 +181,31 @@ impl Probes {
         port: u16,
         username: &[u8],
         answers_challenge: bool,
-    ) {
+    ) -> bool {
         let state = self.entry(source);
         if answers_challenge {
             state.answered_challenge = Some(now);
             state.close(username);
-            return;
+            return false;
         }
         if username.is_empty() {
-            return;
+            return false;
         }
         if !state.ports.contains(&port) && state.ports.len() < MAX_PORTS {
             state.ports.push(port);
         }
-        if state.probe_mut(username).is_none() {
-            if state.open.len() >= MAX_NAMES {
-                state.open.pop_front();
-            }
-            state.open.push_back(Probe {
-                username: username.to_vec(),
-                at: now,
-                answer: ProbeAnswer::Nothing,
-            });
+        if state.probe_mut(username).is_some() {
+            return false;
         }
+        if state.open.len() >= MAX_NAMES {
+            state.open.pop_front();
+        }
+        state.open.push_back(Probe {
+            username: username.to_vec(),
+            at: now,
+            answer: ProbeAnswer::Nothing,
+        });
+        true
     }
 
     /// The PBX answered `status` to a request for `username`.
@@ -305,6 +308,15 @@ impl Probes {
             .collect()
     }
 
+    /// Sources with open probes (not accepted by the PBX): what the
+    /// `sipguard_sip_probing_sources` gauge shows. Walks the table.
+    pub fn probing_sources(&self) -> usize {
+        self.table
+            .iter()
+            .filter(|(_, s)| s.accepted.is_none() && !s.open.is_empty())
+            .count()
+    }
+
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -351,11 +363,15 @@ mod tests {
         let mut p = Probes::new(64, Duration::from_secs(3600), 5);
         let now = Instant::now();
         let phone = ip("198.51.100.5");
-        for _ in 0..50 {
-            p.request(now, phone, 5060, b"101", false);
+        for n in 0..50 {
+            assert_eq!(p.request(now, phone, 5060, b"101", false), n == 0);
             p.answer(now, phone, b"101", 404, false, false);
             assert_eq!(p.judge(now, phone, || false), None);
         }
+        assert_eq!(p.probing_sources(), 1);
+        // Its answer to the challenge closes the probe.
+        assert!(!p.request(now, phone, 5060, b"101", true));
+        assert_eq!(p.probing_sources(), 0);
     }
 
     #[test]

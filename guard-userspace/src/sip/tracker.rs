@@ -331,6 +331,8 @@ pub struct TrackerStats {
     pub successes: u64,
     /// Unproven bans not made because the budget was spent.
     pub unproven_bans_refused: u64,
+    /// Probes opened: a username a source asked about (`sip::probes`).
+    pub probes: u64,
     /// Entries pushed out of a full table.
     pub evicted_pending: u64,
     pub evicted_nonces: u64,
@@ -529,8 +531,10 @@ impl Tracker {
                 .challenge_answered(now, source, &request.username);
         }
         if method.probes() {
-            self.probes
+            let opened = self
+                .probes
                 .request(now, source, port, &request.target, echoed);
+            self.stats.probes += u64::from(opened);
         }
         for key in keys {
             self.file_pending(source, key, request.clone());

@@ -349,6 +349,10 @@ impl Watch {
     pub fn prune(&mut self, now: Instant) -> Vec<BanDecision> {
         let bans = self.tracker.judge_waiting(now);
         self.tracker.prune(now);
+        let probing = self.tracker.probes.probing_sources();
+        self.counters
+            .sip_probing_sources
+            .set(i64::try_from(probing).unwrap_or(i64::MAX));
         if self.dedup.is_some() {
             self.pbx.refresh();
         }
@@ -390,10 +394,14 @@ impl Watch {
             (true, Some(method), _) => {
                 self.counters
                     .sip_request(std::str::from_utf8(method).unwrap_or("other"));
+                let probes_before = self.tracker.stats.probes;
                 bans.extend(
                     self.tracker
                         .on_request_from(now, peer, endpoints.peer_port, &message),
                 );
+                self.counters
+                    .sip_probes
+                    .inc_by(self.tracker.stats.probes - probes_before);
             }
             (false, None, Some(status)) => {
                 self.counters.sip_response(status);
@@ -591,6 +599,31 @@ mod tests {
         let line =
             crate::sip::ban::describe_ban(&bans[0], "198.51.100.7", Duration::from_secs(86_400));
         assert!(line.starts_with("banned 198.51.100.7 for 30days: auth-failure, 3 failures in 1day (proven), last user:status 7:401 7:401 7:401"), "{line}");
+    }
+
+    /// Probes reach the metrics: each username a source asks about once,
+    /// and the sources with open probes as of the last prune.
+    #[test]
+    fn probes_are_counted_for_the_metrics() {
+        let counters = ControllerCounters::default();
+        let mut w = Watch::new(tracker(), counters.clone(), None);
+        let now = Instant::now();
+        let peer = [198, 51, 100, 8];
+        for (cseq, user) in [(1, "100"), (2, "101"), (3, "101"), (4, "102")] {
+            let text = register(cseq, None).replace("sip:7@", &format!("sip:{user}@"));
+            let capture = record(
+                CAPTURE_INBOUND,
+                L4Proto::Udp,
+                peer,
+                text.as_bytes(),
+                text.len(),
+            );
+            assert!(w.capture(&capture, now).is_empty());
+        }
+        assert_eq!(counters.sip_probes.get(), 3, "101 twice is one probe");
+        assert_eq!(counters.sip_probing_sources.get(), 0, "not pruned yet");
+        assert!(w.prune(now).is_empty());
+        assert_eq!(counters.sip_probing_sources.get(), 1);
     }
 
     /// A request the kernel denied for an extension rule is an unproven
