@@ -55,6 +55,9 @@ impl PeerRow {
             n => format!("{n} live registrations"),
         };
         let what = match self.kind.as_str() {
+            "provider" if self.users > 0 => {
+                format!("the PBX's provider (it registers there), {users}")
+            }
             "provider" => "the PBX's provider (it registers there)".to_string(),
             "call" => "authenticated calls or subscriptions".to_string(),
             _ => users,

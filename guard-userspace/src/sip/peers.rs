@@ -112,12 +112,16 @@ impl Peer {
         users
     }
 
-    /// Registered (its users registered) before provider before call.
+    /// Provider before registered (its users registered) before call. A
+    /// provider whose address also holds registrations (a trunk that
+    /// registers users of its own) gets the larger budget of the two: a
+    /// provider's is the cap, which no count of users exceeds
+    /// (`PeerEntry::budget_users`); its registrations still count.
     pub fn kind(&self, now: Instant) -> PeerKind {
-        if self.live_users(now) > 0 {
-            PeerKind::Registered
-        } else if self.provider_until.is_some_and(|u| u > now) {
+        if self.provider_until.is_some_and(|u| u > now) {
             PeerKind::Provider
+        } else if self.live_users(now) > 0 {
+            PeerKind::Registered
         } else {
             PeerKind::Call
         }
@@ -283,22 +287,30 @@ impl PeerBook {
     /// come back under the saved `users`, and as anonymous ones for the
     /// rest of `live_users` (the names saved are capped) until their users
     /// re-register.
+    /// A provider's registrations come back with it, all lasting as long
+    /// as the entry (only its latest expiry is saved).
     pub fn restore(&mut self, now: Instant, source: IpAddr, facts: &PeerFacts, users: &[String]) {
-        self.update(now, source, |peer| match facts.kind {
-            PeerKind::Registered => {
-                let users = &users[..users.len().min(facts.live_users as usize)];
-                for user in users {
-                    peer.registrations
-                        .insert(user.as_bytes().to_vec(), facts.until);
-                }
-                for n in users.len() as u32..facts.live_users.max(1) {
-                    let mut name = RESTORED.to_vec();
-                    name.extend_from_slice(n.to_string().as_bytes());
-                    peer.registrations.insert(name, facts.until);
-                }
+        let registered = match facts.kind {
+            PeerKind::Registered => facts.live_users.max(1),
+            PeerKind::Provider => facts.live_users,
+            PeerKind::Call => 0,
+        };
+        self.update(now, source, |peer| {
+            match facts.kind {
+                PeerKind::Provider => peer.provider_until = Some(facts.until),
+                PeerKind::Call => peer.active_until = Some(facts.until),
+                PeerKind::Registered => {}
             }
-            PeerKind::Provider => peer.provider_until = Some(facts.until),
-            PeerKind::Call => peer.active_until = Some(facts.until),
+            let users = &users[..users.len().min(registered as usize)];
+            for user in users {
+                peer.registrations
+                    .insert(user.as_bytes().to_vec(), facts.until);
+            }
+            for n in users.len() as u32..registered {
+                let mut name = RESTORED.to_vec();
+                name.extend_from_slice(n.to_string().as_bytes());
+                peer.registrations.insert(name, facts.until);
+            }
         });
     }
 
@@ -357,5 +369,52 @@ impl PeerBook {
 
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A provider whose address also registers users gets the larger of
+    /// the two budgets, the provider's cap (not users x factor), and keeps
+    /// its registrations, across a restore too.
+    #[test]
+    fn a_provider_with_registered_users_gets_the_providers_budget() {
+        let mut book = PeerBook::new(16, Duration::from_secs(600));
+        let now = Instant::now();
+        let trunk: IpAddr = "203.0.113.50".parse().unwrap();
+        for user in [&b"201"[..], b"202", b"203"] {
+            book.registered(now, trunk, user, 600);
+        }
+        book.provider(now, trunk, 3600);
+        let (_, facts) = book.list(now)[0];
+        assert_eq!((facts.kind, facts.live_users), (PeerKind::Provider, 3));
+        let entry = guard_common::PeerEntry {
+            kind: facts.kind as u16,
+            live_users: facts.live_users,
+            ..Default::default()
+        };
+        let registered = guard_common::PeerEntry {
+            kind: PeerKind::Registered as u16,
+            ..entry
+        };
+        assert_eq!(entry.multiplier(2, 200), 200, "the cap");
+        assert_eq!(registered.multiplier(2, 200), 6, "users x factor, smaller");
+
+        // Restored (as after a restart): still a provider with 3 users.
+        let mut next = PeerBook::new(16, Duration::from_secs(600));
+        let users: Vec<String> = vec!["201".into(), "202".into()];
+        next.restore(now, trunk, &facts, &users);
+        let (_, restored) = next.list(now)[0];
+        assert_eq!(
+            (restored.kind, restored.live_users),
+            (PeerKind::Provider, 3)
+        );
+        // The provider's registration lapses: its users' budget remains.
+        let later = now + Duration::from_secs(3601);
+        book.registered(later, trunk, b"201", 600);
+        let (_, facts) = book.list(later)[0];
+        assert_eq!((facts.kind, facts.live_users), (PeerKind::Registered, 1));
     }
 }
