@@ -691,7 +691,8 @@ impl Tracker {
     }
 
     /// A 1xx: a REGISTER's challenge credit goes (only a 2xx settles it),
-    /// and a call that rings accepts its source.
+    /// and a call that rings accepts its source. The request stays pending
+    /// for its final answer.
     fn on_provisional(&mut self, now: Instant, source: IpAddr, status: u16, message: &Message<'_>) {
         let keys = self.transaction_keys(message);
         let Some(request) = keys
@@ -701,22 +702,11 @@ impl Tracker {
         else {
             return;
         };
-        if request.echoed && request.method == Method::Register {
-            self.peers.challenge_refused(now, source, &request.username);
-        }
-        let accepts = request.method.accepted_by(status);
-        self.probes.answer(
-            now,
-            source,
-            &request.target,
-            status,
-            request.echoed,
-            accepts,
-        );
+        self.answer_probe(now, source, &request, status);
     }
 
-    /// A final answer to a request: the challenge credit is settled, and
-    /// the probe of its username answered.
+    /// An answer to a request: anything but a 2xx withdraws a REGISTER's
+    /// challenge credit, and the probe of its username is answered.
     fn answer_probe(
         &mut self,
         now: Instant,
