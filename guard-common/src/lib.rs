@@ -292,7 +292,9 @@ impl Default for Settings {
 
 /// Key of the ban map and (with a rule id) of the rate state: a source
 /// address, IPv4-mapped for IPv4, IPv6 masked to `Settings::ipv6_ban_prefix`.
-#[repr(C)]
+/// Aligned to 4 (no size change, so `RateKey` stays 20 bytes): with byte
+/// alignment the BPF program built and read keys one byte at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceKey {
     pub addr: [u8; 16],
@@ -300,14 +302,14 @@ pub struct SourceKey {
 map_type!(SourceKey, 16);
 
 impl SourceKey {
+    /// `::ffff:a.b.c.d`, built from two words: a zeroed array with bytes
+    /// set one by one became a `memset` call in the BPF program.
+    #[inline(always)]
     pub const fn from_ipv4(octets: [u8; 4]) -> Self {
-        let mut addr = [0u8; 16];
-        addr[10] = 0xff;
-        addr[11] = 0xff;
-        addr[12] = octets[0];
-        addr[13] = octets[1];
-        addr[14] = octets[2];
-        addr[15] = octets[3];
+        let low = (u32::from_le_bytes(octets) as u64) << 32 | 0xffff_0000;
+        // SAFETY: two u64s are 16 initialised bytes; `to_le` makes the
+        // bytes the same on any host.
+        let addr = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([0, low.to_le()]) };
         SourceKey { addr }
     }
 
@@ -839,6 +841,17 @@ mod tests {
     extern crate std;
     use super::*;
     use std::vec::Vec;
+
+    #[test]
+    fn ipv4_keys_are_ipv4_mapped() {
+        let key = SourceKey::from_ipv4([192, 0, 2, 77]);
+        assert_eq!(
+            key.addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 77]
+        );
+        assert_eq!(key.ipv4(), Some([192, 0, 2, 77]));
+        assert_eq!(core::mem::align_of::<SourceKey>(), 4);
+    }
 
     #[test]
     fn the_default_policy_is_stored_as_the_kernel_reads_it() {

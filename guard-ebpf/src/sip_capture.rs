@@ -13,6 +13,7 @@ use crate::{
     parse::{Address, Packet, PacketBytes, Payload, Transport},
 };
 
+#[inline(always)]
 fn mapped(address: &Address) -> [u8; 16] {
     match address {
         Address::V4(v4) => SourceKey::from_ipv4(*v4).addr,
