@@ -18,8 +18,11 @@
 //! SIP requests that pass are then copied to the controller by tail-calling
 //! `sipguard_capture` (a program of its own, so the verifier checks the copy
 //! once instead of once per verdict path), and requests a SIP rule denied
-//! by tail-calling `sipguard_capture_denied` (which drops them); the tc
-//! egress program at the bottom copies the PBX's SIP answers.
+//! by tail-calling `sipguard_capture_denied` (which drops them). Both read
+//! the packet's description (peer, ports, payload) that the packet path
+//! leaves in the per-CPU `CAPTURE_ASK` right before the tail call, instead
+//! of parsing the packet again. The tc egress program at the bottom copies
+//! the PBX's SIP answers.
 #![no_std]
 #![no_main]
 
@@ -50,10 +53,11 @@ use guard_common::{
 
 use crate::{
     maps::{
-        ALLOW_V4, ALLOW_V6, CAPTURE_PROG, DENY_V4, DENY_V6, FLEET_IN_USE, FLEET_V4, FLEET_V6,
-        PORTS, SERVICES, SETTINGS,
+        ALLOW_V4, ALLOW_V6, CAPTURE_ASK, CAPTURE_PROG, DENY_V4, DENY_V6, FLEET_IN_USE, FLEET_V4,
+        FLEET_V6, PORTS, SERVICES, SETTINGS,
     },
     parse::{Address, Frame, Transport},
+    sip_capture::CaptureAsk,
 };
 
 /// The shared verdict's lookups, over this program's maps, and the arriving
@@ -383,9 +387,9 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
     // register allocation, so `cargo xtask test` loads the program first.
     let settings = KernelLookup::without_packet().settings();
     let frame = parse::parse(&ctx);
-    let verdict = match frame {
-        Frame::AlwaysPass => parse_verdict(Reason::Passed, &settings),
-        Frame::Malformed => parse_verdict(Reason::Malformed, &settings),
+    let (verdict, handed) = match frame {
+        Frame::AlwaysPass => (parse_verdict(Reason::Passed, &settings), false),
+        Frame::Malformed => (parse_verdict(Reason::Malformed, &settings), false),
         Frame::Ip(packet) => {
             let (payload_start, payload_len) = payload_of(&packet.transport);
             let mut lookup = KernelLookup {
@@ -393,7 +397,13 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
                 payload_start,
                 payload_len,
             };
-            judge_parts(&mut lookup, &packet.source, &packet.transport, &settings)
+            let verdict = judge_parts(&mut lookup, &packet.source, &packet.transport, &settings);
+            // Described here, where the packet is at hand, for the capture
+            // programs tail-called below.
+            let handed = verdict.class.watches_sip()
+                && (!verdict.drops() || sip_denied(&verdict))
+                && hand_off(&packet);
+            (verdict, handed)
         }
     };
     let class = verdict.class;
@@ -405,18 +415,43 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
     // A request a SIP rule denied goes to the controller (which logs it
     // and counts the failure) by the denied capture, which drops it
     // (passes it in monitor mode). Tail calls do not return when they succeed.
-    let sip_denied = matches!(verdict.reason, Reason::ExtensionDenied | Reason::DialDenied);
-    if sip_denied {
+    let sip_denied = sip_denied(&verdict);
+    if sip_denied && handed {
         unsafe { CAPTURE_PROG.tail_call(&ctx, CAPTURE_DENIED_SLOT) };
     }
     if verdict.drops() {
         return xdp_action::XDP_DROP;
     }
-    if class.watches_sip() && !sip_denied {
+    if handed && !sip_denied {
         // The capture program passes the packet.
         unsafe { CAPTURE_PROG.tail_call(&ctx, CAPTURE_PASSED_SLOT) };
     }
     xdp_action::XDP_PASS
+}
+
+/// A SIP rule denied the request: the denied capture logs and drops it.
+#[inline(always)]
+fn sip_denied(verdict: &Verdict) -> bool {
+    matches!(verdict.reason, Reason::ExtensionDenied | Reason::DialDenied)
+}
+
+/// Describes the packet to the capture program about to be tail-called
+/// (this CPU's `CAPTURE_ASK`); false if there is nothing to copy.
+#[inline(always)]
+fn hand_off(packet: &parse::Packet) -> bool {
+    match CAPTURE_ASK.get_ptr_mut(0) {
+        // SAFETY: this CPU's value; the tail call that reads it keeps the CPU.
+        Some(ask) => sip_capture::describe(packet, CAPTURE_INBOUND, unsafe { &mut *ask }),
+        None => false,
+    }
+}
+
+/// The packet the packet path handed over ([`hand_off`]), if any.
+#[inline(always)]
+fn handed_over() -> Option<&'static CaptureAsk> {
+    // SAFETY: this CPU's value, written by the packet path right before
+    // the tail call that runs the caller.
+    CAPTURE_ASK.get_ptr(0).map(|ask| unsafe { &*ask })
 }
 
 /// The verdict on a frame the shared judge never sees (not IP, malformed).
@@ -425,11 +460,12 @@ fn parse_verdict(reason: Reason, settings: &Settings) -> Verdict {
     Verdict::new(reason, PortClass::UNCLASSIFIED, settings)
 }
 
-/// Tail-called for SIP packets that passed: copies their payload.
+/// Tail-called for SIP packets that passed: copies their payload, which
+/// the packet path described ([`hand_off`]).
 #[xdp]
 pub fn sipguard_capture(ctx: XdpContext) -> u32 {
-    if let Frame::Ip(packet) = parse::parse(&ctx) {
-        sip_capture::capture(&ctx, &packet, CAPTURE_INBOUND, 0);
+    if let Some(ask) = handed_over() {
+        sip_capture::capture(&ctx, ask, 0);
     }
     xdp_action::XDP_PASS
 }
@@ -440,8 +476,8 @@ pub fn sipguard_capture(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn sipguard_capture_denied(ctx: XdpContext) -> u32 {
     let denied = sip_inspect::take_denied();
-    if let Frame::Ip(packet) = parse::parse(&ctx) {
-        sip_capture::capture(&ctx, &packet, CAPTURE_INBOUND, denied as u16);
+    if let Some(ask) = handed_over() {
+        sip_capture::capture(&ctx, ask, denied as u16);
     }
     if KernelLookup::without_packet().settings().monitor != 0 {
         xdp_action::XDP_PASS
@@ -462,8 +498,9 @@ pub fn sipguard_egress(ctx: TcContext) -> i32 {
             CAPTURE_OUTBOUND,
             slot,
         );
-        if class.watches_sip() {
-            sip_capture::capture(&ctx, &packet, CAPTURE_OUTBOUND, 0);
+        let mut ask = CaptureAsk::default();
+        if class.watches_sip() && sip_capture::describe(&packet, CAPTURE_OUTBOUND, &mut ask) {
+            sip_capture::capture(&ctx, &ask, 0);
         }
     }
     TC_ACT_PIPE as i32

@@ -94,6 +94,13 @@ pub static BAN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static CAPTURE_PROG: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
+/// The packet the packet path hands to `sipguard_capture` or
+/// `sipguard_capture_denied` (written right before the tail call, which
+/// keeps the CPU), so that they need not parse it again.
+#[map]
+pub static CAPTURE_ASK: PerCpuArray<crate::sip_capture::CaptureAsk> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// SIP signalling for the controller's authentication-failure watcher:
 /// about 2,000 `SipCapture` records in flight.
 #[map]

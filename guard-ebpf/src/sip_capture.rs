@@ -35,15 +35,22 @@ pub fn clamp_length(len: usize, capacity: usize) -> usize {
     ((opaque.wrapping_sub(1) & (capacity as u64 - 1)) + 1) as usize
 }
 
-/// Copies the packet's payload; `direction` says who the peer is. Runs in
-/// programs of its own (the tail-called XDP capture, the tc egress program):
-/// inlined into the packet path, its many live values made LLVM spill
-/// registers in ways the verifier rejects.
+/// A packet to copy, as the packet path hands it to the tail-called
+/// capture programs (per-CPU, see `CAPTURE_ASK`): the record's header
+/// (`denied` left 0) and where the payload starts. Written right before
+/// the tail call, so the capture needs no second parse of the packet.
+#[repr(C)]
+#[derive(Default)]
+pub struct CaptureAsk {
+    pub header: SipCaptureHeader,
+    pub payload_start: u32,
+    pub _pad: u32,
+}
+
+/// Fills `ask` for `packet` (`direction` says who the peer is); false if
+/// it carries nothing to copy (no TCP or UDP payload).
 #[inline(always)]
-///
-/// `denied` is 0, or for a request a SIP rule denied the reason (low byte)
-/// and the rule's index (high byte), which the controller logs.
-pub fn capture<P: PacketBytes>(ctx: &P, packet: &Packet, direction: u8, denied: u16) {
+pub fn describe(packet: &Packet, direction: u8, ask: &mut CaptureAsk) -> bool {
     let (proto, sport, dport, payload): (L4Proto, u16, u16, Payload) = match packet.transport {
         Transport::Udp {
             sport,
@@ -56,19 +63,43 @@ pub fn capture<P: PacketBytes>(ctx: &P, packet: &Packet, direction: u8, denied: 
             payload,
             ..
         } => (L4Proto::Tcp, sport, dport, payload),
-        Transport::LaterFragment | Transport::Other => return,
+        Transport::LaterFragment | Transport::Other => return false,
     };
     if payload.end <= payload.start {
-        return;
+        return false;
     }
     let payload_len = payload.end - payload.start;
     const _: () = assert!(SIP_CAPTURE_BYTES.is_power_of_two());
-    let captured = clamp_length(payload_len, SIP_CAPTURE_BYTES);
     let (peer, peer_port, local_port) = if direction == CAPTURE_INBOUND {
         (&packet.source, sport, dport)
     } else {
         (&packet.destination, dport, sport)
     };
+    ask.header = SipCaptureHeader {
+        peer: mapped(peer),
+        peer_port,
+        local_port,
+        direction,
+        transport: proto as u8,
+        denied: 0,
+        denied_rule: 0,
+        captured: payload_len.min(SIP_CAPTURE_BYTES) as u32,
+        payload_len: payload_len as u32,
+    };
+    ask.payload_start = payload.start as u32;
+    true
+}
+
+/// Copies the packet `ask` describes (see [`describe`]). Runs in programs
+/// of their own (the tail-called XDP captures, the tc egress program):
+/// inlined into the packet path, its many live values made LLVM spill
+/// registers in ways the verifier rejects.
+///
+/// `denied` is 0, or for a request a SIP rule denied the reason (low byte)
+/// and the rule's index (high byte), which the controller logs.
+#[inline(always)]
+pub fn capture<P: PacketBytes>(ctx: &P, ask: &CaptureAsk, denied: u16) {
+    let captured = clamp_length(ask.header.captured as usize, SIP_CAPTURE_BYTES);
     let Some(mut entry) = SIP_EVENTS.reserve::<SipCapture>(0) else {
         count_health(Health::SipCaptureLost);
         return;
@@ -77,18 +108,13 @@ pub fn capture<P: PacketBytes>(ctx: &P, packet: &Packet, direction: u8, denied: 
     // SAFETY: `record` points to a reserved, exclusively owned ring buffer slot.
     unsafe {
         (*record).header = SipCaptureHeader {
-            peer: mapped(peer),
-            peer_port,
-            local_port,
-            direction,
-            transport: proto as u8,
             denied: denied as u8,
             denied_rule: (denied >> 8) as u8,
             captured: captured as u32,
-            payload_len: payload_len as u32,
+            ..ask.header
         };
         let data = core::ptr::addr_of_mut!((*record).data) as *mut u8;
-        if !ctx.copy_out(payload.start, data, captured as u32) {
+        if !ctx.copy_out(ask.payload_start as usize, data, captured as u32) {
             entry.discard(0);
             return;
         }
