@@ -29,6 +29,7 @@ pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// the evidence of a SIP ban. Shared by whoever bans; saved with the bans.
 pub type BanDetails = Arc<Mutex<HashMap<SourceKey, String>>>;
 
+use crate::kernel::bans::RuleNames;
 pub use crate::kernel::bans::{
     ban_duration, describe_event, reason_name, rule_name, source_ip, source_to_string,
 };
@@ -443,18 +444,18 @@ impl Runtime {
             let rule_names = self.rule_names().await;
             let scanner_names = self.scanner_names().await;
             let dial_names = self.dial_rule_names().await;
+            let names = RuleNames {
+                rates: &rule_names,
+                scanners: &scanner_names,
+                dials: &dial_names,
+            };
             for event in &batch {
                 if let Some(reason) = BanReason::from_u16(event.reason) {
                     self.counters.ban_created(reason);
                     self.report(
                         &event.source,
                         reason,
-                        crate::kernel::bans::evidence(
-                            event,
-                            &rule_names,
-                            &scanner_names,
-                            &dial_names,
-                        ),
+                        crate::kernel::bans::evidence(event, names),
                         event.count,
                         event.expires_ns,
                     );
@@ -462,18 +463,12 @@ impl Runtime {
                 warn!(
                     target: "sipguard::ban",
                     "{}{}",
-                    describe_event(
-                        event,
-                        &rule_names,
-                        &scanner_names,
-                        &dial_names,
-                        self.ipv6_ban_prefix
-                    ),
+                    describe_event(event, names, self.ipv6_ban_prefix),
                     self.cut_registrations(&event.source)
                 );
                 self.alert(crate::kernel::bans::notice(
                     event,
-                    &rule_names,
+                    names,
                     self.ipv6_ban_prefix,
                 ));
             }

@@ -12,7 +12,11 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use guard_common::{BanEvent, Health, SourceKey};
-use guard_userspace::{kernel::maps::KernelMaps, runtime::bans::describe_event, sip::parser};
+use guard_userspace::{
+    kernel::{bans::RuleNames, maps::KernelMaps},
+    runtime::bans::describe_event,
+    sip::parser,
+};
 
 use super::{Effort, Stats};
 use crate::{
@@ -76,14 +80,19 @@ pub fn ban_events(effort: Effort) -> Result<EventRates> {
     let reader = {
         let (stop, delivered) = (Arc::clone(&stop), Arc::clone(&delivered));
         std::thread::spawn(move || {
-            let names = vec!["one".to_string()];
+            let rates = vec!["one".to_string()];
+            let names = RuleNames {
+                rates: &rates,
+                scanners: &[],
+                dials: &[],
+            };
             loop {
                 let mut got_any = false;
                 while let Some(item) = ring.next() {
                     got_any = true;
                     // SAFETY: the kernel writes whole BanEvents.
                     let event: BanEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    std::hint::black_box(describe_event(&event, &names, &[], &[], 64));
+                    std::hint::black_box(describe_event(&event, names, 64));
                     delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 if !got_any && stop.load(Ordering::Relaxed) {
