@@ -69,6 +69,24 @@ pub fn tcp(src: &str, dst: &str, dport: u16, syn: bool, ack: bool) -> Vec<u8> {
     out
 }
 
+/// TCP with a payload (ACK set: a segment of an open connection).
+pub fn tcp_segment(src: &str, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = tcp(src, dst, dport, false, true);
+    frame.extend_from_slice(payload);
+    let total = (frame.len() - ETH_LEN) as u16;
+    frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
+    frame
+}
+
+/// The ban map's key for an address: an IPv4 address, or an IPv6
+/// source's /64 (the default ban prefix).
+pub fn ban_key(text: &str) -> guard_common::SourceKey {
+    match ip(text) {
+        IpAddr::V4(a) => guard_common::SourceKey::from_ipv4(a.octets()),
+        IpAddr::V6(a) => guard_common::SourceKey::from_ipv6(a.octets(), 64),
+    }
+}
+
 /// ICMPv6 of a given type and code from `src` to `dst`.
 pub fn icmpv6(src: &str, dst: &str, icmp_type: u8) -> Vec<u8> {
     let mut out = Vec::new();

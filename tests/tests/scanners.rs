@@ -3,7 +3,7 @@
 //! action, the verdict counters, the ban map and the ban events. Every
 //! header form the reader handles, the copy's 2 KiB boundary, IPv6, VLAN
 //! and TCP, the allow list, and a pattern change at run time. Needs root.
-use guard_common::{sip_scan::ScanStatus, BanReason, Reason, SourceKey, NO_RULE};
+use guard_common::{sip_scan::ScanStatus, BanReason, Reason, NO_RULE};
 use guard_userspace::policy::{compile::CompiledPolicy, config::Config};
 use sipguard_tests::{frames::*, Harness, XDP_DROP, XDP_PASS};
 
@@ -66,22 +66,6 @@ Contact: <sip:1001@198.51.100.9:5060>\r\n\
 Expires: 3600\r\n\
 Content-Length: 0\r\n\r\n"
     )
-}
-
-fn v4_key(text: &str) -> SourceKey {
-    match ip(text) {
-        std::net::IpAddr::V4(a) => SourceKey::from_ipv4(a.octets()),
-        std::net::IpAddr::V6(a) => SourceKey::from_ipv6(a.octets(), 64),
-    }
-}
-
-/// TCP with a payload (ACK set: a segment of an open connection).
-fn tcp_segment(src: &str, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = tcp(src, dst, dport, false, true);
-    frame.extend_from_slice(payload);
-    let total = (frame.len() - ETH_LEN) as u16;
-    frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
-    frame
 }
 
 fn scans(h: &Harness, status: ScanStatus) -> u64 {
@@ -256,7 +240,7 @@ fn header_forms_and_boundaries() {
             "{}",
             case.name
         );
-        let ban = h.guard.maps().ban(&v4_key(&source)).expect("reading BANS");
+        let ban = h.guard.maps().ban(&ban_key(&source)).expect("reading BANS");
         match ban {
             Some(ban) => {
                 assert!(case.scanner, "{}: banned", case.name);
@@ -298,7 +282,7 @@ fn ipv6_scanners_are_banned_by_prefix() {
         h.run(&udp("2001:db8:5::9", PBX6, 5060, SVMAP.as_bytes())),
         XDP_DROP
     );
-    assert!(h.is_banned(&v4_key("2001:db8:5::1")));
+    assert!(h.is_banned(&ban_key("2001:db8:5::1")));
     assert_eq!(h.packets(Reason::Scanner), 1);
 }
 
@@ -312,7 +296,7 @@ fn allow_listed_sources_are_never_banned_for_a_fingerprint() {
     );
     assert_eq!(h.packets(Reason::PassedAllowlisted), 1);
     assert_eq!(h.packets(Reason::Scanner), 0);
-    assert!(!h.is_banned(&v4_key("10.1.2.3")));
+    assert!(!h.is_banned(&ban_key("10.1.2.3")));
     // With rate rules the allow list answers first: passed, never read.
     let mut h = Harness::new("[sip_scanners]\nenabled = true\n[[allow]]\ncidr = \"10.1.0.0/16\"\n");
     assert_eq!(
@@ -320,7 +304,7 @@ fn allow_listed_sources_are_never_banned_for_a_fingerprint() {
         XDP_PASS
     );
     assert_eq!(h.packets(Reason::PassedAllowlisted), 1);
-    assert!(!h.is_banned(&v4_key("10.1.2.3")));
+    assert!(!h.is_banned(&ban_key("10.1.2.3")));
 }
 
 #[test]
@@ -359,7 +343,7 @@ fn settings_off_zero_ban_and_monitor() {
         h.run(&udp("198.51.100.81", PBX4, 5060, SVMAP.as_bytes())),
         XDP_DROP
     );
-    assert!(!h.is_banned(&v4_key("198.51.100.81")));
+    assert!(!h.is_banned(&ban_key("198.51.100.81")));
     assert!(h.drain_ban_events().is_empty());
 
     let monitor = "rate_rules = []\n[guard]\nmonitor = true\n[sip_scanners]\nenabled = true\n";

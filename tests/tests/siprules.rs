@@ -10,7 +10,7 @@
 use guard_common::{
     sip_scan::scan,
     verdict::{Packet, Transport},
-    BanReason, PeerEntry, PeerKind, Reason, Settings, SourceKey, NO_RULE,
+    BanReason, PeerEntry, PeerKind, Reason, Settings, NO_RULE,
 };
 use guard_userspace::{
     clock,
@@ -101,22 +101,6 @@ fn invite(number: &str, from: &str) -> String {
     )
 }
 
-fn key(text: &str) -> SourceKey {
-    match ip(text) {
-        std::net::IpAddr::V4(a) => SourceKey::from_ipv4(a.octets()),
-        std::net::IpAddr::V6(a) => SourceKey::from_ipv6(a.octets(), 64),
-    }
-}
-
-/// TCP with a payload (ACK set: a segment of an open connection).
-fn tcp_segment(src: &str, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = tcp(src, dst, dport, false, true);
-    frame.extend_from_slice(payload);
-    let total = (frame.len() - ETH_LEN) as u16;
-    frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
-    frame
-}
-
 /// What the controller's side of the shared verdict says of `payload`
 /// from `source` to UDP 5060, reading the payload with the shared reader
 /// and the policy's own table.
@@ -156,6 +140,33 @@ fn case(name: &'static str, source: &'static str, payload: String, want: Reason)
         payload,
         want,
     }
+}
+
+/// Runs each case's request over UDP: the action its reason calls for,
+/// counted under that reason, and the controller's side of the shared
+/// verdict agreeing.
+fn run_cases(h: &mut Harness, cases: &[Case]) {
+    for c in cases {
+        let dst = if c.source.contains(':') { PBX6 } else { PBX4 };
+        let want = if c.want.drops() { XDP_DROP } else { XDP_PASS };
+        let before = h.packets(c.want);
+        let frame = udp(c.source, dst, 5060, c.payload.as_bytes());
+        assert_eq!(h.run(&frame), want, "{}", c.name);
+        assert_eq!(h.packets(c.want), before + 1, "{}: counted", c.name);
+        let host = host_reason(h, c.source, &c.payload);
+        assert_eq!(host, c.want, "{}: host", c.name);
+    }
+}
+
+/// `payload` to the PBX's IPv4 address from the first source in a
+/// VLAN-tagged datagram and from the second in a TCP segment: the actions.
+fn over_vlan_and_tcp(h: &mut Harness, sources: [&str; 2], payload: &str) -> [u32; 2] {
+    let vlan = with_vlan_tags(
+        &udp(sources[0], PBX4, 5060, payload.as_bytes()),
+        &[(TPID_8021Q, 7)],
+    );
+    let tcp = tcp_segment(sources[1], PBX4, 5060, payload.as_bytes());
+    [h.run(&vlan), h.run(&tcp)]
 }
 
 #[test]
@@ -285,29 +296,11 @@ Authorization: Digest username=\"6010\", realm=\"pbx\", nonce=\"abc\", uri=\"sip
         case("IPv6 from sales' network", "2001:db8:a::5", register_user("201"), Passed),
         case("IPv6 from outside", "2001:db8:b::5", register_user("201"), Denied),
     ];
-    let mut denied = 0;
+    run_cases(&mut h, &cases);
     for c in &cases {
-        let dst = if c.source.contains(':') { PBX6 } else { PBX4 };
-        let want = if c.want.drops() { XDP_DROP } else { XDP_PASS };
-        let before = h.packets(c.want);
-        assert_eq!(
-            h.run(&udp(c.source, dst, 5060, c.payload.as_bytes())),
-            want,
-            "{}",
-            c.name
-        );
-        assert_eq!(h.packets(c.want), before + 1, "{}: counted", c.name);
-        assert_eq!(
-            host_reason(&h, c.source, &c.payload),
-            c.want,
-            "{}: host",
-            c.name
-        );
-        assert!(!h.is_banned(&key(c.source)), "{}: never banned", c.name);
-        if c.want == Denied {
-            denied += 1;
-        }
+        assert!(!h.is_banned(&ban_key(c.source)), "{}: never banned", c.name);
     }
+    let denied = cases.iter().filter(|c| c.want == Denied).count() as u64;
     assert_eq!(h.packets(Denied), denied);
     // Each denied request reached the controller, marked with its rule.
     let captures = h.drain_sip_captures();
@@ -320,23 +313,9 @@ Authorization: Digest username=\"6010\", realm=\"pbx\", nonce=\"abc\", uri=\"sip
     assert!(h.drain_ban_events().is_empty());
 
     // VLAN and a TCP first segment.
-    let frame = with_vlan_tags(
-        &udp(
-            "198.51.100.30",
-            PBX4,
-            5060,
-            register_user("6010").as_bytes(),
-        ),
-        &[(TPID_8021Q, 7)],
-    );
-    assert_eq!(h.run(&frame), XDP_DROP, "VLAN");
-    let frame = tcp_segment(
-        "198.51.100.31",
-        PBX4,
-        5060,
-        register_user("6010").as_bytes(),
-    );
-    assert_eq!(h.run(&frame), XDP_DROP, "TCP");
+    let sources = ["198.51.100.30", "198.51.100.31"];
+    let actions = over_vlan_and_tcp(&mut h, sources, &register_user("6010"));
+    assert_eq!(actions, [XDP_DROP, XDP_DROP]);
     let frame = tcp_segment(
         "198.51.100.32",
         PBX4,
@@ -428,24 +407,7 @@ fn dial_rules_drop_count_and_ban() {
             Denied,
         ),
     ];
-    for c in &cases {
-        let dst = if c.source.contains(':') { PBX6 } else { PBX4 };
-        let want = if c.want.drops() { XDP_DROP } else { XDP_PASS };
-        let before = h.packets(c.want);
-        assert_eq!(
-            h.run(&udp(c.source, dst, 5060, c.payload.as_bytes())),
-            want,
-            "{}",
-            c.name
-        );
-        assert_eq!(h.packets(c.want), before + 1, "{}: counted", c.name);
-        assert_eq!(
-            host_reason(&h, c.source, &c.payload),
-            c.want,
-            "{}: host",
-            c.name
-        );
-    }
+    run_cases(&mut h, &cases);
     // International bans (for 1h, naming no rate rule); premium does not.
     for source in [
         "198.51.100.40",
@@ -453,15 +415,15 @@ fn dial_rules_drop_count_and_ban() {
         "198.51.100.42",
         "198.51.100.43",
     ] {
-        let ban = h.guard.maps().ban(&key(source)).expect("reading BANS");
+        let ban = h.guard.maps().ban(&ban_key(source)).expect("reading BANS");
         let ban = ban.unwrap_or_else(|| panic!("{source} banned"));
         assert_eq!(ban.reason, BanReason::DialDenied as u16);
         assert_eq!(ban.rule, NO_RULE);
         assert_eq!(ban.expires_ns - ban.created_ns, 3_600_000_000_000);
     }
-    assert!(h.is_banned(&key("2001:db8:b::1")), "IPv6 bans its /64");
+    assert!(h.is_banned(&ban_key("2001:db8:b::1")), "IPv6 bans its /64");
     for source in ["172.16.5.8", "198.51.100.45", "198.51.100.44", "172.16.5.7"] {
-        assert!(!h.is_banned(&key(source)), "{source}");
+        assert!(!h.is_banned(&ban_key(source)), "{source}");
     }
     let events = h.drain_ban_events();
     assert_eq!(events.len(), 5);
@@ -486,23 +448,9 @@ fn dial_rules_drop_count_and_ban() {
     assert_eq!(h.packets(Reason::Banned), 1);
 
     // VLAN and TCP.
-    let frame = with_vlan_tags(
-        &udp(
-            "198.51.100.50",
-            PBX4,
-            5060,
-            invite("0044201", "1001").as_bytes(),
-        ),
-        &[(TPID_8021Q, 7)],
-    );
-    assert_eq!(h.run(&frame), XDP_DROP, "VLAN");
-    let frame = tcp_segment(
-        "198.51.100.51",
-        PBX4,
-        5060,
-        invite("0044201", "1001").as_bytes(),
-    );
-    assert_eq!(h.run(&frame), XDP_DROP, "TCP");
+    let sources = ["198.51.100.50", "198.51.100.51"];
+    let actions = over_vlan_and_tcp(&mut h, sources, &invite("0044201", "1001"));
+    assert_eq!(actions, [XDP_DROP, XDP_DROP]);
 }
 
 #[test]
@@ -518,7 +466,7 @@ fn learned_peers_may_dial_where_the_rule_says_so() {
     };
     h.guard
         .maps_mut()
-        .insert_peer(key(peer), entry)
+        .insert_peer(ban_key(peer), entry)
         .expect("writing PEERS");
     let international = invite("0044201234567", "1001");
     assert_eq!(
@@ -529,7 +477,7 @@ fn learned_peers_may_dial_where_the_rule_says_so() {
     let premium = invite("0900123", "1001");
     assert_eq!(h.run(&udp(peer, PBX4, 5060, premium.as_bytes())), XDP_DROP);
     assert_eq!(h.packets(Reason::DialDenied), 1);
-    assert!(!h.is_banned(&key(peer)));
+    assert!(!h.is_banned(&ban_key(peer)));
 }
 
 #[test]
@@ -649,7 +597,7 @@ ban = "10m"
     let ban = h
         .guard
         .maps()
-        .ban(&key("172.16.5.7"))
+        .ban(&ban_key("172.16.5.7"))
         .expect("BANS")
         .expect("banned");
     assert_eq!(ban.reason, BanReason::DialDenied as u16);

@@ -15,14 +15,20 @@ use guard_common::{
 };
 use guard_userspace::{
     clock::monotonic_ns,
-    policy::{compile::CompiledPolicy, config::Config, verdict::ip_address},
+    policy::{
+        compile::CompiledPolicy,
+        config::Config,
+        verdict::{ip_address, Judgement},
+    },
 };
 use ipnet::IpNet;
 use proptest::{
     prelude::*,
     test_runner::{Config as RunnerConfig, TestCaseError, TestRunner},
 };
-use sipguard_tests::{verdict_check::*, Harness, BASE_POLICY, XDP_DROP, XDP_PASS};
+use sipguard_tests::{
+    frames::frame_of, verdict_check::*, Harness, BASE_POLICY, XDP_DROP, XDP_PASS,
+};
 
 const SEC: u64 = 1_000_000_000;
 const HOUR: u64 = 3600 * SEC;
@@ -804,12 +810,45 @@ fn count_into(
     entry.windows[rate_lane(rule)] = window;
 }
 
-fn expected_action(case: &Case, policy: &CompiledPolicy) -> u32 {
-    if case.expected.drops() && policy.settings.monitor == 0 {
+fn expected_action(expected: Reason, policy: &CompiledPolicy) -> u32 {
+    if expected.drops() && policy.settings.monitor == 0 {
         XDP_DROP
     } else {
         XDP_PASS
     }
+}
+
+/// One table case (name, kernel state before, expected reason) in the
+/// kernel: the state loaded, the host's judgement of it (`judge`, with the
+/// kernel's settings and clock), then `frame` through the program. What
+/// disagrees with the table, if anything: the kernel's action or counter,
+/// or the host's reason.
+fn kernel_case<E: std::fmt::Debug>(
+    h: &mut Harness,
+    policy: &CompiledPolicy,
+    (name, before, expected): (&str, Before, Reason),
+    frame: &[u8],
+    judge: impl FnOnce(Settings, &Harness, u64) -> Result<Judgement, E>,
+) -> Option<String> {
+    clear_kernel_state(h);
+    let now = monotonic_ns();
+    load_kernel_state(h, &state_of(before, policy, now));
+    let settings = h.guard.maps().settings().expect("SETTINGS");
+    let host = judge(settings, h, now).expect("reading the kernel's state");
+    let service = host.verdict.class.service;
+    let counted = h.guard.maps().verdicts_by_service().expect("VERDICTS");
+    let kernel = kernel_run_frame(h, frame, expected, service);
+    let agree = kernel.counted_as_expected
+        && kernel.action == expected_action(expected, policy)
+        && host.verdict.reason == expected;
+    (!agree).then(|| {
+        format!(
+            "{name}: kernel counted {:?} and returned {}; host says {:?}; table says {expected:?}",
+            last_counted(h, &counted),
+            kernel.action,
+            host.verdict.reason,
+        )
+    })
 }
 
 #[test]
@@ -825,7 +864,7 @@ fn verdict_table_on_the_host() {
             Err(never) => match never {},
         };
         if judged.verdict.reason != case.expected
-            || action(&judged) != expected_action(&case, &policy)
+            || action(&judged) != expected_action(case.expected, &policy)
         {
             failures.push(format!(
                 "{}: host says {:?} (drops: {}), table says {:?}",
@@ -852,29 +891,12 @@ fn verdict_table_in_the_kernel() {
         let mut h = Harness::new(config);
         let policy = h.policy.clone();
         for case in cases.iter().filter(|c| c.config == config) {
-            clear_kernel_state(&mut h);
-            let now = monotonic_ns();
-            let state = state_of(case.before, &policy, now);
-            load_kernel_state(&mut h, &state);
-            let settings = h.guard.maps().settings().expect("SETTINGS");
-            let host = host_judge(&policy, settings, h.guard.maps(), now, &case.packet)
-                .expect("reading the kernel's state");
-            let service = host.verdict.class.service;
-            let before = h.guard.maps().verdicts_by_service().expect("VERDICTS");
-            let kernel = kernel_run(&mut h, &case.packet, case.expected, service);
-            if !kernel.counted_as_expected
-                || kernel.action != expected_action(case, &policy)
-                || host.verdict.reason != case.expected
-            {
-                failures.push(format!(
-                    "{}: kernel counted {:?} and returned {}; host says {:?}; table says {:?}",
-                    case.name,
-                    last_counted(&h, &before),
-                    kernel.action,
-                    host.verdict.reason,
-                    case.expected
-                ));
-            }
+            let judge = |settings, h: &Harness, now| {
+                host_judge(&policy, settings, h.guard.maps(), now, &case.packet)
+            };
+            let frame = frame_of(&case.packet);
+            let case = (case.name, case.before, case.expected);
+            failures.extend(kernel_case(&mut h, &policy, case, &frame, judge));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -1165,42 +1187,14 @@ fn sip_rules_table_in_the_kernel() {
     let policy = h.policy.clone();
     let mut failures = Vec::new();
     for case in sip_table() {
-        clear_kernel_state(&mut h);
-        let now = monotonic_ns();
-        let state = state_of(case.before, &policy, now);
-        load_kernel_state(&mut h, &state);
-        let settings = h.guard.maps().settings().expect("SETTINGS");
         let packet = sip_packet(&case);
-        let host = host_judge_sip(
-            &policy,
-            settings,
-            h.guard.maps(),
-            now,
-            &packet,
-            case.payload.as_bytes(),
-        )
-        .expect("reading the kernel's state");
-        let service = host.verdict.class.service;
-        let before = h.guard.maps().verdicts_by_service().expect("VERDICTS");
-        let kernel = kernel_run_frame(&mut h, &sip_frame(&case), case.expected, service);
-        let want = if case.expected.drops() {
-            XDP_DROP
-        } else {
-            XDP_PASS
+        let judge = |settings, h: &Harness, now| {
+            let payload = case.payload.as_bytes();
+            host_judge_sip(&policy, settings, h.guard.maps(), now, &packet, payload)
         };
-        if !kernel.counted_as_expected
-            || kernel.action != want
-            || host.verdict.reason != case.expected
-        {
-            failures.push(format!(
-                "{}: kernel counted {:?} and returned {}; host says {:?}; table says {:?}",
-                case.name,
-                last_counted(&h, &before),
-                kernel.action,
-                host.verdict.reason,
-                case.expected
-            ));
-        }
+        let frame = sip_frame(&case);
+        let table = (case.name, case.before, case.expected);
+        failures.extend(kernel_case(&mut h, &policy, table, &frame, judge));
         let banned = h.guard.maps().ban(&key_of(case.source, 64)).expect("BANS");
         let dial_ban =
             case.expected == Reason::DialDenied && case.name.starts_with("international");
