@@ -322,3 +322,44 @@ impl Runtime {
 
 #[cfg(test)]
 mod tests;
+
+/// A runtime over in-memory maps for unit tests: its config is `toml` in
+/// `dir/sipguard.toml` (so that `reload` re-reads it), its state directory
+/// `dir/state`. Returns it, its maps and the config it read.
+#[cfg(test)]
+pub(crate) fn fake_runtime(
+    dir: &std::path::Path,
+    toml: &str,
+) -> (
+    Runtime,
+    crate::kernel::fake::FakeMaps,
+    crate::policy::config::Config,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = dir.join("sipguard.toml");
+    std::fs::write(&file, toml).unwrap();
+    let source = ConfigSource {
+        path: Some(file),
+        ..ConfigSource::default()
+    };
+    let (config, name) = source.load().unwrap();
+    let live = LivePolicy::build(config.clone(), name, crate::state::ListChanges::default());
+    let maps = crate::kernel::fake::FakeMaps::with_policy(&live.compiled);
+    let runtime = Runtime::new(Parts {
+        maps: Box::new(maps.clone()),
+        live,
+        source,
+        ban_details: Default::default(),
+        counters: ControllerCounters::default(),
+        attached: Attached {
+            iface: "test0".into(),
+            xdp_mode: "skb".into(),
+            program_id: 1,
+            pinned_at: None,
+            pins_warning: None,
+        },
+        state: StateDir::open(&dir.join("state")).unwrap(),
+        alerts: None,
+    });
+    (runtime, maps, config)
+}

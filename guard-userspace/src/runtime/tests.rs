@@ -11,14 +11,12 @@ use super::{
     fleet::{FleetBan, FleetChange},
     lists::NewEntry,
     safety::{LockoutCheck, Session},
-    Attached, Error, MonitorOrigin, Parts, Runtime,
+    Error, MonitorOrigin, Runtime,
 };
 use crate::{
     clock,
     kernel::{fake::FakeMaps, store::NetList},
-    metrics::ControllerCounters,
-    policy::live::{ConfigSource, LivePolicy},
-    state::{ListChanges, StateDir},
+    state::StateDir,
 };
 
 const POLICY: &str = r#"
@@ -55,32 +53,7 @@ impl Site {
     fn new(name: &str, toml: &str) -> Site {
         let dir = std::env::temp_dir().join(format!("sipguard-unit-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("sipguard.toml");
-        std::fs::write(&file, toml).unwrap();
-        let source = ConfigSource {
-            path: Some(file),
-            ..ConfigSource::default()
-        };
-        let (config, name) = source.load().unwrap();
-        let live = LivePolicy::build(config, name, ListChanges::default());
-        let maps = FakeMaps::with_policy(&live.compiled);
-        let runtime = Runtime::new(Parts {
-            maps: Box::new(maps.clone()),
-            live,
-            source,
-            ban_details: Default::default(),
-            counters: ControllerCounters::default(),
-            attached: Attached {
-                iface: "test0".into(),
-                xdp_mode: "skb".into(),
-                program_id: 1,
-                pinned_at: None,
-                pins_warning: None,
-            },
-            state: StateDir::open(&dir.join("state")).unwrap(),
-            alerts: None,
-        });
+        let (runtime, maps, _) = super::fake_runtime(&dir, toml);
         Site {
             runtime: Arc::new(runtime),
             maps,

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex as StdMutex},
     time::Duration,
 };
@@ -21,10 +21,8 @@ use crate::{
         http::Http,
     },
     kernel::fake::FakeMaps,
-    metrics::ControllerCounters,
-    policy::live::{ConfigSource, LivePolicy},
-    runtime::{bans::BanOrigin, Attached, Parts, Runtime},
-    state::{ListChanges, StateDir},
+    runtime::{bans::BanOrigin, Runtime},
+    state::StateDir,
 };
 
 struct Site {
@@ -42,37 +40,12 @@ impl Drop for Site {
 
 impl Site {
     /// A runtime whose config is `toml`; `dir` is kept (a restart).
-    fn new(dir: &PathBuf, toml: &str) -> Site {
-        std::fs::create_dir_all(dir).unwrap();
-        let file = dir.join("sipguard.toml");
-        std::fs::write(&file, toml).unwrap();
-        let source = ConfigSource {
-            path: Some(file),
-            ..ConfigSource::default()
-        };
-        let (config, name) = source.load().unwrap();
-        let live = LivePolicy::build(config.clone(), name, ListChanges::default());
-        let maps = FakeMaps::with_policy(&live.compiled);
-        let runtime = Runtime::new(Parts {
-            maps: Box::new(maps.clone()),
-            live,
-            source,
-            ban_details: Default::default(),
-            counters: ControllerCounters::default(),
-            attached: Attached {
-                iface: "test0".into(),
-                xdp_mode: "skb".into(),
-                program_id: 1,
-                pinned_at: None,
-                pins_warning: None,
-            },
-            state: StateDir::open(&dir.join("state")).unwrap(),
-            alerts: None,
-        });
+    fn new(dir: &Path, toml: &str) -> Site {
+        let (runtime, maps, config) = crate::runtime::fake_runtime(dir, toml);
         Site {
             runtime: Arc::new(runtime),
             maps,
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
             config,
         }
     }
