@@ -244,6 +244,23 @@ pub fn send(socket: &UdpSocket, message: &[u8]) -> Option<(u16, Option<String>)>
     }
 }
 
+/// One request `text` from `source`:`port` in the client namespace: the
+/// status of Kamailio's final answer (None when none came within 2 s).
+pub fn request(pbx: &Pbx, source: &'static str, port: u16, text: String) -> Option<u16> {
+    pbx.link
+        .left
+        .run_in(move || {
+            let socket = UdpSocket::bind((source, port)).expect("binding the client");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            send(&socket, text.as_bytes()).map(|(status, _)| status)
+        })
+        .join()
+        .expect("client thread")
+        .expect("client namespace")
+}
+
 /// One guess from `source` in the client namespace: a plain REGISTER for
 /// the challenge, then the rewritten one with `password`. Returns the
 /// status Kamailio answered the guess with, if it did.

@@ -8,8 +8,7 @@
 //! --json` and `explain` must say what the kernel does. Needs root (`cargo
 //! xtask test`); the namespaces (`sg-po...`) are deleted on drop.
 use std::{
-    io::{Read, Write},
-    net::{TcpStream, UdpSocket},
+    net::UdpSocket,
     os::unix::process::CommandExt,
     process::Stdio,
     sync::{
@@ -25,6 +24,7 @@ use md5::{Digest, Md5};
 use sipguard_tests::{
     daemon::{Daemon, TempDir, TempFile},
     kamailio::{peers, sipp_totals, KamailioSetup, Pbx, PBX, PHONE},
+    metrics,
     netns::NetNs,
     traffic::cli,
 };
@@ -204,25 +204,7 @@ fn assert_not_banned(pbx: &Pbx, source: &str, ip: [u8; 4]) {
 
 /// The metrics the guard serves in the PBX's namespace.
 fn scrape(pbx: &Pbx) -> String {
-    pbx.link
-        .right
-        .run_in(|| {
-            let mut stream = TcpStream::connect("127.0.0.1:9477").expect("the metrics endpoint");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: sipguard\r\n\r\n")
-                .unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            text
-        })
-        .join()
-        .expect("scrape thread")
-        .expect("the PBX's namespace")
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    metrics::scrape(&pbx.link.right, metrics::DEFAULT_ADDRESS).expect("the metrics endpoint")
 }
 
 /// Counts the RTP datagrams from `source` arriving at the IVR's media port.
@@ -483,25 +465,25 @@ fn an_office_behind_one_address_is_never_banned_and_its_calls_keep_their_media()
         words.contains("learned peer: 30 live registrations, rate budget x60"),
         "{words}"
     );
-    let metrics = scrape(&pbx);
+    let text = scrape(&pbx);
     assert_eq!(
-        metric(&metrics, "sipguard_peers{kind=\"registered\"}"),
-        Some(1.0),
-        "{metrics}"
+        metrics::value(&text, "sipguard_peers{kind=\"registered\"}"),
+        Some(1),
+        "{text}"
     );
     assert_eq!(
-        metric(&metrics, "sipguard_peer_registrations"),
-        Some(f64::from(PHONES)),
-        "{metrics}"
+        metrics::value(&text, "sipguard_peer_registrations"),
+        Some(u64::from(PHONES)),
+        "{text}"
     );
     assert_eq!(
-        metric(
-            &metrics,
+        metrics::value(
+            &text,
             "sipguard_packets_total{reason=\"rate_limited\",service=\"sip\"}"
         )
-        .unwrap_or(0.0),
-        0.0,
-        "{metrics}"
+        .unwrap_or(0),
+        0,
+        "{text}"
     );
     // A clean stop takes its control socket away with it.
     let mut pbx = pbx;
@@ -629,11 +611,11 @@ fn the_pbxs_provider_is_learned_from_its_registration_and_its_calls_are_never_ba
         words.contains("learned peer: the PBX's provider"),
         "{words}"
     );
-    let metrics = scrape(&pbx);
+    let text = scrape(&pbx);
     assert_eq!(
-        metric(&metrics, "sipguard_peers{kind=\"provider\"}"),
-        Some(1.0),
-        "{metrics}"
+        metrics::value(&text, "sipguard_peers{kind=\"provider\"}"),
+        Some(1),
+        "{text}"
     );
     drop(provider);
     let mut pbx = pbx;

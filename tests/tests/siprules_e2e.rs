@@ -13,7 +13,9 @@ use std::{
 
 use guard_common::{sip_scan::ScanStatus, BanReason, Reason, SourceKey};
 use sipguard_tests::{
-    kamailio::{peers, register_as, send, KamailioSetup, Pbx, ATTACKER, PASSWORD, PBX, PHONE},
+    kamailio::{
+        peers, register_as, request, send, KamailioSetup, Pbx, ATTACKER, PASSWORD, PBX, PHONE,
+    },
     netns::Link,
     traffic::cli,
 };
@@ -70,28 +72,33 @@ fn registers(pbx: &Pbx, source: &'static str, user: &'static str, call_id: &str)
         .expect("client namespace")
 }
 
+/// An INVITE from `source`:5071 as `from` to `number`, with `padding`
+/// (a header line, or nothing) after its Via.
+fn invite(source: &str, from: &str, number: &str, call_id: &str, padding: &str) -> String {
+    format!(
+        "INVITE sip:{number}@{PBX} SIP/2.0\r\n\
+Via: SIP/2.0/UDP {source}:5071;branch=z9hG4bK-{call_id};rport\r\n{padding}\
+Max-Forwards: 70\r\nFrom: <sip:{from}@{PBX}>;tag={call_id}\r\nTo: <sip:{number}@{PBX}>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{from}@{source}:5071>\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+}
+
 /// An INVITE from `source` (as 1001) to `number`: Kamailio's status, if any.
 fn calls(pbx: &Pbx, source: &'static str, number: &'static str, call_id: &str) -> Option<u16> {
-    let call_id = call_id.to_string();
-    pbx.link
-        .left
-        .run_in(move || {
-            let socket = UdpSocket::bind((source, 5071)).expect("binding the phone");
-            socket
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            let invite = format!(
-                "INVITE sip:{number}@{PBX} SIP/2.0\r\n\
-Via: SIP/2.0/UDP {source}:5071;branch=z9hG4bK-{call_id};rport\r\n\
-Max-Forwards: 70\r\nFrom: <sip:1001@{PBX}>;tag={call_id}\r\nTo: <sip:{number}@{PBX}>\r\n\
-Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{source}:5071>\r\n\
-Content-Length: 0\r\n\r\n"
-            );
-            send(&socket, invite.as_bytes()).map(|(status, _)| status)
-        })
-        .join()
-        .expect("phone thread")
-        .expect("client namespace")
+    request(
+        pbx,
+        source,
+        5071,
+        invite(source, "1001", number, call_id, ""),
+    )
+}
+
+/// Waits for Kamailio's log line saying `what` reached it.
+fn kamailio_got(pbx: &mut Pbx, what: &str) {
+    pbx.kamailio
+        .wait_for(what, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("not in Kamailio's log: {e}"));
 }
 
 #[test]
@@ -102,12 +109,7 @@ fn restricted_extension_and_international_calls() {
 
     // 6010 registers from the office; from elsewhere, nothing comes back.
     assert_eq!(registers(&pbx, PHONE, "6010", "sr-1"), Some(200));
-    pbx.kamailio
-        .wait_for(
-            "kamailio registered 6010 from 10.78.0.2",
-            Duration::from_secs(5),
-        )
-        .expect("Kamailio's log");
+    kamailio_got(&mut pbx, "kamailio registered 6010 from 10.78.0.2");
     assert_eq!(registers(&pbx, ATTACKER, "6010", "sr-2"), None);
     assert_eq!(maps.verdict(Reason::ExtensionDenied).unwrap().packets, 1);
     let line = pbx
@@ -120,12 +122,7 @@ fn restricted_extension_and_international_calls() {
     );
     // Other users register from anywhere.
     assert_eq!(registers(&pbx, ATTACKER, "1001", "sr-3"), Some(200));
-    pbx.kamailio
-        .wait_for(
-            "kamailio registered 1001 from 10.78.0.4",
-            Duration::from_secs(5),
-        )
-        .expect("Kamailio's log");
+    kamailio_got(&mut pbx, "kamailio registered 1001 from 10.78.0.4");
 
     // An international call from elsewhere never reaches Kamailio; a local
     // one does, and the office may call abroad.
@@ -137,19 +134,12 @@ fn restricted_extension_and_international_calls() {
         .expect("the drop logged");
     assert!(line.contains("to 0044201234567 from 10.78.0.4"), "{line}");
     assert_eq!(calls(&pbx, ATTACKER, "1002", "sr-5"), Some(480));
-    pbx.kamailio
-        .wait_for(
-            "kamailio got INVITE to 1002 from 10.78.0.4",
-            Duration::from_secs(5),
-        )
-        .expect("the local call reached Kamailio");
+    kamailio_got(&mut pbx, "kamailio got INVITE to 1002 from 10.78.0.4");
     assert_eq!(calls(&pbx, PHONE, "0044201234567", "sr-6"), Some(480));
-    pbx.kamailio
-        .wait_for(
-            "kamailio got INVITE to 0044201234567 from 10.78.0.2",
-            Duration::from_secs(5),
-        )
-        .expect("the office's call reached Kamailio");
+    kamailio_got(
+        &mut pbx,
+        "kamailio got INVITE to 0044201234567 from 10.78.0.2",
+    );
     let log = pbx.kamailio.log();
     assert!(
         !log.contains("INVITE to 0044201234567 from 10.78.0.4"),
@@ -182,6 +172,13 @@ fn restricted_extension_and_international_calls() {
 
 /// Another address of the client namespace, elsewhere for both rules.
 const STRANGER: &str = "10.78.0.5";
+
+/// CONFIG's rules, as the controller's judgement names them.
+const EXTENSION_RULE: (BanReason, &str) = (BanReason::ExtensionDenied, "6010 from the office");
+const DIAL_RULE: (BanReason, &str) = (
+    BanReason::DialDenied,
+    "no international calls except from the office",
+);
 
 /// One request over TCP from `source`, written in two segments (`head`,
 /// 300 ms, then `rest`; TCP_NODELAY, so the head leaves alone): the
@@ -232,9 +229,7 @@ fn tcp_split(pbx: &Pbx, source: &'static str, head: String, rest: String) -> Opt
 fn assert_judged_by_the_controller(
     pbx: &mut Pbx,
     (source, user): (&str, &str),
-    ip: [u8; 4],
-    reason: BanReason,
-    what: &str,
+    (reason, what): (BanReason, &str),
 ) {
     let line = pbx
         .guard
@@ -253,7 +248,8 @@ fn assert_judged_by_the_controller(
             Duration::from_secs(5),
         )
         .expect("banned on the first offence");
-    let ban = pbx.maps().ban(&SourceKey::from_ipv4(ip)).unwrap();
+    let ip: std::net::Ipv4Addr = source.parse().unwrap();
+    let ban = pbx.maps().ban(&SourceKey::from_ipv4(ip.octets())).unwrap();
     assert_eq!(ban.map(|b| b.reason), Some(reason as u16));
 }
 
@@ -285,13 +281,7 @@ Content-Length: 0\r\n\r\n"
     };
     let (head, rest) = headers("REGISTER", &format!("sip:{PBX}"), "6010", "6010", ATTACKER);
     assert_eq!(tcp_split(&pbx, ATTACKER, head, rest), Some(401));
-    assert_judged_by_the_controller(
-        &mut pbx,
-        (ATTACKER, "6010"),
-        [10, 78, 0, 4],
-        BanReason::ExtensionDenied,
-        "6010 from the office",
-    );
+    assert_judged_by_the_controller(&mut pbx, (ATTACKER, "6010"), EXTENSION_RULE);
     // The kernel read the head and judged nothing.
     assert_eq!(maps.verdict(Reason::ExtensionDenied).unwrap().packets, 0);
     let scans = maps.sip_scans().unwrap();
@@ -312,19 +302,11 @@ Content-Length: 0\r\n\r\n"
         format!("{}{rest}", head.strip_prefix("INVITE ").unwrap()),
     );
     assert_eq!(tcp_split(&pbx, STRANGER, method, rest), Some(480));
-    pbx.kamailio
-        .wait_for(
-            "kamailio got INVITE to 0044201234567 from 10.78.0.5",
-            Duration::from_secs(5),
-        )
-        .expect("the call reached Kamailio");
-    assert_judged_by_the_controller(
+    kamailio_got(
         &mut pbx,
-        (STRANGER, "1001"),
-        [10, 78, 0, 5],
-        BanReason::DialDenied,
-        "no international calls except from the office",
+        "kamailio got INVITE to 0044201234567 from 10.78.0.5",
     );
+    assert_judged_by_the_controller(&mut pbx, (STRANGER, "1001"), DIAL_RULE);
     assert_eq!(maps.verdict(Reason::DialDenied).unwrap().packets, 0);
     assert!(pbx.guard.stop().unwrap().success());
 }
@@ -345,33 +327,14 @@ fn invites_over_2_kib_are_judged_where_they_can_be_read() {
     }
     let mut pbx = start_on(link, "srbig");
     let maps = pbx.maps();
-    let invite = |number: &str, from: &str, call_id: &str| {
-        format!(
-            "INVITE sip:{number}@{PBX} SIP/2.0\r\n\
-Via: SIP/2.0/UDP {ATTACKER}:5071;branch=z9hG4bK-{call_id};rport\r\n\
-X-Padding: {}\r\nMax-Forwards: 70\r\nFrom: <sip:{from}@{PBX}>;tag={call_id}\r\n\
-To: <sip:{number}@{PBX}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
-Contact: <sip:{from}@{ATTACKER}:5071>\r\nContent-Length: 0\r\n\r\n",
-            "p".repeat(2400)
-        )
-    };
-    let call = |pbx: &Pbx, text: String| {
+    let padding = format!("X-Padding: {}\r\n", "p".repeat(2400));
+    let call = |pbx: &Pbx, number: &str, from: &str, call_id: &str| {
+        let text = invite(ATTACKER, from, number, call_id, &padding);
         assert!(text.len() > 2600, "{}", text.len());
-        pbx.link
-            .left
-            .run_in(move || {
-                let socket = UdpSocket::bind((ATTACKER, 5071)).expect("binding the phone");
-                socket
-                    .set_read_timeout(Some(Duration::from_secs(2)))
-                    .unwrap();
-                send(&socket, text.as_bytes()).map(|(status, _)| status)
-            })
-            .join()
-            .expect("phone thread")
-            .expect("client namespace")
+        request(pbx, ATTACKER, 5071, text)
     };
     // The number is read: the kernel drops it (no ban: the rule has none).
-    assert_eq!(call(&pbx, invite("0044201234567", "1001", "big-1")), None);
+    assert_eq!(call(&pbx, "0044201234567", "1001", "big-1"), None);
     assert_eq!(maps.verdict(Reason::DialDenied).unwrap().packets, 1);
     pbx.guard
         .wait_for("to 0044201234567 from 10.78.0.4", Duration::from_secs(5))
@@ -379,21 +342,10 @@ Contact: <sip:{from}@{ATTACKER}:5071>\r\nContent-Length: 0\r\n\r\n",
     assert!(!pbx.kamailio.log().contains("INVITE to 0044201234567"));
 
     // The From is past the copy: the PBX answers, the controller bans.
-    assert_eq!(call(&pbx, invite("1002", "6010", "big-2")), Some(480));
-    pbx.kamailio
-        .wait_for(
-            "kamailio got INVITE to 1002 from 10.78.0.4",
-            Duration::from_secs(5),
-        )
-        .expect("the call reached Kamailio");
-    assert_judged_by_the_controller(
-        &mut pbx,
-        (ATTACKER, "6010"),
-        [10, 78, 0, 4],
-        BanReason::ExtensionDenied,
-        "6010 from the office",
-    );
+    assert_eq!(call(&pbx, "1002", "6010", "big-2"), Some(480));
+    kamailio_got(&mut pbx, "kamailio got INVITE to 1002 from 10.78.0.4");
+    assert_judged_by_the_controller(&mut pbx, (ATTACKER, "6010"), EXTENSION_RULE);
     assert_eq!(maps.verdict(Reason::ExtensionDenied).unwrap().packets, 0);
-    assert_eq!(call(&pbx, invite("1002", "1001", "big-3")), None, "banned");
+    assert_eq!(call(&pbx, "1002", "1001", "big-3"), None, "banned");
     assert!(pbx.guard.stop().unwrap().success());
 }

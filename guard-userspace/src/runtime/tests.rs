@@ -923,17 +923,14 @@ async fn fleet_decisions_spare_learned_peers() {
     assert_eq!((applied.enforced, applied.peers_spared), (1, 1));
     let office = rt.source_key(ip("198.51.100.20"));
     assert!(!s.maps.state().bans.contains_key(&office));
-    let applied = rt
-        .fleet_ranges(
-            &Holder::Crowdsec,
-            &[RangeChange::Hold {
-                net: "198.51.100.0/24".parse().unwrap(),
-                detail: "crowdsecurity/sip-bf".into(),
-            }],
-            true,
-            true,
-        )
-        .await;
+    let hold = |holder: Holder, net: &str| {
+        let change = RangeChange::Hold {
+            net: net.parse().unwrap(),
+            detail: "crowdsecurity/sip-bf".into(),
+        };
+        async move { rt.fleet_ranges(&holder, &[change], true, true).await }
+    };
+    let applied = hold(Holder::Crowdsec, "198.51.100.0/24").await;
     assert_eq!(applied.peers_spared, 1);
     assert_eq!(rt.fleet_len().await, 1, "the range is applied");
     // Both reach the metrics, under the source that named the peer.
@@ -947,18 +944,7 @@ async fn fleet_decisions_spare_learned_peers() {
             .get()
     };
     assert_eq!(spared("crowdsec", "crowdsec"), 2);
-    let feed = Holder::Feed("voipbl".into());
-    let applied = rt
-        .fleet_ranges(
-            &feed,
-            &[RangeChange::Hold {
-                net: "198.51.100.16/28".parse().unwrap(),
-                detail: "voipbl".into(),
-            }],
-            true,
-            true,
-        )
-        .await;
+    let applied = hold(Holder::Feed("voipbl".into()), "198.51.100.16/28").await;
     assert_eq!(applied.peers_spared, 1);
     assert_eq!(spared("feed", "voipbl"), 1);
 }
