@@ -51,7 +51,7 @@ fn promtool(args: &[&str]) -> Result<String> {
 #[test]
 fn promtool_checks_and_unit_tests_the_rules() {
     let checked = promtool(&["check", "rules", "sipguard.rules.yml"]).unwrap();
-    assert!(checked.contains("SUCCESS: 9 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
     let tested = promtool(&["test", "rules", "sipguard.rules.test.yml"]).unwrap();
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
@@ -180,7 +180,16 @@ fn start_prometheus(link: &Link, data: &TempDir) -> Result<(Daemon, TempFile)> {
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn prometheus_fires_the_attack_rule_during_a_flood() {
     let link = Link::new("prom", &CLIENT_ADDRS, &PBX_ADDRS).expect("namespaces and veth");
-    let config = TempFile::new("prom.toml", "");
+    // A feed read from a file: its health series (which the feed and LAPI
+    // rules use) are exported, and a healthy feed fires nothing.
+    let feed = TempFile::new("prom-feed.txt", "# a local drop list\n203.0.113.0/24\n");
+    let config = TempFile::new(
+        "prom.toml",
+        &format!(
+            "[[feeds]]\nname = \"local-drop\"\nkind = \"list\"\nfile = \"{}\"\n",
+            feed.path()
+        ),
+    );
     let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
     // A socket of its own: another daemon may hold the default one.
     let dir = TempDir::new("prom-ctl");
@@ -245,6 +254,9 @@ fn prometheus_fires_the_attack_rule_during_a_flood() {
         "SipguardRingBufferLosses",
         "SipguardScrapeFailing",
         "SipguardScrapeMissing",
+        "SipguardFeedFailing",
+        "SipguardLapiUnreachable",
+        "SipguardLapiReportsQueued",
     ] {
         assert_eq!(alert_state(&link, name).unwrap(), None, "{name}");
     }
