@@ -278,6 +278,26 @@ impl Lapi {
         Ok(())
     }
 
+    /// The statuses the LAPI answered `METHOD PATH` with, oldest first,
+    /// for clients whose User-Agent starts with `agent` (sipguard's is
+    /// `sipguard/VERSION`; cscli logs in too). Read from the LAPI's request
+    /// log, `crowdsec_api.log`, one line a request, such as
+    /// `"POST /v1/watchers/login HTTP/1.1 200 162ms \"sipguard/0.1.0\" "`.
+    pub fn answers(&self, method: &str, path: &str, agent: &str) -> Vec<u16> {
+        let log = std::fs::read_to_string(self.dir.0.join("crowdsec_api.log")).unwrap_or_default();
+        let request = format!("{method} {path} HTTP/1.1 ");
+        log.lines()
+            .filter_map(|line| {
+                let rest = &line[line.find(&request)? + request.len()..];
+                let mut words = rest.split(' ');
+                let status = words.next()?.parse().ok()?;
+                let _time = words.next()?;
+                let client = words.next()?.trim_start_matches(['\\', '"']);
+                client.starts_with(agent).then_some(status)
+            })
+            .collect()
+    }
+
     /// The LAPI's own log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("crowdsec.log")).unwrap_or_default()

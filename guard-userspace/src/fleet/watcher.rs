@@ -205,8 +205,11 @@ impl Machine {
                 Err(HttpError::Status { status, .. })
                     if status == StatusCode::UNAUTHORIZED && !renewed =>
                 {
-                    debug!(
-                        "crowdsec watcher: the LAPI no longer takes the token; logging in again"
+                    // Worth a line: the LAPI restarted (1.4.6 signs tokens
+                    // with a secret of each run) or revoked the token.
+                    info!(
+                        "crowdsec watcher: the LAPI no longer takes the token (401); logging in \
+                         again"
                     );
                     self.token = None;
                     renewed = true;
