@@ -196,6 +196,20 @@ impl Lapi {
         Ok(alerts.unwrap_or_default())
     }
 
+    /// sipguard's alerts (scenario `sipguard/...`), newest first; a failing
+    /// `cscli` fails the test with the LAPI's log.
+    pub fn sipguard_alerts(&self) -> Vec<serde_json::Value> {
+        self.alerts()
+            .unwrap_or_else(|e| panic!("{e:#}\nLAPI log:\n{}", self.log()))
+            .into_iter()
+            .filter(|a| {
+                a["scenario"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("sipguard/"))
+            })
+            .collect()
+    }
+
     /// `cscli -c CONFIG args...` in the LAPI's namespace; its stdout.
     pub fn cscli(&self, args: &[&str]) -> Result<String> {
         let config = self.config.to_str().context("UTF-8 path")?;

@@ -68,19 +68,6 @@ fn queued(pbx: &Pbx) -> i64 {
     metric(&scrape(pbx), "sipguard_fleet_reports_queued ").expect("the queue gauge")
 }
 
-/// sipguard's alerts in the LAPI (`cscli alerts list`).
-fn sipguard_alerts(lapi: &Lapi) -> Vec<serde_json::Value> {
-    lapi.alerts()
-        .unwrap_or_else(|e| panic!("{e:#}\nLAPI log:\n{}", lapi.log()))
-        .into_iter()
-        .filter(|a| {
-            a["scenario"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("sipguard/"))
-        })
-        .collect()
-}
-
 /// Polls `check` until it holds or `limit` has passed.
 fn until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -228,7 +215,7 @@ fn a_crack_on_one_pbx_is_dropped_at_the_other_through_the_lapi() {
     );
 
     // The LAPI holds sipguard's alert, with its evidence.
-    let alerts = sipguard_alerts(&lapi);
+    let alerts = lapi.sipguard_alerts();
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     check_alert(&alerts[0], "f2-pbx1");
 
@@ -237,10 +224,10 @@ fn a_crack_on_one_pbx_is_dropped_at_the_other_through_the_lapi() {
     // Both pull every second; a few pulls later nothing more has come.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
-        sipguard_alerts(&lapi).len(),
+        lapi.sipguard_alerts().len(),
         1,
         "{:#?}",
-        sipguard_alerts(&lapi)
+        lapi.sipguard_alerts()
     );
     assert_eq!(reports(&pbx1, "sent"), 1);
     assert_eq!(reports(&pbx2, "sent"), 0);
@@ -286,20 +273,20 @@ fn reports_wait_for_an_unreachable_lapi_and_go_out_when_it_is_back() {
         .expect("the failed push is logged");
     assert_eq!(queued(&pbx), 1);
     assert_eq!(reports(&pbx, "sent"), 0);
-    assert!(sipguard_alerts(&lapi).is_empty());
+    assert!(lapi.sipguard_alerts().is_empty());
 
     lapi.set_link(true).expect("link up");
     // Retries back off up to a minute; after a short outage they come
     // within seconds (the deadline allows for a push timing out first).
     let arrived = until(Duration::from_secs(40), || {
-        !sipguard_alerts(&lapi).is_empty()
+        !lapi.sipguard_alerts().is_empty()
     });
     assert!(
         arrived,
         "the queued report never arrived:\n{}",
         pbx.guard.log()
     );
-    let alerts = sipguard_alerts(&lapi);
+    let alerts = lapi.sipguard_alerts();
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     check_alert(&alerts[0], "f2-queue");
     pbx.guard

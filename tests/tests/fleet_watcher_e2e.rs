@@ -108,25 +108,15 @@ Content-Length: 0\r\n\r\n"
     )
 }
 
-/// sipguard's alerts in the LAPI on `value` (`cscli alerts list`).
-fn alerts_on(lapi: &Lapi, value: &str) -> Vec<Value> {
-    lapi.alerts()
-        .unwrap_or_else(|e| panic!("{e:#}\nLAPI log:\n{}", lapi.log()))
-        .into_iter()
-        .filter(|a| {
-            a["scenario"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("sipguard/"))
-                && a["source"]["value"] == value
-        })
-        .collect()
-}
-
 /// Waits for sipguard's one alert on `value`.
 fn reported(lapi: &Lapi, guard: &Daemon, value: &str) -> Value {
     let start = Instant::now();
     loop {
-        let mut alerts = alerts_on(lapi, value);
+        let mut alerts: Vec<Value> = lapi
+            .sipguard_alerts()
+            .into_iter()
+            .filter(|a| a["source"]["value"] == value)
+            .collect();
         if !alerts.is_empty() {
             assert_eq!(alerts.len(), 1, "{alerts:#?}");
             return alerts.remove(0);
