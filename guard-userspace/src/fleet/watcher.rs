@@ -740,6 +740,37 @@ mod tests {
         assert!(!format!("{failed:?}").contains("pw-9f2"));
     }
 
+    /// A token is used until its renewal time (a minute before the end the
+    /// LAPI gave: `token_life`), then replaced by a new login before the
+    /// push, without waiting for a 401.
+    #[tokio::test]
+    async fn a_token_at_its_renewal_time_is_renewed_before_the_push() {
+        let lapi = Double::start(vec![(201, r#"["1"]"#), (200, LOGIN_T2), (201, r#"["2"]"#)]).await;
+        let mut machine = Machine::new(&lapi.url(), credentials()).unwrap();
+        let alert = report::alert(&report(1, 100 * SEC), 0, SystemTime::now()).unwrap();
+        let held = |renew_at| Token {
+            bearer: HeaderValue::from_static("Bearer t1"),
+            renew_at,
+        };
+        machine.token = Some(held(Instant::now() + Duration::from_secs(60)));
+        machine.push(std::slice::from_ref(&alert)).await.unwrap();
+        machine.token = Some(held(Instant::now()));
+        machine.push(&[alert]).await.unwrap();
+        let seen = lapi.seen();
+        let calls: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|(path, auth, _)| (path.as_str(), auth.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("/v1/alerts", "Bearer t1"),
+                ("/v1/watchers/login", ""),
+                ("/v1/alerts", "Bearer t2"),
+            ]
+        );
+    }
+
     async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         for _ in 0..200 {
             if check() {
