@@ -61,3 +61,52 @@ pub fn evidence(decision: &BanDecision, window: Duration) -> String {
         evidence.join(" ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use guard_common::BanReason;
+
+    use super::*;
+    use crate::sip::tracker::Failure;
+
+    /// An auth-failure ban's alert: the failures, whether they were
+    /// proven, each user and status, and the usernames tried (once each).
+    #[test]
+    fn an_auth_failure_notice_carries_the_failures_and_the_users() {
+        let failure = |user: &str, status| Failure {
+            at: Instant::now(),
+            username: user.as_bytes().to_vec(),
+            status,
+            proven: true,
+        };
+        let decision = BanDecision {
+            source: "198.51.100.7".parse().unwrap(),
+            reason: BanReason::AuthFailure,
+            duration: Duration::from_secs(86_400),
+            evidence: vec![
+                failure("1002", 403),
+                failure("1001", 401),
+                failure("1001", 401),
+                failure("", 0),
+            ],
+            failures_in_window: 10,
+            proven: true,
+            offence: 2,
+        };
+        let notice = notice(&decision, Duration::from_secs(3600));
+        assert_eq!(notice.source, "198.51.100.7");
+        assert_eq!(notice.reason, "auth-failure");
+        assert_eq!(
+            notice.evidence,
+            "10 failures in 1h (proven, offence 2), last user:status 1002:403 1001:401 1001:401 ?:none"
+        );
+        assert_eq!(
+            notice.evidence,
+            evidence(&decision, Duration::from_secs(3600))
+        );
+        assert_eq!(notice.duration, Duration::from_secs(86_400));
+        assert_eq!(notice.users, ["1001", "1002"]);
+    }
+}
