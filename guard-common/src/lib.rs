@@ -540,8 +540,19 @@ pub const fn rate_lane(rule: u32) -> usize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateState {
     pub windows: [RateWindow; RATE_LANES],
+    /// The source's allow-list answer, cached by the XDP program:
+    /// [`allow_stamp`] of the allow lists' generation (`ALLOW_GENERATION`,
+    /// bumped by the controller whenever an allow list or the policy slot
+    /// changes) and the entry's service mask; 0 if never searched.
+    pub allow: u64,
 }
-map_type!(RateState, 256);
+map_type!(RateState, 264);
+
+/// A [`RateState::allow`] value: `generation` (never 0) and the allow mask.
+#[inline(always)]
+pub const fn allow_stamp(generation: u32, mask: u32) -> u64 {
+    (generation as u64) << 32 | mask as u64
+}
 
 /// Value of the `PEERS` map (key: [`SourceKey`]): a source the controller
 /// saw authenticate. Its rate budget is each rule's limit times
@@ -762,7 +773,7 @@ pub type FleetEntry = u32;
 
 /// The layout of every map's keys and values. A controller adopts pinned
 /// maps only under the same version; bump it when any map type changes.
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
 /// Map names, shared so a rename cannot split the two sides.
 pub mod map_names {
@@ -791,9 +802,10 @@ pub mod map_names {
     pub const FLEET_IN_USE: &str = "FLEET_IN_USE";
     pub const SIP_PERMIT: &str = "SIP_PERMIT";
     pub const SIP_DIAL: &str = "SIP_DIAL";
+    pub const ALLOW_GENERATION: &str = "ALLOW_GENERATION";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         BANS,
         DENY_V4,
         DENY_V6,
@@ -819,6 +831,7 @@ pub mod map_names {
         FLEET_IN_USE,
         SIP_PERMIT,
         SIP_DIAL,
+        ALLOW_GENERATION,
     ];
 }
 

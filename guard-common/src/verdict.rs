@@ -30,13 +30,15 @@
 //!    INVITE dialling a dial rule's prefix from a source the rule does not
 //!    permit drops (`dial_denied`, and bans if the rule says so). An
 //!    allow-listed source is never dropped by them;
-//! 6. rate rules ([`Step::Rate`], [`rate_step`]): the packet is counted
-//!    against its port's rules. Only a packet over a rule's limit asks
-//!    more: an allow-listed source is never rate-limited (it passes,
-//!    [`Step::Allow`]), and a learned peer ([`Lookup::peer_users`]) has a
-//!    budget of each limit times [`peer_multiplier`]. The packet over that
-//!    drops (the kernel bans its source there). A packet under every limit
-//!    costs no allow or peer search;
+//! 6. rate rules ([`Step::Rate`], [`rate_step`]): an allow-listed source
+//!    is never rate-limited nor counted (it passes, [`Step::Allow`]; the
+//!    kernel keeps each IPv4 source's allow answer in its rate-state
+//!    entry, see [`Lookup::count_rate`], so most packets search no trie).
+//!    Other packets are counted against their port's rules. Only a packet
+//!    over a rule's limit asks more: a learned peer
+//!    ([`Lookup::peer_users`]) has a budget of each limit times
+//!    [`peer_multiplier`]. The packet over that drops (the kernel bans its
+//!    source there). A packet under every limit costs no peer search;
 //! 7. the service passes ([`Step::Service`]), or traffic matching no service
 //!    gets the default policy ([`Step::Default`]).
 //!
@@ -127,11 +129,17 @@ pub trait Lookup {
     fn access_mode(&mut self, service: u8, slot: u8) -> AccessMode;
     /// Counts the packet against each of `class`'s rate rules (under policy
     /// `slot`) and returns the rule that needs the largest multiple of its
-    /// limit. The controller only peeks ("what would the next packet
-    /// count?") and changes nothing.
+    /// limit; or, without counting, [`RateExcess::ALLOWLISTED`] if the
+    /// allow-list entry of `address` grants `allow_bit` (allow-listed
+    /// sources are never rate-limited). The kernel keeps that answer in
+    /// the source's rate-state entry, stamped with the allow lists'
+    /// generation, so that most packets search no trie. The controller
+    /// only peeks ("what would the next packet count?") and changes nothing.
     fn count_rate(
         &mut self,
         source: &SourceKey,
+        address: &Address,
+        allow_bit: u32,
         class: &PortClass,
         is_syn: bool,
         slot: u8,
@@ -356,6 +364,9 @@ pub struct RateExcess {
     pub count: u64,
     /// `ceil(count / limit)`: 1 or less within the limit.
     pub needed: u64,
+    /// The source is allow-listed for the port's service: nothing was
+    /// counted, and the other fields say nothing.
+    pub allowlisted: bool,
 }
 
 impl RateExcess {
@@ -364,6 +375,13 @@ impl RateExcess {
         rule: 0,
         count: 0,
         needed: 0,
+        allowlisted: false,
+    };
+
+    /// Allow-listed: never rate-limited, not counted.
+    pub const ALLOWLISTED: RateExcess = RateExcess {
+        allowlisted: true,
+        ..RateExcess::UNDER
     };
 
     /// Over a rule's own limit (a peer's budget may still hold it).
@@ -373,12 +391,13 @@ impl RateExcess {
     }
 
     /// As one word, for the XDP program's global BPF functions (which take
-    /// and return scalars): count in bits 0-31, needed in 32-59, rule in
-    /// 60-63. Counts never pass 8 x 2^24 (`rate::RATE_SLOTS` slots of
-    /// 24-bit counts), nor rules 15.
+    /// and return scalars): count in bits 0-30, allow-listed in 31,
+    /// needed in 32-59, rule in 60-63. Counts never pass 8 x 2^24
+    /// (`rate::RATE_SLOTS` slots of 24-bit counts), nor rules 15.
     #[inline(always)]
     pub const fn to_word(&self) -> u64 {
-        (self.count & 0xffff_ffff)
+        (self.count & 0x7fff_ffff)
+            | (self.allowlisted as u64) << 31
             | (self.needed & 0x0fff_ffff) << 32
             | ((self.rule & 0xf) as u64) << 60
     }
@@ -387,8 +406,9 @@ impl RateExcess {
     pub const fn from_word(word: u64) -> RateExcess {
         RateExcess {
             rule: (word >> 60) as u32,
-            count: word & 0xffff_ffff,
+            count: word & 0x7fff_ffff,
             needed: word >> 32 & 0x0fff_ffff,
+            allowlisted: word >> 31 & 1 != 0,
         }
     }
 }
@@ -431,26 +451,26 @@ pub enum RateOutcome {
     Limited = 2,
 }
 
-/// Step 6: counts the packet against its port's rules; only a packet over
-/// a limit searches the allow list (allow-listed sources are never
-/// rate-limited) and the peers. A learned peer's budget per rule is
+/// Step 6: an allow-listed source is never rate-limited (nor counted);
+/// any other packet is counted against its port's rules, and only a
+/// packet over a limit searches the peers. A learned peer's budget per rule is
 /// `limit x min(max(live users, 1) x factor, max_multiplier)`
 /// ([`peer_multiplier`]; a provider's is `limit x max_multiplier`); any
 /// other source's is the rule's limit.
 #[inline(always)]
 pub fn rate_step<L: Lookup>(lookup: &mut L, ask: &RateAsk) -> RateOutcome {
     let source = ask.source();
-    let excess = lookup.count_rate(&source, &ask.class, ask.is_syn, ask.slot);
-    if !excess.is_over() {
-        return RateOutcome::Under;
-    }
     let bit = if ask.class.service != NO_SERVICE {
         service_bit(ask.class.service)
     } else {
         UNCLASSIFIED_BIT
     };
-    if lookup.allow_mask(&ask.address) & bit != 0 {
+    let excess = lookup.count_rate(&source, &ask.address, bit, &ask.class, ask.is_syn, ask.slot);
+    if excess.allowlisted {
         return RateOutcome::Allowlisted;
+    }
+    if !excess.is_over() {
+        return RateOutcome::Under;
     }
     if lookup.over_budget(&source, &excess, ask) {
         RateOutcome::Limited
@@ -714,15 +734,18 @@ mod tests {
     fn rate_excess_word_round_trip() {
         for excess in [
             RateExcess::UNDER,
+            RateExcess::ALLOWLISTED,
             RateExcess {
                 rule: 15,
                 count: 8 << 24,
                 needed: 8 << 24,
+                allowlisted: false,
             },
             RateExcess {
                 rule: 3,
                 count: 481,
                 needed: 13,
+                allowlisted: false,
             },
         ] {
             assert_eq!(RateExcess::from_word(excess.to_word()), excess);

@@ -165,11 +165,13 @@ impl Lookup for KernelLookup {
     fn count_rate(
         &mut self,
         source: &SourceKey,
+        address: &Address,
+        allow_bit: u32,
         class: &PortClass,
         is_syn: bool,
         slot: u8,
     ) -> RateExcess {
-        rate_limit::count_rate(source, class, is_syn, slot)
+        rate_limit::count_rate(source, address, allow_bit, class, is_syn, slot)
     }
 
     #[inline(always)]
@@ -446,12 +448,24 @@ fn hand_off(packet: &parse::Packet) -> bool {
     }
 }
 
-/// The packet the packet path handed over ([`hand_off`]), if any.
+/// Copies the packet the packet path handed over ([`hand_off`]), and
+/// marks the description used: a capture program reached without a fresh
+/// one (from a packet path of an earlier load, during a restart, which
+/// describes nothing) copies nothing rather than a stale peer's packet.
 #[inline(always)]
-fn handed_over() -> Option<&'static CaptureAsk> {
+fn capture_handed(ctx: &XdpContext, denied: u16) {
+    let Some(ask) = CAPTURE_ASK.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: this CPU's value, written by the packet path right before
     // the tail call that runs the caller.
-    CAPTURE_ASK.get_ptr(0).map(|ask| unsafe { &*ask })
+    unsafe {
+        if (*ask).header.payload_len == 0 {
+            return;
+        }
+        sip_capture::capture(ctx, &*ask, denied);
+        (*ask).header.payload_len = 0;
+    }
 }
 
 /// The verdict on a frame the shared judge never sees (not IP, malformed).
@@ -464,9 +478,7 @@ fn parse_verdict(reason: Reason, settings: &Settings) -> Verdict {
 /// the packet path described ([`hand_off`]).
 #[xdp]
 pub fn sipguard_capture(ctx: XdpContext) -> u32 {
-    if let Some(ask) = handed_over() {
-        sip_capture::capture(&ctx, ask, 0);
-    }
+    capture_handed(&ctx, 0);
     xdp_action::XDP_PASS
 }
 
@@ -476,9 +488,7 @@ pub fn sipguard_capture(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn sipguard_capture_denied(ctx: XdpContext) -> u32 {
     let denied = sip_inspect::take_denied();
-    if let Some(ask) = handed_over() {
-        sip_capture::capture(&ctx, ask, denied as u16);
-    }
+    capture_handed(&ctx, denied as u16);
     if KernelLookup::without_packet().settings().monitor != 0 {
         xdp_action::XDP_PASS
     } else {

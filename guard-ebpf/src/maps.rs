@@ -41,6 +41,12 @@ pub static FLEET_IN_USE: Array<u32> = Array::with_max_entries(2, 0);
 pub static ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0);
 #[map]
 pub static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0);
+/// The allow lists' generation (never 0 once the controller wrote it):
+/// bumped whenever an allow list or the policy slot changes, so that an
+/// allow answer cached in a rate-state entry (`RateState::allow`) under
+/// an older one is searched again.
+#[map]
+pub static ALLOW_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Service and rate rules of every (protocol, destination port), for each
 /// of the two policy slots (`guard_common::POLICY_SLOTS`).

@@ -277,7 +277,7 @@ fn table() -> Vec<Case> {
             BASE,
             InFleet("10.0.0.0/8"),
             udp("10.1.2.3", 5060),
-            Passed,
+            PassedAllowlisted,
         ),
         case(
             "fleet spares the allow list on ports without rules",
@@ -457,14 +457,15 @@ fn table() -> Vec<Case> {
             udp("10.2.0.5", 9999),
             DefaultDrop,
         ),
-        // The allow list counts only where it decides: under its limits
-        // an allow-listed source passes without it.
+        // The allow list counts only where it decides: on a port with
+        // rate rules it spares the source the rules (not counted, even
+        // under the limits); on an open port without rules it changes nothing.
         case(
             "allow-listed under the limits",
             BASE,
             Nothing,
             udp("10.1.2.3", 5060),
-            Passed,
+            PassedAllowlisted,
         ),
         case(
             "allow-listed on open port without rules is passed",

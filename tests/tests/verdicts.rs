@@ -2,7 +2,7 @@
 //! BPF_PROG_TEST_RUN, asserting the action *and* the kernel's counters, ban
 //! map and ban events. They need root (`cargo xtask test`).
 use guard_common::{BanEntry, BanReason, Health, Reason, SourceKey, BAN_FOREVER, NO_RULE};
-use guard_userspace::clock::monotonic_ns;
+use guard_userspace::{clock::monotonic_ns, kernel::maps::NetList};
 use sipguard_tests::{frames::*, Harness, BASE_POLICY, XDP_DROP, XDP_PASS};
 
 const PBX4: &str = "192.0.2.1";
@@ -76,15 +76,46 @@ fn allow_listed_sources_skip_rate_rules_and_are_never_banned() {
     let mut h = Harness::new(BASE_POLICY);
     let frame = udp("10.1.2.3", PBX4, 5060, b"OPTIONS");
     assert_eq!(passes(&mut h, &frame, 200), 200);
-    // The allow list is searched only over a limit: the first 40 (the
-    // 40-in-2-s rule) pass as any packet would, the other 160 because the
-    // source is allow-listed. Every packet is counted.
-    assert_eq!(h.packets(Reason::Passed), 40);
-    assert_eq!(h.packets(Reason::PassedAllowlisted), 160);
-    assert_eq!(h.rule_hits(0).counted, 200);
+    // Far past the 40-in-2-s rule, and never counted: every packet passed
+    // because of the allow list (the kernel searched it once and keeps
+    // the answer in the source's rate-state entry).
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 200);
+    assert_eq!(h.rule_hits(0).counted + h.rule_hits(1).counted, 0);
     assert_eq!(h.rule_hits(0).limited + h.rule_hits(1).limited, 0);
     assert!(!h.is_banned(&v4_key("10.1.2.3")));
     assert!(h.drain_ban_events().is_empty());
+    // The IPv6 allow list (searched per packet: the key is the /64) alike.
+    let frame = udp("2001:db8:a::9", PBX6, 5060, b"OPTIONS");
+    assert_eq!(passes(&mut h, &frame, 50), 50);
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 250);
+    assert_eq!(h.rule_hits(0).counted + h.rule_hits(1).counted, 0);
+}
+
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_changed_allow_list_is_searched_again() {
+    let mut h = Harness::new(BASE_POLICY);
+    let frame = udp("10.1.2.3", PBX4, 5060, b"OPTIONS");
+    let office: ipnet::IpNet = "10.1.0.0/16".parse().unwrap();
+    assert_eq!(h.run(&frame), XDP_PASS);
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 1);
+    // Removed: the answer cached in the source's entry is stale, and the
+    // source is counted like anyone.
+    h.guard
+        .maps_mut()
+        .remove_net(NetList::Allow, office)
+        .unwrap();
+    assert_eq!(h.run(&frame), XDP_PASS);
+    assert_eq!(h.packets(Reason::Passed), 1);
+    assert_eq!(h.rule_hits(0).counted, 1);
+    // Back: spared again.
+    h.guard
+        .maps_mut()
+        .insert_net(NetList::Allow, office, guard_common::ALLOW_ALL)
+        .unwrap();
+    assert_eq!(h.run(&frame), XDP_PASS);
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 2);
+    assert_eq!(h.rule_hits(0).counted, 1);
 }
 
 #[test]
@@ -185,8 +216,8 @@ fn vlan_and_qinq_are_looked_through() {
     assert_eq!(h.packets(Reason::NotTrusted), 1);
     let v6 = udp("2001:db8:a::1", PBX6, 5060, b"x");
     assert_eq!(h.run(&with_vlan_tags(&v6, &qinq)), XDP_PASS);
-    // Allow-listed and under every limit: it passes as any packet would.
-    assert_eq!(h.packets(Reason::Passed), 1);
+    // Allow-listed: spared the rate rules.
+    assert_eq!(h.packets(Reason::PassedAllowlisted), 1);
     // A third tag hides what the frame carries: malformed.
     let three = [(TPID_8021AD, 10), (TPID_8021Q, 100), (TPID_8021Q, 200)];
     assert_eq!(h.run(&with_vlan_tags(&v6, &three)), XDP_DROP);

@@ -50,6 +50,10 @@ pub struct KernelMaps {
     /// Per family (0: IPv4, 1: IPv6), non-zero while its fleet trie may
     /// hold an entry: the XDP program searches the trie only then.
     fleet_in_use: Array<MapData, u32>,
+    /// The allow lists' generation: bumped after every change of an allow
+    /// list or of the policy (see `guard_common::RateState::allow`, the
+    /// allow answer the XDP program caches per source under it).
+    allow_generation: Array<MapData, u32>,
     ports: Array<MapData, PortClass>,
     services: Array<MapData, ServicePolicy>,
     rules: Array<MapData, RateRule>,
@@ -114,6 +118,7 @@ impl KernelMaps {
             fleet_v4: typed(t, names::FLEET_V4)?,
             fleet_v6: typed(t, names::FLEET_V6)?,
             fleet_in_use: typed(t, names::FLEET_IN_USE)?,
+            allow_generation: typed(t, names::ALLOW_GENERATION)?,
             ports: typed(t, names::PORTS)?,
             services: typed(t, names::SERVICES)?,
             rules: typed(t, names::RULES)?,
@@ -196,6 +201,7 @@ impl KernelMaps {
         add(names::FLEET_V4, self.fleet_v4.map())?;
         add(names::FLEET_V6, self.fleet_v6.map())?;
         add(names::FLEET_IN_USE, self.fleet_in_use.map())?;
+        add(names::ALLOW_GENERATION, self.allow_generation.map())?;
         add(names::PORTS, self.ports.map())?;
         add(names::SERVICES, self.services.map())?;
         add(names::RULES, self.rules.map())?;
@@ -375,7 +381,11 @@ impl KernelMaps {
                 0,
             ),
         }
-        .map_err(MapsError::map(what))
+        .map_err(MapsError::map(what))?;
+        if list == NetList::Allow {
+            self.bump_allow_generation()?;
+        }
+        Ok(())
     }
 
     pub fn remove_net(&mut self, list: NetList, net: IpNet) -> Result<()> {
@@ -385,7 +395,11 @@ impl KernelMaps {
             IpNet::V4(n) => v4.remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets())),
             IpNet::V6(n) => v6.remove(&LpmKey::new(n.prefix_len() as u32, n.network().octets())),
         }
-        .map_err(MapsError::map(what))
+        .map_err(MapsError::map(what))?;
+        if list == NetList::Allow {
+            self.bump_allow_generation()?;
+        }
+        Ok(())
     }
 
     /// Adds `net` to the fleet deny set (its value: the prefix length,
@@ -492,11 +506,32 @@ impl KernelMaps {
             .map_err(MapsError::map("reading SETTINGS"))
     }
 
-    /// One array slot: the next packet sees either the old or the new settings.
+    /// One array slot: the next packet sees either the old or the new
+    /// settings (a policy slot switch among them: the allow answers cached
+    /// under the old one are searched again).
     pub fn write_settings(&mut self, settings: Settings) -> Result<()> {
         self.settings
             .set(0, settings, 0)
-            .map_err(MapsError::map("writing SETTINGS"))
+            .map_err(MapsError::map("writing SETTINGS"))?;
+        self.bump_allow_generation()
+    }
+
+    /// Makes every allow answer the XDP program cached stale. Called after
+    /// the change, so a packet that read the new generation searches the
+    /// changed trie. Continues from the map's value (pinned maps keep
+    /// answers cached by an earlier controller), and skips 0 ("never").
+    fn bump_allow_generation(&mut self) -> Result<()> {
+        let current = self
+            .allow_generation
+            .get(&0, 0)
+            .map_err(MapsError::map("reading ALLOW_GENERATION"))?;
+        let next = match current.wrapping_add(1) {
+            0 => 1,
+            next => next,
+        };
+        self.allow_generation
+            .set(0, next, 0)
+            .map_err(MapsError::map("writing ALLOW_GENERATION"))
     }
 
     /// The ban-map key of an address under the current IPv6 ban prefix.

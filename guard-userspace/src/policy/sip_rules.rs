@@ -532,6 +532,8 @@ impl guard_common::verdict::Lookup for ViewLookup<'_> {
     fn count_rate(
         &mut self,
         _: &guard_common::SourceKey,
+        _: &guard_common::verdict::Address,
+        _: u32,
         _: &guard_common::PortClass,
         _: bool,
         _: u8,

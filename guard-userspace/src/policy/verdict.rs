@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use guard_common::{
     rate::{needed_multiplier, slot_width_ns, window_total},
-    rate_group, rate_lane, service_bit,
+    rate_group, rate_lane,
     sip_rules::{
         dial_rate_group, dials, named_rules, SipPermit, DIAL_WINDOW_NS, USER_AUTH, USER_FROM,
         USER_TO,
@@ -207,9 +207,6 @@ pub struct HostLookup<'a, K: KernelState + ?Sized> {
     now_ns: u64,
     found: Found,
     error: Option<K::Error>,
-    /// The packet's source, for the words of an allow-listed source under
-    /// its limits (which the kernel passes without searching the list).
-    address: Option<Address>,
     /// The SIP request the packet carries, if any is asked about.
     request: Option<SipRequest>,
 }
@@ -226,7 +223,6 @@ impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
             now_ns,
             found: Found::default(),
             error: None,
-            address: None,
             request: None,
         }
     }
@@ -250,7 +246,6 @@ impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
     /// Judges `packet`: the verdict and the entries behind it.
     pub fn judge(mut self, packet: &Packet) -> Result<Judgement, K::Error> {
         let settings = self.settings();
-        self.address = Some(packet.source);
         let verdict = judge(&mut self, packet, &settings);
         match self.error {
             Some(error) => Err(error),
@@ -316,6 +311,7 @@ impl<'a, K: KernelState + ?Sized> HostLookup<'a, K> {
                         rule: index as u32,
                         count,
                         needed,
+                        allowlisted: false,
                     };
                 }
             }
@@ -393,14 +389,16 @@ impl<K: KernelState + ?Sized> Lookup for HostLookup<'_, K> {
     fn count_rate(
         &mut self,
         source: &SourceKey,
+        address: &Address,
+        allow_bit: u32,
         class: &PortClass,
         is_syn: bool,
         _slot: u8,
     ) -> RateExcess {
-        // Not a lookup the kernel makes under the limits: only `explain`'s
-        // words use it ("allow-listed, never rate-limited").
-        if let Some(address) = self.address {
-            self.found.allow = longest_match(self.policy.allow.iter().copied(), &address);
+        // The kernel answers from its cache of this search.
+        self.found.allow = longest_match(self.policy.allow.iter().copied(), address);
+        if self.found.allow.map_or(0, |(_, mask)| mask) & allow_bit != 0 {
+            return RateExcess::ALLOWLISTED;
         }
         self.rate_peek(source, class, is_syn)
     }
@@ -827,13 +825,8 @@ impl LivePolicy {
             }
             Reason::Passed if verdict.step() == Step::Service => {
                 let rules = self.rule_names(&verdict.class);
-                let allowed = found
-                    .allow
-                    .filter(|(_, mask)| mask & service_bit(verdict.class.service) != 0);
-                if let (false, Some((net, _))) = (rules.is_empty(), allowed) {
-                    let entry = self.entry_text("allow-listed by", NetList::Allow, Some(net));
-                    format!("open service; {entry}: never rate-limited")
-                } else if rules.is_empty() {
+                // (An allow-listed source skips the rules: PassedAllowlisted.)
+                if rules.is_empty() {
                     "open service".to_string()
                 } else if found.peer.is_some() {
                     // The peer is searched only for a packet over a limit.
@@ -1054,14 +1047,13 @@ comment = "scanner"
         // The kernel never searches the allow list here and counts `passed`.
         assert_eq!(judged.verdict.reason, Reason::Passed);
         assert_eq!(judged.found.allow, None);
-        // On UDP 5060 it is counted, and the allow entry keeps it from
-        // ever being rate-limited.
+        // On UDP 5060 the allow entry spares it the rate rules.
         let sip = row(&policy, "10.1.2.3", "sip", &inputs);
         assert_eq!(sip.verdict, "pass");
         assert_eq!(
             sip.because,
             "tcp 5060: open service; \
-             udp 5060: open service; allow-listed by 10.1.0.0/16 (office): never rate-limited"
+             udp 5060: allow-listed by 10.1.0.0/16 (office); rate rules skipped"
         );
         let web = row(&policy, "10.1.2.3", "web", &inputs);
         assert_eq!(web.because, "allow-listed by 10.1.0.0/16 (office)");
