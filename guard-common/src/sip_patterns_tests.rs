@@ -206,3 +206,131 @@ mod properties {
         }
     }
 }
+
+/// The reader's run-at-a-time loop ([`scan`]) against the plain byte loop,
+/// with fingerprints on every field, so that the fingerprint runs (eight
+/// bytes of a value at once) are checked where patterns end and where they
+/// do not.
+mod runs {
+    use super::*;
+    use crate::sip_scan::tests::bytewise;
+    use proptest::prelude::*;
+
+    fn table() -> Box<PatternTable> {
+        let pattern = |field, text: &'static str, prefix| Pattern {
+            field,
+            text: text.as_bytes(),
+            prefix,
+        };
+        compile(&[
+            pattern(PatternField::UserAgent, "friendly-scanner", false),
+            pattern(PatternField::UserAgent, "sipcli", true),
+            pattern(PatternField::UserAgent, "zq", false),
+            pattern(PatternField::From, "sipvicious", false),
+            pattern(PatternField::To, "x@y", false),
+            pattern(PatternField::Contact, "scan", false),
+            pattern(PatternField::Contact, "q", true),
+        ])
+        .expect("compiles")
+    }
+
+    fn pick(items: &'static [&'static [u8]]) -> impl Strategy<Value = Vec<u8>> {
+        proptest::sample::select(items).prop_map(|item| item.to_vec())
+    }
+
+    /// Requests made of header lines in every case and form, values that
+    /// carry or miss the patterns, folds, bare LFs, and noise.
+    fn message() -> impl Strategy<Value = Vec<u8>> {
+        let start = pick(&[
+            b"REGISTER sip:1001@pbx SIP/2.0\r\n",
+            b"INVITE sip:0044@pbx sip/2.0\n",
+            b"OPTIONS sip:pbx SIP/2.0\r\r\n",
+            b"INVITE  sip:1@h SIP/2.0x\r\n",
+            b"REGISTERX sip:1@h SIP/2.0\r\n",
+            b"SIP/2.0 200 OK\r\n",
+        ]);
+        let name = pick(&[
+            b"Via",
+            b"VIA",
+            b"v",
+            b"Max-Forwards",
+            b"max-forwardsx",
+            b"To",
+            b"t",
+            b"TO ",
+            b"From",
+            b"f",
+            b"fRoM\t",
+            b"Call-ID",
+            b"i",
+            b"CSeq",
+            b"Contact",
+            b"m",
+            b"Content-Length",
+            b"content-type",
+            b"l",
+            b"Authorization",
+            b"Proxy-Authorization",
+            b"Allow",
+            b"User-Agent",
+            b"user-agent",
+            b"Supported",
+            b"Expires",
+            b"X-Other",
+            b"Us\x05er-Agent",
+        ]);
+        let colon = pick(&[b":", b": ", b" : ", b":\t"]);
+        let value = prop_oneof![
+            pick(&[
+                b"\"Alice\" <sip:1001@pbx.example.com>;tag=1928301774",
+                b"<sip:sipvicious@1.1.1.1>;tag=SIPVICIOUS-friendly",
+                b"sip:x@y",
+                b"FRIENDLY-SCANNER",
+                b"sipcli/v1.8 and more text past the sixty-four bytes of the user agent copy",
+                b"Yealink SIP-T46S 66.86.0.15 zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz q",
+                b"Digest username=\"1001\", realm=\"pbx\"",
+                b"<sip:1001@198.51.100.52:5060;transport=udp>;expires=3600",
+                b"quite scanned",
+                b"70",
+                b"Digest USERNAME=\"Ab\\\"c\", uri=\"sip:x\"",
+                b"Digest  username = 6010 , realm=x",
+                b"<SIP:x@y>;tag=1",
+                b"sip:a%40b@c",
+                b"xsip:a@b",
+                b"tel:+4420@x",
+                b"\"a\" sips:x@y",
+                b"\"sip:\" <sip:6010:pw@h>",
+            ]),
+            proptest::collection::vec(any::<u8>(), 0..24),
+        ];
+        let end = pick(&[b"\r\n", b"\n", b"\r\n ", b"\r\n\t", b""]);
+        let line = (name, colon, value, end)
+            .prop_map(|(name, colon, value, end)| [name, colon, value, end].concat());
+        (
+            start,
+            proptest::collection::vec(line, 0..24),
+            pick(&[b"\r\n", b"\n", b""]),
+        )
+            .prop_map(|(start, lines, end)| [start, lines.concat(), end].concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn agree_with_the_byte_loop(message in message()) {
+            let table = table();
+            prop_assert_eq!(scan(&message, &table), bytewise(&message, &table));
+            // And cut anywhere (a short copy ends mid-run).
+            for cut in [message.len() / 3, message.len() / 2, message.len().saturating_sub(5)] {
+                prop_assert_eq!(scan(&message[..cut], &table), bytewise(&message[..cut], &table));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_agree(input in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let table = table();
+            prop_assert_eq!(scan(&input, &table), bytewise(&input, &table));
+        }
+    }
+}

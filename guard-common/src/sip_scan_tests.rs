@@ -74,8 +74,9 @@ fn check(case: &Case) {
     );
 }
 
-/// The XDP program's loop: one byte at a time, passing over unread bytes.
-fn bytewise(payload: &[u8], table: &PatternTable) -> SipSummary {
+/// The reader's plain byte loop, passing over unread bytes: what the XDP
+/// program's runs must agree with.
+pub(crate) fn bytewise(payload: &[u8], table: &PatternTable) -> SipSummary {
     let mut scanner = SipScan::new();
     scanner.reset();
     for &byte in &payload[..payload.len().min(SCAN_BYTES)] {
@@ -365,14 +366,18 @@ fn reset_forgets_the_previous_message() {
 }
 
 #[test]
-fn has_byte_finds_every_position() {
+fn byte_mask_finds_the_first_of_every_position() {
     for position in 0..8 {
-        let mut word = [b'a'; 8];
-        word[position] = b'\n';
-        assert!(has_byte(u64::from_le_bytes(word), b'\n'));
+        for later in position..8 {
+            let mut word = [b'a'; 8];
+            word[position] = b'\n';
+            word[later] = b'\n';
+            let mask = byte_mask(u64::from_le_bytes(word), b'\n');
+            assert_eq!(first_flagged(mask), position);
+        }
     }
-    assert!(!has_byte(u64::from_le_bytes(*b"abcdefgh"), b'\n'));
-    assert!(!has_byte(u64::from_le_bytes([0x8a; 8]), b'\n'));
+    assert_eq!(byte_mask(u64::from_le_bytes(*b"abcdefgh"), b'\n'), 0);
+    assert_eq!(byte_mask(u64::from_le_bytes([0x8a; 8]), b'\n'), 0);
 }
 
 mod properties {

@@ -1,14 +1,11 @@
 //! SIP inspection on the packet path: copies the start of a request's
 //! payload into a per-CPU buffer and runs the shared reader
-//! (`guard_common::sip_scan`) over it with `bpf_loop`, one byte per
-//! iteration. The verifier checks the body once, whatever the length.
-//!
-//! Cost (BPF_PROG_TEST_RUN, kernel 6.18): about 5.4 us more for a 726-byte
-//! REGISTER, about 90 ns for a short request; over issue 12's 1 us budget,
-//! so `[sip_scanners]` is off by default. Reading 8-byte chunks (a SWAR
-//! test passes over unread headers, see `SipScan::skips_chunk`) verifies,
-//! but its loop body needs ~80 bytes of stack, and the packet path already
-//! takes 432 of the 512 the call chain may use: that is the next step.
+//! (`guard_common::sip_scan`) over it with `bpf_loop`. Each iteration reads
+//! a run of bytes where it can (`SipScan::advance`: a header nobody reads up
+//! to its line feed, eight bytes of a value only the fingerprint automaton
+//! reads, a known header name), else one byte. The verifier checks the body
+//! once, whatever the length; the reading position lives in the per-CPU
+//! scratch, not on the stack, which the packet path has nearly used up.
 use aya_ebpf::{
     bindings::xdp_md,
     helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
@@ -19,7 +16,7 @@ use guard_common::{
         dial_prefix_len, dials, named_rules, permit_prefix_len, SipPermit, DIAL_KEY_BYTES,
         DIAL_PERMIT_PEERS, PERMIT_KEY_BYTES, RULES_DIAL, USER_AUTH, USER_FROM, USER_TO,
     },
-    sip_scan::{PatternTable, ScanStatus, SipScan, SCAN_BYTES, USER_BYTES},
+    sip_scan::{PatternTable, ScanStatus, SipScan, SCAN_BYTES, SCAN_PAD, USER_BYTES},
     verdict::Address,
     SourceKey, POLICY_SLOTS,
 };
@@ -44,8 +41,11 @@ struct LoopState {
 /// and the reader's state (too big for the 512-byte stack).
 #[repr(C)]
 pub struct Scratch {
-    pub buf: [u8; SCAN_BYTES],
+    /// The copy, and room for `SipScan::advance`'s 16-byte window at its end.
+    pub buf: [u8; SCAN_BYTES + SCAN_PAD],
     pub len: u32,
+    /// The next byte to read.
+    pub pos: u32,
     /// The last SIP rule denial on this CPU (reason | rule << 8), for
     /// `sipguard_capture_denied`, tail-called right after it.
     pub denied: u32,
@@ -123,11 +123,13 @@ pub extern "C" fn sipguard_read_sip(ctx: *mut xdp_md, start: u32, len: u32, slot
     // SAFETY: a per-CPU map value only this CPU uses.
     unsafe {
         (*scratch).len = len as u32;
+        (*scratch).pos = 0;
         (*scratch).scan.reset();
         let mut state = LoopState { scratch, table };
+        // Each iteration reads at least one byte.
         bpf_loop(
             len as u32,
-            byte_step as *mut _,
+            read_step as *mut _,
             core::ptr::addr_of_mut!(state) as *mut _,
             0,
         );
@@ -278,22 +280,34 @@ pub fn take_denied() -> u32 {
     }
 }
 
-/// The loop body: one byte. Inside a header nobody reads, a byte other
-/// than a line feed costs one test. Returns 1 to stop.
+/// The loop body: a run of bytes (`SipScan::advance`), else one byte;
+/// inside a header nobody reads, a byte other than a line feed costs one
+/// test. Returns 1 to stop.
 #[inline(never)]
-extern "C" fn byte_step(index: u64, state: *mut core::ffi::c_void) -> i64 {
+extern "C" fn read_step(_index: u64, state: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `state` is the LoopState `sipguard_read_sip` passed to
     // bpf_loop: a per-CPU value only this CPU uses and a live map value.
-    // The index is masked to `buf`.
+    // Offsets are masked to `buf`, whose padding holds the words read past it.
     unsafe {
         let state = &*(state as *const LoopState);
         let scratch = &mut *state.scratch;
-        let at = index as usize & (SCAN_BYTES - 1);
+        let len = scratch.len as usize;
+        let pos = scratch.pos as usize;
+        if pos >= len {
+            return 1;
+        }
+        let table = &*state.table;
+        let read = scratch.scan.advance(&scratch.buf, pos, len, table);
+        if read != 0 {
+            scratch.pos = (pos + read) as u32;
+            return 0;
+        }
+        let at = pos & (SCAN_BYTES - 1);
+        scratch.pos = pos as u32 + 1;
         let byte = scratch.buf[at];
         if scratch.scan.skips(byte) {
             return 0;
         }
-        let table = &*state.table;
         // The class from a second, volatile load: see `SipScan::step_classed`.
         let again = core::ptr::read_volatile(scratch.buf.as_ptr().add(at));
         let class = table.class[again as usize];

@@ -167,7 +167,23 @@ pub fn paths_only(
     eprintln!("bench: per-path costs, against {}", previous.name);
     let per_path = paths::per_path(&baseline, Some(previous.object.as_path()), effort, only)?;
     let versus = per_path.versus.map(|rows| (previous.clone(), rows));
-    Ok(report::render_paths_only(effort, &per_path.paths, &versus))
+    // The flood's single runs, when the filter asks for its row.
+    let flood = if only.is_empty()
+        || only
+            .iter()
+            .any(|name| paths::SIP_FLOOD.contains(name.as_str()))
+    {
+        eprintln!("bench: spoofed-source SIP flood");
+        Some(paths::flood(effort)?)
+    } else {
+        None
+    };
+    Ok(report::render_paths_only(
+        effort,
+        &per_path.paths,
+        &versus,
+        flood.as_ref(),
+    ))
 }
 
 /// Runs every benchmark at `effort` and gathers the report's inputs.
@@ -189,6 +205,7 @@ pub fn run_all(
     } = paths::per_path(&baseline, previous.map(|p| p.object.as_path()), effort, &[])?;
     let versus = previous.cloned().zip(versus);
     let crossing = paths::crossing(&baseline, effort)?;
+    let flood = paths::flood(effort)?;
     let xdp_filter = paths::xdp_filter_reference(&baseline, effort).map_err(|e| format!("{e:#}"));
     eprintln!("bench: scaling to {} entries", effort.scale_sizes[2]);
     let (scaling, memory) = paths::scaling(effort)?;
@@ -209,6 +226,7 @@ pub fn run_all(
         paths,
         versus,
         crossing,
+        flood,
         xdp_filter,
         scaling,
         memory,

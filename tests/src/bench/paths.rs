@@ -51,12 +51,60 @@ pub struct Path {
     /// Time it from a new source each measurement, so that repeated
     /// measurements never add up to a rate limit.
     pub fresh_source: bool,
+    /// The policy it runs under.
+    pub policy: PathPolicy,
+}
+
+/// The bench policy, with the SIP reader on, or with SIP rules (each in a
+/// harness of its own; the earlier build is not timed on the last two).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PathPolicy {
+    Bench,
+    Reader,
+    Rules,
+}
+
+/// The bench policy with the SIP reader on (`[sip_scanners]`, the built-in
+/// fingerprints).
+fn reader_policy() -> String {
+    format!(
+        "{}\n[sip_scanners]\nenabled = true\n",
+        policy(65_536, 65_536, 100_000)
+    )
+}
+
+/// The bench policy with an extension rule for 1001 (its permitted network
+/// holds the bench's fresh sources, 100.100.0.0 and up) and a dial rule
+/// against international calls (from 10.9.0.0/16 only, no ban: every
+/// measurement sees the same drop). No fingerprints: rules alone make the
+/// kernel read.
+fn rules_policy() -> String {
+    format!(
+        r#"{}
+[[extension_rules]]
+name = "1001 from the bench's sources"
+users = ["1001"]
+permit = ["100.64.0.0/10"]
+[[dial_rules]]
+name = "international"
+prefixes = ["00"]
+permit = ["10.9.0.0/16"]
+"#,
+        policy(65_536, 65_536, 100_000)
+    )
 }
 
 pub const SIP_UNDER_LIMIT: &str = "SIP under the limit (2 rules)";
 pub const SIP_REGISTER: &str = "SIP 600 B REGISTER (2 rules)";
 /// The same frame with `[sip_scanners]` on (a harness of its own).
 pub const SIP_REGISTER_READ: &str = "SIP 600 B REGISTER read, no fingerprint (2 rules)";
+/// The same REGISTER under an extension rule naming its user, from a
+/// permitted network: read, one LPM lookup, passed.
+pub const SIP_RULES_REGISTER: &str =
+    "SIP 600 B REGISTER, extension rule permits its network (SIP rules)";
+/// An INVITE to an international number from a source the dial rule does
+/// not permit: read, two LPM lookups, dropped (dial_denied).
+pub const SIP_RULES_INVITE: &str = "SIP 600 B INVITE to 00..., dial rule drops (SIP rules)";
 
 /// A typical REGISTER with credentials, about 600 bytes of payload: what
 /// the kernel's SIP reader reads (issue 12's budget: at most 1 us more than
@@ -79,6 +127,37 @@ Supported: replaces, path, gruu\r\n\
 Expires: 3600\r\n\
 Content-Length: 0\r\n\r\n";
     message.as_bytes().to_vec()
+}
+
+/// A typical INVITE with an SDP offer, about 600 bytes of payload, dialling
+/// an international number.
+pub fn invite_600() -> Vec<u8> {
+    let sdp = "v=0\r\n\
+o=1001 8000 8000 IN IP4 198.51.100.52\r\n\
+s=call\r\n\
+c=IN IP4 198.51.100.52\r\n\
+t=0 0\r\n\
+m=audio 12000 RTP/AVP 0 8 101\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=sendrecv\r\n";
+    let message = format!(
+        "INVITE sip:0044201234567@pbx.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.52:5060;branch=z9hG4bK74bf9;rport\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:0044201234567@pbx.example.com>\r\n\
+From: \"Alice\" <sip:1001@pbx.example.com>;tag=9fxced76sl\r\n\
+Call-ID: 3848276298220188511@198.51.100.52\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:1001@198.51.100.52:5060;transport=udp>\r\n\
+User-Agent: Yealink SIP-T46S 66.86.0.15\r\n\
+Allow: INVITE, ACK, CANCEL, BYE, NOTIFY, REFER, OPTIONS, INFO, UPDATE\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    message.into_bytes()
 }
 
 /// The frame to time for `path` (see [`Path::fresh_source`]): an IPv4
@@ -104,6 +183,12 @@ pub fn paths() -> Vec<Path> {
         frame,
         action,
         fresh_source: false,
+        policy: PathPolicy::Bench,
+    };
+    let fresh = |policy, name, frame, action| Path {
+        fresh_source: true,
+        policy,
+        ..p(name, frame, action)
     };
     vec![
         p("non-IP (ARP)", arp(), XDP_PASS),
@@ -129,30 +214,36 @@ pub fn paths() -> Vec<Path> {
         ),
         p("ban hit", udp(BANNED, PBX4, 5060, b"REGISTER"), XDP_DROP),
         p("expired ban", udp(EXPIRED, PBX4, 9999, b"x"), XDP_PASS),
-        Path {
-            fresh_source: true,
-            ..p(
-                SIP_UNDER_LIMIT,
-                udp("198.51.100.52", PBX4, 5060, b"REGISTER"),
-                XDP_PASS,
-            )
-        },
-        Path {
-            fresh_source: true,
-            ..p(
-                SIP_REGISTER,
-                udp("198.51.100.52", PBX4, 5060, &register_600()),
-                XDP_PASS,
-            )
-        },
-        Path {
-            fresh_source: true,
-            ..p(
-                SIP_REGISTER_READ,
-                udp("198.51.100.52", PBX4, 5060, &register_600()),
-                XDP_PASS,
-            )
-        },
+        fresh(
+            PathPolicy::Bench,
+            SIP_UNDER_LIMIT,
+            udp("198.51.100.52", PBX4, 5060, b"REGISTER"),
+            XDP_PASS,
+        ),
+        fresh(
+            PathPolicy::Bench,
+            SIP_REGISTER,
+            udp("198.51.100.52", PBX4, 5060, &register_600()),
+            XDP_PASS,
+        ),
+        fresh(
+            PathPolicy::Reader,
+            SIP_REGISTER_READ,
+            udp("198.51.100.52", PBX4, 5060, &register_600()),
+            XDP_PASS,
+        ),
+        fresh(
+            PathPolicy::Rules,
+            SIP_RULES_REGISTER,
+            udp("198.51.100.52", PBX4, 5060, &register_600()),
+            XDP_PASS,
+        ),
+        fresh(
+            PathPolicy::Rules,
+            SIP_RULES_INVITE,
+            udp("198.51.100.52", PBX4, 5060, &invite_600()),
+            XDP_DROP,
+        ),
         p("malformed (truncated IPv4)", truncated, XDP_DROP),
         p(
             "RTP pass",
@@ -238,12 +329,10 @@ pub fn per_path(
             super::previous::Previous::load(object, &h.policy, &bench_bans(), 65_536, 100_000)
         })
         .transpose()?;
-    // The SIP reader is off by default; its path runs with it on.
-    let reader_policy = format!(
-        "{}\n[sip_scanners]\nenabled = true\n",
-        policy(65_536, 65_536, 100_000)
-    );
-    let mut reader = Harness::try_new(&reader_policy)?;
+    // The SIP reader is off by default; its paths run with it on, or
+    // with SIP rules.
+    let mut reader = Harness::try_new(&reader_policy())?;
+    let mut rules = Harness::try_new(&rules_policy())?;
     let paths: Vec<Path> = paths()
         .into_iter()
         .filter(|path| only.is_empty() || only.iter().any(|name| path.name.contains(name.as_str())))
@@ -265,10 +354,10 @@ pub fn per_path(
         drop_ns.push(d);
         pass_ns.push(p);
         for (i, path) in paths.iter().enumerate() {
-            let program = if path.name == SIP_REGISTER_READ {
-                reader.guard.program()?
-            } else {
-                h.guard.program()?
+            let program = match path.policy {
+                PathPolicy::Bench => h.guard.program()?,
+                PathPolicy::Reader => reader.guard.program()?,
+                PathPolicy::Rules => rules.guard.program()?,
             };
             let frame = frame_for(path, &mut measurement);
             let (ns, action) = ns_per_packet(program, &frame, effort.repeat)?;
@@ -280,7 +369,8 @@ pub fn per_path(
             );
             samples[i].push(ns);
             ratios[i].push(ns / if path.action == XDP_DROP { d } else { p });
-            if let Some(previous) = previous.as_ref().filter(|_| path.name != SIP_REGISTER_READ) {
+            let comparable = path.policy == PathPolicy::Bench;
+            if let Some(previous) = previous.as_ref().filter(|_| comparable) {
                 let frame = frame_for(path, &mut measurement);
                 let (old, action) = ns_per_packet(previous.program()?, &frame, effort.repeat)?;
                 ensure!(
@@ -359,6 +449,46 @@ pub fn crossing(baseline: &aya::Ebpf, effort: Effort) -> Result<(Stats, Stats)> 
         effort.distinct_sources
     );
     Ok((Stats::of(&ours), Stats::of(&bare)))
+}
+
+/// Name of the spoofed-source flood row (see [`flood`]).
+pub const SIP_FLOOD: &str =
+    "SIP 600 B REGISTER flood, a new source every packet, reader on (kernel-timed single runs)";
+
+/// A spoofed-source flood of SIP requests (issue 12: at most 3x today's
+/// SIP path per packet): the 600-byte REGISTER from a new source on every
+/// packet, through the reader (`[sip_scanners]` on), each packet a single
+/// run timed by the kernel as in [`crossing`] (a repeated run would repeat
+/// its source); against the SIP path without the reader, timed the same way
+/// in the same rounds, each from a source of its own. Both insert a
+/// rate-state entry per source.
+pub fn flood(effort: Effort) -> Result<(Stats, Stats)> {
+    let mut plain = bench_harness(65_536, 65_536, 100_000)?;
+    let mut reader = Harness::try_new(&reader_policy())?;
+    let message = register_600();
+    let mut ours = Vec::new();
+    let mut today = Vec::new();
+    for i in 0..effort.distinct_sources {
+        let frame = |base: u32| {
+            let source = format!(
+                "100.{}.{}.{}",
+                base + (i >> 16) % 32,
+                (i >> 8) & 255,
+                i & 255
+            );
+            udp(&source, PBX4, 5060, &message)
+        };
+        let result = run_xdp(reader.guard.program()?, &frame(64), 1)?;
+        ensure!(
+            result.return_value == XDP_PASS,
+            "flood packet {i} (reader) dropped"
+        );
+        ours.push(result.duration.as_nanos() as f64);
+        let result = run_xdp(plain.guard.program()?, &frame(96), 1)?;
+        ensure!(result.return_value == XDP_PASS, "flood packet {i} dropped");
+        today.push(result.duration.as_nanos() as f64);
+    }
+    Ok((Stats::of(&ours), Stats::of(&today)))
 }
 
 /// One row of the scaling table.
