@@ -173,7 +173,10 @@ impl Probes {
 
     /// A request for `username` arrived from `source` (port `port`).
     /// `answers_challenge`: it echoed a nonce the PBX issued to the address.
-    /// Returns whether it opened a probe (a name not open for the source).
+    /// Returns whether it opened a probe the metrics count: a name not open
+    /// for a source the PBX has not accepted (an accepted phone's plain
+    /// re-REGISTER after its 2xx opens one, which the judge ignores, but it
+    /// is ordinary traffic, not a probe to report).
     pub fn request(
         &mut self,
         now: Instant,
@@ -205,7 +208,7 @@ impl Probes {
             at: now,
             answer: ProbeAnswer::Nothing,
         });
-        true
+        state.accepted.is_none()
     }
 
     /// The PBX answered `status` to a request for `username`.
@@ -371,6 +374,19 @@ mod tests {
         assert_eq!(p.probing_sources(), 1);
         // Its answer to the challenge closes the probe.
         assert!(!p.request(now, phone, 5060, b"101", true));
+        assert_eq!(p.probing_sources(), 0);
+    }
+
+    #[test]
+    fn an_accepted_phone_s_requests_are_not_counted_as_probes() {
+        let mut p = Probes::new(64, Duration::from_secs(3600), 5);
+        let now = Instant::now();
+        let phone = ip("198.51.100.7");
+        assert!(p.request(now, phone, 5060, b"101", false), "before any answer");
+        p.answer(now, phone, b"101", 200, true, true);
+        // Its next REGISTER, and a call to another name, are ordinary traffic.
+        assert!(!p.request(now, phone, 5060, b"101", false));
+        assert!(!p.request(now, phone, 5060, b"102", false));
         assert_eq!(p.probing_sources(), 0);
     }
 
