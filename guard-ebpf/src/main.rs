@@ -47,11 +47,12 @@ use guard_common::{
         classify, dial_rate_step, judge_parts, over_budget_step, sip_rules_step, Lookup, RateAsk,
         RateExcess, SipAsk, SipOutcome, Verdict,
     },
-    AccessMode, L4Proto, PortClass, Reason, Settings, SourceKey, CAPTURE_DENIED_SLOT,
+    AccessMode, Health, L4Proto, PortClass, Reason, Settings, SourceKey, CAPTURE_DENIED_SLOT,
     CAPTURE_INBOUND, CAPTURE_OUTBOUND, CAPTURE_PASSED_SLOT,
 };
 
 use crate::{
+    counters::count_health,
     maps::{
         ALLOW_V4, ALLOW_V6, CAPTURE_ASK, CAPTURE_PROG, DENY_V4, DENY_V6, FLEET_IN_USE, FLEET_V4,
         FLEET_V6, PORTS, SERVICES, SETTINGS,
@@ -451,7 +452,8 @@ fn hand_off(packet: &parse::Packet) -> bool {
 /// Copies the packet the packet path handed over ([`hand_off`]), and
 /// marks the description used: a capture program reached without a fresh
 /// one (from a packet path of an earlier load, during a restart, which
-/// describes nothing) copies nothing rather than a stale peer's packet.
+/// describes nothing) copies nothing rather than a stale peer's packet,
+/// and counts the request as lost.
 #[inline(always)]
 fn capture_handed(ctx: &XdpContext, denied: u16) {
     let Some(ask) = CAPTURE_ASK.get_ptr_mut(0) else {
@@ -461,6 +463,7 @@ fn capture_handed(ctx: &XdpContext, denied: u16) {
     // the tail call that runs the caller.
     unsafe {
         if (*ask).header.payload_len == 0 {
+            count_health(Health::SipCaptureLost);
             return;
         }
         sip_capture::capture(ctx, &*ask, denied);

@@ -115,6 +115,7 @@ pub fn capture<P: PacketBytes>(ctx: &P, ask: &CaptureAsk, denied: u16) {
         };
         let data = core::ptr::addr_of_mut!((*record).data) as *mut u8;
         if !ctx.copy_out(ask.payload_start as usize, data, captured as u32) {
+            count_health(Health::SipCaptureLost);
             entry.discard(0);
             return;
         }

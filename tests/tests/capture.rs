@@ -2,7 +2,7 @@
 //! program) and the tc egress program copy to user space, run through
 //! BPF_PROG_TEST_RUN. Needs root (`cargo xtask test`).
 use guard_common::{Health, SourceKey, CAPTURE_INBOUND, CAPTURE_OUTBOUND, SIP_CAPTURE_BYTES};
-use sipguard_tests::{frames::*, Harness, XDP_DROP, XDP_PASS};
+use sipguard_tests::{frames::*, run_xdp, Harness, XDP_DROP, XDP_PASS};
 
 const PBX4: &str = "192.0.2.1";
 const PBX6: &str = "2001:db8:ffff::1";
@@ -128,4 +128,41 @@ fn nothing_is_copied_when_sip_auth_is_off() {
     let mut h = Harness::new("[sip_auth]\nenabled = false\n");
     assert_eq!(h.run(&udp("198.51.100.7", PBX4, 5060, REGISTER)), XDP_PASS);
     assert!(h.drain_sip_captures().is_empty());
+}
+
+/// Runs the tail-called capture program on its own, as the XDP program of
+/// an older build, still attached during a restart, would tail-call it:
+/// without describing the packet first.
+fn run_capture_alone(h: &mut Harness, frame: &[u8]) -> u32 {
+    let program: &mut aya::programs::Xdp = h
+        .guard
+        .ebpf
+        .program_mut(guard_common::CAPTURE_PROGRAM_NAME)
+        .expect("the capture program")
+        .try_into()
+        .expect("an XDP program");
+    run_xdp(program, frame, 1)
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value
+}
+
+/// The capture copies only what the packet path described for it, and
+/// only once: without a description it copies nothing (no stale or empty
+/// record reaches the controller) and counts the request as lost.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_capture_nobody_described_copies_nothing() {
+    let mut h = Harness::new(POLICY);
+    let frame = udp("198.51.100.7", PBX4, 5060, REGISTER);
+    let lost = |h: &Harness| h.guard.maps().health().unwrap()[Health::SipCaptureLost as usize];
+    let before = lost(&h);
+    assert_eq!(run_capture_alone(&mut h, &frame), XDP_PASS);
+    assert!(h.drain_sip_captures().is_empty());
+    assert_eq!(lost(&h), before + 1);
+    // The packet path's description is used by its own tail call, once.
+    assert_eq!(h.run(&frame), XDP_PASS);
+    assert_eq!(h.drain_sip_captures().len(), 1);
+    assert_eq!(run_capture_alone(&mut h, &frame), XDP_PASS);
+    assert!(h.drain_sip_captures().is_empty());
+    assert_eq!(lost(&h), before + 2);
 }

@@ -382,7 +382,10 @@ mod tests {
         let mut p = Probes::new(64, Duration::from_secs(3600), 5);
         let now = Instant::now();
         let phone = ip("198.51.100.7");
-        assert!(p.request(now, phone, 5060, b"101", false), "before any answer");
+        assert!(
+            p.request(now, phone, 5060, b"101", false),
+            "before any answer"
+        );
         p.answer(now, phone, b"101", 200, true, true);
         // Its next REGISTER, and a call to another name, are ordinary traffic.
         assert!(!p.request(now, phone, 5060, b"101", false));
