@@ -645,6 +645,13 @@ mod tests {
         }
     }
 
+    /// The (path, Authorization) of each request the double saw.
+    fn paths_and_auth(seen: &[(String, String, String)]) -> Vec<(&str, &str)> {
+        seen.iter()
+            .map(|(path, auth, _)| (path.as_str(), auth.as_str()))
+            .collect()
+    }
+
     async fn read_request(stream: &mut tokio::net::TcpStream) -> (String, String, String) {
         use tokio::io::AsyncReadExt;
         let mut data = Vec::new();
@@ -709,10 +716,7 @@ mod tests {
         let failed = machine.push(&[alert]).await.unwrap_err();
         assert!(matches!(failed, PushError::Unreachable(_)), "{failed:?}");
         let seen = lapi.seen();
-        let calls: Vec<(&str, &str)> = seen
-            .iter()
-            .map(|(path, auth, _)| (path.as_str(), auth.as_str()))
-            .collect();
+        let calls = paths_and_auth(&seen);
         assert_eq!(
             calls,
             [
@@ -757,10 +761,7 @@ mod tests {
         machine.token = Some(held(Instant::now()));
         machine.push(&[alert]).await.unwrap();
         let seen = lapi.seen();
-        let calls: Vec<(&str, &str)> = seen
-            .iter()
-            .map(|(path, auth, _)| (path.as_str(), auth.as_str()))
-            .collect();
+        let calls = paths_and_auth(&seen);
         assert_eq!(
             calls,
             [
