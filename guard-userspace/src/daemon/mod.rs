@@ -342,7 +342,12 @@ async fn guard(
             _ = signals.hup.recv() => server::reload_on_signal(&runtime).await,
             wake = iface_watch.next() => iface_watch.handle(wake, &mut guard),
             ended = &mut events => {
-                let failure = DaemonError::EventReaderStopped(format!("{ended:?}"));
+                let why = match ended {
+                    Ok(Ok(())) => "the ring ended".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let failure = DaemonError::EventReaderStopped(why);
                 break ("ban event reader stopped", Some(failure));
             }
         }
