@@ -263,16 +263,12 @@ fn ban(expires_ns: u64) -> BanEntry {
     }
 }
 
-fn key(text: &str) -> SourceKey {
-    match ip(text) {
-        std::net::IpAddr::V4(a) => SourceKey::from_ipv4(a.octets()),
-        std::net::IpAddr::V6(a) => SourceKey::from_ipv6(a.octets(), 64),
-    }
-}
-
 /// The bench's two bans: one in force, one expired.
 fn bench_bans() -> [(SourceKey, BanEntry); 2] {
-    [(key(BANNED), ban(BAN_FOREVER)), (key(EXPIRED), ban(1))]
+    [
+        (ban_key(BANNED), ban(BAN_FOREVER)),
+        (ban_key(EXPIRED), ban(1)),
+    ]
 }
 
 /// A harness with the bench policy, the banned and expired-ban sources in place.
