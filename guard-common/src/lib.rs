@@ -540,18 +540,35 @@ pub const fn rate_lane(rule: u32) -> usize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateState {
     pub windows: [RateWindow; RATE_LANES],
-    /// The source's allow-list answer, cached by the XDP program:
-    /// [`allow_stamp`] of the allow lists' generation (`ALLOW_GENERATION`,
-    /// bumped by the controller whenever an allow list or the policy slot
-    /// changes) and the entry's service mask; 0 if never searched.
-    pub allow: u64,
 }
-map_type!(RateState, 264);
+map_type!(RateState, 256);
 
-/// A [`RateState::allow`] value: `generation` (never 0) and the allow mask.
+/// Slots of the XDP program's per-CPU allow-list cache (`ALLOW_CACHE`): a
+/// direct-mapped table of recent IPv4 sources' allow answers. 4 KiB per
+/// CPU, so it stays in the L1 cache.
+pub const ALLOW_CACHE_SLOTS: u32 = 256;
+
+/// One slot of the allow-list cache: an IPv4 source (its bytes in memory
+/// order, read as a little-endian word), the allow lists' generation
+/// (`ALLOW_GENERATION`, bumped by the controller whenever an allow list
+/// or the policy slot changes; never 0 once written) under which its
+/// answer was found, and that answer, the entry's service mask. A slot
+/// of another address or an older generation is searched again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowCacheEntry {
+    pub addr: u32,
+    pub generation: u32,
+    pub mask: u32,
+    pub _pad: u32,
+}
+map_type!(AllowCacheEntry, 16);
+
+/// The allow-cache slot of IPv4 source `addr` (a multiplicative hash: a
+/// subnet's neighbours land in different slots).
 #[inline(always)]
-pub const fn allow_stamp(generation: u32, mask: u32) -> u64 {
-    (generation as u64) << 32 | mask as u64
+pub const fn allow_cache_slot(addr: u32) -> u32 {
+    addr.wrapping_mul(0x9e37_79b1) >> (32 - ALLOW_CACHE_SLOTS.trailing_zeros())
 }
 
 /// Value of the `PEERS` map (key: [`SourceKey`]): a source the controller
@@ -773,7 +790,7 @@ pub type FleetEntry = u32;
 
 /// The layout of every map's keys and values. A controller adopts pinned
 /// maps only under the same version; bump it when any map type changes.
-pub const MAP_LAYOUT_VERSION: u32 = 6;
+pub const MAP_LAYOUT_VERSION: u32 = 7;
 
 /// Map names, shared so a rename cannot split the two sides.
 pub mod map_names {
@@ -803,9 +820,10 @@ pub mod map_names {
     pub const SIP_PERMIT: &str = "SIP_PERMIT";
     pub const SIP_DIAL: &str = "SIP_DIAL";
     pub const ALLOW_GENERATION: &str = "ALLOW_GENERATION";
+    pub const ALLOW_CACHE: &str = "ALLOW_CACHE";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         BANS,
         DENY_V4,
         DENY_V6,
@@ -832,6 +850,7 @@ pub mod map_names {
         SIP_PERMIT,
         SIP_DIAL,
         ALLOW_GENERATION,
+        ALLOW_CACHE,
     ];
 }
 
@@ -864,6 +883,20 @@ mod tests {
         );
         assert_eq!(key.ipv4(), Some([192, 0, 2, 77]));
         assert_eq!(core::mem::align_of::<SourceKey>(), 4);
+    }
+
+    #[test]
+    fn allow_cache_slots_stay_in_the_table_and_spread_a_subnet() {
+        let mut seen = std::collections::BTreeSet::new();
+        for host in 0..=255u8 {
+            let slot = allow_cache_slot(u32::from_le_bytes([192, 0, 2, host]));
+            assert!(slot < ALLOW_CACHE_SLOTS);
+            seen.insert(slot);
+        }
+        // A /24's hosts share few slots (a plain mask of the low byte
+        // would put all of them in one: its first octet).
+        assert!(seen.len() > 128, "{} slots for 256 hosts", seen.len());
+        assert!(allow_cache_slot(u32::MAX) < ALLOW_CACHE_SLOTS);
     }
 
     #[test]

@@ -32,8 +32,8 @@
 //!    allow-listed source is never dropped by them;
 //! 6. rate rules ([`Step::Rate`], [`rate_step`]): an allow-listed source
 //!    is never rate-limited nor counted (it passes, [`Step::Allow`]; the
-//!    kernel keeps each IPv4 source's allow answer in its rate-state
-//!    entry, see [`Lookup::count_rate`], so most packets search no trie).
+//!    kernel keeps recent IPv4 sources' allow answers in a per-CPU
+//!    cache, see [`Lookup::count_rate`], so most packets search no trie).
 //!    Other packets are counted against their port's rules. Only a packet
 //!    over a rule's limit asks more: a learned peer
 //!    ([`Lookup::peer_users`]) has a budget of each limit times
@@ -131,8 +131,8 @@ pub trait Lookup {
     /// `slot`) and returns the rule that needs the largest multiple of its
     /// limit; or, without counting, [`RateExcess::ALLOWLISTED`] if the
     /// allow-list entry of `address` grants `allow_bit` (allow-listed
-    /// sources are never rate-limited). The kernel keeps that answer in
-    /// the source's rate-state entry, stamped with the allow lists'
+    /// sources are never rate-limited). The kernel keeps an IPv4 source's
+    /// answer in a per-CPU cache, stamped with the allow lists'
     /// generation, so that most packets search no trie. The controller
     /// only peeks ("what would the next packet count?") and changes nothing.
     fn count_rate(

@@ -26,6 +26,7 @@
 #![no_std]
 #![no_main]
 
+mod allow;
 mod bans;
 mod counters;
 mod maps;
@@ -54,8 +55,8 @@ use guard_common::{
 use crate::{
     counters::count_health,
     maps::{
-        ALLOW_V4, ALLOW_V6, CAPTURE_ASK, CAPTURE_PROG, DENY_V4, DENY_V6, FLEET_IN_USE, FLEET_V4,
-        FLEET_V6, PORTS, SERVICES, SETTINGS,
+        CAPTURE_ASK, CAPTURE_PROG, DENY_V4, DENY_V6, FLEET_IN_USE, FLEET_V4, FLEET_V6, PORTS,
+        SERVICES, SETTINGS,
     },
     parse::{Address, Frame, Transport},
     sip_capture::CaptureAsk,
@@ -138,11 +139,7 @@ impl Lookup for KernelLookup {
     /// Services the source's allow-list entry grants (0 when it has none).
     #[inline(always)]
     fn allow_mask(&mut self, source: &Address) -> u32 {
-        let found = match source {
-            Address::V4(addr) => ALLOW_V4.get(Key::new(32, *addr)),
-            Address::V6(addr) => ALLOW_V6.get(Key::new(128, *addr)),
-        };
-        found.copied().unwrap_or(0)
+        allow::mask(source)
     }
 
     #[inline(always)]

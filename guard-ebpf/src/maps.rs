@@ -7,9 +7,9 @@ use aya_ebpf::{
 use guard_common::{
     sip_rules::{SipPermit, DIAL_KEY_BYTES, PERMIT_KEY_BYTES},
     sip_scan::{PatternTable, ScanStatus},
-    BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, RuleCounter,
-    ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, POLICY_SLOTS, PORT_SLOTS, SERVICE_SLOTS,
-    VERDICT_SLOTS,
+    AllowCacheEntry, BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState,
+    RuleCounter, ServicePolicy, Settings, SourceKey, ALLOW_CACHE_SLOTS, MAX_RATE_RULES,
+    POLICY_SLOTS, PORT_SLOTS, SERVICE_SLOTS, VERDICT_SLOTS,
 };
 
 /// Active bans. A plain hash, not an LRU: a flood of new sources must never
@@ -43,10 +43,13 @@ pub static ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0
 pub static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0);
 /// The allow lists' generation (never 0 once the controller wrote it):
 /// bumped whenever an allow list or the policy slot changes, so that an
-/// allow answer cached in a rate-state entry (`RateState::allow`) under
-/// an older one is searched again.
+/// allow answer cached (`ALLOW_CACHE`) under an older one is searched again.
 #[map]
 pub static ALLOW_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+/// Recent IPv4 sources' allow answers, per CPU (see `allow`).
+#[map]
+pub static ALLOW_CACHE: PerCpuArray<AllowCacheEntry> =
+    PerCpuArray::with_max_entries(ALLOW_CACHE_SLOTS, 0);
 
 /// Service and rate rules of every (protocol, destination port), for each
 /// of the two policy slots (`guard_common::POLICY_SLOTS`).

@@ -12,9 +12,9 @@
 //! did the whole rate step as one global function. Their arguments and
 //! results are scalars: a [`SourceKey`] as two words, a [`RateExcess`] as
 //! one ([`RateExcess::to_word`]).
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use guard_common::{
-    allow_stamp, policy_rule_index,
+    policy_rule_index,
     rate::{needed_multiplier, record_packet, slot_width_ns},
     rate_group, rate_lane,
     sip_rules::{dial_rate_group, DIAL_WINDOW_NS},
@@ -26,7 +26,7 @@ use guard_common::{
 use crate::{
     bans::{ban_for_rule, now_ns},
     counters::{count_health, count_rule, count_rule_limited},
-    maps::{ALLOW_GENERATION, ALLOW_V4, ALLOW_V6, PEERS, RATE_STATE, RATE_ZERO, RULES},
+    maps::{PEERS, RATE_STATE, RATE_ZERO, RULES},
 };
 
 /// A source key as two words, and back.
@@ -54,9 +54,7 @@ pub fn key_of(hi: u64, lo: u64) -> SourceKey {
 
 /// Counts the packet against each of the port's rules (see
 /// [`sipguard_count`]), unless the source is allow-listed for `allow_bit`
-/// (a power of two, or 0). An IPv4 source's allow answer is cached in its
-/// rate-state entry; an IPv6 source's key is masked to the ban prefix and
-/// cannot stand for its address, so its allow list is searched here.
+/// (a power of two, or 0).
 #[inline(always)]
 pub fn count_rate(
     source: &SourceKey,
@@ -66,28 +64,18 @@ pub fn count_rate(
     is_syn: bool,
     policy_slot: u8,
 ) -> RateExcess {
-    let mut ask = u32::from_le_bytes(class.rules) as u64
+    if allow_bit != 0 && crate::allow::mask(address) & allow_bit != 0 {
+        return RateExcess::ALLOWLISTED;
+    }
+    let ask = u32::from_le_bytes(class.rules) as u64
         | (is_syn as u64) << 32
         | ((policy_slot & 1) as u64) << 33;
-    match address {
-        Address::V4(_) if allow_bit != 0 => {
-            ask |= (allow_bit.trailing_zeros() as u64 + 1) << 40;
-        }
-        Address::V4(_) => {}
-        Address::V6(addr) => {
-            let mask = ALLOW_V6.get(Key::new(128, *addr)).copied().unwrap_or(0);
-            if mask & allow_bit != 0 {
-                return RateExcess::ALLOWLISTED;
-            }
-        }
-    }
     let (hi, lo) = key_words(source);
     RateExcess::from_word(sipguard_count(hi, lo, ask))
 }
 
 /// Counts the packet of source (`hi`, `lo`) against the rules in `ask`
-/// (bits 0-31: the port's rule slots; 32: a SYN; 33: the policy slot;
-/// 40-47: 0, or for an IPv4 source 1 + the allow-mask bit that spares it):
+/// (bits 0-31: the port's rule slots; 32: a SYN; 33: the policy slot):
 /// one rate-state lookup per rule group (one for any policy of up to four
 /// rules). Returns the [`RateExcess`] word.
 #[no_mangle]
@@ -100,69 +88,15 @@ pub extern "C" fn sipguard_count(hi: u64, lo: u64, ask: u64) -> u64 {
         group: u32::MAX,
     };
     let rules = (ask as u32).to_le_bytes();
-    let allow_bit = (ask >> 40) as u8;
-    let mut state: *mut RateState = core::ptr::null_mut();
-    if allow_bit != 0 {
-        match entry_unless_allowlisted(&mut key, rules[0], (lo >> 32) as u32, allow_bit - 1) {
-            Some(entry) => state = entry,
-            None => return RateExcess::ALLOWLISTED.to_word(),
-        }
-    }
     let is_syn = ask >> 32 & 1 != 0;
-    count_windows(&mut key, state, &rules, is_syn, (ask >> 33 & 1) as u8).to_word()
-}
-
-/// None if the IPv4 source (`addr`, its bytes in memory order) of `key`
-/// is allow-listed for mask bit `bit`; else its entry of the port's first
-/// rule's group, `key`'s group from then on (null if the map refused one),
-/// which the count goes on with. The answer is the one cached in that
-/// entry ([`RateState::allow`]) under the current generation, or the
-/// trie's, cached there under the generation read before the search (a
-/// change made meanwhile then searches again).
-#[inline(always)]
-fn entry_unless_allowlisted(
-    key: &mut RateKey,
-    first_rule: u8,
-    addr: u32,
-    bit: u8,
-) -> Option<*mut RateState> {
-    let generation = ALLOW_GENERATION.get(0).copied().unwrap_or(0);
-    let mut state: *mut RateState = core::ptr::null_mut();
-    if first_rule != NO_RULE_INDEX {
-        key.group = rate_group((first_rule - 1) as u32);
-        state = state_of(key);
-    }
-    let mask = if state.is_null() || generation == 0 {
-        search_allow_v4(addr)
-    } else {
-        // SAFETY: a live map value; the stamp is one u64, written whole.
-        unsafe {
-            let stamp = core::ptr::read_volatile(core::ptr::addr_of!((*state).allow));
-            if stamp >> 32 == generation as u64 {
-                stamp as u32
-            } else {
-                let mask = search_allow_v4(addr);
-                core::ptr::write_volatile(
-                    core::ptr::addr_of_mut!((*state).allow),
-                    allow_stamp(generation, mask),
-                );
-                mask
-            }
-        }
-    };
-    if mask >> (bit & 31) & 1 != 0 {
-        None
-    } else {
-        Some(state)
-    }
-}
-
-#[inline(always)]
-fn search_allow_v4(addr: u32) -> u32 {
-    ALLOW_V4
-        .get(Key::new(32, addr.to_le_bytes()))
-        .copied()
-        .unwrap_or(0)
+    count_windows(
+        &mut key,
+        core::ptr::null_mut(),
+        &rules,
+        is_syn,
+        (ask >> 33 & 1) as u8,
+    )
+    .to_word()
 }
 
 #[inline(always)]

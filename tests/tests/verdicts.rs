@@ -78,7 +78,7 @@ fn allow_listed_sources_skip_rate_rules_and_are_never_banned() {
     assert_eq!(passes(&mut h, &frame, 200), 200);
     // Far past the 40-in-2-s rule, and never counted: every packet passed
     // because of the allow list (the kernel searched it once and keeps
-    // the answer in the source's rate-state entry).
+    // the answer in its per-CPU allow cache).
     assert_eq!(h.packets(Reason::PassedAllowlisted), 200);
     assert_eq!(h.rule_hits(0).counted + h.rule_hits(1).counted, 0);
     assert_eq!(h.rule_hits(0).limited + h.rule_hits(1).limited, 0);
@@ -99,7 +99,7 @@ fn a_changed_allow_list_is_searched_again() {
     let office: ipnet::IpNet = "10.1.0.0/16".parse().unwrap();
     assert_eq!(h.run(&frame), XDP_PASS);
     assert_eq!(h.packets(Reason::PassedAllowlisted), 1);
-    // Removed: the answer cached in the source's entry is stale, and the
+    // Removed: the answer cached for the source is stale, and the
     // source is counted like anyone.
     h.guard
         .maps_mut()
@@ -116,6 +116,32 @@ fn a_changed_allow_list_is_searched_again() {
     assert_eq!(h.run(&frame), XDP_PASS);
     assert_eq!(h.packets(Reason::PassedAllowlisted), 2);
     assert_eq!(h.rule_hits(0).counted, 1);
+}
+
+/// An outsider whose allow answer lands in the same per-CPU cache slot as
+/// an allow-listed office source: each keeps its own answer.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn sources_sharing_an_allow_cache_slot_keep_their_own_answers() {
+    let mut h = Harness::new(BASE_POLICY);
+    let office = [10, 1, 2, 3];
+    let slot = guard_common::allow_cache_slot(u32::from_le_bytes(office));
+    // 198.18.0.0/15 (benchmarking addresses, not allow-listed) holds
+    // 131,072 addresses for 256 slots.
+    let outsider = (0..1u32 << 17)
+        .map(|i| (u32::from_be_bytes([198, 18, 0, 0]) + i).to_be_bytes())
+        .find(|a| guard_common::allow_cache_slot(u32::from_le_bytes(*a)) == slot)
+        .expect("an address in the office's slot");
+    let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
+    let office_frame = udp(&ip(office), PBX4, 5060, b"OPTIONS");
+    let outsider_frame = udp(&ip(outsider), PBX4, 5060, b"OPTIONS");
+    for round in 1..=3 {
+        assert_eq!(h.run(&office_frame), XDP_PASS);
+        assert_eq!(h.packets(Reason::PassedAllowlisted), round);
+        assert_eq!(h.run(&outsider_frame), XDP_PASS);
+        assert_eq!(h.packets(Reason::Passed), round, "the outsider is counted");
+        assert_eq!(h.rule_hits(0).counted, round);
+    }
 }
 
 #[test]

@@ -51,8 +51,8 @@ pub struct KernelMaps {
     /// hold an entry: the XDP program searches the trie only then.
     fleet_in_use: Array<MapData, u32>,
     /// The allow lists' generation: bumped after every change of an allow
-    /// list or of the policy (see `guard_common::RateState::allow`, the
-    /// allow answer the XDP program caches per source under it).
+    /// list or of the policy (see `guard_common::AllowCacheEntry`: the
+    /// XDP program caches IPv4 sources' allow answers under it).
     allow_generation: Array<MapData, u32>,
     ports: Array<MapData, PortClass>,
     services: Array<MapData, ServicePolicy>,

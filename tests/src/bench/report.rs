@@ -689,10 +689,10 @@ fn missed_targets(r: &Results) -> String {
          entry, which holds the windows of all its rules, and the atomic slot updates that keep \
          counts exact across CPUs.\n\
          - An allow-listed SIP source skips the rate rules ({} ns against {} ns for a source \
-         under the limit): its rate-state entry caches the allow list's answer, stamped with \
-         the allow lists' generation, so it pays that entry's LRU lookup and no counting, and \
-         the common SIP path pays no trie search. 23d5e08 searched the allow trie on every \
-         packet instead, which is the few ns by which this row trails it.\n\
+         under the limit): a per-CPU cache of recent IPv4 sources' allow answers, stamped \
+         with the allow lists' generation, answers it with one array read, and the common \
+         SIP path pays no trie search either. 23d5e08 searched the allow trie on every \
+         packet.\n\
          - Already fixed in this run's code, found by these figures: a precise clock read on \
          every IP packet (now the coarse clock, read only when a ban entry or rate rule needs \
          it: about 25 ns off every path), an allow-list search on every packet (now only \
