@@ -32,6 +32,7 @@ macro_rules! map_type {
 }
 
 pub mod atomic;
+pub mod clock;
 pub mod rate;
 #[cfg(feature = "user")]
 pub mod sip_patterns;
@@ -821,9 +822,10 @@ pub mod map_names {
     pub const SIP_DIAL: &str = "SIP_DIAL";
     pub const ALLOW_GENERATION: &str = "ALLOW_GENERATION";
     pub const ALLOW_CACHE: &str = "ALLOW_CACHE";
+    pub const CLOCK: &str = "CLOCK";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 28] = [
         BANS,
         DENY_V4,
         DENY_V6,
@@ -851,6 +853,7 @@ pub mod map_names {
         SIP_DIAL,
         ALLOW_GENERATION,
         ALLOW_CACHE,
+        CLOCK,
     ];
 }
 
@@ -867,6 +870,9 @@ pub const CAPTURE_PASSED_SLOT: u32 = 0;
 pub const CAPTURE_DENIED_SLOT: u32 = 1;
 /// The tc egress program (the PBX's SIP answers) in the object file.
 pub const EGRESS_PROGRAM_NAME: &str = "sipguard_egress";
+/// The XDP program the controller test-runs to read the kernel's clocks
+/// (`clock::ClockSample`); never attached.
+pub const CLOCK_PROGRAM_NAME: &str = "sipguard_clock";
 
 #[cfg(test)]
 mod tests {

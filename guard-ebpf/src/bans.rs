@@ -1,25 +1,14 @@
 //! The ban map from the kernel's side: checking a source, and banning one.
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
-};
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use guard_common::{atomic, BanEntry, BanEvent, BanReason, Health, RateRule, SourceKey, NO_RULE};
 
 use crate::{
+    clock::now_ns,
     counters::count_health,
     maps::{BANS, BAN_EVENTS},
 };
 
 const EEXIST: i32 = 17;
-
-/// The clock of bans and rate windows: CLOCK_MONOTONIC_COARSE, a cached
-/// value (a tick's resolution is plenty for windows of seconds), far cheaper
-/// per packet than a precise clock read. Only read when an entry needs it.
-#[inline(always)]
-pub fn now_ns() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
-}
 
 /// True if `source` is under an unexpired ban (and counts the drop on it).
 /// An expired ban counts as absent; the controller's sweeper removes it.

@@ -28,6 +28,7 @@
 
 mod allow;
 mod bans;
+mod clock;
 mod counters;
 mod maps;
 mod parse;
@@ -494,6 +495,13 @@ pub fn sipguard_capture_denied(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_DROP
     }
+}
+
+/// Test-run by the controller at load to read the kernel's clocks (see
+/// `clock`); never attached.
+#[xdp]
+pub fn sipguard_clock(ctx: XdpContext) -> u32 {
+    clock::sample(ctx.ctx)
 }
 
 /// tc egress: copies the PBX's SIP answers (sent from a watched port) to the

@@ -5,6 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use guard_common::{
+    clock::ClockBase,
     sip_rules::{SipPermit, DIAL_KEY_BYTES, PERMIT_KEY_BYTES},
     sip_scan::{PatternTable, ScanStatus},
     AllowCacheEntry, BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState,
@@ -50,6 +51,11 @@ pub static ALLOW_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static ALLOW_CACHE: PerCpuArray<AllowCacheEntry> =
     PerCpuArray::with_max_entries(ALLOW_CACHE_SLOTS, 0);
+
+/// The base that turns `jiffies` into the clock of bans and rate windows
+/// (see `clock`); written by the controller at load.
+#[map]
+pub static CLOCK: Array<ClockBase> = Array::with_max_entries(1, 0);
 
 /// Service and rate rules of every (protocol, destination port), for each
 /// of the two policy slots (`guard_common::POLICY_SLOTS`).

@@ -24,7 +24,8 @@ use guard_common::{
 };
 
 use crate::{
-    bans::{ban_for_rule, now_ns},
+    bans::ban_for_rule,
+    clock::now_ns,
     counters::{count_health, count_rule, count_rule_limited},
     maps::{PEERS, RATE_STATE, RATE_ZERO, RULES},
 };

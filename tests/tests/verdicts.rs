@@ -524,13 +524,45 @@ ban = "10m"
     assert_eq!(h.run(&udp("2001:db8:1:3::1", PBX6, 5060, b"x")), XDP_PASS);
 }
 
+/// The program tells the time from jiffies under the base measured at
+/// load; a second later, the bans it makes still carry the controller's
+/// time (a wrong tick length would be off by a fifth of it or more).
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn the_kernels_clock_keeps_the_controllers_time() {
+    let mut h = Harness::new("");
+    let base = h.guard.clock.expect("the clock base was measured");
+    assert!(
+        base.tick_ns >= 976_562 && base.tick_ns <= 41_666_667,
+        "{base:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let attacker = "198.51.100.67";
+    let frame = udp(attacker, PBX4, 5060, b"REGISTER");
+    let before = monotonic_ns();
+    // The default 40-in-2-s rule bans at packet 41.
+    let dropped_at = (1..=100).find(|_| h.run(&frame) == XDP_DROP);
+    let after = monotonic_ns();
+    assert_eq!(dropped_at, Some(41));
+    let ban = h.guard.maps_mut().ban(&v4_key(attacker)).unwrap().unwrap();
+    // The coarse clock trails the precise one by up to a tick.
+    let slack = 2 * base.tick_ns;
+    assert!(
+        ban.created_ns + slack >= before && ban.created_ns <= after + slack,
+        "made at {} ns, between {before} and {after}",
+        ban.created_ns
+    );
+}
+
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn expired_bans_count_as_absent() {
     let mut h = Harness::new(BASE_POLICY);
     let now = monotonic_ns();
+    // Expired two ticks ago or more: the program's clock (jiffies on
+    // their grid) and the controller's coarse clock agree within one.
     let expired = BanEntry {
-        expires_ns: now - 1,
+        expires_ns: now - 10_000_000,
         created_ns: now - 1_000_000_000,
         reason: BanReason::Manual as u16,
         rule: NO_RULE,

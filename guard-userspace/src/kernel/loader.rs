@@ -45,7 +45,9 @@ pub enum LoadError {
 pub type Result<T, E = LoadError> = std::result::Result<T, E>;
 
 /// Maps an aya error to [`LoadError::Kernel`] with `what` was asked.
-fn kernel<E: std::error::Error + 'static>(what: impl Into<String>) -> impl FnOnce(E) -> LoadError {
+pub(super) fn kernel<E: std::error::Error + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> LoadError {
     let what = what.into();
     move |e| LoadError::Kernel {
         what,
@@ -93,6 +95,9 @@ pub struct Guard {
     pins: Option<Pins>,
     /// Whether the maps (and their bans) came from an earlier run's pins.
     pub adopted_maps: bool,
+    /// The base of the program's clock measured at load (None: it reads
+    /// the coarse clock through its helper).
+    pub clock: Option<guard_common::clock::ClockBase>,
     /// Attachments owned by this process (detached on exit when not pinned).
     attachment: Option<aya::programs::xdp::XdpLinkId>,
     egress: Option<aya::programs::tc::SchedClassifierLinkId>,
@@ -175,9 +180,11 @@ impl Guard {
         egress_program(&mut ebpf)?
             .load()
             .map_err(kernel("the kernel rejected the tc egress program"))?;
+        let clock = super::clock::calibrate(&mut ebpf)?;
         let maps = KernelMaps::from_ebpf(&mut ebpf)?;
         Ok(Guard {
             ebpf,
+            clock,
             maps: Some(maps),
             pins: pins.cloned(),
             adopted_maps,
@@ -369,7 +376,7 @@ fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .map_err(kernel(EGRESS_PROGRAM_NAME))
 }
 
-fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+pub(super) fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or_else(|| LoadError::Missing(format!("program {name}")))?
         .try_into()

@@ -1,5 +1,6 @@
 //! The XDP program's side: loading, attaching, maps, pins, and its events.
 pub mod bans;
+pub mod clock;
 pub mod events;
 #[cfg(test)]
 pub mod fake;
