@@ -26,6 +26,8 @@ struct Args {
     quick: bool,
     /// With `paths_only`: the paths whose names contain one of these.
     only: Vec<String>,
+    /// Only the CrowdSec comparison (a full run's figures, about 6 minutes).
+    crowdsec_only: bool,
 }
 
 fn args() -> Result<Args> {
@@ -36,6 +38,7 @@ fn args() -> Result<Args> {
     let mut paths_only = false;
     let mut quick = false;
     let mut only = Vec::new();
+    let mut crowdsec_only = false;
     let mut previous = None;
     let mut previous_name = None;
     let mut it = std::env::args().skip(1);
@@ -48,6 +51,7 @@ fn args() -> Result<Args> {
             "--paths-only" => paths_only = true,
             "--quick" => quick = true,
             "--only" => only.push(it.next().context("--only NAME")?),
+            "--crowdsec-only" => crowdsec_only = true,
             "--previous" => previous = it.next().map(PathBuf::from),
             "--previous-name" => previous_name = it.next(),
             other => bail!("unknown argument {other:?}"),
@@ -65,6 +69,7 @@ fn args() -> Result<Args> {
         paths_only,
         quick,
         only,
+        crowdsec_only,
     })
 }
 
@@ -83,6 +88,19 @@ fn main() -> Result<()> {
     } else {
         Effort::FULL
     };
+    if args.crowdsec_only {
+        let result = bench::crowdsec::crowdsec(&args.baseline, Effort::FULL)?;
+        let text = format!(
+            "CrowdSec, {} decisions: apply {:?} (ratio, capped), drop {:?} (ratio)\n{result:#?}\n",
+            result.decisions,
+            result.apply_ratio(),
+            result.drop_ratio(),
+        );
+        std::fs::write(&args.output, &text)
+            .with_context(|| format!("writing {}", args.output.display()))?;
+        eprintln!("{text}");
+        return Ok(());
+    }
     if args.paths_only {
         let previous = args
             .previous
