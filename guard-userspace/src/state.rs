@@ -20,7 +20,8 @@ pub use crate::policy::live::ListChanges;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sipguard";
 const BANS_FILE: &str = "bans.json";
-/// Bans made since `bans.json` was last written, one JSON line each.
+/// Bans made and removed since `bans.json` was last written, one JSON
+/// line each ([`JournalLine`]).
 const JOURNAL_FILE: &str = "bans.journal";
 const LISTS_FILE: &str = "lists.json";
 const MODE_FILE: &str = "xdp_mode.json";
@@ -57,6 +58,18 @@ struct AppliedFile {
     version: u32,
     path: PathBuf,
     over: Option<PathBuf>,
+}
+
+/// One line of `bans.journal`: a ban made, or a ban lifted (by the
+/// operator, or a fleet decision deleted) that `bans.json` may still hold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum JournalLine {
+    Ban(SavedBan),
+    Removed {
+        /// The ban map's key, as [`SavedBan::key`].
+        removed: Ipv6Addr,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -357,10 +370,28 @@ impl StateDir {
     /// [`StateDir::clear_journal`] once `bans.json` holds them; the caller
     /// keeps appends and that clearing apart (see `Runtime::save_bans`).
     pub fn journal_bans(&self, bans: &[SavedBan]) -> Result<()> {
+        let lines: Vec<JournalLine> = bans.iter().cloned().map(JournalLine::Ban).collect();
+        self.append_journal(&lines)
+    }
+
+    /// Appends lifted bans (ban-map keys) to the journal before they are
+    /// answered: `bans.json` may still hold them, and a ban the operator
+    /// lifted must not come back after a kill or a reboot.
+    pub fn journal_removals(&self, keys: &[SourceKey]) -> Result<()> {
+        let lines: Vec<JournalLine> = keys
+            .iter()
+            .map(|key| JournalLine::Removed {
+                removed: Ipv6Addr::from(key.addr),
+            })
+            .collect();
+        self.append_journal(&lines)
+    }
+
+    fn append_journal(&self, lines: &[JournalLine]) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut text = Vec::new();
-        for ban in bans {
-            serde_json::to_writer(&mut text, ban)?;
+        for line in lines {
+            serde_json::to_writer(&mut text, line)?;
             text.push(b'\n');
         }
         let path = self.dir.join(JOURNAL_FILE);
@@ -412,9 +443,10 @@ impl StateDir {
         Ok(bans)
     }
 
-    /// Adds the journal's bans to those of `bans.json`, a later line
-    /// replacing an earlier ban of the same key. A line that cannot be read
-    /// is skipped and reported; the journal stays until the next save.
+    /// Applies the journal to the bans of `bans.json` in its order: a ban
+    /// line replaces an earlier ban of the same key, a removal drops it. A
+    /// line that cannot be read is skipped and reported; the journal stays
+    /// until the next save.
     fn replay_journal(&self, max_bans: u32, bans: &mut Vec<SavedBan>) {
         let path = self.dir.join(JOURNAL_FILE);
         let bytes = match read_regular_file(&path, size_limit(max_bans)) {
@@ -422,29 +454,46 @@ impl StateDir {
             Err(FileInputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(e) => return warn!("{} cannot be used: {e}", path.display()),
         };
-        let (journaled, bad) = parse_journal(&bytes);
+        let (lines, bad) = parse_journal(&bytes);
         if bad > 0 {
             warn!("{}: skipped {bad} unreadable lines", path.display());
         }
-        if journaled.is_empty() {
+        if lines.is_empty() {
             return;
         }
+        let made = lines
+            .iter()
+            .filter(|l| matches!(l, JournalLine::Ban(_)))
+            .count();
         info!(
-            "{} bans made since the last save, from {}",
-            journaled.len(),
+            "{made} bans made and {} lifted since the last save, from {}",
+            lines.len() - made,
             path.display()
         );
-        let mut at: std::collections::HashMap<Ipv6Addr, usize> =
-            bans.iter().enumerate().map(|(i, b)| (b.key, i)).collect();
-        for ban in journaled {
-            match at.get(&ban.key) {
-                Some(&i) => bans[i] = ban,
-                None => {
-                    at.insert(ban.key, bans.len());
-                    bans.push(ban);
+        // Slots keep the saved order; a removed ban leaves an empty one.
+        let mut slots: Vec<Option<SavedBan>> = bans.drain(..).map(Some).collect();
+        let mut at: std::collections::HashMap<Ipv6Addr, usize> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.as_ref().map(|b| (b.key, i)))
+            .collect();
+        for line in lines {
+            match line {
+                JournalLine::Ban(ban) => match at.get(&ban.key) {
+                    Some(&i) => slots[i] = Some(ban),
+                    None => {
+                        at.insert(ban.key, slots.len());
+                        slots.push(Some(ban));
+                    }
+                },
+                JournalLine::Removed { removed } => {
+                    if let Some(&i) = at.get(&removed) {
+                        slots[i] = None;
+                    }
                 }
             }
         }
+        bans.extend(slots.into_iter().flatten());
     }
 
     pub fn save_lists(&self, changes: &ListChanges) -> Result<()> {
@@ -609,18 +658,18 @@ pub fn parse_bans(bytes: &[u8]) -> Result<Vec<SavedBan>> {
     decode::<BansFile>(bytes).map(|f| f.bans)
 }
 
-/// The bans in a journal's bytes, and how many lines could not be read
-/// (a line cut short by a full disk, say).
-pub fn parse_journal(bytes: &[u8]) -> (Vec<SavedBan>, usize) {
-    let mut bans = Vec::new();
+/// The lines of a journal's bytes, and how many could not be read (a
+/// line cut short by a full disk, say).
+pub fn parse_journal(bytes: &[u8]) -> (Vec<JournalLine>, usize) {
+    let mut lines = Vec::new();
     let mut bad = 0;
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice(line) {
-            Ok(ban) => bans.push(ban),
+            Ok(line) => lines.push(line),
             Err(_) => bad += 1,
         }
     }
-    (bans, bad)
+    (lines, bad)
 }
 
 /// The list changes in a `lists.json`'s bytes, in canonical form (what
@@ -895,6 +944,39 @@ mod tests {
         dir.clear_journal();
         assert!(!dir.path().join(JOURNAL_FILE).exists());
         assert_eq!(dir.load_bans(1000).unwrap(), loaded);
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+
+    #[test]
+    fn bans_lifted_since_the_last_save_stay_lifted() {
+        let dir = StateDir::open(&temp_dir("journal-removed")).unwrap();
+        let key = |last| SourceKey::from_ipv4([198, 51, 100, last]);
+        dir.save_bans(vec![
+            manual_ban(1, "kept", 1_800_003_600),
+            manual_ban(2, "customer", 1_800_003_600),
+        ])
+        .unwrap();
+        // The operator lifts a saved ban and one made since the save, then
+        // the daemon is killed before the next save.
+        dir.journal_removals(&[key(2)]).unwrap();
+        dir.journal_bans(&[manual_ban(3, "typo", 1_800_007_200)])
+            .unwrap();
+        dir.journal_removals(&[key(3), key(9)]).unwrap();
+        assert_eq!(
+            dir.load_bans(1000).unwrap(),
+            vec![manual_ban(1, "kept", 1_800_003_600)],
+            "a lifted ban does not come back; lifting an unknown key changes nothing"
+        );
+        // Banned again after the removal: the later line wins.
+        dir.journal_bans(&[manual_ban(2, "again", 1_800_010_800)])
+            .unwrap();
+        assert_eq!(
+            dir.load_bans(1000).unwrap(),
+            vec![
+                manual_ban(1, "kept", 1_800_003_600),
+                manual_ban(2, "again", 1_800_010_800)
+            ]
+        );
         let _ = std::fs::remove_dir_all(dir.path());
     }
 

@@ -334,6 +334,59 @@ fn after_a_reboot_bans_and_list_changes_come_back() {
     drop(daemon);
 }
 
+/// An unban answered right before a SIGKILL, then a reboot: the saver had
+/// not written `bans.json` again yet (it saves at most once a second), so
+/// only the journal knows of the unban, and the ban must stay lifted.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn an_unban_right_before_kill_9_stays_lifted_after_a_reboot() {
+    let site = Site::new("unban", "");
+    let (mut daemon, _) = site.start();
+    for (source, why) in [(SCANNER, "probing"), (FRAUDSTER, "wrong password")] {
+        let out = site.cli(&["ban", "add", source, "--for", "1h", "--reason", why]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let bans_json = site
+        .home
+        .state
+        .0
+        .join(&site.link.right_if)
+        .join(format!("netns-{}", site.link.right.name))
+        .join("bans.json");
+    let saved =
+        |source: &str| std::fs::read_to_string(&bans_json).is_ok_and(|text| text.contains(source));
+    // The saver has just written both bans; its next save is a second away.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !saved(FRAUDSTER) {
+        assert!(Instant::now() < deadline, "bans.json never held the bans");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = site.cli(&["ban", "remove", FRAUDSTER]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.kill().unwrap();
+    assert!(
+        saved(FRAUDSTER),
+        "the saver wrote bans.json before the kill, so this run shows nothing: \
+         the unban and the kill must fall within its one-second pace"
+    );
+
+    // A reboot: the program is detached and every pin is gone.
+    site.unload();
+    let (daemon, _) = site.start();
+    let log = daemon.log();
+    let bans = site.bans();
+    assert_eq!(bans.len(), 1, "the lifted ban came back: {bans:?}\n{log}");
+    assert_eq!(ban_of(&bans, SCANNER).detail, "probing");
+    assert_eq!(site.delivered(FRAUDSTER, 5), 5);
+    assert_eq!(site.delivered(SCANNER, 5), 0);
+    assert!(log.contains("restored 1 of 1 saved bans"), "{log}");
+    assert!(
+        log.contains("0 bans made and 1 lifted since the last save"),
+        "{log}"
+    );
+    drop(daemon);
+}
+
 const DENY_SCANNER: &str = "[[deny]]\ncidr = \"10.77.0.3/32\"\ncomment = \"scanner\"\n";
 
 #[test]

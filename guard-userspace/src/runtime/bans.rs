@@ -188,6 +188,7 @@ impl Runtime {
             return Err(Error::NotFound(format!("{source} is not banned")));
         }
         self.ban_details.lock().await.remove(&key);
+        self.journal_removals(&[key]).await;
         self.bans_changed.notify_one();
         info!(target: "sipguard::ban", "unbanned {source} by the operator");
         Ok(Unbanned { source })
@@ -311,6 +312,18 @@ impl Runtime {
         let _appending = self.journal_lock.lock().await;
         if let Err(e) = self.state.journal_bans(&saved) {
             warn!("journaling the bans failed (they are in force, saved at the next save): {e:#}");
+        }
+    }
+
+    /// Writes bans just lifted to the journal, before they are answered:
+    /// `bans.json` may still hold them until the next save.
+    pub(super) async fn journal_removals(&self, lifted: &[SourceKey]) {
+        if lifted.is_empty() {
+            return;
+        }
+        let _appending = self.journal_lock.lock().await;
+        if let Err(e) = self.state.journal_removals(lifted) {
+            warn!("journaling lifted bans failed (they are lifted, saved at the next save): {e:#}");
         }
     }
 

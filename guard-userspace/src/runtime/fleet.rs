@@ -122,13 +122,29 @@ impl Runtime {
             }
         }
         if !details.is_empty() {
-            let mut held = self.ban_details.lock().await;
-            for (key, detail) in details {
-                match detail {
-                    Some(detail) => held.insert(key, detail),
-                    None => held.remove(&key),
-                };
-            }
+            let lifted: Vec<SourceKey> = {
+                let mut held = self.ban_details.lock().await;
+                let lifted: Vec<SourceKey> = details
+                    .iter()
+                    .filter(|(_, detail)| detail.is_none())
+                    .map(|(key, _)| *key)
+                    .collect();
+                for (key, detail) in details {
+                    match detail {
+                        Some(detail) => held.insert(key, detail),
+                        None => held.remove(&key),
+                    };
+                }
+                // A key banned again after its lift in this answer is in force.
+                lifted
+                    .into_iter()
+                    .filter(|key| !held.contains_key(key))
+                    .collect()
+            };
+            // A deleted decision must not come back from `bans.json` after a
+            // reboot without the LAPI. Fleet bans themselves are not
+            // journaled: the next full sync brings them back.
+            self.journal_removals(&lifted).await;
             self.bans_changed.notify_one();
         }
         applied

@@ -217,6 +217,50 @@ async fn expired_bans_are_swept_with_their_details_and_saved_bans_are_kept() {
     assert!(!saved.contains("192.0.2.2"), "{saved}");
 }
 
+/// An unban (and a deleted fleet decision) reaches the state directory
+/// before it is answered: a daemon killed before its next save, then
+/// started after a reboot, must not bring the lifted ban back from
+/// `bans.json`. No saver runs here, as none would before a SIGKILL.
+#[tokio::test]
+async fn lifted_bans_stay_lifted_across_a_kill_before_the_next_save() {
+    let s = Site::new("unban-journal", POLICY);
+    let rt = &s.runtime;
+    let fleet = |source: &str| {
+        FleetChange::Ban(FleetBan {
+            key: rt.source_key(ip(source)),
+            expires_ns: clock::monotonic_ns() + 3_600_000_000_000,
+            scenario: "crowdsecurity/sip-bf".into(),
+            origin: "cscli".into(),
+        })
+    };
+    for source in ["192.0.2.50", "192.0.2.51", "192.0.2.52"] {
+        rt.ban_add(ban(source, None, Some("by hand")), &NO_SESSION)
+            .await
+            .unwrap();
+    }
+    rt.fleet_bans(&[fleet("198.51.100.60"), fleet("198.51.100.61")], true)
+        .await;
+    rt.save_bans().await;
+    // Lifted after that save: one saved, one made since (journaled only).
+    rt.ban_add(ban("192.0.2.53", None, None), &NO_SESSION)
+        .await
+        .unwrap();
+    rt.ban_remove(ip("192.0.2.51")).await.unwrap();
+    rt.ban_remove(ip("192.0.2.53")).await.unwrap();
+    let lift = FleetChange::Lift(rt.source_key(ip("198.51.100.61")));
+    assert_eq!(rt.fleet_bans(&[lift], true).await.lifted, 1);
+
+    let state = StateDir::open(&s.dir.join("state")).unwrap();
+    let mut saved: Vec<String> = state
+        .load_bans(1000)
+        .unwrap()
+        .into_iter()
+        .map(|b| b.key.to_canonical().to_string())
+        .collect();
+    saved.sort();
+    assert_eq!(saved, ["192.0.2.50", "192.0.2.52", "198.51.100.60"]);
+}
+
 #[tokio::test]
 async fn sip_bans_keep_a_longer_ban_and_carry_their_evidence() {
     let s = Site::new("sip", POLICY);
