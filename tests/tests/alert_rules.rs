@@ -14,6 +14,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use sipguard_tests::{
+    crowdsec::Lapi,
     daemon::{start_guard, Daemon, TempDir, TempFile},
     netns::Link,
     traffic::{send_udp, UdpSink, CLIENT_ADDRS, PBX_ADDRS},
@@ -180,14 +181,19 @@ fn start_prometheus(link: &Link, data: &TempDir) -> Result<(Daemon, TempFile)> {
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn prometheus_fires_the_attack_rule_during_a_flood() {
     let link = Link::new("prom", &CLIENT_ADDRS, &PBX_ADDRS).expect("namespaces and veth");
-    // A feed read from a file: its health series (which the feed and LAPI
-    // rules use) are exported, and a healthy feed fires nothing.
+    // A feed read from a file and a real CrowdSec LAPI: the health series
+    // the feed and LAPI rules read are exported, so their quiet checks
+    // below would catch a rule that fires on a healthy source.
     let feed = TempFile::new("prom-feed.txt", "# a local drop list\n203.0.113.0/24\n");
+    let lapi = Lapi::start(&link.right).expect("a CrowdSec LAPI");
     let config = TempFile::new(
         "prom.toml",
         &format!(
-            "[[feeds]]\nname = \"local-drop\"\nkind = \"list\"\nfile = \"{}\"\n",
-            feed.path()
+            "[[feeds]]\nname = \"local-drop\"\nkind = \"list\"\nfile = \"{}\"\n\n\
+             [crowdsec]\nlapi_url = \"{}\"\nbouncer_api_key = \"{}\"\npoll_interval = \"1s\"\n",
+            feed.path(),
+            lapi.url(),
+            lapi.bouncer_key
         ),
     );
     let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
@@ -204,6 +210,9 @@ fn prometheus_fires_the_attack_rule_during_a_flood() {
     guard
         .wait_for("serving metrics", Duration::from_secs(5))
         .unwrap();
+    guard
+        .wait_for("crowdsec full sync", Duration::from_secs(20))
+        .unwrap();
     let data = TempDir::new("prometheus-data");
     let (prometheus, _config) = start_prometheus(&link, &data).expect("prometheus started");
 
@@ -218,6 +227,16 @@ fn prometheus_fires_the_attack_rule_during_a_flood() {
         alert_state(&link, "SipguardAttackInProgress").unwrap(),
         None
     );
+    // Both fleet sources are scraped as healthy (0 failed pulls in a row):
+    // what the feed and LAPI rules must stay quiet on.
+    for (origin, source) in [("crowdsec", "crowdsec"), ("feed", "local-drop")] {
+        let series = format!(
+            r#"sipguard_fleet_failing{{job="sipguard",origin="{origin}",source="{source}"}}"#
+        );
+        let found = query(&link, &series).unwrap();
+        assert_eq!(found.len(), 1, "{series}: {found:?}");
+        assert_eq!(found[0]["value"][1], "0", "{series}: {found:?}");
+    }
 
     // 41 datagrams within 2 s: the 41st bans the source.
     let sink = UdpSink::start(&link);
@@ -261,4 +280,5 @@ fn prometheus_fires_the_attack_rule_during_a_flood() {
         assert_eq!(alert_state(&link, name).unwrap(), None, "{name}");
     }
     drop(prometheus);
+    drop(lapi);
 }
