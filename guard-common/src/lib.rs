@@ -9,11 +9,12 @@
 //! - LPM trie keys carry their `prefix_len` in host order (the kernel's rule).
 //! - Every other integer (ports in [`port_index`], counters, times, limits) is
 //!   in **host byte order**; the XDP program swaps ports once while parsing.
-//! - Times are nanoseconds of `CLOCK_MONOTONIC_COARSE`, which the XDP program
-//!   reads with `bpf_ktime_get_coarse_ns` (a cached value: much cheaper per
-//!   packet than a precise clock read) and the controller with clock_gettime,
-//!   so a ban's expiry means the same to both sides. Suspended time does not count: a ban lasts its time
-//!   of the machine running.
+//! - Times are nanoseconds of `CLOCK_MONOTONIC_COARSE`, which the controller
+//!   reads with clock_gettime and the XDP program derives from `jiffies`
+//!   (see [`clock`]: an inlined load, where `bpf_ktime_get_coarse_ns` is a
+//!   helper call), so a ban's expiry means the same to both sides, within a
+//!   tick. Suspended time does not count: a ban lasts its time of the
+//!   machine running.
 #![no_std]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 

@@ -1,6 +1,7 @@
 //! The clock the XDP program stamps bans and rate windows with:
-//! CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns). The controller reads the
-//! very same clock, so both sides agree on whether a ban has expired.
+//! CLOCK_MONOTONIC_COARSE, which the program derives from jiffies under a
+//! base measured at load (`guard_common::clock`). Both sides agree on whether
+//! a ban has expired, within a tick.
 use std::time::Duration;
 
 pub fn monotonic_ns() -> u64 {

@@ -1,7 +1,9 @@
 //! Verdict tests: crafted frames through the real XDP program with
 //! BPF_PROG_TEST_RUN, asserting the action *and* the kernel's counters, ban
 //! map and ban events. They need root (`cargo xtask test`).
-use guard_common::{BanEntry, BanReason, Health, Reason, SourceKey, BAN_FOREVER, NO_RULE};
+use guard_common::{
+    clock::ClockBase, BanEntry, BanReason, Health, Reason, SourceKey, BAN_FOREVER, NO_RULE,
+};
 use guard_userspace::{clock::monotonic_ns, kernel::maps::NetList};
 use sipguard_tests::{frames::*, Harness, BASE_POLICY, XDP_DROP, XDP_PASS};
 
@@ -525,32 +527,44 @@ ban = "10m"
 }
 
 /// The program tells the time from jiffies under the base measured at
-/// load; a second later, the bans it makes still carry the controller's
-/// time (a wrong tick length would be off by a fifth of it or more).
+/// load, which the map holds; a second later, the bans it makes still
+/// carry the controller's time (a wrong tick length would be off by a
+/// sixth of it or more); and a base moved by an hour moves them by an hour.
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn the_kernels_clock_keeps_the_controllers_time() {
+    const HOUR: u64 = 3_600_000_000_000;
     let mut h = Harness::new("");
     let base = h.guard.clock.expect("the clock base was measured");
-    assert!(
-        base.tick_ns >= 976_562 && base.tick_ns <= 41_666_667,
-        "{base:?}"
-    );
+    assert_eq!(h.guard.clock_in_map().unwrap(), base);
     std::thread::sleep(std::time::Duration::from_millis(1000));
-    let attacker = "198.51.100.67";
-    let frame = udp(attacker, PBX4, 5060, b"REGISTER");
-    let before = monotonic_ns();
     // The default 40-in-2-s rule bans at packet 41.
-    let dropped_at = (1..=100).find(|_| h.run(&frame) == XDP_DROP);
-    let after = monotonic_ns();
-    assert_eq!(dropped_at, Some(41));
-    let ban = h.guard.maps_mut().ban(&v4_key(attacker)).unwrap().unwrap();
-    // The coarse clock trails the precise one by up to a tick.
+    let ban_made_between = |h: &mut Harness, attacker: &str| {
+        let frame = udp(attacker, PBX4, 5060, b"REGISTER");
+        let before = monotonic_ns();
+        let dropped_at = (1..=100).find(|_| h.run(&frame) == XDP_DROP);
+        let after = monotonic_ns();
+        assert_eq!(dropped_at, Some(41), "{attacker}");
+        let ban = h.guard.maps_mut().ban(&v4_key(attacker)).unwrap().unwrap();
+        (ban.created_ns, before, after)
+    };
+    // Both clocks step once a tick; they agree within one.
     let slack = 2 * base.tick_ns;
+    let (made, before, after) = ban_made_between(&mut h, "198.51.100.67");
     assert!(
-        ban.created_ns + slack >= before && ban.created_ns <= after + slack,
-        "made at {} ns, between {before} and {after}",
-        ban.created_ns
+        made + slack >= before && made <= after + slack,
+        "made at {made} ns, between {before} and {after}"
+    );
+    h.guard
+        .set_clock_base(ClockBase {
+            base_ns: base.base_ns + HOUR,
+            ..base
+        })
+        .unwrap();
+    let (made, before, after) = ban_made_between(&mut h, "198.51.100.68");
+    assert!(
+        made + slack >= before + HOUR && made <= after + HOUR + slack,
+        "made at {made} ns, an hour after {before} to {after}"
     );
 }
 

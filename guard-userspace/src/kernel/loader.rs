@@ -194,6 +194,22 @@ impl Guard {
         })
     }
 
+    /// The clock base the `CLOCK` map holds (tick 0: the program reads the
+    /// coarse clock through its helper).
+    pub fn clock_in_map(&mut self) -> Result<guard_common::clock::ClockBase> {
+        super::clock::clock_map(&mut self.ebpf)?
+            .get(&0, 0)
+            .map_err(kernel("reading CLOCK"))
+    }
+
+    /// Replaces the clock base (for tests: shows that the program tells
+    /// the time by it).
+    pub fn set_clock_base(&mut self, base: guard_common::clock::ClockBase) -> Result<()> {
+        super::clock::clock_map(&mut self.ebpf)?
+            .set(0, base, 0)
+            .map_err(kernel("writing CLOCK"))
+    }
+
     /// The program's maps (until [`Guard::take_maps`]).
     pub fn maps(&self) -> &KernelMaps {
         self.maps.as_ref().expect("the maps were handed over")

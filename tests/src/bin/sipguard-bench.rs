@@ -26,7 +26,7 @@ struct Args {
     quick: bool,
     /// With `paths_only`: the paths whose names contain one of these.
     only: Vec<String>,
-    /// Only the CrowdSec comparison (a full run's figures, about 6 minutes).
+    /// Only the CrowdSec comparison (a full run's figures, about 4 minutes).
     crowdsec_only: bool,
 }
 
