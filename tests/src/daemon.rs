@@ -87,6 +87,50 @@ impl Drop for TempDir {
     }
 }
 
+/// A control socket's path, removed on drop: a daemon stopped by SIGKILL
+/// (as `Daemon`'s drop does, and a failing test's unwinding) cannot remove
+/// its own socket, and old tests left hundreds in /tmp. It reads as the
+/// path's `&str`, as the `--control-socket` arguments take it.
+#[derive(Debug)]
+pub struct TempSocket(PathBuf);
+
+impl TempSocket {
+    /// `tag` names the file.
+    pub fn new(tag: &str) -> TempSocket {
+        TempSocket(unique_temp_path(&format!("{tag}.sock")))
+    }
+
+    pub fn path(&self) -> &str {
+        utf8(&self.0)
+    }
+}
+
+impl std::ops::Deref for TempSocket {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.path()
+    }
+}
+
+impl AsRef<Path> for TempSocket {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempSocket {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A bpffs of the test's own, for pins that must outlive one daemon
 /// (`ip netns exec` gives each daemon a private /sys, whose pins vanish
 /// with it). Unmounting on drop frees whatever is still pinned.
@@ -158,7 +202,7 @@ pub fn start_guard(
 /// or an upgrade finds what the last one left.
 pub struct GuardHome {
     pub config: TempFile,
-    pub socket: String,
+    pub socket: TempSocket,
     pub state: TempDir,
     pub pins: Option<PinRoot>,
 }
@@ -169,7 +213,7 @@ impl GuardHome {
     pub fn new(tag: &str, config: &str) -> GuardHome {
         GuardHome {
             config: TempFile::new(&format!("{tag}.toml"), config),
-            socket: utf8(&unique_temp_path(&format!("{tag}.sock"))).to_string(),
+            socket: TempSocket::new(tag),
             state: TempDir::new(&format!("{tag}-state")),
             pins: None,
         }
@@ -192,7 +236,7 @@ impl GuardHome {
     pub fn args(&self) -> Vec<&str> {
         let mut args = vec![
             "--control-socket",
-            self.socket.as_str(),
+            self.socket.path(),
             "--state-dir",
             self.state.path(),
         ];
@@ -341,5 +385,26 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             kill_group(&mut child);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bound socket left behind (as by a daemon killed with SIGKILL) goes
+    /// with its `TempSocket`, also when the test holding it fails.
+    #[test]
+    fn a_control_socket_is_removed_on_drop_even_when_the_test_fails() {
+        let socket = TempSocket::new("drop");
+        let path = PathBuf::from(socket.path());
+        let seen = path.clone();
+        let failed = std::panic::catch_unwind(move || {
+            let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+            assert!(seen.exists());
+            panic!("a failing test");
+        });
+        assert!(failed.is_err());
+        assert!(!path.exists(), "{} left behind", path.display());
     }
 }

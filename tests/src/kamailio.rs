@@ -13,7 +13,7 @@ use guard_userspace::{kernel::maps::KernelMaps, sip::parser};
 use md5::{Digest, Md5};
 
 use crate::{
-    daemon::{start_guard, Daemon, TempDir, TempFile},
+    daemon::{start_guard, Daemon, TempDir, TempFile, TempSocket},
     netns::Link,
 };
 
@@ -32,7 +32,7 @@ pub struct Pbx {
     pub kamailio: Daemon,
     program_id: u32,
     _config: TempFile,
-    pub socket: String,
+    pub socket: TempSocket,
     /// Kamailio's runtime directory, removed after it has stopped.
     _run_dir: TempDir,
     /// The guard's state directory, kept across [`Pbx::restart_guard`].
@@ -97,10 +97,7 @@ impl Pbx {
             .expect("kamailio listening");
 
         let config = TempFile::new(&format!("{tag}.toml"), config);
-        let socket = std::env::temp_dir()
-            .join(format!("sipguard-{tag}-{}.sock", std::process::id()))
-            .display()
-            .to_string();
+        let socket = TempSocket::new(tag);
         let state = TempDir::new(&format!("state-{tag}"));
         let (guard, program_id) = guard_in(&link, &config, &socket, &state);
         Pbx {

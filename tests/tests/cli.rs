@@ -3,7 +3,10 @@
 //! privileges. None of these touches the kernel.
 use std::process::{Command, Output};
 
-use sipguard_tests::{daemon::sipguard_bin, is_root};
+use sipguard_tests::{
+    daemon::{sipguard_bin, TempSocket},
+    is_root,
+};
 
 fn sipguard(args: &[&str]) -> Output {
     Command::new(sipguard_bin())
@@ -253,13 +256,9 @@ fn run_into_closed_pipe(
     args: &[&str],
     answer: guard_userspace::control::protocol::Response,
 ) -> (Output, String) {
-    let socket = std::env::temp_dir().join(format!(
-        "sipguard-cli-epipe-{}-{}.sock",
-        std::process::id(),
-        args.join("-")
-    ));
+    let socket = TempSocket::new(&format!("cli-epipe-{}", args.join("-")));
     let (go, wait) = std::sync::mpsc::channel();
-    let daemon = answer_once(&socket, answer, wait);
+    let daemon = answer_once(socket.as_ref(), answer, wait);
     let mut child = Command::new(sipguard_bin())
         .arg("--control-socket")
         .arg(&socket)
@@ -273,7 +272,6 @@ fn run_into_closed_pipe(
     go.send(()).unwrap();
     let out = child.wait_with_output().unwrap();
     let request = daemon.join().unwrap();
-    let _ = std::fs::remove_file(&socket);
     (out, request)
 }
 
@@ -341,22 +339,19 @@ fn daemon_errors_become_exit_codes() {
         (ErrorKind::NotFound, 3),
         (ErrorKind::Refused, 4),
     ] {
-        let socket = std::env::temp_dir().join(format!(
-            "sipguard-cli-kind-{}-{code}.sock",
-            std::process::id()
-        ));
+        let socket = TempSocket::new(&format!("cli-kind-{code}"));
         let (go, wait) = std::sync::mpsc::channel();
-        let daemon = answer_once(&socket, Err(ControlError::new(kind, "no such thing")), wait);
+        let error = Err(ControlError::new(kind, "no such thing"));
+        let daemon = answer_once(socket.as_ref(), error, wait);
         go.send(()).unwrap();
         let out = sipguard(&[
             "--control-socket",
-            socket.to_str().unwrap(),
+            socket.path(),
             "ban",
             "remove",
             "192.0.2.1",
         ]);
         daemon.join().unwrap();
-        let _ = std::fs::remove_file(&socket);
         assert_eq!(out.status.code(), Some(code), "{kind:?}");
         assert_eq!(stderr(&out), "sipguard: no such thing");
     }
@@ -396,18 +391,14 @@ fn ban_lengths_and_addresses_are_checked_before_the_daemon() {
 /// The request line the CLI sends for `args` (the stand-in daemon answers
 /// with `answer`).
 fn request_of(args: &[&str], answer: guard_userspace::control::protocol::Response) -> String {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let socket =
-        std::env::temp_dir().join(format!("sipguard-cli-req-{}-{n}.sock", std::process::id()));
+    let socket = TempSocket::new("cli-req");
     let (go, wait) = std::sync::mpsc::channel();
-    let daemon = answer_once(&socket, answer, wait);
+    let daemon = answer_once(socket.as_ref(), answer, wait);
     go.send(()).unwrap();
-    let mut full = vec!["--control-socket", socket.to_str().unwrap()];
+    let mut full = vec!["--control-socket", socket.path()];
     full.extend_from_slice(args);
     let out = sipguard(&full);
     let request = daemon.join().unwrap();
-    let _ = std::fs::remove_file(&socket);
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     request
 }

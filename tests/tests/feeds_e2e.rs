@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use guard_userspace::control::protocol::{BanRow, Status};
 use sipguard_tests::{
-    daemon::{start_guard, Daemon, TempDir, TempFile},
+    daemon::{start_guard, Daemon, TempDir, TempFile, TempSocket},
     feeds::{FeedServer, Mode, APIBAN_KEY, API_PATH, LIST_PATH},
     netns::Link,
     traffic::{cli, delivered, CLIENT_ADDRS, PBX_ADDRS},
@@ -31,7 +31,7 @@ const REFRESHED: Duration = Duration::from_secs(30);
 struct Site {
     link: Link,
     config: TempFile,
-    socket: String,
+    socket: TempSocket,
     state: TempDir,
 }
 
@@ -40,10 +40,7 @@ impl Site {
     /// be up for the config to name its port).
     fn new(link: Link, tag: &str, feeds: &str) -> Site {
         let config = format!("[[allow]]\ncidr = \"{OFFICE}/32\"\ncomment = \"office\"\n\n{feeds}");
-        let socket = std::env::temp_dir()
-            .join(format!("sipguard-{tag}-{}.sock", std::process::id()))
-            .display()
-            .to_string();
+        let socket = TempSocket::new(tag);
         Site {
             link,
             config: TempFile::new(&format!("{tag}.toml"), &config),

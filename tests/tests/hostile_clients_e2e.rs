@@ -10,7 +10,7 @@ use std::{
 };
 
 use sipguard_tests::{
-    daemon::{start_guard, TempDir, TempFile},
+    daemon::{start_guard, TempDir, TempFile, TempSocket},
     metrics,
     netns::{Link, NetNs},
     traffic::{cli, delivered, CLIENT_ADDRS, PBX_ADDRS},
@@ -106,10 +106,7 @@ fn scrape(ns: &NetNs) -> Result<String, String> {
 fn a_descriptor_flood_from_an_unprivileged_user_starves_nothing() {
     let link = Link::new("flood", &CLIENT_ADDRS, &PBX_ADDRS).unwrap();
     let config = TempFile::new("flood.toml", "");
-    let socket = std::env::temp_dir()
-        .join(format!("sipguard-flood-{}.sock", std::process::id()))
-        .display()
-        .to_string();
+    let socket = TempSocket::new("flood");
     let metrics = format!("127.0.0.1:{METRICS_PORT}");
     let (mut guard, _) = start_guard(
         &link.right,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use guard_userspace::control::protocol::BanRow;
 use sipguard_tests::{
-    daemon::{start_guard, Daemon, PinRoot, TempDir, TempFile},
+    daemon::{start_guard, Daemon, PinRoot, TempDir, TempFile, TempSocket},
     metrics,
     netns::Link,
     traffic::{cli, cli_in, delivered, xdp_attached, CLIENT_ADDRS, PBX_ADDRS},
@@ -23,7 +23,7 @@ const FRAUDSTER: &str = "10.77.0.4";
 /// One namespace's PBX side: its link and its control socket.
 struct Pbx {
     link: Link,
-    socket: String,
+    socket: TempSocket,
 }
 
 impl Pbx {
@@ -32,10 +32,7 @@ impl Pbx {
         let iface = format!("sgid{}", std::process::id() % 100_000);
         let link = Link::named(tag, &format!("{iface}c"), &iface, &CLIENT_ADDRS, &PBX_ADDRS)
             .expect("namespaces and veth");
-        let socket = std::env::temp_dir()
-            .join(format!("sipguard-{tag}-{}.sock", std::process::id()))
-            .display()
-            .to_string();
+        let socket = TempSocket::new(tag);
         Pbx { link, socket }
     }
 

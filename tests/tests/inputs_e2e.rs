@@ -8,7 +8,7 @@ use std::{
 };
 
 use sipguard_tests::{
-    daemon::{sipguard_bin, start_guard, TempFile},
+    daemon::{sipguard_bin, start_guard, TempFile, TempSocket},
     netns::Link,
     traffic::{cli, delivered, CLIENT_ADDRS, PBX_ADDRS},
 };
@@ -98,10 +98,7 @@ fn check_config_refuses_capacities_the_kernel_cannot_give_and_reports_memory() {
 fn apply_of_a_fifo_is_refused_and_nothing_stalls() {
     let link = Link::new("fifo", &CLIENT_ADDRS, &PBX_ADDRS).unwrap();
     let config = TempFile::new("fifo-start.toml", "");
-    let socket = std::env::temp_dir()
-        .join(format!("sipguard-fifo-{}.sock", std::process::id()))
-        .display()
-        .to_string();
+    let socket = TempSocket::new("fifo");
     let (_guard, _) = start_guard(
         &link.right,
         &link.right_if,
@@ -165,10 +162,7 @@ fn saved_bans_beyond_the_capacity_restore_the_newest_and_keep_the_rest() {
         format!(r#"{{"version":1,"bans":[{}]}}"#, bans.join(",")),
     )
     .unwrap();
-    let socket = std::env::temp_dir()
-        .join(format!("sipguard-over-{}.sock", std::process::id()))
-        .display()
-        .to_string();
+    let socket = TempSocket::new("over");
     let (guard, _) = start_guard(
         &link.right,
         &link.right_if,
@@ -231,10 +225,7 @@ fn a_read_only_state_directory_allows_the_start_and_failed_saves_are_counted() {
     )
     .unwrap();
 
-    let socket = std::env::temp_dir()
-        .join(format!("sipguard-rost-{}.sock", std::process::id()))
-        .display()
-        .to_string();
+    let socket = TempSocket::new("rost");
     let (guard, _) = start_guard(
         &link.right,
         &link.right_if,
@@ -301,10 +292,7 @@ fn restored_ipv6_ban_keys_with_host_bits_are_masked_and_enforced() {
         format!(r#"{{"version":1,"bans":[{ban}]}}"#),
     )
     .unwrap();
-    let socket = std::env::temp_dir()
-        .join(format!("sipguard-v6ban-{}.sock", std::process::id()))
-        .display()
-        .to_string();
+    let socket = TempSocket::new("v6ban");
     let (mut guard, _) = start_guard(
         &link.right,
         &link.right_if,

@@ -11,7 +11,7 @@ use std::{
 use guard_common::{BanReason, Reason, SourceKey};
 use guard_userspace::kernel::maps::KernelMaps;
 use sipguard_tests::{
-    daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile},
+    daemon::{sipguard_bin, start_guard, Daemon, PinRoot, TempDir, TempFile, TempSocket},
     netns::Link,
     traffic::{
         cli, connect_from, delivered, send_udp, tcp_connects, xdp_attached, UdpSink, CLIENT_ADDRS,
@@ -467,8 +467,7 @@ fn the_systemd_units_capabilities_are_enough() {
 fn the_cli_bans_and_unbans_through_the_control_socket() {
     use std::os::unix::fs::PermissionsExt;
     let (link, config) = setup();
-    let socket = std::env::temp_dir().join(format!("sipguard-ctl-{}.sock", std::process::id()));
-    let socket = socket.to_str().unwrap().to_string();
+    let socket = TempSocket::new("ctl");
     let (mut guard, program_id) = start(&link, &config, &["--control-socket", &socket]);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "root-only socket");
@@ -551,8 +550,7 @@ fn the_cli_bans_and_unbans_through_the_control_socket() {
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn allow_and_deny_changes_apply_to_live_traffic() {
     let (link, config) = setup();
-    let socket = std::env::temp_dir().join(format!("sipguard-lists-{}.sock", std::process::id()));
-    let socket = socket.to_str().unwrap().to_string();
+    let socket = TempSocket::new("lists");
     let (mut guard, _) = start(&link, &config, &["--control-socket", &socket]);
     let arrived = |source: &'static str, count: usize| delivered(&link, source, count);
     let ok = |out: std::process::Output| {
@@ -654,8 +652,7 @@ cidr = "10.77.0.3/32"
 comment = "scanner"
 "#,
     );
-    let socket = std::env::temp_dir().join(format!("sipguard-explain-{}.sock", std::process::id()));
-    let socket = socket.to_str().unwrap().to_string();
+    let socket = TempSocket::new("explain");
     let (mut guard, _) = start(&link, &config, &["--control-socket", &socket]);
     let explain = |ip: &str| -> Vec<(String, String, String)> {
         let out = cli(&socket, &["explain", ip, "--json"]);
@@ -743,8 +740,7 @@ comment = "scanner"
 #[ignore = "needs root: run through `cargo xtask test`"]
 fn monitor_mode_switches_at_run_time() {
     let (link, config) = setup();
-    let socket = std::env::temp_dir().join(format!("sipguard-monitor-{}.sock", std::process::id()));
-    let socket = socket.to_str().unwrap().to_string();
+    let socket = TempSocket::new("monitor");
     let (mut guard, program_id) = start(&link, &config, &["--control-socket", &socket]);
     let arrived = |count: usize| delivered(&link, DENIED, count);
     assert_eq!(arrived(3), 0);
