@@ -482,17 +482,18 @@ const fn low_bytes(count: usize) -> u64 {
 
 /// A header name [`SipScan::advance`] reads at once: its bytes and colon
 /// (`text`, with `fold` setting bit 5 of its letters, `mask` its bytes),
-/// and the name as the byte loop packs it.
+/// and the header it starts.
 #[derive(Clone, Copy)]
 struct KnownName {
     text: [u64; 2],
     fold: [u64; 2],
     mask: [u64; 2],
-    name: [u64; 3],
     len: u8,
+    /// The header [`SipScan::start_value`] would find for `name`.
+    header: u8,
 }
 
-const fn known(name: &[u8]) -> KnownName {
+const fn known(name: &[u8], header: u8) -> KnownName {
     let mut text = [0u64; 2];
     let mut fold = [0u64; 2];
     let mut mask = [0u64; 2];
@@ -511,33 +512,33 @@ const fn known(name: &[u8]) -> KnownName {
         text,
         fold,
         mask,
-        name: pack(name),
         len: name.len() as u8,
+        header,
     }
 }
 
 /// The headers of common requests (at most 15 bytes, the colon making 16),
 /// by their first letter; others go byte by byte.
-const K_VIA: KnownName = known(b"via");
-const K_V: KnownName = known(b"v");
-const K_MAX_FORWARDS: KnownName = known(b"max-forwards");
-const K_M: KnownName = known(b"m");
-const K_TO: KnownName = known(b"to");
-const K_T: KnownName = known(b"t");
-const K_FROM: KnownName = known(b"from");
-const K_F: KnownName = known(b"f");
-const K_CALL_ID: KnownName = known(b"call-id");
-const K_CSEQ: KnownName = known(b"cseq");
-const K_CONTACT: KnownName = known(b"contact");
-const K_CONTENT_LENGTH: KnownName = known(b"content-length");
-const K_CONTENT_TYPE: KnownName = known(b"content-type");
-const K_I: KnownName = known(b"i");
-const K_L: KnownName = known(b"l");
-const K_AUTHORIZATION: KnownName = known(b"authorization");
-const K_ALLOW: KnownName = known(b"allow");
-const K_USER_AGENT: KnownName = known(b"user-agent");
-const K_SUPPORTED: KnownName = known(b"supported");
-const K_EXPIRES: KnownName = known(b"expires");
+const K_VIA: KnownName = known(b"via", H_OTHER);
+const K_V: KnownName = known(b"v", H_OTHER);
+const K_MAX_FORWARDS: KnownName = known(b"max-forwards", H_OTHER);
+const K_M: KnownName = known(b"m", H_CONTACT);
+const K_TO: KnownName = known(b"to", H_TO);
+const K_T: KnownName = known(b"t", H_TO);
+const K_FROM: KnownName = known(b"from", H_FROM);
+const K_F: KnownName = known(b"f", H_FROM);
+const K_CALL_ID: KnownName = known(b"call-id", H_OTHER);
+const K_CSEQ: KnownName = known(b"cseq", H_OTHER);
+const K_CONTACT: KnownName = known(b"contact", H_CONTACT);
+const K_CONTENT_LENGTH: KnownName = known(b"content-length", H_OTHER);
+const K_CONTENT_TYPE: KnownName = known(b"content-type", H_OTHER);
+const K_I: KnownName = known(b"i", H_OTHER);
+const K_L: KnownName = known(b"l", H_OTHER);
+const K_AUTHORIZATION: KnownName = known(b"authorization", H_AUTH);
+const K_ALLOW: KnownName = known(b"allow", H_OTHER);
+const K_USER_AGENT: KnownName = known(b"user-agent", H_AGENT);
+const K_SUPPORTED: KnownName = known(b"supported", H_OTHER);
+const K_EXPIRES: KnownName = known(b"expires", H_OTHER);
 
 #[inline(always)]
 fn is_name(w0: u64, w1: u64, name: &KnownName) -> bool {
@@ -598,22 +599,15 @@ fn opaque<T>(value: &T) -> &T {
     }
 }
 
-/// Word `k` (< [`SKIP_WORDS`]) from `at` in `buf`, its bytes from `avail`
-/// on zero.
+/// Word `k` (< [`SKIP_WORDS`]) from `at` in `buf`: one load, no test.
+/// Its bytes past the input are zero, as the caller of
+/// [`SipScan::advance`] leaves the [`SCAN_PAD`] bytes after the input.
 #[inline(always)]
-fn masked_word(buf: &[u8; SCAN_BYTES + SCAN_PAD], at: usize, k: usize, avail: usize) -> u64 {
+fn word_at(buf: &[u8; SCAN_BYTES + SCAN_PAD], at: usize, k: usize) -> u64 {
     let offset = (at & (SCAN_BYTES - 1)) + (k & (SKIP_WORDS - 1)) * 8;
     // SAFETY: offset + 8 <= SCAN_BYTES - 1 + (SKIP_WORDS - 1) * 8 + 8,
     // within the padding.
-    let word = unsafe { load_word(buf.as_ptr().add(offset)) };
-    let left = avail.wrapping_sub(k * 8);
-    if k * 8 >= avail {
-        0
-    } else if left >= 8 {
-        word
-    } else {
-        word & low_bytes(left)
-    }
+    unsafe { load_word(buf.as_ptr().add(offset)) }
 }
 
 /// `value`, unknown to the compiler from here on (see [`opaque`]): a mask
@@ -661,6 +655,31 @@ pub unsafe fn load_word(at: *const u8) -> u64 {
     {
         // SAFETY: forwarded from the caller.
         u64::from_le(unsafe { core::ptr::read_unaligned(at as *const u64) })
+    }
+}
+
+/// Zeroes the eight bytes at `at`, whatever its alignment: on BPF one
+/// store (see [`load_word`]).
+///
+/// # Safety
+/// `at..at + 8` must be writable.
+#[inline(always)]
+pub unsafe fn store_zero_word(at: *mut u8) {
+    #[cfg(target_arch = "bpf")]
+    {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            core::arch::asm!(
+                "*(u64 *)({at} + 0) = 0",
+                at = in(reg) at,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        // SAFETY: forwarded from the caller.
+        unsafe { core::ptr::write_unaligned(at as *mut u64, 0) }
     }
 }
 
@@ -864,8 +883,9 @@ impl SipScan {
 
     /// Reads a run of bytes at once where the byte loop would only pass
     /// over them, step the fingerprint automaton or match a known header
-    /// name, from `buf[pos..len]` (`pos < len <= SCAN_BYTES`; `buf`'s
-    /// padding lets it load words past `len`, which it ignores). Returns
+    /// name, from `buf[pos..len]` (`pos < len <= SCAN_BYTES`; the
+    /// [`SCAN_PAD`] bytes of `buf` from `len` must be zero: words are
+    /// loaded past the input without a test). Returns
     /// how many bytes it read, 0 when the byte at `pos` needs
     /// [`SipScan::step`]. Whatever it reads leaves the reader exactly as
     /// the byte loop would (the tests check that on arbitrary input).
@@ -883,10 +903,10 @@ impl SipScan {
         let at = pos & (SCAN_BYTES - 1);
         let avail = len.wrapping_sub(pos);
         if self.phase == P_SKIP {
-            return self.skip_run(buf, at, avail, table);
+            return self.skip_run(buf, at, table);
         }
-        let w0 = masked_word(buf, at, 0, avail);
-        let w1 = masked_word(buf, at, 1, avail);
+        let w0 = word_at(buf, at, 0);
+        let w1 = word_at(buf, at, 1);
         let count = if avail < 8 { avail } else { 8 };
         match self.phase {
             P_VALUE => self.value_run(w0, count, table),
@@ -899,26 +919,22 @@ impl SipScan {
     }
 
     /// Inside a header nobody reads: up to the line feed, a word at a time
-    /// (SWAR search), at most [`SKIP_WORDS`] words.
+    /// (SWAR search), at most [`SKIP_WORDS`] words. Bytes past the input
+    /// are zero, never a line feed: a run may end past the input, where
+    /// the caller stops.
     #[inline(always)]
     fn skip_run(
         &mut self,
         buf: &[u8; SCAN_BYTES + SCAN_PAD],
         at: usize,
-        avail: usize,
         table: &PatternTable,
     ) -> usize {
         let mut k = 0;
         while k < SKIP_WORDS {
-            let offset = k * 8;
-            if offset >= avail {
-                return avail;
-            }
-            // Bytes past the input read as zero: never a line feed.
-            let feeds = byte_mask(masked_word(buf, at, k, avail), b'\n');
+            let feeds = byte_mask(word_at(buf, at, k), b'\n');
             if feeds != 0 {
                 self.end_line(table);
-                return offset + first_flagged(feeds) + 1;
+                return k * 8 + first_flagged(feeds) + 1;
             }
             k += 1;
         }
@@ -1180,13 +1196,9 @@ impl SipScan {
         let Some(name) = known_name(w0, w1) else {
             return 0;
         };
-        self.header = H_OTHER;
-        set(&mut self.name[0], name.name[0]);
-        set(&mut self.name[1], name.name[1]);
-        set(&mut self.name[2], 0);
-        set(&mut self.name_len, name.len);
-        self.phase = P_NAME;
-        self.start_value(table);
+        // The header `start_value` would find from the name words (which
+        // nothing reads after it: they are not stored).
+        self.start_header(name.header, table);
         // A blank after the colon is passed over whether the value is read
         // or skipped.
         let at = name.len as u32 + 1;
@@ -1407,6 +1419,7 @@ impl SipScan {
         self.name_len += 1;
     }
 
+    /// The name's colon: which header it is, and how its value is read.
     #[inline(always)]
     fn start_value(&mut self, table: &PatternTable) {
         let name = self.name;
@@ -1425,6 +1438,12 @@ impl SipScan {
         } else {
             H_OTHER
         };
+        self.start_header(header, table);
+    }
+
+    /// [`SipScan::start_value`] once the header is known.
+    #[inline(always)]
+    fn start_header(&mut self, header: u8, table: &PatternTable) {
         self.header = header;
         set(&mut self.value_len, 0);
         set(&mut self.fold, 0);
@@ -1901,3 +1920,40 @@ pub fn scan(payload: &[u8], table: &PatternTable) -> SipSummary {
 #[cfg(test)]
 #[path = "sip_scan_tests.rs"]
 pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "sip_scan_tests.rs"]
+pub(crate) mod tests;
+
+#[cfg(test)]
+pub fn trace(payload: &[u8], table: &PatternTable) {
+    extern crate std;
+    let mut scanner = SipScan::new();
+    scanner.reset();
+    let len = payload.len().min(SCAN_BYTES);
+    let mut buf = [0u8; SCAN_BYTES + SCAN_PAD];
+    buf[..len].copy_from_slice(&payload[..len]);
+    let mut pos = 0;
+    let mut it = 0;
+    while pos < len && scanner.wants_more() {
+        let phase = scanner.phase;
+        let read = scanner.advance(&buf, pos, len, table);
+        let n = if read == 0 { 1 } else { read };
+        std::println!(
+            "{it:3} ph={phase:2} h={} {} {:?}",
+            scanner.header,
+            if read == 0 { "BYTE" } else { "run " },
+            std::string::String::from_utf8_lossy(&buf[pos..pos + n])
+        );
+        it += 1;
+        if read == 0 {
+            let byte = buf[pos];
+            if !scanner.skips(byte) {
+                scanner.step(byte, table);
+            }
+            pos += 1;
+        } else {
+            pos += read;
+        }
+    }
+}

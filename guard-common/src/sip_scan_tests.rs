@@ -380,6 +380,50 @@ fn byte_mask_finds_the_first_of_every_position() {
     assert_eq!(byte_mask(u64::from_le_bytes([0x8a; 8]), b'\n'), 0);
 }
 
+/// Each name the runs match starts the header the byte loop finds from
+/// the name's packed words.
+#[test]
+fn known_names_start_the_byte_loops_headers() {
+    let names: [(&[u8], &KnownName); 20] = [
+        (b"via", &K_VIA),
+        (b"v", &K_V),
+        (b"max-forwards", &K_MAX_FORWARDS),
+        (b"m", &K_M),
+        (b"to", &K_TO),
+        (b"t", &K_T),
+        (b"from", &K_FROM),
+        (b"f", &K_F),
+        (b"call-id", &K_CALL_ID),
+        (b"cseq", &K_CSEQ),
+        (b"contact", &K_CONTACT),
+        (b"content-length", &K_CONTENT_LENGTH),
+        (b"content-type", &K_CONTENT_TYPE),
+        (b"i", &K_I),
+        (b"l", &K_L),
+        (b"authorization", &K_AUTHORIZATION),
+        (b"allow", &K_ALLOW),
+        (b"user-agent", &K_USER_AGENT),
+        (b"supported", &K_SUPPORTED),
+        (b"expires", &K_EXPIRES),
+    ];
+    for (text, known) in names {
+        let mut scanner = SipScan::new();
+        scanner.reset();
+        scanner.name = pack(text);
+        scanner.name_len = text.len() as u8;
+        scanner.start_value(&PatternTable::EMPTY);
+        let name = String::from_utf8_lossy(text);
+        assert_eq!(scanner.header, known.header, "{name}");
+        assert_eq!(known.len as usize, text.len(), "{name}");
+        let mut line = [0u8; 16];
+        line[..text.len()].copy_from_slice(text);
+        line[text.len()] = b':';
+        let w0 = u64::from_le_bytes(line[..8].try_into().unwrap());
+        let w1 = u64::from_le_bytes(line[8..].try_into().unwrap());
+        assert!(is_name(w0, w1, known), "{name}");
+    }
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

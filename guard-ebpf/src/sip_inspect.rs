@@ -1,9 +1,10 @@
 //! SIP inspection on the packet path: copies the start of a request's
 //! payload into a per-CPU buffer and runs the shared reader
-//! (`guard_common::sip_scan`) over it with `bpf_loop`. Each iteration reads
-//! a run of bytes where it can (`SipScan::advance`: a header nobody reads up
-//! to its line feed, eight bytes of a value only the fingerprint automaton
-//! reads, a known header name), else one byte. The verifier checks the body
+//! (`guard_common::sip_scan`) over it with `bpf_loop`. Each iteration takes
+//! two steps; a step reads a run of bytes where it can (`SipScan::advance`:
+//! a header nobody reads up to its line feed, eight bytes of a value only
+//! the fingerprint automaton reads, a known header name), else one byte.
+//! The verifier checks the body
 //! once, whatever the length; the reading position lives in the per-CPU
 //! scratch, not on the stack, which the packet path has nearly used up.
 use aya_ebpf::{
@@ -16,7 +17,9 @@ use guard_common::{
         dial_prefix_len, dials, named_rules, permit_prefix_len, SipPermit, DIAL_KEY_BYTES,
         DIAL_PERMIT_PEERS, PERMIT_KEY_BYTES, RULES_DIAL, USER_AUTH, USER_FROM, USER_TO,
     },
-    sip_scan::{PatternTable, ScanStatus, SipScan, SCAN_BYTES, SCAN_PAD, USER_BYTES},
+    sip_scan::{
+        store_zero_word, PatternTable, ScanStatus, SipScan, SCAN_BYTES, SCAN_PAD, USER_BYTES,
+    },
     verdict::Address,
     SourceKey, POLICY_SLOTS,
 };
@@ -122,6 +125,7 @@ pub extern "C" fn sipguard_read_sip(ctx: *mut xdp_md, start: u32, len: u32, slot
     }
     // SAFETY: a per-CPU map value only this CPU uses.
     unsafe {
+        zero_pad(scratch, len);
         (*scratch).len = len as u32;
         (*scratch).pos = 0;
         (*scratch).scan.reset();
@@ -151,6 +155,26 @@ pub extern "C" fn sipguard_read_sip(ctx: *mut xdp_md, start: u32, len: u32, slot
                     0
                 }
             }
+        }
+    }
+}
+
+/// Zeroes the [`SCAN_PAD`] bytes after the copy's `len` (at most
+/// `SCAN_BYTES`): `SipScan::advance` loads words past the input without a
+/// test and reads their bytes as zero. Eight stores per packet instead of
+/// a test per word.
+///
+/// # Safety
+/// `scratch` is this CPU's scratch.
+#[inline(always)]
+unsafe fn zero_pad(scratch: *mut Scratch, len: usize) {
+    // SAFETY: len + SCAN_PAD <= the buffer's size.
+    unsafe {
+        let at = (core::ptr::addr_of_mut!((*scratch).buf) as *mut u8).add(len);
+        let mut k = 0;
+        while k < SCAN_PAD / 8 {
+            store_zero_word(at.add(k * 8));
+            k += 1;
         }
     }
 }
@@ -280,39 +304,52 @@ pub fn take_denied() -> u32 {
     }
 }
 
-/// The loop body: a run of bytes (`SipScan::advance`), else one byte;
-/// inside a header nobody reads, a byte other than a line feed costs one
-/// test. Returns 1 to stop.
+/// The loop body: two steps of [`one_step`] (half the calls: each costs
+/// about 1.4 ns). Returns 1 to stop.
 #[inline(never)]
 extern "C" fn read_step(_index: u64, state: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `state` is the LoopState `sipguard_read_sip` passed to
     // bpf_loop: a per-CPU value only this CPU uses and a live map value.
-    // Offsets are masked to `buf`, whose padding holds the words read past it.
     unsafe {
         let state = &*(state as *const LoopState);
         let scratch = &mut *state.scratch;
-        let len = scratch.len as usize;
-        let pos = scratch.pos as usize;
-        if pos >= len {
+        let table = &*state.table;
+        if one_step(scratch, table) != 0 {
             return 1;
         }
-        let table = &*state.table;
-        let read = scratch.scan.advance(&scratch.buf, pos, len, table);
-        if read != 0 {
-            scratch.pos = (pos + read) as u32;
-            return 0;
-        }
-        let at = pos & (SCAN_BYTES - 1);
-        scratch.pos = pos as u32 + 1;
-        let byte = scratch.buf[at];
-        if scratch.scan.skips(byte) {
-            return 0;
-        }
-        // The class from a second, volatile load: see `SipScan::step_classed`.
-        let again = core::ptr::read_volatile(scratch.buf.as_ptr().add(at));
-        let class = table.class[again as usize];
-        i64::from(!scratch.scan.step_classed(byte, class, table))
+        one_step(scratch, table)
     }
+}
+
+/// A run of bytes (`SipScan::advance`), else one byte; inside a header
+/// nobody reads, a byte other than a line feed costs one test. Returns 1
+/// to stop.
+///
+/// # Safety
+/// Offsets are masked to `buf`, whose padding holds the words read past it.
+#[inline(always)]
+unsafe fn one_step(scratch: &mut Scratch, table: &PatternTable) -> i64 {
+    let len = scratch.len as usize;
+    let pos = scratch.pos as usize;
+    if pos >= len {
+        return 1;
+    }
+    let read = scratch.scan.advance(&scratch.buf, pos, len, table);
+    if read != 0 {
+        scratch.pos = (pos + read) as u32;
+        return 0;
+    }
+    let at = pos & (SCAN_BYTES - 1);
+    scratch.pos = pos as u32 + 1;
+    let byte = scratch.buf[at];
+    if scratch.scan.skips(byte) {
+        return 0;
+    }
+    // The class from a second, volatile load: see `SipScan::step_classed`.
+    // SAFETY: `at` is masked to `buf`.
+    let again = unsafe { core::ptr::read_volatile(scratch.buf.as_ptr().add(at)) };
+    let class = table.class[again as usize];
+    i64::from(!scratch.scan.step_classed(byte, class, table))
 }
 
 #[inline(always)]
