@@ -725,6 +725,8 @@ const RUN_QUOTED: u8 = 1;
 const RUN_USER: u8 = 2;
 const RUN_COPY: u8 = 3;
 const RUN_SEEK: u8 = 4;
+/// A seek that starts at a display name's opening quote.
+const RUN_SEEK_QUOTED: u8 = 5;
 
 /// Bytes a URI user's reader acts on (or that end the value or the
 /// request line): the user runs stop before them. `;`, `,` and `?` end a
@@ -909,9 +911,18 @@ impl SipScan {
         let w1 = word_at(buf, at, 1);
         let count = if avail < 8 { avail } else { 8 };
         match self.phase {
-            P_VALUE => self.value_run(w0, count, table),
+            P_VALUE => self.value_run(w0, w1, count, table),
             P_URI => self.request_user_run(w0, count, table),
-            P_LINE_START => self.name_run(w0, w1, table),
+            P_LINE_START => {
+                let read = self.name_run(w0, w1, table);
+                if read != 0 && self.phase == P_SKIP && read < avail {
+                    // A header nobody reads: on to its line feed in the
+                    // same step (`at + read` < `len`: no wrap).
+                    read + self.skip_run(buf, at + read, table)
+                } else {
+                    read
+                }
+            }
             P_METHOD => self.method_run(w0, w1),
             P_VERSION => self.version_run(w0, w1),
             _ => 0,
@@ -948,7 +959,7 @@ impl SipScan {
     /// pattern ending or the automaton dying at it, a byte the sub-reader
     /// acts on.
     #[inline(always)]
-    fn value_run(&mut self, word: u64, count: usize, table: &PatternTable) -> usize {
+    fn value_run(&mut self, word: u64, w1: u64, count: usize, table: &PatternTable) -> usize {
         if word & 0xffff == 0x0a0d {
             // CR LF (bytes past the input are zero): the CR is dropped, the
             // LF ends the line.
@@ -971,7 +982,7 @@ impl SipScan {
             }
         };
         let header = self.header;
-        let mode = match header {
+        let mut mode = match header {
             H_FROM | H_TO => match self.uri {
                 U_DONE => RUN_PLAIN,
                 U_QUOTED => RUN_QUOTED,
@@ -985,7 +996,7 @@ impl SipScan {
             }
             H_AGENT => RUN_COPY,
             // No fingerprints in credentials (`dfa` is 0): the sub-reader only.
-            H_AUTH => return self.auth_run(word, count, table),
+            H_AUTH => return self.auth_run(word, w1, count, table),
             _ => return 0,
         };
         let mut dfa = self.dfa;
@@ -996,8 +1007,23 @@ impl SipScan {
         // Where the sub-reader would act: the run stops before it (or, for
         // a URI's start and a user's `@`, takes it whole).
         let mut at_sign = false;
+        // A quote the run takes as its last byte: it closes (or, in a seek,
+        // opens and closes) the display name.
+        let mut closes = false;
         let count = match mode {
-            RUN_QUOTED => until_either(word, count, b'"', b'\\'),
+            RUN_QUOTED => {
+                let stop = until_either(word, count, b'"', b'\\');
+                closes = stop < count && (word >> (stop * 8)) as u8 == b'"';
+                stop + closes as usize
+            }
+            RUN_SEEK if count > 0 && word as u8 == b'"' => {
+                // A quoted display name: its opening quote, its text, and
+                // its closing quote if this word holds it.
+                let stop = 1 + until_either(word >> 8, count - 1, b'"', b'\\');
+                closes = stop < count && (word >> (stop * 8)) as u8 == b'"';
+                mode = RUN_SEEK_QUOTED;
+                stop + closes as usize
+            }
             RUN_USER => {
                 let plain = plain_user_bytes(word, count);
                 at_sign = plain < count
@@ -1045,6 +1071,15 @@ impl SipScan {
             self.dfa = dfa;
         }
         match mode {
+            RUN_QUOTED if closes && read == count => self.uri = U_SEEK,
+            RUN_SEEK_QUOTED => {
+                if read == 0 {
+                    return 0;
+                }
+                if !(closes && read == count) {
+                    self.uri = U_QUOTED;
+                }
+            }
             RUN_USER if at_sign => {
                 if read == count {
                     self.user_bytes(word, read - 1, header, table);
@@ -1077,6 +1112,19 @@ impl SipScan {
             _ => {}
         }
         self.value_len = self.value_len.saturating_add(read as u16);
+        if read == count && read < 7 && self.phase == P_VALUE {
+            // The line ends right after the run: read its end too (the byte
+            // loop drops the CR and ends the line at the LF).
+            let next = (word >> (read * 8)) & 0xffff;
+            if next == 0x0a0d {
+                self.end_line(table);
+                return read + 2;
+            }
+            if next & 0xff == 0x0a {
+                self.end_line(table);
+                return read + 1;
+            }
+        }
         read
     }
 
@@ -1170,18 +1218,44 @@ impl SipScan {
     /// In credentials: the scheme's letters (nothing to do until its
     /// blank), the `username` parameter's name, and its quoted value.
     #[inline(always)]
-    fn auth_run(&mut self, word: u64, count: usize, table: &PatternTable) -> usize {
+    fn auth_run(&mut self, word: u64, w1: u64, count: usize, table: &PatternTable) -> usize {
         let read = match self.auth {
-            A_SCHEME => until_either(word, count, b' ', b'\t'),
+            A_SCHEME => {
+                // The scheme and the blank after it.
+                let stop = until_either(word, count, b' ', b'\t');
+                if stop < count {
+                    self.auth = A_PARAM_START;
+                    stop + 1
+                } else {
+                    stop
+                }
+            }
             A_PARAM_START if count == 8 && word | FOLD_ALL == USERNAME_WORD => {
-                self.auth_index = USERNAME.len() as u8;
-                self.auth = A_PARAM_NAME;
-                8
+                if w1 & 0xffff == u64::from(u16::from_le_bytes(*b"=\"")) {
+                    // `username="`: the quoted value starts (bytes that are
+                    // not zero are input).
+                    self.out.auth_user.clear();
+                    self.user_dfa = USER_START;
+                    self.auth = A_QUOTED;
+                    10
+                } else {
+                    self.auth_index = USERNAME.len() as u8;
+                    self.auth = A_PARAM_NAME;
+                    8
+                }
             }
             A_QUOTED => {
-                let read = until_either(word, count, b'"', b'\\');
-                self.user_bytes(word, read, H_AUTH, table);
-                read
+                let stop = until_either(word, count, b'"', b'\\');
+                self.user_bytes(word, stop, H_AUTH, table);
+                if stop < count && (word >> (stop * 8)) as u8 == b'"' {
+                    // The closing quote: the username is read, and nothing
+                    // else in credentials is (no fingerprints there).
+                    self.auth_found(table);
+                    self.phase = P_SKIP;
+                    stop + 1
+                } else {
+                    stop
+                }
             }
             _ => 0,
         };
@@ -1920,40 +1994,3 @@ pub fn scan(payload: &[u8], table: &PatternTable) -> SipSummary {
 #[cfg(test)]
 #[path = "sip_scan_tests.rs"]
 pub(crate) mod tests;
-
-#[cfg(test)]
-#[path = "sip_scan_tests.rs"]
-pub(crate) mod tests;
-
-#[cfg(test)]
-pub fn trace(payload: &[u8], table: &PatternTable) {
-    extern crate std;
-    let mut scanner = SipScan::new();
-    scanner.reset();
-    let len = payload.len().min(SCAN_BYTES);
-    let mut buf = [0u8; SCAN_BYTES + SCAN_PAD];
-    buf[..len].copy_from_slice(&payload[..len]);
-    let mut pos = 0;
-    let mut it = 0;
-    while pos < len && scanner.wants_more() {
-        let phase = scanner.phase;
-        let read = scanner.advance(&buf, pos, len, table);
-        let n = if read == 0 { 1 } else { read };
-        std::println!(
-            "{it:3} ph={phase:2} h={} {} {:?}",
-            scanner.header,
-            if read == 0 { "BYTE" } else { "run " },
-            std::string::String::from_utf8_lossy(&buf[pos..pos + n])
-        );
-        it += 1;
-        if read == 0 {
-            let byte = buf[pos];
-            if !scanner.skips(byte) {
-                scanner.step(byte, table);
-            }
-            pos += 1;
-        } else {
-            pos += read;
-        }
-    }
-}
