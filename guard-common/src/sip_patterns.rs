@@ -11,7 +11,8 @@ extern crate alloc;
 use alloc::{boxed::Box, collections::VecDeque, vec, vec::Vec};
 
 use crate::sip_scan::{
-    PatternField, PatternTable, PATTERN_CLASSES, PATTERN_FIELDS, PATTERN_STATES, START_CLASS,
+    PatternField, PatternTable, NEXT_STATE, NEXT_STOPS, PATTERN_CLASSES, PATTERN_FIELDS,
+    PATTERN_STATES, START_CLASS,
 };
 
 /// One fingerprint: `text` is matched ASCII case-insensitively against the
@@ -148,7 +149,10 @@ pub fn compile(patterns: &[Pattern<'_>]) -> Result<Box<PatternTable>, PatternErr
     }
     for (state, row) in goto.iter().enumerate() {
         let base = state * PATTERN_CLASSES;
-        table.next[base..base + PATTERN_CLASSES].copy_from_slice(row);
+        for (slot, &target) in table.next[base..base + PATTERN_CLASSES].iter_mut().zip(row) {
+            let stops = target == 0 || accept[target as usize] != 0;
+            *slot = if stops { target | NEXT_STOPS } else { target };
+        }
         table.accept[state] = accept[state];
     }
     Ok(table)
@@ -175,8 +179,9 @@ impl PatternTable {
             return None;
         }
         for &byte in value {
-            state =
-                self.next[state as usize * PATTERN_CLASSES + self.class[byte as usize] as usize];
+            state = self.next
+                [state as usize * PATTERN_CLASSES + self.class[byte as usize] as usize]
+                & NEXT_STATE;
             let number = self.accept[state as usize];
             if number != 0 {
                 return Some(number);

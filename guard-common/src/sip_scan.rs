@@ -39,7 +39,14 @@ pub const START_CLASS: u8 = 1;
 /// States of the automaton; state 0 is the dead state of a field without patterns.
 pub const PATTERN_STATES: usize = 512;
 
+/// [`PatternTable::next`]: the state it leads to (its low bits) is dead or
+/// ends a pattern.
+pub const NEXT_STOPS: u16 = 0x8000;
+/// [`PatternTable::next`]: the bits of the state.
+pub const NEXT_STATE: u16 = NEXT_STOPS - 1;
+
 const _: () = assert!(PATTERN_CLASSES.is_power_of_two());
+const _: () = assert!(PATTERN_STATES <= NEXT_STATE as usize);
 // `SipField::push_masked` masks with the length less one.
 const _: () = assert!(USER_BYTES.is_power_of_two() && AGENT_BYTES.is_power_of_two());
 const _: () = assert!(PATTERN_STATES.is_power_of_two());
@@ -93,7 +100,9 @@ pub struct PatternTable {
     pub start: [u16; PATTERN_FIELDS],
     /// Per state: the number (1-based) of the pattern that ends there, 0 if none.
     pub accept: [u16; PATTERN_STATES],
-    /// `next[state * PATTERN_CLASSES + class]`.
+    /// `next[state * PATTERN_CLASSES + class]`, with [`NEXT_STOPS`] set
+    /// where that state is dead (0) or ends a pattern: the runs test one
+    /// word per byte, not two.
     pub next: [u16; PATTERN_STATES * PATTERN_CLASSES],
     /// The extension rules' user automaton (see [`crate::sip_rules`]).
     pub users: UserTable,
@@ -127,6 +136,7 @@ impl PatternTable {
         _pad3: 0,
     };
 
+    /// The next state, with [`NEXT_STOPS`].
     #[inline(always)]
     fn step(&self, state: u16, class: u8) -> u16 {
         let class = class as usize & (PATTERN_CLASSES - 1);
@@ -1061,7 +1071,8 @@ impl SipScan {
                 let table = opaque(table);
                 let byte = (word >> (i * 8)) as u8;
                 let next = table.step(dfa, table.class[byte as usize]);
-                if next == 0 || table.accepts(next) != 0 {
+                if next & NEXT_STOPS != 0 {
+                    // Dead, or a pattern ends at this byte.
                     read = i;
                     break;
                 }
@@ -1112,10 +1123,14 @@ impl SipScan {
             _ => {}
         }
         self.value_len = self.value_len.saturating_add(read as u16);
-        if read == count && read < 7 && self.phase == P_VALUE {
+        if read == count && read > 0 && self.phase == P_VALUE {
             // The line ends right after the run: read its end too (the byte
             // loop drops the CR and ends the line at the LF).
-            let next = (word >> (read * 8)) & 0xffff;
+            let next = if read >= 8 {
+                w1
+            } else {
+                (word >> (read * 8)) | (w1 << (64 - read * 8))
+            } & 0xffff;
             if next == 0x0a0d {
                 self.end_line(table);
                 return read + 2;
@@ -1607,7 +1622,7 @@ impl SipScan {
     fn value_char(&mut self, byte: u8, class: u8, table: &PatternTable) {
         let header = self.header;
         if self.dfa != 0 {
-            self.dfa = table.step(self.dfa, class);
+            self.dfa = table.step(self.dfa, class) & NEXT_STATE;
             let pattern = table.accepts(self.dfa);
             if pattern != 0 {
                 self.out.pattern = pattern;
