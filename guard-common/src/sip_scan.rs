@@ -914,8 +914,8 @@ impl SipScan {
     ) -> usize {
         let at = pos & (SCAN_BYTES - 1);
         let avail = len.wrapping_sub(pos);
-        if self.phase == P_SKIP {
-            return self.skip_run(buf, at, table);
+        if self.phase == P_SKIP || self.phase == P_LINE_START {
+            return self.lines_run(buf, at, avail, table);
         }
         let w0 = word_at(buf, at, 0);
         let w1 = word_at(buf, at, 1);
@@ -923,20 +923,49 @@ impl SipScan {
         match self.phase {
             P_VALUE => self.value_run(w0, w1, count, table),
             P_URI => self.request_user_run(w0, count, table),
-            P_LINE_START => {
-                let read = self.name_run(w0, w1, table);
-                if read != 0 && self.phase == P_SKIP && read < avail {
-                    // A header nobody reads: on to its line feed in the
-                    // same step (`at + read` < `len`: no wrap).
-                    read + self.skip_run(buf, at + read, table)
-                } else {
-                    read
-                }
-            }
             P_METHOD => self.method_run(w0, w1),
             P_VERSION => self.version_run(w0, w1),
             _ => 0,
         }
+    }
+
+    /// Between headers: the rest of a header nobody reads (in `P_SKIP`),
+    /// the next line's known name, or the blank line that ends the
+    /// headers, and the rest of that header if nobody reads it either.
+    /// Every part starts before `len` (`at + read` < `len` <= `SCAN_BYTES`:
+    /// the words never wrap).
+    #[inline(always)]
+    fn lines_run(
+        &mut self,
+        buf: &[u8; SCAN_BYTES + SCAN_PAD],
+        at: usize,
+        avail: usize,
+        table: &PatternTable,
+    ) -> usize {
+        let mut read = 0;
+        if self.phase == P_SKIP {
+            read = self.skip_run(buf, at, table);
+            if self.phase != P_LINE_START || read >= avail {
+                return read;
+            }
+        }
+        let w0 = word_at(buf, at + read, 0);
+        if w0 & 0xffff == 0x0a0d || w0 & 0xff == 0x0a {
+            // The blank line: the headers were read whole.
+            self.out.status = ScanStatus::Complete;
+            self.phase = P_DONE;
+            return read + if w0 & 0xff == 0x0a { 1 } else { 2 };
+        }
+        let name = self.name_run(w0, word_at(buf, at + read, 1), table);
+        if name == 0 {
+            return read;
+        }
+        read += name;
+        if self.phase == P_SKIP && read < avail {
+            // A header nobody reads: on to its line feed.
+            read += self.skip_run(buf, at + read, table);
+        }
+        read
     }
 
     /// Inside a header nobody reads: up to the line feed, a word at a time
@@ -1177,18 +1206,43 @@ impl SipScan {
             self.value_len = self.value_len.saturating_add(4);
             return 4;
         }
-        if self.uri != U_USER || self.esc != 0 {
-            return 0;
+        let plain = match self.uri {
+            U_USER if self.esc == 0 => {
+                let read = plain_user_bytes(word, count);
+                self.user_bytes(word, read, H_OTHER, table);
+                read
+            }
+            // After the user: nothing to read up to the blank before the
+            // version (a CR, LF or tab there is the byte loop's to refuse).
+            U_DONE => {
+                let stops = byte_mask(word, b' ')
+                    | byte_mask(word, b'\t')
+                    | byte_mask(word, b'\r')
+                    | byte_mask(word, b'\n');
+                if stops != 0 && first_flagged(stops) < count {
+                    first_flagged(stops)
+                } else {
+                    count
+                }
+            }
+            _ => return 0,
+        };
+        let mut read = plain;
+        if plain < count {
+            let stop = (word >> (plain * 8)) as u8;
+            if stop == b'@' && self.uri == U_USER && self.scheme != SCHEME_TEL {
+                self.user_found(H_OTHER, table);
+                self.uri = U_DONE;
+                read += 1;
+            } else if stop == b' ' && self.value_len as usize + plain > 0 {
+                // The blank that ends the Request-URI (not a byte of it).
+                self.value_len = self.value_len.saturating_add(plain as u16);
+                self.end_uri_user(H_OTHER, table);
+                self.phase = P_VERSION;
+                self.name_len = 0;
+                return plain + 1;
+            }
         }
-        let read = plain_user_bytes(word, count);
-        self.user_bytes(word, read, H_OTHER, table);
-        let at_sign =
-            read < count && (word >> (read * 8)) as u8 == b'@' && self.scheme != SCHEME_TEL;
-        if at_sign {
-            self.user_found(H_OTHER, table);
-            self.uri = U_DONE;
-        }
-        let read = read + at_sign as usize;
         self.value_len = self.value_len.saturating_add(read as u16);
         read
     }
