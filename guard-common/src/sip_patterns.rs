@@ -12,7 +12,7 @@ use alloc::{boxed::Box, collections::VecDeque, vec, vec::Vec};
 
 use crate::sip_scan::{
     PatternField, PatternTable, NEXT_STATE, NEXT_STOPS, PATTERN_CLASSES, PATTERN_FIELDS,
-    PATTERN_STATES, START_CLASS,
+    PATTERN_STATES, START_CLASS, STATE_STRIDE,
 };
 
 /// One fingerprint: `text` is matched ASCII case-insensitively against the
@@ -145,15 +145,21 @@ pub fn compile(patterns: &[Pattern<'_>]) -> Result<Box<PatternTable>, PatternErr
                 }
             }
         }
-        table.start[field as usize] = goto[root as usize][START_CLASS as usize];
+        table.start[field as usize] = goto[root as usize][START_CLASS as usize] * STATE_STRIDE;
     }
     for (state, row) in goto.iter().enumerate() {
         let base = state * PATTERN_CLASSES;
         for (slot, &target) in table.next[base..base + PATTERN_CLASSES].iter_mut().zip(row) {
             let stops = target == 0 || accept[target as usize] != 0;
-            *slot = if stops { target | NEXT_STOPS } else { target };
+            // Fewer than PATTERN_STATES states: the offset fits (see STATE_STRIDE).
+            let stored = target * STATE_STRIDE;
+            *slot = if stops { stored | NEXT_STOPS } else { stored };
         }
         table.accept[state] = accept[state];
+    }
+    // The classes as byte offsets in a row (fewer than 128 classes: fits).
+    for class in table.class.iter_mut() {
+        *class *= 2;
     }
     Ok(table)
 }
@@ -179,10 +185,9 @@ impl PatternTable {
             return None;
         }
         for &byte in value {
-            state = self.next
-                [state as usize * PATTERN_CLASSES + self.class[byte as usize] as usize]
-                & NEXT_STATE;
-            let number = self.accept[state as usize];
+            state =
+                self.next[(state as usize + self.class[byte as usize] as usize) / 2] & NEXT_STATE;
+            let number = self.accept[(state / STATE_STRIDE) as usize];
             if number != 0 {
                 return Some(number);
             }

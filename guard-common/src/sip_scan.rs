@@ -39,14 +39,18 @@ pub const START_CLASS: u8 = 1;
 /// States of the automaton; state 0 is the dead state of a field without patterns.
 pub const PATTERN_STATES: usize = 512;
 
-/// [`PatternTable::next`]: the state it leads to (its low bits) is dead or
-/// ends a pattern.
-pub const NEXT_STOPS: u16 = 0x8000;
+/// A state as the table stores it: the byte offset of its row in
+/// [`PatternTable::next`] (state number x [`STATE_STRIDE`]), so that a
+/// step adds the byte's class offset to it without a multiply.
+pub const STATE_STRIDE: u16 = (PATTERN_CLASSES * 2) as u16;
+/// [`PatternTable::next`]: the state it leads to is dead or ends a pattern
+/// (bit 0, which offsets, all even, leave free).
+pub const NEXT_STOPS: u16 = 1;
 /// [`PatternTable::next`]: the bits of the state.
-pub const NEXT_STATE: u16 = NEXT_STOPS - 1;
+pub const NEXT_STATE: u16 = !NEXT_STOPS;
 
 const _: () = assert!(PATTERN_CLASSES.is_power_of_two());
-const _: () = assert!(PATTERN_STATES <= NEXT_STATE as usize);
+const _: () = assert!(PATTERN_STATES * STATE_STRIDE as usize <= u16::MAX as usize + 1);
 // `SipField::push_masked` masks with the length less one.
 const _: () = assert!(USER_BYTES.is_power_of_two() && AGENT_BYTES.is_power_of_two());
 const _: () = assert!(PATTERN_STATES.is_power_of_two());
@@ -93,16 +97,20 @@ pub struct PatternTable {
     /// copy and read SIP requests.
     pub active: u32,
     pub _pad: u32,
-    /// Byte -> class (case folded).
+    /// Byte -> class (case folded), times two: the class's byte offset in
+    /// a row of `next`.
     pub class: [u8; 256],
-    /// Per field: the state after [`START_CLASS`] from the field's root
-    /// (0 when the field has no patterns).
+    /// Per field: the state (as stored, see [`STATE_STRIDE`]) after
+    /// [`START_CLASS`] from the field's root (0 when the field has no
+    /// patterns).
     pub start: [u16; PATTERN_FIELDS],
-    /// Per state: the number (1-based) of the pattern that ends there, 0 if none.
+    /// Per state number: the number (1-based) of the pattern that ends
+    /// there, 0 if none.
     pub accept: [u16; PATTERN_STATES],
-    /// `next[state * PATTERN_CLASSES + class]`, with [`NEXT_STOPS`] set
-    /// where that state is dead (0) or ends a pattern: the runs test one
-    /// word per byte, not two.
+    /// The state after a byte, at byte offset `state + class` (both as
+    /// stored), with [`NEXT_STOPS`] set where that state is dead (0) or
+    /// ends a pattern: a step is an add and a load, and the runs test one
+    /// word per byte.
     pub next: [u16; PATTERN_STATES * PATTERN_CLASSES],
     /// The extension rules' user automaton (see [`crate::sip_rules`]).
     pub users: UserTable,
@@ -139,15 +147,14 @@ impl PatternTable {
     /// The next state, with [`NEXT_STOPS`].
     #[inline(always)]
     fn step(&self, state: u16, class: u8) -> u16 {
-        let class = class as usize & (PATTERN_CLASSES - 1);
         let index =
-            ((state as usize) * PATTERN_CLASSES + class) & (PATTERN_STATES * PATTERN_CLASSES - 1);
+            ((state as usize + class as usize) >> 1) & (PATTERN_STATES * PATTERN_CLASSES - 1);
         self.next[index]
     }
 
     #[inline(always)]
     fn accepts(&self, state: u16) -> u16 {
-        self.accept[state as usize & (PATTERN_STATES - 1)]
+        self.accept[(state / STATE_STRIDE) as usize & (PATTERN_STATES - 1)]
     }
 }
 
