@@ -81,6 +81,15 @@ impl MapStore for FakeMaps {
         Ok(())
     }
 
+    fn insert_new_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<bool> {
+        let mut state = self.state();
+        if state.bans.contains_key(&source) {
+            return Ok(false);
+        }
+        state.bans.insert(source, entry);
+        Ok(true)
+    }
+
     fn remove_ban(&mut self, source: &SourceKey) -> Result<bool> {
         Ok(self.state().bans.remove(source).is_some())
     }

@@ -24,6 +24,9 @@ type Trie4 = LpmTrie<MapData, [u8; 4], u32>;
 type Trie6 = LpmTrie<MapData, [u8; 16], u32>;
 
 /// A missing key reads as None, whichever way aya reports it.
+/// bpf_map_update_elem's flag: fail if the key exists (linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
 fn absent_as_none<T>(found: Result<T, MapError>, what: &str) -> Result<Option<T>> {
     match found {
         Ok(value) => Ok(Some(value)),
@@ -545,6 +548,20 @@ impl KernelMaps {
             .map_err(MapsError::map("writing the ban map"))
     }
 
+    /// See [`MapStore::insert_new_ban`].
+    pub fn insert_new_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<bool> {
+        match self.bans.insert(source, entry, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(false)
+            }
+            Err(cause) => Err(MapsError::Map {
+                what: "writing the ban map".to_string(),
+                cause,
+            }),
+        }
+    }
+
     pub fn remove_ban(&mut self, source: &SourceKey) -> Result<bool> {
         absent_as_none(self.bans.remove(source), "removing from the ban map")
             .map(|removed| removed.is_some())
@@ -779,6 +796,10 @@ impl MapStore for KernelMaps {
 
     fn insert_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<()> {
         KernelMaps::insert_ban(self, source, entry)
+    }
+
+    fn insert_new_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<bool> {
+        KernelMaps::insert_new_ban(self, source, entry)
     }
 
     fn remove_ban(&mut self, source: &SourceKey) -> Result<bool> {

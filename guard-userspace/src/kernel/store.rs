@@ -81,6 +81,10 @@ pub trait MapStore: Send {
     /// The ban-map entry of `source` (expired or not).
     fn ban(&self, source: &SourceKey) -> Result<Option<BanEntry>>;
     fn insert_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<()>;
+    /// Inserts unless the map holds an entry for `source` (expired or
+    /// not): false then, and nothing changed. One map call where a read
+    /// and a write would be two (a fleet's full sync makes 100,000 bans).
+    fn insert_new_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<bool>;
     /// Whether there was a ban to remove.
     fn remove_ban(&mut self, source: &SourceKey) -> Result<bool>;
     /// Every entry of the ban map, expired ones included.

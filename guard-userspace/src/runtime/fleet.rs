@@ -7,9 +7,12 @@
 //!   decision: such decisions are counted and logged.
 //! - A local ban (manual, rate-limit, SIP) on the same source is left as it
 //!   is; a fleet decision never lifts a ban it did not make.
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
-use guard_common::{BanEntry, BanReason, SourceKey, NO_RULE};
+use guard_common::{BanEntry, BanReason, PeerEntry, SourceKey, NO_RULE};
 use ipnet::IpNet;
 use tracing::{info, warn};
 
@@ -25,6 +28,21 @@ use crate::{
 /// Bans written per hold of the map lock, so a 100,000-decision start-up
 /// never blocks the control socket or the SIP watcher for long.
 const BATCH: usize = 4096;
+/// From this many changes in one answer (a full sync), the active peers are
+/// read once instead of looked up per decision.
+const PEER_SNAPSHOT_FROM: usize = 1024;
+
+/// The active peers, or None if the map cannot be read (then each source
+/// is looked up on its own).
+fn active_peers(maps: &dyn MapStore, now: u64) -> Option<HashMap<SourceKey, PeerEntry>> {
+    let peers = maps.peers().ok()?;
+    Some(
+        peers
+            .into_iter()
+            .filter(|(_, p)| p.is_active(now))
+            .collect(),
+    )
+}
 
 /// A fleet decision to enforce on one ban-map key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,12 +127,17 @@ impl Runtime {
                 Ok(Outcome::Nothing) => {}
                 Err(e) => warn!("applying a crowdsec decision failed: {e}"),
             };
+        let mut peers = None;
         for batch in changes.chunks(BATCH) {
             let mut maps = self.maps().await;
+            if peers.is_none() && changes.len() >= PEER_SNAPSHOT_FROM {
+                peers = Some(active_peers(&**maps, now));
+            }
             for change in batch {
                 let outcome = match change {
                     FleetChange::Ban(ban) => {
-                        self.put_fleet_ban(&mut **maps, ban, &allowed, now, log_each)
+                        let known = peers.as_ref().and_then(|p| p.as_ref());
+                        self.put_fleet_ban(&mut **maps, ban, &allowed, known, now, log_each)
                     }
                     FleetChange::Lift(key) => self.lift_fleet_ban(&mut **maps, key, log_each),
                 };
@@ -150,11 +173,14 @@ impl Runtime {
         applied
     }
 
+    /// `peers`: the active peers read at the start of a large batch, or
+    /// None to look each source up.
     fn put_fleet_ban(
         &self,
         maps: &mut dyn MapStore,
         ban: &FleetBan,
         allowed: &AllowedNets,
+        peers: Option<&HashMap<SourceKey, PeerEntry>>,
         now: u64,
         log_each: bool,
     ) -> Result<Outcome, MapsError> {
@@ -170,7 +196,11 @@ impl Runtime {
             return Ok(Outcome::Allowlisted);
         }
         // The kernel's peer map is the truth the XDP program sees.
-        if let Some(peer) = maps.peer(key)?.filter(|p| p.is_active(now)) {
+        let peer = match peers {
+            Some(peers) => peers.get(key).copied(),
+            None => maps.peer(key)?.filter(|p| p.is_active(now)),
+        };
+        if let Some(peer) = peer {
             info!(
                 "crowdsec decision on {shown} ({scenario}) not applied: a learned peer \
                  ({}, {} live registrations)",
@@ -179,19 +209,30 @@ impl Runtime {
             );
             return Ok(Outcome::PeerSpared);
         }
-        let existing = maps.ban(key)?.filter(|b| b.is_active(now));
-        if existing.is_some_and(|b| b.reason != BanReason::Crowdsec as u16) {
-            return Ok(Outcome::KeptLocal);
-        }
-        let entry = BanEntry {
+        let fresh = BanEntry {
             expires_ns: *expires_ns,
-            created_ns: existing.map_or(now, |b| b.created_ns),
-            dropped: existing.map_or(0, |b| b.dropped),
+            created_ns: now,
             reason: BanReason::Crowdsec as u16,
             rule: NO_RULE,
             ..BanEntry::default()
         };
-        maps.insert_ban(*key, entry)?;
+        // Most decisions are new: one map call. Otherwise a local ban in
+        // force stays, and a crowdsec one keeps its start and drop count.
+        let existing = if maps.insert_new_ban(*key, fresh)? {
+            None
+        } else {
+            let existing = maps.ban(key)?.filter(|b| b.is_active(now));
+            if existing.is_some_and(|b| b.reason != BanReason::Crowdsec as u16) {
+                return Ok(Outcome::KeptLocal);
+            }
+            let entry = BanEntry {
+                created_ns: existing.map_or(now, |b| b.created_ns),
+                dropped: existing.map_or(0, |b| b.dropped),
+                ..fresh
+            };
+            maps.insert_ban(*key, entry)?;
+            existing
+        };
         if log_each && existing.is_none() {
             info!(
                 target: "sipguard::ban",

@@ -646,6 +646,66 @@ async fn fleet_bans_spare_allowed_networks_and_local_bans() {
     );
 }
 
+/// A full sync (over a thousand decisions: the peers are read once, and
+/// new bans take one map call) spares a learned peer and a local ban, and
+/// renews a crowdsec ban already in force without restarting it.
+#[tokio::test]
+async fn a_large_fleet_sync_spares_peers_and_local_bans() {
+    let s = Site::new("fleetsync", POLICY);
+    let rt = &s.runtime;
+    rt.ban_add(ban("192.0.2.40", None, Some("mine")), &NO_SESSION)
+        .await
+        .unwrap();
+    let peer = rt.source_key(ip("198.51.100.7"));
+    s.maps.state().peers.insert(
+        peer,
+        guard_common::PeerEntry {
+            expires_ns: clock::monotonic_ns() + 3_600_000_000_000,
+            live_users: 3,
+            kind: guard_common::PeerKind::Registered as u16,
+            _pad: 0,
+        },
+    );
+    let hour = clock::monotonic_ns() + 3_600_000_000_000;
+    let fleet = |key: SourceKey, expires_ns: u64| {
+        FleetChange::Ban(FleetBan {
+            key,
+            expires_ns,
+            scenario: "crowdsecurity/sip-bf".into(),
+            origin: "CAPI".into(),
+        })
+    };
+    let others = |expires_ns: u64| -> Vec<FleetChange> {
+        (0..1500u32)
+            .map(|i| {
+                fleet(
+                    SourceKey::from_ipv4((0x6440_0000 + 2 * i).to_be_bytes()),
+                    expires_ns,
+                )
+            })
+            .collect()
+    };
+    let mut changes = others(hour);
+    changes.push(fleet(peer, hour));
+    changes.push(fleet(rt.source_key(ip("192.0.2.40")), hour));
+    let applied = rt.fleet_bans(&changes, false).await;
+    assert_eq!(
+        (applied.enforced, applied.peers_spared, applied.kept_local),
+        (1500, 1, 1)
+    );
+    assert!(!s.maps.state().bans.contains_key(&peer));
+    let first = SourceKey::from_ipv4([100, 64, 0, 0]);
+    let made = s.maps.state().bans[&first];
+    assert_eq!(made.reason, BanReason::Crowdsec as u16);
+
+    // The next full sync extends them; each keeps its start.
+    let applied = rt.fleet_bans(&others(hour + 60_000_000_000), false).await;
+    assert_eq!(applied.enforced, 1500);
+    let renewed = s.maps.state().bans[&first];
+    assert_eq!(renewed.created_ns, made.created_ns);
+    assert_eq!(renewed.expires_ns, hour + 60_000_000_000);
+}
+
 /// Over the control protocol, a network with host bits is refused naming
 /// the masked network, unless the request asks for `normalize`; what is
 /// stored and removed is the one canonical form.
