@@ -573,10 +573,10 @@ fn the_kernels_clock_keeps_the_controllers_time() {
 fn expired_bans_count_as_absent() {
     let mut h = Harness::new(BASE_POLICY);
     let now = monotonic_ns();
-    // Expired two ticks ago or more: the program's clock (jiffies on
+    // Expired 100 ms ago, ten ticks at 100 Hz: the program's clock (jiffies on
     // their grid) and the controller's coarse clock agree within one.
     let expired = BanEntry {
-        expires_ns: now - 10_000_000,
+        expires_ns: now - 100_000_000,
         created_ns: now - 1_000_000_000,
         reason: BanReason::Manual as u16,
         rule: NO_RULE,
