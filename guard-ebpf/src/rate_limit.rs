@@ -90,24 +90,19 @@ pub extern "C" fn sipguard_count(hi: u64, lo: u64, ask: u64) -> u64 {
     };
     let rules = (ask as u32).to_le_bytes();
     let is_syn = ask >> 32 & 1 != 0;
-    count_windows(
-        &mut key,
-        core::ptr::null_mut(),
-        &rules,
-        is_syn,
-        (ask >> 33 & 1) as u8,
-    )
-    .to_word()
+    count_windows(&mut key, &rules, is_syn, (ask >> 33 & 1) as u8).to_word()
 }
 
 #[inline(always)]
 fn count_windows(
     key: &mut RateKey,
-    mut state: *mut RateState,
     rules: &[u8; MAX_RULES_PER_PORT],
     is_syn: bool,
     policy_slot: u8,
 ) -> RateExcess {
+    // The entry of `key`'s group, looked up when a rule of a new group
+    // comes (the key starts in no group).
+    let mut state: *mut RateState = core::ptr::null_mut();
     let now_ns = now_ns();
     let mut excess = RateExcess::UNDER;
     for slot in 0..MAX_RULES_PER_PORT {
