@@ -71,6 +71,8 @@ pub fn compile(patterns: &[Pattern<'_>]) -> Result<Box<PatternTable>, PatternErr
         }
     }
 
+    table.keys = keys(patterns, table.class[b' ' as usize] != 0);
+
     // The trie: state 0 is the dead state; each field with patterns gets a root.
     let mut goto: Vec<[u16; PATTERN_CLASSES]> = vec![[0; PATTERN_CLASSES]];
     let mut accept: Vec<u16> = vec![0];
@@ -162,6 +164,46 @@ pub fn compile(patterns: &[Pattern<'_>]) -> Result<Box<PatternTable>, PatternErr
         *class *= 2;
     }
     Ok(table)
+}
+
+/// Letters from the most to the least common in SIP header values (hex
+/// tags and branches, `sip`, domain names): a key is best when rare.
+const COMMON_FIRST: &[u8; 26] = b"seiaptnorcldbfmhugxwykvjqz";
+
+/// Per field: the rarest letter (lower case) every pattern of the field
+/// holds in either case, 0 if none. All 0 when a pattern holds a space: a
+/// folded line reads as one space, so a match could then span lines, and
+/// a line without the key would not be enough to rule one out.
+fn keys(patterns: &[Pattern<'_>], space_in_patterns: bool) -> [u8; PATTERN_FIELDS] {
+    let mut keys = [0u8; PATTERN_FIELDS];
+    if space_in_patterns {
+        return keys;
+    }
+    for field in PatternField::ALL {
+        let mut held = [true; 26];
+        let mut any = false;
+        for pattern in patterns.iter().filter(|p| p.field == field) {
+            any = true;
+            for (i, slot) in held.iter_mut().enumerate() {
+                let letter = b'a' + i as u8;
+                *slot &= pattern
+                    .text
+                    .iter()
+                    .any(|b| b.to_ascii_lowercase() == letter);
+            }
+        }
+        if !any {
+            continue;
+        }
+        if let Some(&letter) = COMMON_FIRST
+            .iter()
+            .rev()
+            .find(|&&letter| held[(letter - b'a') as usize])
+        {
+            keys[field as usize] = letter;
+        }
+    }
+    keys
 }
 
 fn new_state(goto: &mut Vec<[u16; PATTERN_CLASSES]>, accept: &mut Vec<u16>) -> u16 {

@@ -91,6 +91,36 @@ fn refused_patterns() {
 }
 
 #[test]
+fn keys_are_the_rarest_letter_every_pattern_holds() {
+    let field = |field, text: &'static str| Pattern {
+        field,
+        text: text.as_bytes(),
+        prefix: false,
+    };
+    let table = compile(&[
+        ua("friendly-scanner"),
+        Pattern {
+            prefix: true,
+            ..ua("SIPCLI")
+        },
+        field(PatternField::From, "sipvicious"),
+        field(PatternField::To, "x@y"),
+        field(PatternField::To, "Y-z"),
+    ])
+    .expect("compiles");
+    // User-Agent: s, i, c and l are common to both; l is the rarest. No
+    // Contact patterns: no key.
+    assert_eq!(table.keys, [b'l', b'v', b'y', 0]);
+    // No letter common to all (a common non-letter does not count).
+    let table = compile(&[ua("ab-1"), ua("cd-2")]).expect("compiles");
+    assert_eq!(table.keys, [0; PATTERN_FIELDS]);
+    // A space in any pattern: a match may span a folded line, no keys.
+    let table =
+        compile(&[ua("sip cli"), field(PatternField::From, "sipvicious")]).expect("compiles");
+    assert_eq!(table.keys, [0; PATTERN_FIELDS]);
+}
+
+#[test]
 fn the_reader_stops_at_a_fingerprint() {
     let table = compile(&[
         ua("friendly-scanner"),
@@ -134,6 +164,20 @@ fn the_reader_stops_at_a_fingerprint() {
         (
             "OPTIONS sip:h SIP/2.0\r\nm: <sip:scanner@h>\r\n\r\n",
             Some((3, PatternField::Contact)),
+        ),
+        // The To key ('v') after the user, in capitals: the line is read.
+        (
+            "OPTIONS sip:h SIP/2.0\r\nTo: <sip:1@h>;tag=SIPVICIOUS\r\n\r\n",
+            Some((2, PatternField::To)),
+        ),
+        // A line without it is passed; its folded continuation is read.
+        (
+            "OPTIONS sip:h SIP/2.0\r\nTo: <sip:1@h>;x=1\r\n ;tag=sipvicious\r\n\r\n",
+            Some((2, PatternField::To)),
+        ),
+        (
+            "OPTIONS sip:h SIP/2.0\r\nTo: <sip:1@h>;tag=sipvicous\r\n\r\n",
+            None,
         ),
         ("OPTIONS sip:h SIP/2.0\r\nm: x<sip:scanner@h>\r\n\r\n", None),
         (
@@ -300,6 +344,11 @@ mod runs {
                 b"tel:+4420@x",
                 b"\"a\" sips:x@y",
                 b"\"sip:\" <sip:6010:pw@h>",
+                // The From and To keys ('v', 'y') in capitals only, after
+                // the user, or not at all.
+                b"<sip:X@Y>;tag=1",
+                b"<sip:1@h>;tag=SIPVICIOUS",
+                b"<sip:1@h>;tag=9",
             ]),
             proptest::collection::vec(any::<u8>(), 0..24),
         ];
