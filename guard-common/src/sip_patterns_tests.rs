@@ -254,10 +254,12 @@ mod properties {
 /// The reader's run-at-a-time loop ([`scan`]) against the plain byte loop,
 /// with fingerprints on every field, so that the fingerprint runs (eight
 /// bytes of a value at once) are checked where patterns end and where they
-/// do not.
+/// do not; and with extension rules, so that the rules naming each user
+/// (the user automaton the runs step) are checked too.
 mod runs {
     use super::*;
     use crate::sip_scan::tests::bytewise;
+    use crate::sip_users;
     use proptest::prelude::*;
 
     fn table() -> Box<PatternTable> {
@@ -266,7 +268,7 @@ mod runs {
             text: text.as_bytes(),
             prefix,
         };
-        compile(&[
+        let mut table = compile(&[
             pattern(PatternField::UserAgent, "friendly-scanner", false),
             pattern(PatternField::UserAgent, "sipcli", true),
             pattern(PatternField::UserAgent, "zq", false),
@@ -275,7 +277,19 @@ mod runs {
             pattern(PatternField::Contact, "scan", false),
             pattern(PatternField::Contact, "q", true),
         ])
-        .expect("compiles")
+        .expect("compiles");
+        let users = |list: &[&str]| -> Vec<Vec<sip_users::Item>> {
+            list.iter()
+                .map(|user| sip_users::parse(user).expect("valid"))
+                .collect()
+        };
+        table.users = sip_users::compile(&[
+            users(&["1001", "x"]),
+            users(&["10*", "ab"]),
+            users(&["6010"]),
+        ])
+        .expect("compiles");
+        table
     }
 
     fn pick(items: &'static [&'static [u8]]) -> impl Strategy<Value = Vec<u8>> {

@@ -704,6 +704,32 @@ pub unsafe fn store_zero_word(at: *mut u8) {
     }
 }
 
+/// Stores the eight bytes of `word` at `at`, little endian, whatever its
+/// alignment: on BPF one store (see [`load_word`]).
+///
+/// # Safety
+/// `at..at + 8` must be writable.
+#[inline(always)]
+unsafe fn store_word(at: *mut u8, word: u64) {
+    #[cfg(target_arch = "bpf")]
+    {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            core::arch::asm!(
+                "*(u64 *)({at} + 0) = {word}",
+                at = in(reg) at,
+                word = in(reg) word,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        // SAFETY: forwarded from the caller.
+        unsafe { core::ptr::write_unaligned(at as *mut u64, word.to_le()) }
+    }
+}
+
 /// How many of the first `count` bytes of `word` are plain bytes of a URI
 /// user (see [`user_special`]).
 #[inline(always)]
@@ -1199,13 +1225,22 @@ impl SipScan {
             }
             RUN_COPY => {
                 let agent = &mut self.out.user_agent;
-                let mut i = 0;
-                while i < 8 {
-                    if i >= read {
-                        break;
+                let len = opaque_index(agent.len as usize);
+                if len <= AGENT_BYTES - 8 {
+                    // The whole word in one store (bytes past `read` are
+                    // past the length: not part of the value).
+                    // SAFETY: len + 8 <= AGENT_BYTES.
+                    unsafe { store_word(agent.bytes.as_mut_ptr().add(len), word) };
+                    agent.len = (len + read) as u8;
+                } else {
+                    let mut i = 0;
+                    while i < 8 {
+                        if i >= read {
+                            break;
+                        }
+                        agent.push_masked((word >> (i * 8)) as u8);
+                        i += 1;
                     }
-                    agent.push_masked((word >> (i * 8)) as u8);
-                    i += 1;
                 }
             }
             _ => {}
@@ -1249,7 +1284,12 @@ impl SipScan {
                 break;
             }
             let byte = (word >> (i * 8)) as u8;
-            user_dfa = table.users.step(user_dfa, byte);
+            // The dead state 0 stays dead: no need to step it (a chain of
+            // dependent loads), and with no extension rules every user dies
+            // at its first byte.
+            if user_dfa != 0 {
+                user_dfa = table.users.step(user_dfa, byte);
+            }
             field.push_masked(byte);
             i += 1;
         }

@@ -238,6 +238,17 @@ mod tests {
             .collect()
     }
 
+    /// The reader stops stepping a user at state 0: it must lead nowhere
+    /// else and name no rule.
+    #[test]
+    fn the_dead_state_stays_dead() {
+        let spec: &[&[&str]] = &[&["6010", "6011"], &["2xx"], &["sales-*", "60*"]];
+        let table = compile(&rules(spec)).expect("compiles");
+        assert!(table.next[..USER_CLASSES].iter().all(|&next| next == 0));
+        assert_eq!(table.rules(0), 0);
+        assert_eq!(table.step(USER_START, b'q'), 0);
+    }
+
     #[test]
     fn names_patterns_and_prefixes() {
         let spec: &[&[&str]] = &[&["6010", "6011"], &["2xx"], &["sales-*", "60*"], &["alex"]];
