@@ -274,6 +274,8 @@ mod runs {
             pattern(PatternField::UserAgent, "zq", false),
             pattern(PatternField::From, "sipvicious", false),
             pattern(PatternField::To, "x@y", false),
+            // Ends inside a URI's start, right after a display name.
+            pattern(PatternField::To, "b\"<s", false),
             pattern(PatternField::Contact, "scan", false),
             pattern(PatternField::Contact, "q", true),
         ])
@@ -363,6 +365,7 @@ mod runs {
                 b"<sip:X@Y>;tag=1",
                 b"<sip:1@h>;tag=SIPVICIOUS",
                 b"<sip:1@h>;tag=9",
+                b"\"Bob\"<sip:b@h>",
             ]),
             proptest::collection::vec(any::<u8>(), 0..24),
         ];

@@ -951,7 +951,7 @@ impl SipScan {
     /// the byte loop would (the tests check that on arbitrary input).
     ///
     /// The XDP program calls it twice per `bpf_loop` iteration: the bench's
-    /// 726-byte REGISTER takes 34 steps (17 iterations) instead of 726.
+    /// 726-byte REGISTER takes 31 steps (16 iterations) instead of 726.
     #[inline(always)]
     pub fn advance(
         &mut self,
@@ -970,7 +970,7 @@ impl SipScan {
         let count = if avail < 8 { avail } else { 8 };
         match self.phase {
             P_VALUE => self.value_run(w0, w1, count, table),
-            P_URI => self.request_user_run(w0, count, table),
+            P_URI => self.request_user_run(w0, w1, avail, table),
             P_METHOD => self.method_run(w0, w1),
             P_VERSION => self.version_run(w0, w1),
             _ => 0,
@@ -1199,6 +1199,23 @@ impl SipScan {
                 }
                 if !(closes && read == count) {
                     self.uri = U_QUOTED;
+                } else if self.dfa == 0 || quiet {
+                    // The display name is closed and no automaton reads on:
+                    // a URI's start right after it is read in this step too
+                    // (it is input: neither zeros past the input nor a line
+                    // end match it).
+                    let next = if read >= 8 {
+                        w1
+                    } else {
+                        (word >> (read * 8)) | (w1 << (64 - read * 8))
+                    };
+                    let start = self.uri_start(next);
+                    if start != 0 {
+                        self.open_uri(next, header);
+                        let read = read + start;
+                        self.value_len = self.value_len.saturating_add(read as u16);
+                        return read;
+                    }
                 }
             }
             RUN_USER if at_sign => {
@@ -1296,14 +1313,19 @@ impl SipScan {
         self.user_dfa = user_dfa;
     }
 
-    /// In the Request-URI's user part: its plain bytes, copied.
+    /// In the Request-URI's user part: its plain bytes, copied; at its
+    /// start, `sip:` and the user's first bytes.
     #[inline(always)]
-    fn request_user_run(&mut self, word: u64, count: usize, table: &PatternTable) -> usize {
+    fn request_user_run(&mut self, w0: u64, w1: u64, avail: usize, table: &PatternTable) -> usize {
+        let (mut word, mut count, mut base) = (w0, if avail < 8 { avail } else { 8 }, 0);
         if self.uri == U_SEEK && count >= 4 && self.uri_start(word) == 4 {
-            // `sip:` (a blank would end the Request-URI: not ` <sip:`).
+            // `sip:` (a blank would end the Request-URI: not ` <sip:`),
+            // then on from the byte after it.
             self.open_uri(word, H_OTHER);
             self.value_len = self.value_len.saturating_add(4);
-            return 4;
+            word = (w0 >> 32) | (w1 << 32);
+            count = if avail - 4 < 8 { avail - 4 } else { 8 };
+            base = 4;
         }
         let plain = match self.uri {
             U_USER if self.esc == 0 => {
@@ -1324,7 +1346,7 @@ impl SipScan {
                     count
                 }
             }
-            _ => return 0,
+            _ => return base,
         };
         let mut read = plain;
         if plain < count {
@@ -1339,11 +1361,11 @@ impl SipScan {
                 self.end_uri_user(H_OTHER, table);
                 self.phase = P_VERSION;
                 self.name_len = 0;
-                return plain + 1;
+                return base + plain + 1;
             }
         }
         self.value_len = self.value_len.saturating_add(read as u16);
-        read
+        base + read
     }
 
     /// The length of a SIP URI's start (` <sip:`, `<sip:`, or `sip:` where
