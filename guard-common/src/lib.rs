@@ -545,32 +545,46 @@ pub struct RateState {
 }
 map_type!(RateState, 256);
 
-/// Slots of the XDP program's per-CPU allow-list cache (`ALLOW_CACHE`): a
-/// direct-mapped table of recent IPv4 sources' allow answers. 4 KiB per
-/// CPU, so it stays in the L1 cache.
-pub const ALLOW_CACHE_SLOTS: u32 = 256;
+/// Slots of the XDP program's per-CPU source cache (`SOURCE_CACHE`): a
+/// direct-mapped table of what recent IPv4 sources' lookups answered.
+/// 6 KiB per CPU, so it stays in the L1 cache.
+pub const SOURCE_CACHE_SLOTS: u32 = 256;
 
-/// One slot of the allow-list cache: an IPv4 source (its bytes in memory
-/// order, read as a little-endian word), the allow lists' generation
-/// (`ALLOW_GENERATION`, bumped by the controller whenever an allow list
-/// or the policy slot changes; never 0 once written) under which its
-/// answer was found, and that answer, the entry's service mask. A slot
-/// of another address or an older generation is searched again.
+/// One slot of the source cache: an IPv4 source (its bytes in memory
+/// order, read as a little-endian word) and two answers, each with the
+/// generation it was found under:
+/// - its allow-list entry's service mask, under the allow lists'
+///   generation (`ALLOW_GENERATION`, bumped by the controller whenever an
+///   allow list or the policy slot changes; never 0 once written);
+/// - that it is in no ban, deny or fleet set, under `clear_stamp`: the sum
+///   of the drop sets' two generations (`DROP_GENERATION`), or 0 for not
+///   known. Every entry made in those sets bumps one of them after it is
+///   made, so a stamp that still equals the sum proves none was added.
+///
+/// A slot of another address or an older generation is searched again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AllowCacheEntry {
+pub struct SourceCacheEntry {
     pub addr: u32,
     pub generation: u32,
     pub mask: u32,
     pub _pad: u32,
+    pub clear_stamp: u64,
 }
-map_type!(AllowCacheEntry, 16);
+map_type!(SourceCacheEntry, 24);
 
-/// The allow-cache slot of IPv4 source `addr` (a multiplicative hash: a
+/// `DROP_GENERATION` entries: changes the controller made to the ban, deny
+/// and fleet sets, and bans the XDP program made. Two words, so that each
+/// has one writer (the program's increments are atomic; the controller's
+/// read-and-write would lose one made in between).
+pub const DROP_GENERATION_CONTROLLER: u32 = 0;
+pub const DROP_GENERATION_KERNEL: u32 = 1;
+
+/// The source-cache slot of IPv4 source `addr` (a multiplicative hash: a
 /// subnet's neighbours land in different slots).
 #[inline(always)]
-pub const fn allow_cache_slot(addr: u32) -> u32 {
-    addr.wrapping_mul(0x9e37_79b1) >> (32 - ALLOW_CACHE_SLOTS.trailing_zeros())
+pub const fn source_cache_slot(addr: u32) -> u32 {
+    addr.wrapping_mul(0x9e37_79b1) >> (32 - SOURCE_CACHE_SLOTS.trailing_zeros())
 }
 
 /// Value of the `PEERS` map (key: [`SourceKey`]): a source the controller
@@ -792,7 +806,7 @@ pub type FleetEntry = u32;
 
 /// The layout of every map's keys and values. A controller adopts pinned
 /// maps only under the same version; bump it when any map type changes.
-pub const MAP_LAYOUT_VERSION: u32 = 7;
+pub const MAP_LAYOUT_VERSION: u32 = 8;
 
 /// Map names, shared so a rename cannot split the two sides.
 pub mod map_names {
@@ -822,11 +836,12 @@ pub mod map_names {
     pub const SIP_PERMIT: &str = "SIP_PERMIT";
     pub const SIP_DIAL: &str = "SIP_DIAL";
     pub const ALLOW_GENERATION: &str = "ALLOW_GENERATION";
-    pub const ALLOW_CACHE: &str = "ALLOW_CACHE";
+    pub const SOURCE_CACHE: &str = "SOURCE_CACHE";
+    pub const DROP_GENERATION: &str = "DROP_GENERATION";
     pub const CLOCK: &str = "CLOCK";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 29] = [
         BANS,
         DENY_V4,
         DENY_V6,
@@ -853,7 +868,8 @@ pub mod map_names {
         SIP_PERMIT,
         SIP_DIAL,
         ALLOW_GENERATION,
-        ALLOW_CACHE,
+        SOURCE_CACHE,
+        DROP_GENERATION,
         CLOCK,
     ];
 }
@@ -893,17 +909,17 @@ mod tests {
     }
 
     #[test]
-    fn allow_cache_slots_stay_in_the_table_and_spread_a_subnet() {
+    fn source_cache_slots_stay_in_the_table_and_spread_a_subnet() {
         let mut seen = std::collections::BTreeSet::new();
         for host in 0..=255u8 {
-            let slot = allow_cache_slot(u32::from_le_bytes([192, 0, 2, host]));
-            assert!(slot < ALLOW_CACHE_SLOTS);
+            let slot = source_cache_slot(u32::from_le_bytes([192, 0, 2, host]));
+            assert!(slot < SOURCE_CACHE_SLOTS);
             seen.insert(slot);
         }
         // A /24's hosts share few slots (a plain mask of the low byte
         // would put all of them in one: its first octet).
         assert!(seen.len() > 128, "{} slots for 256 hosts", seen.len());
-        assert!(allow_cache_slot(u32::MAX) < ALLOW_CACHE_SLOTS);
+        assert!(source_cache_slot(u32::MAX) < SOURCE_CACHE_SLOTS);
     }
 
     #[test]

@@ -107,6 +107,17 @@ pub struct Packet<P = ()> {
     pub transport: Transport<P>,
 }
 
+/// What a cache knows of a source before the drop sets are searched
+/// ([`Lookup::drop_sets_cached`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachedClear {
+    /// In no ban, deny or fleet set: none changed since it was searched.
+    Clear,
+    /// Search them; if the source is in none, remember it under `stamp`
+    /// ([`Lookup::note_clear`]; 0: nothing to remember it under).
+    Unknown { stamp: u64 },
+}
+
 /// What the verdict reads (and, in the kernel, counts). Every method sees
 /// the policy slot in force when it needs one, so a whole verdict reads one
 /// policy even while a reload switches slots.
@@ -121,6 +132,17 @@ pub trait Lookup {
     fn is_denied(&mut self, source: &Address) -> bool;
     /// True if the fleet deny set holds `source`.
     fn is_fleet_denied(&mut self, source: &Address) -> bool;
+    /// A cache's word on whether `source` is in a drop set (ban, deny,
+    /// fleet) before they are searched. The kernel keeps recent IPv4
+    /// sources that were in none, stamped with the drop sets' generation
+    /// (bumped after every ban, deny or fleet entry made); lookups without
+    /// a cache search every time (the default).
+    fn drop_sets_cached(&mut self, _source: &Address) -> CachedClear {
+        CachedClear::Unknown { stamp: 0 }
+    }
+    /// Remembers that `source` was in no drop set when searched under
+    /// `stamp` (from [`Lookup::drop_sets_cached`]; 0: do not remember).
+    fn note_clear(&mut self, _source: &Address, _stamp: u64) {}
     /// The service mask of `source`'s (longest-prefix) allow entry; 0 if none.
     fn allow_mask(&mut self, source: &Address) -> u32;
     /// The class of `(proto, port)` under policy `slot`.
@@ -593,23 +615,27 @@ pub fn judge_parts<L: Lookup, P>(
     // Banned and denied packets still count against the service they were
     // aimed at; their port class is read on those (early) returns only.
     let slot = settings.policy_slot;
-    if lookup.is_banned(&source) {
-        let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
-        return verdict(Reason::Banned, class, Step::Ban);
-    }
-    if lookup.is_denied(address) {
-        let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
-        return verdict(Reason::Denied, class, Step::Deny);
-    }
-    // A fleet decision never drops a network the operator trusts, nor a
-    // learned peer (the PBX's own users): both are searched only on a
-    // match, which is rare.
-    if lookup.is_fleet_denied(address)
-        && lookup.allow_mask(address) == 0
-        && lookup.peer_users(&source).is_none()
-    {
-        let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
-        return verdict(Reason::Fleet, class, Step::Fleet);
+    if let CachedClear::Unknown { stamp } = lookup.drop_sets_cached(address) {
+        if lookup.is_banned(&source) {
+            let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
+            return verdict(Reason::Banned, class, Step::Ban);
+        }
+        if lookup.is_denied(address) {
+            let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
+            return verdict(Reason::Denied, class, Step::Deny);
+        }
+        // A fleet decision never drops a network the operator trusts, nor a
+        // learned peer (the PBX's own users): both are searched only on a
+        // match, which is rare. Such a source is not remembered as clear:
+        // its allow entry or peer may go.
+        if lookup.is_fleet_denied(address) {
+            if lookup.allow_mask(address) == 0 && lookup.peer_users(&source).is_none() {
+                let class = classify(lookup, transport, CAPTURE_INBOUND, slot).0;
+                return verdict(Reason::Fleet, class, Step::Fleet);
+            }
+        } else {
+            lookup.note_clear(address, stamp);
+        }
     }
     if let Transport::LaterFragment = transport {
         return verdict(Reason::Fragment, PortClass::UNCLASSIFIED, Step::Fragment);

@@ -6,6 +6,7 @@ use crate::{
     clock::now_ns,
     counters::count_health,
     maps::{BANS, BAN_EVENTS},
+    source_cache::bump_drop_generation,
 };
 
 const EEXIST: i32 = 17;
@@ -95,6 +96,8 @@ fn ban(source: &SourceKey, entry: &BanEntry, event_rule: u16, count: u64) {
         }
     };
     if inserted {
+        // No CPU may keep the source as clear of drop sets now.
+        bump_drop_generation();
         report(source, &entry, event_rule, count);
     }
 }

@@ -8,9 +8,9 @@ use guard_common::{
     clock::ClockBase,
     sip_rules::{SipPermit, DIAL_KEY_BYTES, PERMIT_KEY_BYTES},
     sip_scan::{PatternTable, ScanStatus},
-    AllowCacheEntry, BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState,
-    RuleCounter, ServicePolicy, Settings, SourceKey, ALLOW_CACHE_SLOTS, MAX_RATE_RULES,
-    POLICY_SLOTS, PORT_SLOTS, SERVICE_SLOTS, VERDICT_SLOTS,
+    BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, RuleCounter,
+    ServicePolicy, Settings, SourceCacheEntry, SourceKey, MAX_RATE_RULES, POLICY_SLOTS, PORT_SLOTS,
+    SERVICE_SLOTS, SOURCE_CACHE_SLOTS, VERDICT_SLOTS,
 };
 
 /// Active bans. A plain hash, not an LRU: a flood of new sources must never
@@ -44,13 +44,19 @@ pub static ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(65_536, 0
 pub static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(65_536, 0);
 /// The allow lists' generation (never 0 once the controller wrote it):
 /// bumped whenever an allow list or the policy slot changes, so that an
-/// allow answer cached (`ALLOW_CACHE`) under an older one is searched again.
+/// allow answer cached (`SOURCE_CACHE`) under an older one is searched again.
 #[map]
 pub static ALLOW_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
-/// Recent IPv4 sources' allow answers, per CPU (see `allow`).
+/// Recent IPv4 sources' allow answers, and whether they were in a drop
+/// set, per CPU (see `source_cache`).
 #[map]
-pub static ALLOW_CACHE: PerCpuArray<AllowCacheEntry> =
-    PerCpuArray::with_max_entries(ALLOW_CACHE_SLOTS, 0);
+pub static SOURCE_CACHE: PerCpuArray<SourceCacheEntry> =
+    PerCpuArray::with_max_entries(SOURCE_CACHE_SLOTS, 0);
+/// The drop sets' generation, in two words ([`guard_common::
+/// DROP_GENERATION_CONTROLLER`], [`guard_common::DROP_GENERATION_KERNEL`]),
+/// each bumped after an entry is made in the ban, deny or fleet sets.
+#[map]
+pub static DROP_GENERATION: Array<u64> = Array::with_max_entries(2, 0);
 
 /// The base that turns `jiffies` into the clock of bans and rate windows
 /// (see `clock`); written by the controller at load.

@@ -65,7 +65,7 @@ pub fn count_rate(
     is_syn: bool,
     policy_slot: u8,
 ) -> RateExcess {
-    if allow_bit != 0 && crate::allow::mask(address) & allow_bit != 0 {
+    if allow_bit != 0 && crate::source_cache::allow_mask(address) & allow_bit != 0 {
         return RateExcess::ALLOWLISTED;
     }
     let ask = u32::from_le_bytes(class.rules) as u64

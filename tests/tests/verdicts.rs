@@ -124,15 +124,15 @@ fn a_changed_allow_list_is_searched_again() {
 /// an allow-listed office source: each keeps its own answer.
 #[test]
 #[ignore = "needs root: run through `cargo xtask test`"]
-fn sources_sharing_an_allow_cache_slot_keep_their_own_answers() {
+fn sources_sharing_a_source_cache_slot_keep_their_own_answers() {
     let mut h = Harness::new(BASE_POLICY);
     let office = [10, 1, 2, 3];
-    let slot = guard_common::allow_cache_slot(u32::from_le_bytes(office));
+    let slot = guard_common::source_cache_slot(u32::from_le_bytes(office));
     // 198.18.0.0/15 (benchmarking addresses, not allow-listed) holds
     // 131,072 addresses for 256 slots.
     let outsider = (0..1u32 << 17)
         .map(|i| (u32::from_be_bytes([198, 18, 0, 0]) + i).to_be_bytes())
-        .find(|a| guard_common::allow_cache_slot(u32::from_le_bytes(*a)) == slot)
+        .find(|a| guard_common::source_cache_slot(u32::from_le_bytes(*a)) == slot)
         .expect("an address in the office's slot");
     let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
     let office_frame = udp(&ip(office), PBX4, 5060, b"OPTIONS");
@@ -144,6 +144,91 @@ fn sources_sharing_an_allow_cache_slot_keep_their_own_answers() {
         assert_eq!(h.packets(Reason::Passed), round, "the outsider is counted");
         assert_eq!(h.rule_hits(0).counted, round);
     }
+}
+
+/// Keeps the test on one CPU, so that its packets meet the per-CPU source
+/// cache that earlier packets filled (elsewhere they would only miss it).
+fn stay_on_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// A source the program found in no drop set is remembered per CPU (the
+/// source cache). Every entry the controller makes afterwards in the ban,
+/// deny or fleet sets reaches the source's next packet.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_source_cached_as_clear_meets_every_later_ban_deny_and_fleet_entry() {
+    stay_on_one_cpu();
+    let mut h = Harness::new(BASE_POLICY);
+    let frame = |source: &str| udp(source, PBX4, 5060, b"OPTIONS");
+    let net = |text: &str| -> ipnet::IpNet { text.parse().unwrap() };
+    let now = monotonic_ns();
+    let ban = BanEntry {
+        expires_ns: now + 60_000_000_000,
+        created_ns: now,
+        dropped: 0,
+        reason: BanReason::Manual as u16,
+        rule: NO_RULE,
+        _pad: 0,
+    };
+    // One at a time: each entry alone must reach the source cached as
+    // clear just before it.
+    type MakeEntry<'a> = &'a dyn Fn(&mut Harness);
+    let entries: [(&str, Reason, MakeEntry); 3] = [
+        ("198.51.100.7", Reason::Banned, &|h| {
+            h.guard
+                .maps_mut()
+                .insert_ban(v4_key("198.51.100.7"), ban)
+                .unwrap()
+        }),
+        ("198.51.100.8", Reason::Denied, &|h| {
+            h.guard
+                .maps_mut()
+                .insert_net(NetList::Deny, net("198.51.100.8/32"), 0)
+                .unwrap()
+        }),
+        ("198.51.100.9", Reason::Fleet, &|h| {
+            h.guard
+                .maps_mut()
+                .insert_fleet(net("198.51.100.9/32"))
+                .unwrap()
+        }),
+    ];
+    for (source, reason, make_entry) in entries {
+        assert_eq!(passes(&mut h, &frame(source), 3), 3, "{source}");
+        make_entry(&mut h);
+        assert_eq!(h.run(&frame(source)), XDP_DROP, "{source}");
+        assert_eq!(h.packets(reason), 1, "{source}");
+    }
+}
+
+/// A ban the program makes itself reaches the source's packets on every
+/// CPU, including those that had it cached as clear: the next packet
+/// meets the ban (reason `banned`), not only the rate count still over
+/// its limit (`rate_limited`), which would let it pass once the window
+/// slid on.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_ban_the_program_makes_reaches_a_source_cached_as_clear() {
+    stay_on_one_cpu();
+    let mut h = Harness::new(BASE_POLICY);
+    let frame = udp("198.51.100.7", PBX4, 5060, b"OPTIONS");
+    // The default's 40 in 2 s: the 41st packet bans.
+    assert_eq!(passes(&mut h, &frame, 40), 40);
+    assert_eq!(h.run(&frame), XDP_DROP);
+    assert_eq!(h.packets(Reason::RateLimited), 1);
+    assert!(h.is_banned(&v4_key("198.51.100.7")));
+    assert_eq!(h.run(&frame), XDP_DROP);
+    assert_eq!(h.packets(Reason::Banned), 1);
+    assert_eq!(h.packets(Reason::RateLimited), 1);
 }
 
 #[test]

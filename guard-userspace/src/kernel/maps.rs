@@ -12,7 +12,8 @@ use guard_common::{
     sip_rules::{SipPermit, DIAL_KEY_BYTES, PERMIT_KEY_BYTES},
     sip_scan::{PatternTable, ScanStatus},
     BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, Reason,
-    RuleCounter, ServicePolicy, Settings, SourceKey, MAX_RATE_RULES, PORT_SLOTS, SERVICE_SLOTS,
+    RuleCounter, ServicePolicy, Settings, SourceKey, DROP_GENERATION_CONTROLLER, MAX_RATE_RULES,
+    PORT_SLOTS, SERVICE_SLOTS,
 };
 use ipnet::IpNet;
 
@@ -54,9 +55,14 @@ pub struct KernelMaps {
     /// hold an entry: the XDP program searches the trie only then.
     fleet_in_use: Array<MapData, u32>,
     /// The allow lists' generation: bumped after every change of an allow
-    /// list or of the policy (see `guard_common::AllowCacheEntry`: the
+    /// list or of the policy (see `guard_common::SourceCacheEntry`: the
     /// XDP program caches IPv4 sources' allow answers under it).
     allow_generation: Array<MapData, u32>,
+    /// The drop sets' generation, the controller's word of it: bumped after
+    /// every entry made in the ban, deny or fleet sets (see
+    /// `guard_common::SourceCacheEntry`: the XDP program caches IPv4
+    /// sources found in none of them under it).
+    drop_generation: Array<MapData, u64>,
     ports: Array<MapData, PortClass>,
     services: Array<MapData, ServicePolicy>,
     rules: Array<MapData, RateRule>,
@@ -122,6 +128,7 @@ impl KernelMaps {
             fleet_v6: typed(t, names::FLEET_V6)?,
             fleet_in_use: typed(t, names::FLEET_IN_USE)?,
             allow_generation: typed(t, names::ALLOW_GENERATION)?,
+            drop_generation: typed(t, names::DROP_GENERATION)?,
             ports: typed(t, names::PORTS)?,
             services: typed(t, names::SERVICES)?,
             rules: typed(t, names::RULES)?,
@@ -205,6 +212,7 @@ impl KernelMaps {
         add(names::FLEET_V6, self.fleet_v6.map())?;
         add(names::FLEET_IN_USE, self.fleet_in_use.map())?;
         add(names::ALLOW_GENERATION, self.allow_generation.map())?;
+        add(names::DROP_GENERATION, self.drop_generation.map())?;
         add(names::PORTS, self.ports.map())?;
         add(names::SERVICES, self.services.map())?;
         add(names::RULES, self.rules.map())?;
@@ -385,10 +393,10 @@ impl KernelMaps {
             ),
         }
         .map_err(MapsError::map(what))?;
-        if list == NetList::Allow {
-            self.bump_allow_generation()?;
+        match list {
+            NetList::Allow => self.bump_allow_generation(),
+            NetList::Deny => self.bump_drop_generation(),
         }
-        Ok(())
     }
 
     pub fn remove_net(&mut self, list: NetList, net: IpNet) -> Result<()> {
@@ -421,7 +429,7 @@ impl KernelMaps {
                 .insert(&LpmKey::new(len, n.network().octets()), len, 0),
         };
         match inserted {
-            Ok(()) => Ok(()),
+            Ok(()) => self.bump_drop_generation(),
             // An LPM trie at max_entries refuses with ENOSPC.
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOSPC) => {
                 Err(MapsError::Full("fleet deny set"))
@@ -537,6 +545,22 @@ impl KernelMaps {
             .map_err(MapsError::map("writing ALLOW_GENERATION"))
     }
 
+    /// Makes every IPv4 source the XDP program cached as clear of the drop
+    /// sets stale. Called after an entry is made in them, so a packet that
+    /// read the new generation searches the changed set. Removals need
+    /// none: a source cached as clear stays clear. Continues from the
+    /// map's value, like [`Self::bump_allow_generation`]; the program's
+    /// own bans bump the other word.
+    fn bump_drop_generation(&mut self) -> Result<()> {
+        let current = self
+            .drop_generation
+            .get(&DROP_GENERATION_CONTROLLER, 0)
+            .map_err(MapsError::map("reading DROP_GENERATION"))?;
+        self.drop_generation
+            .set(DROP_GENERATION_CONTROLLER, current.wrapping_add(1), 0)
+            .map_err(MapsError::map("writing DROP_GENERATION"))
+    }
+
     /// The ban-map key of an address under the current IPv6 ban prefix.
     pub fn source_key(&self, ip: IpAddr) -> Result<SourceKey> {
         Ok(source_key(ip, self.settings()?.ipv6_ban_prefix))
@@ -545,13 +569,14 @@ impl KernelMaps {
     pub fn insert_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<()> {
         self.bans
             .insert(source, entry, 0)
-            .map_err(MapsError::map("writing the ban map"))
+            .map_err(MapsError::map("writing the ban map"))?;
+        self.bump_drop_generation()
     }
 
     /// See [`MapStore::insert_new_ban`].
     pub fn insert_new_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<bool> {
         match self.bans.insert(source, entry, BPF_NOEXIST) {
-            Ok(()) => Ok(true),
+            Ok(()) => self.bump_drop_generation().map(|()| true),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
                 Ok(false)
             }

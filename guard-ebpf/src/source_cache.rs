@@ -1,0 +1,123 @@
+//! What recent IPv4 sources' lookups answered, cached per CPU
+//! (`SOURCE_CACHE`, one direct-mapped slot per source), so that a busy
+//! source costs one array read instead of map and trie searches per packet:
+//! - the services its allow-list entry grants, under the allow lists'
+//!   generation;
+//! - that it is in no ban, deny or fleet set, under the drop sets'
+//!   generation (see `guard_common::SourceCacheEntry`).
+use aya_ebpf::maps::lpm_trie::Key;
+use guard_common::{
+    source_cache_slot, SourceCacheEntry, DROP_GENERATION_CONTROLLER, DROP_GENERATION_KERNEL,
+};
+
+use crate::{
+    maps::{ALLOW_GENERATION, ALLOW_V4, ALLOW_V6, DROP_GENERATION, SOURCE_CACHE},
+    parse::Address,
+};
+
+/// Services the source's allow-list entry grants (0 when it has none).
+#[inline(always)]
+pub fn allow_mask(source: &Address) -> u32 {
+    match source {
+        Address::V4(addr) => allow_mask_v4(u32::from_le_bytes(*addr)),
+        Address::V6(addr) => ALLOW_V6.get(Key::new(128, *addr)).copied().unwrap_or(0),
+    }
+}
+
+/// The answer for IPv4 source `addr` (its bytes in memory order): from
+/// this CPU's cache slot if it holds `addr` under the current generation,
+/// else the trie's, cached under the generation read before the search
+/// (a change made meanwhile bumps it, and the next packet searches again).
+/// Before the controller first writes a generation (0), nothing is cached.
+#[inline(always)]
+fn allow_mask_v4(addr: u32) -> u32 {
+    let generation = ALLOW_GENERATION.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return search_allow_v4(addr);
+    }
+    let Some(slot) = SOURCE_CACHE.get_ptr_mut(source_cache_slot(addr)) else {
+        return search_allow_v4(addr);
+    };
+    // SAFETY: this CPU's slot; nothing else writes it while we run.
+    unsafe {
+        if (*slot).addr == addr && (*slot).generation == generation {
+            return (*slot).mask;
+        }
+        let mask = search_allow_v4(addr);
+        // The drop sets' answer stays only if the slot was this source's.
+        let clear_stamp = if (*slot).addr == addr {
+            (*slot).clear_stamp
+        } else {
+            0
+        };
+        *slot = SourceCacheEntry {
+            addr,
+            generation,
+            mask,
+            _pad: 0,
+            clear_stamp,
+        };
+        mask
+    }
+}
+
+#[inline(always)]
+fn search_allow_v4(addr: u32) -> u32 {
+    ALLOW_V4
+        .get(Key::new(32, addr.to_le_bytes()))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The drop sets' generation now: the sum of its two words, each only ever
+/// bumped, so the sum changes with every entry made. 0 until the first.
+#[inline(always)]
+pub fn drop_generation() -> u64 {
+    let word = |index| DROP_GENERATION.get(index).copied().unwrap_or(0);
+    word(DROP_GENERATION_CONTROLLER).wrapping_add(word(DROP_GENERATION_KERNEL))
+}
+
+/// Bumps the program's word of the drop sets' generation; called after a
+/// ban is made, so that no CPU keeps the source as clear.
+#[inline(always)]
+pub fn bump_drop_generation() {
+    if let Some(word) = DROP_GENERATION.get_ptr_mut(DROP_GENERATION_KERNEL) {
+        // SAFETY: a live map value, only ever changed atomically here.
+        unsafe { guard_common::atomic::fetch_add(word, 1) };
+    }
+}
+
+/// True if this CPU's slot holds IPv4 source `addr` as clear under
+/// `stamp` (the current [`drop_generation`], nonzero).
+#[inline(always)]
+pub fn is_clear_v4(addr: u32, stamp: u64) -> bool {
+    match SOURCE_CACHE.get_ptr(source_cache_slot(addr)) {
+        // SAFETY: this CPU's slot, read only.
+        Some(slot) => unsafe { (*slot).addr == addr && (*slot).clear_stamp == stamp },
+        None => false,
+    }
+}
+
+/// Remembers IPv4 source `addr` as clear under `stamp` (read before the
+/// searches that found it in no drop set). A slot of another source is
+/// taken whole, its allow answer left unknown.
+#[inline(always)]
+pub fn note_clear_v4(addr: u32, stamp: u64) {
+    let Some(slot) = SOURCE_CACHE.get_ptr_mut(source_cache_slot(addr)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; nothing else writes it while we run.
+    unsafe {
+        if (*slot).addr == addr {
+            (*slot).clear_stamp = stamp;
+        } else {
+            *slot = SourceCacheEntry {
+                addr,
+                generation: 0,
+                mask: 0,
+                _pad: 0,
+                clear_stamp: stamp,
+            };
+        }
+    }
+}
