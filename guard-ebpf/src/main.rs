@@ -427,6 +427,8 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
             // programs tail-called below.
             let handed = verdict.class.watches_sip()
                 && (!verdict.drops() || sip_denied(&verdict))
+                && payload_len != 0
+                && sip_capture::ring_has_room()
                 && hand_off(&packet);
             (verdict, handed)
         }

@@ -125,7 +125,8 @@ pub static CAPTURE_ASK: PerCpuArray<crate::sip_capture::CaptureAsk> =
 /// SIP signalling for the controller's authentication-failure watcher:
 /// about 2,000 `SipCapture` records in flight.
 #[map]
-pub static SIP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+pub static SIP_EVENTS: RingBuf = RingBuf::with_byte_size(SIP_EVENTS_BYTES as u32, 0);
+pub const SIP_EVENTS_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Scanner fingerprints, one table per policy slot (switched with the policy).
 #[map]

@@ -3,13 +3,14 @@
 //! policy) and answers leaving from one (tc egress). Only packets with a
 //! payload on watched SIP ports are copied, never RTP or anything else, and
 //! only the first SIP_CAPTURE_BYTES of each.
+use aya_ebpf::bindings::BPF_RB_AVAIL_DATA;
 use guard_common::{
     Health, L4Proto, SipCapture, SipCaptureHeader, SourceKey, CAPTURE_INBOUND, SIP_CAPTURE_BYTES,
 };
 
 use crate::{
     counters::count_health,
-    maps::SIP_EVENTS,
+    maps::{SIP_EVENTS, SIP_EVENTS_BYTES},
     parse::{Address, Packet, PacketBytes, Payload, Transport},
 };
 
@@ -33,6 +34,25 @@ pub fn clamp_length(len: usize, capacity: usize) -> usize {
     // SAFETY: reads a live local.
     let opaque = unsafe { core::ptr::read_volatile(&capped) };
     ((opaque.wrapping_sub(1) & (capacity as u64 - 1)) + 1) as usize
+}
+
+/// Bytes a capture record takes in the ring: the kernel's 8-byte record
+/// header and the record, rounded up to 8.
+const RECORD_BYTES: u64 = 8 + (core::mem::size_of::<SipCapture>() as u64).next_multiple_of(8);
+
+/// True if `SIP_EVENTS` has room for one more record; else counts the
+/// capture as lost. Read without the ring's lock (`bpf_ringbuf_query`),
+/// so that while the controller is behind (a flood) the packet path skips
+/// the tail call and the locked reservation that would fail anyway. A
+/// stale read errs either way by a record the controller frees meanwhile.
+#[inline(always)]
+pub fn ring_has_room() -> bool {
+    let pending = SIP_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if pending.saturating_add(RECORD_BYTES) <= SIP_EVENTS_BYTES {
+        return true;
+    }
+    count_health(Health::SipCaptureLost);
+    false
 }
 
 /// A packet to copy, as the packet path hands it to the tail-called

@@ -166,3 +166,38 @@ fn a_capture_nobody_described_copies_nothing() {
     assert!(h.drain_sip_captures().is_empty());
     assert_eq!(lost(&h), before + 2);
 }
+
+/// While the controller is behind and the ring is full, the packet path
+/// sees it before the tail call: it counts each capture lost and passes
+/// the packet. Once the controller drains the ring, captures resume at once.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn a_full_capture_ring_loses_captures_until_it_is_drained() {
+    let mut h = Harness::new(POLICY);
+    // A new source per packet, so that no rate rule bans.
+    let frame = |i: u32| {
+        let source = std::net::Ipv4Addr::from(u32::from_be_bytes([198, 18, 0, 0]) + i);
+        udp(&source.to_string(), PBX4, 5060, REGISTER)
+    };
+    let lost = |h: &Harness| h.guard.maps().health().unwrap()[Health::SipCaptureLost as usize];
+    assert_eq!(lost(&h), 0);
+    let mut sent = 0;
+    while lost(&h) == 0 {
+        assert_eq!(h.run(&frame(sent)), XDP_PASS);
+        sent += 1;
+        assert!(sent < 10_000, "the ring never filled");
+    }
+    for i in 0..10 {
+        assert_eq!(h.run(&frame(sent + i)), XDP_PASS);
+    }
+    assert_eq!(lost(&h), 11);
+    let captured = h.drain_sip_captures();
+    assert_eq!(captured.len() as u32, sent - 1);
+    // Exactly as many records as the ring holds: 4 MiB, each record
+    // behind the kernel's 8-byte header and rounded up to 8 bytes.
+    let record = 8 + std::mem::size_of::<guard_common::SipCapture>().next_multiple_of(8);
+    assert_eq!(captured.len(), (4 << 20) / record);
+    assert_eq!(h.run(&frame(sent + 10)), XDP_PASS);
+    assert_eq!(h.drain_sip_captures().len(), 1);
+    assert_eq!(lost(&h), 11);
+}
