@@ -53,7 +53,18 @@ pub struct Path {
     pub fresh_source: bool,
     /// The policy it runs under.
     pub policy: PathPolicy,
+    /// Timed with the SIP capture ring drained before every run of
+    /// [`CAPTURED_RUN`] packets, so that each packet's capture is copied.
+    /// Elsewhere nobody reads the ring, which fills at once: the SIP rows
+    /// then time a full ring's path (the capture counted lost), in both builds.
+    pub captures_read: bool,
 }
+
+/// Packets per timed run while the capture ring is read: the ring holds
+/// about 2,000 records.
+const CAPTURED_RUN: u32 = 1_000;
+/// Runs per measurement while the capture ring is read.
+const CAPTURED_RUNS: u32 = 10;
 
 /// The bench policy, with the SIP reader on, or with SIP rules (each in a
 /// harness of its own; the earlier build is not timed on the last two).
@@ -95,6 +106,8 @@ permit = ["10.9.0.0/16"]
 }
 
 pub const SIP_UNDER_LIMIT: &str = "SIP under the limit (2 rules)";
+/// The same, with its capture copied to a ring that is read.
+pub const SIP_UNDER_LIMIT_CAPTURED: &str = "SIP under the limit, capture read (2 rules)";
 pub const SIP_REGISTER: &str = "SIP 600 B REGISTER (2 rules)";
 /// The same frame with `[sip_scanners]` on (a harness of its own).
 pub const SIP_REGISTER_READ: &str = "SIP 600 B REGISTER read, no fingerprint (2 rules)";
@@ -184,6 +197,7 @@ pub fn paths() -> Vec<Path> {
         action,
         fresh_source: false,
         policy: PathPolicy::Bench,
+        captures_read: false,
     };
     let fresh = |policy, name, frame, action| Path {
         fresh_source: true,
@@ -220,6 +234,15 @@ pub fn paths() -> Vec<Path> {
             udp("198.51.100.52", PBX4, 5060, b"REGISTER"),
             XDP_PASS,
         ),
+        Path {
+            captures_read: true,
+            ..fresh(
+                PathPolicy::Bench,
+                SIP_UNDER_LIMIT_CAPTURED,
+                udp("198.51.100.52", PBX4, 5060, b"REGISTER"),
+                XDP_PASS,
+            )
+        },
         fresh(
             PathPolicy::Bench,
             SIP_REGISTER,
@@ -320,7 +343,7 @@ pub fn per_path(
     only: &[String],
 ) -> Result<PerPath> {
     let mut h = bench_harness(65_536, 65_536, 100_000)?;
-    let previous = previous
+    let mut previous = previous
         .map(|object| {
             super::previous::Previous::load(object, &h.policy, &bench_bans(), 65_536, 100_000)
         })
@@ -350,13 +373,17 @@ pub fn per_path(
         drop_ns.push(d);
         pass_ns.push(p);
         for (i, path) in paths.iter().enumerate() {
-            let program = match path.policy {
-                PathPolicy::Bench => h.guard.program()?,
-                PathPolicy::Reader => reader.guard.program()?,
-                PathPolicy::Rules => rules.guard.program()?,
-            };
             let frame = frame_for(path, &mut measurement);
-            let (ns, action) = ns_per_packet(program, &frame, effort.repeat)?;
+            let (ns, action) = if path.captures_read {
+                ns_with_captures_read(&mut h, &frame)?
+            } else {
+                let program = match path.policy {
+                    PathPolicy::Bench => h.guard.program()?,
+                    PathPolicy::Reader => reader.guard.program()?,
+                    PathPolicy::Rules => rules.guard.program()?,
+                };
+                ns_per_packet(program, &frame, effort.repeat)?
+            };
             ensure!(
                 action == path.action,
                 "{}: action {action}, expected {}",
@@ -366,9 +393,13 @@ pub fn per_path(
             samples[i].push(ns);
             ratios[i].push(ns / if path.action == XDP_DROP { d } else { p });
             let comparable = path.policy == PathPolicy::Bench;
-            if let Some(previous) = previous.as_ref().filter(|_| comparable) {
+            if let Some(previous) = previous.as_mut().filter(|_| comparable) {
                 let frame = frame_for(path, &mut measurement);
-                let (old, action) = ns_per_packet(previous.program()?, &frame, effort.repeat)?;
+                let (old, action) = if path.captures_read {
+                    previous_ns_with_captures_read(previous, &frame)?
+                } else {
+                    ns_per_packet(previous.program()?, &frame, effort.repeat)?
+                };
                 ensure!(
                     action == path.action,
                     "{} in the previous build: action {action}, expected {}",
@@ -409,6 +440,50 @@ pub fn per_path(
         bare_pass: Stats::of(&pass_ns),
         versus,
     })
+}
+
+/// [`ns_per_packet`] over [`CAPTURED_RUNS`] runs of [`CAPTURED_RUN`]
+/// packets, the capture ring drained before each; fails unless every run's
+/// packets were captured.
+fn ns_with_captures_read(h: &mut Harness, frame: &[u8]) -> Result<(f64, u32)> {
+    let mut total = 0.0;
+    let mut action = 0;
+    h.drain_sip_captures();
+    for _ in 0..CAPTURED_RUNS {
+        let (ns, a) = ns_per_packet(h.guard.program()?, frame, CAPTURED_RUN)?;
+        // ns_per_packet's runs: 2 packets, then CAPTURED_RUN + 2.
+        let captured = h.drain_sip_captures().len() as u32;
+        ensure!(
+            captured == CAPTURED_RUN + 4,
+            "{captured} captures of {} packets",
+            CAPTURED_RUN + 4
+        );
+        total += ns;
+        action = a;
+    }
+    Ok((total / CAPTURED_RUNS as f64, action))
+}
+
+/// [`ns_with_captures_read`] for the earlier build.
+fn previous_ns_with_captures_read(
+    previous: &mut super::previous::Previous,
+    frame: &[u8],
+) -> Result<(f64, u32)> {
+    let mut total = 0.0;
+    let mut action = 0;
+    previous.drain_captures();
+    for _ in 0..CAPTURED_RUNS {
+        let (ns, a) = ns_per_packet(previous.program()?, frame, CAPTURED_RUN)?;
+        let captured = previous.drain_captures() as u32;
+        ensure!(
+            captured == CAPTURED_RUN + 4,
+            "the previous build: {captured} captures of {} packets",
+            CAPTURED_RUN + 4
+        );
+        total += ns;
+        action = a;
+    }
+    Ok((total / CAPTURED_RUNS as f64, action))
 }
 
 /// The packet that crosses a rate limit: it inserts the ban and sends the

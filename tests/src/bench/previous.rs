@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, ProgramArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, ProgramArray, RingBuf},
     programs::Xdp,
     EbpfLoader,
 };
@@ -24,6 +24,8 @@ use ipnet::IpNet;
 /// An earlier build of the XDP program, loaded with `policy`.
 pub struct Previous {
     ebpf: aya::Ebpf,
+    /// Its SIP capture ring (every layout so far has one).
+    sip_events: RingBuf<MapData>,
 }
 
 impl Previous {
@@ -69,7 +71,18 @@ impl Previous {
         for (key, entry) in bans {
             ban_map.insert(key, entry, 0)?;
         }
-        Ok(Previous { ebpf })
+        let sip_events =
+            RingBuf::try_from(ebpf.take_map(names::SIP_EVENTS).context("no SIP_EVENTS")?)?;
+        Ok(Previous { ebpf, sip_events })
+    }
+
+    /// Empties its SIP capture ring; returns the records it held.
+    pub fn drain_captures(&mut self) -> usize {
+        let mut records = 0;
+        while self.sip_events.next().is_some() {
+            records += 1;
+        }
+        records
     }
 
     pub fn program(&self) -> Result<&Xdp> {
