@@ -556,10 +556,10 @@ pub const SOURCE_CACHE_SLOTS: u32 = 256;
 /// - its allow-list entry's service mask, under the allow lists'
 ///   generation (`ALLOW_GENERATION`, bumped by the controller whenever an
 ///   allow list or the policy slot changes; never 0 once written);
-/// - that it is in no ban, deny or fleet set, under `clear_stamp`: the sum
-///   of the drop sets' two generations (`DROP_GENERATION`), or 0 for not
-///   known. Every entry made in those sets bumps one of them after it is
-///   made, so a stamp that still equals the sum proves none was added.
+/// - that it is in no ban, deny or fleet set, under `clear_stamp`: the drop
+///   sets' generation (`DROP_GENERATION`), or 0 for not known. Every entry
+///   made in those sets bumps it after it is made, and it only grows, so a
+///   stamp that still equals it proves none was added.
 ///
 /// A slot of another address or an older generation is searched again.
 #[repr(C)]
@@ -573,12 +573,12 @@ pub struct SourceCacheEntry {
 }
 map_type!(SourceCacheEntry, 24);
 
-/// `DROP_GENERATION` entries: changes the controller made to the ban, deny
-/// and fleet sets, and bans the XDP program made. Two words, so that each
-/// has one writer (the program's increments are atomic; the controller's
-/// read-and-write would lose one made in between).
-pub const DROP_GENERATION_CONTROLLER: u32 = 0;
-pub const DROP_GENERATION_KERNEL: u32 = 1;
+/// How far the controller moves the drop sets' generation (`DROP_GENERATION`)
+/// after an entry it made. The XDP program adds 1 (atomically) after each
+/// ban it makes; the controller cannot add atomically, so it reads the
+/// word and writes it this far on. The increments the program made in
+/// between are lost, but the word still only grows: it jumps past them.
+pub const DROP_GENERATION_CONTROLLER_STEP: u64 = 1 << 32;
 
 /// The source-cache slot of IPv4 source `addr` (a multiplicative hash: a
 /// subnet's neighbours land in different slots).
@@ -766,6 +766,25 @@ pub struct RuleCounter {
 }
 map_type!(RuleCounter, 16);
 
+/// One rule's state on one CPU: its counters and its current time slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RulePerCpu {
+    pub hits: RuleCounter,
+    pub slot: rate::SlotEpoch,
+}
+map_type!(RulePerCpu, 40);
+
+/// The value of `RULES_PER_CPU`: every rule's [`RulePerCpu`] of one policy
+/// slot, so that the rate step reads them with one lookup per packet.
+/// A rule's counters are its index's in both slots together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RulesPerCpu {
+    pub rules: [RulePerCpu; MAX_RATE_RULES],
+}
+map_type!(RulesPerCpu, 40 * MAX_RATE_RULES);
+
 /// Index into the per-CPU `HEALTH` array: things that went wrong in the kernel.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -821,7 +840,7 @@ pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const RATE_STATE: &str = "RATE_STATE";
     pub const VERDICTS: &str = "VERDICTS";
-    pub const RULE_HITS: &str = "RULE_HITS";
+    pub const RULES_PER_CPU: &str = "RULES_PER_CPU";
     pub const HEALTH: &str = "HEALTH";
     pub const BAN_EVENTS: &str = "BAN_EVENTS";
     pub const SIP_EVENTS: &str = "SIP_EVENTS";
@@ -853,7 +872,7 @@ pub mod map_names {
         SETTINGS,
         RATE_STATE,
         VERDICTS,
-        RULE_HITS,
+        RULES_PER_CPU,
         HEALTH,
         BAN_EVENTS,
         SIP_EVENTS,

@@ -79,8 +79,54 @@ pub fn first_packet(now_ns: u64, slot_ns: u64) -> RateWindow {
     window
 }
 
+/// One rule's time slot as last computed on one CPU (the XDP program
+/// keeps one per CPU and rule): while the clock stays inside it, the
+/// packet's slot is known without the 64-bit division of [`epoch_of`],
+/// the rate step's costliest instruction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotEpoch {
+    /// The slot width it was computed for (0: never computed).
+    pub slot_ns: u64,
+    /// Where the slot starts: `epoch * slot_ns`.
+    pub start_ns: u64,
+    pub epoch: u64,
+}
+map_type!(SlotEpoch, 24);
+
+impl SlotEpoch {
+    /// The time slot `now_ns` falls in for width `slot_ns`, as [`epoch_of`]
+    /// computes it; from the slot remembered here while `now_ns` is inside
+    /// it, else computed and remembered.
+    #[inline(always)]
+    pub fn epoch_at(&mut self, now_ns: u64, slot_ns: u64) -> u64 {
+        // Unsigned: a clock before the slot's start wraps to a huge offset.
+        if self.slot_ns == slot_ns && now_ns.wrapping_sub(self.start_ns) < slot_ns {
+            return self.epoch;
+        }
+        let epoch = epoch_of(now_ns, slot_ns);
+        *self = SlotEpoch {
+            slot_ns,
+            start_ns: epoch.wrapping_mul(slot_ns),
+            epoch,
+        };
+        epoch
+    }
+}
+
 /// Counts one packet at `now_ns` into `window` and returns the packets in the
 /// sliding window, this one included.
+///
+/// # Safety
+/// As for [`record_packet_in`].
+#[inline(always)]
+pub unsafe fn record_packet(window: *mut RateWindow, now_ns: u64, slot_ns: u64) -> u64 {
+    unsafe { record_packet_in(window, epoch_of(now_ns, slot_ns)) }
+}
+
+/// Counts one packet of time slot `epoch` ([`epoch_of`] the packet's time)
+/// into `window` and returns the packets in the sliding window, this one
+/// included.
 ///
 /// Written without loops over retries and without branches in the sum, so
 /// the BPF verifier walks it in a few dozen instructions.
@@ -89,8 +135,7 @@ pub fn first_packet(now_ns: u64, slot_ns: u64) -> RateWindow {
 /// `window` must point to a live, 8-byte aligned `RateWindow` (a map value)
 /// that is only ever changed through this function.
 #[inline(always)]
-pub unsafe fn record_packet(window: *mut RateWindow, now_ns: u64, slot_ns: u64) -> u64 {
-    let epoch = epoch_of(now_ns, slot_ns);
+pub unsafe fn record_packet_in(window: *mut RateWindow, epoch: u64) -> u64 {
     let slots = unsafe { core::ptr::addr_of_mut!((*window).slots) } as *mut u64;
     // SAFETY: the index is < RATE_SLOTS; the caller vouches for the pointer.
     let slot = unsafe { slots.add((epoch % RATE_SLOTS as u64) as usize) };
@@ -237,6 +282,44 @@ mod tests {
         }
         assert!(peak <= 40 * 8 / 7 + 1, "peak {peak}");
         assert!(peak >= 40, "peak {peak}");
+    }
+
+    #[test]
+    fn a_remembered_slot_answers_as_the_division_does() {
+        let mut cached = SlotEpoch::default();
+        let w2 = slot_width_ns(2 * SEC);
+        let w60 = slot_width_ns(60 * SEC);
+        let mut now = 5 * SEC + 17;
+        let mut misses = 0;
+        // Every 3 ms for a while, across many slot boundaries, then a
+        // rule whose width changed (a reload), then a clock set back.
+        let times = (0..2_000u64)
+            .map(|i| (now + i * 3_000_000, w2))
+            .chain((0..50u64).map(|i| (now + i * 7_000_000, w60)))
+            .chain([(now - SEC, w60), (0, w60), (u64::MAX, w60), (now, 0)])
+            // Each side of a slot's edges.
+            .chain([99, 100, 101].into_iter().flat_map(|k| {
+                let edge = k * w2;
+                [
+                    (edge - 1, w2),
+                    (edge, w2),
+                    (edge + w2 - 1, w2),
+                    (edge + w2, w2),
+                ]
+            }));
+        for (t, width) in times {
+            let before = cached;
+            assert_eq!(
+                cached.epoch_at(t, width),
+                epoch_of(t, width),
+                "at {t}, width {width}"
+            );
+            misses += (cached != before) as u32;
+        }
+        // One computation per slot entered, not per packet.
+        assert!(misses < 40, "{misses} divisions");
+        now += 1;
+        assert_eq!(cached.epoch_at(now, w2), epoch_of(now, w2));
     }
 
     #[test]

@@ -114,7 +114,8 @@ pub enum CachedClear {
     /// In no ban, deny or fleet set: none changed since it was searched.
     Clear,
     /// Search them; if the source is in none, remember it under `stamp`
-    /// ([`Lookup::note_clear`]; 0: nothing to remember it under).
+    /// ([`Lookup::note_clear`]; 0: not as clear, the cache may only note
+    /// that it saw the source).
     Unknown { stamp: u64 },
 }
 
@@ -141,7 +142,7 @@ pub trait Lookup {
         CachedClear::Unknown { stamp: 0 }
     }
     /// Remembers that `source` was in no drop set when searched under
-    /// `stamp` (from [`Lookup::drop_sets_cached`]; 0: do not remember).
+    /// `stamp` (from [`Lookup::drop_sets_cached`]; see [`CachedClear`]).
     fn note_clear(&mut self, _source: &Address, _stamp: u64) {}
     /// The service mask of `source`'s (longest-prefix) allow entry; 0 if none.
     fn allow_mask(&mut self, source: &Address) -> u32;

@@ -147,16 +147,16 @@ impl Lookup for KernelLookup {
         let Address::V4(addr) = source else {
             return CachedClear::Unknown { stamp: 0 };
         };
-        let stamp = source_cache::drop_generation();
-        if stamp != 0 && source_cache::is_clear_v4(u32::from_le_bytes(*addr), stamp) {
-            return CachedClear::Clear;
+        match source_cache::clear_v4(u32::from_le_bytes(*addr)) {
+            Ok(()) => CachedClear::Clear,
+            Err(stamp) => CachedClear::Unknown { stamp },
         }
-        CachedClear::Unknown { stamp }
     }
 
+    /// Also takes the slot for a source seen the first time (`stamp` 0).
     #[inline(always)]
     fn note_clear(&mut self, source: &Address, stamp: u64) {
-        if let (Address::V4(addr), true) = (source, stamp != 0) {
+        if let Address::V4(addr) = source {
             source_cache::note_clear_v4(u32::from_le_bytes(*addr), stamp);
         }
     }

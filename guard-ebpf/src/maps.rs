@@ -8,7 +8,7 @@ use guard_common::{
     clock::ClockBase,
     sip_rules::{SipPermit, DIAL_KEY_BYTES, PERMIT_KEY_BYTES},
     sip_scan::{PatternTable, ScanStatus},
-    BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, RuleCounter,
+    BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, RulesPerCpu,
     ServicePolicy, Settings, SourceCacheEntry, SourceKey, MAX_RATE_RULES, POLICY_SLOTS, PORT_SLOTS,
     SERVICE_SLOTS, SOURCE_CACHE_SLOTS, VERDICT_SLOTS,
 };
@@ -52,11 +52,10 @@ pub static ALLOW_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static SOURCE_CACHE: PerCpuArray<SourceCacheEntry> =
     PerCpuArray::with_max_entries(SOURCE_CACHE_SLOTS, 0);
-/// The drop sets' generation, in two words ([`guard_common::
-/// DROP_GENERATION_CONTROLLER`], [`guard_common::DROP_GENERATION_KERNEL`]),
-/// each bumped after an entry is made in the ban, deny or fleet sets.
+/// The drop sets' generation: bumped after every entry made in the ban,
+/// deny or fleet sets (see `guard_common::DROP_GENERATION_CONTROLLER_STEP`).
 #[map]
-pub static DROP_GENERATION: Array<u64> = Array::with_max_entries(2, 0);
+pub static DROP_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 /// The base that turns `jiffies` into the clock of bans and rate windows
 /// (see `clock`); written by the controller at load.
@@ -100,8 +99,7 @@ pub static PEERS: HashMap<SourceKey, PeerEntry> = HashMap::with_max_entries(65_5
 pub static VERDICTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(VERDICT_SLOTS, 0);
 
 #[map]
-pub static RULE_HITS: PerCpuArray<RuleCounter> =
-    PerCpuArray::with_max_entries(MAX_RATE_RULES as u32, 0);
+pub static RULES_PER_CPU: PerCpuArray<RulesPerCpu> = PerCpuArray::with_max_entries(POLICY_SLOTS, 0);
 
 #[map]
 pub static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(Health::COUNT as u32, 0);

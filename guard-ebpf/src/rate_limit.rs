@@ -15,19 +15,20 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use guard_common::{
     policy_rule_index,
-    rate::{needed_multiplier, record_packet, slot_width_ns},
+    rate::SlotEpoch,
+    rate::{needed_multiplier, record_packet, record_packet_in, slot_width_ns},
     rate_group, rate_lane,
     sip_rules::{dial_rate_group, DIAL_WINDOW_NS},
     verdict::{Address, RateExcess},
-    Health, PortClass, RateKey, RateState, SourceKey, MAX_RULES_PER_PORT, NO_RULE_INDEX,
-    RATE_LANES, RULE_SYN_ONLY,
+    Health, PortClass, RateKey, RateState, SourceKey, MAX_RATE_RULES, MAX_RULES_PER_PORT,
+    NO_RULE_INDEX, RATE_LANES, RULE_SYN_ONLY,
 };
 
 use crate::{
     bans::ban_for_rule,
     clock::now_ns,
-    counters::{count_health, count_rule, count_rule_limited},
-    maps::{PEERS, RATE_STATE, RATE_ZERO, RULES},
+    counters::{count_health, count_rule_limited},
+    maps::{PEERS, RATE_STATE, RATE_ZERO, RULES, RULES_PER_CPU},
 };
 
 /// A source key as two words, and back.
@@ -104,6 +105,10 @@ fn count_windows(
     // comes (the key starts in no group).
     let mut state: *mut RateState = core::ptr::null_mut();
     let now_ns = now_ns();
+    // This CPU's counters and time slots of the policy's rules, read once.
+    let per_cpu = RULES_PER_CPU
+        .get_ptr_mut((policy_slot & 1) as u32)
+        .unwrap_or(core::ptr::null_mut());
     let mut excess = RateExcess::UNDER;
     for slot in 0..MAX_RULES_PER_PORT {
         let entry = rules[slot];
@@ -126,12 +131,22 @@ fn count_windows(
         }
         // The mask keeps the index provably in bounds for the verifier.
         let lane = rate_lane(index) & (RATE_LANES - 1);
+        let epoch = if per_cpu.is_null() {
+            SlotEpoch::default().epoch_at(now_ns, rule.slot_ns)
+        } else {
+            // SAFETY: this CPU's value; nothing else writes it while we
+            // run. The mask keeps the index in the table.
+            unsafe {
+                let mine = &mut (*per_cpu).rules[index as usize & (MAX_RATE_RULES - 1)];
+                mine.hits.counted += 1;
+                mine.slot.epoch_at(now_ns, rule.slot_ns)
+            }
+        };
         // SAFETY: a live map value, its windows changed only through record_packet.
         let count = unsafe {
             let window = core::ptr::addr_of_mut!((*state).windows[lane]);
-            record_packet(window, now_ns, rule.slot_ns)
+            record_packet_in(window, epoch)
         };
-        count_rule(index);
         if count > rule.limit as u64 {
             let needed = needed_multiplier(count, rule.limit);
             if needed > excess.needed {
@@ -225,7 +240,7 @@ pub fn ban(source: &SourceKey, excess: &RateExcess, policy_slot: u8) {
 pub extern "C" fn sipguard_rate_ban(hi: u64, lo: u64, excess: u64, slot: u64) -> u32 {
     let source = key_of(hi, lo);
     let excess = RateExcess::from_word(excess);
-    count_rule_limited(excess.rule);
+    count_rule_limited(slot as u8, excess.rule);
     if let Some(rule) = RULES.get(policy_rule_index(slot as u8, excess.rule)) {
         ban_for_rule(&source, excess.rule, rule, excess.count, now_ns());
     }

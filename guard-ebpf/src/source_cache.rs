@@ -6,9 +6,7 @@
 //! - that it is in no ban, deny or fleet set, under the drop sets'
 //!   generation (see `guard_common::SourceCacheEntry`).
 use aya_ebpf::maps::lpm_trie::Key;
-use guard_common::{
-    source_cache_slot, SourceCacheEntry, DROP_GENERATION_CONTROLLER, DROP_GENERATION_KERNEL,
-};
+use guard_common::{source_cache_slot, SourceCacheEntry};
 
 use crate::{
     maps::{ALLOW_GENERATION, ALLOW_V4, ALLOW_V6, DROP_GENERATION, SOURCE_CACHE},
@@ -69,38 +67,52 @@ fn search_allow_v4(addr: u32) -> u32 {
         .unwrap_or(0)
 }
 
-/// The drop sets' generation now: the sum of its two words, each only ever
-/// bumped, so the sum changes with every entry made. 0 until the first.
+/// The drop sets' generation now (0 until the first change).
 #[inline(always)]
-pub fn drop_generation() -> u64 {
-    let word = |index| DROP_GENERATION.get(index).copied().unwrap_or(0);
-    word(DROP_GENERATION_CONTROLLER).wrapping_add(word(DROP_GENERATION_KERNEL))
+fn drop_generation() -> u64 {
+    DROP_GENERATION.get(0).copied().unwrap_or(0)
 }
 
-/// Bumps the program's word of the drop sets' generation; called after a
-/// ban is made, so that no CPU keeps the source as clear.
+/// Bumps the drop sets' generation; called after the program made a ban,
+/// so that no CPU keeps the source as clear.
 #[inline(always)]
 pub fn bump_drop_generation() {
-    if let Some(word) = DROP_GENERATION.get_ptr_mut(DROP_GENERATION_KERNEL) {
-        // SAFETY: a live map value, only ever changed atomically here.
+    if let Some(word) = DROP_GENERATION.get_ptr_mut(0) {
+        // SAFETY: a live map value, changed here only atomically.
         unsafe { guard_common::atomic::fetch_add(word, 1) };
     }
 }
 
-/// True if this CPU's slot holds IPv4 source `addr` as clear under
-/// `stamp` (the current [`drop_generation`], nonzero).
+/// Whether IPv4 source `addr` is known to be in no drop set: `Ok(())` if
+/// this CPU's slot holds it as clear under the current generation; else
+/// the stamp to remember it under if the searches find it in none: the
+/// generation, read before them, or 0 for a source the slot does not hold
+/// yet. The generation is read only for the slot's own source, so a source
+/// seen for the first time (or one that is banned, never remembered as
+/// clear) costs one slot read; a clear source is remembered from its second
+/// packet on.
 #[inline(always)]
-pub fn is_clear_v4(addr: u32, stamp: u64) -> bool {
-    match SOURCE_CACHE.get_ptr(source_cache_slot(addr)) {
-        // SAFETY: this CPU's slot, read only.
-        Some(slot) => unsafe { (*slot).addr == addr && (*slot).clear_stamp == stamp },
-        None => false,
+pub fn clear_v4(addr: u32) -> Result<(), u64> {
+    let Some(slot) = SOURCE_CACHE.get_ptr(source_cache_slot(addr)) else {
+        return Err(0);
+    };
+    // SAFETY: this CPU's slot, read only.
+    let (held, stamp) = unsafe { ((*slot).addr, (*slot).clear_stamp) };
+    if held != addr {
+        return Err(0);
+    }
+    let generation = drop_generation();
+    if generation != 0 && stamp == generation {
+        Ok(())
+    } else {
+        Err(generation)
     }
 }
 
-/// Remembers IPv4 source `addr` as clear under `stamp` (read before the
-/// searches that found it in no drop set). A slot of another source is
-/// taken whole, its allow answer left unknown.
+/// Remembers IPv4 source `addr` as clear under `stamp` (from [`clear_v4`]:
+/// read before the searches that found it in no drop set; 0 takes the slot
+/// for the source without remembering it as clear). A slot of another
+/// source is taken whole, its allow answer left unknown.
 #[inline(always)]
 pub fn note_clear_v4(addr: u32, stamp: u64) {
     let Some(slot) = SOURCE_CACHE.get_ptr_mut(source_cache_slot(addr)) else {

@@ -12,8 +12,8 @@ use guard_common::{
     sip_rules::{SipPermit, DIAL_KEY_BYTES, PERMIT_KEY_BYTES},
     sip_scan::{PatternTable, ScanStatus},
     BanEntry, Counter, Health, PeerEntry, PortClass, RateKey, RateRule, RateState, Reason,
-    RuleCounter, ServicePolicy, Settings, SourceKey, DROP_GENERATION_CONTROLLER, MAX_RATE_RULES,
-    PORT_SLOTS, SERVICE_SLOTS,
+    RuleCounter, RulesPerCpu, ServicePolicy, Settings, SourceKey, DROP_GENERATION_CONTROLLER_STEP,
+    MAX_RATE_RULES, POLICY_SLOTS, PORT_SLOTS, SERVICE_SLOTS,
 };
 use ipnet::IpNet;
 
@@ -58,8 +58,8 @@ pub struct KernelMaps {
     /// list or of the policy (see `guard_common::SourceCacheEntry`: the
     /// XDP program caches IPv4 sources' allow answers under it).
     allow_generation: Array<MapData, u32>,
-    /// The drop sets' generation, the controller's word of it: bumped after
-    /// every entry made in the ban, deny or fleet sets (see
+    /// The drop sets' generation: bumped after every entry made in the
+    /// ban, deny or fleet sets (see
     /// `guard_common::SourceCacheEntry`: the XDP program caches IPv4
     /// sources found in none of them under it).
     drop_generation: Array<MapData, u64>,
@@ -71,7 +71,7 @@ pub struct KernelMaps {
     /// Learned peers (written by the controller, read by the rate step).
     peers: HashMap<MapData, SourceKey, PeerEntry>,
     verdicts: PerCpuArray<MapData, Counter>,
-    rule_hits: PerCpuArray<MapData, RuleCounter>,
+    rules_per_cpu: PerCpuArray<MapData, RulesPerCpu>,
     health: PerCpuArray<MapData, u64>,
     /// Scanner fingerprints, one table per policy slot.
     sip_patterns: Array<MapData, PatternTable>,
@@ -136,7 +136,7 @@ impl KernelMaps {
             rate_state: typed(t, names::RATE_STATE)?,
             peers: typed(t, names::PEERS)?,
             verdicts: typed(t, names::VERDICTS)?,
-            rule_hits: typed(t, names::RULE_HITS)?,
+            rules_per_cpu: typed(t, names::RULES_PER_CPU)?,
             health: typed(t, names::HEALTH)?,
             sip_patterns: typed(t, names::SIP_PATTERNS)?,
             sip_scans: typed(t, names::SIP_SCANS)?,
@@ -220,7 +220,7 @@ impl KernelMaps {
         add(names::RATE_STATE, self.rate_state.map())?;
         add(names::PEERS, self.peers.map())?;
         add(names::VERDICTS, self.verdicts.map())?;
-        add(names::RULE_HITS, self.rule_hits.map())?;
+        add(names::RULES_PER_CPU, self.rules_per_cpu.map())?;
         add(names::HEALTH, self.health.map())?;
         add(names::SIP_PATTERNS, self.sip_patterns.map())?;
         add(names::SIP_SCANS, self.sip_scans.map())?;
@@ -524,7 +524,10 @@ impl KernelMaps {
         self.settings
             .set(0, settings, 0)
             .map_err(MapsError::map("writing SETTINGS"))?;
-        self.bump_allow_generation()
+        // Written at every load and reload: both caches start over here
+        // (the drop sets' generation is never 0 once a controller ran).
+        self.bump_allow_generation()?;
+        self.bump_drop_generation()
     }
 
     /// Makes every allow answer the XDP program cached stale. Called after
@@ -549,15 +552,15 @@ impl KernelMaps {
     /// sets stale. Called after an entry is made in them, so a packet that
     /// read the new generation searches the changed set. Removals need
     /// none: a source cached as clear stays clear. Continues from the
-    /// map's value, like [`Self::bump_allow_generation`]; the program's
-    /// own bans bump the other word.
+    /// map's value, like [`Self::bump_allow_generation`], a whole
+    /// [`DROP_GENERATION_CONTROLLER_STEP`] on (the program's own bans add 1).
     fn bump_drop_generation(&mut self) -> Result<()> {
         let current = self
             .drop_generation
-            .get(&DROP_GENERATION_CONTROLLER, 0)
+            .get(&0, 0)
             .map_err(MapsError::map("reading DROP_GENERATION"))?;
         self.drop_generation
-            .set(DROP_GENERATION_CONTROLLER, current.wrapping_add(1), 0)
+            .set(0, current.wrapping_add(DROP_GENERATION_CONTROLLER_STEP), 0)
             .map_err(MapsError::map("writing DROP_GENERATION"))
     }
 
@@ -671,14 +674,17 @@ impl KernelMaps {
 
     pub fn rule_hits(&self) -> Result<[RuleCounter; MAX_RATE_RULES]> {
         let mut totals = [RuleCounter::default(); MAX_RATE_RULES];
-        for (i, total) in totals.iter_mut().enumerate() {
+        // A rule's counters are its index's in every CPU and policy slot.
+        for slot in 0..POLICY_SLOTS {
             let values = self
-                .rule_hits
-                .get(&(i as u32), 0)
-                .map_err(MapsError::map("reading RULE_HITS"))?;
+                .rules_per_cpu
+                .get(&slot, 0)
+                .map_err(MapsError::map("reading RULES_PER_CPU"))?;
             for per_cpu in values.iter() {
-                total.counted += per_cpu.counted;
-                total.limited += per_cpu.limited;
+                for (total, rule) in totals.iter_mut().zip(per_cpu.rules.iter()) {
+                    total.counted += rule.hits.counted;
+                    total.limited += rule.hits.limited;
+                }
             }
         }
         Ok(totals)
