@@ -210,6 +210,45 @@ fn a_source_cached_as_clear_meets_every_later_ban_deny_and_fleet_entry() {
     }
 }
 
+/// A batch of bans (a fleet's full sync) is published to the source cache
+/// once, at its end: until then a source cached as clear still passes.
+#[test]
+#[ignore = "needs root: run through `cargo xtask test`"]
+fn bans_held_back_reach_a_source_cached_as_clear_once_published() {
+    stay_on_one_cpu();
+    let mut h = Harness::new(BASE_POLICY);
+    let frame = udp("198.51.100.7", PBX4, 5060, b"OPTIONS");
+    assert_eq!(passes(&mut h, &frame, 3), 3);
+    let now = monotonic_ns();
+    let ban = BanEntry {
+        expires_ns: now + 60_000_000_000,
+        created_ns: now,
+        dropped: 0,
+        reason: BanReason::Crowdsec as u16,
+        rule: NO_RULE,
+        _pad: 0,
+    };
+    let maps = h.guard.maps_mut();
+    maps.hold_ban_publication();
+    assert!(maps.insert_new_ban(v4_key("198.51.100.7"), ban).unwrap());
+    assert_eq!(
+        h.run(&frame),
+        XDP_PASS,
+        "held back: the cache still says clear"
+    );
+    h.guard.maps_mut().publish_bans().unwrap();
+    assert_eq!(h.run(&frame), XDP_DROP);
+    assert_eq!(h.packets(Reason::Banned), 1);
+    // Publication is no longer held: the next ban reaches the next packet.
+    let other = udp("198.51.100.8", PBX4, 5060, b"OPTIONS");
+    assert_eq!(passes(&mut h, &other, 3), 3);
+    h.guard
+        .maps_mut()
+        .insert_ban(v4_key("198.51.100.8"), ban)
+        .unwrap();
+    assert_eq!(h.run(&other), XDP_DROP);
+}
+
 /// A ban the program makes itself reaches the source's packets on every
 /// CPU, including those that had it cached as clear: the next packet
 /// meets the ban (reason `banned`), not only the rate count still over

@@ -63,6 +63,9 @@ pub struct KernelMaps {
     /// `guard_common::SourceCacheEntry`: the XDP program caches IPv4
     /// sources found in none of them under it).
     drop_generation: Array<MapData, u64>,
+    /// Bans made while publication is held ([`MapStore::hold_ban_publication`]):
+    /// `Some(true)` once one awaits its bump of `drop_generation`.
+    held_bans: Option<bool>,
     ports: Array<MapData, PortClass>,
     services: Array<MapData, ServicePolicy>,
     rules: Array<MapData, RateRule>,
@@ -129,6 +132,7 @@ impl KernelMaps {
             fleet_in_use: typed(t, names::FLEET_IN_USE)?,
             allow_generation: typed(t, names::ALLOW_GENERATION)?,
             drop_generation: typed(t, names::DROP_GENERATION)?,
+            held_bans: None,
             ports: typed(t, names::PORTS)?,
             services: typed(t, names::SERVICES)?,
             rules: typed(t, names::RULES)?,
@@ -564,6 +568,31 @@ impl KernelMaps {
             .map_err(MapsError::map("writing DROP_GENERATION"))
     }
 
+    /// Tells the source cache of a ban just made, unless publication is held.
+    fn publish_ban(&mut self) -> Result<()> {
+        match self.held_bans {
+            Some(_) => {
+                self.held_bans = Some(true);
+                Ok(())
+            }
+            None => self.bump_drop_generation(),
+        }
+    }
+
+    /// See [`MapStore::hold_ban_publication`].
+    pub fn hold_ban_publication(&mut self) {
+        self.held_bans.get_or_insert(false);
+    }
+
+    /// See [`MapStore::publish_bans`]. Publication stops being held even
+    /// if the write fails: the next ban's write then publishes these too.
+    pub fn publish_bans(&mut self) -> Result<()> {
+        if self.held_bans.take() == Some(true) {
+            self.bump_drop_generation()?;
+        }
+        Ok(())
+    }
+
     /// The ban-map key of an address under the current IPv6 ban prefix.
     pub fn source_key(&self, ip: IpAddr) -> Result<SourceKey> {
         Ok(source_key(ip, self.settings()?.ipv6_ban_prefix))
@@ -573,13 +602,13 @@ impl KernelMaps {
         self.bans
             .insert(source, entry, 0)
             .map_err(MapsError::map("writing the ban map"))?;
-        self.bump_drop_generation()
+        self.publish_ban()
     }
 
     /// See [`MapStore::insert_new_ban`].
     pub fn insert_new_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<bool> {
         match self.bans.insert(source, entry, BPF_NOEXIST) {
-            Ok(()) => self.bump_drop_generation().map(|()| true),
+            Ok(()) => self.publish_ban().map(|()| true),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
                 Ok(false)
             }
@@ -831,6 +860,14 @@ impl MapStore for KernelMaps {
 
     fn insert_new_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<bool> {
         KernelMaps::insert_new_ban(self, source, entry)
+    }
+
+    fn hold_ban_publication(&mut self) {
+        KernelMaps::hold_ban_publication(self)
+    }
+
+    fn publish_bans(&mut self) -> Result<()> {
+        KernelMaps::publish_bans(self)
     }
 
     fn remove_ban(&mut self, source: &SourceKey) -> Result<bool> {

@@ -87,6 +87,17 @@ pub trait MapStore: Send {
     fn insert_new_ban(&mut self, source: SourceKey, entry: BanEntry) -> Result<bool>;
     /// Whether there was a ban to remove.
     fn remove_ban(&mut self, source: &SourceKey) -> Result<bool>;
+    /// Holds back, until [`MapStore::publish_bans`], what each ban made
+    /// tells the XDP program's source cache (a write of the drop sets'
+    /// generation per ban), for a batch of many: one write for the batch.
+    /// Until then a source the program cached as clear passes despite a
+    /// new ban. Without a cache (the default), nothing is held.
+    fn hold_ban_publication(&mut self) {}
+    /// Publishes the bans made since [`MapStore::hold_ban_publication`]
+    /// and stops holding them back.
+    fn publish_bans(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Every entry of the ban map, expired ones included.
     fn bans(&self) -> Result<Vec<(SourceKey, BanEntry)>>;
 

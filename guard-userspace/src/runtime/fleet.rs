@@ -133,6 +133,9 @@ impl Runtime {
             if peers.is_none() && changes.len() >= PEER_SNAPSHOT_FROM {
                 peers = Some(active_peers(&**maps, now));
             }
+            // One write of the drop sets' generation for the batch, not
+            // one per ban (a full sync makes 100,000).
+            maps.hold_ban_publication();
             for change in batch {
                 let outcome = match change {
                     FleetChange::Ban(ban) => {
@@ -142,6 +145,9 @@ impl Runtime {
                     FleetChange::Lift(key) => self.lift_fleet_ban(&mut **maps, key, log_each),
                 };
                 record(outcome, &mut applied);
+            }
+            if let Err(e) = maps.publish_bans() {
+                warn!("publishing crowdsec bans to the XDP program's source cache failed: {e}");
             }
         }
         if !details.is_empty() {
