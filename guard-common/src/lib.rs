@@ -269,6 +269,20 @@ pub struct Settings {
 map_type!(Settings, 8);
 
 impl Settings {
+    /// The settings stored in `word` (their 8 bytes, read as one
+    /// little-endian word).
+    #[inline(always)]
+    pub const fn from_word(word: u64) -> Settings {
+        Settings {
+            default_policy: word as u8,
+            monitor: (word >> 8) as u8,
+            ipv6_ban_prefix: (word >> 16) as u8,
+            policy_slot: (word >> 24) as u8,
+            peer_factor: (word >> 32) as u16,
+            peer_max_multiplier: (word >> 48) as u16,
+        }
+    }
+
     /// The default policy; any value but `Drop`'s passes, as the kernel
     /// has always read it.
     pub const fn default_policy(&self) -> DefaultPolicy {
@@ -925,6 +939,21 @@ mod tests {
         );
         assert_eq!(key.ipv4(), Some([192, 0, 2, 77]));
         assert_eq!(core::mem::align_of::<SourceKey>(), 4);
+    }
+
+    #[test]
+    fn settings_read_as_one_word_are_the_stored_fields() {
+        let stored = Settings {
+            default_policy: 1,
+            monitor: 2,
+            ipv6_ban_prefix: 64,
+            policy_slot: 1,
+            peer_factor: 0x1234,
+            peer_max_multiplier: 0xfedc,
+        };
+        // SAFETY: Settings is 8 bytes of integers without padding.
+        let word: u64 = unsafe { core::mem::transmute(stored) };
+        assert_eq!(Settings::from_word(u64::from_le(word)), stored);
     }
 
     #[test]
