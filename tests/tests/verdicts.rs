@@ -160,6 +160,19 @@ fn stay_on_one_cpu() {
     }
 }
 
+/// A ban of a minute from now, made for `reason`.
+fn minute_ban(reason: BanReason) -> BanEntry {
+    let now = monotonic_ns();
+    BanEntry {
+        expires_ns: now + 60_000_000_000,
+        created_ns: now,
+        dropped: 0,
+        reason: reason as u16,
+        rule: NO_RULE,
+        _pad: 0,
+    }
+}
+
 /// A source the program found in no drop set is remembered per CPU (the
 /// source cache). Every entry the controller makes afterwards in the ban,
 /// deny or fleet sets reaches the source's next packet.
@@ -170,15 +183,7 @@ fn a_source_cached_as_clear_meets_every_later_ban_deny_and_fleet_entry() {
     let mut h = Harness::new(BASE_POLICY);
     let frame = |source: &str| udp(source, PBX4, 5060, b"OPTIONS");
     let net = |text: &str| -> ipnet::IpNet { text.parse().unwrap() };
-    let now = monotonic_ns();
-    let ban = BanEntry {
-        expires_ns: now + 60_000_000_000,
-        created_ns: now,
-        dropped: 0,
-        reason: BanReason::Manual as u16,
-        rule: NO_RULE,
-        _pad: 0,
-    };
+    let ban = minute_ban(BanReason::Manual);
     // One at a time: each entry alone must reach the source cached as
     // clear just before it.
     type MakeEntry<'a> = &'a dyn Fn(&mut Harness);
@@ -219,15 +224,7 @@ fn bans_held_back_reach_a_source_cached_as_clear_once_published() {
     let mut h = Harness::new(BASE_POLICY);
     let frame = udp("198.51.100.7", PBX4, 5060, b"OPTIONS");
     assert_eq!(passes(&mut h, &frame, 3), 3);
-    let now = monotonic_ns();
-    let ban = BanEntry {
-        expires_ns: now + 60_000_000_000,
-        created_ns: now,
-        dropped: 0,
-        reason: BanReason::Crowdsec as u16,
-        rule: NO_RULE,
-        _pad: 0,
-    };
+    let ban = minute_ban(BanReason::Crowdsec);
     let maps = h.guard.maps_mut();
     maps.hold_ban_publication();
     assert!(maps.insert_new_ban(v4_key("198.51.100.7"), ban).unwrap());

@@ -449,20 +449,10 @@ pub fn per_path(
 /// 15 ms a run varies by more than the run takes); fails unless every
 /// packet of a run was captured.
 fn ns_with_captures_read(h: &mut Harness, frame: &[u8]) -> Result<(f64, u32)> {
-    let mut total = 0.0;
-    let mut action = 0;
-    h.drain_sip_captures();
-    for _ in 0..CAPTURED_RUNS {
+    average_of_captured_runs(|| {
         let result = run_xdp(h.guard.program()?, frame, CAPTURED_RUN)?;
-        let captured = h.drain_sip_captures().len() as u32;
-        ensure!(
-            captured == CAPTURED_RUN,
-            "{captured} captures of {CAPTURED_RUN} packets"
-        );
-        total += result.duration.as_nanos() as f64;
-        action = result.return_value;
-    }
-    Ok((total / CAPTURED_RUNS as f64, action))
+        Ok((result, h.drain_sip_captures().len()))
+    })
 }
 
 /// [`ns_with_captures_read`] for the earlier build.
@@ -470,15 +460,26 @@ fn previous_ns_with_captures_read(
     previous: &mut super::previous::Previous,
     frame: &[u8],
 ) -> Result<(f64, u32)> {
+    average_of_captured_runs(|| {
+        let result = run_xdp(previous.program()?, frame, CAPTURED_RUN)?;
+        Ok((result, previous.drain_captures()))
+    })
+}
+
+/// Averages [`CAPTURED_RUNS`] calls of `run_and_drain` (a test run of
+/// [`CAPTURED_RUN`] packets, and the records it then drained from the
+/// ring); the first call is not counted: it empties the ring.
+fn average_of_captured_runs(
+    mut run_and_drain: impl FnMut() -> Result<(aya::programs::TestRunResult, usize)>,
+) -> Result<(f64, u32)> {
+    run_and_drain()?;
     let mut total = 0.0;
     let mut action = 0;
-    previous.drain_captures();
     for _ in 0..CAPTURED_RUNS {
-        let result = run_xdp(previous.program()?, frame, CAPTURED_RUN)?;
-        let captured = previous.drain_captures() as u32;
+        let (result, captured) = run_and_drain()?;
         ensure!(
-            captured == CAPTURED_RUN,
-            "the previous build: {captured} captures of {CAPTURED_RUN} packets"
+            captured == CAPTURED_RUN as usize,
+            "{captured} captures of {CAPTURED_RUN} packets"
         );
         total += result.duration.as_nanos() as f64;
         action = result.return_value;
