@@ -73,7 +73,7 @@ impl Harness {
     }
 
     pub fn rule_hits(&self, rule: usize) -> RuleCounter {
-        self.guard.maps().rule_hits().expect("reading RULE_HITS")[rule]
+        self.guard.maps().rule_hits().expect("reading RULES_PER_CPU")[rule]
     }
 
     pub fn is_banned(&self, source: &SourceKey) -> bool {

@@ -80,7 +80,7 @@ fn allow_listed_sources_skip_rate_rules_and_are_never_banned() {
     assert_eq!(passes(&mut h, &frame, 200), 200);
     // Far past the 40-in-2-s rule, and never counted: every packet passed
     // because of the allow list (the kernel searched it once and keeps
-    // the answer in its per-CPU allow cache).
+    // the answer in its per-CPU source cache).
     assert_eq!(h.packets(Reason::PassedAllowlisted), 200);
     assert_eq!(h.rule_hits(0).counted + h.rule_hits(1).counted, 0);
     assert_eq!(h.rule_hits(0).limited + h.rule_hits(1).limited, 0);
