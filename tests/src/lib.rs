@@ -73,7 +73,10 @@ impl Harness {
     }
 
     pub fn rule_hits(&self, rule: usize) -> RuleCounter {
-        self.guard.maps().rule_hits().expect("reading RULES_PER_CPU")[rule]
+        self.guard
+            .maps()
+            .rule_hits()
+            .expect("reading RULES_PER_CPU")[rule]
     }
 
     pub fn is_banned(&self, source: &SourceKey) -> bool {
