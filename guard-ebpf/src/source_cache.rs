@@ -42,20 +42,28 @@ fn allow_mask_v4(addr: u32) -> u32 {
             return (*slot).mask;
         }
         let mask = search_allow_v4(addr);
-        // The drop sets' answer stays only if the slot was this source's.
-        let clear_stamp = if (*slot).addr == addr {
-            (*slot).clear_stamp
-        } else {
-            0
-        };
-        *slot = SourceCacheEntry {
-            addr,
-            generation,
-            mask,
-            _pad: 0,
-            clear_stamp,
-        };
+        claim(slot, addr);
+        (*slot).generation = generation;
+        (*slot).mask = mask;
         mask
+    }
+}
+
+/// Makes `slot` the slot of `addr`: one another source held is taken
+/// whole, both its answers left unknown; the source's own keeps them.
+///
+/// # Safety
+/// `slot` is this CPU's live `SOURCE_CACHE` value, written by nothing else
+/// while the program runs.
+#[inline(always)]
+unsafe fn claim(slot: *mut SourceCacheEntry, addr: u32) {
+    unsafe {
+        if (*slot).addr != addr {
+            *slot = SourceCacheEntry {
+                addr,
+                ..SourceCacheEntry::default()
+            };
+        }
     }
 }
 
@@ -111,8 +119,7 @@ pub fn clear_v4(addr: u32) -> Result<(), u64> {
 
 /// Remembers IPv4 source `addr` as clear under `stamp` (from [`clear_v4`]:
 /// read before the searches that found it in no drop set; 0 takes the slot
-/// for the source without remembering it as clear). A slot of another
-/// source is taken whole, its allow answer left unknown.
+/// for the source without remembering it as clear; see [`claim`]).
 #[inline(always)]
 pub fn note_clear_v4(addr: u32, stamp: u64) {
     let Some(slot) = SOURCE_CACHE.get_ptr_mut(source_cache_slot(addr)) else {
@@ -120,16 +127,7 @@ pub fn note_clear_v4(addr: u32, stamp: u64) {
     };
     // SAFETY: this CPU's slot; nothing else writes it while we run.
     unsafe {
-        if (*slot).addr == addr {
-            (*slot).clear_stamp = stamp;
-        } else {
-            *slot = SourceCacheEntry {
-                addr,
-                generation: 0,
-                mask: 0,
-                _pad: 0,
-                clear_stamp: stamp,
-            };
-        }
+        claim(slot, addr);
+        (*slot).clear_stamp = stamp;
     }
 }
